@@ -1,0 +1,63 @@
+# One way in: every target creates the virtualenv it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Lambda runs Python 3.13; use it locally too when it is installed (pyenv or system).
+PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 python3.12 python3; do \
+             $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+SAM_VENV := .venv-sam
+STAMP := $(VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv test lint format typecheck template-lint build run bench deploy clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.txt
+	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required (3.13 preferred)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the project and its dev tools
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/pytest -n 2 -q
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy functions shared fme_bridge
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+$(SAM_VENV)/.installed:
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q aws-sam-cli cfn-lint
+	touch $@
+
+template-lint: $(SAM_VENV)/.installed ## sam validate --lint (cfn-lint)
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
+
+# sam build needs python3.13 on PATH: the project venv provides it.
+build: $(SAM_VENV)/.installed $(STAMP) ## sam build (no Docker)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(SAM_VENV)/bin/sam build --template template.yaml
+
+deploy: build ## sam deploy --config-env $(ENV) (default dev)
+	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev)
+
+run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo
+	$(BIN)/fme-bridge local --demo
+
+bench: $(STAMP) ## benchmarks (not part of make test)
+	$(BIN)/python -m bench
+
+clean: ## remove virtualenvs and build output
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

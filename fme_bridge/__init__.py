@@ -1,0 +1,1 @@
+"""The operator side of fme-segment-bridge: the ``fme-bridge`` CLI and the local stack."""

@@ -1,0 +1,42 @@
+"""Lazily created AWS clients.
+
+Clients are built on first use, never at import time: moto (tests, the local stack) must be in place
+before a client exists, and cold starts stay short. ``AWS_ENDPOINT_URL`` is honoured by boto3 itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# Retries inside botocore stay short: the HTTP layer above decides what is transient for the caller
+# (a 503 to Segment, a batch item failure to SQS), and a Lambda's time is bounded.
+_CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
+
+
+@functools.cache
+def client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=_CLIENT_CONFIG)
+
+
+@functools.cache
+def dynamodb_table(name: str) -> Any:
+    return boto3.session.Session().resource("dynamodb", config=_CLIENT_CONFIG).Table(name)
+
+
+def env(name: str) -> str:
+    """A required environment variable (set by template.yaml), with a clear error when missing."""
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise RuntimeError(f"environment variable {name} is not set (template.yaml sets it)") from None
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests switch endpoints and credentials between cases)."""
+    client.cache_clear()
+    dynamodb_table.cache_clear()

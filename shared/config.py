@@ -1,0 +1,277 @@
+"""User-facing configuration: pydantic models and their cached loading from SSM / Secrets Manager.
+
+Names and shapes follow the product contract (SPEC section 1). Configs are JSON documents in SSM
+Parameter Store under ``CONFIG_PREFIX``; secrets are Secrets Manager SecretStrings of the same name.
+Both are cached in the container (Powertools parameters, ``CONFIG_CACHE_SECONDS``) so that a hot path
+does not call SSM or Secrets Manager per request.
+
+Three failures are kept apart, because callers answer them differently:
+- :class:`ConfigNotFound`: the parameter or secret does not exist (an unknown connection → 401);
+- :class:`ConfigInvalid`: it exists but does not validate; the message names the field;
+- :class:`ConfigUnavailable`: SSM / Secrets Manager failed (throttling, outage) → retry later (503).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any, Literal, TypeVar
+
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PREFIX = "/fme-segment-bridge/local"
+DEFAULT_CACHE_SECONDS = 120
+
+SegmentIdField = Literal["userId", "anonymousId"]
+NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
+# An FME traffic type or environment name: what FME's own UI accepts.
+TrafficTypeName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}$")]
+# A dotted path into a Segment message, e.g. ``event`` or ``properties.eventName``.
+FieldPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$", max_length=200)]
+
+
+class ConfigError(Exception):
+    """Base class of configuration failures."""
+
+
+class ConfigNotFound(ConfigError):
+    """The parameter or secret does not exist."""
+
+
+class ConfigInvalid(ConfigError):
+    """The parameter exists but is not a valid document; the message names the field."""
+
+
+class ConfigUnavailable(ConfigError):
+    """SSM or Secrets Manager could not be reached or refused for a transient reason."""
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error: a typo such as ``enableTrak`` must not become a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound: Segment -> FME (SPEC 1.1, 2.1)
+
+
+class IdentityMapping(_Model):
+    segmentId: SegmentIdField
+    trafficType: TrafficTypeName
+
+
+class DeliveryConfig(_Model):
+    """Delivery of stored events and identities into FME itself (SPEC 2.1)."""
+
+    enabled: bool = False
+    eventsEndpoint: HttpUrl = HttpUrl("https://events.split.io/api")
+    identitiesEndpoint: HttpUrl = HttpUrl("https://api.split.io/internal/api/v2")
+
+
+class InboundConfig(_Model):
+    environment: NonEmpty
+    identities: list[IdentityMapping] = Field(min_length=1)
+    enableIdentify: bool = True
+    enableTrack: bool = True
+    eventTypeIdField: FieldPath = "event"
+    valueField: FieldPath | None = None
+    trackNamedPages: bool = True
+    trackNamedScreens: bool = True
+    pageEventTypeId: NonEmpty = "view_{name}_page"
+    screenEventTypeId: NonEmpty = "view_{name}_screen"
+    delivery: DeliveryConfig = DeliveryConfig()
+
+    @field_validator("pageEventTypeId", "screenEventTypeId")
+    @classmethod
+    def _has_name_placeholder(cls, value: str) -> str:
+        if "{name}" not in value:
+            raise ValueError("must contain the placeholder {name}")
+        return value
+
+
+class FmeKeys(_Model):
+    """Secret ``{prefix}/inbound/{connectionId}/fme``: the keys used to deliver into FME."""
+
+    sdkKey: NonEmpty
+    adminKey: NonEmpty | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbound: FME impressions -> Segment (SPEC 1.2, 4)
+
+
+class ComputedTraitsConfig(_Model):
+    enabled: bool = False
+    traitName: NonEmpty = "{split}"
+
+    @field_validator("traitName")
+    @classmethod
+    def _has_split_placeholder(cls, value: str) -> str:
+        if "{split}" not in value:
+            raise ValueError("must contain the placeholder {split}")
+        return value
+
+
+class OutboundConfig(_Model):
+    environments: list[NonEmpty] = Field(min_length=1)
+    identities: dict[TrafficTypeName, SegmentIdField] = Field(min_length=1)
+    defaultTrafficType: TrafficTypeName | None = None
+    endpoint: HttpUrl = HttpUrl("https://api.segment.io/v1")
+    eventName: NonEmpty = "get_treatment"
+    computedTraits: ComputedTraitsConfig = ComputedTraitsConfig()
+
+    @model_validator(mode="after")
+    def _default_traffic_type_is_mapped(self) -> OutboundConfig:
+        if self.defaultTrafficType is not None and self.defaultTrafficType not in self.identities:
+            raise ValueError(
+                f"defaultTrafficType {self.defaultTrafficType!r} is not a key of identities "
+                f"({', '.join(sorted(self.identities))})"
+            )
+        return self
+
+    @property
+    def traffic_type_default(self) -> str:
+        """The traffic type of an impression that names none: the configured one, else the first mapped."""
+        return self.defaultTrafficType or next(iter(self.identities))
+
+    def matches_environment(self, name: str | None, environment_id: str | None) -> bool:
+        if "*" in self.environments:
+            return True
+        return (name is not None and name in self.environments) or (
+            environment_id is not None and environment_id in self.environments
+        )
+
+    @property
+    def endpoint_base(self) -> str:
+        return str(self.endpoint).rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing with errors that name the field
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``identities.0.segmentId: Input should be 'userId' or 'anonymousId'; …``"""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(document)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(model: type[M], raw: str | bytes | dict[str, Any], source: str) -> M:
+    """Validate a config document; :class:`ConfigInvalid` names ``source`` and the failing fields."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    except ValueError as exc:
+        raise ConfigInvalid(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigInvalid(f"{source}: must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigInvalid(f"{source}: {format_validation_error(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached loading
+
+
+def config_prefix() -> str:
+    return os.environ.get("CONFIG_PREFIX", DEFAULT_CONFIG_PREFIX).rstrip("/")
+
+
+def cache_seconds() -> int:
+    return int(os.environ.get("CONFIG_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+
+
+def inbound_name(connection_id: str) -> str:
+    return f"{config_prefix()}/inbound/{connection_id}"
+
+
+def outbound_name(name: str) -> str:
+    return f"{config_prefix()}/outbound/{name}"
+
+
+def audience_name(name: str) -> str:
+    return f"{config_prefix()}/audiences/{name}"
+
+
+# Powertools caches by name only, so the previous secret version needs a provider of its own.
+_providers: dict[str, Any] = {}
+
+
+def _provider(kind: str) -> Any:
+    if kind not in _providers:
+        _providers[kind] = SSMProvider() if kind == "ssm" else SecretsProvider()
+    return _providers[kind]
+
+
+def clear_caches() -> None:
+    """Drop every cached config and secret (tests, and the CLI after a write)."""
+    parameters.clear_caches()
+    for provider in _providers.values():
+        provider.clear_cache()
+    _providers.clear()
+
+
+_NOT_FOUND_CODES = {"ParameterNotFound", "ResourceNotFoundException", "ParameterVersionNotFound"}
+
+
+def _aws_error_code(exc: BaseException) -> str | None:
+    """Powertools wraps SDK errors in GetParameterError; the original is its ``__context__``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _fetch(kind: str, name: str, **sdk_options: Any) -> str:
+    try:
+        value = _provider(kind).get(name, max_age=cache_seconds(), **sdk_options)
+    except parameters.exceptions.GetParameterError as exc:
+        code = _aws_error_code(exc)
+        if code in _NOT_FOUND_CODES:
+            raise ConfigNotFound(name) from None
+        raise ConfigUnavailable(f"{name}: {code or 'error'}") from None
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def get_parameter(name: str) -> str:
+    return _fetch("ssm", name)
+
+
+def get_secret(name: str, previous: bool = False) -> str:
+    """A SecretString; ``previous=True`` reads the ``AWSPREVIOUS`` version (rotation)."""
+    if previous:
+        return _fetch("secret-previous", name, VersionStage="AWSPREVIOUS")
+    return _fetch("secret", name)
+
+
+def load_inbound(connection_id: str) -> InboundConfig:
+    name = inbound_name(connection_id)
+    return parse_config(InboundConfig, get_parameter(name), name)
+
+
+def load_outbound(name: str) -> OutboundConfig:
+    full = outbound_name(name)
+    return parse_config(OutboundConfig, get_parameter(full), full)
+
+
+def list_parameters(kind: str) -> dict[str, str]:
+    """All parameters below ``{prefix}/{kind}/`` as ``{short name: raw value}`` (cached)."""
+    path = f"{config_prefix()}/{kind}"
+    try:
+        values = _provider("ssm").get_multiple(path, max_age=cache_seconds(), recursive=False)
+    except parameters.exceptions.GetParameterError as exc:
+        raise ConfigUnavailable(f"{path}: {_aws_error_code(exc) or 'error'}") from None
+    return {str(k).rsplit("/", 1)[-1]: str(v) for k, v in values.items()}

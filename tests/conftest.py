@@ -1,0 +1,107 @@
+"""Fixtures shared by every test: moto for AWS, with the resources template.yaml declares."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from fme_bridge.template import Stack, create_stack
+from shared import aws, config
+
+EVENTS_DIR = Path(__file__).parent / "events"
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test may reach a real account: fake credentials, a fixed region, no endpoint override."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge")
+    monkeypatch.setenv("POWERTOOLS_DEV", "0")
+    aws.reset_clients()
+    config.clear_caches()
+    yield
+    aws.reset_clients()
+    config.clear_caches()
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    """moto, with the template's tables and queues created."""
+    with mock_aws():
+        yield create_stack(
+            boto3.client("dynamodb", region_name=REGION), boto3.client("sqs", region_name=REGION)
+        )
+
+
+@pytest.fixture
+def function_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], dict[str, str]]:
+    """Set the environment template.yaml gives a function (by logical id) and return it."""
+
+    def apply(logical_id: str) -> dict[str, str]:
+        env = stack.function_environment(logical_id)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return env
+
+    return apply
+
+
+@pytest.fixture
+def lambda_context() -> Any:
+    """A Lambda context with the attributes Powertools reads and a remaining-time clock."""
+
+    class Context:
+        function_name = "test-function"
+        function_version = "$LATEST"
+        memory_limit_in_mb = 512
+        invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:test-function"
+        aws_request_id = "00000000-0000-0000-0000-000000000000"
+        log_group_name = "/aws/lambda/test-function"
+        log_stream_name = "stream"
+
+        def __init__(self) -> None:
+            self.remaining_ms = 30_000
+
+        def get_remaining_time_in_millis(self) -> int:
+            return self.remaining_ms
+
+    return Context()
+
+
+def load_event(name: str) -> Any:
+    return json.loads((EVENTS_DIR / name).read_text())
+
+
+def put_config(name: str, document: dict[str, Any]) -> None:
+    """Write an SSM config parameter under the prefix the function environment names."""
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"{os.environ['CONFIG_PREFIX']}/{name}",
+        Value=json.dumps(document),
+        Type="String",
+        Overwrite=True,
+    )
+
+
+def put_secret(name: str, value: str) -> None:
+    """Create or rotate a secret: an existing secret's current version becomes AWSPREVIOUS."""
+    client = boto3.client("secretsmanager", region_name=REGION)
+    full = f"{os.environ['CONFIG_PREFIX']}/{name}"
+    try:
+        client.put_secret_value(SecretId=full, SecretString=value)
+    except client.exceptions.ResourceNotFoundException:
+        client.create_secret(Name=full, SecretString=value)

@@ -1,0 +1,128 @@
+"""Config documents (SPEC section 1): defaults, required fields, errors that name the field."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from shared import config
+from shared.config import ConfigInvalid, InboundConfig, OutboundConfig, parse_config
+from tests.conftest import put_config, put_secret
+
+
+def test_inbound_defaults_match_the_contract() -> None:
+    cfg = parse_config(
+        InboundConfig,
+        {"environment": "Production", "identities": [{"segmentId": "userId", "trafficType": "user"}]},
+        "x",
+    )
+    assert cfg.enableIdentify
+    assert cfg.enableTrack
+    assert cfg.trackNamedPages
+    assert cfg.trackNamedScreens
+    assert cfg.eventTypeIdField == "event"
+    assert cfg.valueField is None
+    assert cfg.pageEventTypeId == "view_{name}_page"
+    assert cfg.screenEventTypeId == "view_{name}_screen"
+    assert cfg.delivery.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        ({"identities": [{"segmentId": "userId", "trafficType": "user"}]}, "environment"),
+        ({"environment": "Production", "identities": []}, "identities"),
+        (
+            {"environment": "P", "identities": [{"segmentId": "email", "trafficType": "user"}]},
+            "identities.0.segmentId",
+        ),
+        (
+            {
+                "environment": "P",
+                "identities": [{"segmentId": "userId", "trafficType": "user"}],
+                "enableTrak": True,
+            },
+            "enableTrak",
+        ),
+        (
+            {
+                "environment": "P",
+                "identities": [{"segmentId": "userId", "trafficType": "u"}],
+                "pageEventTypeId": "x",
+            },
+            "pageEventTypeId",
+        ),
+    ],
+)
+def test_invalid_inbound_config_names_the_field(document: dict, names: str) -> None:
+    with pytest.raises(ConfigInvalid) as err:
+        parse_config(InboundConfig, document, "/p/inbound/c1")
+    assert names in str(err.value)
+    assert "/p/inbound/c1" in str(err.value)
+
+
+def test_not_json_and_not_an_object_are_clear_errors() -> None:
+    with pytest.raises(ConfigInvalid, match="not valid JSON"):
+        parse_config(InboundConfig, "{nope", "src")
+    with pytest.raises(ConfigInvalid, match="must be a JSON object"):
+        parse_config(InboundConfig, "[1]", "src")
+
+
+def test_outbound_default_traffic_type_must_be_mapped() -> None:
+    doc = {"environments": ["Production"], "identities": {"user": "userId"}}
+    cfg = parse_config(OutboundConfig, doc, "x")
+    assert cfg.traffic_type_default == "user"
+    assert cfg.endpoint_base == "https://api.segment.io/v1"
+    assert cfg.eventName == "get_treatment"
+    assert cfg.computedTraits.traitName == "{split}"
+    with pytest.raises(ConfigInvalid, match="defaultTrafficType"):
+        parse_config(OutboundConfig, {**doc, "defaultTrafficType": "account"}, "x")
+
+
+def test_outbound_environment_matching() -> None:
+    cfg = parse_config(
+        OutboundConfig, {"environments": ["Production", "env-id-1"], "identities": {"u": "userId"}}, "x"
+    )
+    assert cfg.matches_environment("Production", None)
+    assert cfg.matches_environment(None, "env-id-1")
+    assert not cfg.matches_environment("Staging", "env-id-2")
+    star = parse_config(OutboundConfig, {"environments": ["*"], "identities": {"u": "userId"}}, "x")
+    assert star.matches_environment("anything", None)
+
+
+def test_loading_distinguishes_missing_invalid_and_cached(function_env) -> None:
+    function_env("IngestFunction")
+    with pytest.raises(config.ConfigNotFound):
+        config.load_inbound("missing")
+    put_config(
+        "inbound/c1",
+        {"environment": "Production", "identities": [{"segmentId": "userId", "trafficType": "user"}]},
+    )
+    assert config.load_inbound("c1").environment == "Production"
+    # Cached: a change in SSM is not seen until the cache expires or is cleared.
+    put_config(
+        "inbound/c1",
+        {"environment": "Staging", "identities": [{"segmentId": "userId", "trafficType": "user"}]},
+    )
+    assert config.load_inbound("c1").environment == "Production"
+    config.clear_caches()
+    assert config.load_inbound("c1").environment == "Staging"
+
+
+def test_rotated_secret_keeps_the_previous_version_readable(function_env) -> None:
+    function_env("IngestFunction")
+    name = f"{config.config_prefix()}/inbound/c1"
+    put_secret("inbound/c1", "first")
+    with pytest.raises(config.ConfigNotFound):
+        config.get_secret(name, previous=True)
+    put_secret("inbound/c1", "second")
+    assert config.get_secret(name) == "second"
+    assert config.get_secret(name, previous=True) == "first"
+
+
+def test_unavailable_ssm_is_not_reported_as_missing(function_env, monkeypatch) -> None:
+    function_env("IngestFunction")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    boto3.setup_default_session()
+    with pytest.raises(config.ConfigUnavailable):
+        config.load_inbound("c1")

@@ -1,0 +1,93 @@
+"""The shared retry loop: what is retried, what is permanent, and the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from shared.http_retry import FME_POLICY, SEGMENT_POLICY, Deadline, Outcome, send_with_retry
+
+
+def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0):
+    calls: list[httpx.Request] = []
+    slept: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        item = responses[min(len(calls) - 1, len(responses) - 1)]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            deadline = Deadline.after(seconds)
+            deadline.sleep = fake_sleep
+            return await send_with_retry(
+                client,
+                lambda: client.build_request("POST", "http://sink/v1/batch"),
+                policy,
+                deadline,
+                random.Random(1),
+            )
+
+    return asyncio.run(go()), calls, slept
+
+
+@pytest.mark.parametrize("status", [429, 408, 410, 460, 500, 502, 503, 504, 599])
+def test_segment_transient_statuses_are_retried(status: int) -> None:
+    result, calls, _ = run([httpx.Response(status), httpx.Response(200)])
+    assert result.outcome is Outcome.DELIVERED
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 501, 505])
+def test_segment_permanent_statuses_are_not_retried(status: int) -> None:
+    result, calls, _ = run([httpx.Response(status, text="nope"), httpx.Response(200)])
+    assert result.outcome is Outcome.PERMANENT
+    assert result.status == status
+    assert len(calls) == 1
+
+
+def test_retry_after_is_honoured() -> None:
+    result, _, slept = run([httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200)])
+    assert result.outcome is Outcome.DELIVERED
+    assert slept[0] >= 3
+
+
+def test_fme_reset_header_is_honoured_and_410_is_permanent() -> None:
+    result, _, slept = run(
+        [httpx.Response(429, headers={"X-RateLimit-Reset-Seconds-Org": "2"}), httpx.Response(202)], FME_POLICY
+    )
+    assert result.outcome is Outcome.DELIVERED
+    assert slept[0] >= 2
+    result, calls, _ = run([httpx.Response(410), httpx.Response(202)], FME_POLICY)
+    assert result.outcome is Outcome.PERMANENT
+    assert len(calls) == 1
+
+
+def test_transport_errors_are_retried() -> None:
+    result, calls, _ = run([httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(200)])
+    assert result.outcome is Outcome.DELIVERED
+    assert len(calls) == 3
+
+
+def test_gives_up_as_transient_when_the_wait_does_not_fit_the_deadline() -> None:
+    result, calls, _ = run([httpx.Response(429, headers={"Retry-After": "60"})], seconds=5)
+    assert result.outcome is Outcome.TRANSIENT
+    assert result.status == 429
+    assert len(calls) == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(7)
+    ceilings = [min(SEGMENT_POLICY.max_delay, SEGMENT_POLICY.base_delay * 2**a) for a in range(1, 12)]
+    for attempt, ceiling in enumerate(ceilings, start=1):
+        assert 0 <= SEGMENT_POLICY.backoff(attempt, rng) <= ceiling
+    assert ceilings[-1] == SEGMENT_POLICY.max_delay
