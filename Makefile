@@ -7,7 +7,8 @@ PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.1
              $$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
-SAM_VENV := .venv-sam
+# Inside .venv so that sam build (which skips .venv) never copies it into the functions.
+SAM_VENV := $(VENV)/sam
 STAMP := $(VENV)/.installed
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -60,4 +61,4 @@ bench: $(STAMP) ## benchmarks (not part of make test)
 	$(BIN)/python -m bench
 
 clean: ## remove virtualenvs and build output
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
