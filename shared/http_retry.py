@@ -56,22 +56,34 @@ class RetryPolicy:
         return (rng or random).uniform(0, ceiling)
 
     def server_delay(self, response: httpx.Response, now: float | None = None) -> float | None:
-        """Seconds the server asked us to wait, if it said so."""
-        for name in self.reset_headers:
-            value = response.headers.get(name)
-            if value is None:
-                continue
-            value = value.strip()
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                pass
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                continue
-            return max(0.0, when.timestamp() - (now if now is not None else time.time()))
-        return None
+        """Seconds the server asked us to wait, if it said so.
+
+        When several reset headers are present the longest wait wins: FME answers a 429 with one
+        ``X-RateLimit-Reset-Seconds-*`` header per exhausted quota (organization, IP, …) and asks
+        clients to wait for the largest of them.
+        """
+        delays = [
+            d
+            for d in (self._header_delay(response, name, now) for name in self.reset_headers)
+            if d is not None
+        ]
+        return max(delays) if delays else None
+
+    @staticmethod
+    def _header_delay(response: httpx.Response, name: str, now: float | None) -> float | None:
+        value = response.headers.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
 def statuses(*codes: int | Iterable[int]) -> frozenset[int]:

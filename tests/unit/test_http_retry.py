@@ -91,3 +91,20 @@ def test_backoff_grows_and_is_capped() -> None:
     for attempt, ceiling in enumerate(ceilings, start=1):
         assert 0 <= SEGMENT_POLICY.backoff(attempt, rng) <= ceiling
     assert ceilings[-1] == SEGMENT_POLICY.max_delay
+
+
+def test_fme_waits_for_the_longest_of_its_reset_headers() -> None:
+    # FME sends one reset header per exhausted quota; the client must wait for the largest.
+    response = httpx.Response(
+        429, headers={"X-RateLimit-Reset-Seconds-Org": "2", "X-RateLimit-Reset-Seconds-IP": "7"}
+    )
+    assert FME_POLICY.server_delay(response) == 7
+    result, _, slept = run([response, httpx.Response(202)], FME_POLICY)
+    assert result.outcome is Outcome.DELIVERED
+    assert slept[0] >= 7
+
+
+def test_unparseable_reset_header_is_ignored() -> None:
+    response = httpx.Response(429, headers={"Retry-After": "soon", "X-RateLimit-Reset-Seconds-IP": "1"})
+    assert FME_POLICY.server_delay(response) == 1
+    assert FME_POLICY.server_delay(httpx.Response(429, headers={"Retry-After": "soon"})) is None
