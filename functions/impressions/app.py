@@ -1,0 +1,74 @@
+"""SQS → Segment: FME impressions become Segment ``get_treatment`` track calls (SPEC section 3).
+
+The whole batch is delivered first (concurrent requests need every message at hand); the batch
+processor then reports as ``batchItemFailures`` exactly the messages whose impressions are still
+undelivered. Permanent failures were dead-lettered with their reason and count as processed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared import aws
+from shared.outbound.batch import BatchOutcome, process_batch
+from shared.outbound.delivery import QueuedMessage
+
+logger = Logger()
+tracer = Tracer()
+# The template sets the namespace; the default keeps an import before that environment usable.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
+# An all-failed batch is reported like any other (every message listed), not raised as an error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+class ImpressionsNotDelivered(Exception):
+    """The message's impressions are not (all) delivered yet; SQS retries it."""
+
+
+def _record_metrics(outcome: BatchOutcome) -> None:
+    report = outcome.report
+    metrics.add_metric("ImpressionsReceived", MetricUnit.Count, report.impressions)
+    metrics.add_metric("SegmentMessagesDelivered", MetricUnit.Count, report.delivered)
+    metrics.add_metric("SegmentMessagesRetried", MetricUnit.Count, report.failed_transient)
+    metrics.add_metric("SegmentRequests", MetricUnit.Count, report.requests)
+    metrics.add_metric("SegmentRequestRetries", MetricUnit.Count, report.attempts - report.requests)
+    metrics.add_metric("ImpressionsDeadLettered", MetricUnit.Count, outcome.dead_lettered_impressions)
+    metrics.add_metric("SqsMessagesDeadLettered", MetricUnit.Count, outcome.dead_lettered)
+    metrics.add_metric("SqsMessagesRetried", MetricUnit.Count, len(outcome.retry))
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    messages = [QueuedMessage(r["messageId"], r.get("body") or "") for r in event.get("Records", [])]
+    outcome = process_batch(messages, context.get_remaining_time_in_millis, aws.env("DEAD_LETTER_QUEUE_URL"))
+    _record_metrics(outcome)
+    for letter in outcome.report.dead_letters:
+        logger.warning(
+            "dead-lettered",
+            extra={
+                "messageId": letter.source_message_id,
+                "errorCodes": letter.error_codes,
+                "reason": letter.reason,
+            },
+        )
+    if outcome.retry:
+        logger.warning("messages to retry", extra={"retry": outcome.retry})
+
+    def record_handler(record: SQSRecord) -> None:
+        reason = outcome.retry.get(record.message_id)
+        if reason is not None:
+            raise ImpressionsNotDelivered(reason)
+
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

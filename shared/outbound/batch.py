@@ -1,0 +1,90 @@
+"""One invocation's work: configs, one HTTP client, delivery, dead letters — the handler's one call.
+
+Kept apart from the handler so that the local stack's SQS poller, the benchmarks and the tests run
+exactly what Lambda runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from shared.config import ConfigError
+from shared.http_retry import Deadline
+from shared.outbound.dead_letters import send_dead_letters
+from shared.outbound.delivery import DeliveryReport, ImpressionObserver, QueuedMessage, deliver
+from shared.outbound.destinations import Destination, Router, WriteKeys, load_destinations
+from shared.outbound.segment_client import SegmentClient, http_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Tuning of the Segment client; environment variables override the defaults."""
+
+    request_timeout: float = 10.0  # seconds per HTTP attempt (fewer if the deadline is nearer)
+    concurrency: int = 8  # requests in flight per invocation
+    margin_ms: int = 3000  # time kept back from sending for dead letters and the response
+
+    @classmethod
+    def from_env(cls) -> SenderSettings:
+        return cls(
+            request_timeout=float(os.environ.get("SEGMENT_REQUEST_TIMEOUT", cls.request_timeout)),
+            concurrency=int(os.environ.get("SEGMENT_CONCURRENCY", cls.concurrency)),
+            margin_ms=int(os.environ.get("SEND_MARGIN_MS", cls.margin_ms)),
+        )
+
+
+@dataclass
+class BatchOutcome:
+    report: DeliveryReport
+    retry: dict[str, str] = field(default_factory=dict)  # SQS message id -> transient reason
+    dead_lettered: int = 0  # SQS messages (or parts of them) sent to the DLQ
+
+    @property
+    def dead_lettered_impressions(self) -> int:
+        return sum(self.report.permanent.values())
+
+
+def process_batch(
+    messages: Sequence[QueuedMessage],
+    remaining_ms: Callable[[], int],
+    dead_letter_queue_url: str,
+    observers: Sequence[ImpressionObserver] = (),
+    settings: SenderSettings | None = None,
+    destinations: list[Destination] | None = None,
+) -> BatchOutcome:
+    settings = settings or SenderSettings.from_env()
+    if destinations is None:
+        try:
+            destinations = load_destinations()
+        except ConfigError as exc:
+            # Which impressions an unreadable config should receive is unknown: retry them all
+            # (after maxReceiveCount they reach the DLQ, from where they can be redriven).
+            logger.error("outbound configs unavailable, retrying the whole batch: %s", exc)
+            report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
+            return BatchOutcome(report, {m.message_id: str(exc) for m in messages})
+
+    report = asyncio.run(_deliver(messages, destinations, remaining_ms, observers, settings))
+    retry = {messages[i].message_id: reason for i, reason in report.retry.items()}
+    undelivered = send_dead_letters(dead_letter_queue_url, report.dead_letters) if report.dead_letters else {}
+    for record, reason in undelivered.items():
+        retry[messages[record].message_id] = reason
+    return BatchOutcome(report, retry, len(report.dead_letters) - len(undelivered))
+
+
+async def _deliver(
+    messages: Sequence[QueuedMessage],
+    destinations: list[Destination],
+    remaining_ms: Callable[[], int],
+    observers: Sequence[ImpressionObserver],
+    settings: SenderSettings,
+) -> DeliveryReport:
+    deadline = Deadline(remaining_ms, margin_ms=settings.margin_ms)
+    async with http_client(settings.request_timeout, settings.concurrency) as http:
+        client = SegmentClient(http, deadline, settings.concurrency)
+        return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)

@@ -1,0 +1,61 @@
+"""Permanent failures to the impressions dead-letter queue, with their reasons as attributes.
+
+The body is the message (or the failed part of it) in a shape the impressions queue accepts, so
+that a DLQ redrive after the fix replays it. Attributes: ``errorCode`` (comma-separated codes),
+``reason`` (human-readable, per impression), ``sourceMessageId`` and ``failedImpressions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import aws
+from shared.outbound.delivery import DeadLetter
+
+# SQS: 10 entries per SendMessageBatch, 256 KiB per call.
+MAX_ENTRIES = 10
+MAX_CALL_BYTES = 256 * 1024 - 8 * 1024  # leave room for attributes
+
+
+def _attributes(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "errorCode": {"DataType": "String", "StringValue": ",".join(letter.error_codes)},
+        "reason": {"DataType": "String", "StringValue": letter.reason or "-"},
+        "sourceMessageId": {"DataType": "String", "StringValue": letter.source_message_id or "-"},
+        "failedImpressions": {"DataType": "Number", "StringValue": str(letter.failed_impressions)},
+    }
+
+
+def send_dead_letters(queue_url: str, letters: Sequence[DeadLetter]) -> dict[int, str]:
+    """Send each letter; returns the records (by index) that could not be dead-lettered, with why."""
+    failed: dict[int, str] = {}
+    chunk: list[DeadLetter] = []
+    chunk_bytes = 0
+    for letter in letters:
+        size = len(letter.body.encode())
+        if chunk and (len(chunk) >= MAX_ENTRIES or chunk_bytes + size > MAX_CALL_BYTES):
+            failed.update(_send_chunk(queue_url, chunk))
+            chunk, chunk_bytes = [], 0
+        chunk.append(letter)
+        chunk_bytes += size
+    if chunk:
+        failed.update(_send_chunk(queue_url, chunk))
+    return failed
+
+
+def _send_chunk(queue_url: str, chunk: list[DeadLetter]) -> dict[int, str]:
+    entries = [
+        {"Id": str(i), "MessageBody": letter.body, "MessageAttributes": _attributes(letter)}
+        for i, letter in enumerate(chunk)
+    ]
+    try:
+        response = aws.client("sqs").send_message_batch(QueueUrl=queue_url, Entries=entries)
+    except (BotoCoreError, ClientError) as exc:
+        return {letter.record: f"dead-letter queue: {type(exc).__name__}" for letter in chunk}
+    return {
+        chunk[int(entry["Id"])].record: f"dead-letter queue: {entry.get('Code', 'error')}"
+        for entry in response.get("Failed", [])
+    }

@@ -1,0 +1,226 @@
+"""Impressions of a batch of SQS messages → Segment track calls, with the outcome per message.
+
+The pipeline, for one invocation:
+
+1. each message body is parsed (:mod:`shared.outbound.impressions`); what cannot be parsed, has no
+   environment, or matches no outbound config is a **permanent** error of that message;
+2. observers see every message's impressions right after parsing (the place to record "last
+   treatment" profiles, say) — see :class:`ImpressionObserver`;
+3. each impression becomes one track message per matching destination, serialised once and packed
+   into that destination's batches; a full batch is sent at once, concurrently with the parsing
+   of the rest, so memory stays bounded and the network is busy early;
+4. each Segment message remembers the SQS message (and the impression in it) that produced it, so
+   a failed request marks exactly those messages: **transient** (retried by SQS, through
+   ``ReportBatchItemFailures``) or **permanent** (Segment refused it: dead-letter queue).
+
+A message with any transient failure is retried whole — its delivered impressions are sent again
+with the same ``messageId`` and Segment drops the duplicates. A message with only permanent
+failures is dead-lettered with the reasons; if only some of its impressions failed, the
+dead-letter entry holds only those, so a redrive after the fix sends exactly them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.config import ConfigError
+from shared.http_retry import Outcome
+from shared.outbound.destinations import NO_MATCHING_CONFIG, Destination, Router
+from shared.outbound.impressions import BodyError, Impression, parse_body, subset_body
+from shared.outbound.segment_client import BatchPacker, SegmentBatch, SegmentClient
+from shared.outbound.segment_messages import MAX_MESSAGE_BYTES, encode, track_message
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_TOO_LARGE = "message_too_large"
+SEGMENT_REJECTED = "segment_rejected"
+MAX_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """An SQS message: its id (for batch item failures) and its body."""
+
+    message_id: str
+    body: str
+
+
+class ImpressionObserver(Protocol):
+    """Sees the impressions of each SQS message right after parsing.
+
+    ``finish`` runs once all messages are parsed; it returns the messages (by index) whose
+    impressions it could not handle, with a reason: those are retried like a failed send.
+    """
+
+    def observe(self, record: int, impressions: Sequence[Impression]) -> None: ...
+
+    def finish(self) -> Mapping[int, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: int
+    source_message_id: str
+    body: str
+    error_codes: tuple[str, ...]
+    reason: str
+    failed_impressions: int
+
+
+@dataclass
+class DeliveryReport:
+    """What happened to a batch of SQS messages."""
+
+    retry: dict[int, str] = field(default_factory=dict)  # record index -> transient reason
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    impressions: int = 0  # parsed successfully
+    messages: int = 0  # Segment messages built
+    delivered: int = 0  # Segment messages accepted
+    failed_transient: int = 0  # Segment messages not accepted in time
+    requests: int = 0  # Segment batch requests (after retries)
+    attempts: int = 0  # HTTP attempts in all
+    permanent: Counter[str] = field(default_factory=Counter)  # impressions by error code
+
+
+class _Failures:
+    def __init__(self) -> None:
+        self.transient: dict[int, str] = {}
+        self.whole: dict[int, tuple[str, str]] = {}
+        self.items: dict[int, dict[int, tuple[str, str]]] = {}
+
+    def item(self, record: int, item: int, code: str, reason: str) -> None:
+        self.items.setdefault(record, {}).setdefault(item, (code, reason))
+
+
+async def deliver(
+    messages: Sequence[QueuedMessage],
+    router: Router,
+    write_key: Callable[[Destination], str],
+    client: SegmentClient,
+    observers: Sequence[ImpressionObserver] = (),
+) -> DeliveryReport:
+    """Parse, route, pack and send; never raises for bad input or a failing Segment."""
+    report = DeliveryReport()
+    failures = _Failures()
+    packers: dict[str, BatchPacker] = {}
+    by_name = {d.name: d for d in router.destinations}
+    sends: list[asyncio.Task[None]] = []
+
+    def start_send(destination: Destination, batch: SegmentBatch | None) -> None:
+        if batch is not None:
+            sends.append(asyncio.create_task(_send(destination, batch, client, write_key, report, failures)))
+
+    for record, message in enumerate(messages):
+        try:
+            parsed = parse_body(message.body)
+        except BodyError as exc:
+            failures.whole[record] = (exc.code, exc.reason)
+            continue
+        for error in parsed.errors:
+            failures.item(record, error.index, error.code, error.reason)
+        report.impressions += len(parsed.impressions)
+        for observer in observers:
+            observer.observe(record, [impression for _, impression in parsed.impressions])
+        for index, impression in parsed.impressions:
+            routes = router.routes(impression)
+            if isinstance(routes, str):
+                failures.item(record, index, NO_MATCHING_CONFIG, routes)
+                continue
+            for destination, identity in routes:
+                encoded = encode(track_message(impression, destination.config, identity))
+                if len(encoded) > MAX_MESSAGE_BYTES:
+                    reason = f"{destination.name}: message is {len(encoded)} bytes, over {MAX_MESSAGE_BYTES}"
+                    failures.item(record, index, MESSAGE_TOO_LARGE, reason)
+                    continue
+                report.messages += 1
+                packer = packers.get(destination.name)
+                if packer is None:
+                    packer = packers[destination.name] = BatchPacker()
+                start_send(destination, packer.add(encoded, record, index))
+        # Let the requests already started make progress while the next message is parsed.
+        await asyncio.sleep(0)
+
+    for name, packer in packers.items():
+        start_send(by_name[name], packer.flush())
+    await asyncio.gather(*sends)
+
+    for observer in observers:
+        for record, reason in observer.finish().items():
+            failures.transient.setdefault(record, reason)
+
+    _conclude(messages, failures, report)
+    return report
+
+
+async def _send(
+    destination: Destination,
+    batch: SegmentBatch,
+    client: SegmentClient,
+    write_key: Callable[[Destination], str],
+    report: DeliveryReport,
+    failures: _Failures,
+) -> None:
+    try:
+        key = write_key(destination)
+    except ConfigError as exc:
+        # A missing or unreadable write key is retried: the operator may be creating it right now.
+        _mark_transient(batch, f"{destination.name}: write key unavailable ({exc})", report, failures)
+        return
+    try:
+        result = await client.send(destination.endpoint, key, batch)
+    except Exception as exc:  # a bug here must not lose the batch: it is retried
+        logger.exception("sending a batch to %s failed", destination.name)
+        _mark_transient(batch, f"{destination.name}: {type(exc).__name__}", report, failures)
+        return
+    report.requests += 1
+    report.attempts += result.attempts
+    if result.outcome is Outcome.DELIVERED:
+        report.delivered += len(batch)
+    elif result.outcome is Outcome.PERMANENT:
+        reason = f"{destination.name}: Segment refused the batch: {result.reason}"
+        for record, item in zip(batch.records, batch.items, strict=True):
+            failures.item(record, item, SEGMENT_REJECTED, reason)
+    else:
+        _mark_transient(batch, f"{destination.name}: {result.reason}", report, failures)
+
+
+def _mark_transient(batch: SegmentBatch, reason: str, report: DeliveryReport, failures: _Failures) -> None:
+    report.failed_transient += len(batch)
+    for record in set(batch.records):
+        failures.transient.setdefault(record, reason)
+
+
+def _conclude(messages: Sequence[QueuedMessage], failures: _Failures, report: DeliveryReport) -> None:
+    report.retry = dict(failures.transient)
+    for record, (code, reason) in failures.whole.items():
+        report.permanent[code] += 1
+        report.dead_letters.append(
+            DeadLetter(record, messages[record].message_id, messages[record].body, (code,), reason, 1)
+        )
+    for record, items in failures.items.items():
+        if record in failures.transient:
+            continue  # retried whole; its permanent part is dead-lettered once the rest succeeds
+        indexes = sorted(items)
+        codes = tuple(dict.fromkeys(items[i][0] for i in indexes))
+        for code, _ in items.values():
+            report.permanent[code] += 1
+        reason = "; ".join(f"impression {i}: {items[i][0]}: {items[i][1]}" for i in indexes)
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        message = messages[record]
+        report.dead_letters.append(
+            DeadLetter(
+                record,
+                message.message_id,
+                subset_body(message.body, indexes),
+                codes,
+                reason,
+                len(indexes),
+            )
+        )
+    report.dead_letters.sort(key=lambda d: d.record)

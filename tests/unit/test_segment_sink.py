@@ -1,0 +1,120 @@
+"""The loopback Segment sink: what it accepts, refuses and records, and its injected faults."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from fme_bridge.segment_sink import SegmentSink
+
+KEY = "sink-key"
+
+
+@pytest.fixture
+def sink() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={KEY}) as server:
+        yield server
+
+
+def track(i: int = 0, **extra: object) -> dict[str, object]:
+    return {"type": "track", "event": "get_treatment", "userId": f"u{i}", "messageId": f"m{i}", **extra}
+
+
+def post(sink: SegmentSink, path: str, body: object, auth: tuple[str, str] | None = (KEY, ""), **kw: object):
+    return httpx.post(f"{sink.url}{path}", json=body, auth=auth, timeout=5, **kw)  # type: ignore[arg-type]
+
+
+def test_batch_with_basic_auth_is_recorded(sink: SegmentSink) -> None:
+    response = post(sink, "/v1/batch", {"batch": [track(1), track(2)]})
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+    assert [m["messageId"] for m in sink.messages] == ["m1", "m2"]
+    assert sink.messages_for(KEY) == sink.messages
+    [request] = sink.requests
+    assert request.write_key == KEY
+    assert request.status == 200
+
+
+def test_single_call_routes_and_write_key_in_body(sink: SegmentSink) -> None:
+    assert post(sink, "/v1/identify", {"userId": "u", "traits": {"a": 1}}).status_code == 200
+    assert post(sink, "/v1/track", {**track(3), "writeKey": KEY}, auth=None).status_code == 200
+    assert [m["type"] for m in sink.messages] == ["identify", "track"]
+
+
+@pytest.mark.parametrize("auth", [None, ("wrong", ""), ("", KEY)])
+def test_wrong_or_missing_write_key_is_401_and_nothing_is_kept(sink: SegmentSink, auth) -> None:
+    assert post(sink, "/v1/batch", {"batch": [track()]}, auth=auth).status_code == 401
+    assert sink.messages == []
+    assert sink.requests[0].status == 401
+
+
+def test_gzip_bodies_are_accepted(sink: SegmentSink) -> None:
+    raw = gzip.compress(json.dumps({"batch": [track()]}).encode())
+    response = httpx.post(
+        f"{sink.url}/v1/batch",
+        content=raw,
+        auth=(KEY, ""),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200
+    assert sink.requests[0].gzipped
+    assert len(sink.messages) == 1
+
+
+def test_limits_are_enforced(sink: SegmentSink) -> None:
+    too_many = {"batch": [track(i) for i in range(2501)]}
+    assert post(sink, "/v1/batch", too_many).status_code == 400
+    big_message = {"batch": [track(0, properties={"x": "y" * 33_000})]}
+    response = post(sink, "/v1/batch", big_message)
+    assert response.status_code == 400
+    assert "more than 32768" in response.json()["message"]
+    too_large = {"batch": [track(i, properties={"x": "y" * 20_000}) for i in range(26)]}
+    assert post(sink, "/v1/batch", too_large).status_code == 400
+    assert post(sink, "/v1/batch", {"batch": [{"type": "track", "userId": "u"}]}).status_code == 400
+    assert sink.messages == []
+
+
+def test_injected_faults_then_recovery(sink: SegmentSink) -> None:
+    sink.fail_next(1, 503)
+    sink.fail_next(1, 429, retry_after=2)
+    sink.fail_next(1, kind="drop")
+    sink.fail_next(1, kind="timeout", hang_seconds=0.5)
+    first = post(sink, "/v1/batch", {"batch": [track()]})
+    assert first.status_code == 503
+    second = post(sink, "/v1/batch", {"batch": [track()]})
+    assert (second.status_code, second.headers["Retry-After"]) == (429, "2")
+    with pytest.raises(httpx.TransportError):
+        post(sink, "/v1/batch", {"batch": [track()]})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{sink.url}/v1/batch", json={"batch": [track()]}, auth=(KEY, ""), timeout=0.1)
+    assert post(sink, "/v1/batch", {"batch": [track()]}).status_code == 200
+    assert len(sink.messages) == 1
+    assert [r.status for r in sink.requests] == [503, 429, None, None, 200]
+
+
+def test_accepted_then_failed_keeps_the_messages(sink: SegmentSink) -> None:
+    sink.fail_next(1, 500, accept=True)
+    assert post(sink, "/v1/batch", {"batch": [track(1)]}).status_code == 500
+    assert post(sink, "/v1/batch", {"batch": [track(1)]}).status_code == 200
+    assert len(sink.messages) == 2
+    assert list(sink.unique_messages()) == ["m1"]
+
+
+def test_fraction_of_failures_is_repeatable_and_clear_resets(sink: SegmentSink) -> None:
+    sink.fail_fraction(0.5, 500, seed=3)
+    statuses = [post(sink, "/v1/batch", {"batch": [track(i)]}).status_code for i in range(20)]
+    assert 0 < statuses.count(500) < 20
+    sink.clear()
+    assert sink.requests == []
+    assert sink.messages == []
+    assert post(sink, "/v1/batch", {"batch": [track()]}).status_code == 200
+    assert sink.wait_for_messages(1, timeout=1)
+    assert not sink.wait_for_messages(2, timeout=0.05)
+
+
+def test_unknown_route_is_404(sink: SegmentSink) -> None:
+    assert post(sink, "/v2/batch", {"batch": [track()]}).status_code == 404
