@@ -1,0 +1,140 @@
+"""Segment Webhooks destination → FME events and identities (``POST /segment/{connectionId}``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import ConfigInvalid, ConfigUnavailable
+from shared.dynamodb import StoreUnavailable
+from shared.inbound.auth import Unauthorized
+from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
+from shared.inbound.messages import BadRequest, PayloadTooLarge
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+app = APIGatewayHttpResolver()
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body, separators=(",", ":")),
+        headers=headers,
+    )
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    body = event.body or ""
+    if event.is_base64_encoded:
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("invalid_base64", "the request body is not valid base64") from None
+    return body.encode()
+
+
+@app.post("/segment/<connectionId>")
+@tracer.capture_method(capture_response=False)
+def segment_webhook(connectionId: str) -> Response[str]:
+    headers = {name.lower(): value for name, value in (app.current_event.headers or {}).items()}
+    request = WebhookRequest(connection_id=connectionId, headers=headers, body=_raw_body())
+    logger.append_keys(connection_id=connectionId)
+    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000)
+    _record(report)
+    logger.info(
+        "webhook processed",
+        extra=report.model_dump(exclude={"drops"}),
+    )
+    return _json(200, report.model_dump(exclude_none=True))
+
+
+def _record(report: IngestReport) -> None:
+    metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=report.received)
+    metrics.add_metric(name="MessagesStored", unit=MetricUnit.Count, value=report.stored)
+    metrics.add_metric(name="MessagesDuplicate", unit=MetricUnit.Count, value=report.duplicate)
+    metrics.add_metric(name="MessagesIgnored", unit=MetricUnit.Count, value=report.ignored)
+    metrics.add_metric(name="MessagesDeleted", unit=MetricUnit.Count, value=report.deleted)
+    metrics.add_metric(name="EventsStored", unit=MetricUnit.Count, value=report.events)
+    metrics.add_metric(name="IdentitiesChanged", unit=MetricUnit.Count, value=report.identities)
+    for kind, count in report.truncated.items():
+        if count:
+            metrics.add_metric(name=f"Truncated_{kind}", unit=MetricUnit.Count, value=count)
+    for reason, count in report.drop_reasons().items():
+        # One metric per reason, with the reason as its dimension.
+        with single_metric(
+            name="MessagesDropped",
+            unit=MetricUnit.Count,
+            value=count,
+            namespace=metrics.namespace,
+            default_dimensions=metrics.default_dimensions,
+        ) as metric:
+            metric.add_dimension(name="reason", value=reason)
+
+
+@app.exception_handler(Unauthorized)
+def _unauthorized(_: Unauthorized) -> Response[str]:
+    metrics.add_metric(name="Unauthorized", unit=MetricUnit.Count, value=1)
+    # The same answer for a wrong secret and an unknown connection.
+    return _json(
+        401,
+        {"error": "unauthorized", "message": "missing or invalid credentials"},
+        headers={"WWW-Authenticate": 'Bearer realm="segment-webhook"'},
+    )
+
+
+@app.exception_handler(BadRequest)
+def _bad_request(exc: BadRequest) -> Response[str]:
+    metrics.add_metric(name="BadRequests", unit=MetricUnit.Count, value=1)
+    return _json(400, {"error": exc.error, "message": exc.message})
+
+
+@app.exception_handler(PayloadTooLarge)
+def _too_large(exc: PayloadTooLarge) -> Response[str]:
+    metrics.add_metric(name="BadRequests", unit=MetricUnit.Count, value=1)
+    return _json(413, {"error": "payload_too_large", "message": exc.message, "limit": exc.limit})
+
+
+@app.exception_handler([ConfigUnavailable, StoreUnavailable, BotoCoreError, ClientError])
+def _unavailable(exc: Exception) -> Response[str]:
+    logger.warning("dependency unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
+    return _service_unavailable("storage or configuration is temporarily unavailable; retry later")
+
+
+@app.exception_handler(ConfigInvalid)
+def _config_invalid(exc: ConfigInvalid) -> Response[str]:
+    # Reached only after authentication; the details go to the log, not to the caller.
+    logger.error("connection config is invalid", extra={"detail": str(exc)})
+    return _service_unavailable("this connection's configuration is invalid; the operator has to fix it")
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[str]:
+    # Never a 500 with a stack trace: a 503 makes Segment retry, and storing is idempotent.
+    logger.exception("unexpected error")
+    return _service_unavailable("internal error; retry later")
+
+
+def _service_unavailable(message: str) -> Response[str]:
+    metrics.add_metric(name="Unavailable", unit=MetricUnit.Count, value=1)
+    return _json(503, {"error": "unavailable", "message": message}, headers={"Retry-After": "5"})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

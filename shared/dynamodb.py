@@ -1,0 +1,126 @@
+"""Batched DynamoDB access on the low-level client, for hot paths that write thousands of items.
+
+Items are built directly as attribute-value maps (``{"S": …}``), skipping boto3's resource layer and
+its per-value type dispatch. BatchGetItem (100 keys) and BatchWriteItem (25 items) requests run on a
+small thread pool, and what DynamoDB leaves unprocessed (throttling) is retried with backoff; what
+is still unprocessed after that raises :class:`StoreUnavailable`, so the caller answers "retry".
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+BATCH_GET_LIMIT = 100
+BATCH_WRITE_LIMIT = 25
+MAX_ATTEMPTS = 8
+MAX_WORKERS = 8
+
+Item = dict[str, Any]
+Key = dict[str, Any]
+Sleep = Callable[[float], None]
+
+
+class StoreUnavailable(Exception):
+    """DynamoDB kept refusing part of a request (throttling); the whole request can be retried."""
+
+
+def attribute_value(value: Any) -> dict[str, Any]:
+    """A Python value as a DynamoDB attribute value (str, bool, int, float, Decimal, None, dict, list)."""
+    kind = type(value)
+    if kind is str:
+        return {"S": value}
+    if kind is bool:
+        return {"BOOL": value}
+    if kind is int or kind is Decimal:
+        return {"N": str(value)}
+    if kind is float:
+        return {"N": repr(value)}
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, Mapping):
+        return {"M": {str(k): attribute_value(v) for k, v in value.items()}}
+    if isinstance(value, list | tuple):
+        return {"L": [attribute_value(v) for v in value]}
+    raise TypeError(f"cannot store a {kind.__name__} in DynamoDB")
+
+
+_deserializer = TypeDeserializer()
+
+
+def plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An attribute-value item as Python values (numbers as Decimal)."""
+    return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _backoff(attempt: int, sleep: Sleep) -> None:
+    # Full jitter, 25 ms doubling, capped at 1 s: eight attempts fit in a few seconds.
+    sleep(random.uniform(0, min(1.0, 0.025 * 2**attempt)))  # noqa: S311 - jitter, not security
+
+
+def _run_parallel(function: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
+    if len(batches) <= 1:
+        return [function(batch) for batch in batches]
+    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(batches))) as pool:
+        return list(pool.map(function, batches))
+
+
+def batch_get(
+    client: Any,
+    table: str,
+    keys: Sequence[Key],
+    projection: str | None = None,
+    names: dict[str, str] | None = None,
+    consistent: bool = False,
+    sleep: Sleep = time.sleep,
+) -> list[Item]:
+    """The items found for ``keys`` (any order), 100 keys per request, unprocessed keys retried."""
+
+    def fetch(batch: Sequence[Key]) -> list[Item]:
+        request: dict[str, Any] = {"Keys": list(batch), "ConsistentRead": consistent}
+        if projection:
+            request["ProjectionExpression"] = projection
+        if names:
+            request["ExpressionAttributeNames"] = names
+        found: list[Item] = []
+        pending: dict[str, Any] = {table: request}
+        for attempt in range(MAX_ATTEMPTS):
+            response = client.batch_get_item(RequestItems=pending)
+            found.extend(response.get("Responses", {}).get(table, []))
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                return found
+            _backoff(attempt, sleep)
+        raise StoreUnavailable(f"{table}: reads still unprocessed after {MAX_ATTEMPTS} attempts")
+
+    results = _run_parallel(fetch, list(chunks(keys, BATCH_GET_LIMIT)))
+    return [item for result in results for item in result]
+
+
+def batch_write(
+    client: Any, table: str, requests: Sequence[dict[str, Any]], sleep: Sleep = time.sleep
+) -> None:
+    """Put / delete requests (``{"PutRequest": …}``), 25 per request, unprocessed items retried."""
+
+    def write(batch: Sequence[dict[str, Any]]) -> None:
+        pending: dict[str, Any] = {table: list(batch)}
+        for attempt in range(MAX_ATTEMPTS):
+            response = client.batch_write_item(RequestItems=pending)
+            pending = response.get("UnprocessedItems") or {}
+            if not pending:
+                return
+            _backoff(attempt, sleep)
+        raise StoreUnavailable(f"{table}: writes still unprocessed after {MAX_ATTEMPTS} attempts")
+
+    _run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))

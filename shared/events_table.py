@@ -1,0 +1,131 @@
+"""EventsTable: one item per FME event (docs/data-model.md).
+
+``pk = {environment}#{trafficTypeName}#{key}``, ``sk = {timestamp:013d}#{messageId}``: a user's events
+are one Query in time order, and a redelivered message maps to the same key, which is what makes
+storing idempotent on ``messageId``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shared import aws
+from shared.dynamodb import Sleep, batch_get, batch_write, plain
+from shared.inbound.mapping import FmeEvent
+
+DEFAULT_RETENTION_DAYS = 90
+
+
+def identity_pk(environment: str, traffic_type: str, key: str) -> str:
+    return f"{environment}#{traffic_type}#{key}"
+
+
+def event_sk(timestamp: int, message_id: str) -> str:
+    return f"{timestamp:013d}#{message_id}"
+
+
+def event_item(event: FmeEvent, connection_id: str, received_at: int, expires_at: int) -> dict[str, Any]:
+    """The stored item, as attribute values; properties are already flat scalars (mapping rules)."""
+    properties: dict[str, Any] = {}
+    for name, value in event.properties.items():
+        kind = type(value)
+        if kind is str:
+            properties[name] = {"S": value}
+        elif kind is bool:
+            properties[name] = {"BOOL": value}
+        elif kind is int:
+            properties[name] = {"N": str(value)}
+        elif kind is float:
+            properties[name] = {"N": repr(value)}
+        else:
+            properties[name] = {"NULL": True}
+    item: dict[str, Any] = {
+        "pk": {"S": identity_pk(event.environment, event.trafficTypeName, event.key)},
+        "sk": {"S": event_sk(event.timestamp, event.messageId)},
+        "environment": {"S": event.environment},
+        "trafficTypeName": {"S": event.trafficTypeName},
+        "key": {"S": event.key},
+        "eventTypeId": {"S": event.eventTypeId},
+        "timestamp": {"N": str(event.timestamp)},
+        "properties": {"M": properties},
+        "messageId": {"S": event.messageId},
+        "segmentType": {"S": event.segmentType},
+        "receivedAt": {"N": str(received_at)},
+        "connectionId": {"S": connection_id},
+        "expiresAt": {"N": str(expires_at)},
+    }
+    if event.value is not None:
+        item["value"] = {"N": repr(event.value) if isinstance(event.value, float) else str(event.value)}
+    return item
+
+
+def retention_days() -> int:
+    return int(os.environ.get("EVENT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
+
+
+class EventsTable:
+    def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
+        self.name = name
+        self.client = client if client is not None else aws.client("dynamodb")
+        self.sleep = sleep
+
+    @classmethod
+    def from_env(cls) -> EventsTable:
+        return cls(aws.env("EVENTS_TABLE"))
+
+    def existing(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the (pk, sk) keys are already stored."""
+        requests = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
+        found = batch_get(self.client, self.name, requests, projection="pk, sk", sleep=self.sleep)
+        return {(item["pk"]["S"], item["sk"]["S"]) for item in found}
+
+    def put(self, items: Sequence[dict[str, Any]]) -> None:
+        batch_write(self.client, self.name, [{"PutRequest": {"Item": item}} for item in items], self.sleep)
+
+    def keys_of(self, pk: str) -> list[tuple[str, str]]:
+        """Every (pk, sk) of one identity's events."""
+        keys: list[tuple[str, str]] = []
+        request: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ProjectionExpression": "pk, sk",
+        }
+        while True:
+            page = self.client.query(**request)
+            keys.extend((item["pk"]["S"], item["sk"]["S"]) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return keys
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def delete(self, keys: Sequence[tuple[str, str]]) -> None:
+        requests = [{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in keys]
+        batch_write(self.client, self.name, requests, self.sleep)
+
+    def events_of(
+        self,
+        environment: str,
+        traffic_type: str,
+        key: str,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """One identity's events in time order (oldest first unless ``newest_first``), as Python values."""
+        request: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": identity_pk(environment, traffic_type, key)}},
+            "ScanIndexForward": not newest_first,
+        }
+        events: list[dict[str, Any]] = []
+        while True:
+            if limit is not None:
+                request["Limit"] = limit - len(events)
+            page = self.client.query(**request)
+            events.extend(plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page or (limit is not None and len(events) >= limit):
+                return events
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,0 +1,120 @@
+"""IdentitiesTable: one item per FME identity (docs/data-model.md).
+
+Concurrent webhook requests can update the same identity, so writes are optimistic: each item
+carries a ``version``; a write is conditional on the version that was read (or on the item not
+existing), and a request whose condition fails re-reads and merges again (see
+:func:`shared.inbound.ingest.store_identities`). Writes go in TransactWriteItems requests of up to
+100 conditional puts — the only batched write DynamoDB offers with conditions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared import aws
+from shared.dynamodb import Sleep, attribute_value, batch_get, batch_write, chunks, plain
+from shared.events_table import identity_pk
+from shared.inbound.mapping import MergedIdentity, StoredIdentity
+
+TRANSACTION_LIMIT = 100
+
+
+class IdentitiesTable:
+    def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
+        self.name = name
+        self.client = client if client is not None else aws.client("dynamodb")
+        self.sleep = sleep
+
+    @classmethod
+    def from_env(cls) -> IdentitiesTable:
+        return cls(aws.env("IDENTITIES_TABLE"))
+
+    def get_many(self, pks: Sequence[str]) -> dict[str, StoredIdentity]:
+        """The stored identities among ``pks`` (strongly consistent: the versions feed conditions)."""
+        keys = [{"pk": {"S": pk}} for pk in pks]
+        found = batch_get(
+            self.client,
+            self.name,
+            keys,
+            # ``attributes`` is a DynamoDB reserved word.
+            projection="pk, #attributes, attributeTimestamps, #version",
+            names={"#attributes": "attributes", "#version": "version"},
+            consistent=True,
+            sleep=self.sleep,
+        )
+        identities = {}
+        for item in found:
+            values = plain(item)
+            identities[values["pk"]] = StoredIdentity(
+                attributes=values.get("attributes", {}),
+                attributeTimestamps={k: int(v) for k, v in values.get("attributeTimestamps", {}).items()},
+                version=int(values.get("version", 0)),
+            )
+        return identities
+
+    def put_conditional(
+        self, identities: Sequence[MergedIdentity], connection_id: str, updated_at: int
+    ) -> set[str]:
+        """Write merged identities; returns the pks whose write did not happen (re-read and retry them).
+
+        A transaction is all or nothing, so when one identity's version moved on, every identity of
+        that transaction is returned.
+        """
+        retry: set[str] = set()
+        for batch in chunks(identities, TRANSACTION_LIMIT):
+            actions = [
+                {"Put": self._conditional_put(identity, connection_id, updated_at)} for identity in batch
+            ]
+            try:
+                self.client.transact_write_items(TransactItems=actions)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code not in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                    raise
+                retry.update(identity_pk(i.environment, i.trafficTypeName, i.key) for i in batch)
+        return retry
+
+    def _conditional_put(
+        self, identity: MergedIdentity, connection_id: str, updated_at: int
+    ) -> dict[str, Any]:
+        version = (identity.expected_version or 0) + 1
+        put: dict[str, Any] = {
+            "TableName": self.name,
+            "Item": {
+                "pk": {"S": identity_pk(identity.environment, identity.trafficTypeName, identity.key)},
+                "environment": {"S": identity.environment},
+                "trafficTypeName": {"S": identity.trafficTypeName},
+                "key": {"S": identity.key},
+                "attributes": attribute_value(identity.attributes),
+                "attributeTimestamps": attribute_value(identity.attributeTimestamps),
+                "updatedAt": {"N": str(updated_at)},
+                "connectionId": {"S": connection_id},
+                "version": {"N": str(version)},
+            },
+        }
+        if identity.expected_version is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "#version = :expected"
+            put["ExpressionAttributeNames"] = {"#version": "version"}
+            put["ExpressionAttributeValues"] = {":expected": {"N": str(identity.expected_version)}}
+        return put
+
+    def delete(self, pks: Sequence[str]) -> None:
+        batch_write(
+            self.client, self.name, [{"DeleteRequest": {"Key": {"pk": {"S": pk}}}} for pk in pks], self.sleep
+        )
+
+    def get(self, environment: str, traffic_type: str, key: str) -> dict[str, Any] | None:
+        """One identity as Python values, or None."""
+        response = self.client.get_item(
+            TableName=self.name,
+            Key={"pk": {"S": identity_pk(environment, traffic_type, key)}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return plain(item) if item else None

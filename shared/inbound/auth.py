@@ -1,0 +1,169 @@
+"""Webhook authentication (SPEC section 2): the connection's secret, presented by Segment.
+
+Accepted, against the current secret and — only when that does not match — the ``AWSPREVIOUS``
+version (rotation):
+- ``Authorization: <secret>``, ``Authorization: Bearer <secret>``, Basic auth with the secret as user name;
+- ``X-Signature``: hex HMAC-SHA1 keyed with the secret, over the raw body (classic Webhooks) or, for
+  an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
+
+Every comparison is ``hmac.compare_digest`` and all candidates are compared, so timing says nothing
+about which part matched. An unknown connection fails exactly like bad credentials, and is
+remembered for a short while so that made-up connection ids cannot turn into a flood of
+Secrets Manager calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from shared import config
+from shared.inbound.messages import compact_json, first_element_text
+
+# SSM parameter names allow these; "/" is excluded so an id cannot reach another config's secret.
+CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NEGATIVE_CACHE_SECONDS = 30
+NEGATIVE_CACHE_ENTRIES = 10_000
+
+
+class Unauthorized(Exception):
+    """Missing or wrong credentials, or an unknown connection — deliberately indistinguishable."""
+
+
+class _NegativeCache:
+    """Names known not to exist, each for a short while (bounded, so it cannot grow without limit)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def ttl(self) -> float:
+        return float(min(NEGATIVE_CACHE_SECONDS, config.cache_seconds()))
+
+    def __contains__(self, name: str) -> bool:
+        expiry = self._expiry.get(name)
+        if expiry is None:
+            return False
+        if expiry <= self.clock():
+            self._expiry.pop(name, None)
+            return False
+        return True
+
+    def add(self, name: str) -> None:
+        ttl = self.ttl()
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
+                now = self.clock()
+                self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+                if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
+                    self._expiry.clear()
+            self._expiry[name] = self.clock() + ttl
+
+    def clear(self) -> None:
+        with self._lock:
+            self._expiry.clear()
+
+
+unknown_secrets = _NegativeCache()
+
+
+def clear_caches() -> None:
+    unknown_secrets.clear()
+
+
+def presented_tokens(headers: Mapping[str, str]) -> list[bytes]:
+    """Every form in which the Authorization header may carry the secret."""
+    value = (headers.get("authorization") or "").strip()
+    if not value:
+        return []
+    tokens = [value.encode()]
+    scheme, _, rest = value.partition(" ")
+    rest = rest.strip()
+    if scheme.lower() == "bearer" and rest:
+        tokens.append(rest.encode())
+    elif scheme.lower() == "basic" and rest:
+        try:
+            user = base64.b64decode(rest, validate=True).split(b":", 1)[0]
+        except (binascii.Error, ValueError):
+            user = b""
+        if user:
+            tokens.append(user)
+    return tokens
+
+
+def signed_payloads(body: bytes) -> list[bytes]:
+    """What an X-Signature may have been computed over: the body, or an array body's first element."""
+    payloads = [body]
+    first = first_element_text(body)
+    if first is not None:
+        payloads.append(first)
+        with contextlib.suppress(ValueError):
+            payloads.append(compact_json(json.loads(first)))
+    return payloads
+
+
+class Credentials:
+    """What a request presents, prepared once and checked against one or more secrets."""
+
+    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.tokens = presented_tokens(headers)
+        signature = (headers.get("x-signature") or "").strip().lower()
+        self.signature = signature.encode() if signature else b""
+        self.payloads = signed_payloads(body) if self.signature else []
+
+    @property
+    def present(self) -> bool:
+        return bool(self.tokens or self.signature)
+
+    def match(self, secret: str) -> bool:
+        key = secret.strip().encode()
+        if not key:
+            return False
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(token, key)
+        for payload in self.payloads:
+            digest = hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
+            matched |= hmac.compare_digest(digest, self.signature)
+        return matched
+
+
+def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) -> None:
+    """Raise :class:`Unauthorized` unless the request carries the connection's current or previous secret.
+
+    :class:`shared.config.ConfigUnavailable` (Secrets Manager failing) propagates: that is a 503.
+    """
+    credentials = Credentials(headers, body)
+    if not credentials.present or not CONNECTION_ID.fullmatch(connection_id):
+        raise Unauthorized
+    name = config.inbound_name(connection_id)
+    if name in unknown_secrets:
+        raise Unauthorized
+    try:
+        current = config.get_secret(name)
+    except config.ConfigNotFound:
+        unknown_secrets.add(name)
+        raise Unauthorized from None
+    if credentials.match(current):
+        return
+    previous_name = f"{name}@AWSPREVIOUS"
+    if previous_name in unknown_secrets:
+        raise Unauthorized
+    try:
+        previous = config.get_secret(name, previous=True)
+    except config.ConfigNotFound:
+        unknown_secrets.add(previous_name)
+        raise Unauthorized from None
+    if not credentials.match(previous):
+        raise Unauthorized

@@ -1,0 +1,195 @@
+"""A webhook request, end to end: size → authentication → connection config → body → mapping → storage.
+
+Storage is idempotent, so Segment can retry any request that did not get a 2xx (including one that
+half-succeeded before a 503): events that already exist are reported as ``duplicate`` and not
+written again, identity merges that change nothing write nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from shared import config
+from shared.dynamodb import StoreUnavailable
+from shared.events_table import EventsTable, event_item, event_sk, identity_pk, retention_days
+from shared.identities_table import IdentitiesTable
+from shared.inbound.auth import Unauthorized, authenticate
+from shared.inbound.mapping import IdentityUpdate, Mapped, MergedIdentity, map_messages, merge_identity
+from shared.inbound.messages import PayloadTooLarge, decode_body
+
+DEFAULT_MAX_BODY_BYTES = 5_000_000
+# Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
+IDENTITY_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    connection_id: str
+    headers: Mapping[str, str]  # names lower-case, as HTTP API payload format 2.0 delivers them
+    body: bytes
+
+
+class DropReport(BaseModel):
+    index: int
+    reason: str
+    trafficType: str | None = None
+
+
+class IngestReport(BaseModel):
+    """The 200 answer. Every message is counted once: received = stored + duplicate + dropped +
+    ignored + deleted. ``drops`` lists every drop, including a dropped target of a message whose
+    other targets were stored (so it can be longer than ``dropped``)."""
+
+    received: int
+    stored: int = 0
+    duplicate: int = 0
+    dropped: int = 0
+    ignored: int = 0
+    deleted: int = 0
+    events: int = 0
+    identities: int = 0
+    truncated: dict[str, int] = Field(default_factory=dict)
+    drops: list[DropReport] = Field(default_factory=list)
+
+    def drop_reasons(self) -> Counter[str]:
+        return Counter(drop.reason for drop in self.drops)
+
+
+def max_body_bytes() -> int:
+    return int(os.environ.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+
+
+def receive_webhook(
+    request: WebhookRequest,
+    now_ms: int,
+    events: EventsTable | None = None,
+    identities: IdentitiesTable | None = None,
+) -> IngestReport:
+    limit = max_body_bytes()
+    if len(request.body) > limit:
+        raise PayloadTooLarge(
+            f"the request body is {len(request.body)} bytes; the limit is {limit} bytes "
+            "(a Lambda request cannot exceed 6 MB): lower the batch size in Segment",
+            limit,
+        )
+    authenticate(request.connection_id, request.headers, request.body)
+    try:
+        connection = config.load_inbound(request.connection_id)
+    except config.ConfigNotFound:
+        # A secret without a config: answered like an unknown connection.
+        raise Unauthorized from None
+    mapped = map_messages(decode_body(request.body), connection, now_ms)
+    return store(
+        mapped,
+        request.connection_id,
+        now_ms,
+        events or EventsTable.from_env(),
+        identities or IdentitiesTable.from_env(),
+    )
+
+
+def store(
+    mapped: Mapped,
+    connection_id: str,
+    now_ms: int,
+    events_table: EventsTable,
+    identities_table: IdentitiesTable,
+) -> IngestReport:
+    stored: set[int] = set()
+    duplicate: set[int] = set()
+
+    # Events: one BatchGetItem per 100 keys tells what exists; only the rest is written.
+    expires_at = now_ms // 1000 + retention_days() * 86_400
+    candidates: dict[tuple[str, str], int] = {}
+    items = {}
+    for event in mapped.events:
+        key = (
+            identity_pk(event.environment, event.trafficTypeName, event.key),
+            event_sk(event.timestamp, event.messageId),
+        )
+        if key in candidates:
+            duplicate.add(event.index)  # the same message twice in one body
+            continue
+        candidates[key] = event.index
+        items[key] = event
+    existing = events_table.existing(candidates) if candidates else set()
+    new_keys = [key for key in candidates if key not in existing]
+    events_table.put([event_item(items[key], connection_id, now_ms, expires_at) for key in new_keys])
+    for key, index in candidates.items():
+        (duplicate if key in existing else stored).add(index)
+
+    # Identities: merged per identity, written conditionally on the version read.
+    changed_identities, effective = store_identities(
+        mapped.identities, identities_table, connection_id, now_ms
+    )
+    for update in mapped.identities:
+        (stored if update.index in effective else duplicate).add(update.index)
+
+    # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
+    deleted = {deletion.index for deletion in mapped.deletions}
+    if mapped.deletions:
+        pks = [identity_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions]
+        for pk in pks:
+            keys = events_table.keys_of(pk)
+            if keys:
+                events_table.delete(keys)
+        identities_table.delete(pks)
+
+    dropped = {drop.index for drop in mapped.drops}
+    report = IngestReport(
+        received=mapped.received,
+        events=len(new_keys),
+        identities=changed_identities,
+        truncated={"strings": mapped.strings_cut, "properties": mapped.properties_trimmed},
+        drops=[
+            DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
+        ],
+    )
+    for index in range(mapped.received):
+        if index in deleted:
+            report.deleted += 1
+        elif index in stored:
+            report.stored += 1
+        elif index in duplicate:
+            report.duplicate += 1
+        elif index in dropped:
+            report.dropped += 1
+        else:
+            report.ignored += 1
+    return report
+
+
+def store_identities(
+    updates: list[IdentityUpdate], table: IdentitiesTable, connection_id: str, now_ms: int
+) -> tuple[int, set[int]]:
+    """Merge and write identity updates; returns (identities changed, indices of effective messages).
+
+    Optimistic concurrency: read (consistent) → merge → conditional write; identities whose write
+    lost a race are read and merged again, up to :data:`IDENTITY_ATTEMPTS` times.
+    """
+    by_pk: dict[str, list[IdentityUpdate]] = defaultdict(list)
+    for update in updates:
+        by_pk[identity_pk(update.environment, update.trafficTypeName, update.key)].append(update)
+    effective_by_pk: dict[str, set[int]] = {}
+    pending = list(by_pk)
+    for _ in range(IDENTITY_ATTEMPTS):
+        if not pending:
+            break
+        stored = table.get_many(pending)
+        merged: dict[str, MergedIdentity] = {}
+        for pk in pending:
+            result = merge_identity(stored.get(pk), by_pk[pk])
+            if result is not None:
+                merged[pk] = result
+            effective_by_pk[pk] = result.effective if result else set()
+        pending = sorted(table.put_conditional(list(merged.values()), connection_id, now_ms))
+    else:
+        if pending:
+            raise StoreUnavailable(f"identity updates kept conflicting for {len(pending)} identities")
+    effective = {index for indices in effective_by_pk.values() for index in indices}
+    return sum(1 for indices in effective_by_pk.values() if indices), effective

@@ -1,0 +1,475 @@
+"""Segment messages → FME events, identity updates and deletions: the mapping rules of SPEC section 2.
+
+Pure functions over pydantic models: no I/O, the clock is passed in. Every message ends in exactly
+one of: events / identity updates / a deletion, a drop (with its reason), or ignored (with its
+reason). A message with several targets (``userId`` and ``anonymousId``, event-level groups) can have
+some targets dropped (``invalid_key``) while the others are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from enum import StrEnum
+from math import isfinite
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.config import InboundConfig
+from shared.inbound.messages import SegmentMessage, compact_json
+
+EVENT_TYPE_ID = re.compile(r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}")
+TRAFFIC_TYPE_NAME = re.compile(r"[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}")
+MAX_KEY_LENGTH = 250
+MAX_ATTRIBUTE_STRING = 255
+MAX_PROPERTIES = 300
+MAX_EVENT_BYTES = 32 * 1024
+# Becomes part of the event's sort key (1 KB at most in DynamoDB); Segment's own ids are ~40 chars.
+MAX_MESSAGE_ID_LENGTH = 200
+# What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
+_EVENT_ENVELOPE_BYTES = 160
+
+
+class DropReason(StrEnum):
+    NOT_AN_OBJECT = "not_an_object"
+    INVALID_MESSAGE = "invalid_message"
+    INVALID_MESSAGE_ID = "invalid_message_id"
+    MISSING_EVENT_TYPE_ID = "missing_event_type_id"
+    INVALID_EVENT_TYPE_ID = "invalid_event_type_id"
+    EVENT_TOO_LARGE = "event_too_large"
+    INVALID_KEY = "invalid_key"
+    INVALID_TRAFFIC_TYPE = "invalid_traffic_type"
+    NO_IDENTITY = "no_identity"
+    MISSING_USER_ID = "missing_user_id"
+
+
+class IgnoreReason(StrEnum):
+    ALIAS = "alias"
+    UNKNOWN_TYPE = "unknown_type"
+    TRACK_DISABLED = "track_disabled"
+    IDENTIFY_DISABLED = "identify_disabled"
+    PAGES_DISABLED = "pages_disabled"
+    SCREENS_DISABLED = "screens_disabled"
+    UNNAMED = "unnamed"
+    GROUP_WITHOUT_SPLIT = "group_without_split"
+
+
+Scalar = str | int | float | Decimal | bool | None
+
+
+class FmeEvent(BaseModel):
+    """One FME event; ``index`` is the position of its message in the webhook body."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    environment: str
+    trafficTypeName: str
+    key: str
+    eventTypeId: str
+    value: int | float | None
+    timestamp: int
+    properties: dict[str, Any]
+    messageId: str
+    segmentType: str
+
+
+class IdentityUpdate(BaseModel):
+    """Attributes one message sets on one identity; a None value removes the attribute."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    environment: str
+    trafficTypeName: str
+    key: str
+    attributes: dict[str, Any]
+    timestamp: int
+
+
+class Deletion(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    environment: str
+    trafficTypeName: str
+    key: str
+
+
+class Drop(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    reason: DropReason
+    trafficType: str | None = None
+
+
+class Mapped(BaseModel):
+    """What a webhook body maps to, before anything is stored."""
+
+    received: int
+    events: list[FmeEvent] = Field(default_factory=list)
+    identities: list[IdentityUpdate] = Field(default_factory=list)
+    deletions: list[Deletion] = Field(default_factory=list)
+    drops: list[Drop] = Field(default_factory=list)
+    ignored: dict[int, IgnoreReason] = Field(default_factory=dict)
+    strings_cut: int = 0
+    properties_trimmed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+def _storable_number(value: int | float) -> bool:
+    """DynamoDB numbers: 38 significant digits, magnitude between 1e-130 and 1e126."""
+    if isinstance(value, int):
+        return len(str(abs(value))) <= 38
+    return isfinite(value) and (value == 0 or 1e-130 <= abs(value) < 1e126)
+
+
+def property_value(value: Any) -> Scalar:
+    """An event property: string / number / bool / null kept, nested → its JSON string."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        return value if _storable_number(value) else str(value)
+    return compact_json(value).decode()
+
+
+def normalize_properties(properties: dict[str, Any] | None) -> tuple[dict[str, Scalar], int]:
+    """Event properties without ``split``, at most :data:`MAX_PROPERTIES`; returns (kept, trimmed)."""
+    if not properties:
+        return {}, 0
+    kept: dict[str, Scalar] = {}
+    trimmed = 0
+    for name, value in properties.items():
+        if name == "split":
+            continue
+        if not name or len(kept) >= MAX_PROPERTIES:
+            trimmed += 1
+            continue
+        kept[name] = property_value(value)
+    return kept, trimmed
+
+
+def normalize_attributes(traits: dict[str, Any], skip: str | None = None) -> tuple[dict[str, Scalar], int]:
+    """Identity attributes from traits: nested → JSON string, strings cut to 255; returns (attrs, cut)."""
+    attributes: dict[str, Scalar] = {}
+    cut = 0
+    for name, value in traits.items():
+        if name == skip or not name:
+            continue
+        normalized = property_value(value)
+        if isinstance(normalized, str) and len(normalized) > MAX_ATTRIBUTE_STRING:
+            normalized = normalized[:MAX_ATTRIBUTE_STRING]
+            cut += 1
+        attributes[name] = normalized
+    return attributes, cut
+
+
+def event_type_id(raw: Any) -> str | DropReason:
+    """The FME event type id from a raw value: spaces → ``_``, then the FME pattern, else a drop reason."""
+    if raw is None or raw == "":
+        return DropReason.MISSING_EVENT_TYPE_ID
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        return DropReason.INVALID_EVENT_TYPE_ID
+    candidate = str(raw).replace(" ", "_")
+    if not EVENT_TYPE_ID.fullmatch(candidate):
+        return DropReason.INVALID_EVENT_TYPE_ID
+    return candidate
+
+
+def numeric_value(raw: Any) -> int | float | None:
+    """The event value: a (storable) number, else None."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and _storable_number(raw):
+        return raw
+    return None
+
+
+def key_of(raw: Any) -> str | None:
+    """A traffic key from an id (string, or a number sent by a loosely typed library)."""
+    if isinstance(raw, str):
+        return raw or None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
+def split_pairs(split: Any) -> list[tuple[Any, Any]]:
+    """``{"account": "id"}`` or ``[{"account": "id"}, …]`` → [(traffic type, key), …]."""
+    elements = split if isinstance(split, list) else [split]
+    return [pair for element in elements if isinstance(element, dict) for pair in element.items()]
+
+
+def message_id_of(message: SegmentMessage, item: dict[str, Any]) -> str:
+    """Segment's ``messageId``, or one derived from the content so a redelivery maps to the same id."""
+    if message.messageId:
+        return message.messageId
+    return "sha1-" + hashlib.sha1(compact_json(item), usedforsecurity=False).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+class _Mapper:
+    def __init__(self, config: InboundConfig, now_ms: int, out: Mapped) -> None:
+        self.config = config
+        self.now_ms = now_ms
+        self.out = out
+        self.traffic_types = list(dict.fromkeys(m.trafficType for m in config.identities))
+
+    def drop(self, index: int, reason: DropReason, traffic_type: str | None = None) -> None:
+        self.out.drops.append(Drop(index=index, reason=reason, trafficType=traffic_type))
+
+    def ignore(self, index: int, reason: IgnoreReason) -> None:
+        self.out.ignored[index] = reason
+
+    def mapped_identities(self, message: SegmentMessage) -> list[tuple[str, str]]:
+        found = []
+        for mapping in self.config.identities:
+            key = getattr(message, mapping.segmentId)
+            if key:
+                found.append((mapping.trafficType, key))
+        return found
+
+    def valid_targets(self, index: int, targets: Iterable[tuple[Any, Any]]) -> list[tuple[str, str]]:
+        """Targets whose traffic type and key FME accepts; the others are dropped with their reason."""
+        valid: dict[tuple[str, str], None] = {}
+        for traffic_type, raw_key in targets:
+            if not isinstance(traffic_type, str) or not TRAFFIC_TYPE_NAME.fullmatch(traffic_type):
+                self.drop(index, DropReason.INVALID_TRAFFIC_TYPE, str(traffic_type)[:80])
+                continue
+            key = key_of(raw_key)
+            if key is None or len(key) > MAX_KEY_LENGTH:
+                self.drop(index, DropReason.INVALID_KEY, traffic_type)
+                continue
+            valid[(traffic_type, key)] = None
+        return list(valid)
+
+    def map(self, index: int, item: Any) -> None:
+        if not isinstance(item, dict):
+            self.drop(index, DropReason.NOT_AN_OBJECT)
+            return
+        try:
+            message = SegmentMessage.model_validate(item)
+        except ValidationError:
+            self.drop(index, DropReason.INVALID_MESSAGE)
+            return
+        message_id = message_id_of(message, item)
+        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            self.drop(index, DropReason.INVALID_MESSAGE_ID)
+            return
+        kind = message.type.lower()
+        config = self.config
+        if kind == "track":
+            if not config.enableTrack:
+                self.ignore(index, IgnoreReason.TRACK_DISABLED)
+                return
+            type_id = event_type_id(message.lookup(config.eventTypeIdField))
+            value = numeric_value(message.lookup(config.valueField)) if config.valueField else None
+            self.events(index, message, message_id, type_id, value)
+        elif kind in ("page", "screen"):
+            if kind == "page" and not config.trackNamedPages:
+                self.ignore(index, IgnoreReason.PAGES_DISABLED)
+                return
+            if kind == "screen" and not config.trackNamedScreens:
+                self.ignore(index, IgnoreReason.SCREENS_DISABLED)
+                return
+            name = message.name
+            if not isinstance(name, str | int | float) or isinstance(name, bool) or name == "":
+                self.ignore(index, IgnoreReason.UNNAMED)
+                return
+            template = config.pageEventTypeId if kind == "page" else config.screenEventTypeId
+            type_id = event_type_id(template.replace("{name}", str(name)))
+            self.events(index, message, message_id, type_id, None)
+        elif kind == "identify":
+            if not config.enableIdentify:
+                self.ignore(index, IgnoreReason.IDENTIFY_DISABLED)
+                return
+            identities = self.mapped_identities(message)
+            if not identities:
+                self.drop(index, DropReason.NO_IDENTITY)
+                return
+            self.identify(index, message, identities, message.traits or {}, skip=None)
+        elif kind == "group":
+            if not config.enableIdentify:
+                self.ignore(index, IgnoreReason.IDENTIFY_DISABLED)
+                return
+            traits = message.traits or {}
+            pairs = split_pairs(traits.get("split"))
+            if not pairs:
+                self.ignore(index, IgnoreReason.GROUP_WITHOUT_SPLIT)
+                return
+            self.identify(index, message, pairs, traits, skip="split")
+        elif kind == "delete":
+            if not message.userId:
+                self.drop(index, DropReason.MISSING_USER_ID)
+                return
+            if len(message.userId) > MAX_KEY_LENGTH:
+                self.drop(index, DropReason.INVALID_KEY)
+                return
+            for traffic_type in self.traffic_types:
+                self.out.deletions.append(
+                    Deletion(
+                        index=index,
+                        environment=config.environment,
+                        trafficTypeName=traffic_type,
+                        key=message.userId,
+                    )
+                )
+        else:
+            self.ignore(index, IgnoreReason.ALIAS if kind == "alias" else IgnoreReason.UNKNOWN_TYPE)
+
+    def events(
+        self,
+        index: int,
+        message: SegmentMessage,
+        message_id: str,
+        type_id: str | DropReason,
+        value: int | float | None,
+    ) -> None:
+        if isinstance(type_id, DropReason):
+            self.drop(index, type_id)
+            return
+        raw_properties = message.properties or {}
+        targets: list[tuple[Any, Any]] = list(self.mapped_identities(message))
+        if "split" in raw_properties:
+            targets.extend(split_pairs(raw_properties["split"]))
+        if not targets:
+            self.drop(index, DropReason.NO_IDENTITY)
+            return
+        properties, trimmed = normalize_properties(raw_properties)
+        self.out.properties_trimmed += trimmed
+        environment = self.config.environment
+        base_size = len(compact_json(properties)) + len(type_id) + len(environment) + _EVENT_ENVELOPE_BYTES
+        timestamp = message.timestamp_ms(self.now_ms)
+        for traffic_type, key in self.valid_targets(index, targets):
+            if base_size + len(traffic_type) + len(key.encode()) > MAX_EVENT_BYTES:
+                self.drop(index, DropReason.EVENT_TOO_LARGE, traffic_type)
+                continue
+            self.out.events.append(
+                FmeEvent(
+                    index=index,
+                    environment=environment,
+                    trafficTypeName=traffic_type,
+                    key=key,
+                    eventTypeId=type_id,
+                    value=value,
+                    timestamp=timestamp,
+                    properties=properties,
+                    messageId=message_id,
+                    segmentType=message.type.lower(),
+                )
+            )
+
+    def identify(
+        self,
+        index: int,
+        message: SegmentMessage,
+        targets: Sequence[tuple[Any, Any]],
+        traits: dict[str, Any],
+        skip: str | None,
+    ) -> None:
+        attributes, cut = normalize_attributes(traits, skip=skip)
+        self.out.strings_cut += cut
+        timestamp = message.timestamp_ms(self.now_ms)
+        for traffic_type, key in self.valid_targets(index, targets):
+            self.out.identities.append(
+                IdentityUpdate(
+                    index=index,
+                    environment=self.config.environment,
+                    trafficTypeName=traffic_type,
+                    key=key,
+                    attributes=attributes,
+                    timestamp=timestamp,
+                )
+            )
+
+
+def map_messages(items: Sequence[Any], config: InboundConfig, now_ms: int) -> Mapped:
+    """Map every message of a webhook body; one bad message never affects the others."""
+    out = Mapped(received=len(items))
+    mapper = _Mapper(config, now_ms, out)
+    for index, item in enumerate(items):
+        mapper.map(index, item)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity merge
+
+
+class StoredIdentity(BaseModel):
+    """What the identities table holds for one identity (``version`` for optimistic concurrency)."""
+
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributeTimestamps: dict[str, int] = Field(default_factory=dict)
+    version: int = 0
+
+
+class MergedIdentity(BaseModel):
+    environment: str
+    trafficTypeName: str
+    key: str
+    attributes: dict[str, Any]
+    attributeTimestamps: dict[str, int]
+    expected_version: int | None
+    """The version read (None: the identity did not exist); the write is conditional on it."""
+    effective: set[int]
+    """Indices of the messages that changed something."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    # True == 1 in Python; an attribute turning from 1 into true is a change.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def merge_identity(stored: StoredIdentity | None, updates: Sequence[IdentityUpdate]) -> MergedIdentity | None:
+    """Apply updates to what is stored, the newer message timestamp winning per attribute.
+
+    Returns None when nothing changes (a redelivered or older message). On equal timestamps the
+    later message of the body wins. A removed attribute keeps its timestamp, so an older message
+    cannot bring it back.
+    """
+    if not updates:
+        return None
+    attributes = dict(stored.attributes) if stored else {}
+    stamps = dict(stored.attributeTimestamps) if stored else {}
+    effective: set[int] = set()
+    changed = stored is None
+    if stored is None:
+        effective.add(updates[0].index)
+    for update in sorted(updates, key=lambda u: u.timestamp):
+        for name, value in update.attributes.items():
+            previous_stamp = stamps.get(name)
+            if previous_stamp is not None and previous_stamp > update.timestamp:
+                continue
+            if value is None:
+                value_changed = name in attributes
+                attributes.pop(name, None)
+            else:
+                value_changed = name not in attributes or not _same(attributes[name], value)
+                attributes[name] = value
+            if value_changed or previous_stamp != update.timestamp:
+                stamps[name] = update.timestamp
+                changed = True
+                effective.add(update.index)
+    if not changed:
+        return None
+    first = updates[0]
+    return MergedIdentity(
+        environment=first.environment,
+        trafficTypeName=first.trafficTypeName,
+        key=first.key,
+        attributes=attributes,
+        attributeTimestamps=stamps,
+        expected_version=stored.version if stored else None,
+        effective=effective,
+    )

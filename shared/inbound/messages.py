@@ -1,0 +1,204 @@
+"""Webhook bodies and the Segment messages inside them.
+
+Three body shapes are accepted (SPEC section 2): one message object (classic Webhooks), a JSON array
+of messages (Webhooks (Actions) batching) and ``{"batch": [...]}`` (HTTP Tracking API style). A body
+that is not one of those is a :class:`BadRequest`; a single bad message inside a batch is not — the
+mapping drops it by index and keeps the others.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from math import isfinite
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+MAX_MESSAGES = 4000
+# Latest epoch ms the sort key's 13 digits hold (year 2286); anything outside is not a real time.
+_MAX_EPOCH_MS = 9_999_999_999_999
+
+
+class BadRequest(Exception):
+    """The body cannot be read as Segment messages (400)."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+class PayloadTooLarge(Exception):
+    """The body exceeds a size or count limit (413); the message names the limit."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON, and DynamoDB cannot store them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def decode_body(raw: bytes) -> list[Any]:
+    """The messages of a webhook body, in order; raises :class:`BadRequest` / :class:`PayloadTooLarge`."""
+    if not raw.strip():
+        raise BadRequest("empty_body", "the request body is empty; expected a Segment message or an array")
+    try:
+        document = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    messages: Any
+    if isinstance(document, list):
+        messages = document
+    elif isinstance(document, dict):
+        if "batch" in document and "type" not in document:
+            messages = document["batch"]
+            if not isinstance(messages, list):
+                raise BadRequest("invalid_batch", '"batch" must be an array of Segment messages')
+        elif not document:
+            raise BadRequest("empty_body", "the request body is an empty object; expected a Segment message")
+        else:
+            messages = [document]
+    else:
+        raise BadRequest(
+            "invalid_body_type",
+            f"the request body must be a JSON object or array, not {_json_type(document)}",
+        )
+    if not messages:
+        raise BadRequest("empty_batch", "the request body holds no messages")
+    if len(messages) > MAX_MESSAGES:
+        raise PayloadTooLarge(
+            f"the request body holds {len(messages)} messages; at most {MAX_MESSAGES} are accepted",
+            MAX_MESSAGES,
+        )
+    return messages
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string"
+
+
+def first_element_text(raw: bytes) -> bytes | None:
+    """The exact bytes of the first element of a JSON array body, or None when the body is no array.
+
+    Webhooks (Actions) signs a batch with ``JSON.stringify(batch[0])``; the raw text of that element
+    as it was sent is the most faithful copy of what was signed (re-serializing may format numbers
+    differently). Only the first element is parsed, so this is cheap before authentication.
+    """
+    text = raw.lstrip()
+    if not text.startswith(b"["):
+        return None
+    try:
+        decoded = text.decode()
+    except UnicodeDecodeError:
+        return None
+    start = 1
+    while start < len(decoded) and decoded[start] in " \t\r\n":
+        start += 1
+    try:
+        _, end = json.JSONDecoder().raw_decode(decoded, start)
+    except ValueError:
+        return None
+    return decoded[start:end].encode()
+
+
+def compact_json(value: Any) -> bytes:
+    """JSON as ``JSON.stringify`` writes it: no spaces, non-ASCII kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment messages
+
+
+def _id_string(value: Any) -> Any:
+    # Some libraries send numeric ids; Segment itself treats ids as strings.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if value == "":
+        return None
+    return value
+
+
+IdString = Annotated[str | None, BeforeValidator(_id_string)]
+
+
+class SegmentMessage(BaseModel):
+    """A Segment spec message: the common fields plus those of identify/track/page/screen/group.
+
+    Fields not named here are kept (``model_extra``) so that dotted ``eventTypeIdField`` /
+    ``valueField`` paths can reach anything the message carries.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    messageId: IdString = None
+    userId: IdString = None
+    anonymousId: IdString = None
+    timestamp: Any = None
+    originalTimestamp: Any = None
+    receivedAt: Any = None
+    sentAt: Any = None
+    event: Any = None
+    name: Any = None
+    groupId: Any = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+
+    def lookup(self, path: str) -> Any:
+        """The value at a dotted path (``event``, ``properties.revenue``), None when absent."""
+        head, _, rest = path.partition(".")
+        value: Any = (
+            getattr(self, head) if head in type(self).model_fields else (self.model_extra or {}).get(head)
+        )
+        if rest:
+            for part in rest.split("."):
+                if not isinstance(value, dict):
+                    return None
+                value = value.get(part)
+        return value
+
+    def timestamp_ms(self, now_ms: int) -> int:
+        """Event time: ``timestamp``, else ``originalTimestamp``, else ``receivedAt``, else now."""
+        for candidate in (self.timestamp, self.originalTimestamp, self.receivedAt):
+            parsed = to_epoch_ms(candidate)
+            if parsed is not None:
+                return parsed
+        return now_ms
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_epoch_ms(value: Any) -> int | None:
+    """ISO-8601 (as Segment sends) or a number (epoch ms, or seconds when small) → epoch ms."""
+    millis: int | None = None
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        millis = (parsed - _EPOCH) // _ONE_MS
+    elif isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value):
+        # Ten-digit numbers are epoch seconds; thirteen-digit ones epoch milliseconds.
+        millis = int(value * 1000) if abs(value) < 100_000_000_000 else int(value)
+    if millis is None or not 0 <= millis <= _MAX_EPOCH_MS:
+        return None
+    return millis
+
+
+_ONE_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - _EPOCH
