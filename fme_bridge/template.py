@@ -118,6 +118,10 @@ class Stack:
     def condition(self, expr: Any) -> bool:
         return bool(self.resolve(expr))
 
+    def output(self, name: str) -> Any:
+        """The value of one of the template's Outputs, as CloudFormation would report it."""
+        return self.resolve(load_template()["Outputs"][name]["Value"])
+
     def function_environment(self, logical_id: str) -> dict[str, str]:
         """The environment variables a function gets: Globals merged with its own, all resolved."""
         template = load_template()
@@ -207,3 +211,40 @@ def create_stack(
         stack.queues[logical] = url
         stack.queue_arns[logical] = arn
     return stack
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions and the events that invoke them (the local stack wires these up)
+
+
+@dataclass(frozen=True)
+class FunctionEvent:
+    """One entry of a function's ``Events`` (an HTTP route, an SQS queue, a table stream…)."""
+
+    function: str  # logical id of the AWS::Serverless::Function
+    name: str  # the event's key under Events
+    type: str  # HttpApi, SQS, DynamoDB, …
+    properties: dict[str, Any]
+
+
+def functions() -> dict[str, dict[str, Any]]:
+    """The template's serverless functions by logical id (their Properties)."""
+    return resources_of_type("AWS::Serverless::Function")
+
+
+def function_events(event_type: str) -> list[FunctionEvent]:
+    """Every event of ``event_type`` the template attaches to a function, in template order."""
+    found = []
+    for logical, props in functions().items():
+        for name, event in (props.get("Events") or {}).items():
+            if event.get("Type") == event_type:
+                found.append(FunctionEvent(logical, name, event_type, dict(event.get("Properties") or {})))
+    return found
+
+
+def function_setting(logical_id: str, name: str, default: Any = None) -> Any:
+    """A function property, falling back to ``Globals.Function`` the way SAM does."""
+    props = functions()[logical_id]
+    if name in props:
+        return props[name]
+    return load_template().get("Globals", {}).get("Function", {}).get(name, default)

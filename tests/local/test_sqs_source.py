@@ -1,0 +1,164 @@
+"""The local SQS event source behaves like Lambda's: batching, partial batch responses, redrive."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from fme_bridge.local import sqs_source
+from fme_bridge.local.runtime import LocalFunction
+from fme_bridge.local.sqs_source import SqsMapping, SqsPoller, failed_message_ids, mappings_from_template
+from fme_bridge.template import Stack
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _no_long_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqs_source, "_POLL_SECONDS", 0)
+
+
+class RecordingHandler:
+    """A stand-in function: records each event and fails the messages whose body says so."""
+
+    def __init__(self, raise_error: bool = False) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.raise_error = raise_error
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        self.events.append(event)
+        if self.raise_error:
+            raise RuntimeError("boom")
+        failures = [
+            {"itemIdentifier": r["messageId"]} for r in event["Records"] if json.loads(r["body"]).get("fail")
+        ]
+        return {"batchItemFailures": failures}
+
+
+def poller_for(stack: Stack, handler: RecordingHandler, **overrides: Any) -> SqsPoller:
+    (mapping,) = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))
+    for name, value in overrides.items():
+        setattr(mapping, name, value)
+    return SqsPoller(mapping, boto3.client("sqs", region_name=REGION))
+
+
+def queue_depth(url: str) -> int:
+    attrs = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_mapping_follows_the_template(stack: Stack) -> None:
+    (mapping,) = mappings_from_template(
+        stack, lambda logical: LocalFunction(stack, logical, handler=RecordingHandler())
+    )
+    assert mapping.function.logical_id == "ImpressionsFunction"
+    assert mapping.queue_url == stack.queues["ImpressionsQueue"]
+    assert (mapping.batch_size, mapping.batching_window_s) == (100, 5.0)
+    assert mapping.report_batch_item_failures is True
+    assert mapping.function.timeout_s == 60
+    assert mapping.function.environment["DEAD_LETTER_QUEUE_URL"] == stack.queues["ImpressionsDeadLetterQueue"]
+
+
+def test_records_are_shaped_like_lambdas_sqs_event(stack: Stack) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    sqs.send_message(
+        QueueUrl=stack.queues["ImpressionsQueue"],
+        MessageBody='{"n": 1}',
+        MessageAttributes={"source": {"DataType": "String", "StringValue": "sdk"}},
+    )
+    handler = RecordingHandler()
+    poller = poller_for(stack, handler, batching_window_s=0)
+    records = poller.collect_batch()
+    poller.deliver(records)
+
+    (record,) = handler.events[0]["Records"]
+    assert record["body"] == '{"n": 1}'
+    assert record["eventSource"] == "aws:sqs"
+    assert record["eventSourceARN"] == stack.queue_arns["ImpressionsQueue"]
+    assert record["awsRegion"] == REGION
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert {"SentTimestamp", "ApproximateFirstReceiveTimestamp"} <= set(record["attributes"])
+    assert record["messageAttributes"]["source"]["stringValue"] == "sdk"
+    assert record["messageAttributes"]["source"]["dataType"] == "String"
+    assert record["md5OfBody"]
+    assert record["receiptHandle"]
+    assert record["messageId"]
+
+
+def test_batch_fills_up_to_batch_size(stack: Stack) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    for n in range(25):
+        sqs.send_message(QueueUrl=stack.queues["ImpressionsQueue"], MessageBody=json.dumps({"n": n}))
+    poller = poller_for(stack, RecordingHandler(), batch_size=12, batching_window_s=0.5)
+    assert len(poller.collect_batch()) == 12
+
+
+def test_partial_batch_response_deletes_only_the_successful_messages(stack: Stack) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = stack.queues["ImpressionsQueue"]
+    for body in ({"n": 1}, {"n": 2, "fail": True}, {"n": 3}):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    poller = poller_for(stack, RecordingHandler(), batching_window_s=0)
+    records = poller.collect_batch()
+    failed = poller.deliver(records)
+
+    assert len(records) == 3
+    assert len(failed) == 1
+    assert queue_depth(url) == 1  # the failed one waits for its visibility timeout
+
+
+def test_a_raising_function_deletes_nothing(stack: Stack) -> None:
+    url = stack.queues["ImpressionsQueue"]
+    boto3.client("sqs", region_name=REGION).send_message(QueueUrl=url, MessageBody="{}")
+    poller = poller_for(stack, RecordingHandler(raise_error=True), batching_window_s=0)
+    poller.deliver(poller.collect_batch())
+    assert queue_depth(url) == 1
+
+
+def test_failed_messages_reach_the_dead_letter_queue_after_max_receive_count(stack: Stack) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = stack.queues["ImpressionsQueue"]
+    # Make failed messages visible again at once, instead of after the template's 360 s.
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "0"})
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"fail": True}))
+    handler = RecordingHandler()
+    poller = poller_for(stack, handler, batching_window_s=0)
+
+    for _ in range(10):
+        records = poller.collect_batch()
+        if records:
+            poller.deliver(records)
+
+    counts = [r["attributes"]["ApproximateReceiveCount"] for e in handler.events for r in e["Records"]]
+    assert counts == ["1", "2", "3", "4", "5"]  # maxReceiveCount in template.yaml
+    assert queue_depth(url) == 0
+    dead = sqs.receive_message(QueueUrl=stack.queues["ImpressionsDeadLetterQueue"])["Messages"]
+    assert json.loads(dead[0]["Body"]) == {"fail": True}
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (None, set()),
+        ({"batchItemFailures": []}, set()),
+        ({"batchItemFailures": [{"itemIdentifier": "b"}]}, {"b"}),
+        ({"batchItemFailures": [{"itemIdentifier": "zzz"}]}, {"a", "b"}),  # unknown id: whole batch
+        ({"batchItemFailures": [{"itemIdentifier": ""}]}, {"a", "b"}),
+    ],
+)
+def test_batch_item_failures_are_read_as_lambda_reads_them(response: Any, expected: set[str]) -> None:
+    assert failed_message_ids(response, [{"messageId": "a"}, {"messageId": "b"}]) == expected
+
+
+def test_without_report_batch_item_failures_a_normal_return_deletes_all(stack: Stack) -> None:
+    url = stack.queues["ImpressionsQueue"]
+    boto3.client("sqs", region_name=REGION).send_message(QueueUrl=url, MessageBody='{"fail": true}')
+    poller = poller_for(stack, RecordingHandler(), batching_window_s=0)
+    poller.mapping = SqsMapping(**{**poller.mapping.__dict__, "report_batch_item_failures": False})
+    poller.deliver(poller.collect_batch())
+    assert queue_depth(url) == 0

@@ -1,0 +1,192 @@
+"""The local DynamoDB Streams event source behaves like Lambda's: order, filters, partial failures."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from fme_bridge import template
+from fme_bridge.local import stream_source
+from fme_bridge.local.runtime import LocalFunction
+from fme_bridge.local.stream_source import StreamMapping, StreamPoller, mappings_from_template
+from fme_bridge.template import Stack
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_source, "_RETRY_BACKOFF_SECONDS", (0.0,))
+
+
+class FlakyHandler:
+    """Records batches; fails the records whose key is in ``failing`` while ``failures_left`` lasts."""
+
+    def __init__(
+        self, failing: set[str] = frozenset(), failures_left: int = 1, raise_error: bool = False
+    ) -> None:
+        self.batches: list[list[str]] = []
+        self.events: list[dict[str, Any]] = []
+        self.failing = set(failing)
+        self.failures_left = failures_left
+        self.raise_error = raise_error
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        self.events.append(event)
+        keys = [r["dynamodb"]["Keys"]["sk"]["S"] for r in event["Records"]]
+        self.batches.append(keys)
+        if self.failures_left <= 0:
+            return {"batchItemFailures": []}
+        if self.raise_error:
+            self.failures_left -= 1
+            raise RuntimeError("boom")
+        failed = [r for r in event["Records"] if r["dynamodb"]["Keys"]["sk"]["S"] in self.failing]
+        if failed:
+            self.failures_left -= 1
+        return {"batchItemFailures": [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in failed]}
+
+
+def make_poller(stack: Stack, handler: FlakyHandler, **settings: Any) -> StreamPoller:
+    mapping = StreamMapping(
+        function=LocalFunction(stack, "IngestFunction", handler=handler),
+        table_name=stack.tables["EventsTable"],
+        report_batch_item_failures=True,
+        **settings,
+    )
+    return StreamPoller(
+        mapping,
+        boto3.client("dynamodb", region_name=REGION),
+        # moto does not serve the account-based endpoints newer botocore picks for Streams.
+        boto3.client(
+            "dynamodbstreams", region_name=REGION, config=Config(account_id_endpoint_mode="disabled")
+        ),
+        boto3.client("sqs", region_name=REGION),
+    )
+
+
+def put(stack: Stack, *sks: str, kind: str = "event") -> None:
+    table = boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["EventsTable"])
+    for sk in sks:
+        table.put_item(Item={"pk": "Production#user#u1", "sk": sk, "kind": kind})
+
+
+def drain(poller: StreamPoller, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        if not poller.poll_once():
+            return
+
+
+def test_records_are_shaped_like_lambdas_stream_event_and_latest_skips_older_items(stack: Stack) -> None:
+    put(stack, "before")
+    handler = FlakyHandler(failures_left=0)
+    poller = make_poller(stack, handler)
+    put(stack, "a", "b")
+    drain(poller)
+
+    assert handler.batches == [["a", "b"]]
+    record = handler.events[0]["Records"][0]
+    assert record["eventName"] == "INSERT"
+    assert record["eventSource"] == "aws:dynamodb"
+    assert record["eventSourceARN"].startswith(f"arn:aws:dynamodb:{REGION}:")
+    assert "/stream/" in record["eventSourceARN"]
+    assert record["dynamodb"]["NewImage"]["kind"] == {"S": "event"}
+    assert isinstance(record["dynamodb"]["ApproximateCreationDateTime"], int)
+
+
+def test_trim_horizon_starts_at_the_oldest_record(stack: Stack) -> None:
+    put(stack, "before")
+    handler = FlakyHandler(failures_left=0)
+    drain(make_poller(stack, handler, starting_position="TRIM_HORIZON"))
+    assert handler.batches == [["before"]]
+
+
+def test_batch_size_splits_batches_in_order(stack: Stack) -> None:
+    handler = FlakyHandler(failures_left=0)
+    poller = make_poller(stack, handler, batch_size=2)
+    put(stack, "a", "b", "c", "d", "e")
+    drain(poller)
+    assert handler.batches == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_filter_criteria_discard_records_that_match_no_pattern(stack: Stack) -> None:
+    pattern = {"eventName": ["INSERT"], "dynamodb": {"NewImage": {"kind": {"S": ["event"]}}}}
+    handler = FlakyHandler(failures_left=0)
+    poller = make_poller(stack, handler, patterns=[stream_source.EventPattern.load(json.dumps(pattern))])
+    put(stack, "a")
+    put(stack, "x", kind="delivery-marker")
+    put(stack, "b")
+    drain(poller)
+    assert handler.batches == [["a", "b"]]
+
+
+def test_partial_batch_failure_retries_from_the_first_failed_record(stack: Stack) -> None:
+    handler = FlakyHandler(failing={"b"}, failures_left=1)
+    poller = make_poller(stack, handler)
+    put(stack, "a", "b", "c")
+    drain(poller)
+    assert handler.batches == [["a", "b", "c"], ["b", "c"]]
+
+
+def test_a_raising_function_retries_the_batch_halved_when_bisecting(stack: Stack) -> None:
+    handler = FlakyHandler(raise_error=True, failures_left=1)
+    poller = make_poller(stack, handler, bisect_on_error=True)
+    put(stack, "a", "b", "c", "d")
+    drain(poller)
+    assert handler.batches == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+
+
+def test_exhausted_retries_go_to_the_on_failure_queue_and_processing_moves_on(stack: Stack) -> None:
+    handler = FlakyHandler(failing={"b"}, failures_left=100)
+    dlq_url = stack.queues["ImpressionsDeadLetterQueue"]
+    poller = make_poller(stack, handler, batch_size=2, maximum_retry_attempts=2, on_failure_queue_url=dlq_url)
+    put(stack, "a", "b", "c", "d")
+    drain(poller)
+
+    # The first try and two retries of the batch holding "b"; then Lambda gives the batch up.
+    assert handler.batches == [["a", "b"], ["b", "c"], ["b", "c"], ["d"]]
+    (message,) = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=dlq_url)["Messages"]
+    info = json.loads(message["Body"])
+    assert info["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert info["DDBStreamBatchInfo"]["batchSize"] == 2
+    assert info["DDBStreamBatchInfo"]["streamArn"] == poller.stream_arn
+
+
+def test_mappings_come_from_the_templates_dynamodb_events(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = copy.deepcopy(template.load_template())
+    document["Resources"]["IngestFunction"]["Properties"]["Events"]["Stream"] = {
+        "Type": "DynamoDB",
+        "Properties": {
+            "Stream": {"Fn::GetAtt": ["EventsTable", "StreamArn"]},
+            "StartingPosition": "TRIM_HORIZON",
+            "BatchSize": 25,
+            "MaximumRetryAttempts": 3,
+            "BisectBatchOnFunctionError": True,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT"]}'}]},
+            "DestinationConfig": {
+                "OnFailure": {"Destination": {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]}}
+            },
+        },
+    }
+    monkeypatch.setattr(template, "load_template", lambda path=None: document)
+    (mapping,) = mappings_from_template(
+        stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
+    )
+    assert mapping.table_name == stack.tables["EventsTable"]
+    assert (mapping.batch_size, mapping.starting_position, mapping.maximum_retry_attempts) == (
+        25,
+        "TRIM_HORIZON",
+        3,
+    )
+    assert mapping.bisect_on_error
+    assert mapping.report_batch_item_failures
+    assert mapping.on_failure_queue_url == stack.queues["ImpressionsDeadLetterQueue"]
+    assert mapping.accepts({"eventName": "INSERT"})
+    assert not mapping.accepts({"eventName": "REMOVE"})
