@@ -1,0 +1,1 @@
+"""Command groups of the ``fme-bridge`` CLI, one module each; ``fme_bridge.cli`` registers them."""

@@ -1,0 +1,71 @@
+"""What every command shares: the target bridge, the consoles, reading input files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from fme_bridge.target import Target
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed as one line, exit status 1."""
+
+
+def target(ctx: typer.Context) -> Target:
+    """The bridge the root options selected (``fme_bridge.cli`` puts it on the context)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Target):
+        root.obj = Target()
+    return root.obj
+
+
+def read_text(path: Path) -> str:
+    """A file's text, or stdin for ``-``; unreadable files are a :class:`CliError`."""
+    if str(path) == "-":
+        import sys
+
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CliError(f"cannot read {path}: {reason}") from None
+
+
+def read_json(path: Path) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_json_values(path: Path) -> list[Any]:
+    """A JSON document (an array is its elements) or JSON Lines; errors name the line."""
+    text = read_text(path)
+    stripped = text.strip()
+    if not stripped:
+        raise CliError(f"{path}: empty file")
+    try:
+        document = json.loads(stripped)
+    except ValueError:
+        document = None
+    else:
+        return document if isinstance(document, list) else [document]
+    values = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except ValueError as exc:
+            raise CliError(f"{path}:{number}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
+    return values

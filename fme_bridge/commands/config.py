@@ -1,0 +1,212 @@
+"""``fme-bridge config inbound|outbound put|get|list``: the configs and secrets of SPEC section 1.
+
+Documents are validated with the same pydantic models the functions load them with, and every input
+(config, secret files) is read and checked before anything is written. The secret goes first: a
+config that names a connection without its secret would answer 401 to every webhook call, while a
+new secret version without its config changes nothing. Writing a new secret version keeps the
+previous one as ``AWSPREVIOUS``, which the ingest function still accepts (rotation without downtime).
+Secret values are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.table import Table
+
+from fme_bridge.commands.common import CliError, out, read_json, read_text, target
+from fme_bridge.target import Target
+from shared.config import ConfigInvalid, FmeKeys, InboundConfig, OutboundConfig, parse_config
+
+
+@dataclass(frozen=True)
+class ConfigKind:
+    name: str  # inbound / outbound: the path segment under the prefix
+    model: type[BaseModel]
+    item: str  # what one config is called
+    secret_label: str  # what its secret is
+
+
+INBOUND = ConfigKind("inbound", InboundConfig, "connection", "webhook secret")
+OUTBOUND = ConfigKind("outbound", OutboundConfig, "outbound config", "Segment write key")
+
+FileArg = Annotated[Path, typer.Option("--file", "-f", help="The config JSON (- for stdin).")]
+
+
+def register(app: typer.Typer) -> None:
+    config_app = typer.Typer(
+        help="Inbound connections and outbound configs (SSM + Secrets Manager).", no_args_is_help=True
+    )
+    inbound_app = typer.Typer(help="Inbound connections: Segment webhook -> FME.", no_args_is_help=True)
+    outbound_app = typer.Typer(help="Outbound configs: FME impressions -> Segment.", no_args_is_help=True)
+    config_app.add_typer(inbound_app, name="inbound")
+    config_app.add_typer(outbound_app, name="outbound")
+    app.add_typer(config_app, name="config")
+
+    @inbound_app.command("put")
+    def inbound_put(
+        ctx: typer.Context,
+        connection_id: Annotated[
+            str, typer.Argument(help="The connection id (last part of the webhook URL).")
+        ],
+        file: FileArg,
+        secret_file: Annotated[
+            Path | None, typer.Option(help="File holding the webhook secret (- for stdin); rotates it.")
+        ] = None,
+        fme_keys_file: Annotated[
+            Path | None, typer.Option(help='JSON {"sdkKey": …, "adminKey": …} for delivery into FME.')
+        ] = None,
+    ) -> None:
+        """Validate and write an inbound connection (and its secret)."""
+        secrets = {}
+        if secret_file is not None:
+            secrets[""] = _read_secret(secret_file, INBOUND.secret_label)
+        if fme_keys_file is not None:
+            raw = read_text(fme_keys_file)
+            parse_config(FmeKeys, raw, str(fme_keys_file))  # messages name fields, never values
+            secrets["/fme"] = raw.strip()
+        _put(target(ctx), INBOUND, connection_id, file, secrets)
+
+    @inbound_app.command("get")
+    def inbound_get(ctx: typer.Context, connection_id: str) -> None:
+        """Show an inbound connection (its secret only as set / not set)."""
+        _get(target(ctx), INBOUND, connection_id, extra_secrets={"/fme": "FME keys"})
+
+    @inbound_app.command("list")
+    def inbound_list(ctx: typer.Context) -> None:
+        """List the inbound connections."""
+        _list(target(ctx), INBOUND, lambda doc: [doc.get("environment", ""), _identities(doc)])
+
+    @outbound_app.command("put")
+    def outbound_put(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="The outbound config's name (one per Segment source).")],
+        file: FileArg,
+        write_key_file: Annotated[
+            Path | None, typer.Option(help="File holding the Segment write key (- for stdin).")
+        ] = None,
+    ) -> None:
+        """Validate and write an outbound config (and its write key)."""
+        secrets = {"": _read_secret(write_key_file, OUTBOUND.secret_label)} if write_key_file else {}
+        _put(target(ctx), OUTBOUND, name, file, secrets)
+
+    @outbound_app.command("get")
+    def outbound_get(ctx: typer.Context, name: str) -> None:
+        """Show an outbound config (its write key only as set / not set)."""
+        _get(target(ctx), OUTBOUND, name)
+
+    @outbound_app.command("list")
+    def outbound_list(ctx: typer.Context) -> None:
+        """List the outbound configs."""
+        _list(
+            target(ctx),
+            OUTBOUND,
+            lambda doc: [", ".join(doc.get("environments", [])), doc.get("endpoint", "")],
+        )
+
+
+def _identities(document: dict[str, Any]) -> str:
+    return ", ".join(f"{i.get('segmentId')}→{i.get('trafficType')}" for i in document.get("identities", []))
+
+
+def _read_secret(path: Path, label: str) -> str:
+    value = read_text(path).strip()
+    if not value:
+        raise CliError(f"{path}: the {label} is empty")
+    return value
+
+
+def _check_name(kind: ConfigKind, name: str) -> None:
+    if not name or "/" in name or not all(c.isalnum() or c in "-_." for c in name):
+        raise CliError(f"{kind.item} name {name!r}: use letters, digits, '-', '_' and '.'")
+
+
+def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str, str]) -> None:
+    _check_name(kind, name)
+    raw = read_json(file)
+    full = f"{tgt.prefix}/{kind.name}/{name}"
+    parse_config(kind.model, raw, str(file))  # ConfigInvalid names the field; nothing written yet
+    secretsmanager = tgt.client("secretsmanager")
+    if "" not in secrets and not _secret_exists(secretsmanager, full):
+        flag = "--secret-file" if kind is INBOUND else "--write-key-file"
+        raise CliError(f"{kind.item} {name!r} has no {kind.secret_label} yet: pass {flag}")
+    for suffix, value in secrets.items():
+        _put_secret(secretsmanager, full + suffix, value)
+    tgt.client("ssm").put_parameter(
+        Name=full, Value=json.dumps(raw, separators=(",", ":")), Type="String", Overwrite=True
+    )
+    rotated = " and its secret" if "" in secrets else ""
+    out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
+
+
+def _secret_exists(client: Any, name: str) -> bool:
+    try:
+        client.describe_secret(SecretId=name)
+    except client.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def _put_secret(client: Any, name: str, value: str) -> None:
+    """A new version (the current one becomes AWSPREVIOUS), or the secret itself when it is new."""
+    try:
+        client.put_secret_value(SecretId=name, SecretString=value)
+    except client.exceptions.ResourceNotFoundException:
+        client.create_secret(Name=name, SecretString=value)
+
+
+def _secret_status(client: Any, name: str) -> str:
+    try:
+        described = client.describe_secret(SecretId=name)
+    except client.exceptions.ResourceNotFoundException:
+        return "[red]not set[/red]"
+    stages = sorted({s for stages in described.get("VersionIdsToStages", {}).values() for s in stages})
+    changed = described.get("LastChangedDate")
+    when = f", last changed {changed:%Y-%m-%d %H:%M:%S %Z}".rstrip() if changed else ""
+    return f"set ({', '.join(stages)}{when})"
+
+
+def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str] | None = None) -> None:
+    full = f"{tgt.prefix}/{kind.name}/{name}"
+    ssm = tgt.client("ssm")
+    try:
+        raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        raise CliError(f"no {kind.item} {name!r} under {tgt.prefix}") from None
+    out.print_json(raw)
+    try:
+        parse_config(kind.model, raw, full)
+    except ConfigInvalid as exc:
+        out.print(f"[red]invalid:[/red] {exc}", soft_wrap=True)
+    secretsmanager = tgt.client("secretsmanager")
+    out.print(f"{kind.secret_label}: {_secret_status(secretsmanager, full)}")
+    for suffix, label in (extra_secrets or {}).items():
+        out.print(f"{label}: {_secret_status(secretsmanager, full + suffix)}")
+
+
+def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
+    path = f"{tgt.prefix}/{kind.name}"
+    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
+    parameters = [p for page in paginator.paginate(Path=path, Recursive=False) for p in page["Parameters"]]
+    headers = ["environment", "identities"] if kind is INBOUND else ["environments", "endpoint"]
+    table = Table(kind.item, *headers, "valid", title=f"{kind.name} ({path})")
+    for parameter in sorted(parameters, key=lambda p: p["Name"]):
+        short = parameter["Name"].rsplit("/", 1)[-1]
+        try:
+            document = json.loads(parameter["Value"])
+            parse_config(kind.model, document, parameter["Name"])
+            valid = "[green]yes[/green]"
+        except (ValueError, ConfigInvalid):
+            document, valid = {}, "[red]no[/red]"
+        table.add_row(
+            short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid
+        )
+    if not parameters:
+        out.print(f"no {kind.name} configs under {tgt.prefix}")
+        return
+    out.print(table)

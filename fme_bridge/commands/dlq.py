@@ -1,0 +1,175 @@
+"""``fme-bridge dlq show|redrive``: the impressions dead-letter queue.
+
+Two kinds of messages land there: those the impressions function sends itself on a permanent error
+(the reason in a message attribute), and those SQS moves after ``maxReceiveCount`` failed receives
+(transient failures that never cleared; no reason attribute, a high receive count).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from fme_bridge.commands.common import out, target
+
+DLQ = "ImpressionsDeadLetterQueue"
+SOURCE = "ImpressionsQueue"
+# While `dlq show` looks at messages they are hidden from other readers; it shows them again after.
+_PEEK_VISIBILITY_SECONDS = 30
+
+
+def register(app: typer.Typer) -> None:
+    dlq_app = typer.Typer(help="The impressions dead-letter queue.", no_args_is_help=True)
+    dlq_app.command("show")(show)
+    dlq_app.command("redrive")(redrive)
+    app.add_typer(dlq_app, name="dlq")
+
+
+def failure_reason(message: dict[str, Any]) -> str:
+    """The reason recorded with a message, or what SQS's redrive implies."""
+    attributes = message.get("MessageAttributes") or {}
+    reasons = [
+        f"{value.get('StringValue')}"
+        for name, value in attributes.items()
+        if "reason" in name.lower() or "error" in name.lower()
+    ]
+    if reasons:
+        return "; ".join(reasons)
+    receives = (message.get("Attributes") or {}).get("ApproximateReceiveCount", "?")
+    return f"retries exhausted (received {receives} times)"
+
+
+def _receive_all(sqs: Any, queue_url: str, limit: int, visibility: int) -> list[dict[str, Any]]:
+    messages: dict[str, dict[str, Any]] = {}
+    while len(messages) < limit:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(10, limit - len(messages)),
+            VisibilityTimeout=visibility,
+            WaitTimeSeconds=0,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not batch:
+            break
+        for message in batch:
+            messages.setdefault(message["MessageId"], message)
+    return list(messages.values())
+
+
+def _make_visible(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
+    for start in range(0, len(messages), 10):
+        chunk = messages[start : start + 10]
+        sqs.change_message_visibility_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(chunk)
+            ],
+        )
+
+
+def show(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many messages.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the messages as JSON lines.")] = False,
+) -> None:
+    """Show the messages in the dead-letter queue with their failure reasons (they stay there)."""
+    tgt = target(ctx)
+    sqs = tgt.client("sqs")
+    queue_url = tgt.queue_url(DLQ)
+    messages = _receive_all(sqs, queue_url, limit, _PEEK_VISIBILITY_SECONDS)
+    try:
+        if as_json:
+            for message in messages:
+                out.print_json(
+                    json.dumps(
+                        {
+                            "messageId": message["MessageId"],
+                            "reason": failure_reason(message),
+                            "receiveCount": message.get("Attributes", {}).get("ApproximateReceiveCount"),
+                            "body": message["Body"],
+                        }
+                    )
+                )
+            return
+        if not messages:
+            out.print(f"the dead-letter queue is empty ({queue_url})")
+            return
+        table = Table("messageId", "reason", "body", title=f"dead-letter queue: {len(messages)} message(s)")
+        for message in messages:
+            body = message["Body"]
+            table.add_row(
+                message["MessageId"], failure_reason(message), body if len(body) < 120 else body[:117] + "…"
+            )
+        out.print(table)
+    finally:
+        _make_visible(sqs, queue_url, messages)
+
+
+def redrive(
+    ctx: typer.Context,
+    limit: Annotated[int | None, typer.Option(min=1, help="Move at most this many messages.")] = None,
+) -> None:
+    """Move the dead-letter queue's messages back to the impressions queue (after fixing the cause)."""
+    tgt = target(ctx)
+    sqs = tgt.client("sqs")
+    dlq_url, source_url = tgt.queue_url(DLQ), tgt.queue_url(SOURCE)
+    total = int(
+        sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+    )
+    wanted = min(total, limit) if limit else total
+    moved = 0
+    seen: set[str] = set()
+    with Progress(TextColumn("redriving"), BarColumn(), MofNCompleteColumn(), console=out) as progress:
+        task = progress.add_task("redrive", total=wanted)
+        while moved < wanted:
+            batch = [
+                m
+                for m in _receive_all(sqs, dlq_url, min(10, wanted - moved), visibility=60)
+                if m["MessageId"] not in seen
+            ]
+            if not batch:
+                break
+            # Sent first, deleted after: a failure in between duplicates a message, never loses one.
+            result = sqs.send_message_batch(
+                QueueUrl=source_url,
+                Entries=[
+                    {
+                        "Id": str(i),
+                        "MessageBody": m["Body"],
+                        **({"MessageAttributes": _resendable(m)} if _resendable(m) else {}),
+                    }
+                    for i, m in enumerate(batch)
+                ],
+            )
+            ok = {int(entry["Id"]) for entry in result.get("Successful", [])}
+            done = [m for i, m in enumerate(batch) if i in ok]
+            if done:
+                sqs.delete_message_batch(
+                    QueueUrl=dlq_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                )
+            seen.update(m["MessageId"] for m in batch)
+            moved += len(done)
+            progress.advance(task, len(done))
+            if len(done) < len(batch):
+                failed = result.get("Failed", [{}])[0]
+                out.print(f"[red]{len(batch) - len(done)} message(s) not moved: {failed.get('Code')}[/red]")
+                raise typer.Exit(1)
+    out.print(f"[green]moved[/green] {moved} message(s) back to {source_url}")
+
+
+def _resendable(message: dict[str, Any]) -> dict[str, Any]:
+    """Message attributes other than the failure reason (a redriven message starts afresh)."""
+    return {
+        name: {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}
+        for name, value in (message.get("MessageAttributes") or {}).items()
+        if "reason" not in name.lower() and "error" not in name.lower()
+    }

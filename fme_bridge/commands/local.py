@@ -1,0 +1,91 @@
+"""``fme-bridge local``: the whole bridge on this machine, no AWS account and no Docker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from fme_bridge.commands.common import CliError, out
+from fme_bridge.local.stack import LocalSettings, LocalStack, NotLoopback, PortInUse
+
+
+def register(app: typer.Typer) -> None:
+    app.command("local")(local)
+
+
+def _log(message: str) -> None:
+    out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True)
+
+
+def make_sink(host: str, port: int) -> Any:
+    """The local Segment sink: accepts any write key (the demo's and an operator's alike)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("fme_bridge.segment_sink")
+    except ImportError:
+        return None
+    return module.SegmentSink(host=host, port=port).start()
+
+
+def local(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Seed a demo connection and push sample traffic through.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the webhook API (and GET /_local/info).")] = 3000,
+    aws_port: Annotated[
+        int, typer.Option(help="Port of the local AWS (DynamoDB, SQS, SSM, Secrets Manager).")
+    ] = 4566,
+    sink_port: Annotated[int, typer.Option(help="Port of the local Segment sink.")] = 3001,
+) -> None:
+    """Run the bridge locally: local AWS, webhook API, SQS and stream pollers, Segment sink."""
+    # The local AWS logs every request; the stack logs what matters (invocations, failures).
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    stack = LocalStack(LocalSettings(host, port, aws_port, sink_port), log=_log, sink_factory=make_sink)
+    try:
+        stack.start()
+    except (PortInUse, NotLoopback) as exc:
+        stack.stop()
+        raise CliError(str(exc)) from None
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        _print_banner(stack)
+        if demo:
+            from fme_bridge.local.demo import run_demo
+
+            run_demo(stack, out)
+        out.print("[bold]Serving.[/bold] Ctrl-C to stop.")
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        out.print("stopped")
+
+
+def _print_banner(stack: LocalStack) -> None:
+    info = stack.info()
+    table = Table.grid(padding=(0, 2))
+    table.add_row("webhook", f"{info['webhookUrl']}{{connectionId}}")
+    table.add_row("info", f"{stack.api_url}/_local/info")
+    table.add_row("AWS endpoint", info["awsEndpointUrl"])
+    if info["sinkUrl"]:
+        table.add_row("Segment sink", info["sinkUrl"])
+    table.add_row("config prefix", info["configPrefix"])
+    for logical, url in info["queueUrls"].items():
+        table.add_row(logical, url)
+    for logical, name in info["tableNames"].items():
+        table.add_row(logical, name)
+    out.print(Panel(table, title="fme-bridge local", expand=False))
+    out.print(f"CLI against this stack: [bold]export AWS_ENDPOINT_URL={info['awsEndpointUrl']}[/bold]")

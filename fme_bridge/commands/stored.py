@@ -1,0 +1,108 @@
+"""``fme-bridge events KEY`` and ``fme-bridge identity KEY``: what the bridge stored for a user.
+
+Keys follow docs/data-model.md: ``pk = {environment}#{trafficTypeName}#{key}``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+from boto3.dynamodb.conditions import Key
+from rich.table import Table
+
+from fme_bridge.commands.common import CliError, out, target
+
+EnvironmentOpt = Annotated[str, typer.Option("--environment", "-e", help="FME environment name.")]
+TrafficTypeOpt = Annotated[str, typer.Option("--traffic-type", "-t", help="FME traffic type.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stored items as JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("events")(events)
+    app.command("identity")(identity)
+
+
+def partition_key(environment: str, traffic_type: str, key: str) -> str:
+    return f"{environment}#{traffic_type}#{key}"
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB's Decimals as ints or floats, for printing."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | set):
+        return [plain(v) for v in value]
+    return value
+
+
+def _time(epoch_ms: Any) -> str:
+    if not isinstance(epoch_ms, int | float | Decimal):
+        return ""
+    return datetime.fromtimestamp(int(epoch_ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def events(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The FME key (Segment userId or anonymousId).")],
+    environment: EnvironmentOpt,
+    traffic_type: TrafficTypeOpt = "user",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest first, at most this many.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a user's stored events, newest first."""
+    table = target(ctx).table("EventsTable")
+    items = table.query(
+        KeyConditionExpression=Key("pk").eq(partition_key(environment, traffic_type, key)),
+        ScanIndexForward=False,
+        Limit=limit,
+    )["Items"]
+    items = [plain(i) for i in items]
+    if as_json:
+        out.print_json(json.dumps(items))
+        return
+    if not items:
+        raise CliError(f"no events stored for {traffic_type} {key!r} in {environment}")
+    view = Table(
+        "time", "eventTypeId", "value", "type", "properties", title=f"{traffic_type} {key} in {environment}"
+    )
+    for item in items:
+        view.add_row(
+            _time(item.get("timestamp")),
+            str(item.get("eventTypeId", "")),
+            "" if item.get("value") is None else str(item["value"]),
+            str(item.get("segmentType", "")),
+            json.dumps(item.get("properties") or {}, separators=(",", ":")),
+        )
+    out.print(view)
+
+
+def identity(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The FME key (Segment userId, anonymousId or group id).")],
+    environment: EnvironmentOpt,
+    traffic_type: TrafficTypeOpt = "user",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a user's stored identity attributes."""
+    table = target(ctx).table("IdentitiesTable")
+    item = table.get_item(Key={"pk": partition_key(environment, traffic_type, key)}).get("Item")
+    if item is None:
+        raise CliError(f"no identity stored for {traffic_type} {key!r} in {environment}")
+    item = plain(item)
+    if as_json:
+        out.print_json(json.dumps(item))
+        return
+    view = Table(
+        "attribute",
+        "value",
+        title=f"{traffic_type} {key} in {environment} (updated {_time(item.get('updatedAt'))})",
+    )
+    for name, value in sorted((item.get("attributes") or {}).items()):
+        view.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    out.print(view)
