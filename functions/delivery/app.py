@@ -1,0 +1,60 @@
+"""Delivery function: DynamoDB Streams of the events and identities tables → FME (SPEC 2.1).
+
+Thin handler: the batch goes to :class:`shared.delivery.service.Delivery` in one call; records it
+could not deliver yet come back as batch item failures (``ReportBatchItemFailures``), so the
+stream retries from the first of them and the delivery log keeps the rest from being sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared import aws
+from shared.delivery.delivery_log import DeliveryLog
+from shared.delivery.failure_queue import FailureQueue
+from shared.delivery.service import Delivery
+from shared.http_retry import Deadline
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+# Records still failing are reported, never raised: the function itself does not fail for them.
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
+
+
+class NotYetDelivered(Exception):
+    """FME did not take this record in this invocation; the stream retries it."""
+
+
+@functools.cache
+def delivery() -> Delivery:
+    return Delivery(
+        events_table=aws.env("EVENTS_TABLE"),
+        identities_table=aws.env("IDENTITIES_TABLE"),
+        log=DeliveryLog(aws.dynamodb_table(aws.env("DELIVERY_LOG_TABLE"))),
+        failures=FailureQueue(aws.client("sqs"), aws.env("DELIVERY_FAILURE_QUEUE_URL")),
+    )
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event.get("Records") or []
+    report = asyncio.run(delivery().deliver(records, Deadline(context.get_remaining_time_in_millis)))
+    for name, count in sorted(report.counts.items()):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+
+    def record_handler(record: DynamoDBRecord) -> None:
+        if record.dynamodb is not None and record.dynamodb.sequence_number in report.retry:
+            raise NotYetDelivered(record.dynamodb.sequence_number)
+
+    return dict(process_partial_response(event, record_handler, processor, context))

@@ -1,0 +1,176 @@
+"""The delivery log (DeliveryLogTable): what FME acknowledged, and each connection's delivery status.
+
+FME's Events API does not deduplicate, and a DynamoDB stream batch is retried from its first failed
+record — so records after it that were already delivered come round again. Before sending, delivery
+looks each event up here and skips those FME already acknowledged (or refused for good); after FME
+answers, it records the answer. Items:
+
+- ``pk = ack#{digest of the event's pk and sk}``, ``sk = event``: ``state`` (``delivered`` or
+  ``refused``), ``at``, ``reason``, ``expiresAt``;
+- ``pk = connection``, ``sk = {connectionId}``: counters, ``lastDeliveredAt``, ``lastLatencyMs``,
+  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows.
+
+Acknowledgements expire after :data:`ACK_RETENTION_SECONDS`, longer than a record can stay in the
+stream (24 h) or a message in the failure queue (14 days), so every path that can resend an event
+still finds its acknowledgement. The digest keeps user keys out of this table (user deletion).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+
+ACK_RETENTION_SECONDS = 15 * 24 * 3600
+DELIVERED = "delivered"
+REFUSED = "refused"
+_ACK_SK = "event"
+_STATUS_PK = "connection"
+
+
+def _ack_pk(ack_id: str) -> str:
+    return f"ack#{ack_id}"
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    connection_id: str
+    events_delivered: int = 0
+    events_refused: int = 0
+    identities_delivered: int = 0
+    identities_refused: int = 0
+    skipped: int = 0
+    last_delivered_at: int | None = None
+    last_latency_ms: int | None = None
+    retrying_since: int | None = None
+    last_error: str | None = None
+    last_error_at: int | None = None
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class DeliveryLog:
+    """Data access over DeliveryLogTable (a boto3 ``Table`` resource)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def settled(self, ack_ids: Iterable[str]) -> dict[str, str]:
+        """``{ack id: state}`` of the events FME already acknowledged or refused."""
+        wanted = list(dict.fromkeys(ack_ids))
+        found: dict[str, str] = {}
+        client = self._table.meta.client
+        name = self._table.name
+        for start in range(0, len(wanted), 100):
+            request: dict[str, Any] = {
+                name: {
+                    "Keys": [{"pk": _ack_pk(a), "sk": _ACK_SK} for a in wanted[start : start + 100]],
+                    "ProjectionExpression": "pk, #s",
+                    "ExpressionAttributeNames": {"#s": "state"},
+                }
+            }
+            for attempt in range(8):
+                answer = client.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(name, []):
+                    found[str(item["pk"]).removeprefix("ack#")] = str(item.get("state"))
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            else:
+                raise RuntimeError("delivery log: keys left unprocessed after retries")
+        return found
+
+    def record(self, ack_ids: Iterable[str], state: str, at_ms: int, reason: str | None = None) -> None:
+        expires = at_ms // 1000 + ACK_RETENTION_SECONDS
+        with self._table.batch_writer(overwrite_by_pkeys=["pk", "sk"]) as batch:
+            for ack in ack_ids:
+                item: dict[str, Any] = {"pk": _ack_pk(ack), "sk": _ACK_SK, "state": state, "at": at_ms}
+                item["expiresAt"] = expires
+                if reason:
+                    item["reason"] = reason[:500]
+                batch.put_item(Item=item)
+
+    def update_status(
+        self,
+        connection_id: str,
+        now_ms: int,
+        *,
+        events_delivered: int = 0,
+        events_refused: int = 0,
+        identities_delivered: int = 0,
+        identities_refused: int = 0,
+        skipped: int = 0,
+        latency_ms: int | None = None,
+        retrying_since: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Add this batch's counts; ``retrying_since`` set means some records are still being retried."""
+        sets = ["updatedAt = :now"]
+        values: dict[str, Any] = {":now": now_ms}
+        adds = []
+        removes = []
+        for attr, amount in (
+            ("eventsDelivered", events_delivered),
+            ("eventsRefused", events_refused),
+            ("identitiesDelivered", identities_delivered),
+            ("identitiesRefused", identities_refused),
+            ("skipped", skipped),
+        ):
+            if amount:
+                adds.append(f"{attr} :{attr}")
+                values[f":{attr}"] = amount
+        if events_delivered or identities_delivered:
+            sets.append("lastDeliveredAt = :now")
+        if latency_ms is not None:
+            sets.append("lastLatencyMs = :latency")
+            values[":latency"] = latency_ms
+        if retrying_since is not None:
+            sets.append("retryingSince = if_not_exists(retryingSince, :since)")
+            values[":since"] = retrying_since
+        elif events_delivered or identities_delivered:
+            removes.append("retryingSince")
+        if error:
+            sets.append("lastError = :error, lastErrorAt = :now")
+            values[":error"] = error[:500]
+        expression = "SET " + ", ".join(sets)
+        if adds:
+            expression += " ADD " + ", ".join(adds)
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
+        self._table.update_item(
+            Key={"pk": _STATUS_PK, "sk": connection_id},
+            UpdateExpression=expression,
+            ExpressionAttributeValues=values,
+        )
+
+    def statuses(self) -> list[ConnectionStatus]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(_STATUS_PK)}
+        while True:
+            page = self._table.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [
+            ConnectionStatus(
+                connection_id=str(item["sk"]),
+                events_delivered=int(item.get("eventsDelivered", 0)),
+                events_refused=int(item.get("eventsRefused", 0)),
+                identities_delivered=int(item.get("identitiesDelivered", 0)),
+                identities_refused=int(item.get("identitiesRefused", 0)),
+                skipped=int(item.get("skipped", 0)),
+                last_delivered_at=_int(item.get("lastDeliveredAt")),
+                last_latency_ms=_int(item.get("lastLatencyMs")),
+                retrying_since=_int(item.get("retryingSince")),
+                last_error=item.get("lastError"),
+                last_error_at=_int(item.get("lastErrorAt")),
+            )
+            for item in items
+        ]

@@ -1,0 +1,185 @@
+"""DynamoDB Streams records of the events and identities tables, turned into what FME takes.
+
+Stream images arrive in DynamoDB JSON; Powertools' ``DynamoDBRecord`` deserializes them (numbers
+become ``Decimal``). The item shapes are those of docs/data-model.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+
+from shared.delivery.fme_client import ATTRIBUTE_ID, FmeEvent, FmeIdentity
+
+
+class MalformedItem(ValueError):
+    """A stream image that lacks what delivery needs; the message says what."""
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB's Python values as JSON values: ``Decimal`` → int or float, sets → sorted lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def table_of(event_source_arn: str | None) -> str | None:
+    """``arn:aws:dynamodb:…:table/NAME/stream/…`` → ``NAME``."""
+    if not event_source_arn or ":table/" not in event_source_arn:
+        return None
+    return event_source_arn.split(":table/", 1)[1].split("/", 1)[0]
+
+
+def ack_id(pk: str, sk: str) -> str:
+    """The delivery log's id of an event item: a digest, so the log holds no user keys."""
+    return hashlib.sha256(f"{pk}\x1f{sk}".encode()).hexdigest()[:40]
+
+
+def _text(image: dict[str, Any], name: str) -> str:
+    value = image.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedItem(f"attribute {name!r} is missing or not a string")
+    return value
+
+
+def _millis(image: dict[str, Any], name: str) -> int:
+    value = image.get(name)
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float):
+        raise MalformedItem(f"attribute {name!r} is missing or not a number")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event item as stored by ingest, ready for the Events API."""
+
+    sequence_number: str
+    connection_id: str
+    ack_id: str
+    received_at: int | None
+    event: FmeEvent
+
+
+def stored_event(record: DynamoDBRecord) -> StoredEvent:
+    stream = record.dynamodb
+    if stream is None or not stream.sequence_number:
+        raise MalformedItem("record has no dynamodb section")
+    image = stream.new_image
+    keys = stream.keys
+    pk, sk = keys.get("pk"), keys.get("sk")
+    if not isinstance(pk, str) or not isinstance(sk, str):
+        raise MalformedItem("record keys pk / sk are missing")
+    value = image.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, Decimal | int | float)):
+        value = None
+    properties = image.get("properties")
+    event = FmeEvent(
+        eventTypeId=_text(image, "eventTypeId"),
+        trafficTypeName=_text(image, "trafficTypeName"),
+        key=_text(image, "key"),
+        value=plain(value),
+        timestamp=_millis(image, "timestamp"),
+        environmentName=_text(image, "environment"),
+        properties=plain(properties) if isinstance(properties, dict) else {},
+    )
+    received = image.get("receivedAt")
+    return StoredEvent(
+        sequence_number=stream.sequence_number,
+        connection_id=_text(image, "connectionId"),
+        ack_id=ack_id(pk, sk),
+        received_at=int(received) if isinstance(received, Decimal | int) else None,
+        event=event,
+    )
+
+
+def attribute_value(value: Any) -> str | None:
+    """An identity attribute as FME stores it: a string (``true``/``false`` for booleans)."""
+    value = plain(value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class IdentityValues:
+    values: dict[str, str]
+    dropped: list[str] = field(default_factory=list)  # attribute names FME would refuse
+
+
+def identity_values(attributes: Any) -> IdentityValues:
+    values: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, raw in (attributes or {}).items() if isinstance(attributes, dict) else []:
+        if not ATTRIBUTE_ID.match(str(name)):
+            dropped.append(str(name))
+            continue
+        text = attribute_value(raw)
+        if text is not None:
+            values[str(name)] = text
+    return IdentityValues(values, dropped)
+
+
+@dataclass(frozen=True)
+class IdentityChange:
+    """An identity whose attributes changed, with all its current values (FME overwrites them)."""
+
+    sequence_number: str
+    connection_id: str
+    environment: str
+    traffic_type: str
+    updated_at: int | None
+    identity: FmeIdentity
+    dropped_attributes: list[str]
+
+    @property
+    def identity_key(self) -> tuple[str, str, str, str]:
+        return (self.connection_id, self.environment, self.traffic_type, self.identity.key)
+
+
+def identity_change(record: DynamoDBRecord) -> IdentityChange | None:
+    """The change a stream record carries, or None when no attribute FME would see changed."""
+    stream = record.dynamodb
+    if stream is None or not stream.sequence_number:
+        raise MalformedItem("record has no dynamodb section")
+    if record.event_name not in (DynamoDBRecordEventName.INSERT, DynamoDBRecordEventName.MODIFY):
+        return None
+    new = stream.new_image
+    current = identity_values(new.get("attributes"))
+    if record.event_name is DynamoDBRecordEventName.MODIFY:
+        before = identity_values(stream.old_image.get("attributes"))
+        if before.values == current.values:
+            return None
+    if not current.values:
+        return None
+    updated = new.get("updatedAt")
+    return IdentityChange(
+        sequence_number=stream.sequence_number,
+        connection_id=_text(new, "connectionId"),
+        environment=_text(new, "environment"),
+        traffic_type=_text(new, "trafficTypeName"),
+        updated_at=int(updated) if isinstance(updated, Decimal | int) else None,
+        identity=FmeIdentity(key=_text(new, "key"), values=current.values),
+        dropped_attributes=current.dropped,
+    )

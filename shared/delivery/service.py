@@ -1,0 +1,467 @@
+"""Delivery of one DynamoDB stream batch into FME: the domain logic behind the delivery function.
+
+For the events table (INSERT records only — the template filters the stream, and records of any
+other kind are ignored here too, so nothing delivery writes can loop back):
+1. each record becomes a :class:`StoredEvent`; its connection's ``delivery`` config and FME keys
+   are loaded (cached); connections without delivery are skipped and counted;
+2. events the delivery log says FME already acknowledged (or refused) are skipped — a retried
+   stream batch re-sends only what FME has not acknowledged;
+3. the rest go to ``POST {eventsEndpoint}/events/bulk`` in bounded requests, retried within the
+   invocation's time; what FME accepted is recorded in the delivery log, what it refused for good
+   goes to the failure queue with the reason (and is recorded, so it is not retried forever), and
+   what is still failing is handed back to the stream as batch item failures.
+
+For the identities table: identities whose attributes changed (old and new image compared) are
+saved with all their current attributes, grouped by traffic type and environment, with the Admin
+API key; connections without one keep identities local. Saving an identity twice is harmless
+(FME overwrites its values), so identities need no acknowledgement log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+
+from shared import config
+from shared.config import DeliveryConfig, FmeKeys
+from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
+from shared.delivery.failure_queue import FailureQueue, Refusal
+from shared.delivery.fme_client import FmeClient, FmeIdentity, ItemOutcome
+from shared.delivery.records import (
+    IdentityChange,
+    MalformedItem,
+    StoredEvent,
+    identity_change,
+    plain,
+    stored_event,
+    table_of,
+)
+from shared.http_retry import Deadline, Outcome
+
+logger = Logger(child=True)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def fme_keys_name(connection_id: str) -> str:
+    """Secret ``{prefix}/inbound/{connectionId}/fme``."""
+    return f"{config.inbound_name(connection_id)}/fme"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which connections deliver, with which keys
+
+
+@dataclass(frozen=True)
+class ConnectionDelivery:
+    """A connection's delivery settings. ``problem`` set: delivery is on but cannot work as configured."""
+
+    connection_id: str
+    enabled: bool
+    settings: DeliveryConfig | None = None
+    keys: FmeKeys | None = None
+    problem: str | None = None
+
+
+class ConfigTemporarilyUnavailable(Exception):
+    """SSM or Secrets Manager failed; the records wait for the stream's retry."""
+
+
+def resolve_connection(connection_id: str) -> ConnectionDelivery:
+    try:
+        inbound = config.load_inbound(connection_id)
+    except config.ConfigNotFound:
+        return ConnectionDelivery(connection_id, enabled=False)
+    except config.ConfigInvalid as exc:
+        return ConnectionDelivery(connection_id, enabled=True, problem=f"invalid connection config: {exc}")
+    except config.ConfigUnavailable as exc:
+        raise ConfigTemporarilyUnavailable(str(exc)) from None
+    if not inbound.delivery.enabled:
+        return ConnectionDelivery(connection_id, enabled=False)
+    name = fme_keys_name(connection_id)
+    try:
+        keys = config.parse_config(FmeKeys, config.get_secret(name), name)
+    except config.ConfigNotFound:
+        return ConnectionDelivery(
+            connection_id, enabled=True, settings=inbound.delivery, problem=f"secret {name} does not exist"
+        )
+    except config.ConfigInvalid as exc:
+        return ConnectionDelivery(connection_id, enabled=True, settings=inbound.delivery, problem=str(exc))
+    except config.ConfigUnavailable as exc:
+        raise ConfigTemporarilyUnavailable(str(exc)) from None
+    return ConnectionDelivery(connection_id, enabled=True, settings=inbound.delivery, keys=keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# The outcome of a batch
+
+
+@dataclass
+class DeliveryReport:
+    """Counts for metrics, and the sequence numbers of the records to hand back to the stream."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    retry: set[str] = field(default_factory=set)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        if amount:
+            self.counts[name] += amount
+
+
+@dataclass
+class _ConnectionTally:
+    events_delivered: int = 0
+    events_refused: int = 0
+    identities_delivered: int = 0
+    identities_refused: int = 0
+    skipped: int = 0
+    latency_ms: int | None = None
+    retrying_since: int | None = None
+    error: str | None = None
+
+    def retrying(self, since: int | None) -> None:
+        since = since if since is not None else now_ms()
+        self.retrying_since = since if self.retrying_since is None else min(self.retrying_since, since)
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery
+
+
+class Delivery:
+    """Delivers stream batches; collaborators are passed in so tests use real fakes (moto, loopback)."""
+
+    def __init__(
+        self,
+        *,
+        events_table: str,
+        identities_table: str,
+        log: DeliveryLog,
+        failures: FailureQueue,
+        resolve: Callable[[str], ConnectionDelivery] = resolve_connection,
+        clock: Callable[[], int] = now_ms,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_timeout: float = 10.0,
+    ) -> None:
+        self.events_table = events_table
+        self.identities_table = identities_table
+        self.log = log
+        self.failures = failures
+        self._resolve = resolve
+        self._clock = clock
+        self._transport = transport
+        self._http_timeout = http_timeout
+
+    async def deliver(self, records: Sequence[dict[str, Any]], deadline: Deadline) -> DeliveryReport:
+        """Deliver one stream batch (Lambda's ``event["Records"]``)."""
+        report = DeliveryReport()
+        events: list[DynamoDBRecord] = []
+        identities: list[DynamoDBRecord] = []
+        for raw in records:
+            record = DynamoDBRecord(raw)
+            table = table_of(record.event_source_arn)
+            if table == self.events_table:
+                events.append(record)
+            elif table == self.identities_table:
+                identities.append(record)
+            else:
+                report.count("RecordsIgnored")
+        if not events and not identities:
+            return report
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=httpx.Timeout(self._http_timeout, connect=3.0)
+        ) as http:
+            client = FmeClient(http, deadline)
+            tallies: dict[str, _ConnectionTally] = defaultdict(_ConnectionTally)
+            if events:
+                await self._deliver_events(events, client, report, tallies)
+            if identities:
+                await self._deliver_identities(identities, client, report, tallies)
+        self._update_statuses(tallies)
+        return report
+
+    # -- shared steps -----------------------------------------------------------------------------
+
+    def _connections(
+        self, connection_ids: Iterable[str], report: DeliveryReport
+    ) -> dict[str, ConnectionDelivery | None]:
+        """Each connection's delivery, or None when its config cannot be read right now."""
+        resolved: dict[str, ConnectionDelivery | None] = {}
+        for connection_id in sorted(set(connection_ids)):
+            try:
+                resolved[connection_id] = self._resolve(connection_id)
+            except ConfigTemporarilyUnavailable as exc:
+                logger.warning("connection config unavailable", connection_id=connection_id, error=str(exc))
+                report.count("ConfigUnavailable")
+                resolved[connection_id] = None
+        return resolved
+
+    def _refuse(self, refusal: Refusal, sequence_numbers: Iterable[str], report: DeliveryReport) -> bool:
+        """Keep refused items in the failure queue; False (records retried) when SQS fails."""
+        try:
+            self.failures.send(refusal, self._clock())
+        except Exception:
+            logger.exception("failure queue unavailable", connection_id=refusal.connection_id)
+            report.retry.update(sequence_numbers)
+            return False
+        logger.warning(
+            "FME refused items",
+            connection_id=refusal.connection_id,
+            kind=refusal.kind,
+            count=len(refusal.items),
+            reason=refusal.reason,
+        )
+        return True
+
+    def _update_statuses(self, tallies: dict[str, _ConnectionTally]) -> None:
+        now = self._clock()
+        for connection_id, tally in tallies.items():
+            try:
+                self.log.update_status(
+                    connection_id,
+                    now,
+                    events_delivered=tally.events_delivered,
+                    events_refused=tally.events_refused,
+                    identities_delivered=tally.identities_delivered,
+                    identities_refused=tally.identities_refused,
+                    skipped=tally.skipped,
+                    latency_ms=tally.latency_ms,
+                    retrying_since=tally.retrying_since,
+                    error=tally.error,
+                )
+            except Exception:  # the status is for operators; delivery itself already happened
+                logger.exception("could not update delivery status", connection_id=connection_id)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def _deliver_events(
+        self,
+        records: list[DynamoDBRecord],
+        client: FmeClient,
+        report: DeliveryReport,
+        tallies: dict[str, _ConnectionTally],
+    ) -> None:
+        stored: list[StoredEvent] = []
+        for record in records:
+            if record.event_name is not DynamoDBRecordEventName.INSERT:
+                report.count("RecordsIgnored")  # our own writes never land here, but a MODIFY must not resend
+                continue
+            try:
+                stored.append(stored_event(record))
+            except MalformedItem as exc:
+                self._refuse_malformed(record, str(exc), report)
+        connections = self._connections((s.connection_id for s in stored), report)
+
+        pending: dict[str, list[StoredEvent]] = defaultdict(list)
+        for item in stored:
+            connection = connections[item.connection_id]
+            if connection is None:
+                report.retry.add(item.sequence_number)
+                tallies[item.connection_id].retrying(item.received_at)
+            elif not connection.enabled:
+                report.count("EventsSkippedDeliveryOff")
+                tallies[item.connection_id].skipped += 1
+            else:
+                pending[item.connection_id].append(item)
+        if not pending:
+            return
+
+        candidates = [item for items in pending.values() for item in items]
+        try:
+            settled = self.log.settled(item.ack_id for item in candidates)
+        except Exception:
+            logger.exception("delivery log unavailable")
+            report.retry.update(item.sequence_number for item in candidates)
+            return
+        for connection_id, items in pending.items():
+            fresh = [item for item in items if item.ack_id not in settled]
+            report.count("EventsAlreadyDelivered", len(items) - len(fresh))
+            if fresh:
+                connection = connections[connection_id]
+                assert connection is not None
+                await self._send_events(connection, fresh, client, report, tallies[connection_id])
+
+    async def _send_events(
+        self,
+        connection: ConnectionDelivery,
+        items: list[StoredEvent],
+        client: FmeClient,
+        report: DeliveryReport,
+        tally: _ConnectionTally,
+    ) -> None:
+        by_sequence = {item.sequence_number: item for item in items}
+        if connection.problem or connection.keys is None or connection.settings is None:
+            outcomes = [
+                ItemOutcome(
+                    item.sequence_number, item.event, Outcome.PERMANENT, None, connection.problem or ""
+                )
+                for item in items
+            ]
+        else:
+            outcomes = await client.send_events(
+                str(connection.settings.eventsEndpoint),
+                connection.keys.sdkKey,
+                [(item.sequence_number, item.event) for item in items],
+            )
+        now = self._clock()
+        delivered = [by_sequence[o.item_id] for o in outcomes if o.outcome is Outcome.DELIVERED]
+        transient = [o for o in outcomes if o.outcome is Outcome.TRANSIENT]
+        refused: dict[tuple[str, int | None], list[StoredEvent]] = defaultdict(list)
+        for o in outcomes:
+            if o.outcome is Outcome.PERMANENT:
+                refused[(o.reason, o.status)].append(by_sequence[o.item_id])
+
+        if delivered:
+            try:
+                self.log.record([item.ack_id for item in delivered], DELIVERED, now)
+            except Exception:
+                # FME has these events; handing them back to the stream would send them twice.
+                logger.exception("could not record acknowledged events", count=len(delivered))
+                report.count("AcknowledgementsNotRecorded", len(delivered))
+            report.count("EventsDelivered", len(delivered))
+            tally.events_delivered += len(delivered)
+            received = [item.received_at for item in delivered if item.received_at is not None]
+            if received:
+                tally.latency_ms = max(0, now - min(received))
+
+        for o in transient:
+            item = by_sequence[o.item_id]
+            report.retry.add(item.sequence_number)
+            tally.retrying(item.received_at)
+            tally.error = o.reason
+        report.count("EventsRetrying", len(transient))
+
+        for (reason, status), group in refused.items():
+            refusal = Refusal(
+                kind="events",
+                connection_id=connection.connection_id,
+                reason=reason,
+                status=status,
+                items=[{"ackId": item.ack_id, "event": item.event.model_dump()} for item in group],
+            )
+            if not self._refuse(refusal, (item.sequence_number for item in group), report):
+                continue
+            try:
+                self.log.record([item.ack_id for item in group], REFUSED, now, reason)
+            except Exception:  # the failure queue has them; a retry would only add a second message
+                logger.exception("could not record refused events", count=len(group))
+            report.count("EventsRefused", len(group))
+            tally.events_refused += len(group)
+            tally.error = reason
+
+    def _refuse_malformed(self, record: DynamoDBRecord, reason: str, report: DeliveryReport) -> None:
+        stream = record.dynamodb
+        image = plain(stream.new_image) if stream is not None else {}
+        connection_id = str(image.get("connectionId") or "unknown")
+        sequence = stream.sequence_number if stream is not None and stream.sequence_number else ""
+        refusal = Refusal("events", connection_id, f"malformed item: {reason}", None, [{"item": image}])
+        if self._refuse(refusal, [sequence] if sequence else [], report):
+            report.count("EventsRefused")
+
+    # -- identities -------------------------------------------------------------------------------
+
+    async def _deliver_identities(
+        self,
+        records: list[DynamoDBRecord],
+        client: FmeClient,
+        report: DeliveryReport,
+        tallies: dict[str, _ConnectionTally],
+    ) -> None:
+        # Several changes of one identity in a batch: its latest values are sent once.
+        latest: dict[tuple[str, str, str, str], IdentityChange] = {}
+        sequences: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+        for record in records:
+            try:
+                change = identity_change(record)
+            except MalformedItem as exc:
+                logger.warning("identity item cannot be delivered", reason=str(exc))
+                report.count("IdentitiesMalformed")
+                continue
+            if change is None:
+                report.count("IdentitiesUnchanged")
+                continue
+            if change.dropped_attributes:
+                report.count("IdentityAttributesDropped", len(change.dropped_attributes))
+            latest[change.identity_key] = change
+            sequences[change.identity_key].append(change.sequence_number)
+        connections = self._connections((c.connection_id for c in latest.values()), report)
+
+        groups: dict[tuple[str, str, str], list[IdentityChange]] = defaultdict(list)
+        for key, change in latest.items():
+            connection = connections[change.connection_id]
+            if connection is None:
+                report.retry.update(sequences[key])
+            elif not connection.enabled:
+                report.count("IdentitiesSkippedDeliveryOff")
+                tallies[change.connection_id].skipped += 1
+            elif connection.keys is not None and connection.keys.adminKey is None and not connection.problem:
+                report.count("IdentitiesSkippedNoAdminKey")
+                tallies[change.connection_id].skipped += 1
+            else:
+                groups[(change.connection_id, change.traffic_type, change.environment)].append(change)
+
+        for (connection_id, traffic_type, environment), changes in groups.items():
+            connection = connections[connection_id]
+            assert connection is not None
+            tally = tallies[connection_id]
+            by_id = {"#".join(change.identity_key): change for change in changes}
+            pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
+            if connection.problem or connection.keys is None or connection.settings is None:
+                outcomes = [
+                    ItemOutcome(item_id, identity, Outcome.PERMANENT, None, connection.problem or "")
+                    for item_id, identity in pairs
+                ]
+            else:
+                assert connection.keys.adminKey is not None
+                outcomes = await client.save_identities(
+                    str(connection.settings.identitiesEndpoint),
+                    connection.keys.adminKey,
+                    traffic_type,
+                    environment,
+                    pairs,
+                )
+            refused: dict[tuple[str, int | None], list[IdentityChange]] = defaultdict(list)
+            for o in outcomes:
+                change = by_id[o.item_id]
+                if o.outcome is Outcome.DELIVERED:
+                    report.count("IdentitiesDelivered")
+                    tally.identities_delivered += 1
+                elif o.outcome is Outcome.TRANSIENT:
+                    report.count("IdentitiesRetrying")
+                    report.retry.update(sequences[change.identity_key])
+                    tally.retrying(change.updated_at)
+                    tally.error = o.reason
+                else:
+                    refused[(o.reason, o.status)].append(change)
+            for (reason, status), group in refused.items():
+                refusal = Refusal(
+                    kind="identities",
+                    connection_id=connection_id,
+                    reason=reason,
+                    status=status,
+                    items=[
+                        {
+                            "trafficType": traffic_type,
+                            "environment": environment,
+                            "identity": c.identity.model_dump(),
+                        }
+                        for c in group
+                    ],
+                )
+                sequence_numbers = [s for c in group for s in sequences[c.identity_key]]
+                if self._refuse(refusal, sequence_numbers, report):
+                    report.count("IdentitiesRefused", len(group))
+                    tally.identities_refused += len(group)
+                    tally.error = reason
