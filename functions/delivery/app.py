@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -41,6 +42,7 @@ def delivery() -> Delivery:
         identities_table=aws.env("IDENTITIES_TABLE"),
         log=DeliveryLog(aws.dynamodb_table(aws.env("DELIVERY_LOG_TABLE"))),
         failures=FailureQueue(aws.client("sqs"), aws.env("DELIVERY_FAILURE_QUEUE_URL")),
+        http_timeout=float(os.environ.get("FME_TIMEOUT_SECONDS", "10")),
     )
 
 

@@ -1,0 +1,132 @@
+"""Real-shaped DynamoDB Streams events for the delivery tests, built from items as Lambda delivers them."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeSerializer
+
+from tests.conftest import load_event
+
+_serializer = TypeSerializer()
+_sequence = itertools.count(300000000000000000000001)
+
+
+def dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
+    def native(value: Any) -> Any:
+        if isinstance(value, float):
+            return Decimal(str(value))
+        if isinstance(value, dict):
+            return {k: native(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [native(v) for v in value]
+        return value
+
+    return {k: _serializer.serialize(native(v)) for k, v in item.items()}
+
+
+def stream_arn(table_name: str) -> str:
+    return f"arn:aws:dynamodb:us-east-1:123456789012:table/{table_name}/stream/2026-11-25T09:00:00.000"
+
+
+def stream_record(
+    table_name: str,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    event_name: str | None = None,
+    view: str = "NEW_IMAGE",
+    key_names: tuple[str, ...] = ("pk", "sk"),
+) -> dict[str, Any]:
+    """One record as Lambda's DynamoDB Streams event source delivers it."""
+    image = new if new is not None else old
+    assert image is not None
+    body: dict[str, Any] = {
+        "ApproximateCreationDateTime": 1764061200,
+        "Keys": dynamodb_json({k: image[k] for k in key_names if k in image}),
+        "SequenceNumber": str(next(_sequence)),
+        "SizeBytes": 512,
+        "StreamViewType": view,
+    }
+    if new is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+        body["NewImage"] = dynamodb_json(new)
+    if old is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
+        body["OldImage"] = dynamodb_json(old)
+    name = event_name or ("INSERT" if old is None else "REMOVE" if new is None else "MODIFY")
+    return {
+        "eventID": body["SequenceNumber"][-12:],
+        "eventName": name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": body,
+        "eventSourceARN": stream_arn(table_name),
+    }
+
+
+def stream_event(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"Records": list(records)}
+
+
+def sample_event(name: str, table_name: str) -> dict[str, Any]:
+    """A sample from tests/events with its eventSourceARN pointing at ``table_name``."""
+    event = copy.deepcopy(load_event(name))
+    for record in event["Records"]:
+        record["eventSourceARN"] = stream_arn(table_name)
+    return event
+
+
+def event_item(
+    key: str,
+    event_type_id: str = "checkout",
+    timestamp: int = 1764061200000,
+    message_id: str | None = None,
+    connection_id: str = "webshop",
+    environment: str = "Production",
+    traffic_type: str = "user",
+    value: float | None = None,
+    properties: dict[str, Any] | None = None,
+    received_at: int = 1764061201000,
+) -> dict[str, Any]:
+    """An event item in the shape docs/data-model.md documents."""
+    message_id = message_id or f"msg-{key}-{event_type_id}-{timestamp}"
+    item: dict[str, Any] = {
+        "pk": f"{environment}#{traffic_type}#{key}",
+        "sk": f"{timestamp:013d}#{message_id}",
+        "environment": environment,
+        "trafficTypeName": traffic_type,
+        "key": key,
+        "eventTypeId": event_type_id,
+        "timestamp": timestamp,
+        "properties": properties or {},
+        "messageId": message_id,
+        "segmentType": "track",
+        "receivedAt": received_at,
+        "connectionId": connection_id,
+        "expiresAt": received_at // 1000 + 90 * 86400,
+    }
+    if value is not None:
+        item["value"] = value
+    return item
+
+
+def identity_item(
+    key: str,
+    attributes: dict[str, Any],
+    updated_at: int = 1764061200000,
+    connection_id: str = "webshop",
+    environment: str = "Production",
+    traffic_type: str = "user",
+) -> dict[str, Any]:
+    return {
+        "pk": f"{environment}#{traffic_type}#{key}",
+        "environment": environment,
+        "trafficTypeName": traffic_type,
+        "key": key,
+        "attributes": attributes,
+        "attributeTimestamps": dict.fromkeys(attributes, updated_at),
+        "updatedAt": updated_at,
+        "connectionId": connection_id,
+    }

@@ -1,0 +1,456 @@
+"""The delivery handler, invoked the way Lambda's DynamoDB Streams event source invokes it.
+
+moto for AWS (tables, queue, SSM, Secrets Manager from template.yaml), the loopback FME sink for FME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from fme_bridge.fme_sink import FmeSink
+from fme_bridge.template import Stack
+
+# Powertools reads the metrics namespace when the handler module is imported (template.yaml sets it).
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge")
+from functions.delivery import app
+from tests.conftest import put_config, put_secret
+from tests.delivery_support import (
+    event_item,
+    identity_item,
+    sample_event,
+    stream_event,
+    stream_record,
+)
+
+SDK_KEY = "sdk-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-fedcba9876543210"
+
+
+@pytest.fixture
+def sink() -> Iterator[FmeSink]:
+    with FmeSink(sdk_keys=[SDK_KEY], admin_keys=[ADMIN_KEY]) as server:
+        yield server
+
+
+@pytest.fixture
+def env(stack: Stack, function_env: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = function_env("DeliveryFunction")
+    monkeypatch.setenv("FME_TIMEOUT_SECONDS", "0.5")
+    app.delivery.cache_clear()
+    yield values
+    app.delivery.cache_clear()
+
+
+def connect(
+    sink: FmeSink,
+    connection_id: str = "webshop",
+    enabled: bool = True,
+    keys: dict[str, str] | None = None,
+) -> None:
+    put_config(
+        f"inbound/{connection_id}",
+        {
+            "environment": "Production",
+            "identities": [{"segmentId": "userId", "trafficType": "user"}],
+            "delivery": {
+                "enabled": enabled,
+                "eventsEndpoint": sink.events_endpoint,
+                "identitiesEndpoint": sink.identities_endpoint,
+            },
+        },
+    )
+    put_secret(f"inbound/{connection_id}", "webhook-secret")
+    if keys is not False:
+        put_secret(
+            f"inbound/{connection_id}/fme",
+            json.dumps(keys if keys is not None else {"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}),
+        )
+
+
+def invoke(event: dict[str, Any], lambda_context: Any, seconds: float | None = None) -> dict[str, Any]:
+    if seconds is not None:
+        end = time.monotonic() + seconds
+        lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+    return app.lambda_handler(event, lambda_context)
+
+
+def failed_ids(response: dict[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
+
+
+def failure_messages(stack: Stack) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out = []
+    while True:
+        answer = sqs.receive_message(
+            QueueUrl=stack.queues["DeliveryFailureQueue"],
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+        )
+        if not answer.get("Messages"):
+            return out
+        out.extend(json.loads(m["Body"]) for m in answer["Messages"])
+
+
+def events_table(stack: Stack) -> str:
+    return stack.tables["EventsTable"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+def test_sample_insert_reaches_fme_as_the_exact_events_bulk_payload(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    response = invoke(sample_event("dynamodb_stream_event_insert.json", events_table(stack)), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert [r.status for r in sink.requests] == [202]
+    assert sink.requests[0].path == "/api/events/bulk"
+    assert len(sink.events) == 1
+    assert sink.events[0].sdk_key == SDK_KEY
+    assert sink.events[0].event == {
+        "eventTypeId": "Order_Completed",
+        "trafficTypeName": "user",
+        "key": "41e51150-6825-11e8-9f57-0acd31e5aef0",
+        "value": 99.84,
+        "timestamp": 1449947461152,
+        "environmentName": "Production",
+        "properties": {
+            "checkout_id": "fksdjfsdjfisjf9sdfjsd9f",
+            "order_id": "50314b8e9bcf000000000000",
+            "total": 27.5,
+            "coupon": None,
+            "first_order": True,
+            "products": '[{"product_id":"507f1f77bcf86cd799439011","quantity":1}]',
+        },
+    }
+
+
+def test_a_retried_batch_sends_only_what_fme_has_not_acknowledged(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    first = stream_record(events_table(stack), event_item("u1", timestamp=1764061200001))
+    second = stream_record(events_table(stack), event_item("u2", timestamp=1764061200002))
+    assert invoke(stream_event(first), lambda_context) == {"batchItemFailures": []}
+
+    # The stream hands the batch back (e.g. after a later record failed): first comes round again.
+    response = invoke(stream_event(first, second), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert sorted(e.event["key"] for e in sink.events) == ["u1", "u2"]
+
+
+def test_events_still_failing_at_the_deadline_are_batch_item_failures_and_sent_once_later(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
+    ]
+    sink.fail_next(1000, 503)
+
+    response = invoke(stream_event(*records), lambda_context, seconds=2.2)
+
+    assert failed_ids(response) == [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert sink.events == []
+    assert len(sink.requests) >= 2  # retried within the invocation before giving up
+
+    sink.clear_faults()
+    assert invoke(stream_event(*records), lambda_context, seconds=10) == {"batchItemFailures": []}
+    assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1", "u2"]
+
+
+def test_rate_limit_and_server_errors_are_retried_within_the_invocation(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    sink.rate_limit_next(1, reset_seconds=0)
+    sink.fail_next(1, 500)
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context, seconds=20) == {"batchItemFailures": []}
+
+    assert [r.status for r in sink.requests] == [429, 500, 202]
+    assert len(sink.events) == 1
+
+
+def test_a_timed_out_request_is_retried(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    sink.hang_next(1, seconds=1.5)
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context, seconds=20) == {"batchItemFailures": []}
+
+    assert len(sink.events) == 1
+
+
+def test_an_event_fme_refuses_goes_to_the_failure_queue_without_its_neighbours(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    good = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
+    ]
+    bad = stream_record(events_table(stack), event_item("x" * 251))  # FME refuses keys over 250 characters
+    batch = stream_event(good[0], bad, good[1], good[2])
+
+    response = invoke(batch, lambda_context)
+
+    assert response == {"batchItemFailures": []}  # permanent: not retried forever
+    assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1", "u2"]
+    [message] = failure_messages(stack)
+    assert message["kind"] == "events"
+    assert message["connectionId"] == "webshop"
+    assert message["status"] == 400
+    assert "key is longer than 250" in message["reason"]
+    assert [i["event"]["key"] for i in message["items"]] == ["x" * 251]
+
+    # The stream retries the batch: nothing is sent or queued twice.
+    requests_before = len(sink.requests)
+    assert invoke(batch, lambda_context) == {"batchItemFailures": []}
+    assert len(sink.requests) == requests_before
+    assert failure_messages(stack) == []
+
+
+def test_a_wrong_sdk_key_is_permanent_and_keeps_the_events(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert [r.status for r in sink.requests] == [401]  # not retried
+    [message] = failure_messages(stack)
+    assert message["status"] == 401
+    assert message["items"][0]["event"]["key"] == "u1"
+    assert "revoked-key" not in json.dumps(message)
+
+
+def test_connections_without_delivery_keep_their_events_local(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connect(sink, connection_id="nodelivery", enabled=False)
+    record = stream_record(events_table(stack), event_item("u1", connection_id="nodelivery"))
+    unknown = stream_record(events_table(stack), event_item("u2", connection_id="deleted-connection"))
+
+    assert invoke(stream_event(record, unknown), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    assert failure_messages(stack) == []
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["EventsSkippedDeliveryOff"] == [2.0]
+
+
+def test_delivery_on_without_keys_is_a_visible_permanent_failure(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys=False)  # type: ignore[arg-type]
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    [message] = failure_messages(stack)
+    assert "/inbound/webshop/fme does not exist" in message["reason"]
+
+
+def test_updates_of_event_items_are_never_resent(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    item = event_item("u1")
+    changed = {**item, "properties": {"late": "update"}}
+    modify = stream_record(events_table(stack), changed, old=None, event_name="MODIFY")
+    remove = stream_record(events_table(stack), None, old=item, event_name="REMOVE", view="NEW_IMAGE")
+
+    assert invoke(stream_event(modify, remove), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+
+
+def test_many_events_go_in_size_bounded_requests(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.delivery import fme_client
+
+    monkeypatch.setattr(fme_client, "MAX_EVENTS_PER_REQUEST", 40)
+    connect(sink)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i))
+        for i in range(100)
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    assert sorted(r.items for r in sink.requests) == [20, 40, 40]
+    assert len({(e.event["key"], e.event["timestamp"]) for e in sink.events}) == 100
+    assert len(sink.events) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities
+
+
+def test_sample_identity_change_is_saved_with_all_current_values(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    event = sample_event("dynamodb_stream_identity_modify.json", stack.tables["IdentitiesTable"])
+
+    assert invoke(event, lambda_context) == {"batchItemFailures": []}
+
+    [request] = sink.requests
+    assert request.path == "/internal/api/v2/trafficTypes/user/environments/Production/identities"
+    [update] = sink.identity_updates
+    assert update.key == "97980cfea0067"
+    # Save Identities overwrites an identity's values, so all of them are sent, as strings.
+    assert update.values == {
+        "name": "Peter Gibbons",
+        "email": "peter@example.com",
+        "plan": "premium",
+        "logins": "5",
+        "trial": "false",
+        "company": '{"name":"Initech","employees":329}',
+    }
+
+
+def test_identity_records_without_attribute_changes_are_not_sent(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    old = identity_item("u1", {"plan": "pro"}, updated_at=1)
+    new = identity_item("u1", {"plan": "pro"}, updated_at=2)  # only the timestamps moved
+
+    assert invoke(
+        stream_event(stream_record(table, new, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))),
+        lambda_context,
+    ) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+
+
+def test_identities_are_grouped_per_traffic_type_and_coalesced(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    records = [
+        stream_record(
+            table, identity_item("u1", {"plan": "free"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+        ),
+        stream_record(
+            table,
+            identity_item("u1", {"plan": "pro"}, updated_at=2),
+            identity_item("u1", {"plan": "free"}),
+            view="NEW_AND_OLD_IMAGES",
+            key_names=("pk",),
+        ),
+        stream_record(
+            table,
+            identity_item("acme", {"size": 40}, traffic_type="account"),
+            view="NEW_AND_OLD_IMAGES",
+            key_names=("pk",),
+        ),
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    assert sorted(r.path for r in sink.requests) == [
+        "/internal/api/v2/trafficTypes/account/environments/Production/identities",
+        "/internal/api/v2/trafficTypes/user/environments/Production/identities",
+    ]
+    assert sorted((u.traffic_type, u.key, tuple(u.values.items())) for u in sink.identity_updates) == [
+        ("account", "acme", (("size", "40"),)),
+        ("user", "u1", (("plan", "pro"),)),
+    ]
+
+
+def test_without_an_admin_key_identities_stay_local(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys={"sdkKey": SDK_KEY})
+    table = stack.tables["IdentitiesTable"]
+    record = stream_record(
+        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+    )
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    assert failure_messages(stack) == []
+
+
+def test_an_identity_fme_lists_as_failed_goes_to_the_failure_queue(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    sink.refuse_identity("u2", 400, "traffic type attribute limit reached")
+    table = stack.tables["IdentitiesTable"]
+    records = [
+        stream_record(table, identity_item(k, {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+        for k in ("u1", "u2")
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    assert [u.key for u in sink.identity_updates] == ["u1"]
+    [message] = failure_messages(stack)
+    assert message["kind"] == "identities"
+    assert message["items"] == [
+        {
+            "trafficType": "user",
+            "environment": "Production",
+            "identity": {"key": "u2", "values": {"plan": "pro"}},
+        }
+    ]
+    assert "attribute limit" in message["reason"]
+
+
+def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    sink.fail_next(1000, 502)
+    table = stack.tables["IdentitiesTable"]
+    record = stream_record(
+        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+    )
+
+    response = invoke(stream_event(record), lambda_context, seconds=2.2)
+
+    assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
+    assert sink.identity_updates == []
+
+
+def test_delivery_status_is_recorded_per_connection(
+    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    from shared import aws
+    from shared.delivery.delivery_log import DeliveryLog
+
+    connect(sink)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(2)
+    ]
+    invoke(stream_event(*records), lambda_context)
+
+    [status] = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"])).statuses()
+    assert status.connection_id == "webshop"
+    assert status.events_delivered == 2
+    assert status.last_delivered_at is not None
+    assert status.retrying_since is None
