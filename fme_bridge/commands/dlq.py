@@ -76,7 +76,7 @@ def _make_visible(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> N
 def show(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many messages.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the messages as JSON lines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the messages as a JSON array.")] = False,
 ) -> None:
     """Show the messages in the dead-letter queue with their failure reasons (they stay there)."""
     tgt = target(ctx)
@@ -85,17 +85,19 @@ def show(
     messages = _receive_all(sqs, queue_url, limit, _PEEK_VISIBILITY_SECONDS)
     try:
         if as_json:
-            for message in messages:
-                out.print_json(
-                    json.dumps(
+            out.print_json(
+                json.dumps(
+                    [
                         {
                             "messageId": message["MessageId"],
                             "reason": failure_reason(message),
                             "receiveCount": message.get("Attributes", {}).get("ApproximateReceiveCount"),
                             "body": message["Body"],
                         }
-                    )
+                        for message in messages
+                    ]
                 )
+            )
             return
         if not messages:
             out.print(f"the dead-letter queue is empty ({queue_url})")

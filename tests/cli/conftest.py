@@ -1,0 +1,31 @@
+"""The CLI against moto, with the template's resources named the way operators name them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from fme_bridge.cli import app
+from fme_bridge.template import Stack
+
+PREFIX = "/fme-segment-bridge/test"
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """Run ``fme-bridge`` in-process; resources come from the environment variables operators set."""
+    monkeypatch.setenv("CONFIG_PREFIX", PREFIX)
+    monkeypatch.setenv("IMPRESSIONS_QUEUE_URL", stack.queues["ImpressionsQueue"])
+    monkeypatch.setenv("IMPRESSIONS_DLQ_URL", stack.queues["ImpressionsDeadLetterQueue"])
+    monkeypatch.setenv("EVENTS_TABLE", stack.tables["EventsTable"])
+    monkeypatch.setenv("IDENTITIES_TABLE", stack.tables["IdentitiesTable"])
+
+    def run(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(app, list(args), input=input)
+
+    return run

@@ -1,0 +1,260 @@
+"""`fme-bridge config`: validated with the functions' own models, secrets rotated, never printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.cli.conftest import PREFIX, Cli
+
+REGION = "us-east-1"
+INBOUND = {
+    "environment": "Production",
+    "identities": [{"segmentId": "userId", "trafficType": "user"}],
+    "valueField": "properties.revenue",
+}
+OUTBOUND = {
+    "environments": ["Production"],
+    "identities": {"user": "userId"},
+    "endpoint": "http://127.0.0.1:3001/v1",
+}
+
+
+def write(tmp_path: Path, name: str, content: object) -> str:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def parameter(name: str) -> str | None:
+    ssm = boto3.client("ssm", region_name=REGION)
+    try:
+        return str(ssm.get_parameter(Name=f"{PREFIX}/{name}")["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        return None
+
+
+def secret(name: str, stage: str = "AWSCURRENT") -> str | None:
+    client = boto3.client("secretsmanager", region_name=REGION)
+    try:
+        return str(client.get_secret_value(SecretId=f"{PREFIX}/{name}", VersionStage=stage)["SecretString"])
+    except client.exceptions.ResourceNotFoundException:
+        return None
+
+
+def test_inbound_put_writes_the_config_and_the_secret_without_printing_it(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "config",
+        "inbound",
+        "put",
+        "shop",
+        "--file",
+        write(tmp_path, "c.json", INBOUND),
+        "--secret-file",
+        write(tmp_path, "s", "s3cret-value\n"),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(parameter("inbound/shop") or "") == INBOUND
+    assert secret("inbound/shop") == "s3cret-value"
+    assert "s3cret-value" not in result.output
+
+
+def test_a_new_secret_keeps_the_old_one_as_awsprevious(cli: Cli, tmp_path: Path) -> None:
+    config = write(tmp_path, "c.json", INBOUND)
+    assert (
+        cli(
+            "config", "inbound", "put", "shop", "-f", config, "--secret-file", write(tmp_path, "a", "old")
+        ).exit_code
+        == 0
+    )
+    result = cli("config", "inbound", "put", "shop", "-f", config, "--secret-file", "-", input="new\n")
+    assert result.exit_code == 0, result.output
+    assert secret("inbound/shop") == "new"
+    assert secret("inbound/shop", "AWSPREVIOUS") == "old"
+
+
+def test_updating_a_config_alone_keeps_its_secret(cli: Cli, tmp_path: Path) -> None:
+    cli(
+        "config",
+        "inbound",
+        "put",
+        "shop",
+        "-f",
+        write(tmp_path, "c.json", INBOUND),
+        "--secret-file",
+        write(tmp_path, "s", "k"),
+    )
+    changed = {**INBOUND, "enableTrack": False}
+    result = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "d.json", changed))
+    assert result.exit_code == 0, result.output
+    assert json.loads(parameter("inbound/shop") or "")["enableTrack"] is False
+    assert secret("inbound/shop") == "k"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({**INBOUND, "enableTrak": True}, "enableTrak: Extra inputs are not permitted"),
+        ({"environment": "Production", "identities": []}, "identities: List should have at least 1 item"),
+        (
+            {**INBOUND, "pageEventTypeId": "page"},
+            "pageEventTypeId: Value error, must contain the placeholder {name}",
+        ),
+        ('{"environment": ', "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_an_invalid_inbound_config_is_one_clear_line_and_writes_nothing(
+    cli: Cli, tmp_path: Path, document: object, message: str
+) -> None:
+    result = cli(
+        "config",
+        "inbound",
+        "put",
+        "shop",
+        "-f",
+        write(tmp_path, "c.json", document),
+        "--secret-file",
+        write(tmp_path, "s", "k"),
+    )
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert parameter("inbound/shop") is None
+    assert secret("inbound/shop") is None
+
+
+def test_a_new_connection_needs_a_secret(cli: Cli, tmp_path: Path) -> None:
+    result = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", INBOUND))
+    assert result.exit_code == 1
+    assert "no webhook secret yet: pass --secret-file" in result.stderr
+    assert parameter("inbound/shop") is None
+
+
+def test_an_unreadable_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "config",
+        "outbound",
+        "put",
+        "eu",
+        "-f",
+        str(tmp_path / "missing.json"),
+        "--write-key-file",
+        "-",
+        input="wk",
+    )
+    assert result.exit_code == 1
+    assert "cannot read" in result.stderr
+    assert "No such file or directory" in result.stderr
+    assert secret("outbound/eu") is None
+
+
+def test_outbound_put_validates_with_the_functions_model(cli: Cli, tmp_path: Path) -> None:
+    bad = {**OUTBOUND, "defaultTrafficType": "account"}
+    result = cli(
+        "config",
+        "outbound",
+        "put",
+        "eu",
+        "-f",
+        write(tmp_path, "o.json", bad),
+        "--write-key-file",
+        "-",
+        input="wk",
+    )
+    assert result.exit_code == 1
+    assert "defaultTrafficType 'account' is not a key of identities" in result.stderr
+    assert parameter("outbound/eu") is None
+
+    result = cli(
+        "config",
+        "outbound",
+        "put",
+        "eu",
+        "-f",
+        write(tmp_path, "p.json", OUTBOUND),
+        "--write-key-file",
+        "-",
+        input="wk-123",
+    )
+    assert result.exit_code == 0, result.output
+    assert secret("outbound/eu") == "wk-123"
+
+
+def test_get_shows_the_config_and_only_whether_the_secret_is_set(cli: Cli, tmp_path: Path) -> None:
+    cli(
+        "config",
+        "outbound",
+        "put",
+        "eu",
+        "-f",
+        write(tmp_path, "o.json", OUTBOUND),
+        "--write-key-file",
+        "-",
+        input="wk-123",
+    )
+    result = cli("config", "outbound", "get", "eu")
+    assert result.exit_code == 0, result.output
+    assert '"environments"' in result.stdout
+    assert "Segment write key: set (AWSCURRENT" in result.stdout
+    assert "wk-123" not in result.output
+
+
+def test_get_of_an_unknown_connection_is_one_line(cli: Cli) -> None:
+    result = cli("config", "inbound", "get", "nope")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: no connection 'nope' under {PREFIX}"
+
+
+def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path) -> None:
+    cli(
+        "config",
+        "inbound",
+        "put",
+        "shop",
+        "-f",
+        write(tmp_path, "c.json", INBOUND),
+        "--secret-file",
+        "-",
+        input="k",
+    )
+    cli(
+        "config",
+        "inbound",
+        "put",
+        "blog",
+        "-f",
+        write(tmp_path, "c.json", INBOUND),
+        "--secret-file",
+        "-",
+        input="k",
+    )
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"{PREFIX}/inbound/broken", Value="{}", Type="String"
+    )
+    result = cli("config", "inbound", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("shop" in line and "Production" in line and "yes" in line for line in lines)
+    assert any("blog" in line for line in lines)
+    assert any("broken" in line and "no" in line for line in lines)
+
+
+def test_connection_names_cannot_escape_the_prefix(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "config",
+        "inbound",
+        "put",
+        "../x",
+        "-f",
+        write(tmp_path, "c.json", INBOUND),
+        "--secret-file",
+        "-",
+        input="k",
+    )
+    assert result.exit_code == 1
+    assert "use letters, digits" in result.stderr

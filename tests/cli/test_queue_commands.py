@@ -1,0 +1,157 @@
+"""`send-impressions`, `replay` and `dlq`: impressions into the queue, failures back out of the DLQ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, envelopes
+from fme_bridge.template import Stack
+from tests.cli.conftest import Cli
+from tests.conftest import EVENTS_DIR, load_event
+
+REGION = "us-east-1"
+
+
+def drain(url: str) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name=REGION)
+    messages: list[dict[str, Any]] = []
+    while batch := sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+    ).get("Messages", []):
+        messages.extend(batch)
+    return messages
+
+
+def test_send_impressions_sends_each_value_as_one_message_in_any_spec_shape(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    values = [
+        load_event(name)
+        for name in ("impressions_webhook.json", "impression_listener_js.json", "impressions_envelope.json")
+    ]
+    jsonl = tmp_path / "impressions.jsonl"
+    jsonl.write_text("\n".join(json.dumps(v) for v in values) + "\n")
+
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 0, result.output
+    bodies = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
+    assert len(bodies) == 3
+    assert sorted(values, key=json.dumps) == sorted(bodies, key=json.dumps)
+
+
+def test_send_impressions_reads_a_json_array_as_one_message_per_element(cli: Cli, stack: Stack) -> None:
+    result = cli("send-impressions", str(EVENTS_DIR / "impressions_webhook.json"))
+    assert result.exit_code == 0, result.output
+    document = load_event("impressions_webhook.json")
+    expected = len(document) if isinstance(document, list) else 1
+    assert len(drain(stack.queues["ImpressionsQueue"])) == expected
+
+
+def test_a_bad_line_sends_nothing(cli: Cli, stack: Stack, tmp_path: Path) -> None:
+    jsonl = tmp_path / "impressions.jsonl"
+    good = json.dumps(load_event("impression_listener_js.json"))
+    jsonl.write_text(f"{good}\n{good}\n{{not json\n")
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert f"{jsonl}:3: not valid JSON" in result.stderr
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+    jsonl.write_text(f'{good}\n{{"hello": "world"}}\n')
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert "item 2: not an impression" in result.stderr
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def webhook_impression(n: int, environment: str) -> dict[str, Any]:
+    return {
+        "key": f"user-{n}",
+        "split": "new_checkout",
+        "environmentId": f"id-{environment}",
+        "environmentName": environment,
+        "treatment": "on" if n % 2 else "off",
+        "time": 1795483041109 + n,
+        "bucketingKey": None,
+        "label": "default rule",
+        "machineName": "m",
+        "machineIp": "10.0.0.1",
+        "splitVersionNumber": 1,
+        "sdk": "go",
+        "sdkVersion": "6.0.0",
+        "properties": None,
+    }
+
+
+def test_replay_batches_a_backfill_into_envelopes_per_environment(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    impressions = [webhook_impression(n, "Production") for n in range(700)]
+    impressions += [webhook_impression(n, "Staging") for n in range(500)]
+    backfill = tmp_path / "backfill.jsonl"
+    backfill.write_text("\n".join(json.dumps(i) for i in impressions))
+
+    result = cli("replay", str(backfill), "--traffic-type", "user")
+    assert result.exit_code == 0, result.output
+    assert "replayed 1200 impression(s) in 3 message(s)" in result.stdout
+
+    bodies = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
+    assert sorted((b["environmentName"], len(b["impressions"])) for b in bodies) == [
+        ("Production", 200),
+        ("Production", 500),
+        ("Staging", 500),
+    ]
+    assert all(b["trafficType"] == "user" for b in bodies)
+    replayed = sorted((i for b in bodies for i in b["impressions"]), key=json.dumps)
+    assert replayed == sorted(impressions, key=json.dumps)
+
+
+def test_replay_of_an_unreadable_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    result = cli("replay", str(tmp_path / "nope.jsonl"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot read")
+
+
+def test_envelopes_stay_under_the_sqs_message_limit() -> None:
+    big = {"key": "k", "split": "s", "treatment": "on", "time": 1, "label": "x" * 20_000}
+    bodies = envelopes([("Production", "user", big)] * 40, per_message=500)
+    assert sum(count for _, count in bodies) == 40
+    assert len(bodies) > 1
+    assert all(len(body.encode()) <= MAX_MESSAGE_BYTES for body, _ in bodies)
+
+
+def dead_letter(stack: Stack, body: str, reason: str | None) -> None:
+    attributes = {"reason": {"DataType": "String", "StringValue": reason}} if reason else {}
+    boto3.client("sqs", region_name=REGION).send_message(
+        QueueUrl=stack.queues["ImpressionsDeadLetterQueue"], MessageBody=body, MessageAttributes=attributes
+    )
+
+
+def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, stack: Stack) -> None:
+    dead_letter(stack, '{"key": "u1", "split": "s"}', "no outbound config matches environment 'Dev'")
+    dead_letter(stack, '{"key": "u2", "split": "s"}', None)
+
+    result = cli("dlq", "show", "--json")
+    assert result.exit_code == 0, result.output
+    reasons = {json.loads(m["body"])["key"]: m["reason"] for m in json.loads(result.stdout)}
+    assert reasons["u1"] == "no outbound config matches environment 'Dev'"
+    assert reasons["u2"].startswith("retries exhausted")
+    table = cli("dlq", "show")
+    assert table.exit_code == 0, table.output
+    assert "dead-letter queue: 2 message(s)" in table.stdout
+    assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 2  # still there, visible again
+
+
+def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, stack: Stack) -> None:
+    for n in range(13):
+        dead_letter(stack, json.dumps({"n": n}), "segment_rejected")
+    result = cli("dlq", "redrive")
+    assert result.exit_code == 0, result.output
+    assert "moved 13 message(s)" in result.stdout
+    assert drain(stack.queues["ImpressionsDeadLetterQueue"]) == []
+    moved = drain(stack.queues["ImpressionsQueue"])
+    assert sorted(json.loads(m["Body"])["n"] for m in moved) == list(range(13))
+    assert all("reason" not in (m.get("MessageAttributes") or {}) for m in moved)

@@ -1,0 +1,91 @@
+"""`events KEY` / `identity KEY`: what the bridge stored for a user (keys of docs/data-model.md)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from fme_bridge.cli import app
+from fme_bridge.template import Stack
+from tests.cli.conftest import Cli
+
+REGION = "us-east-1"
+
+
+def put_event(stack: Stack, key: str, event_type: str, timestamp: int, value: Decimal | None = None) -> None:
+    item = {
+        "pk": f"Production#user#{key}",
+        "sk": f"{timestamp:013d}#m-{timestamp}",
+        "environment": "Production",
+        "trafficTypeName": "user",
+        "key": key,
+        "eventTypeId": event_type,
+        "timestamp": timestamp,
+        "properties": {"plan": "pro"},
+        "messageId": f"m-{timestamp}",
+        "segmentType": "track",
+        "receivedAt": timestamp + 5,
+    }
+    if value is not None:
+        item["value"] = value
+    boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["EventsTable"]).put_item(Item=item)
+
+
+def test_events_are_listed_newest_first(cli: Cli, stack: Stack) -> None:
+    put_event(stack, "u1", "checkout", 1795483041000, Decimal("25.5"))
+    put_event(stack, "u1", "view_signup_page", 1795483042000)
+    put_event(stack, "u2", "other", 1795483043000)
+
+    result = cli("events", "u1", "--environment", "Production", "--json")
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert [i["eventTypeId"] for i in items] == ["view_signup_page", "checkout"]
+    assert items[1]["value"] == 25.5
+
+    table = cli("events", "u1", "-e", "Production")
+    assert table.exit_code == 0, table.output
+    assert table.stdout.index("view_signup_page") < table.stdout.index("checkout")
+    assert "2026-11-24 01:17:22.000Z" in table.stdout  # 1795483042000 ms, UTC
+
+
+def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
+    boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"]).put_item(
+        Item={
+            "pk": "Production#account#acme",
+            "environment": "Production",
+            "trafficTypeName": "account",
+            "key": "acme",
+            "attributes": {"plan": "enterprise", "employees": 329},
+            "updatedAt": 1795483041000,
+        }
+    )
+    result = cli("identity", "acme", "-e", "Production", "-t", "account")
+    assert result.exit_code == 0, result.output
+    assert "enterprise" in result.stdout
+    assert "329" in result.stdout
+
+
+def test_unknown_users_are_one_line(cli: Cli) -> None:
+    result = cli("identity", "nobody", "-e", "Production")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: no identity stored for user 'nobody' in Production"
+    assert cli("events", "nobody", "-e", "Production").exit_code == 1
+
+
+def test_aws_errors_are_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTS_TABLE", "no-such-table")
+    result = cli("events", "u1", "-e", "Production")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: AWS Query failed: ResourceNotFoundException")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_endpoint_is_one_line() -> None:
+    result = CliRunner().invoke(app, ["--endpoint-url", "http://127.0.0.1:9", "config", "inbound", "list"])
+    assert result.exit_code == 1
+    assert "Could not connect to the endpoint URL" in result.stderr
+    assert "Traceback" not in result.output

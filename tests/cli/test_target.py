@@ -1,0 +1,61 @@
+"""Where the CLI finds the prefix, queues and tables: variables, stack outputs, the local stack's names."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from fme_bridge.target import Target, TargetError
+
+REGION = "us-east-1"
+
+
+def test_stack_outputs_name_the_prefix_queues_and_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("IMPRESSIONS_QUEUE_URL", "EVENTS_TABLE", "CONFIG_PREFIX"):
+        monkeypatch.delenv(variable, raising=False)
+    with mock_aws():
+        queue_url = boto3.client("sqs", region_name=REGION).create_queue(QueueName="prod-impressions")[
+            "QueueUrl"
+        ]
+        cfn_template = {
+            "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+            "Outputs": {
+                "ConfigPrefix": {"Value": "/fme-segment-bridge/prod"},
+                "ImpressionsQueueUrl": {"Value": queue_url},
+                "EventsTableName": {"Value": "bridge-prod-EventsTable-ABC123"},
+            },
+        }
+        boto3.client("cloudformation", region_name=REGION).create_stack(
+            StackName="bridge-prod", TemplateBody=json.dumps(cfn_template)
+        )
+        target = Target(region=REGION, stack_name="bridge-prod")
+        assert target.prefix == "/fme-segment-bridge/prod"
+        assert target.queue_url("ImpressionsQueue") == queue_url
+        assert target.table_name("EventsTable") == "bridge-prod-EventsTable-ABC123"
+
+
+def test_variables_win_over_stack_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTS_TABLE", "from-variable")
+    target = Target(stack_name="bridge-prod", prefix_option="/from/option/")
+    target.__dict__["stack_outputs"] = {"EventsTableName": "from-stack", "ConfigPrefix": "/from/stack"}
+    assert target.table_name("EventsTable") == "from-variable"
+    assert target.prefix == "/from/option"
+
+
+def test_a_local_endpoint_means_the_local_stacks_names() -> None:
+    target = Target(endpoint_url="http://127.0.0.1:4566")
+    assert target.is_local
+    assert target.prefix == "/fme-segment-bridge/local"
+    assert target.table_name("EventsTable") == "fme-segment-bridge-local-EventsTable"
+
+
+def test_without_any_hint_the_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EVENTS_TABLE", raising=False)
+    target = Target()
+    with pytest.raises(TargetError, match="pass --prefix"):
+        _ = target.prefix
+    with pytest.raises(TargetError, match="set EVENTS_TABLE or pass --stack-name"):
+        target.table_name("EventsTable")
