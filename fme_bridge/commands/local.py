@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.panel import Panel
@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out
 from fme_bridge.local.stack import LocalSettings, LocalStack, NotLoopback, PortInUse
+from fme_bridge.segment_sink import SegmentSink
 
 
 def register(app: typer.Typer) -> None:
@@ -24,15 +25,19 @@ def _log(message: str) -> None:
     out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True)
 
 
-def make_sink(host: str, port: int) -> Any:
-    """The local Segment sink: accepts any write key (the demo's and an operator's alike)."""
-    import importlib
+def make_sink(host: str, port: int) -> SegmentSink:
+    """The local Segment sink: Basic auth required, any non-empty write key accepted (the demo's and an
+    operator's own outbound configs alike)."""
+    sink = SegmentSink(host=host, port=port)
+    sink.write_keys = AnyWriteKey()
+    return sink.start()
 
-    try:
-        module = importlib.import_module("fme_bridge.segment_sink")
-    except ImportError:
-        return None
-    return module.SegmentSink(host=host, port=port).start()
+
+class AnyWriteKey(set[str]):
+    """Stands in for the sink's set of write keys."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(key)
 
 
 def local(

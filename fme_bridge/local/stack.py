@@ -96,6 +96,7 @@ class LocalStack:
         self._pollers: list[sqs_source.SqsPoller | stream_source.StreamPoller] = []
         self._functions: dict[str, LocalFunction] = {}
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class LocalStack:
 
         if self.sink_factory is not None:
             self.sink = self.sink_factory(s.host, s.sink_port)
+            self._start_thread(self._report_sink_requests, "sink-log")
 
         stack = self.stack
         routes = http_api.routes_from_template(stack, self.function)
@@ -152,6 +154,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         for poller in self._pollers:
             poller.stop()
         if self._api_server is not None:
@@ -169,6 +172,18 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _report_sink_requests(self) -> None:
+        """Log what the Segment sink answers (never the write key)."""
+        seen = 0
+        while not self._stopping.wait(0.3):
+            requests = self.sink.requests
+            for request in requests[seen:]:
+                outcome = (
+                    f"{len(request.messages)} message(s)" if request.status == 200 else request.error or ""
+                )
+                self.log(f"Segment sink: {request.method} {request.path} → {request.status} {outcome}")
+            seen = len(requests)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class StreamMapping:
     function: LocalFunction
     table_name: str
     batch_size: int = 100
+    batching_window_s: float = 0.0
     starting_position: str = "LATEST"
     patterns: list[Any] = field(default_factory=list)  # moto's EventBridge-style matcher
     report_batch_item_failures: bool = False
@@ -71,6 +73,7 @@ def mappings_from_template(
                 function=make_function(event.function),
                 table_name=stack.tables[logical],
                 batch_size=int(stack.resolve(props.get("BatchSize", 100))),
+                batching_window_s=float(stack.resolve(props.get("MaximumBatchingWindowInSeconds", 0))),
                 starting_position=str(stack.resolve(props.get("StartingPosition", "LATEST"))),
                 patterns=[EventPattern.load(str(stack.resolve(f["Pattern"]))) for f in filters],
                 report_batch_item_failures="ReportBatchItemFailures"
@@ -133,6 +136,7 @@ class StreamPoller(threading.Thread):
         self._pending: list[dict[str, Any]] = []  # read from the stream, not yet checkpointed
         self._attempts = 0
         self._batch_limit = mapping.batch_size
+        self._window_opened: float | None = None  # when the oldest pending record was read
         self.invocations = 0
 
     def stop(self) -> None:
@@ -170,6 +174,17 @@ class StreamPoller(threading.Thread):
         self._pending = [r for r in self._pending if self.mapping.accepts(r)]
         if not self._pending:
             return True
+        # Like Lambda, wait for a full batch or the end of the batching window (retries do not wait).
+        now = time.monotonic()
+        if self._window_opened is None:
+            self._window_opened = now
+        if (
+            self._attempts == 0
+            and len(self._pending) < self.mapping.batch_size
+            and now - self._window_opened < self.mapping.batching_window_s
+        ):
+            return False
+        self._window_opened = None
         batch = self._pending[: self._batch_limit]
         done = self._invoke(batch)
         if done == len(batch):

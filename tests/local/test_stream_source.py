@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -10,7 +9,6 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from fme_bridge import template
 from fme_bridge.local import stream_source
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.stream_source import StreamMapping, StreamPoller, mappings_from_template
@@ -156,41 +154,34 @@ def test_exhausted_retries_go_to_the_on_failure_queue_and_processing_moves_on(st
     assert info["DDBStreamBatchInfo"]["streamArn"] == poller.stream_arn
 
 
-def test_mappings_come_from_the_templates_dynamodb_events(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    document = copy.deepcopy(template.load_template())
-    document["Resources"]["IngestFunction"]["Properties"]["Events"]["Stream"] = {
-        "Type": "DynamoDB",
-        "Properties": {
-            "Stream": {"Fn::GetAtt": ["EventsTable", "StreamArn"]},
-            "StartingPosition": "TRIM_HORIZON",
-            "BatchSize": 25,
-            "MaximumRetryAttempts": 3,
-            "BisectBatchOnFunctionError": True,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-            "FilterCriteria": {"Filters": [{"Pattern": '{"eventName": ["INSERT"]}'}]},
-            "DestinationConfig": {
-                "OnFailure": {"Destination": {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]}}
-            },
-        },
-    }
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
-    (mapping,) = [
-        m
-        for m in mappings_from_template(
-            stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
-        )
-        if m.function.logical_id == "IngestFunction"
-    ]
-    assert mapping.table_name == stack.tables["EventsTable"]
-    assert (mapping.batch_size, mapping.starting_position, mapping.maximum_retry_attempts) == (
-        25,
-        "TRIM_HORIZON",
-        3,
+def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
+    mappings = mappings_from_template(
+        stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
     )
-    assert mapping.bisect_on_error
-    assert mapping.report_batch_item_failures
-    assert mapping.on_failure_queue_url == stack.queues["ImpressionsDeadLetterQueue"]
-    assert mapping.accepts({"eventName": "INSERT"})
-    assert not mapping.accepts({"eventName": "REMOVE"})
+    by_table = {m.table_name: m for m in mappings}
+    events = by_table[stack.tables["EventsTable"]]
+    assert events.function.logical_id == "DeliveryFunction"
+    assert (events.batch_size, events.batching_window_s, events.starting_position) == (
+        500,
+        2.0,
+        "TRIM_HORIZON",
+    )
+    assert events.maximum_retry_attempts == 10
+    assert events.bisect_on_error
+    assert events.report_batch_item_failures
+    assert events.on_failure_queue_url == stack.queues["DeliveryFailureQueue"]
+    assert events.accepts({"eventName": "INSERT"})
+    assert not events.accepts({"eventName": "MODIFY"})
+    identities = by_table[stack.tables["IdentitiesTable"]]
+    assert identities.accepts({"eventName": "MODIFY"})
+    assert not identities.accepts({"eventName": "REMOVE"})
+
+
+def test_the_batching_window_waits_for_more_records(stack: Stack) -> None:
+    handler = FlakyHandler(failures_left=0)
+    poller = make_poller(stack, handler, batch_size=3, batching_window_s=60)
+    put(stack, "a")
+    assert poller.poll_once() is False  # window open, batch not full
+    put(stack, "b", "c")
+    drain(poller)
+    assert handler.batches == [["a", "b", "c"]]
