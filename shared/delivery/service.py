@@ -46,7 +46,7 @@ from shared.delivery.records import (
     stored_event,
     table_of,
 )
-from shared.http_retry import Deadline, Outcome
+from shared.http_retry import Deadline, Outcome, tls_context
 
 logger = Logger(child=True)
 
@@ -181,7 +181,9 @@ class Delivery:
         if not events and not identities:
             return report
         async with httpx.AsyncClient(
-            transport=self._transport, timeout=httpx.Timeout(self._http_timeout, connect=3.0)
+            transport=self._transport,
+            timeout=httpx.Timeout(self._http_timeout, connect=3.0),
+            verify=tls_context(),
         ) as http:
             client = FmeClient(http, deadline)
             tallies: dict[str, _ConnectionTally] = defaultdict(_ConnectionTally)

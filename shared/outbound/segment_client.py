@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from shared import __version__
-from shared.http_retry import SEGMENT_POLICY, Deadline, RetryPolicy, SendResult, send_with_retry
+from shared.http_retry import (
+    SEGMENT_POLICY,
+    Deadline,
+    RetryPolicy,
+    SendResult,
+    send_with_retry,
+    tls_context,
+)
 from shared.outbound.segment_messages import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 
 _PREFIX = b'{"batch":['
@@ -103,6 +110,7 @@ def http_client(timeout: float = 10.0, concurrency: int = 8) -> httpx.AsyncClien
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        verify=tls_context(),
         headers={"User-Agent": f"fme-segment-bridge/{__version__}"},
     )
 

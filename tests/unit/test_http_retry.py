@@ -108,3 +108,19 @@ def test_unparseable_reset_header_is_ignored() -> None:
     response = httpx.Response(429, headers={"Retry-After": "soon", "X-RateLimit-Reset-Seconds-IP": "1"})
     assert FME_POLICY.server_delay(response) == 1
     assert FME_POLICY.server_delay(httpx.Response(429, headers={"Retry-After": "soon"})) is None
+
+
+def test_tls_context_is_built_once_and_verifies_certificates() -> None:
+    import ssl
+
+    from shared.http_retry import tls_context
+    from shared.outbound.segment_client import http_client
+
+    context = tls_context()
+    assert context is tls_context()
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    # Every invocation's client reuses it instead of loading the CA bundle again.
+    first, second = http_client(), http_client()
+    assert first._transport._pool._ssl_context is context  # type: ignore[attr-defined]
+    assert second._transport._pool._ssl_context is context  # type: ignore[attr-defined]
