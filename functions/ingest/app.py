@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -119,6 +120,12 @@ def _config_invalid(exc: ConfigInvalid) -> Response[str]:
     # Reached only after authentication; the details go to the log, not to the caller.
     logger.error("connection config is invalid", extra={"detail": str(exc)})
     return _service_unavailable("this connection's configuration is invalid; the operator has to fix it")
+
+
+@app.not_found
+def _not_found(_: NotFoundError) -> Response[str]:
+    metrics.add_metric(name="NotFound", unit=MetricUnit.Count, value=1)
+    return _json(404, {"error": "not_found", "message": "POST /segment/{connectionId}"})
 
 
 @app.exception_handler(Exception)

@@ -29,9 +29,9 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def segment_message(name: str, **changes: Any) -> dict[str, Any]:
+def segment_message(fixture: str, /, **changes: Any) -> dict[str, Any]:
     """A Segment spec example payload from tests/events/segment/, with fields replaced."""
-    message: dict[str, Any] = load_event(f"segment/{name}.json")
+    message: dict[str, Any] = load_event(f"segment/{fixture}.json")
     message.update(changes)
     return message
 
@@ -85,10 +85,13 @@ class Webhook:
         return event
 
     def post(self, body: Any, **options: Any) -> Answer:
+        return self.invoke(self.event(body, **options))
+
+    def invoke(self, event: dict[str, Any]) -> Answer:
         # Imported here, after the function's environment is set: Powertools reads it at import.
         from functions.ingest import app as ingest_app
 
-        response = ingest_app.lambda_handler(self.event(body, **options), self.context)
+        response = ingest_app.lambda_handler(event, self.context)
         return Answer(
             status=response["statusCode"],
             body=json.loads(response["body"]) if response.get("body") else {},

@@ -1,0 +1,113 @@
+"""Authentication through the real handler: forms, rotation, unknown connections, no oracle."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from shared import config
+from tests.conftest import REGION, put_secret
+from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message, signature
+
+
+@pytest.fixture
+def webhook(function_env: Any, lambda_context: Any) -> Webhook:
+    return Webhook.create(function_env, lambda_context)
+
+
+def basic(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": SECRET},
+        {"authorization": f"Bearer {SECRET}"},
+        {"authorization": basic(SECRET)},
+    ],
+)
+def test_authorization_forms_are_accepted(webhook: Webhook, headers: dict[str, str]) -> None:
+    answer = webhook.post(segment_message("track"), headers=headers)
+    assert answer.status == 200
+    assert answer.body["stored"] == 1
+
+
+def test_classic_webhook_signature_over_the_raw_body(webhook: Webhook) -> None:
+    body = json.dumps(segment_message("identify")).encode()
+    assert webhook.post(body, headers={"x-signature": signature(SECRET, body)}).status == 200
+
+
+def test_actions_batch_signature_over_the_first_element(webhook: Webhook) -> None:
+    messages = [segment_message("track"), segment_message("page")]
+    body = json.dumps(messages, separators=(",", ":")).encode()
+    first = json.dumps(messages[0], separators=(",", ":")).encode()
+    answer = webhook.post(body, headers={"X-Signature": signature(SECRET, first)})
+    assert answer.status == 200
+    assert answer.body["stored"] == 2
+
+
+def test_wrong_secret_and_unknown_connection_get_the_same_401(webhook: Webhook) -> None:
+    wrong = webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"})
+    unknown = webhook.post(segment_message("track"), connection="no-such-connection")
+    missing = webhook.post(segment_message("track"), headers={})
+    bad_signature = webhook.post(segment_message("track"), headers={"x-signature": "00" * 20})
+    assert wrong.status == unknown.status == missing.status == bad_signature.status == 401
+    assert wrong.body == unknown.body == missing.body == bad_signature.body
+    assert wrong.headers == unknown.headers
+    assert webhook.count_events() == 0
+
+
+def test_unauthenticated_body_is_not_parsed(webhook: Webhook) -> None:
+    # 401 before 400: an unauthenticated caller learns nothing about body handling.
+    assert webhook.post(b"not json", headers={"authorization": "Bearer nope"}).status == 401
+
+
+def test_rotation_accepts_current_and_previous_secret(webhook: Webhook) -> None:
+    put_secret(f"inbound/{CONNECTION}", "whsec-rotated-9c8b7a")
+    config.clear_caches()
+    old = webhook.post(segment_message("track"), headers={"authorization": f"Bearer {SECRET}"})
+    new = webhook.post(segment_message("page"), headers={"authorization": "Bearer whsec-rotated-9c8b7a"})
+    assert (old.status, new.status) == (200, 200)
+    put_secret(f"inbound/{CONNECTION}", "whsec-third-1a2b3c")  # the first secret is now two versions old
+    config.clear_caches()
+    assert webhook.post(segment_message("track"), headers={"authorization": f"Bearer {SECRET}"}).status == 401
+
+
+def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    lookups: list[str] = []
+    real_get_secret = config.get_secret
+
+    def counting_get_secret(name: str, previous: bool = False) -> str:
+        lookups.append(name)
+        return real_get_secret(name, previous)
+
+    monkeypatch.setattr(config, "get_secret", counting_get_secret)
+    for _ in range(5):
+        assert webhook.post(segment_message("track"), connection="made-up").status == 401
+    assert len(lookups) == 1
+
+
+def test_connection_ids_that_could_reach_other_secrets_are_refused(webhook: Webhook) -> None:
+    client = boto3.client("secretsmanager", region_name=REGION)
+    client.create_secret(Name=f"{webhook.env['CONFIG_PREFIX']}/inbound/{CONNECTION}/fme", SecretString=SECRET)
+    # API Gateway hands a %2F-encoded slash to the function inside the path parameter.
+    event = webhook.event(segment_message("track"), connection=f"{CONNECTION}%2Ffme")
+    event["pathParameters"]["connectionId"] = f"{CONNECTION}/fme"
+    answer = webhook.invoke(event)
+    assert answer.status in (401, 404)
+    assert webhook.post(segment_message("track"), connection=f"{CONNECTION}/fme").status in (401, 404)
+
+
+def test_secret_without_config_is_an_unknown_connection(webhook: Webhook) -> None:
+    put_secret("inbound/half-configured", SECRET)
+    answer = webhook.post(segment_message("track"), connection="half-configured")
+    assert answer.status == 401
+    assert answer.body == webhook.post(segment_message("track"), connection="nothing-at-all").body

@@ -1,0 +1,150 @@
+"""Body shapes, bad input and limits through the real handler: clear errors, nothing lost, never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.integration.ingest_support import Webhook, segment_message
+
+
+@pytest.fixture
+def webhook(function_env: Any, lambda_context: Any) -> Webhook:
+    return Webhook.create(function_env, lambda_context)
+
+
+def test_every_segment_spec_example_in_one_array(webhook: Webhook) -> None:
+    names = [
+        "track",
+        "identify",
+        "page",
+        "screen",
+        "group",
+        "alias",
+        "group_split",
+        "track_event_level_group",
+    ]
+    messages = [segment_message(name, messageId=f"m-{i}") for i, name in enumerate(names)]
+    answer = webhook.post(messages)
+    assert answer.status == 200
+    assert answer.body["received"] == 8
+    # track, identify, page, screen, group with traits.split, event-level groups
+    assert answer.body["stored"] == 6
+    assert answer.body["ignored"] == 2  # group without traits.split, alias
+    assert answer.body["dropped"] == 0
+    assert webhook.stored_events("user", "97980cfea0067")[0]["eventTypeId"] in {
+        "view_Home_page",
+        "view_Home_screen",
+    }
+    assert webhook.identity("account", "4d3405a0-9ca5-11e5-9706-16a11fb02dec") is not None
+
+
+def test_batch_envelope_body(webhook: Webhook) -> None:
+    answer = webhook.post({"batch": [segment_message("track")], "context": {}})
+    assert answer.status == 200
+    assert answer.body["stored"] == 1
+
+
+def test_base64_encoded_body(webhook: Webhook) -> None:
+    answer = webhook.post(segment_message("track"), base64_encoded=True)
+    assert answer.status == 200
+    assert answer.body["events"] == 2
+
+
+def test_invalid_base64_is_a_400(webhook: Webhook) -> None:
+    event = webhook.event(segment_message("track"))
+    event["isBase64Encoded"] = True
+    event["body"] = "%%%not-base64%%%"
+    answer = webhook.invoke(event)
+    assert answer.status == 400
+    assert answer.body["error"] == "invalid_base64"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "empty_body"),
+        (b"{not json", "invalid_json"),
+        (b'"just a string"', "invalid_body_type"),
+        (b"[]", "empty_batch"),
+        (b'{"batch": "nope"}', "invalid_batch"),
+    ],
+)
+def test_bad_bodies_are_400_with_a_json_error(webhook: Webhook, body: bytes, error: str) -> None:
+    answer = webhook.post(body)
+    assert answer.status == 400
+    assert answer.body["error"] == error
+    assert answer.body["message"]
+    assert "Traceback" not in json.dumps(answer.body)
+
+
+def test_body_over_the_size_limit_is_413_naming_the_limit(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    big = segment_message("track", properties={"blob": "x" * 4096})
+    answer = webhook.post(big)
+    assert answer.status == 413
+    assert answer.body["limit"] == 2048
+    assert "2048" in answer.body["message"]
+    assert webhook.count_events() == 0
+
+
+def test_template_limit_is_below_the_lambda_payload_limit(webhook: Webhook) -> None:
+    assert int(webhook.env["MAX_BODY_BYTES"]) < 6 * 1024 * 1024
+
+
+def test_one_bad_message_never_loses_the_good_ones(webhook: Webhook) -> None:
+    messages: list[Any] = [
+        segment_message("track", messageId="good-1"),
+        "not a message",
+        segment_message("track", messageId="bad-event", event="no/slashes/allowed"),
+        {"type": "track", "event": "x", "userId": "u", "properties": []},
+        segment_message("track", messageId="good-2", event="Order Completed"),
+        segment_message("track", messageId="no-event", event=None),
+    ]
+    answer = webhook.post(messages)
+    assert answer.status == 200
+    assert answer.body["stored"] == 2
+    assert answer.body["dropped"] == 4
+    assert sorted((d["index"], d["reason"]) for d in answer.body["drops"]) == [
+        (1, "not_an_object"),
+        (2, "invalid_event_type_id"),
+        (3, "invalid_message"),
+        (5, "missing_event_type_id"),
+    ]
+    assert {e["messageId"] for e in webhook.stored_events("user", "AiUGstSDIg")} == {"good-1", "good-2"}
+
+
+def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
+    webhook.post([segment_message("track", event=None), segment_message("track", userId="u" * 300)])
+    metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    dropped = {line["reason"]: line["MessagesDropped"] for line in metric_lines if "MessagesDropped" in line}
+    assert dropped == {"missing_event_type_id": [1.0], "invalid_key": [1.0]}
+
+
+def test_counts_add_up_and_truncations_are_reported(webhook: Webhook) -> None:
+    traits = {"bio": "b" * 400}
+    properties = {f"p{i}": i for i in range(305)}
+    messages = [
+        segment_message("identify", traits=traits, anonymousId=None),
+        segment_message("track", properties=properties, anonymousId=None),
+        segment_message("alias"),
+        segment_message("page", name=None),
+    ]
+    body = webhook.post(messages).body
+    assert body["truncated"] == {"strings": 1, "properties": 5}
+    assert (
+        body["received"]
+        == body["stored"] + body["duplicate"] + body["dropped"] + body["ignored"] + body["deleted"]
+    )
+    assert (body["stored"], body["ignored"]) == (2, 2)
+    assert webhook.identity("user", "97980cfea0067")["attributes"]["bio"] == "b" * 255  # type: ignore[index]
+
+
+def test_unknown_route_is_a_404_not_an_error(webhook: Webhook) -> None:
+    event = webhook.event(segment_message("track"))
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/elsewhere"
+    assert webhook.invoke(event).status == 404

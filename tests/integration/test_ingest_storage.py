@@ -1,0 +1,328 @@
+"""What DynamoDB holds after webhooks: idempotency, identities, deletion, batching, failures."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+
+from shared import aws, config
+from shared.identities_table import IdentitiesTable
+from shared.inbound.mapping import StoredIdentity
+from tests.conftest import REGION
+from tests.integration.ingest_support import Webhook, segment_message
+
+
+@pytest.fixture
+def webhook(function_env: Any, lambda_context: Any) -> Webhook:
+    return Webhook.create(function_env, lambda_context)
+
+
+def tracks(count: int, user: str = "u-1", start: int = 0) -> list[dict[str, Any]]:
+    return [
+        segment_message(
+            "track",
+            userId=user,
+            anonymousId=None,
+            messageId=f"msg-{i}",
+            event=f"step {i % 7}",
+            timestamp=f"2026-11-25T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z",
+        )
+        for i in range(start, start + count)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Idempotency
+
+
+def test_redelivered_message_is_a_duplicate_and_stores_nothing_new(webhook: Webhook) -> None:
+    first = webhook.post(segment_message("track"))
+    before = webhook.stored_events("user", "AiUGstSDIg")
+    again = webhook.post(segment_message("track"))
+    assert (first.body["stored"], first.body["duplicate"]) == (1, 0)
+    assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (0, 1, 0)
+    assert webhook.stored_events("user", "AiUGstSDIg") == before  # not even receivedAt rewritten
+    assert webhook.count_events() == 2
+
+
+def test_batch_retried_after_half_succeeding_loses_nothing_and_duplicates_nothing(webhook: Webhook) -> None:
+    batch = tracks(60)
+    webhook.post(batch[:25])  # the part that got through before the failure
+    answer = webhook.post(batch)
+    assert (answer.body["stored"], answer.body["duplicate"]) == (35, 25)
+    assert webhook.count_events() == 60
+
+
+def test_same_message_twice_in_one_body(webhook: Webhook) -> None:
+    answer = webhook.post([segment_message("track"), segment_message("track")])
+    assert (answer.body["stored"], answer.body["duplicate"]) == (1, 1)
+    assert webhook.count_events() == 2
+
+
+def test_redelivered_identify_is_a_duplicate(webhook: Webhook) -> None:
+    assert webhook.post(segment_message("identify")).body["stored"] == 1
+    answer = webhook.post(segment_message("identify"))
+    assert (answer.body["stored"], answer.body["duplicate"], answer.body["identities"]) == (0, 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events in time order
+
+
+def test_a_users_events_are_one_query_in_time_order(webhook: Webhook) -> None:
+    messages = tracks(5)
+    webhook.post(list(reversed(messages)))
+    events = webhook.stored_events("user", "u-1")
+    assert [e["messageId"] for e in events] == [f"msg-{i}" for i in range(5)]
+    newest = webhook.events.events_of("Production", "user", "u-1", newest_first=True, limit=2)
+    assert [e["messageId"] for e in newest] == ["msg-4", "msg-3"]
+
+
+def test_stored_value_and_properties(webhook: Webhook) -> None:
+    webhook.post(
+        segment_message(
+            "track",
+            anonymousId=None,
+            properties={"revenue": 19.99, "cart": {"n": 2}, "split": [{"account": "a-1"}]},
+        ),
+    )
+    assert webhook.count_events() == 2
+    config.clear_caches()
+    webhook_with_value = Webhook.create(
+        lambda _: webhook.env, webhook.context, valueField="properties.revenue"
+    )
+    webhook_with_value.post(
+        segment_message("track", messageId="with-value", anonymousId=None, properties={"revenue": 19.99})
+    )
+    by_id = {e["messageId"]: e for e in webhook.stored_events("user", "AiUGstSDIg")}
+    assert "value" not in by_id["ajs-f8ca1e4de5024d9430b3928bd8ac6b96"]
+    assert by_id["with-value"]["value"] == Decimal("19.99")
+    account_event = webhook.stored_events("account", "a-1")[0]
+    assert account_event["properties"] == {"revenue": Decimal("19.99"), "cart": '{"n":2}'}
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities
+
+
+def test_identify_then_newer_and_older_traits(webhook: Webhook) -> None:
+    webhook.post(segment_message("identify", anonymousId=None))
+    newer = segment_message(
+        "identify",
+        anonymousId=None,
+        messageId="n",
+        timestamp="2015-03-01T00:00:00Z",
+        traits={"plan": "enterprise"},
+    )
+    older = segment_message(
+        "identify",
+        anonymousId=None,
+        messageId="o",
+        timestamp="2015-01-01T00:00:00Z",
+        traits={"plan": "free", "age": 40},
+    )
+    webhook.post([newer, older])
+    identity = webhook.identity("user", "97980cfea0067")
+    assert identity is not None
+    assert identity["attributes"]["plan"] == "enterprise"
+    assert identity["attributes"]["age"] == 40  # new attribute, even from an older message
+    assert identity["attributes"]["name"] == "Peter Gibbons"
+    assert json.loads(identity["attributes"]["address"])["city"] == "San Francisco"
+    assert set(identity) >= {"environment", "trafficTypeName", "key", "attributes", "updatedAt"}
+    assert identity["environment"] == "Production"
+    assert identity["trafficTypeName"] == "user"
+
+
+def test_group_with_traits_split_identifies_the_account(webhook: Webhook) -> None:
+    answer = webhook.post(segment_message("group_split"))
+    assert answer.body["identities"] == 1
+    identity = webhook.identity("account", "4d3405a0-9ca5-11e5-9706-16a11fb02dec")
+    assert identity is not None
+    assert identity["attributes"] == {
+        "name": "Initech",
+        "industry": "Technology",
+        "employees": 329,
+        "plan": "enterprise",
+    }
+
+
+class RacingIdentitiesTable(IdentitiesTable):
+    """Another request updates the identity between this request's read and its write."""
+
+    def __init__(self, name: str, competitor: Any) -> None:
+        super().__init__(name)
+        self.competitor = competitor
+        self.reads = 0
+
+    def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
+        found = super().get_many(pks)
+        self.reads += 1
+        if self.reads == 1:
+            self.competitor()
+        return found
+
+
+def test_concurrent_identity_updates_are_both_kept(webhook: Webhook) -> None:
+    from shared.inbound.ingest import store
+    from shared.inbound.mapping import map_messages
+
+    webhook.post(segment_message("identify", anonymousId=None, traits={"plan": "pro"}))
+    competing = segment_message(
+        "identify", anonymousId=None, messageId="c", timestamp="2015-03-01T00:00:00Z", traits={"seats": 10}
+    )
+    mine = segment_message(
+        "identify",
+        anonymousId=None,
+        messageId="m",
+        timestamp="2015-03-02T00:00:00Z",
+        traits={"plan": "enterprise"},
+    )
+    racing = RacingIdentitiesTable(
+        webhook.env["IDENTITIES_TABLE"], competitor=lambda: webhook.post(competing)
+    )
+    connection = config.load_inbound("acme-production")
+    report = store(
+        map_messages([mine], connection, 1_795_625_347_000),
+        "acme-production",
+        1_795_625_347_000,
+        webhook.events,
+        racing,
+    )
+    assert report.stored == 1
+    assert racing.reads == 2  # the conditional write failed once, then merged again
+    identity = webhook.identity("user", "97980cfea0067")
+    assert identity is not None
+    assert identity["attributes"] == {"plan": "enterprise", "seats": 10}
+    assert identity["version"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Deletion
+
+
+def test_delete_removes_the_users_identity_and_events_in_every_mapped_traffic_type(webhook: Webhook) -> None:
+    user = "97980cfea0067"
+    webhook.post([segment_message("identify", anonymousId=None), *tracks(30, user=user)])
+    # the same id used as an anonymous key too
+    webhook.post(segment_message("track", userId=None, anonymousId=user, messageId="anon"))
+    webhook.post(segment_message("track", messageId="other-user", anonymousId=None, userId="someone-else"))
+    assert len(webhook.stored_events("user", user)) == 30
+    answer = webhook.post(segment_message("delete"))
+    assert answer.body["deleted"] == 1
+    assert webhook.stored_events("user", user) == []
+    assert webhook.stored_events("anonymous", user) == []
+    assert webhook.identity("user", user) is None
+    assert len(webhook.stored_events("user", "someone-else")) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching: requests per stored event
+
+
+def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
+    calls: Counter[str] = Counter()
+    client = aws.client("dynamodb")
+    client.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.update([model.name]))
+    messages = tracks(1000)
+    answer = webhook.post(messages)
+    assert answer.body["events"] == 1000
+    assert calls == {"BatchGetItem": 10, "BatchWriteItem": 40}
+    assert sum(calls.values()) / answer.body["events"] <= 0.05
+
+
+def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
+    from shared import dynamodb
+
+    real = aws.client("dynamodb")
+
+    class Throttling:
+        """The real client, except that the first write leaves half of its items unprocessed."""
+
+        def __init__(self) -> None:
+            self.writes = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            self.writes += 1
+            if self.writes > 1:
+                return real.batch_write_item(RequestItems=RequestItems)
+            ((table, requests),) = RequestItems.items()
+            half = len(requests) // 2
+            real.batch_write_item(RequestItems={table: requests[:half]})
+            return {"UnprocessedItems": {table: requests[half:]}}
+
+    throttling = Throttling()
+    sleeps: list[float] = []
+    dynamodb.batch_write(
+        throttling,
+        webhook.env["EVENTS_TABLE"],
+        [{"PutRequest": {"Item": {"pk": {"S": "p"}, "sk": {"S": f"{i:03d}"}}}} for i in range(20)],
+        sleep=sleeps.append,
+    )
+    assert throttling.writes == 2
+    assert len(sleeps) == 1
+    assert webhook.count_events() == 20
+
+
+def test_writes_still_unprocessed_give_up_with_store_unavailable() -> None:
+    from shared import dynamodb
+
+    class AlwaysThrottled:
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            return {"UnprocessedItems": RequestItems}
+
+    with pytest.raises(dynamodb.StoreUnavailable):
+        dynamodb.batch_write(AlwaysThrottled(), "t", [{"PutRequest": {"Item": {}}}], sleep=lambda _: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures: 503, never 500, and a retry afterwards stores everything once
+
+
+def test_dynamodb_failure_is_a_503_and_the_retry_stores_once(webhook: Webhook) -> None:
+    client = boto3.client("dynamodb", region_name=REGION)
+    table = webhook.env["IDENTITIES_TABLE"]
+    description = client.describe_table(TableName=table)["Table"]
+    client.delete_table(TableName=table)
+    body = [*tracks(40), segment_message("identify", anonymousId=None)]
+    failed = webhook.post(body)
+    assert failed.status == 503
+    assert failed.body["error"] == "unavailable"
+    assert "Traceback" not in json.dumps(failed.body)
+    client.create_table(
+        TableName=table,
+        KeySchema=description["KeySchema"],
+        AttributeDefinitions=description["AttributeDefinitions"],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    retried = webhook.post(body)
+    assert retried.status == 200
+    assert (retried.body["stored"], retried.body["duplicate"]) == (1, 40)  # events made it the first time
+    assert webhook.count_events() == 40
+
+
+def test_configuration_store_failure_is_a_503(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(name: str, previous: bool = False) -> str:
+        raise config.ConfigUnavailable(f"{name}: ThrottlingException")
+
+    monkeypatch.setattr(config, "get_secret", unavailable)
+    answer = webhook.post(segment_message("track"))
+    assert answer.status == 503
+    assert "ThrottlingException" not in json.dumps(answer.body)
+
+
+def test_invalid_connection_config_is_a_503_without_details(webhook: Webhook) -> None:
+    from tests.conftest import put_config
+
+    put_config("inbound/acme-production", {"environment": "Production", "identities": [], "enableTrak": True})
+    config.clear_caches()
+    answer = webhook.post(segment_message("track"))
+    assert answer.status == 503
+    assert "enableTrak" not in json.dumps(answer.body)

@@ -1,0 +1,91 @@
+"""Webhook credentials: every form Segment can send, against current and previous secrets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from shared.inbound.auth import Credentials, _NegativeCache
+from tests.conftest import load_event
+
+SECRET = "whsec-3f9a1c0b7d2e4a6b"
+BODY = json.dumps(load_event("segment/track.json")).encode()
+
+
+def sign(payload: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), payload, hashlib.sha1).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        SECRET,
+        f"Bearer {SECRET}",
+        f"bearer {SECRET}",
+        "Basic " + base64.b64encode(f"{SECRET}:".encode()).decode(),
+        "Basic " + base64.b64encode(f"{SECRET}:ignored-password".encode()).decode(),
+    ],
+)
+def test_authorization_header_forms(authorization: str) -> None:
+    assert Credentials({"authorization": authorization}, BODY).match(SECRET)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "",
+        "Bearer ",
+        "Bearer wrong",
+        f"Bearer {SECRET}x",
+        SECRET[:-1],
+        "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode(),  # secret as password, not user
+        "Basic not-base64!!",
+    ],
+)
+def test_wrong_authorization_is_refused(authorization: str) -> None:
+    assert not Credentials({"authorization": authorization}, BODY).match(SECRET)
+
+
+def test_signature_over_the_raw_body() -> None:
+    assert Credentials({"x-signature": sign(BODY)}, BODY).match(SECRET)
+    assert Credentials({"x-signature": sign(BODY).upper()}, BODY).match(SECRET)
+    assert not Credentials({"x-signature": sign(BODY, "other")}, BODY).match(SECRET)
+    assert not Credentials({"x-signature": sign(BODY + b" ")}, BODY).match(SECRET)
+
+
+def test_signature_over_the_first_element_of_an_array_body() -> None:
+    # Webhooks (Actions) batching: HMAC of JSON.stringify(batch[0]).
+    messages = [load_event("segment/track.json"), load_event("segment/identify.json")]
+    first = json.dumps(messages[0], separators=(",", ":")).encode()
+    pretty_body = json.dumps(messages, indent=2).encode()
+    assert Credentials({"x-signature": sign(first)}, pretty_body).match(SECRET)
+    compact_body = json.dumps(messages, separators=(",", ":")).encode()
+    assert Credentials({"x-signature": sign(first)}, compact_body).match(SECRET)
+    second = json.dumps(messages[1], separators=(",", ":")).encode()
+    assert not Credentials({"x-signature": sign(second)}, compact_body).match(SECRET)
+
+
+def test_signature_of_first_element_keeps_non_ascii_as_javascript_does() -> None:
+    messages = [{"type": "track", "event": "Café Visited", "userId": "zoë"}]
+    first = json.dumps(messages[0], separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps(messages).encode()  # \u-escaped on the wire
+    assert Credentials({"x-signature": sign(first)}, body).match(SECRET)
+
+
+def test_no_credentials_and_empty_secret_never_match() -> None:
+    assert not Credentials({}, BODY).present
+    assert not Credentials({"authorization": ""}, BODY).match("")
+    assert not Credentials({"x-signature": sign(BODY, "")}, BODY).match("")
+
+
+def test_negative_cache_expires() -> None:
+    now = [100.0]
+    cache = _NegativeCache(clock=lambda: now[0])
+    cache.add("/p/inbound/nope")
+    assert "/p/inbound/nope" in cache
+    now[0] += 31
+    assert "/p/inbound/nope" not in cache

@@ -1,0 +1,493 @@
+"""The mapping rules of SPEC section 2, one test (at least) per rule, on Segment's own example payloads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared.config import InboundConfig
+from shared.inbound.mapping import (
+    MAX_PROPERTIES,
+    DropReason,
+    IdentityUpdate,
+    IgnoreReason,
+    Mapped,
+    StoredIdentity,
+    map_messages,
+    merge_identity,
+)
+from tests.conftest import load_event
+
+NOW = 1_795_625_347_000
+BOTH_IDENTITIES = [
+    {"segmentId": "userId", "trafficType": "user"},
+    {"segmentId": "anonymousId", "trafficType": "anonymous"},
+]
+
+
+def connection(**overrides: Any) -> InboundConfig:
+    return InboundConfig.model_validate(
+        {"environment": "Production", "identities": BOTH_IDENTITIES, **overrides}
+    )
+
+
+def segment(fixture: str, /, **changes: Any) -> dict[str, Any]:
+    message: dict[str, Any] = load_event(f"segment/{fixture}.json")
+    message.update(changes)
+    return message
+
+
+def map_one(message: Any, **overrides: Any) -> Mapped:
+    return map_messages([message], connection(**overrides), NOW)
+
+
+def drop_reasons(mapped: Mapped) -> list[str]:
+    return [drop.reason.value for drop in mapped.drops]
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities → traffic types
+
+
+def test_one_event_per_mapped_identity_present() -> None:
+    mapped = map_one(segment("track"))
+    assert {(e.trafficTypeName, e.key) for e in mapped.events} == {
+        ("user", "AiUGstSDIg"),
+        ("anonymous", "23adfd82-aa0f-45a7-a756-24f2a7a4c895"),
+    }
+    assert all(e.environment == "Production" for e in mapped.events)
+
+
+def test_only_mapped_identities_yield_events() -> None:
+    mapped = map_one(segment("track"), identities=[{"segmentId": "userId", "trafficType": "customer"}])
+    assert [(e.trafficTypeName, e.key) for e in mapped.events] == [("customer", "AiUGstSDIg")]
+
+
+def test_message_without_any_mapped_identity_is_dropped() -> None:
+    message = segment("track")
+    del message["userId"]
+    mapped = map_one(message, identities=[{"segmentId": "userId", "trafficType": "user"}])
+    assert mapped.events == []
+    assert drop_reasons(mapped) == ["no_identity"]
+
+
+def test_numeric_user_id_is_used_as_a_string_key() -> None:
+    mapped = map_one(segment("track", userId=12345, anonymousId=None))
+    assert [(e.trafficTypeName, e.key) for e in mapped.events] == [("user", "12345")]
+
+
+# ---------------------------------------------------------------------------------------------
+# track
+
+
+def test_track_event_type_id_from_the_event_field_with_spaces_replaced() -> None:
+    mapped = map_one(segment("track"))
+    assert {e.eventTypeId for e in mapped.events} == {"Course_Clicked"}
+    assert {e.segmentType for e in mapped.events} == {"track"}
+
+
+def test_event_type_id_field_is_a_dotted_path() -> None:
+    message = segment("track", event=None, properties={"eventName": "checkout", "page": "eCommerce"})
+    mapped = map_one(message, eventTypeIdField="properties.eventName")
+    assert {e.eventTypeId for e in mapped.events} == {"checkout"}
+
+
+def test_event_type_id_path_into_an_unknown_top_level_field() -> None:
+    message = segment("track", eventId="231344")
+    mapped = map_one(message, eventTypeIdField="eventId")
+    assert {e.eventTypeId for e in mapped.events} == {"231344"}
+
+
+@pytest.mark.parametrize("event", [None, ""])
+def test_missing_event_type_id_is_dropped(event: Any) -> None:
+    mapped = map_one(segment("track", event=event))
+    assert mapped.events == []
+    assert drop_reasons(mapped) == ["missing_event_type_id"]
+
+
+def test_misconfigured_event_type_id_field_drops_the_event() -> None:
+    # The troubleshooting case: the field names the event itself instead of where it is.
+    mapped = map_one(segment("track"), eventTypeIdField="checkout")
+    assert drop_reasons(mapped) == ["missing_event_type_id"]
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ("sample event", "sample_event"),
+        ("Order Completed", "Order_Completed"),
+        ("a" * 80, "a" * 80),
+        ("page.view:home-1", "page.view:home-1"),
+        ("9lives", "9lives"),
+    ],
+)
+def test_valid_event_type_ids(event: str, expected: str) -> None:
+    assert {e.eventTypeId for e in map_one(segment("track", event=event)).events} == {expected}
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["a" * 81, "_leading", "-leading", "with/slash", "emoji🙂", "tab\tinside", "ends\n", {"nested": 1}, True],
+)
+def test_invalid_event_type_ids_are_dropped(event: Any) -> None:
+    mapped = map_one(segment("track", event=event))
+    assert mapped.events == []
+    assert drop_reasons(mapped) == ["invalid_event_type_id"]
+
+
+def test_value_is_the_number_at_value_field() -> None:
+    message = segment("track", properties={"revenue": 19.99, "currency": "USD"})
+    mapped = map_one(message, valueField="properties.revenue")
+    assert {e.value for e in mapped.events} == {19.99}
+
+
+@pytest.mark.parametrize("revenue", ["19.99", None, True, {"amount": 1}])
+def test_value_that_is_not_a_number_is_null(revenue: Any) -> None:
+    message = segment("track", properties={"revenue": revenue})
+    mapped = map_one(message, valueField="properties.revenue")
+    assert len(mapped.events) == 2
+    assert {e.value for e in mapped.events} == {None}
+
+
+def test_value_is_null_without_value_field() -> None:
+    mapped = map_one(segment("track", properties={"revenue": 5}))
+    assert {e.value for e in mapped.events} == {None}
+
+
+def test_track_disabled_is_ignored() -> None:
+    mapped = map_one(segment("track"), enableTrack=False)
+    assert mapped.events == []
+    assert mapped.ignored == {0: IgnoreReason.TRACK_DISABLED}
+
+
+# ---------------------------------------------------------------------------------------------
+# page / screen
+
+
+def test_named_page_becomes_view_name_page() -> None:
+    mapped = map_one(segment("page", name="signup"))
+    assert {e.eventTypeId for e in mapped.events} == {"view_signup_page"}
+    assert {e.segmentType for e in mapped.events} == {"page"}
+    assert mapped.events[0].properties == {"title": "Welcome | Initech", "url": "http://www.example.com"}
+
+
+def test_named_screen_becomes_view_name_screen() -> None:
+    mapped = map_one(segment("screen"))
+    assert {e.eventTypeId for e in mapped.events} == {"view_Home_screen"}
+    assert {e.segmentType for e in mapped.events} == {"screen"}
+
+
+def test_page_and_screen_templates_are_configurable() -> None:
+    config = {"pageEventTypeId": "page.{name}", "screenEventTypeId": "screen:{name}"}
+    assert map_one(segment("page", name="Sign Up"), **config).events[0].eventTypeId == "page.Sign_Up"
+    assert map_one(segment("screen"), **config).events[0].eventTypeId == "screen:Home"
+
+
+@pytest.mark.parametrize("name", [None, ""])
+def test_unnamed_page_and_screen_are_ignored(name: Any) -> None:
+    for kind in ("page", "screen"):
+        message = segment(kind, name=name)
+        mapped = map_one(message)
+        assert mapped.events == []
+        assert mapped.drops == []
+        assert mapped.ignored == {0: IgnoreReason.UNNAMED}
+
+
+def test_page_name_that_makes_an_invalid_event_type_id_is_dropped() -> None:
+    mapped = map_one(segment("page", name="Pricing / Plans"))
+    assert drop_reasons(mapped) == ["invalid_event_type_id"]
+
+
+def test_track_named_pages_and_screens_switches() -> None:
+    assert map_one(segment("page"), trackNamedPages=False).ignored == {0: IgnoreReason.PAGES_DISABLED}
+    assert map_one(segment("screen"), trackNamedScreens=False).ignored == {0: IgnoreReason.SCREENS_DISABLED}
+    assert map_one(segment("screen"), trackNamedPages=False).events
+
+
+# ---------------------------------------------------------------------------------------------
+# Event-level groups
+
+
+def test_properties_split_adds_one_event_per_group_and_is_not_a_property() -> None:
+    mapped = map_one(segment("track_event_level_group"))
+    targets = {(e.trafficTypeName, e.key) for e in mapped.events}
+    assert targets == {
+        ("user", "41e51150-6825-11e8-9f57-0acd31e5aef0"),
+        ("anonymous", "23adfd82-aa0f-45a7-a756-24f2a7a4c895"),
+        ("account", "4d3405a0-9ca5-11e5-9706-16a11fb02dec"),
+    }
+    assert all(e.properties == {"title": "Intro to Analytics"} for e in mapped.events)
+
+
+def test_properties_split_with_several_groups() -> None:
+    split = [{"account": "a-1"}, {"account": "a-2"}, {"team": "t-9"}]
+    mapped = map_one(segment("track", userId=None, anonymousId=None, properties={"split": split}))
+    assert {(e.trafficTypeName, e.key) for e in mapped.events} == {
+        ("account", "a-1"),
+        ("account", "a-2"),
+        ("team", "t-9"),
+    }
+
+
+def test_properties_split_with_an_invalid_traffic_type_drops_only_that_group() -> None:
+    mapped = map_one(segment("track", properties={"split": [{"bad type!": "x"}, {"account": "a-1"}]}))
+    assert ("account", "a-1") in {(e.trafficTypeName, e.key) for e in mapped.events}
+    assert drop_reasons(mapped) == ["invalid_traffic_type"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys, properties, sizes
+
+
+def test_key_longer_than_250_characters_is_dropped_per_identity() -> None:
+    mapped = map_one(segment("track", userId="u" * 251))
+    assert [(e.trafficTypeName) for e in mapped.events] == ["anonymous"]
+    assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "user")]
+
+
+def test_key_of_exactly_250_characters_is_kept() -> None:
+    mapped = map_one(segment("track", userId="u" * 250, anonymousId=None))
+    assert [e.key for e in mapped.events] == ["u" * 250]
+
+
+def test_nested_property_values_become_json_strings() -> None:
+    properties = {"cart": {"items": [1, 2]}, "tags": ["a", "b"], "n": 3, "ok": True, "none": None, "s": "x"}
+    mapped = map_one(segment("track", properties=properties))
+    assert mapped.events[0].properties == {
+        "cart": '{"items":[1,2]}',
+        "tags": '["a","b"]',
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "s": "x",
+    }
+
+
+def test_properties_beyond_300_are_trimmed_and_counted() -> None:
+    properties = {f"p{i:03d}": i for i in range(MAX_PROPERTIES + 7)}
+    mapped = map_one(segment("track", properties=properties, anonymousId=None))
+    assert len(mapped.events[0].properties) == MAX_PROPERTIES
+    assert "p000" in mapped.events[0].properties
+    assert "p300" not in mapped.events[0].properties
+    assert mapped.properties_trimmed == 7
+
+
+def test_event_over_32_kb_is_dropped() -> None:
+    mapped = map_one(segment("track", properties={"blob": "x" * 33_000}))
+    assert mapped.events == []
+    assert drop_reasons(mapped) == ["event_too_large", "event_too_large"]
+
+
+def test_event_just_under_32_kb_is_kept() -> None:
+    mapped = map_one(segment("track", properties={"blob": "x" * 32_000}, anonymousId=None))
+    assert len(mapped.events) == 1
+
+
+def test_numbers_dynamodb_cannot_hold_become_strings() -> None:
+    mapped = map_one(segment("track", properties={"huge": 10**40, "tiny": 1e-200, "fine": 1.5}))
+    assert mapped.events[0].properties == {"huge": str(10**40), "tiny": "1e-200", "fine": 1.5}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps
+
+
+def test_timestamp_precedence() -> None:
+    full = segment("track")
+    assert map_one(full).events[0].timestamp == 1449947461249  # timestamp
+    del full["timestamp"]
+    assert map_one(full).events[0].timestamp == 1449947461152  # originalTimestamp
+    del full["originalTimestamp"]
+    assert map_one(full).events[0].timestamp == 1449947461266  # receivedAt
+    del full["receivedAt"]
+    assert map_one(full).events[0].timestamp == NOW
+
+
+def test_unparseable_timestamp_falls_through_to_the_next() -> None:
+    message = segment("track", timestamp="not a date")
+    assert map_one(message).events[0].timestamp == 1449947461152
+
+
+def test_timestamp_with_offset_and_numeric_timestamps() -> None:
+    assert (
+        map_one(segment("track", timestamp="2015-12-12T20:11:01.249+01:00")).events[0].timestamp
+        == 1449947461249
+    )
+    assert map_one(segment("track", timestamp=1449947461249)).events[0].timestamp == 1449947461249
+    assert map_one(segment("track", timestamp=1449947461)).events[0].timestamp == 1449947461000
+
+
+# ---------------------------------------------------------------------------------------------
+# identify / group
+
+
+def test_identify_traits_become_attributes_of_each_mapped_identity() -> None:
+    mapped = map_one(segment("identify"))
+    assert {(u.trafficTypeName, u.key) for u in mapped.identities} == {
+        ("user", "97980cfea0067"),
+        ("anonymous", "507f191e810c19729de860ea"),
+    }
+    attributes = mapped.identities[0].attributes
+    assert attributes["name"] == "Peter Gibbons"
+    assert attributes["logins"] == 5
+    # traits.company-style objects arrive as their JSON string
+    assert json.loads(attributes["address"]) == segment("identify")["traits"]["address"]
+    assert mapped.identities[0].timestamp == 1424730535111
+
+
+def test_identify_strings_longer_than_255_are_cut_and_counted() -> None:
+    traits = {"bio": "b" * 300, "short": "s" * 255, "company": {"name": "n" * 300}}
+    mapped = map_one(segment("identify", traits=traits, anonymousId=None))
+    attributes = mapped.identities[0].attributes
+    assert attributes["bio"] == "b" * 255
+    assert attributes["short"] == "s" * 255
+    assert len(attributes["company"]) == 255
+    assert mapped.strings_cut == 2
+
+
+def test_identify_disabled_is_ignored() -> None:
+    assert map_one(segment("identify"), enableIdentify=False).ignored == {0: IgnoreReason.IDENTIFY_DISABLED}
+    assert map_one(segment("group_split"), enableIdentify=False).ignored == {
+        0: IgnoreReason.IDENTIFY_DISABLED
+    }
+
+
+def test_group_with_traits_split_identifies_that_traffic_type() -> None:
+    mapped = map_one(segment("group_split"))
+    assert [(u.trafficTypeName, u.key) for u in mapped.identities] == [
+        ("account", "4d3405a0-9ca5-11e5-9706-16a11fb02dec")
+    ]
+    assert mapped.identities[0].attributes == {
+        "name": "Initech",
+        "industry": "Technology",
+        "employees": 329,
+        "plan": "enterprise",
+    }
+
+
+def test_group_without_traits_split_is_ignored() -> None:
+    mapped = map_one(segment("group"))
+    assert mapped.identities == []
+    assert mapped.ignored == {0: IgnoreReason.GROUP_WITHOUT_SPLIT}
+
+
+# ---------------------------------------------------------------------------------------------
+# alias, unknown, delete, bad messages
+
+
+def test_alias_and_unknown_types_are_ignored() -> None:
+    mapped = map_messages([segment("alias"), segment("track", type="experiment")], connection(), NOW)
+    assert mapped.ignored == {0: IgnoreReason.ALIAS, 1: IgnoreReason.UNKNOWN_TYPE}
+    assert mapped.events == mapped.drops == []
+
+
+def test_delete_targets_the_user_in_every_mapped_traffic_type() -> None:
+    mapped = map_one(segment("delete"))
+    assert {(d.trafficTypeName, d.key) for d in mapped.deletions} == {
+        ("user", "97980cfea0067"),
+        ("anonymous", "97980cfea0067"),
+    }
+
+
+def test_delete_without_user_id_is_dropped() -> None:
+    message = segment("delete")
+    del message["userId"]
+    assert drop_reasons(map_one(message)) == ["missing_user_id"]
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ("a string", DropReason.NOT_AN_OBJECT),
+        (["nested"], DropReason.NOT_AN_OBJECT),
+        ({"event": "no type"}, DropReason.INVALID_MESSAGE),
+        (
+            {"type": "track", "event": "x", "userId": "u", "properties": "not an object"},
+            DropReason.INVALID_MESSAGE,
+        ),
+        (
+            {"type": "track", "event": "x", "userId": "u", "messageId": "m" * 201},
+            DropReason.INVALID_MESSAGE_ID,
+        ),
+    ],
+)
+def test_bad_messages_are_dropped_and_the_others_kept(item: Any, reason: DropReason) -> None:
+    mapped = map_messages([segment("track"), item, segment("page")], connection(), NOW)
+    assert [(d.index, d.reason) for d in mapped.drops] == [(1, reason)]
+    assert {e.index for e in mapped.events} == {0, 2}
+
+
+def test_message_without_message_id_gets_a_deterministic_one() -> None:
+    message = segment("track")
+    del message["messageId"]
+    first = map_one(message).events[0].messageId
+    assert first == map_one(dict(message)).events[0].messageId
+    assert first != map_one(segment("track", event="Other")).events[0].messageId  # has its messageId
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity merge: newer message timestamp wins per attribute
+
+
+def update(index: int, timestamp: int, **attributes: Any) -> IdentityUpdate:
+    return IdentityUpdate(
+        index=index,
+        environment="Production",
+        trafficTypeName="user",
+        key="u1",
+        attributes=attributes,
+        timestamp=timestamp,
+    )
+
+
+def test_merge_into_nothing_creates_the_identity() -> None:
+    merged = merge_identity(None, [update(0, 100, plan="pro")])
+    assert merged is not None
+    assert merged.attributes == {"plan": "pro"}
+    assert merged.attributeTimestamps == {"plan": 100}
+    assert merged.expected_version is None
+
+
+def test_newer_message_wins_per_attribute() -> None:
+    stored = StoredIdentity(
+        attributes={"plan": "pro", "seats": 3}, attributeTimestamps={"plan": 200, "seats": 50}, version=4
+    )
+    merged = merge_identity(stored, [update(0, 100, plan="free", seats=5)])
+    assert merged is not None
+    assert merged.attributes == {"plan": "pro", "seats": 5}  # plan is older than stored, seats newer
+    assert merged.expected_version == 4
+    assert merged.effective == {0}
+
+
+def test_out_of_order_updates_in_one_body() -> None:
+    merged = merge_identity(None, [update(0, 300, plan="enterprise"), update(1, 100, plan="free", seats=1)])
+    assert merged is not None
+    assert merged.attributes == {"plan": "enterprise", "seats": 1}
+
+
+def test_redelivered_update_changes_nothing() -> None:
+    stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 100}, version=1)
+    assert merge_identity(stored, [update(0, 100, plan="pro")]) is None
+
+
+def test_null_trait_removes_the_attribute_and_keeps_its_time() -> None:
+    stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 100}, version=1)
+    merged = merge_identity(stored, [update(0, 200, plan=None)])
+    assert merged is not None
+    assert merged.attributes == {}
+    assert merged.attributeTimestamps == {"plan": 200}
+    assert (
+        merge_identity(
+            StoredIdentity(attributes={}, attributeTimestamps={"plan": 200}), [update(1, 150, plan="x")]
+        )
+        is None
+    )
+
+
+def test_type_change_is_a_change() -> None:
+    stored = StoredIdentity(attributes={"beta": 1}, attributeTimestamps={"beta": 100}, version=1)
+    merged = merge_identity(stored, [update(0, 100, beta=True)])
+    assert merged is not None
+    assert merged.attributes == {"beta": True}
