@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from fme_bridge.segment_sink import SegmentSink
@@ -15,6 +16,7 @@ from fme_bridge.template import Stack
 from functions.impressions import app
 from shared import __version__
 from tests.conftest import load_event, put_config, put_secret
+from tests.integration import sqs_events
 from tests.integration.sqs_events import event
 
 PROD_KEY = "wk-production"
@@ -197,3 +199,225 @@ def test_redelivered_message_yields_the_same_message_ids(
     assert len(ids) == 10
     assert ids[:5] == ids[5:]
     assert len(set(ids)) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Permanent errors: dead-letter queue with the reason, never retried, good neighbours delivered
+
+
+def test_permanent_errors_are_dead_lettered_with_their_reason(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    good = json.dumps(webhook(key="good"))
+    bodies = {
+        "bad-json": "{not json",
+        "not-an-object": '"just a string"',
+        "no-environment": json.dumps({"impression": {"feature": "f", "keyName": "k", "treatment": "on", "time": 1}}),
+        "no-config": json.dumps(webhook(environmentName="Staging", environmentId="env-staging")),
+        "unmapped-traffic-type": json.dumps(webhook(trafficType="account")),
+        "too-large": json.dumps(webhook(properties={"blob": "x" * 33_000})),
+        "invalid": json.dumps(webhook(time="yesterday")),
+    }
+    sqs_event = {
+        "Records": [sqs_events.record(good, "good")]
+        + [sqs_events.record(body, name) for name, body in bodies.items()]
+    }
+    response = app.lambda_handler(sqs_event, context)
+
+    # Permanent failures are not retried: nothing to report back, all are in the DLQ.
+    assert response == {"batchItemFailures": []}
+    assert [m["properties"]["key"] for m in sink.messages] == ["good"]
+    letters = {d["sourceMessageId"]: d for d in sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])}
+    assert set(letters) == set(bodies)
+    for name, body in bodies.items():
+        assert letters[name]["body"] == body  # as it came: a redrive after the fix replays it
+    assert letters["bad-json"]["errorCode"] == "invalid_json"
+    assert letters["not-an-object"]["errorCode"] == "invalid_body"
+    assert letters["no-environment"]["errorCode"] == "no_environment"
+    assert letters["no-config"]["errorCode"] == "no_matching_config"
+    assert "no outbound config matches environment 'Staging'" in letters["no-config"]["reason"]
+    assert letters["unmapped-traffic-type"]["errorCode"] == "no_matching_config"
+    assert "traffic type 'account' is not mapped" in letters["unmapped-traffic-type"]["reason"]
+    assert letters["too-large"]["errorCode"] == "message_too_large"
+    assert letters["invalid"]["errorCode"] == "invalid_impression"
+    assert "time" in letters["invalid"]["reason"]
+    assert all(d["failedImpressions"] == "1" for d in letters.values())
+
+
+def test_only_the_failed_impressions_of_an_envelope_are_dead_lettered(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    envelope = {
+        "environmentName": "Production",
+        "trafficType": "user",
+        "impressions": [
+            webhook(key="a", environmentName=None, environmentId=None),
+            webhook(key="b", environmentName="Staging"),
+            {"impression": {"feature": "f", "keyName": "c", "treatment": "on", "time": 5}},
+            {"impression": {"feature": "f", "keyName": "d"}},
+        ],
+    }
+    response = app.lambda_handler(event(json.dumps(envelope)), context)
+
+    assert response == {"batchItemFailures": []}
+    assert sorted(m["userId"] for m in sink.messages) == ["a", "c"]
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["errorCode"] == "no_matching_config,invalid_impression"
+    assert letter["failedImpressions"] == "2"
+    assert "impression 1: no_matching_config" in letter["reason"]
+    assert "impression 3: invalid_impression: impressions.3: impression.treatment: Field required" in letter["reason"]
+    body = json.loads(letter["body"])
+    assert body == {**envelope, "impressions": [envelope["impressions"][1], envelope["impressions"][3]]}
+
+
+def test_segment_refusing_a_batch_is_permanent_and_not_retried(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    sink.fail_next(1, 400)
+    response = app.lambda_handler(event(json.dumps([webhook(key="a"), webhook(key="b")])), context)
+    assert response == {"batchItemFailures": []}
+    assert len(sink.requests) == 1
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["errorCode"] == "segment_rejected"
+    assert "HTTP 400" in letter["reason"]
+    assert len(json.loads(letter["body"])) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Transient errors: retried within the invocation, then reported back to SQS
+
+
+@pytest.mark.parametrize(
+    ("fault", "count"),
+    [
+        ({"status": 500}, 2),
+        ({"status": 503}, 1),
+        ({"status": 429, "retry_after": 1}, 1),
+        ({"status": 408}, 1),
+        ({"kind": "timeout", "hang_seconds": 1.0}, 1),
+        ({"kind": "drop"}, 2),
+    ],
+)
+def test_transient_faults_are_retried_within_the_invocation(
+    production: dict[str, Any],
+    sink: SegmentSink,
+    context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: dict[str, Any],
+    count: int,
+) -> None:
+    monkeypatch.setenv("SEGMENT_REQUEST_TIMEOUT", "0.3")
+    sink.fail_next(count, **fault)
+    started = time.monotonic()
+    response = app.lambda_handler(event(json.dumps(webhook())), context)
+    assert response == {"batchItemFailures": []}
+    assert len(sink.requests) == count + 1
+    assert len(sink.messages) == 1
+    if "retry_after" in fault:
+        assert time.monotonic() - started >= 1.0  # Retry-After honoured
+
+
+def test_only_messages_whose_impressions_failed_are_reported(
+    production: dict[str, Any], context: Any, lambda_context: Any
+) -> None:
+    """Production goes to a healthy sink, Staging to one that keeps failing."""
+    with SegmentSink(write_keys={"wk-staging"}) as failing:
+        failing.fail_fraction(1.0, 503)
+        put_config(
+            "outbound/staging",
+            {"environments": ["Staging"], "identities": {"user": "userId"}, "endpoint": failing.endpoint},
+        )
+        put_secret("outbound/staging", "wk-staging")
+        end = time.monotonic() + 2.0
+        lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+        sqs_event = {
+            "Records": [
+                sqs_events.record(json.dumps(webhook(key="p1")), "prod-only"),
+                sqs_events.record(json.dumps(webhook(key="s1", environmentName="Staging")), "staging-only"),
+                sqs_events.record(
+                    json.dumps([webhook(key="p2"), webhook(key="s2", environmentName="Staging")]), "both"
+                ),
+            ]
+        }
+        response = app.lambda_handler(sqs_event, lambda_context)
+
+        assert failures(response) == {"staging-only", "both"}
+        assert len(failing.requests) > 1  # retried until the deadline, then given back to SQS
+        assert failing.messages == []
+
+
+def test_missing_write_key_is_retried_not_dead_lettered(
+    env: dict[str, str], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    put_config("outbound/nokey", {"environments": ["*"], "identities": {"user": "userId"}, "endpoint": sink.endpoint})
+    sqs_event = event(json.dumps(webhook()))
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {sqs_event["Records"][0]["messageId"]}
+    assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
+
+
+def test_invalid_outbound_config_retries_the_whole_batch(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    put_config("outbound/typo", {"environments": ["*"], "identities": {"user": "userID"}})
+    sqs_event = event(json.dumps(webhook()), json.dumps(webhook(key="u2")))
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {r["messageId"] for r in sqs_event["Records"]}
+    assert sink.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the real queue: redelivery, exactly once by messageId, and batches near the limits
+
+
+def test_every_impression_arrives_exactly_once_after_redelivery(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    queue_url, queue_arn = stack.queues["ImpressionsQueue"], stack.queue_arns["ImpressionsQueue"]
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    expected = set()
+    for m in range(40):
+        envelope = {
+            "environmentName": "Production",
+            "impressions": [webhook(key=f"user-{m}-{i}", time=1795483041109 + i) for i in range(25)],
+        }
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(envelope))
+        expected.update(f"user-{m}-{i}" for i in range(25))
+    # Stored by Segment but the answer lost, then a hard failure: both leave messages to redeliver.
+    sink.fail_fraction(0.4, 500, accept=True, seed=7)
+
+    rounds = 0
+    while rounds < 20:
+        sqs_event = sqs_events.receive_event(queue_url, queue_arn, max_messages=10)
+        if not sqs_event["Records"]:
+            break
+        rounds += 1
+        end = time.monotonic() + 1.0
+        context.get_remaining_time_in_millis = lambda end=end: int((end - time.monotonic()) * 1000)
+        response = app.lambda_handler(sqs_event, context)
+        sqs_events.settle(queue_url, sqs_event, response)
+        if rounds == 3:
+            sink.fail_fraction(0)
+
+    unique = sink.unique_messages()
+    assert len(sink.messages) > len(unique)  # there were redeliveries
+    assert len(unique) == len(expected)
+    assert {m["userId"] for m in unique.values()} == expected
+    assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
+
+
+def test_batches_are_packed_up_to_the_size_limit(production: dict[str, Any], sink: SegmentSink, context: Any) -> None:
+    impressions = [webhook(key=f"user-{i:05d}", time=1795483041109 + i) for i in range(3000)]
+    bodies = [json.dumps(impressions[i : i + 300]) for i in range(0, 3000, 300)]
+    response = app.lambda_handler(event(*bodies), context)
+    assert response == {"batchItemFailures": []}
+
+    sizes = [r.size for r in sink.requests]
+    counts = [len(r.messages) for r in sink.requests]
+    assert sum(counts) == 3000
+    assert max(sizes) <= 500_000
+    assert max(counts) <= 2500
+    message_size = max(len(json.dumps(m, separators=(",", ":"))) for m in sink.messages)
+    # Every request but the last is full: one more message would not have fitted.
+    assert sorted(sizes)[1:] and all(s > 500_000 - message_size - 64 for s in sorted(sizes)[1:])
+    assert len({m["messageId"] for m in sink.messages}) == 3000

@@ -1,0 +1,163 @@
+"""Parsing the three body shapes of the impressions queue (SPEC section 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.outbound.impressions import (
+    INVALID_BODY,
+    INVALID_IMPRESSION,
+    INVALID_JSON,
+    NO_ENVIRONMENT,
+    BodyError,
+    Impression,
+    parse_body,
+    split_sdk_language_version,
+    subset_body,
+)
+from tests.conftest import load_event
+
+
+def test_webhook_array_from_split() -> None:
+    parsed = parse_body(json.dumps(load_event("impressions_webhook.json")))
+    assert parsed.shape == "webhook_list"
+    assert parsed.errors == []
+    (i0, first), (i1, second) = parsed.impressions
+    assert (i0, i1) == (0, 1)
+    assert first == Impression(
+        key="7f244b10-9ca5-11e5-9706-16a11fb02dec",
+        split="new_checkout",
+        treatment="on",
+        time=1795483041109,
+        environment_id="194da2f0-3e22-11ea-ba75-12f2f63694e5",
+        environment_name="Production",
+        traffic_type=None,
+        bucketing_key=None,
+        label="default rule",
+        split_version_number=1795482000000,
+        machine_ip="10.0.1.17",
+        machine_name="ip-10-0-1-17",
+        sdk="java",
+        sdk_version="4.13.0",
+        properties=None,
+    )
+    assert second.traffic_type == "anonymous"
+    assert second.properties == {"plan": "pro", "split": "must-not-overwrite"}  # a JSON string, decoded
+
+
+def test_single_webhook_object() -> None:
+    parsed = parse_body(json.dumps(load_event("impressions_webhook.json")[0]))
+    assert parsed.shape == "webhook"
+    assert [i.split for _, i in parsed.impressions] == ["new_checkout"]
+
+
+def test_listener_shape_from_the_javascript_sdk() -> None:
+    parsed = parse_body(json.dumps(load_event("impression_listener_js.json")))
+    assert parsed.shape == "listener"
+    [(_, impression)] = parsed.impressions
+    assert impression.key == "41e51150-6825-11e8-9f57-0acd31e5aef0"
+    assert impression.split == "new_checkout"
+    assert impression.split_version_number == 1795482000000  # changeNumber
+    assert (impression.sdk, impression.sdk_version) == ("javascript", "11.4.0")
+    assert (impression.machine_ip, impression.machine_name) == ("10.0.2.5", "web-5")
+    assert impression.environment_name == "Production"
+    assert impression.traffic_type == "user"
+    assert impression.properties == {"page": "cart"}
+
+
+def test_listener_with_ip_addresses_disabled() -> None:
+    body = load_event("impression_listener_js.json") | {"ip": False, "hostname": False}
+    [(_, impression)] = parse_body(json.dumps(body)).impressions
+    assert impression.machine_ip is None
+    assert impression.machine_name is None
+
+
+def test_envelope_gives_its_environment_and_traffic_type_to_both_shapes() -> None:
+    parsed = parse_body(json.dumps(load_event("impressions_envelope.json")))
+    assert parsed.shape == "envelope"
+    assert [i for i, _ in parsed.impressions] == [0, 1]
+    [(_, listener), (_, webhook)] = parsed.impressions
+    assert listener.environment_name == webhook.environment_name == "Staging"
+    assert listener.traffic_type == "user"
+    assert webhook.traffic_type == "account"  # its own wins over the envelope's
+    assert (listener.sdk, listener.sdk_version) == ("python", "10.7.0")
+
+
+def test_numeric_keys_are_keys() -> None:
+    [(_, impression)] = parse_body(
+        json.dumps({"key": 42, "split": "s", "treatment": "on", "time": 1, "environmentName": "P"})
+    ).impressions
+    assert impression.key == "42"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [("{nope", INVALID_JSON), ("", INVALID_JSON), ('"text"', INVALID_BODY), ("42", INVALID_BODY)],
+)
+def test_unusable_bodies(body: str, code: str) -> None:
+    with pytest.raises(BodyError) as caught:
+        parse_body(body)
+    assert caught.value.code == code
+
+
+def test_envelope_whose_impressions_is_not_a_list() -> None:
+    with pytest.raises(BodyError, match="impressions"):
+        parse_body(json.dumps({"environmentName": "P", "impressions": "all of them"}))
+
+
+def test_bad_items_are_reported_by_index_and_the_rest_kept() -> None:
+    good = {"key": "k", "split": "s", "treatment": "on", "time": 1}
+    body = {
+        "environmentName": "P",
+        "impressions": [good, {**good, "time": -5}, "text", {**good, "split": ""}, good],
+    }
+    parsed = parse_body(json.dumps(body))
+    assert [i for i, _ in parsed.impressions] == [0, 4]
+    assert [(e.index, e.code) for e in parsed.errors] == [
+        (1, INVALID_IMPRESSION),
+        (2, INVALID_IMPRESSION),
+        (3, INVALID_IMPRESSION),
+    ]
+    assert parsed.errors[0].reason.startswith("impressions.1: time:")
+    assert "must be an impression object" in parsed.errors[1].reason
+
+
+def test_no_environment_anywhere_is_an_error_per_impression() -> None:
+    parsed = parse_body(json.dumps([{"key": "k", "split": "s", "treatment": "on", "time": 1}]))
+    assert parsed.impressions == []
+    assert [(e.index, e.code) for e in parsed.errors] == [(0, NO_ENVIRONMENT)]
+    with_id = parse_body(json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentId": "e1"}))
+    assert with_id.errors == []
+
+
+def test_properties_that_are_not_an_object_stay_visible() -> None:
+    [(_, impression)] = parse_body(
+        json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P", "properties": "x"})
+    ).impressions
+    assert impression.properties == {"impressionProperties": "x"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("javascript-10.22.0", ("javascript", "10.22.0")),
+        ("python-10.7.0", ("python", "10.7.0")),
+        ("go-6.6.0", ("go", "6.6.0")),
+        ("custom", ("custom", None)),
+        (None, (None, None)),
+    ],
+)
+def test_sdk_language_version(value: str | None, expected: tuple[str | None, str | None]) -> None:
+    assert split_sdk_language_version(value) == expected
+
+
+def test_subset_body_keeps_a_shape_the_queue_accepts() -> None:
+    envelope = {"environmentName": "P", "trafficType": "user", "impressions": [{"a": 1}, {"b": 2}, {"c": 3}]}
+    assert json.loads(subset_body(json.dumps(envelope), [0, 2])) == {**envelope, "impressions": [{"a": 1}, {"c": 3}]}
+    assert json.loads(subset_body(json.dumps([{"a": 1}, {"b": 2}]), [1])) == [{"b": 2}]
+    whole = json.dumps([{"a": 1}])
+    assert subset_body(whole, [0]) == whole
+    single = json.dumps({"key": "k"})
+    assert subset_body(single, [0]) == single

@@ -1,0 +1,106 @@
+"""Packing messages under Segment's limits, and the concurrent, retrying batch client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+
+from shared.http_retry import Deadline, Outcome
+from shared.outbound.segment_client import BatchPacker, SegmentBatch, SegmentClient, basic_auth
+
+
+def pack(messages: list[bytes], **limits: int) -> list[SegmentBatch]:
+    packer = BatchPacker(**limits)
+    batches = [b for i, m in enumerate(messages) if (b := packer.add(m, i, 0)) is not None]
+    last = packer.flush()
+    return [*batches, *([last] if last else [])]
+
+
+def test_at_most_2500_messages_per_batch() -> None:
+    batches = pack([b'{"m":1}'] * 6000)
+    assert [len(b) for b in batches] == [2500, 2500, 1000]
+    assert all(len(b.body("2026-01-01T00:00:00.000Z")) < 500_000 for b in batches)
+
+
+def test_batches_fill_up_to_the_byte_limit_and_never_over() -> None:
+    message = b'{"p":"' + b"x" * 990 + b'"}'  # 1,000 bytes
+    batches = pack([message] * 1200)
+    bodies = [b.body("2026-01-01T00:00:00.000Z") for b in batches]
+    assert all(len(body) <= 500_000 for body in bodies)
+    assert len(bodies[0]) > 500_000 - 1001  # full: one more would not fit
+    assert sum(len(b) for b in batches) == 1200
+    parsed = json.loads(bodies[0])
+    assert parsed["sentAt"] == "2026-01-01T00:00:00.000Z"
+    assert len(parsed["batch"]) == len(batches[0])
+
+
+def test_batch_remembers_where_each_message_came_from() -> None:
+    packer = BatchPacker(max_messages=2)
+    assert packer.add(b"{}", 3, 0) is None
+    assert packer.add(b"{}", 3, 1) is None
+    closed = packer.add(b"{}", 7, 0)
+    assert closed is not None
+    assert (list(closed.records), list(closed.items)) == ([3, 3], [0, 1])
+    rest = packer.flush()
+    assert rest is not None
+    assert list(rest.records) == [7]
+    assert packer.flush() is None
+
+
+def test_basic_auth_is_the_write_key_with_an_empty_password() -> None:
+    assert base64.b64decode(basic_auth("abc")[6:]) == b"abc:"
+
+
+def test_requests_run_concurrently_with_auth_and_url() -> None:
+    in_flight = 0
+    peak = 0
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        seen.append(request)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return httpx.Response(200, json={"success": True})
+
+    async def go() -> list[Outcome]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            client = SegmentClient(http, Deadline.after(10), concurrency=4)
+            batches = pack([b'{"m":1}'] * 10, max_messages=1)
+            results = await asyncio.gather(*(client.send("https://api.segment.io/v1/", "wk", b) for b in batches))
+            return [r.outcome for r in results]
+
+    outcomes = asyncio.run(go())
+    assert outcomes == [Outcome.DELIVERED] * 10
+    assert peak == 4
+    assert {str(r.url) for r in seen} == {"https://api.segment.io/v1/batch"}
+    assert {r.headers["authorization"] for r in seen} == {basic_auth("wk")}
+
+
+def test_each_attempt_carries_a_fresh_sent_at() -> None:
+    bodies: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(503 if len(bodies) == 1 else 200)
+
+    async def go() -> Outcome:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            deadline = Deadline.after(10)
+
+            async def no_wait(seconds: float) -> None:
+                await asyncio.sleep(0.01)
+
+            deadline.sleep = no_wait
+            [batch] = pack([b'{"m":1}'])
+            return (await SegmentClient(http, deadline).send("http://sink/v1", "wk", batch)).outcome
+
+    assert asyncio.run(go()) is Outcome.DELIVERED
+    assert len(bodies) == 2
+    assert bodies[0]["batch"] == bodies[1]["batch"] == [{"m": 1}]
+    assert bodies[0]["sentAt"] != bodies[1]["sentAt"]

@@ -1,0 +1,99 @@
+"""The Segment track call an impression becomes, and its deterministic messageId."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from shared.config import OutboundConfig
+from shared.outbound.impressions import Impression
+from shared.outbound.segment_messages import (
+    STANDARD_PROPERTIES,
+    encode,
+    identity_field,
+    iso_timestamp,
+    message_id,
+    track_message,
+)
+
+IMPRESSION = Impression(
+    key="user-1",
+    split="new_checkout",
+    treatment="on",
+    time=1795483041109,
+    environment_id="env-id",
+    environment_name="Production",
+    traffic_type=None,
+    label="default rule",
+    split_version_number=17,
+)
+CONFIG = OutboundConfig.model_validate(
+    {"environments": ["Production"], "identities": {"user": "userId", "anonymous": "anonymousId"}}
+)
+
+
+def test_timestamp_is_iso_8601_utc_with_milliseconds() -> None:
+    assert iso_timestamp(1795483041109) == "2026-11-24T01:17:21.109Z"
+    assert iso_timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_timestamp(1795483041000) == "2026-11-24T01:17:21.000Z"
+
+
+def test_message_id_is_deterministic_and_short() -> None:
+    first = message_id(IMPRESSION, "get_treatment", "userId")
+    assert first == message_id(dataclasses.replace(IMPRESSION), "get_treatment", "userId")
+    assert len(first) <= 100
+    assert first.startswith("fme-")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": "user-2"},
+        {"split": "other"},
+        {"treatment": "off"},
+        {"time": 1795483041110},
+        {"environment_name": "Staging"},
+        {"bucketing_key": "b"},
+        {"label": "killed"},
+        {"split_version_number": 18},
+    ],
+)
+def test_message_id_differs_when_the_impression_differs(change: dict[str, object]) -> None:
+    assert message_id(dataclasses.replace(IMPRESSION, **change), "get_treatment", "userId") != message_id(
+        IMPRESSION, "get_treatment", "userId"
+    )
+
+
+def test_message_id_differs_per_event_name_and_identity() -> None:
+    base = message_id(IMPRESSION, "get_treatment", "userId")
+    assert message_id(IMPRESSION, "other_event", "userId") != base
+    assert message_id(IMPRESSION, "get_treatment", "anonymousId") != base
+
+
+def test_identity_follows_traffic_type_and_default() -> None:
+    assert identity_field(IMPRESSION, CONFIG) == "userId"  # first mapped when no default
+    anonymous = dataclasses.replace(IMPRESSION, traffic_type="anonymous")
+    assert identity_field(anonymous, CONFIG) == "anonymousId"
+    assert identity_field(dataclasses.replace(IMPRESSION, traffic_type="account"), CONFIG) is None
+    defaulted = CONFIG.model_copy(update={"defaultTrafficType": "anonymous"})
+    assert identity_field(IMPRESSION, defaulted) == "anonymousId"
+
+
+def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
+    impression = dataclasses.replace(IMPRESSION, properties={"treatment": "forged", "page": "cart"})
+    message = track_message(impression, CONFIG, "userId")
+    assert list(message) == ["type", "event", "userId", "timestamp", "messageId", "properties", "context"]
+    assert list(message["properties"])[: len(STANDARD_PROPERTIES)] == list(STANDARD_PROPERTIES)
+    assert message["properties"]["treatment"] == "on"
+    assert message["properties"]["page"] == "cart"
+    assert message["properties"]["splitVersionNumber"] == 17
+    assert json.loads(encode(message)) == message
+
+
+def test_encoding_is_compact_utf8() -> None:
+    impression = dataclasses.replace(IMPRESSION, key="josé")
+    encoded = encode(track_message(impression, CONFIG, "userId"))
+    assert b'"userId":"jos\xc3\xa9"' in encoded
+    assert b", " not in encoded
