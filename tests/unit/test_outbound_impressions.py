@@ -128,13 +128,24 @@ def test_no_environment_anywhere_is_an_error_per_impression() -> None:
     parsed = parse_body(json.dumps([{"key": "k", "split": "s", "treatment": "on", "time": 1}]))
     assert parsed.impressions == []
     assert [(e.index, e.code) for e in parsed.errors] == [(0, NO_ENVIRONMENT)]
-    with_id = parse_body(json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentId": "e1"}))
+    with_id = parse_body(
+        json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentId": "e1"})
+    )
     assert with_id.errors == []
 
 
 def test_properties_that_are_not_an_object_stay_visible() -> None:
     [(_, impression)] = parse_body(
-        json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P", "properties": "x"})
+        json.dumps(
+            {
+                "key": "k",
+                "split": "s",
+                "treatment": "on",
+                "time": 1,
+                "environmentName": "P",
+                "properties": "x",
+            }
+        )
     ).impressions
     assert impression.properties == {"impressionProperties": "x"}
 
@@ -155,7 +166,10 @@ def test_sdk_language_version(value: str | None, expected: tuple[str | None, str
 
 def test_subset_body_keeps_a_shape_the_queue_accepts() -> None:
     envelope = {"environmentName": "P", "trafficType": "user", "impressions": [{"a": 1}, {"b": 2}, {"c": 3}]}
-    assert json.loads(subset_body(json.dumps(envelope), [0, 2])) == {**envelope, "impressions": [{"a": 1}, {"c": 3}]}
+    assert json.loads(subset_body(json.dumps(envelope), [0, 2])) == {
+        **envelope,
+        "impressions": [{"a": 1}, {"c": 3}],
+    }
     assert json.loads(subset_body(json.dumps([{"a": 1}, {"b": 2}]), [1])) == [{"b": 2}]
     whole = json.dumps([{"a": 1}])
     assert subset_body(whole, [0]) == whole

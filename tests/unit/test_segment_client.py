@@ -72,7 +72,9 @@ def test_requests_run_concurrently_with_auth_and_url() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
             client = SegmentClient(http, Deadline.after(10), concurrency=4)
             batches = pack([b'{"m":1}'] * 10, max_messages=1)
-            results = await asyncio.gather(*(client.send("https://api.segment.io/v1/", "wk", b) for b in batches))
+            results = await asyncio.gather(
+                *(client.send("https://api.segment.io/v1/", "wk", b) for b in batches)
+            )
             return [r.outcome for r in results]
 
     outcomes = asyncio.run(go())

@@ -1,0 +1,82 @@
+"""What template.yaml must say for the impressions path: queue, DLQ, mapping, least privilege."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fme_bridge.template import load_template
+
+
+def resources() -> dict[str, Any]:
+    return load_template()["Resources"]
+
+
+def function() -> dict[str, Any]:
+    return resources()["ImpressionsFunction"]["Properties"]
+
+
+def function_timeout() -> int:
+    return int(function().get("Timeout") or load_template()["Globals"]["Function"]["Timeout"])
+
+
+def test_handler_is_the_dotted_path_that_imports() -> None:
+    module, _, name = function()["Handler"].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_event_source_reports_partial_batch_failures_and_batches() -> None:
+    [source] = function()["Events"].values()
+    assert source["Type"] == "SQS"
+    props = source["Properties"]
+    assert props["Queue"] == {"Fn::GetAtt": ["ImpressionsQueue", "Arn"]}
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 100 <= props["BatchSize"] <= 10_000
+    # Lambda requires a batching window for batches over 10 messages.
+    assert 1 <= props["MaximumBatchingWindowInSeconds"] <= 20
+    assert props["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "ImpressionsMaxConcurrency"}
+
+
+def test_queue_visibility_is_at_least_six_times_the_timeout_and_redrives_to_the_dlq() -> None:
+    queue = resources()["ImpressionsQueue"]["Properties"]
+    assert int(queue["VisibilityTimeout"]) >= 6 * function_timeout()
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]}
+    assert 3 <= int(redrive["maxReceiveCount"]) <= 10
+    dlq = resources()["ImpressionsDeadLetterQueue"]["Properties"]
+    assert int(dlq["MessageRetentionPeriod"]) == 14 * 24 * 3600
+    assert int(dlq["MessageRetentionPeriod"]) > int(queue["MessageRetentionPeriod"])
+
+
+def test_dead_letters_are_visible() -> None:
+    env = function()["Environment"]["Variables"]
+    assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "ImpressionsDeadLetterQueue"}
+    alarm = resources()["ImpressionsDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "QueueName"]}
+    assert alarm["Threshold"] == 1
+
+
+def test_least_privilege() -> None:
+    [policy] = function()["Policies"]
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    actions = sorted(
+        a
+        for s in statements.values()
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    )
+    assert actions == [
+        "secretsmanager:GetSecretValue",
+        "sqs:SendMessage",
+        "ssm:GetParameter",
+        "ssm:GetParametersByPath",
+    ]
+    assert statements["PermanentFailuresToDeadLetterQueue"]["Resource"] == {
+        "Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]
+    }
+    ssm = [r["Fn::Sub"][0] for r in statements["OutboundConfigs"]["Resource"]]
+    assert all(":parameter${Prefix}/outbound" in r for r in ssm)
+    secret = statements["OutboundSecrets"]["Resource"]["Fn::Sub"][0]
+    assert secret.endswith(":secret:${Prefix}/outbound/*")
+    for statement in statements.values():
+        assert statement["Resource"] != "*"
