@@ -11,7 +11,7 @@ import pytest
 from fme_bridge.local import sqs_source
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.sqs_source import SqsMapping, SqsPoller, failed_message_ids, mappings_from_template
-from fme_bridge.template import Stack
+from fme_bridge.template import Stack, load_template
 
 REGION = "us-east-1"
 
@@ -58,7 +58,11 @@ def test_mapping_follows_the_template(stack: Stack) -> None:
     )
     assert mapping.function.logical_id == "ImpressionsFunction"
     assert mapping.queue_url == stack.queues["ImpressionsQueue"]
-    assert (mapping.batch_size, mapping.batching_window_s) == (100, 5.0)
+    source = load_template()["Resources"]["ImpressionsFunction"]["Properties"]["Events"]["Impressions"][
+        "Properties"
+    ]
+    expected = (source["BatchSize"], float(source["MaximumBatchingWindowInSeconds"]))
+    assert (mapping.batch_size, mapping.batching_window_s) == expected
     assert mapping.report_batch_item_failures is True
     assert mapping.function.timeout_s == 60
     assert mapping.function.environment["DEAD_LETTER_QUEUE_URL"] == stack.queues["ImpressionsDeadLetterQueue"]
