@@ -102,6 +102,7 @@ class SegmentSink:
             return self
         server = ThreadingHTTPServer((self._host, self._port), _handler_for(self))
         server.daemon_threads = True
+        server.block_on_close = False  # a hanging (fault-injected) request must not hold up stop()
         self._server = server
         # A short poll interval keeps stop() quick.
         self._thread = threading.Thread(
