@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv test lint format typecheck template-lint build run bench deploy clean
+.PHONY: help venv test lint format typecheck template-lint build run bench soak deploy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,14 @@ deploy: build ## sam deploy --config-env $(ENV) (default dev)
 
 run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo
 	$(BIN)/fme-bridge local --demo
+
+# Figures of a soak run: inside .venv, which sam build does not copy into the functions.
+SOAK_FIGURES := $(VENV)/soak/figures.jsonl
+
+soak: $(STAMP) ## reliability suite at soak scale; writes its figures to docs/reliability.md
+	mkdir -p $(dir $(SOAK_FIGURES)) && rm -f $(SOAK_FIGURES)
+	RELIABILITY_SOAK=1 RELIABILITY_FIGURES=$(CURDIR)/$(SOAK_FIGURES) $(BIN)/pytest -n 2 -q -p no:cacheprovider tests/reliability
+	$(BIN)/python -m tests.reliability.report $(SOAK_FIGURES) docs/reliability.md
 
 bench: $(STAMP) ## benchmarks (not part of make test)
 	$(BIN)/python -m bench

@@ -1,0 +1,94 @@
+"""Writes the figures of a reliability run into ``docs/reliability.md``.
+
+    python -m tests.reliability.report FIGURES.jsonl docs/reliability.md
+
+The document's prose stays as written; only the part between the ``figures:start`` and
+``figures:end`` markers is replaced: one table per section, each with the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+START = "<!-- figures:start -->"
+END = "<!-- figures:end -->"
+SOAK = "RELIABILITY_SOAK=1 RELIABILITY_FIGURES=figures.jsonl .venv/bin/pytest -p no:cacheprovider"
+
+# section -> (title, test that measures it)
+SECTIONS: dict[str, tuple[str, str]] = {
+    "segment_faults": (
+        "Segment failing (30 % 500, 10 % 429 + Retry-After, 5 % timeouts, 3 % dropped connections, outage)",
+        "tests/reliability/test_segment_faults.py",
+    ),
+    "impressions_deadline_mid_batch": (
+        "Impressions function out of time mid-batch",
+        "tests/reliability/test_lambda_timeout.py::test_deadline_reached_mid_batch",
+    ),
+    "impressions_killed_before_answering": (
+        "Impressions function killed before answering",
+        "tests/reliability/test_lambda_timeout.py::test_killed_before_answering",
+    ),
+    "dynamodb_faults": (
+        "DynamoDB throttling and 5xx during webhook ingest",
+        "tests/reliability/test_dynamodb_faults.py::test_throttling_and_server_errors_store_every_message_once",
+    ),
+    "ingest_killed_mid_write": (
+        "Ingest function killed mid-write, Segment retries",
+        "tests/reliability/test_dynamodb_faults.py::test_a_request_killed_mid_write_is_completed_by_the_retry",
+    ),
+}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_value(v)}" for k, v in sorted(value.items())) or "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render(records: list[dict[str, Any]]) -> str:
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest[record["section"]] = record  # the last run of a section wins
+    order = [s for s in SECTIONS if s in latest] + sorted(s for s in latest if s not in SECTIONS)
+    parts: list[str] = []
+    for section in order:
+        record = latest[section]
+        title, test = SECTIONS.get(section, (section, "tests/reliability"))
+        scale = "soak" if record.get("soak") else "test-suite"
+        parts.append(f"### {title}\n")
+        parts.append(f"Reproduce ({scale} scale): `{SOAK} {test}`\n")
+        parts.append("| figure | value |\n|---|---|")
+        parts.extend(f"| {name} | {_value(value)} |" for name, value in sorted(record["figures"].items()))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def update(document: str, figures: str) -> str:
+    before, found, rest = document.partition(START)
+    if not found:
+        return f"{document.rstrip()}\n\n{START}\n{figures}\n{END}\n"
+    _, _, after = rest.partition(END)
+    return f"{before}{START}\n{figures}\n{END}{after}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m tests.reliability.report FIGURES.jsonl DOCUMENT.md", file=sys.stderr)
+        return 2
+    figures_path, document_path = Path(argv[0]), Path(argv[1])
+    records = [json.loads(line) for line in figures_path.read_text().splitlines() if line.strip()]
+    document = document_path.read_text() if document_path.exists() else "# Reliability\n"
+    document_path.write_text(update(document, render(records)))
+    print(f"{len(records)} figure records written to {document_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
