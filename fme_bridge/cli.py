@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fme_bridge.commands.impressions",
     "fme_bridge.commands.dlq",
     "fme_bridge.commands.stored",
+    "fme_bridge.commands.delivery",
 )
 
 

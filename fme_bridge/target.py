@@ -32,6 +32,8 @@ RESOURCE_VARIABLES = {
     "EventsTable": "EVENTS_TABLE",
     "IdentitiesTable": "IDENTITIES_TABLE",
     "ProfilesTable": "PROFILES_TABLE",
+    "DeliveryLogTable": "DELIVERY_LOG_TABLE",
+    "DeliveryFailureQueue": "DELIVERY_FAILURE_QUEUE_URL",
 }
 
 _CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=3, read_timeout=20)

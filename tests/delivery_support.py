@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import os
+import time
 from decimal import Decimal
 from typing import Any
 
+import boto3
 from boto3.dynamodb.types import TypeSerializer
 
-from tests.conftest import load_event
+from tests.conftest import load_event, put_config, put_secret
 
 _serializer = TypeSerializer()
 _sequence = itertools.count(300000000000000000000001)
@@ -130,3 +134,77 @@ def identity_item(
         "updatedAt": updated_at,
         "connectionId": connection_id,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving the delivery function
+
+SDK_KEY = "sdk-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-fedcba9876543210"
+
+
+def delivery_app() -> Any:
+    """The handler module; Powertools reads the metrics namespace (set by template.yaml) on import."""
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge")
+    from functions.delivery import app
+
+    return app
+
+
+def connect(
+    sink: Any,
+    connection_id: str = "webshop",
+    enabled: bool = True,
+    keys: dict[str, str] | None = None,
+    with_keys: bool = True,
+) -> None:
+    """An inbound connection whose delivery goes to ``sink``, with its FME keys secret."""
+    put_config(
+        f"inbound/{connection_id}",
+        {
+            "environment": "Production",
+            "identities": [{"segmentId": "userId", "trafficType": "user"}],
+            "delivery": {
+                "enabled": enabled,
+                "eventsEndpoint": sink.events_endpoint,
+                "identitiesEndpoint": sink.identities_endpoint,
+            },
+        },
+    )
+    put_secret(f"inbound/{connection_id}", "webhook-secret")
+    if with_keys:
+        put_secret(
+            f"inbound/{connection_id}/fme",
+            json.dumps(keys if keys is not None else {"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}),
+        )
+
+
+def invoke(event: dict[str, Any], lambda_context: Any, seconds: float | None = None) -> dict[str, Any]:
+    """Invoke the handler; ``seconds`` gives the context a real countdown of remaining time."""
+    if seconds is not None:
+        end = time.monotonic() + seconds
+        lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+    return dict(delivery_app().lambda_handler(event, lambda_context))
+
+
+def failed_ids(response: dict[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
+
+
+def failure_messages(stack: Any) -> list[dict[str, Any]]:
+    """Receive (and so take) every message of the failure queue."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    out = []
+    while True:
+        answer = sqs.receive_message(
+            QueueUrl=stack.queues["DeliveryFailureQueue"],
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+        )
+        if not answer.get("Messages"):
+            return out
+        out.extend(json.loads(m["Body"]) for m in answer["Messages"])
+
+
+def events_table(stack: Any) -> str:
+    return str(stack.tables["EventsTable"])

@@ -36,7 +36,7 @@ from shared import config
 from shared.config import DeliveryConfig, FmeKeys
 from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
 from shared.delivery.failure_queue import FailureQueue, Refusal
-from shared.delivery.fme_client import FmeClient, FmeIdentity, ItemOutcome
+from shared.delivery.fme_client import FmeClient, FmeEvent, FmeIdentity, ItemOutcome
 from shared.delivery.records import (
     IdentityChange,
     MalformedItem,
@@ -79,9 +79,15 @@ class ConfigTemporarilyUnavailable(Exception):
     """SSM or Secrets Manager failed; the records wait for the stream's retry."""
 
 
-def resolve_connection(connection_id: str) -> ConnectionDelivery:
+def resolve_connection(
+    connection_id: str,
+    get_parameter: Callable[[str], str] = config.get_parameter,
+    get_secret: Callable[[str], str] = config.get_secret,
+) -> ConnectionDelivery:
+    """Load a connection's delivery settings (``get_*`` raise the :mod:`shared.config` errors)."""
+    name = config.inbound_name(connection_id)
     try:
-        inbound = config.load_inbound(connection_id)
+        inbound = config.parse_config(config.InboundConfig, get_parameter(name), name)
     except config.ConfigNotFound:
         return ConnectionDelivery(connection_id, enabled=False)
     except config.ConfigInvalid as exc:
@@ -92,7 +98,7 @@ def resolve_connection(connection_id: str) -> ConnectionDelivery:
         return ConnectionDelivery(connection_id, enabled=False)
     name = fme_keys_name(connection_id)
     try:
-        keys = config.parse_config(FmeKeys, config.get_secret(name), name)
+        keys = config.parse_config(FmeKeys, get_secret(name), name)
     except config.ConfigNotFound:
         return ConnectionDelivery(
             connection_id, enabled=True, settings=inbound.delivery, problem=f"secret {name} does not exist"
@@ -467,3 +473,124 @@ class Delivery:
                     report.count("IdentitiesRefused", len(group))
                     tally.identities_refused += len(group)
                     tally.error = reason
+
+    # -- redrive ----------------------------------------------------------------------------------
+
+    async def redrive(self, body: dict[str, Any], deadline: Deadline, streams: Any = None) -> RedriveResult:
+        """Send again what one failure-queue message holds; ``done`` means the message can go."""
+        if "DDBStreamBatchInfo" in body:
+            return await self._redrive_stream_batch(body["DDBStreamBatchInfo"], deadline, streams)
+        kind, connection_id = body.get("kind"), str(body.get("connectionId") or "")
+        items = [i for i in body.get("items") or [] if isinstance(i, dict)]
+        try:
+            connection = self._resolve(connection_id)
+        except ConfigTemporarilyUnavailable as exc:
+            return RedriveResult(problems=[f"config unavailable: {exc}"])
+        if not connection.enabled:
+            return RedriveResult(problems=[f"delivery is not enabled for connection {connection_id!r}"])
+        if connection.problem or connection.keys is None or connection.settings is None:
+            return RedriveResult(problems=[connection.problem or "delivery is not configured"])
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=httpx.Timeout(self._http_timeout, connect=3.0)
+        ) as http:
+            client = FmeClient(http, deadline)
+            if kind == "events":
+                return await self._redrive_events(connection, items, client)
+            if kind == "identities":
+                return await self._redrive_identities(connection, items, client)
+        return RedriveResult(problems=[f"unknown message kind {kind!r}"])
+
+    async def _redrive_events(
+        self, connection: ConnectionDelivery, items: list[dict[str, Any]], client: FmeClient
+    ) -> RedriveResult:
+        assert connection.keys is not None
+        assert connection.settings is not None
+        result = RedriveResult()
+        events: dict[str, FmeEvent] = {}
+        for item in items:
+            try:
+                events[str(item["ackId"])] = FmeEvent.model_validate(item["event"])
+            except (KeyError, ValueError):
+                result.problems.append("an item is not a deliverable event (a malformed stored item)")
+        delivered = {a for a, state in self.log.settled(events).items() if state == DELIVERED}
+        result.already_delivered = len(delivered)
+        pending = [(ack, event) for ack, event in events.items() if ack not in delivered]
+        if pending:
+            outcomes = await client.send_events(
+                str(connection.settings.eventsEndpoint), connection.keys.sdkKey, pending
+            )
+            acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
+            if acked:
+                self.log.record(acked, DELIVERED, self._clock())
+            result.resent = len(acked)
+            result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
+        return result
+
+    async def _redrive_identities(
+        self, connection: ConnectionDelivery, items: list[dict[str, Any]], client: FmeClient
+    ) -> RedriveResult:
+        assert connection.keys is not None
+        assert connection.settings is not None
+        result = RedriveResult()
+        if connection.keys.adminKey is None:
+            return RedriveResult(problems=["the connection's FME keys have no adminKey"])
+        groups: dict[tuple[str, str], list[tuple[str, FmeIdentity]]] = defaultdict(list)
+        for n, item in enumerate(items):
+            try:
+                identity = FmeIdentity.model_validate(item["identity"])
+                groups[(str(item["trafficType"]), str(item["environment"]))].append((str(n), identity))
+            except (KeyError, ValueError):
+                result.problems.append("an item is not a deliverable identity")
+        for (traffic_type, environment), pairs in groups.items():
+            outcomes = await client.save_identities(
+                str(connection.settings.identitiesEndpoint),
+                connection.keys.adminKey,
+                traffic_type,
+                environment,
+                pairs,
+            )
+            result.resent += sum(1 for o in outcomes if o.outcome is Outcome.DELIVERED)
+            result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
+        return result
+
+    async def _redrive_stream_batch(
+        self, info: dict[str, Any], deadline: Deadline, streams: Any
+    ) -> RedriveResult:
+        """Lambda gave a stream batch up: read its records again and deliver them (24 h stream retention)."""
+        if streams is None:
+            return RedriveResult(problems=["no DynamoDB Streams client to read the batch from"])
+        arn, end = str(info["streamArn"]), int(info["endSequenceNumber"])
+        try:
+            iterator = streams.get_shard_iterator(
+                StreamArn=arn,
+                ShardId=info["shardId"],
+                ShardIteratorType="AT_SEQUENCE_NUMBER",
+                SequenceNumber=info["startSequenceNumber"],
+            )["ShardIterator"]
+            records: list[dict[str, Any]] = []
+            while iterator:
+                page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                batch = [r for r in page.get("Records", []) if int(r["dynamodb"]["SequenceNumber"]) <= end]
+                records.extend({**r, "eventSourceARN": arn} for r in batch)
+                if not page.get("Records") or len(batch) < len(page["Records"]):
+                    break
+                iterator = page.get("NextShardIterator")
+        except Exception as exc:  # trimmed (older than 24 h), or the stream is gone
+            return RedriveResult(problems=[f"the batch can no longer be read from the stream: {exc}"])
+        report = await self.deliver(records, deadline)
+        delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
+        problems = [f"{len(report.retry)} record(s) still failing"] if report.retry else []
+        return RedriveResult(
+            resent=delivered, already_delivered=report.counts["EventsAlreadyDelivered"], problems=problems
+        )
+
+
+@dataclass
+class RedriveResult:
+    resent: int = 0
+    already_delivered: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return not self.problems

@@ -6,109 +6,33 @@ moto for AWS (tables, queue, SSM, Secrets Manager from template.yaml), the loopb
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-
-# Powertools reads the metrics namespace when the handler module is imported (template.yaml sets it).
-os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge")
-from functions.delivery import app
-from tests.conftest import put_config, put_secret
 from tests.delivery_support import (
+    ADMIN_KEY,
+    SDK_KEY,
+    connect,
     event_item,
+    events_table,
+    failed_ids,
+    failure_messages,
     identity_item,
+    invoke,
     sample_event,
     stream_event,
     stream_record,
 )
-
-SDK_KEY = "sdk-key-0123456789abcdef"
-ADMIN_KEY = "admin-key-fedcba9876543210"
-
-
-@pytest.fixture
-def sink() -> Iterator[FmeSink]:
-    with FmeSink(sdk_keys=[SDK_KEY], admin_keys=[ADMIN_KEY]) as server:
-        yield server
-
-
-@pytest.fixture
-def env(stack: Stack, function_env: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = function_env("DeliveryFunction")
-    monkeypatch.setenv("FME_TIMEOUT_SECONDS", "0.5")
-    app.delivery.cache_clear()
-    yield values
-    app.delivery.cache_clear()
-
-
-def connect(
-    sink: FmeSink,
-    connection_id: str = "webshop",
-    enabled: bool = True,
-    keys: dict[str, str] | None = None,
-) -> None:
-    put_config(
-        f"inbound/{connection_id}",
-        {
-            "environment": "Production",
-            "identities": [{"segmentId": "userId", "trafficType": "user"}],
-            "delivery": {
-                "enabled": enabled,
-                "eventsEndpoint": sink.events_endpoint,
-                "identitiesEndpoint": sink.identities_endpoint,
-            },
-        },
-    )
-    put_secret(f"inbound/{connection_id}", "webhook-secret")
-    if keys is not False:
-        put_secret(
-            f"inbound/{connection_id}/fme",
-            json.dumps(keys if keys is not None else {"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}),
-        )
-
-
-def invoke(event: dict[str, Any], lambda_context: Any, seconds: float | None = None) -> dict[str, Any]:
-    if seconds is not None:
-        end = time.monotonic() + seconds
-        lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
-    return app.lambda_handler(event, lambda_context)
-
-
-def failed_ids(response: dict[str, Any]) -> list[str]:
-    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
-
-
-def failure_messages(stack: Stack) -> list[dict[str, Any]]:
-    sqs = boto3.client("sqs", region_name="us-east-1")
-    out = []
-    while True:
-        answer = sqs.receive_message(
-            QueueUrl=stack.queues["DeliveryFailureQueue"],
-            MaxNumberOfMessages=10,
-            MessageAttributeNames=["All"],
-        )
-        if not answer.get("Messages"):
-            return out
-        out.extend(json.loads(m["Body"]) for m in answer["Messages"])
-
-
-def events_table(stack: Stack) -> str:
-    return stack.tables["EventsTable"]
-
 
 # ---------------------------------------------------------------------------------------------
 # Events
 
 
 def test_sample_insert_reaches_fme_as_the_exact_events_bulk_payload(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     response = invoke(sample_event("dynamodb_stream_event_insert.json", events_table(stack)), lambda_context)
@@ -137,7 +61,7 @@ def test_sample_insert_reaches_fme_as_the_exact_events_bulk_payload(
 
 
 def test_a_retried_batch_sends_only_what_fme_has_not_acknowledged(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     first = stream_record(events_table(stack), event_item("u1", timestamp=1764061200001))
@@ -152,7 +76,7 @@ def test_a_retried_batch_sends_only_what_fme_has_not_acknowledged(
 
 
 def test_events_still_failing_at_the_deadline_are_batch_item_failures_and_sent_once_later(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     records = [
@@ -171,7 +95,7 @@ def test_events_still_failing_at_the_deadline_are_batch_item_failures_and_sent_o
 
 
 def test_rate_limit_and_server_errors_are_retried_within_the_invocation(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     sink.rate_limit_next(1, reset_seconds=0)
@@ -185,7 +109,7 @@ def test_rate_limit_and_server_errors_are_retried_within_the_invocation(
 
 
 def test_a_timed_out_request_is_retried(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     sink.hang_next(1, seconds=1.5)
@@ -197,7 +121,7 @@ def test_a_timed_out_request_is_retried(
 
 
 def test_an_event_fme_refuses_goes_to_the_failure_queue_without_its_neighbours(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     good = [
@@ -225,7 +149,7 @@ def test_an_event_fme_refuses_goes_to_the_failure_queue_without_its_neighbours(
 
 
 def test_a_wrong_sdk_key_is_permanent_and_keeps_the_events(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
     record = stream_record(events_table(stack), event_item("u1"))
@@ -240,7 +164,11 @@ def test_a_wrong_sdk_key_is_permanent_and_keeps_the_events(
 
 
 def test_connections_without_delivery_keep_their_events_local(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     connect(sink, connection_id="nodelivery", enabled=False)
     record = stream_record(events_table(stack), event_item("u1", connection_id="nodelivery"))
@@ -255,9 +183,9 @@ def test_connections_without_delivery_keep_their_events_local(
 
 
 def test_delivery_on_without_keys_is_a_visible_permanent_failure(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
-    connect(sink, keys=False)  # type: ignore[arg-type]
+    connect(sink, with_keys=False)
     record = stream_record(events_table(stack), event_item("u1"))
 
     assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
@@ -268,7 +196,7 @@ def test_delivery_on_without_keys_is_a_visible_permanent_failure(
 
 
 def test_updates_of_event_items_are_never_resent(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     item = event_item("u1")
@@ -282,7 +210,11 @@ def test_updates_of_event_items_are_never_resent(
 
 
 def test_many_events_go_in_size_bounded_requests(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from shared.delivery import fme_client
 
@@ -305,7 +237,7 @@ def test_many_events_go_in_size_bounded_requests(
 
 
 def test_sample_identity_change_is_saved_with_all_current_values(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     event = sample_event("dynamodb_stream_identity_modify.json", stack.tables["IdentitiesTable"])
@@ -328,7 +260,7 @@ def test_sample_identity_change_is_saved_with_all_current_values(
 
 
 def test_identity_records_without_attribute_changes_are_not_sent(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     table = stack.tables["IdentitiesTable"]
@@ -344,7 +276,7 @@ def test_identity_records_without_attribute_changes_are_not_sent(
 
 
 def test_identities_are_grouped_per_traffic_type_and_coalesced(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     table = stack.tables["IdentitiesTable"]
@@ -380,7 +312,7 @@ def test_identities_are_grouped_per_traffic_type_and_coalesced(
 
 
 def test_without_an_admin_key_identities_stay_local(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink, keys={"sdkKey": SDK_KEY})
     table = stack.tables["IdentitiesTable"]
@@ -395,7 +327,7 @@ def test_without_an_admin_key_identities_stay_local(
 
 
 def test_an_identity_fme_lists_as_failed_goes_to_the_failure_queue(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     sink.refuse_identity("u2", 400, "traffic type attribute limit reached")
@@ -421,7 +353,7 @@ def test_an_identity_fme_lists_as_failed_goes_to_the_failure_queue(
 
 
 def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
     sink.fail_next(1000, 502)
@@ -437,7 +369,7 @@ def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
 
 
 def test_delivery_status_is_recorded_per_connection(
-    env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     from shared import aws
     from shared.delivery.delivery_log import DeliveryLog

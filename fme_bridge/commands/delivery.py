@@ -1,0 +1,242 @@
+"""``fme-bridge delivery status|redrive``: delivery of stored events and identities into FME.
+
+``status`` shows, per connection, what FME acknowledged and refused, how far behind delivery is and
+the last error (from the delivery log), and how many messages wait in the failure queue.
+``redrive`` sends the failure queue's messages again — after the cause is fixed (a revoked key, a
+misconfigured connection, an FME outage longer than the stream's retries): refused items are
+re-sent, events FME already acknowledged are skipped, and stream batches Lambda gave up on are read
+again from the stream (while it still holds them: 24 hours). A message stays in the queue until
+everything in it is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Annotated, Any
+
+import typer
+from botocore.config import Config
+from rich.table import Table
+
+from fme_bridge.commands.common import out, target
+from fme_bridge.commands.dlq import _make_visible, _receive_all
+from fme_bridge.target import Target
+from shared import config
+from shared.delivery.delivery_log import ConnectionStatus, DeliveryLog
+from shared.delivery.failure_queue import FailureQueue
+from shared.delivery.service import ConnectionDelivery, Delivery, resolve_connection
+from shared.http_retry import Deadline
+
+FAILURE_QUEUE = "DeliveryFailureQueue"
+LOG_TABLE = "DeliveryLogTable"
+_PEEK_VISIBILITY_SECONDS = 30
+# Time one message's re-send may take (retries included).
+_REDRIVE_SECONDS_PER_MESSAGE = 30
+
+
+def register(app: typer.Typer) -> None:
+    delivery_app = typer.Typer(
+        help="Delivery of stored events and identities into FME.", no_args_is_help=True
+    )
+    delivery_app.command("status")(status)
+    delivery_app.command("redrive")(redrive)
+    app.add_typer(delivery_app, name="delivery")
+
+
+def _ago(ms: int | None, now_ms: int) -> str:
+    if ms is None:
+        return "-"
+    seconds = max(0, (now_ms - ms) // 1000)
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def lag(status: ConnectionStatus, now_ms: int) -> str:
+    """How far behind delivery is: since when records have been retried, else the last latency."""
+    if status.retrying_since is not None:
+        return f"behind since {_ago(status.retrying_since, now_ms)}"
+    if status.last_latency_ms is not None:
+        return f"up to date ({status.last_latency_ms / 1000:.1f}s latency)"
+    return "up to date"
+
+
+def _failure_counts(tgt: Target) -> tuple[int, dict[str, int]]:
+    """Messages in the failure queue: the total, and per connection among those peeked at."""
+    sqs = tgt.client("sqs")
+    url = tgt.queue_url(FAILURE_QUEUE)
+    total = int(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"][
+            "ApproximateNumberOfMessages"
+        ]
+    )
+    per_connection: dict[str, int] = {}
+    messages = _receive_all(sqs, url, min(total, 200), _PEEK_VISIBILITY_SECONDS) if total else []
+    try:
+        for message in messages:
+            attributes = message.get("MessageAttributes") or {}
+            connection = (attributes.get("connectionId") or {}).get("StringValue") or "(stream batch)"
+            per_connection[connection] = per_connection.get(connection, 0) + 1
+    finally:
+        if messages:
+            _make_visible(sqs, url, messages)
+    return total, per_connection
+
+
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Per connection: delivered, refused, lag, last error, and messages in the failure queue."""
+    tgt = target(ctx)
+    statuses = DeliveryLog(tgt.table(LOG_TABLE)).statuses()
+    total, failures = _failure_counts(tgt)
+    now_ms = int(time.time() * 1000)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "connections": [
+                        {
+                            **vars(s),
+                            "lag": lag(s, now_ms),
+                            "failureMessages": failures.get(s.connection_id, 0),
+                        }
+                        for s in statuses
+                    ],
+                    "failureQueueMessages": total,
+                }
+            )
+        )
+        return
+    if not statuses and not total:
+        out.print("nothing delivered yet, and the failure queue is empty")
+        return
+    table = Table(title="delivery into FME")
+    table.add_column("connection", no_wrap=True)
+    table.add_column("events sent / refused")
+    table.add_column("identities sent / refused")
+    table.add_column("skipped")
+    table.add_column("last delivery")
+    table.add_column("lag")
+    table.add_column("failure queue")
+    table.add_column("last error", overflow="fold")
+    for s in sorted(statuses, key=lambda s: s.connection_id):
+        table.add_row(
+            s.connection_id,
+            f"{s.events_delivered} / {s.events_refused}",
+            f"{s.identities_delivered} / {s.identities_refused}",
+            str(s.skipped),
+            _ago(s.last_delivered_at, now_ms),
+            lag(s, now_ms),
+            str(failures.get(s.connection_id, 0)),
+            f"{s.last_error} ({_ago(s.last_error_at, now_ms)})" if s.last_error else "",
+        )
+    out.print(table)
+    others = {c: n for c, n in failures.items() if c not in {s.connection_id for s in statuses}}
+    for connection, count in sorted(others.items()):
+        out.print(f"failure queue: {count} message(s) of {connection}")
+    out.print(f"failure queue: {total} message(s) in all — `fme-bridge delivery redrive` re-sends them")
+
+
+def _resolver(tgt: Target) -> Any:
+    """Connection settings read through the CLI's own clients (its endpoint, region and prefix)."""
+    ssm, secrets = tgt.client("ssm"), tgt.client("secretsmanager")
+
+    def fetch(call: Any, name: str) -> str:
+        try:
+            return str(call(name))
+        except (ssm.exceptions.ParameterNotFound, secrets.exceptions.ResourceNotFoundException):
+            raise config.ConfigNotFound(name) from None
+
+    def resolve(connection_id: str) -> ConnectionDelivery:
+        return resolve_connection(
+            connection_id,
+            get_parameter=lambda name: fetch(lambda n: ssm.get_parameter(Name=n)["Parameter"]["Value"], name),
+            get_secret=lambda name: fetch(
+                lambda n: secrets.get_secret_value(SecretId=n)["SecretString"], name
+            ),
+        )
+
+    return resolve
+
+
+def redrive(
+    ctx: typer.Context,
+    limit: Annotated[int | None, typer.Option(min=1, help="Re-send at most this many messages.")] = None,
+    connection: Annotated[str | None, typer.Option(help="Only this connection's messages.")] = None,
+) -> None:
+    """Re-send the failure queue's messages to FME; delivered messages leave the queue."""
+    tgt = target(ctx)
+    sqs = tgt.client("sqs")
+    url = tgt.queue_url(FAILURE_QUEUE)
+    os.environ["CONFIG_PREFIX"] = tgt.prefix  # connection names are built under the target's prefix
+    delivery = Delivery(
+        events_table=tgt.table_name("EventsTable"),
+        identities_table=tgt.table_name("IdentitiesTable"),
+        log=DeliveryLog(tgt.table(LOG_TABLE)),
+        failures=FailureQueue(sqs, url),
+        resolve=_resolver(tgt),
+    )
+    # Regional endpoint: DynamoDB's account-based endpoints do not serve the Streams API.
+    streams = tgt.session.client(
+        "dynamodbstreams", endpoint_url=tgt.endpoint_url, config=Config(account_id_endpoint_mode="disabled")
+    )
+    seen: set[str] = set()
+    done = kept = 0
+    rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
+    while limit is None or done + kept < limit:
+        received = _receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
+        batch = [m for m in received if m["MessageId"] not in seen]
+        again = [m for m in received if m["MessageId"] in seen]
+        if again:  # kept earlier in this run: leave them for the next one
+            _make_visible(sqs, url, again)
+        if not batch:
+            break
+        leave_visible = []
+        for message in batch:
+            seen.add(message["MessageId"])
+            try:
+                body = json.loads(message["Body"])
+            except ValueError:
+                body = {}
+            owner = str(
+                body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
+            )
+            if (connection and owner != connection) or (limit is not None and done + kept >= limit):
+                leave_visible.append(message)
+                continue
+            result = asyncio.run(
+                delivery.redrive(body, Deadline.after(_REDRIVE_SECONDS_PER_MESSAGE), streams=streams)
+            )
+            kind = str(body.get("kind") or ("stream batch" if "DDBStreamBatchInfo" in body else "?"))
+            if result.done:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                done += 1
+                verdict = "[green]delivered, removed[/green]"
+            else:
+                leave_visible.append(message)
+                kept += 1
+                verdict = "[red]kept:[/red] " + "; ".join(result.problems)
+            rows.add_row(
+                message["MessageId"][:8],
+                owner,
+                kind,
+                str(result.resent),
+                str(result.already_delivered),
+                verdict,
+            )
+        if leave_visible:
+            _make_visible(sqs, url, leave_visible)
+    if done + kept == 0:
+        out.print("the failure queue has nothing to re-send" + (f" for {connection}" if connection else ""))
+        return
+    out.print(rows)
+    out.print(f"{done} message(s) delivered and removed, {kept} kept")
+    if kept:
+        raise typer.Exit(1)

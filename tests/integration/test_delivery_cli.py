@@ -1,0 +1,141 @@
+"""``fme-bridge delivery status|redrive`` against moto and the loopback FME sink."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from typer.testing import CliRunner
+
+from fme_bridge.cli import app
+from fme_bridge.fme_sink import FmeSink
+from fme_bridge.template import Stack
+from tests.conftest import put_secret
+from tests.delivery_support import (
+    ADMIN_KEY,
+    SDK_KEY,
+    connect,
+    dynamodb_json,
+    event_item,
+    failure_messages,
+    invoke,
+    stream_event,
+    stream_record,
+)
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> Any:
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_status_shows_delivered_refused_and_queued_per_connection(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["EventsTable"]
+    good = stream_record(table, event_item("u1"))
+    bad = stream_record(table, event_item("x" * 251, timestamp=1764061200005))
+    invoke(stream_event(good, bad), lambda_context)
+
+    result = cli("delivery", "status", "--json")
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    [connection] = document["connections"]
+    assert connection["connection_id"] == "webshop"
+    assert connection["events_delivered"] == 1
+    assert connection["events_refused"] == 1
+    assert connection["failureMessages"] == 1
+    assert "key is longer than 250" in connection["last_error"]
+    assert document["failureQueueMessages"] == 1
+
+    table_output = cli("delivery", "status")
+    assert table_output.exit_code == 0
+    assert "webshop" in table_output.output
+
+
+def test_redrive_resends_refused_events_once_the_key_is_fixed(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    record = stream_record(stack.tables["EventsTable"], event_item("u1"))
+    invoke(stream_event(record), lambda_context)
+    assert sink.events == []
+
+    still_wrong = cli("delivery", "redrive")
+    assert still_wrong.exit_code == 1
+    assert "HTTP 401" in still_wrong.output
+
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+    fixed = cli("delivery", "redrive")
+
+    assert fixed.exit_code == 0, fixed.output
+    assert [e.event["key"] for e in sink.events] == ["u1"]
+    assert failure_messages(stack) == []
+    # The event is now acknowledged: the stream retrying the batch does not send it again.
+    invoke(stream_event(record), lambda_context)
+    assert len(sink.events) == 1
+
+
+def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    table = stack.tables["EventsTable"]
+    ddb.put_item(TableName=table, Item=dynamodb_json(event_item("u7")))
+    arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    streams = boto3.client(
+        "dynamodbstreams", region_name="us-east-1", config=Config(account_id_endpoint_mode="disabled")
+    )
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    iterator = streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )
+    [record] = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    sequence = record["dynamodb"]["SequenceNumber"]
+    # What Lambda sends to the on-failure destination when a batch exhausts its retries.
+    boto3.client("sqs", region_name="us-east-1").send_message(
+        QueueUrl=stack.queues["DeliveryFailureQueue"],
+        MessageBody=json.dumps(
+            {
+                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 11},
+                "responseContext": {"statusCode": 200, "functionError": None},
+                "version": "1.0",
+                "timestamp": "2026-11-25T09:00:00.000Z",
+                "DDBStreamBatchInfo": {
+                    "shardId": shard["ShardId"],
+                    "startSequenceNumber": sequence,
+                    "endSequenceNumber": sequence,
+                    "approximateArrivalOfFirstRecord": "2026-11-25T08:59:00Z",
+                    "approximateArrivalOfLastRecord": "2026-11-25T08:59:00Z",
+                    "batchSize": 1,
+                    "streamArn": arn,
+                },
+            }
+        ),
+    )
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert [e.event["key"] for e in sink.events] == ["u7"]
+    assert failure_messages(stack) == []
+
+
+def test_redrive_with_an_empty_queue_says_so(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    result = cli("delivery", "redrive")
+    assert result.exit_code == 0
+    assert "nothing to re-send" in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "redrive"])
+def test_commands_are_registered(command: str) -> None:
+    assert runner.invoke(app, ["delivery", command, "--help"]).exit_code == 0
