@@ -1,0 +1,125 @@
+"""DynamoDB Streams (events, identities, last treatments) -> audience entries and exits -> Segment.
+
+Every stored change that an audience refers to (a ``performed`` event type, an ``attribute`` name, a
+``treatment`` flag whose treatment changed) re-evaluates that profile's audiences once per batch.
+A profile whose evaluation or sync failed fails its records (partial batch response), so the stream
+retries them; the rest of the batch is checkpointed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from shared.http_retry import Deadline
+from shared.profiles.audience_sync import (
+    AudienceEvaluator,
+    StoredChange,
+    SyncReport,
+    load_audiences,
+    profiles_to_evaluate,
+)
+from shared.profiles.identify_sender import SegmentIdentifySender
+from shared.profiles_table import to_python
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+# Injection points for tests and the local stack: the clock and the HTTP transport to Segment.
+now_ms: Callable[[], int] = lambda: int(time.time() * 1000)  # noqa: E731
+segment_transport: httpx.AsyncBaseTransport | None = None
+
+
+class ProfileNotSynced(Exception):
+    """This record's profile could not be evaluated or synced; the stream retries it."""
+
+
+def _table_kind(event_source_arn: str | None) -> str:
+    table = (event_source_arn or "").partition(":table/")[2].split("/", 1)[0]
+    kinds = {
+        os.environ.get("EVENTS_TABLE"): "events",
+        os.environ.get("IDENTITIES_TABLE"): "identities",
+        os.environ.get("PROFILES_TABLE"): "profiles",
+    }
+    return kinds.get(table, "unknown")
+
+
+def stored_change(record: DynamoDBRecord) -> StoredChange | None:
+    stream = record.dynamodb
+    if stream is None:
+        return None
+    keys = stream.keys or {}
+    pk = keys.get("pk")
+    if not isinstance(pk, str):
+        return None
+    return StoredChange(
+        table=_table_kind(record.event_source_arn),
+        pk=pk,
+        old=to_python(stream.old_image or {}),
+        new=to_python(stream.new_image or {}),
+    )
+
+
+def publish(report: SyncReport, log: Logger, sink: Metrics) -> None:
+    for name, value in (
+        ("AudienceProfilesEvaluated", report.evaluated),
+        ("AudienceEntries", report.entered),
+        ("AudienceExits", report.exited),
+        ("AudienceIdentifiesSent", report.sent),
+        ("AudienceProfilesFailed", len(report.failed)),
+        ("AudienceSyncNotSent", len(report.not_sent)),
+    ):
+        sink.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for problem in report.not_sent:
+        log.error("audience membership not sent", extra={"problem": problem})
+
+
+def evaluator(context: LambdaContext) -> AudienceEvaluator:
+    sender = SegmentIdentifySender(
+        deadline=lambda: Deadline(remaining_ms=context.get_remaining_time_in_millis),
+        transport=segment_transport,
+    )
+    return AudienceEvaluator(load_audiences(), sender)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    audiences = evaluator(context)
+    # One stream batch comes from one shard: sequence numbers identify its records.
+    changes: dict[str | None, StoredChange] = {}
+    for raw in event.get("Records", []):
+        record = DynamoDBRecord(raw)
+        change = stored_change(record)
+        if change is not None and record.dynamodb is not None:
+            changes[record.dynamodb.sequence_number] = change
+    pks = profiles_to_evaluate(changes.values(), audiences.audiences)
+    report = audiences.sync_profiles(pks, now_ms()) if pks else SyncReport()
+    publish(report, logger, metrics)
+    for name, problem in audiences.audiences.invalid.items():
+        logger.error(
+            "audience definition is invalid and is skipped", extra={"audience": name, "problem": problem}
+        )
+
+    def record_handler(record: DynamoDBRecord) -> None:
+        change = changes.get(record.dynamodb.sequence_number if record.dynamodb else None)
+        if change is not None and change.pk in report.failed:
+            raise ProfileNotSynced(change.pk)
+
+    return dict(
+        process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    )

@@ -1,0 +1,60 @@
+"""Scheduled re-check: audiences whose ``withinDays`` windows let members in or out with time alone.
+
+Each stored membership knows the earliest time an event leaves a window it depends on
+(``recheckAt``, on the sparse RecheckIndex). The sweep evaluates exactly the profiles that are due, so
+its cost follows the number of windows that actually close, not the number of profiles. Profiles it
+has no time left for stay due and are taken by the next run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from functions.audiences import app as stream_app
+from shared.profiles.audience_sync import SyncReport
+from shared.profiles_table import due_for_recheck
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
+PROFILES_PER_ROUND = 100
+# Stop starting rounds when less than this is left: a round must finish its sends and stores.
+RESERVE_MS = 15_000
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    audiences = stream_app.evaluator(context)
+    now = stream_app.now_ms()
+    total = SyncReport()
+    finished = True
+    for name in audiences.audiences.time_bound():
+        due = due_for_recheck(name, now)
+        while chunk := list(itertools.islice(due, PROFILES_PER_ROUND)):
+            if context.get_remaining_time_in_millis() < RESERVE_MS:
+                finished = False
+                break
+            report = audiences.sync_profiles(chunk, now)
+            for field in ("evaluated", "entered", "exited", "stored", "conflicts", "sent"):
+                setattr(total, field, getattr(total, field) + getattr(report, field))
+            total.not_sent.extend(report.not_sent)
+            total.failed.update(report.failed)
+        if not finished:
+            break
+    stream_app.publish(total, logger, metrics)
+    summary = {
+        "evaluated": total.evaluated,
+        "entered": total.entered,
+        "exited": total.exited,
+        "failed": len(total.failed),
+        "finished": finished,
+    }
+    logger.info("audience re-check", extra=summary)
+    return summary

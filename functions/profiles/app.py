@@ -1,0 +1,115 @@
+"""GET /profiles/{environment}/{trafficType}/{key}: one identity's profile, behind a bearer secret."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from typing import Any
+from urllib.parse import unquote
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import config
+from shared.config import ConfigNotFound, ConfigUnavailable
+from shared.profiles import sources
+from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+app = APIGatewayHttpResolver()
+
+
+class Unauthorized(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers
+    )
+
+
+def secret_name() -> str:
+    return f"{config.config_prefix()}/profiles"
+
+
+def _accepted_secrets() -> list[str]:
+    secrets = [config.get_secret(secret_name())]
+    with contextlib.suppress(ConfigNotFound):  # no rotation has happened yet
+        secrets.append(config.get_secret(secret_name(), previous=True))
+    return secrets
+
+
+def authenticate(authorization: str | None) -> None:
+    """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret."""
+    scheme, _, presented = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized
+    try:
+        secrets = _accepted_secrets()
+    except ConfigNotFound:
+        raise Unauthorized from None  # the API is not set up: nobody can be let in
+    given = presented.strip().encode()
+    matches = [hmac.compare_digest(given, s.encode()) for s in secrets]
+    if not any(matches):
+        raise Unauthorized
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_EVENTS_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_EVENTS_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_EVENTS_LIMIT}")
+    return int(raw)
+
+
+@app.get("/profiles/<environment>/<trafficType>/<key>")
+def get_profile(environment: str, trafficType: str, key: str) -> Response:
+    authenticate(app.current_event.headers.get("authorization"))
+    query = app.current_event.query_string_parameters or {}
+    limit = _limit(query.get("limit"))
+    environment, traffic_type, key = (unquote(p) for p in (environment, trafficType, key))
+    try:
+        profile = load_profile(environment, traffic_type, key, limit, query.get("cursor") or None)
+    except sources.InvalidCursor as exc:
+        raise BadRequest(str(exc)) from None
+    except ProfileNotFound:
+        metrics.add_metric(name="ProfileNotFound", unit=MetricUnit.Count, value=1)
+        return _json(404, {"error": "profile not found"})
+    return _json(200, profile)
+
+
+@app.exception_handler(Unauthorized)
+def _unauthorized(_: Unauthorized) -> Response:
+    metrics.add_metric(name="ProfileUnauthorized", unit=MetricUnit.Count, value=1)
+    return _json(401, {"error": "unauthorized"}, {"WWW-Authenticate": 'Bearer realm="profiles"'})
+
+
+@app.exception_handler(BadRequest)
+def _bad_request(exc: BadRequest) -> Response:
+    return _json(400, {"error": str(exc)})
+
+
+@app.exception_handler(ConfigUnavailable)
+@app.exception_handler(ClientError)
+@app.exception_handler(BotoCoreError)
+def _unavailable(exc: Exception) -> Response:
+    logger.warning("a dependency failed", extra={"error": type(exc).__name__})
+    return _json(503, {"error": "temporarily unavailable, retry later"})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,292 @@
+"""Audience membership: evaluate profiles, tell Segment about entries and exits, store the result.
+
+A transition is sent before it is stored. When the send fails, nothing is stored and the caller
+retries the profile (a stream batch item failure), so the transition is found and sent again — with
+the same ``messageId`` (audience, profile, new state, transition number), which Segment deduplicates.
+Stores are conditional on the transition count read, so two evaluations of one profile racing each
+other (an event and an attribute change at once) cannot both record a transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared import config as config_store
+from shared.config import ConfigError, ConfigInvalid, OutboundConfig
+from shared.http_retry import Outcome
+from shared.profiles import sources
+from shared.profiles.audiences import (
+    AttributeRule,
+    AudienceConfig,
+    PerformedRule,
+    ProfileFacts,
+    TreatmentRule,
+    evaluate,
+    event_needs,
+    parse_audience,
+)
+from shared.profiles.computed_traits import identify_message, message_id
+from shared.profiles_table import (
+    Membership,
+    MembershipConflict,
+    memberships_of,
+    profile_items,
+    put_membership,
+    treatments_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class IdentifySender(Protocol):
+    """Sends identify messages to one outbound config's Segment source."""
+
+    def __call__(
+        self, config_name: str, config: OutboundConfig, messages: list[dict[str, Any]]
+    ) -> Outcome: ...
+
+
+@dataclass
+class AudienceSet:
+    """The valid audiences, and why the others were left out."""
+
+    audiences: dict[str, AudienceConfig] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+
+    def for_profile(self, environment: str, traffic_type: str) -> dict[str, AudienceConfig]:
+        return {
+            name: a
+            for name, a in self.audiences.items()
+            if a.environment == environment and a.trafficType == traffic_type
+        }
+
+    def time_bound(self) -> list[str]:
+        return sorted(name for name, a in self.audiences.items() if a.time_bound)
+
+
+def load_audiences() -> AudienceSet:
+    """Every ``{prefix}/audiences/*`` parameter (cached). A malformed one is reported, not fatal."""
+    found = AudienceSet()
+    for name, raw in config_store.list_parameters("audiences").items():
+        try:
+            found.audiences[name] = parse_audience(raw, config_store.audience_name(name))
+        except ConfigInvalid as exc:
+            found.invalid[name] = str(exc)
+    return found
+
+
+def split_pk(pk: str) -> tuple[str, str, str]:
+    environment, traffic_type, key = pk.split("#", 2)
+    return environment, traffic_type, key
+
+
+@dataclass
+class SyncReport:
+    evaluated: int = 0
+    entered: int = 0
+    exited: int = 0
+    stored: int = 0
+    conflicts: int = 0
+    sent: int = 0
+    not_sent: list[str] = field(default_factory=list)  # permanent problems, with the reason
+    failed: set[str] = field(default_factory=set)  # profile keys to retry
+
+
+@dataclass(frozen=True)
+class _Decision:
+    pk: str
+    audience: str
+    before: Membership | None
+    after: Membership
+
+    @property
+    def transition(self) -> bool:
+        was_member = self.before is not None and self.before.member
+        return was_member != self.after.member
+
+    @property
+    def store(self) -> bool:
+        if self.before is None:
+            return self.after.member or self.after.recheck_at is not None
+        return self.transition or self.before.recheck_at != self.after.recheck_at
+
+
+class AudienceEvaluator:
+    def __init__(
+        self,
+        audiences: AudienceSet,
+        send: IdentifySender,
+        outbound: Callable[[str], OutboundConfig] = config_store.load_outbound,
+    ) -> None:
+        self.audiences = audiences
+        self.send = send
+        self.outbound = outbound
+
+    def _decide(self, pk: str, now_ms: int) -> list[_Decision]:
+        environment, traffic_type, _ = split_pk(pk)
+        audiences = self.audiences.for_profile(environment, traffic_type)
+        if not audiences:
+            return []
+        items = profile_items(pk)
+        stored = memberships_of(items)
+        identity = sources.identity_item(pk) or {}
+        needs = event_needs(audiences.values())
+        facts = ProfileFacts(
+            attributes=identity.get("attributes") or {},
+            treatments={split: t["treatment"] for split, t in treatments_of(items).items()},
+            event_times=sources.event_times(pk, needs.since(now_ms), needs.event_types),
+        )
+        decisions = []
+        for name, audience in sorted(audiences.items()):
+            result = evaluate(audience, facts, now_ms)
+            before = stored.get(name)
+            was_member = before is not None and before.member
+            transitions = (before.transitions if before else 0) + (was_member != result.member)
+            after = Membership(pk, name, result.member, transitions, now_ms, result.recheck_at)
+            decisions.append(_Decision(pk, name, before, after))
+        return decisions
+
+    def _messages(
+        self, decisions: Iterable[_Decision], now_ms: int, report: SyncReport
+    ) -> dict[str, tuple[OutboundConfig, list[tuple[_Decision, dict[str, Any]]]]]:
+        by_config: dict[str, tuple[OutboundConfig, list[tuple[_Decision, dict[str, Any]]]]] = {}
+        for decision in decisions:
+            if not decision.transition:
+                continue
+            _, traffic_type, key = split_pk(decision.pk)
+            for config_name in self.audiences.audiences[decision.audience].sync:
+                try:
+                    outbound = self.outbound(config_name)
+                except ConfigError as exc:
+                    report.not_sent.append(f"audience {decision.audience}: outbound {config_name}: {exc}")
+                    continue
+                id_field = outbound.identities.get(traffic_type)
+                if id_field is None:
+                    report.not_sent.append(
+                        f"audience {decision.audience}: outbound {config_name} maps no identity "
+                        f"for traffic type {traffic_type}"
+                    )
+                    continue
+                after = decision.after
+                message = identify_message(
+                    id_field,
+                    key,
+                    {decision.audience: after.member},
+                    now_ms,
+                    message_id(
+                        "fme-audience", decision.audience, decision.pk, after.member, after.transitions
+                    ),
+                )
+                by_config.setdefault(config_name, (outbound, []))[1].append((decision, message))
+        return by_config
+
+    def sync_profiles(self, pks: Iterable[str], now_ms: int) -> SyncReport:
+        report = SyncReport()
+        decisions: list[_Decision] = []
+        for pk in dict.fromkeys(pks):
+            try:
+                decisions.extend(self._decide(pk, now_ms))
+                report.evaluated += 1
+            except Exception:
+                logger.exception("could not evaluate audiences of a profile")
+                report.failed.add(pk)
+
+        for config_name, (outbound, pending) in self._messages(decisions, now_ms, report).items():
+            outcome = self.send(config_name, outbound, [message for _, message in pending])
+            if outcome is Outcome.DELIVERED:
+                report.sent += len(pending)
+            elif outcome is Outcome.PERMANENT:
+                report.not_sent.append(
+                    f"outbound {config_name}: Segment refused {len(pending)} identify calls"
+                )
+            else:
+                report.failed.update(decision.pk for decision, _ in pending)
+
+        for decision in decisions:
+            if decision.pk in report.failed or not decision.store:
+                continue
+            try:
+                put_membership(decision.after, decision.before.transitions if decision.before else None)
+            except MembershipConflict:
+                report.conflicts += 1
+                continue
+            except Exception:
+                logger.exception("could not store an audience membership")
+                report.failed.add(decision.pk)
+                continue
+            report.stored += 1
+            if decision.transition:
+                report.entered += decision.after.member
+                report.exited += not decision.after.member
+        return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Which stored changes can change an audience
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    """One stream record, reduced to what decides whether audiences must be evaluated again."""
+
+    table: str  # "events", "identities" or "profiles"
+    pk: str
+    old: dict[str, Any]
+    new: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Referenced:
+    events: frozenset[str]
+    splits: frozenset[str]
+    attributes: frozenset[str]
+
+
+def _referenced(audiences: Iterable[AudienceConfig]) -> _Referenced:
+    events: set[str] = set()
+    splits: set[str] = set()
+    attributes: set[str] = set()
+    for audience in audiences:
+        for leaf in audience.leaves():
+            if isinstance(leaf, PerformedRule):
+                events.add(leaf.performed.event)
+            elif isinstance(leaf, TreatmentRule):
+                splits.add(leaf.treatment.split)
+            elif isinstance(leaf, AttributeRule):
+                attributes.add(leaf.attribute.name)
+    return _Referenced(frozenset(events), frozenset(splits), frozenset(attributes))
+
+
+def _matters(change: StoredChange, referenced: _Referenced) -> bool:
+    if change.table == "events":
+        return change.new.get("eventTypeId") in referenced.events
+    if change.table == "identities":
+        old = change.old.get("attributes") or {}
+        new = change.new.get("attributes") or {}
+        return any(old.get(name) != new.get(name) for name in referenced.attributes)
+    if change.table == "profiles":
+        split = change.new.get("split") or change.old.get("split")
+        return split in referenced.splits and change.old.get("treatment") != change.new.get("treatment")
+    return False
+
+
+def profiles_to_evaluate(changes: Iterable[StoredChange], audiences: AudienceSet) -> list[str]:
+    """Profile keys whose audiences may have changed: a referenced event, attribute or flag moved."""
+    cache: dict[tuple[str, str], _Referenced] = {}
+    out: dict[str, None] = {}
+    for change in changes:
+        if change.pk in out:
+            continue
+        try:
+            environment, traffic_type, _ = split_pk(change.pk)
+        except ValueError:
+            continue
+        slot = (environment, traffic_type)
+        if slot not in cache:
+            cache[slot] = _referenced(audiences.for_profile(environment, traffic_type).values())
+        if _matters(change, cache[slot]):
+            out[change.pk] = None
+    return list(out)

@@ -1,0 +1,41 @@
+"""The profile the API and the CLI show: attributes, last treatments, audiences, recent events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.profiles import sources
+from shared.profiles_table import memberships_of, profile_items, profile_pk, treatments_of
+
+DEFAULT_EVENTS_LIMIT = 25
+MAX_EVENTS_LIMIT = 100
+
+
+class ProfileNotFound(Exception):
+    """No identity, no last treatment, no audience state and no event for this key."""
+
+
+def load_profile(
+    environment: str,
+    traffic_type: str,
+    key: str,
+    limit: int = DEFAULT_EVENTS_LIMIT,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """SPEC section 4's profile document; raises :class:`ProfileNotFound` or ``sources.InvalidCursor``."""
+    pk = profile_pk(environment, traffic_type, key)
+    page = sources.events_page(pk, limit, cursor)
+    identity = sources.identity_item(pk)
+    items = profile_items(pk)
+    if identity is None and not items and not page.events and (cursor is None or not sources.has_events(pk)):
+        raise ProfileNotFound(pk)
+    return {
+        "environment": environment,
+        "trafficType": traffic_type,
+        "key": key,
+        "attributes": (identity or {}).get("attributes") or {},
+        "treatments": treatments_of(items),
+        "audiences": {name: m.member for name, m in sorted(memberships_of(items).items())},
+        "events": page.events,
+        "next": page.next_cursor,
+    }

@@ -1,0 +1,344 @@
+"""Data access for ProfilesTable: last treatments and audience memberships per identity.
+
+Item keys (docs/data-model.md): ``pk = {environment}#{trafficTypeName}#{key}`` and
+``sk = treatment#{split}`` or ``audience#{name}``. One ``Query`` on ``pk`` returns a whole profile.
+
+Last treatments are written with conditional ``UpdateItem`` calls, because BatchWriteItem cannot carry
+a condition and TransactWriteItems fails as a whole when one condition fails (and costs twice the
+capacity). The calls of one batch run concurrently on the thread-safe low-level client.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from shared import aws
+
+TREATMENT_PREFIX = "treatment#"
+AUDIENCE_PREFIX = "audience#"
+# botocore keeps ten pooled connections per client by default; more threads would only queue.
+WRITE_CONCURRENCY = 10
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def profile_pk(environment: str, traffic_type: str, key: str) -> str:
+    return f"{environment}#{traffic_type}#{key}"
+
+
+def table_name() -> str:
+    return aws.env("PROFILES_TABLE")
+
+
+def to_python(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; integers become int, the rest float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [to_python(v) for v in value]
+    return value
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in values.items()}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: to_python(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Last treatments
+
+
+@dataclass(frozen=True)
+class LastTreatment:
+    """The newest impression of one flag for one identity."""
+
+    environment: str
+    traffic_type: str
+    key: str
+    split: str
+    treatment: str
+    time: int  # impression time, epoch ms
+    split_version: int | None = None
+    label: str | None = None
+
+    @property
+    def pk(self) -> str:
+        return profile_pk(self.environment, self.traffic_type, self.key)
+
+    @property
+    def sk(self) -> str:
+        return TREATMENT_PREFIX + self.split
+
+    @property
+    def rank(self) -> str:
+        """Breaks ties between impressions of the same millisecond, so any order gives one winner."""
+        version = self.split_version if self.split_version is not None else -1
+        return f"{version + 1:020d}#{self.treatment}"
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.time, self.rank)
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one conditional write found.
+
+    ``applied``: this impression is now the stored last treatment (or already was: a replay).
+    ``previous``: the treatment it replaced (None for the first one), when ``applied``.
+    """
+
+    record: LastTreatment
+    applied: bool
+    previous: str | None = None
+    replay: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.applied and self.previous != self.record.treatment
+
+
+_NEWER = "attribute_not_exists(pk) OR #time < :time OR (#time = :time AND #rank < :rank)"
+
+
+def _update_request(record: LastTreatment, now_ms: int) -> dict[str, Any]:
+    # previousTreatment is read from the item as it was before this update: after a crash between
+    # this write and the identify it causes, a redelivered impression finds its own write and still
+    # knows whether it was a change (see write_last_treatment).
+    values: dict[str, Any] = {
+        ":environment": record.environment,
+        ":trafficType": record.traffic_type,
+        ":key": record.key,
+        ":split": record.split,
+        ":treatment": record.treatment,
+        ":time": record.time,
+        ":rank": record.rank,
+        ":none": "",
+        ":updatedAt": now_ms,
+    }
+    sets = [
+        "#prev = if_not_exists(#treatment, :none)",
+        "#treatment = :treatment",
+        "#time = :time",
+        "#rank = :rank",
+        "environment = :environment",
+        "trafficTypeName = :trafficType",
+        "#key = :key",
+        "#split = :split",
+        "updatedAt = :updatedAt",
+    ]
+    removes = []
+    for attribute, value in (("splitVersionNumber", record.split_version), ("label", record.label)):
+        if value is None:
+            removes.append(attribute)
+        else:
+            values[f":{attribute}"] = value
+            sets.append(f"{attribute} = :{attribute}")
+    expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+    return {
+        "TableName": table_name(),
+        "Key": _typed({"pk": record.pk, "sk": record.sk}),
+        "UpdateExpression": expression,
+        "ConditionExpression": _NEWER,
+        "ExpressionAttributeNames": {
+            "#prev": "previousTreatment",
+            "#treatment": "treatment",
+            "#time": "time",
+            "#rank": "rank",
+            "#key": "key",
+            "#split": "split",
+        },
+        "ExpressionAttributeValues": _typed(values),
+        "ReturnValues": "ALL_OLD",  # UPDATED_OLD may leave out attributes set to their own value
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+def write_last_treatment(record: LastTreatment, now_ms: int | None = None) -> WriteOutcome:
+    """One conditional write: stored only if newer than what is there; never a read first."""
+    client = aws.client("dynamodb")
+    request = _update_request(record, now_ms if now_ms is not None else int(time.time() * 1000))
+    try:
+        response = client.update_item(**request)
+    except client.exceptions.ConditionalCheckFailedException as exc:
+        current = _plain(exc.response.get("Item") or {})
+        same = current.get("time") == record.time and current.get("rank") == record.rank
+        if same:  # a redelivery of the impression that is stored: report what it changed then
+            return WriteOutcome(record, True, current.get("previousTreatment") or None, replay=True)
+        return WriteOutcome(record, applied=False)
+    old = _plain(response.get("Attributes") or {})
+    return WriteOutcome(record, True, old.get("treatment"))
+
+
+def write_last_treatments(
+    records: Sequence[LastTreatment], now_ms: int | None = None, concurrency: int = WRITE_CONCURRENCY
+) -> list[WriteOutcome]:
+    """Write many last treatments concurrently; the outcomes are in the order of ``records``.
+
+    A DynamoDB error for one record is raised after all the others were attempted (the caller retries
+    the batch; the writes are idempotent).
+    """
+    if not records:
+        return []
+    if len(records) == 1 or concurrency <= 1:
+        return [write_last_treatment(r, now_ms) for r in records]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(records))) as pool:
+        futures = [pool.submit(write_last_treatment, r, now_ms) for r in records]
+        return [f.result() for f in futures]
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole profile
+
+
+def profile_items(pk: str) -> list[dict[str, Any]]:
+    """Every item of one identity (treatments and audience memberships)."""
+    client = aws.client("dynamodb")
+    items: list[dict[str, Any]] = []
+    request: dict[str, Any] = {
+        "TableName": table_name(),
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": _typed({":pk": pk}),
+    }
+    while True:
+        page = client.query(**request)
+        items.extend(_plain(i) for i in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def treatments_of(items: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{split: {"treatment", "time", "splitVersionNumber"}}`` from a profile's items."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if str(item.get("sk", "")).startswith(TREATMENT_PREFIX):
+            out[item["split"]] = {
+                "treatment": item["treatment"],
+                "time": item["time"],
+                "splitVersionNumber": item.get("splitVersionNumber"),
+            }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Audience memberships
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The stored result of an audience for one identity.
+
+    ``transitions`` counts entries and exits; it makes each transition's identify messageId unique
+    and is the optimistic lock between concurrent evaluations.
+    """
+
+    pk: str
+    audience: str
+    member: bool
+    transitions: int
+    evaluated_at: int
+    recheck_at: int | None = None
+
+    @property
+    def sk(self) -> str:
+        return AUDIENCE_PREFIX + self.audience
+
+
+def memberships_of(items: Iterable[dict[str, Any]]) -> dict[str, Membership]:
+    out: dict[str, Membership] = {}
+    for item in items:
+        sk = str(item.get("sk", ""))
+        if sk.startswith(AUDIENCE_PREFIX):
+            name = sk[len(AUDIENCE_PREFIX) :]
+            out[name] = Membership(
+                pk=item["pk"],
+                audience=name,
+                member=bool(item.get("member")),
+                transitions=int(item.get("transitions", 0)),
+                evaluated_at=int(item.get("evaluatedAt", 0)),
+                recheck_at=item.get("recheckAt"),
+            )
+    return out
+
+
+RECHECK_SHARDS = 8
+
+
+def recheck_partition(audience: str, pk: str) -> str:
+    """The RecheckIndex partition of a membership: spread so that a large audience has no hot key."""
+    shard = zlib.crc32(pk.encode()) % RECHECK_SHARDS
+    return f"{audience}#{shard}"
+
+
+class MembershipConflict(Exception):
+    """Another evaluation stored a transition first; its result stands."""
+
+
+def put_membership(membership: Membership, expected_transitions: int | None) -> None:
+    """Store a membership, only if nobody stored another transition since it was read.
+
+    ``expected_transitions`` is None when there was no item. ``recheckAt`` puts the item on the
+    sparse RecheckIndex that the scheduled sweep reads; without it the item is off the index.
+    """
+    client = aws.client("dynamodb")
+    environment, traffic_type, key = membership.pk.split("#", 2)
+    item: dict[str, Any] = {
+        "pk": membership.pk,
+        "sk": membership.sk,
+        "environment": environment,
+        "trafficTypeName": traffic_type,
+        "key": key,
+        "audience": membership.audience,
+        "member": membership.member,
+        "transitions": membership.transitions,
+        "evaluatedAt": membership.evaluated_at,
+    }
+    if membership.recheck_at is not None:
+        item["recheckAt"] = membership.recheck_at
+        item["recheckPartition"] = recheck_partition(membership.audience, membership.pk)
+    if expected_transitions is None:
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+    else:
+        condition = {
+            "ConditionExpression": "transitions = :expected",
+            "ExpressionAttributeValues": _typed({":expected": expected_transitions}),
+        }
+    try:
+        client.put_item(TableName=table_name(), Item=_typed(item), **condition)
+    except client.exceptions.ConditionalCheckFailedException:
+        raise MembershipConflict(f"{membership.pk} {membership.audience}") from None
+
+
+def due_for_recheck(audience: str, now_ms: int, page_size: int = 500) -> Iterator[str]:
+    """Profile keys (pk) of an audience whose result may have changed with time alone by ``now_ms``."""
+    client = aws.client("dynamodb")
+    for shard in range(RECHECK_SHARDS):
+        request: dict[str, Any] = {
+            "TableName": table_name(),
+            "IndexName": "RecheckIndex",
+            "KeyConditionExpression": "recheckPartition = :p AND recheckAt <= :now",
+            "ExpressionAttributeValues": _typed({":p": f"{audience}#{shard}", ":now": now_ms}),
+            "Limit": page_size,
+        }
+        while True:
+            page = client.query(**request)
+            for item in page.get("Items", []):
+                yield str(_plain(item)["pk"])
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
