@@ -34,7 +34,8 @@ from shared.profiles_table import to_python
 logger = Logger()
 metrics = Metrics()
 tracer = Tracer()
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+# A batch whose every profile failed is reported like any partial failure, not raised.
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
 
 # Injection points for tests and the local stack: the clock and the HTTP transport to Segment.
 now_ms: Callable[[], int] = lambda: int(time.time() * 1000)  # noqa: E731

@@ -6,7 +6,7 @@ Three things keep the cost per impression low:
    written: a user seeing a flag 40 times in one SQS batch costs one write, not 40.
 2. Each remaining write is one conditional ``UpdateItem`` (no read first). The condition keeps the
    newest impression by time (ties broken by split version, then treatment), so delivery order never
-   matters; ``ReturnValues=ALL_OLD`` (free: return values cost no capacity) tells whether the treatment changed.
+   matters; ``ReturnValues=ALL_OLD`` (return values cost no capacity) tells whether it changed.
 3. A bounded in-container cache remembers the newest impression already written *and synced* per
    (identity, flag); an impression that is not newer than it is skipped without a call — it could only
    fail the condition or replay a finished write (SQS redeliveries, the same impression sent to

@@ -1,0 +1,287 @@
+"""Audience entry and exit through the real stream and re-check handlers, moto and a Segment fake."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from boto3.dynamodb.types import TypeSerializer
+
+from fme_bridge.template import Stack
+from shared.profiles.audiences import DAY_MS
+from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
+from tests.conftest import load_event, put_config, put_secret
+
+# Handler modules are imported once the function environment is set (Powertools reads it at import).
+audiences_app: Any = None
+sweep: Any = None
+
+PK = "Production#user#user-123"
+NOW = 1_795_483_041_109
+AUDIENCE = {
+    "environment": "Production",
+    "trafficType": "user",
+    "rule": {
+        "all": [
+            {"performed": {"event": "checkout", "atLeast": 1, "withinDays": 7}},
+            {"treatment": {"split": "new_checkout", "is": "on"}},
+            {
+                "any": [
+                    {"attribute": {"name": "plan", "equals": "pro"}},
+                    {"not": {"attribute": {"name": "plan", "equals": "free"}}},
+                ]
+            },
+        ]
+    },
+    "sync": ["segment-prod"],
+}
+_serialize = TypeSerializer().serialize
+
+
+class SegmentFake:
+    """Answers like Segment's /v1/batch; ``fail_with`` makes the next answers an error."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.fail_with: int | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail_with is not None:
+            return httpx.Response(self.fail_with, json={"error": "unavailable"})
+        return httpx.Response(200, json={"success": True})
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [m for r in self.requests if self.fail_with is None for m in json.loads(r.content)["batch"]]
+
+
+@pytest.fixture(autouse=True)
+def handlers(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> None:
+    global audiences_app, sweep
+    function_env("AudiencesFunction")
+    from functions.audiences import app
+    from functions.audiences import sweep as sweep_module
+
+    audiences_app, sweep = app, sweep_module
+
+
+@pytest.fixture
+def segment(monkeypatch: pytest.MonkeyPatch) -> SegmentFake:
+    fake = SegmentFake()
+    monkeypatch.setattr(audiences_app, "segment_transport", httpx.MockTransport(fake))
+    return fake
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    now = [NOW]
+    monkeypatch.setattr(audiences_app, "now_ms", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def env(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+    function_env("AudiencesFunction")
+    put_config(
+        "outbound/segment-prod",
+        {
+            "environments": ["Production"],
+            "identities": {"user": "userId"},
+            "endpoint": "https://segment.test/v1",
+        },
+    )
+    put_secret("outbound/segment-prod", "WRITE_KEY")
+    put_config("audiences/checkout_fans", AUDIENCE)
+    return stack
+
+
+def table(stack: Stack, logical: str) -> Any:
+    return boto3.resource("dynamodb", region_name="us-east-1").Table(stack.tables[logical])
+
+
+def put_identity(stack: Stack, plan: str) -> dict[str, Any]:
+    item = {
+        "pk": PK,
+        "environment": "Production",
+        "trafficTypeName": "user",
+        "key": "user-123",
+        "attributes": {"plan": plan},
+        "updatedAt": NOW,
+    }
+    table(stack, "IdentitiesTable").put_item(Item=item)
+    return item
+
+
+def put_event(stack: Stack, timestamp: int, event_type: str = "checkout") -> dict[str, Any]:
+    item = {
+        "pk": PK,
+        "sk": f"{timestamp:013d}#m-{timestamp}",
+        "environment": "Production",
+        "trafficTypeName": "user",
+        "key": "user-123",
+        "eventTypeId": event_type,
+        "timestamp": timestamp,
+        "properties": {},
+        "messageId": f"m-{timestamp}",
+        "segmentType": "track",
+        "receivedAt": timestamp,
+        "value": Decimal(1),
+    }
+    table(stack, "EventsTable").put_item(Item=item)
+    return item
+
+
+def stream_event(
+    stack: Stack,
+    logical: str,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    sequence: int = 1,
+) -> dict[str, Any]:
+    event = copy.deepcopy(load_event("dynamodb_stream_record.json"))
+    record = event["Records"][0]
+    image = new or old or {}
+    record["eventName"] = "INSERT" if old is None else ("REMOVE" if new is None else "MODIFY")
+    record["eventSourceARN"] = record["eventSourceARN"].replace("TABLE_NAME", stack.tables[logical])
+    stream = record["dynamodb"]
+    stream["Keys"] = {k: _serialize(image[k]) for k in ("pk", "sk") if k in image}
+    stream["SequenceNumber"] = str(44215845000000000 + sequence)
+    del stream["NewImage"]
+    if new is not None:
+        stream["NewImage"] = {k: _serialize(v) for k, v in new.items()}
+    if old is not None:
+        stream["OldImage"] = {k: _serialize(v) for k, v in old.items()}
+    stream["StreamViewType"] = "NEW_AND_OLD_IMAGES"
+    return event
+
+
+def membership(stack: Stack) -> dict[str, Any] | None:
+    return next((i for i in profile_items(PK) if i["sk"] == "audience#checkout_fans"), None)
+
+
+def setup_member(stack: Stack) -> dict[str, Any]:
+    put_identity(stack, "pro")
+    write_last_treatment(LastTreatment("Production", "user", "user-123", "new_checkout", "on", NOW - 10))
+    return put_event(stack, NOW - DAY_MS)
+
+
+def test_entry_is_sent_once_as_an_identify_and_stored(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    event_item = setup_member(env)
+    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert len(segment.requests) == 1
+    request = segment.requests[0]
+    assert str(request.url) == "https://segment.test/v1/batch"
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"WRITE_KEY:").decode()
+    (message,) = json.loads(request.content)["batch"]
+    assert message["type"] == "identify"
+    assert message["userId"] == "user-123"
+    assert message["traits"] == {"checkout_fans": True}
+    assert message["messageId"].startswith("fme-audience-")
+    assert "anonymousId" not in message
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (True, 1)
+    assert stored["recheckAt"] == NOW - DAY_MS + 7 * DAY_MS
+
+    # The same change again (a stream retry, another event): no change, no identify.
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", put_event(env, NOW - 5)), lambda_context)
+    assert len(segment.requests) == 1
+
+
+def test_exit_when_an_attribute_changes(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    old = put_identity(env, "pro")
+    new = put_identity(env, "free")
+    audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", new, old), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    assert len({m["messageId"] for m in segment.messages}) == 2
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (False, 2)
+
+
+def test_a_treatment_change_is_a_trigger_and_an_unrelated_one_is_not(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    setup_member(env)
+    before = {"pk": PK, "sk": "treatment#new_checkout", "split": "new_checkout", "treatment": "off"}
+    after = {**before, "treatment": "on"}
+    unrelated = {"pk": PK, "sk": "treatment#other", "split": "other", "treatment": "on"}
+    audiences_app.lambda_handler(
+        stream_event(env, "ProfilesTable", {**unrelated, "treatment": "v2"}, unrelated), lambda_context
+    )
+    audiences_app.lambda_handler(stream_event(env, "ProfilesTable", after, after), lambda_context)
+    assert segment.requests == []  # neither a referenced flag nor a changed treatment
+    audiences_app.lambda_handler(stream_event(env, "ProfilesTable", after, before), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
+def test_an_unreferenced_event_type_evaluates_nothing(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    setup_member(env)
+    audiences_app.lambda_handler(
+        stream_event(env, "EventsTable", put_event(env, NOW, "page_view")), lambda_context
+    )
+    assert segment.requests == []
+    assert membership(env) is None
+
+
+def test_within_days_expiry_exits_on_the_scheduled_recheck(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+
+    clock[0] = NOW + 5 * DAY_MS  # the checkout is 6 days old: still a member, nothing due
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+    clock[0] = NOW + 6 * DAY_MS + 1  # 7 days and a millisecond: the window has closed
+    summary = sweep.lambda_handler({}, lambda_context)
+    assert (summary["evaluated"], summary["exited"]) == (1, 1)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is False
+    assert "recheckAt" not in stored  # off the index: time alone cannot bring it back
+
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+
+def test_a_failed_send_retries_the_record_and_resends_the_same_message(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    event = stream_event(env, "EventsTable", setup_member(env), sequence=7)
+    lambda_context.remaining_ms = 2_000  # little time: the 503s are not retried for long
+    segment.fail_with = 503
+    response = audiences_app.lambda_handler(event, lambda_context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "44215845000000007"}]}
+    assert membership(env) is None  # not stored: the retry must find the transition again
+    first_id = json.loads(segment.requests[0].content)["batch"][0]["messageId"]
+
+    segment.fail_with = None
+    lambda_context.remaining_ms = 30_000
+    assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert json.loads(segment.requests[-1].content)["batch"][0]["messageId"] == first_id
+    assert membership(env) is not None
+
+
+def test_an_invalid_audience_does_not_stop_the_valid_ones(
+    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+) -> None:
+    put_config("audiences/broken", {"environment": "Production", "trafficType": "user", "rule": {"nope": {}}})
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]

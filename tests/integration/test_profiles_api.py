@@ -1,0 +1,239 @@
+"""The profile API through the real handler, with HTTP API v2 events, against moto."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import pytest
+
+from fme_bridge.template import Stack
+from shared.profiles_table import LastTreatment, Membership, put_membership, write_last_treatment
+from tests.conftest import load_event, put_secret
+
+SECRET = "profiles-secret-value"
+PK = "Production#user#user-123"
+
+
+@pytest.fixture
+def api(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+    function_env("ProfilesFunction")
+    put_secret("profiles", SECRET)
+    return stack
+
+
+def call(
+    lambda_context: Any,
+    key: str = "user-123",
+    authorization: str | None = f"Bearer {SECRET}",
+    query: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    from functions.profiles import app
+
+    event = copy.deepcopy(load_event("profiles_get.json"))
+    path = f"/profiles/Production/user/{quote(key, safe='')}"
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["pathParameters"]["key"] = key
+    if authorization is None:
+        del event["headers"]["authorization"]
+    else:
+        event["headers"]["authorization"] = authorization
+    if query:
+        event["queryStringParameters"] = query
+        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    response = app.lambda_handler(event, lambda_context)
+    return response["statusCode"], json.loads(response["body"]), response.get("headers", {})
+
+
+def store_event(stack: Stack, timestamp: int, message_id: str, event_type: str = "checkout") -> None:
+    boto3.resource("dynamodb", region_name="us-east-1").Table(stack.tables["EventsTable"]).put_item(
+        Item={
+            "pk": PK,
+            "sk": f"{timestamp:013d}#{message_id}",
+            "environment": "Production",
+            "trafficTypeName": "user",
+            "key": "user-123",
+            "eventTypeId": event_type,
+            "value": Decimal("19.99"),
+            "timestamp": timestamp,
+            "properties": {"plan": "pro", "items": 2},
+            "messageId": message_id,
+            "segmentType": "track",
+            "receivedAt": timestamp + 500,
+            "connectionId": "web",
+            "expiresAt": 1_900_000_000,
+        }
+    )
+
+
+def store_identity(stack: Stack) -> None:
+    boto3.resource("dynamodb", region_name="us-east-1").Table(stack.tables["IdentitiesTable"]).put_item(
+        Item={
+            "pk": PK,
+            "environment": "Production",
+            "trafficTypeName": "user",
+            "key": "user-123",
+            "attributes": {"plan": "pro", "seats": 3, "beta": True},
+            "updatedAt": 1_795_483_000_000,
+            "attributeTimestamps": {"plan": 1_795_483_000_000},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong", f"Basic {SECRET}", SECRET, f"Bearer {SECRET}x", "Bearer  "],
+)
+def test_bad_or_missing_credentials_are_401(
+    api: Stack, lambda_context: Any, authorization: str | None
+) -> None:
+    store_identity(api)
+    status, body, headers = call(lambda_context, authorization=authorization)
+    assert status == 401
+    assert body == {"error": "unauthorized"}
+    assert headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+def test_unknown_profile_is_401_before_authentication_and_404_after(api: Stack, lambda_context: Any) -> None:
+    assert call(lambda_context, key="nobody", authorization="Bearer wrong")[0] == 401
+    status, body, _ = call(lambda_context, key="nobody")
+    assert (status, body) == (404, {"error": "profile not found"})
+
+
+def test_without_the_secret_nobody_gets_in(
+    stack: Stack, function_env: Callable[[str], Any], lambda_context: Any
+) -> None:
+    function_env("ProfilesFunction")
+    store_identity(stack)
+    assert call(lambda_context)[0] == 401
+
+
+def test_the_previous_secret_works_during_rotation(api: Stack, lambda_context: Any) -> None:
+    store_identity(api)
+    put_secret("profiles", "the-new-secret")
+    from shared import config
+
+    config.clear_caches()
+    assert call(lambda_context, authorization="Bearer the-new-secret")[0] == 200
+    assert call(lambda_context, authorization=f"Bearer {SECRET}")[0] == 200
+    assert call(lambda_context, authorization="bearer the-new-secret")[0] == 200
+
+
+def test_the_profile_has_exactly_the_documented_shape(api: Stack, lambda_context: Any) -> None:
+    store_identity(api)
+    write_last_treatment(
+        LastTreatment(
+            "Production", "user", "user-123", "new_checkout", "on", 1_795_483_041_109, 17, "in segment"
+        )
+    )
+    put_membership(Membership(PK, "checkout_fans", True, 1, 1_795_483_050_000), None)
+    store_event(api, 1_795_483_000_000, "m-old")
+    store_event(api, 1_795_483_100_000, "m-new", "view_signup_page")
+
+    status, body, headers = call(lambda_context)
+
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert body == {
+        "environment": "Production",
+        "trafficType": "user",
+        "key": "user-123",
+        "attributes": {"plan": "pro", "seats": 3, "beta": True},
+        "treatments": {
+            "new_checkout": {"treatment": "on", "time": 1_795_483_041_109, "splitVersionNumber": 17}
+        },
+        "audiences": {"checkout_fans": True},
+        "events": [
+            {
+                "environment": "Production",
+                "trafficTypeName": "user",
+                "key": "user-123",
+                "eventTypeId": event_type,
+                "value": 19.99,
+                "timestamp": ts,
+                "properties": {"plan": "pro", "items": 2},
+                "messageId": mid,
+                "segmentType": "track",
+                "receivedAt": ts + 500,
+            }
+            for ts, mid, event_type in [
+                (1_795_483_100_000, "m-new", "view_signup_page"),
+                (1_795_483_000_000, "m-old", "checkout"),
+            ]
+        ],
+        "next": None,
+    }
+
+
+def test_a_profile_with_only_events_or_only_treatments_exists(api: Stack, lambda_context: Any) -> None:
+    store_event(api, 1_000, "m1")
+    status, body, _ = call(lambda_context)
+    assert status == 200
+    assert (body["attributes"], body["treatments"], body["audiences"]) == ({}, {}, {})
+    write_last_treatment(LastTreatment("Production", "user", "anon/42 é", "f", "off", 5))
+    status, body, _ = call(lambda_context, key="anon/42 é")
+    assert status == 200
+    assert body["key"] == "anon/42 é"
+    assert body["treatments"] == {"f": {"treatment": "off", "time": 5, "splitVersionNumber": None}}
+
+
+def test_events_page_newest_first_with_an_opaque_cursor(api: Stack, lambda_context: Any) -> None:
+    for i in range(7):
+        store_event(api, 1_000 + i, f"m{i}")
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = {"limit": "3"} | ({"cursor": cursor} if cursor else {})
+        status, body, _ = call(lambda_context, query=query)
+        assert status == 200
+        pages += 1
+        seen.extend(e["messageId"] for e in body["events"])
+        cursor = body["next"]
+        if cursor is None:
+            break
+        assert "#" not in cursor  # opaque: not the raw sort key
+    assert seen == [f"m{i}" for i in range(6, -1, -1)]
+    assert pages == 3
+
+
+def test_an_exact_last_page_has_no_next_cursor(api: Stack, lambda_context: Any) -> None:
+    for i in range(4):
+        store_event(api, 1_000 + i, f"m{i}")
+    first = call(lambda_context, query={"limit": "2"})[1]
+    second = call(lambda_context, query={"limit": "2", "cursor": first["next"]})[1]
+    assert [e["messageId"] for e in second["events"]] == ["m1", "m0"]
+    assert second["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": "eyJzayI6ICJ4In0"}, "cursor"),  # {"sk": "x"}: well-formed, not ours
+    ],
+)
+def test_bad_paging_parameters_are_400(
+    api: Stack, lambda_context: Any, query: dict[str, str], problem: str
+) -> None:
+    store_identity(api)
+    status, body, _ = call(lambda_context, query=query)
+    assert status == 400
+    assert problem in body["error"]
+
+
+def test_a_failing_dependency_is_503_without_a_stack_trace(
+    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVENTS_TABLE", "no-such-table")
+    status, body, _ = call(lambda_context)
+    assert status == 503
+    assert "Traceback" not in json.dumps(body)

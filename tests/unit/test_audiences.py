@@ -1,0 +1,200 @@
+"""The audience language: what it accepts, how it rejects, and how rules evaluate."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import ConfigInvalid
+from shared.profiles.audiences import (
+    DAY_MS,
+    Evaluation,
+    ProfileFacts,
+    evaluate,
+    event_needs,
+    parse_audience,
+)
+
+# SPEC section 4, verbatim.
+SPEC_AUDIENCE = {
+    "environment": "Production",
+    "trafficType": "user",
+    "rule": {
+        "all": [
+            {"performed": {"event": "checkout", "atLeast": 1, "withinDays": 7}},
+            {"treatment": {"split": "new_checkout", "is": "on"}},
+            {
+                "any": [
+                    {"attribute": {"name": "plan", "equals": "pro"}},
+                    {"not": {"attribute": {"name": "plan", "equals": "free"}}},
+                ]
+            },
+        ]
+    },
+    "sync": ["segment-prod"],
+}
+NOW = 100 * DAY_MS
+
+
+def audience(rule: dict[str, object]) -> object:
+    return parse_audience({"environment": "Production", "trafficType": "user", "rule": rule}, "test")
+
+
+def test_the_spec_example_parses() -> None:
+    parsed = parse_audience(SPEC_AUDIENCE, "/p/audiences/checkout_fans")
+    assert parsed.sync == ["segment-prod"]
+    assert parsed.time_bound
+    assert [p.event for p in parsed.performed()] == ["checkout"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            {"perfomed": {"event": "checkout"}},
+            "rule: a rule is an object with exactly one key, one of: all, any",
+        ),
+        ({"performed": {"event": "x"}, "treatment": {"split": "a", "is": "on"}}, "rule: a rule is an object"),
+        ("checkout", "rule: a rule is an object"),
+        ({"all": []}, "rule.all: List should have at least 1 item"),
+        (
+            {"all": [{"performed": {"event": "x"}}, {"treatment": {"split": "f"}}]},
+            "rule.all.1.treatment.is: Field required",
+        ),
+        (
+            {"performed": {"event": "x", "atLeast": 0}},
+            "rule.performed.atLeast: Input should be greater than or equal to 1",
+        ),
+        ({"performed": {"event": "x", "withinDays": 0}}, "rule.performed.withinDays"),
+        ({"performed": {"event": "bad event!"}}, "rule.performed.event: String should match pattern"),
+        ({"performed": {"event": "x", "within": 7}}, "rule.performed.within: Extra inputs are not permitted"),
+        (
+            {"attribute": {"name": "plan", "equals": ["pro"]}},
+            "rule.attribute.equals: must be a string, a number or a boolean",
+        ),
+        ({"attribute": {"name": "plan", "equals": None}}, "rule.attribute.equals"),
+        ({"not": [{"performed": {"event": "x"}}]}, "rule.not: a rule is an object"),
+        (
+            {
+                "not": {
+                    "not": {"not": {"not": {"not": {"not": {"not": {"not": {"performed": {"event": "x"}}}}}}}}
+                }
+            },
+            "rule: nests 9 levels deep",
+        ),
+        ({"any": [{"performed": {"event": f"e{i}"}} for i in range(51)]}, "rule: has 51 conditions"),
+    ],
+)
+def test_malformed_rules_are_rejected_naming_the_problem(rule: object, message: str) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        audience(rule)  # type: ignore[arg-type]
+    assert str(info.value).startswith("test: ")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({**SPEC_AUDIENCE, "trafficType": "bad type"}, "trafficType: String should match pattern"),
+        ({**SPEC_AUDIENCE, "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
+        ({k: v for k, v in SPEC_AUDIENCE.items() if k != "rule"}, "rule: Field required"),
+        ({**SPEC_AUDIENCE, "syncs": []}, "syncs: Extra inputs are not permitted"),
+        ("not json", "not valid JSON"),
+        ("[]", "must be a JSON object"),
+    ],
+)
+def test_malformed_documents_are_rejected_naming_the_field(document: object, message: str) -> None:
+    with pytest.raises(ConfigInvalid, match=r"^/p/audiences/a: ") as info:
+        parse_audience(document, "/p/audiences/a")  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def facts(
+    plan: object = "pro", treatment: str | None = "on", checkouts: list[int] | None = None
+) -> ProfileFacts:
+    return ProfileFacts(
+        attributes={} if plan is None else {"plan": plan},
+        treatments={} if treatment is None else {"new_checkout": treatment},
+        event_times={"checkout": checkouts if checkouts is not None else [NOW - DAY_MS]},
+    )
+
+
+def test_the_spec_example_evaluates() -> None:
+    spec = parse_audience(SPEC_AUDIENCE, "a")
+    assert evaluate(spec, facts(), NOW) == Evaluation(True, NOW - DAY_MS + 7 * DAY_MS)
+    assert not evaluate(spec, facts(treatment="off"), NOW).member
+    assert not evaluate(spec, facts(treatment=None), NOW).member
+    assert not evaluate(spec, facts(checkouts=[NOW - 8 * DAY_MS]), NOW).member
+    assert not evaluate(spec, facts(plan="free"), NOW).member
+    assert evaluate(spec, facts(plan="team"), NOW).member  # not free
+    assert evaluate(spec, facts(plan=None), NOW).member  # no plan at all is "not free"
+
+
+@pytest.mark.parametrize(
+    ("times", "at_least", "member", "recheck"),
+    [
+        ([], 1, False, None),
+        ([NOW - 2 * DAY_MS], 1, True, NOW + DAY_MS),
+        ([NOW - 2 * DAY_MS, NOW - 1 * DAY_MS], 2, True, NOW + DAY_MS),
+        # Three inside the window, two needed: membership holds until the second-oldest leaves.
+        ([NOW - 2 * DAY_MS, NOW - DAY_MS, NOW], 2, True, NOW + 2 * DAY_MS),
+        ([NOW - 4 * DAY_MS, NOW - DAY_MS], 2, False, None),  # one is outside the 3-day window
+        ([NOW - 3 * DAY_MS], 1, True, NOW),  # exactly on the window's edge: still inside
+    ],
+)
+def test_performed_within_days(times: list[int], at_least: int, member: bool, recheck: int | None) -> None:
+    rule = audience({"performed": {"event": "checkout", "atLeast": at_least, "withinDays": 3}})
+    result = evaluate(rule, ProfileFacts(event_times={"checkout": times}), NOW)  # type: ignore[arg-type]
+    assert result == Evaluation(member, recheck)
+
+
+def test_performed_without_a_window_counts_everything_and_never_expires() -> None:
+    rule = audience({"performed": {"event": "signup", "atLeast": 2}})
+    assert evaluate(rule, ProfileFacts(event_times={"signup": [1, 2]}), NOW) == Evaluation(True, None)  # type: ignore[arg-type]
+    assert not evaluate(rule, ProfileFacts(event_times={"signup": [1]}), NOW).member  # type: ignore[arg-type]
+
+
+def test_not_performed_enters_when_the_window_closes() -> None:
+    rule = audience({"not": {"performed": {"event": "checkout", "withinDays": 7}}})
+    recent = ProfileFacts(event_times={"checkout": [NOW - DAY_MS]})
+    assert evaluate(rule, recent, NOW) == Evaluation(False, NOW + 6 * DAY_MS)  # type: ignore[arg-type]
+    assert evaluate(rule, recent, NOW + 6 * DAY_MS + 1).member  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted", "equal"),
+    [
+        ("pro", "pro", True),
+        ("Pro", "pro", False),
+        (3, 3.0, True),
+        (True, True, True),
+        (True, 1, False),
+        (1, True, False),
+        ("1", 1, False),
+        (False, 0, False),
+    ],
+)
+def test_attribute_equals_is_type_aware(stored: object, wanted: object, equal: bool) -> None:
+    rule = audience({"attribute": {"name": "a", "equals": wanted}})
+    assert evaluate(rule, ProfileFacts(attributes={"a": stored}), NOW).member is equal  # type: ignore[arg-type]
+
+
+def test_any_all_and_recheck_takes_the_earliest_window() -> None:
+    rule = audience(
+        {
+            "any": [
+                {"performed": {"event": "a", "withinDays": 1}},
+                {"performed": {"event": "b", "withinDays": 5}},
+            ]
+        }
+    )
+    result = evaluate(rule, ProfileFacts(event_times={"a": [NOW], "b": [NOW]}), NOW)  # type: ignore[arg-type]
+    assert result == Evaluation(True, NOW + DAY_MS)
+
+
+def test_event_needs_cover_every_audience() -> None:
+    a = parse_audience(SPEC_AUDIENCE, "a")
+    b = audience({"performed": {"event": "signup", "withinDays": 30}})
+    c = audience({"performed": {"event": "login"}})
+    assert event_needs([a, b]).event_types == {"checkout", "signup"}
+    assert event_needs([a, b]).since(NOW) == NOW - 30 * DAY_MS
+    assert event_needs([a, b, c]).since(NOW) == 0
