@@ -123,9 +123,9 @@ def test_route_matching_follows_api_gateway(stack: Stack) -> None:
 
 @pytest.fixture
 def served(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, EchoHandler]]]:
-    """The template's routes, plus one added to the template the way a later feature would add it."""
+    """The template's routes, with the profile route's function replaced by an echo."""
     document = copy.deepcopy(template.load_template())
-    document["Resources"]["ProfileFunction"] = {
+    document["Resources"]["ProfilesFunction"] = {
         "Type": "AWS::Serverless::Function",
         "Properties": {
             "Handler": "functions.profiles.app.lambda_handler",
@@ -138,7 +138,7 @@ def served(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str,
         },
     }
     monkeypatch.setattr(template, "load_template", lambda path=None: document)
-    handlers = {"IngestFunction": EchoHandler(), "ProfileFunction": EchoHandler({"found": True})}
+    handlers = {"IngestFunction": EchoHandler(), "ProfilesFunction": EchoHandler({"found": True})}
     routes = routes_from_template(
         stack, lambda logical: LocalFunction(stack, logical, handler=handlers[logical])
     )
@@ -171,7 +171,7 @@ def test_template_routes_are_served_over_http(served: tuple[str, dict[str, EchoH
 
     profile = httpx.get(f"{url}/profiles/Production/user/u1")
     assert profile.json() == {"found": True}
-    assert handlers["ProfileFunction"].events[0]["pathParameters"]["key"] == "u1"
+    assert handlers["ProfilesFunction"].events[0]["pathParameters"]["key"] == "u1"
 
 
 def test_unknown_routes_and_failed_invocations_answer_like_api_gateway(
