@@ -1,0 +1,280 @@
+"""The producer side: an impression listener for the Python Split SDK that feeds the impressions queue.
+
+    from splitio import get_factory
+    from fme_bridge.listener import SqsImpressionListener
+
+    listener = SqsImpressionListener(queue_url, environment_name="Production", traffic_type="user")
+    factory = get_factory(SDK_KEY, config={"impressionListener": listener})
+    ...
+    listener.close()  # at shutdown: sends what is still pending
+
+The SDK calls :meth:`SqsImpressionListener.log_impression` on the request path, for every
+evaluation. That call only appends to an in-memory queue; a background thread turns what piled up
+into envelopes (SPEC section 3: ``{"environmentName", "trafficType", "impressions": [...]}`` with
+each impression in the SDK impression-listener shape) and sends them with ``SendMessageBatch``:
+when ``flush_interval`` has passed, when ``batch_size`` impressions are waiting, and on close.
+
+Nothing here ever raises into the SDK. A failed send is retried on the next flush; if SQS stays
+unreachable and more than ``max_pending`` impressions pile up, the oldest are dropped and counted
+(``stats.dropped``, with a warning in the log) rather than exhausting the application's memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# SQS: 10 entries per SendMessageBatch, 256 KiB per message and per call.
+SQS_MAX_ENTRIES = 10
+SQS_MAX_CALL_BYTES = 256 * 1024
+# Envelopes under 64 KiB: SQS bills each 64 KiB chunk of a message as one request.
+DEFAULT_ENVELOPE_BYTES = 60_000
+# What the SDKs report when IP addresses are disabled or unknown.
+_NO_VALUE = {"NA", "unknown", ""}
+
+
+@dataclass
+class ListenerStats:
+    received: int = 0  # impressions handed over by the SDK
+    sent: int = 0  # impressions accepted by SQS
+    dropped: int = 0  # impressions given up (over max_pending)
+    failed_sends: int = 0  # SendMessageBatch calls or entries that failed (and were retried)
+    messages: int = 0  # SQS messages (envelopes) sent
+
+
+def impression_listener_shape(data: Mapping[str, Any], machine_ip: str | None = None) -> dict[str, Any]:
+    """The SDK's listener data → the SPEC listener shape (without attributes).
+
+    The Python SDK hands over ``{"impression": Impression(...), "attributes", "sdk-language-version",
+    "instance-id"}`` with the impression as a named tuple; the JavaScript SDK already sends
+    ``{"impression": {"feature", "keyName", ...}, "ip", "hostname", "sdkLanguageVersion"}``.
+    """
+    impression: Any = data["impression"]
+    item: dict[str, Any]
+    if isinstance(impression, Mapping):
+        item = {"impression": dict(impression)}
+    else:
+        item = {
+            "impression": {
+                "feature": impression.feature_name,
+                "keyName": impression.matching_key,
+                "treatment": impression.treatment,
+                "time": impression.time,
+                "bucketingKey": impression.bucketing_key,
+                "label": impression.label,
+                "changeNumber": impression.change_number,
+                "properties": getattr(impression, "properties", None),
+            }
+        }
+    language_version = data.get("sdkLanguageVersion") or data.get("sdk-language-version")
+    hostname = data.get("hostname") or data.get("instance-id")
+    ip = data.get("ip") or machine_ip
+    item["sdkLanguageVersion"] = language_version
+    item["hostname"] = hostname if isinstance(hostname, str) and hostname not in _NO_VALUE else None
+    item["ip"] = ip if isinstance(ip, str) and ip not in _NO_VALUE else None
+    return item
+
+
+class SqsImpressionListener:
+    """``impressionListener`` for ``splitio-client``: impressions → envelopes on the impressions queue."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        environment_name: str,
+        *,
+        traffic_type: str | None = None,
+        environment_id: str | None = None,
+        sqs_client: Any = None,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_pending: int = 100_000,
+        max_envelope_bytes: int = DEFAULT_ENVELOPE_BYTES,
+        include_attributes: bool = False,
+        machine_ip: str | None = None,
+        register_atexit: bool = True,
+    ) -> None:
+        if max_envelope_bytes > SQS_MAX_CALL_BYTES:
+            raise ValueError(f"max_envelope_bytes must be at most {SQS_MAX_CALL_BYTES} (an SQS message)")
+        self.queue_url = queue_url
+        self._header: dict[str, Any] = {"environmentName": environment_name}
+        if environment_id:
+            self._header["environmentId"] = environment_id
+        if traffic_type:
+            self._header["trafficType"] = traffic_type
+        self._sqs = sqs_client
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.max_envelope_bytes = max_envelope_bytes
+        self.include_attributes = include_attributes
+        self.machine_ip = machine_ip
+        self.stats = ListenerStats()
+        # Raw SDK data, converted off the request path.
+        self._pending: deque[Mapping[str, Any]] = deque()
+        self._count_lock = threading.Lock()
+        # Serialised impressions a failed send left behind; retried first.
+        self._retry: list[str] = []
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._send_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="fme-impression-listener", daemon=True)
+        self._thread.start()
+        if register_atexit:
+            atexit.register(self.close)
+
+    # -- the SDK's side ---------------------------------------------------------------------
+
+    def log_impression(self, data: Mapping[str, Any]) -> None:
+        """Called by the SDK for every impression; returns at once and never raises."""
+        try:
+            with self._count_lock:
+                self.stats.received += 1
+                self._pending.append(data)
+                overflow = len(self._pending) > self.max_pending
+                if overflow:
+                    self._pending.popleft()
+                    self.stats.dropped += 1
+            if overflow and self.stats.dropped % 1000 == 1:
+                logger.warning("impression listener: impressions dropped, SQS is not keeping up")
+            if len(self._pending) >= self.batch_size:
+                self._wake.set()
+        except Exception:  # the SDK's request path must never see our failure
+            logger.exception("impression listener: could not queue an impression")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Send everything pending now, from the calling thread; True when nothing is left."""
+        with self._send_lock:
+            return self._send_pending()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the background thread and send what is pending (idempotent)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self._pending or self._retry:
+            self._drop(len(self._pending) + len(self._retry), "closed before SQS accepted them")
+
+    def __enter__(self) -> SqsImpressionListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the background side ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("impression listener: flush failed")
+
+    def _client(self) -> Any:
+        if self._sqs is None:
+            import boto3  # the SDK's process may not otherwise need boto3 loaded
+
+            self._sqs = boto3.client("sqs")
+        return self._sqs
+
+    def _serialised(self) -> list[str]:
+        items = self._retry
+        self._retry = []
+        while self._pending:
+            data = self._pending.popleft()
+            try:
+                item = impression_listener_shape(data, self.machine_ip)
+                if self.include_attributes:
+                    item["attributes"] = data.get("attributes")
+                serialised = json.dumps(item, separators=(",", ":"), default=str)
+            except Exception:
+                self._drop(1, "unusable impression data")
+                continue
+            if len(serialised.encode()) > self.max_envelope_bytes - 200:
+                self._drop(1, "an impression larger than an envelope")
+                continue
+            items.append(serialised)
+        # Failed sends pile up only while SQS is unreachable: keep the newest.
+        overflow = len(items) - self.max_pending
+        if overflow > 0:
+            del items[:overflow]
+            self._drop(overflow, "SQS is not keeping up")
+        return items
+
+    def _drop(self, count: int, why: str) -> None:
+        with self._count_lock:
+            self.stats.dropped += count
+        logger.warning("impression listener: %d impressions dropped: %s", count, why)
+
+    def _envelopes(self, items: list[str]) -> list[tuple[str, list[str]]]:
+        header = json.dumps(self._header, separators=(",", ":"))[:-1] + ',"impressions":['
+        envelopes: list[tuple[str, list[str]]] = []
+        current: list[str] = []
+        size = len(header) + 2
+        for item in items:
+            extra = len(item.encode()) + (1 if current else 0)
+            if current and size + extra > self.max_envelope_bytes:
+                envelopes.append((header + ",".join(current) + "]}", current))
+                current, size = [], len(header) + 2
+                extra = len(item.encode())
+            current.append(item)
+            size += extra
+        if current:
+            envelopes.append((header + ",".join(current) + "]}", current))
+        return envelopes
+
+    def _send_pending(self) -> bool:
+        envelopes = self._envelopes(self._serialised())
+        chunk: list[tuple[str, list[str]]] = []
+        chunk_bytes = 0
+        for envelope in envelopes:
+            size = len(envelope[0].encode())
+            if chunk and (len(chunk) >= SQS_MAX_ENTRIES or chunk_bytes + size > SQS_MAX_CALL_BYTES):
+                self._send_chunk(chunk)
+                chunk, chunk_bytes = [], 0
+            chunk.append(envelope)
+            chunk_bytes += size
+        if chunk:
+            self._send_chunk(chunk)
+        return not self._retry and not self._pending
+
+    def _send_chunk(self, chunk: list[tuple[str, list[str]]]) -> None:
+        entries = [{"Id": str(i), "MessageBody": body} for i, (body, _) in enumerate(chunk)]
+        try:
+            response = self._client().send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        except Exception as exc:
+            self.stats.failed_sends += 1
+            logger.warning("impression listener: SendMessageBatch failed (%s); retrying", type(exc).__name__)
+            for _, items in chunk:
+                self._retry.extend(items)
+            return
+        failed = {int(entry["Id"]) for entry in response.get("Failed", [])}
+        for index, (_, items) in enumerate(chunk):
+            if index in failed:
+                self.stats.failed_sends += 1
+                self._retry.extend(items)
+            else:
+                self.stats.sent += len(items)
+                self.stats.messages += 1
+        if failed:
+            logger.warning("impression listener: %d SQS entries failed; retrying", len(failed))

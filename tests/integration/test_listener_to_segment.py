@@ -1,0 +1,272 @@
+"""The real Python Split SDK → our impression listener → the (moto) queue → the handler → Segment.
+
+The SDK runs in consumer mode with a pluggable storage: an in-memory adapter holding one feature
+flag definition, so it evaluates for real without any network and calls the ``impressionListener``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import boto3
+import pytest
+from splitio import get_factory
+
+from fme_bridge.listener import SqsImpressionListener, impression_listener_shape
+from fme_bridge.segment_sink import SegmentSink
+from fme_bridge.template import Stack
+from functions.impressions import app
+from tests.conftest import load_event, put_config, put_secret
+from tests.integration import sqs_events
+
+WRITE_KEY = "wk-listener"
+
+
+class InMemoryStorage:
+    """The SDK's pluggable storage interface (the methods it validates), over a dict."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = dict(data)
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def get_items(self, key):
+        return list(self.data.get(key, []))
+
+    def get_many(self, keys):
+        return [self.data.get(k) for k in keys]
+
+    def set(self, key, value):
+        self.data[key] = value
+
+    def push_items(self, key, *values):
+        self.data.setdefault(key, []).extend(values)
+        return len(self.data[key])
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+    def increment(self, key, value):
+        self.data[key] = self.data.get(key, 0) + value
+        return self.data[key]
+
+    def decrement(self, key, value):
+        return self.increment(key, -value)
+
+    def get_keys_by_prefix(self, prefix):
+        return [k for k in self.data if k.startswith(prefix)]
+
+    def add_items(self, key, added_items):
+        self.data.setdefault(key, set()).update(added_items)
+
+    def remove_items(self, key, removed_items):
+        self.data.setdefault(key, set()).difference_update(removed_items)
+
+    def item_contains(self, key, item):
+        return item in self.data.get(key, set())
+
+    def get_items_count(self, key):
+        return len(self.data.get(key, []))
+
+    def expire(self, key, ttl):
+        return None
+
+
+@pytest.fixture
+def sink() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={WRITE_KEY}) as server:
+        yield server
+
+
+def test_sdk_impressions_reach_segment_through_the_listener(
+    stack: Stack, function_env: Any, sink: SegmentSink, lambda_context: Any
+) -> None:
+    function_env("ImpressionsFunction")
+    put_config(
+        "outbound/production",
+        {"environments": ["Production"], "identities": {"user": "userId"}, "endpoint": sink.endpoint},
+    )
+    put_secret("outbound/production", WRITE_KEY)
+    definition = load_event("split_definition_new_checkout.json")
+    storage = InMemoryStorage(
+        {
+            "SPLITIO.split.new_checkout": definition,
+            "SPLITIO.splits.till": definition["changeNumber"],
+            "SPLITIO.trafficType.user": 1,
+        }
+    )
+    queue_url, queue_arn = stack.queues["ImpressionsQueue"], stack.queue_arns["ImpressionsQueue"]
+    listener = SqsImpressionListener(
+        queue_url,
+        environment_name="Production",
+        traffic_type="user",
+        sqs_client=boto3.client("sqs", region_name="us-east-1"),
+        flush_interval=60,  # only explicit flushes and close() send in this test
+        register_atexit=False,
+    )
+    factory = get_factory(
+        "consumer-sdk-key",
+        config={
+            "storageType": "pluggable",
+            "storageWrapper": storage,
+            "impressionListener": listener,
+            "impressionsMode": "debug",
+            "machineName": "web-7",
+            "machineIp": "10.0.7.7",
+        },
+    )
+    try:
+        factory.block_until_ready(5)
+        client = factory.client()
+        treatments = {
+            key: client.get_treatment(key, "new_checkout") for key in ("beta-user", "user-2", "user-3")
+        }
+        treatments["user-4"] = client.get_treatment("user-4", "new_checkout", evaluation_options=None)
+    finally:
+        factory.destroy()
+    assert treatments == {"beta-user": "on", "user-2": "off", "user-3": "off", "user-4": "off"}
+    listener.close()
+    assert listener.stats.sent == 4
+    assert listener.stats.messages == 1  # one envelope for all of them
+
+    sqs_event = sqs_events.receive_event(queue_url, queue_arn)
+    [record] = sqs_event["Records"]
+    envelope = json.loads(record["body"])
+    assert envelope["environmentName"] == "Production"
+    assert envelope["trafficType"] == "user"
+    assert [i["impression"]["keyName"] for i in envelope["impressions"]] == [
+        "beta-user",
+        "user-2",
+        "user-3",
+        "user-4",
+    ]
+
+    response = app.lambda_handler(sqs_event, lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    by_user = {m["userId"]: m for m in sink.messages}
+    assert set(by_user) == {"beta-user", "user-2", "user-3", "user-4"}
+    beta = by_user["beta-user"]
+    assert beta["event"] == "get_treatment"
+    assert beta["properties"]["treatment"] == "on"
+    assert beta["properties"]["label"] == "whitelisted"
+    assert beta["properties"]["splitVersionNumber"] == 1795482000000
+    assert beta["properties"]["environmentName"] == "Production"
+    assert beta["properties"]["machineName"] == "web-7"
+    assert beta["properties"]["sdk"] == "python"
+    assert beta["properties"]["sdkVersion"]
+    # The evaluation time, as ISO-8601 UTC.
+    evaluated = datetime.strptime(beta["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert abs(evaluated.timestamp() - time.time()) < 60
+
+
+class FailingThenWorkingSqs:
+    """An SQS client whose first SendMessageBatch call fails, as during a network blip."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls.append(Entries)
+        if len(self.calls) == 1:
+            raise ConnectionError("network blip")
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+
+def python_sdk_data(i: int) -> dict[str, Any]:
+    from splitio.models.impressions import Impression
+
+    impression = Impression(
+        f"user-{i}", "new_checkout", "on", "default rule", 17, None, 1795483041109 + i, None
+    )
+    return {
+        "impression": impression,
+        "attributes": {"plan": "pro"},
+        "sdk-language-version": "python-10.7.0",
+        "instance-id": "NA",
+    }
+
+
+def test_listener_batches_envelopes_and_retries_a_failed_send() -> None:
+    sqs = FailingThenWorkingSqs()
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "Production",
+        sqs_client=sqs,
+        flush_interval=60,
+        max_envelope_bytes=2000,
+        register_atexit=False,
+    )
+    for i in range(30):
+        listener.log_impression(python_sdk_data(i))
+    assert listener.flush() is False  # SQS failed: kept for the next flush
+    assert listener.flush() is True
+    listener.close()
+    bodies = [json.loads(e["MessageBody"]) for call in sqs.calls[1:] for e in call]
+    assert all(len(e["MessageBody"]) <= 2000 for call in sqs.calls for e in call)
+    assert all(len(call) <= 10 for call in sqs.calls)
+    keys = [i["impression"]["keyName"] for body in bodies for i in body["impressions"]]
+    assert keys == [f"user-{i}" for i in range(30)]
+    assert bodies[0]["impressions"][0] == {
+        "impression": {
+            "feature": "new_checkout",
+            "keyName": "user-0",
+            "treatment": "on",
+            "time": 1795483041109,
+            "bucketingKey": None,
+            "label": "default rule",
+            "changeNumber": 17,
+            "properties": None,
+        },
+        "sdkLanguageVersion": "python-10.7.0",
+        "hostname": None,  # "NA": IP addresses disabled
+        "ip": None,
+    }
+    assert "attributes" not in bodies[0]["impressions"][0]  # not sent unless asked for
+    assert (listener.stats.received, listener.stats.sent, listener.stats.dropped) == (30, 30, 0)
+
+
+def test_listener_background_flush_on_size_and_bounded_memory() -> None:
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "Production",
+        sqs_client=sqs,
+        batch_size=5,
+        flush_interval=60,
+        register_atexit=False,
+    )
+    for i in range(5):
+        listener.log_impression(python_sdk_data(i))
+    deadline = time.monotonic() + 5
+    while listener.stats.sent < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert listener.stats.sent == 5  # the size threshold woke the flusher, no interval needed
+    listener.close()
+
+    tiny = SqsImpressionListener(
+        "https://sqs/queue", "P", sqs_client=sqs, max_pending=3, flush_interval=60, register_atexit=False
+    )
+    tiny.batch_size = 10**9
+    for i in range(10):
+        tiny.log_impression(python_sdk_data(i))
+    assert tiny.stats.dropped == 7
+    tiny.close()
+    assert tiny.stats.sent == 3
+
+
+def test_javascript_listener_data_passes_through() -> None:
+    data = load_event("impression_listener_js.json")
+    item = impression_listener_shape(data)
+    assert item["impression"] == data["impression"]
+    assert (item["ip"], item["hostname"], item["sdkLanguageVersion"]) == (
+        "10.0.2.5",
+        "web-5",
+        "javascript-11.4.0",
+    )
