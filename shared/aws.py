@@ -13,19 +13,19 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-# Retries inside botocore stay short: the HTTP layer above decides what is transient for the caller
+# Retries inside botocore stay short (configs and secrets too, see shared.config): the HTTP layer above decides what is transient for the caller
 # (a 503 to Segment, a batch item failure to SQS), and a Lambda's time is bounded.
-_CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
+CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
 
 
 @functools.cache
 def client(service: str) -> Any:
-    return boto3.session.Session().client(service, config=_CLIENT_CONFIG)
+    return boto3.session.Session().client(service, config=CLIENT_CONFIG)
 
 
 @functools.cache
 def dynamodb_table(name: str) -> Any:
-    return boto3.session.Session().resource("dynamodb", config=_CLIENT_CONFIG).Table(name)
+    return boto3.session.Session().resource("dynamodb", config=CLIENT_CONFIG).Table(name)
 
 
 def env(name: str) -> str:

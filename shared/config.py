@@ -21,6 +21,8 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
+from shared import aws
+
 DEFAULT_CONFIG_PREFIX = "/fme-segment-bridge/local"
 DEFAULT_CACHE_SECONDS = 120
 
@@ -207,7 +209,14 @@ _providers: dict[str, Any] = {}
 
 def _provider(kind: str) -> Any:
     if kind not in _providers:
-        _providers[kind] = SSMProvider() if kind == "ssm" else SecretsProvider()
+        # The same short timeouts and bounded retries as every other client: with botocore's
+        # defaults (60 s timeouts, legacy retries) an SSM outage outlasts the webhook's 9 s and
+        # Segment sees a Lambda timeout instead of a 503.
+        _providers[kind] = (
+            SSMProvider(boto_config=aws.CLIENT_CONFIG)
+            if kind == "ssm"
+            else SecretsProvider(boto_config=aws.CLIENT_CONFIG)
+        )
     return _providers[kind]
 
 

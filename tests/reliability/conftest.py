@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 import types
+from collections.abc import Iterator
 
 import botocore.endpoint
 import pytest
+
+from tests.reliability.faults import AwsOutage
 
 
 @pytest.fixture
@@ -19,3 +22,12 @@ def botocore_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     shim.sleep = waits.append
     monkeypatch.setattr(botocore.endpoint, "time", shim)
     return waits
+
+
+@pytest.fixture
+def aws_outage() -> Iterator[AwsOutage]:
+    """Install before any client is created (the suite's autouse fixture has just reset them)."""
+    outage = AwsOutage()
+    outage.install()
+    yield outage
+    outage.uninstall()

@@ -167,3 +167,44 @@ class DynamoDbFaults:
 
 def _error(code: str) -> bytes:
     return json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"}).encode()
+
+
+class AwsOutage:
+    """SSM / Secrets Manager (or any JSON-protocol AWS service) failing, for clients created from now on.
+
+    The ``before-send`` handler is put first among botocore's built-in handlers, ahead of moto's,
+    so every client created while it is installed asks it first. ``mode`` is how the service fails:
+    ``throttled`` (400 ThrottlingException), ``server`` (500), or ``unreachable`` (no connection).
+    """
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()  # X-Amz-Target prefixes: "AmazonSSM", "secretsmanager"
+        self.mode = "server"
+        self.refused: Counter[str] = Counter()
+
+    def install(self) -> None:
+        import botocore.handlers
+
+        botocore.handlers.BUILTIN_HANDLERS.insert(0, ("before-send", self._before_send))
+
+    def uninstall(self) -> None:
+        import botocore.handlers
+
+        botocore.handlers.BUILTIN_HANDLERS.remove(("before-send", self._before_send))
+
+    def _before_send(self, request: Any, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+        from botocore.exceptions import EndpointConnectionError
+
+        target = (request.headers.get("X-Amz-Target") or b"").decode()
+        service, _, operation = target.partition(".")
+        if service not in self.down:
+            return None
+        self.refused[operation] += 1
+        if self.mode == "unreachable":
+            raise EndpointConnectionError(endpoint_url=request.url)
+        if self.mode == "throttled":
+            body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+            return AWSResponse(request.url, 400, {}, _RawBody(body))
+        body = json.dumps({"__type": "InternalServerError", "message": "injected"}).encode()
+        return AWSResponse(request.url, 500, {}, _RawBody(body))
