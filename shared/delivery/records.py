@@ -157,6 +157,12 @@ class IdentityChange:
     def identity_key(self) -> tuple[str, str, str, str]:
         return (self.connection_id, self.environment, self.traffic_type, self.identity.key)
 
+    @property
+    def ack_id(self) -> str:
+        """The delivery log's id of this version of the identity (its key, update time and values)."""
+        version = json.dumps([self.updated_at, self.identity.values], sort_keys=True, separators=(",", ":"))
+        return ack_id("identity\x1f" + "\x1f".join(self.identity_key), version)
+
 
 def identity_change(record: DynamoDBRecord) -> IdentityChange | None:
     """The change a stream record carries, or None when no attribute FME would see changed."""

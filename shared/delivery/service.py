@@ -12,9 +12,9 @@ other kind are ignored here too, so nothing delivery writes can loop back):
    what is still failing is handed back to the stream as batch item failures.
 
 For the identities table: identities whose attributes changed (old and new image compared) are
-saved with all their current attributes, grouped by traffic type and environment, with the Admin
-API key; connections without one keep identities local. Saving an identity twice is harmless
-(FME overwrites its values), so identities need no acknowledgement log.
+saved with all their current attributes (Save Identities overwrites an identity's values), grouped
+by traffic type and environment, with the Admin API key; connections without one keep identities
+local. Acknowledged identity versions are logged like events, so a retried batch does not repeat them.
 """
 
 from __future__ import annotations
@@ -420,11 +420,28 @@ class Delivery:
             else:
                 groups[(change.connection_id, change.traffic_type, change.environment)].append(change)
 
+        if groups:
+            # A retried stream batch re-sends only the identity versions FME has not acknowledged.
+            try:
+                settled = self.log.settled(c.ack_id for changes in groups.values() for c in changes)
+            except Exception:
+                logger.exception("delivery log unavailable")
+                for changes in groups.values():
+                    for change in changes:
+                        report.retry.update(sequences[change.identity_key])
+                return
+            for group_key, changes in list(groups.items()):
+                fresh = [c for c in changes if c.ack_id not in settled]
+                report.count("IdentitiesAlreadyDelivered", len(changes) - len(fresh))
+                groups[group_key] = fresh
+
         for (connection_id, traffic_type, environment), changes in groups.items():
+            if not changes:
+                continue
             connection = connections[connection_id]
             assert connection is not None
             tally = tallies[connection_id]
-            by_id = {"#".join(change.identity_key): change for change in changes}
+            by_id = {change.ack_id: change for change in changes}
             pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
             if connection.problem or connection.keys is None or connection.settings is None:
                 outcomes = [
@@ -441,6 +458,12 @@ class Delivery:
                     pairs,
                 )
             refused: dict[tuple[str, int | None], list[IdentityChange]] = defaultdict(list)
+            acknowledged = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
+            if acknowledged:
+                try:
+                    self.log.record(acknowledged, DELIVERED, self._clock())
+                except Exception:  # FME has them; a resend would only repeat the same values
+                    logger.exception("could not record acknowledged identities", count=len(acknowledged))
             for o in outcomes:
                 change = by_id[o.item_id]
                 if o.outcome is Outcome.DELIVERED:
@@ -470,6 +493,10 @@ class Delivery:
                 )
                 sequence_numbers = [s for c in group for s in sequences[c.identity_key]]
                 if self._refuse(refusal, sequence_numbers, report):
+                    try:
+                        self.log.record([c.ack_id for c in group], REFUSED, self._clock(), reason)
+                    except Exception:  # the failure queue has them; a retry would only add a second message
+                        logger.exception("could not record refused identities", count=len(group))
                     report.count("IdentitiesRefused", len(group))
                     tally.identities_refused += len(group)
                     tally.error = reason

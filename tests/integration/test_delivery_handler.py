@@ -385,3 +385,35 @@ def test_delivery_status_is_recorded_per_connection(
     assert status.events_delivered == 2
     assert status.last_delivered_at is not None
     assert status.retrying_since is None
+
+
+def test_a_retried_identity_batch_does_not_save_the_same_version_again(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    first = stream_record(
+        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+    )
+    assert invoke(stream_event(first), lambda_context) == {"batchItemFailures": []}
+    # The plan goes back and forth: a later version with earlier values is a new version.
+    second = stream_record(
+        table,
+        identity_item("u1", {"plan": "free"}, updated_at=1764061300000),
+        identity_item("u1", {"plan": "pro"}),
+        view="NEW_AND_OLD_IMAGES",
+        key_names=("pk",),
+    )
+    third = stream_record(
+        table,
+        identity_item("u1", {"plan": "pro"}, updated_at=1764061400000),
+        identity_item("u1", {"plan": "free"}, updated_at=1764061300000),
+        view="NEW_AND_OLD_IMAGES",
+        key_names=("pk",),
+    )
+
+    assert invoke(stream_event(first), lambda_context) == {"batchItemFailures": []}
+    assert invoke(stream_event(second), lambda_context) == {"batchItemFailures": []}
+    assert invoke(stream_event(third), lambda_context) == {"batchItemFailures": []}
+
+    assert [u.values["plan"] for u in sink.identity_updates] == ["pro", "free", "pro"]
