@@ -13,8 +13,9 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-# Retries inside botocore stay short (configs and secrets too, see shared.config): the HTTP layer above decides what is transient for the caller
-# (a 503 to Segment, a batch item failure to SQS), and a Lambda's time is bounded.
+# Retries inside botocore stay short (configs and secrets too, see shared.config): the HTTP layer
+# above decides what is transient for the caller (a 503 to Segment, a batch item failure to SQS),
+# and a Lambda's time is bounded.
 CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
 
 
