@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from functions.impressions import app
-from shared import __version__
+from shared import __version__, config
 from tests.conftest import load_event, put_config, put_secret
 from tests.integration import sqs_events
 from tests.integration.sqs_events import event
@@ -434,3 +435,61 @@ def test_batches_are_packed_up_to_the_size_limit(
     assert len(full) >= 3
     assert all(s > 500_000 - message_size - 64 for s in full)
     assert len({m["messageId"] for m in sink.messages}) == 3000
+
+
+def test_wrong_write_key_is_dead_lettered_and_never_logged(
+    env: dict[str, str], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    logs = io.StringIO()
+    previous = app.logger.registered_handler.setStream(logs)  # type: ignore[attr-defined]
+    secret = "wk-typo-do-not-log"
+    put_config(
+        "outbound/typo", {"environments": ["*"], "identities": {"user": "userId"}, "endpoint": sink.endpoint}
+    )
+    put_secret("outbound/typo", secret)
+    try:
+        response = app.lambda_handler(event(json.dumps(webhook())), context)
+    finally:
+        app.logger.registered_handler.setStream(previous)  # type: ignore[attr-defined]
+    assert response == {"batchItemFailures": []}
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["errorCode"] == "segment_rejected"
+    assert "HTTP 401" in letter["reason"]
+    assert "dead-lettered" in logs.getvalue()
+    assert secret not in logs.getvalue() + json.dumps(letter)
+
+
+def test_dead_letter_queue_unavailable_means_retry_not_loss(
+    production: dict[str, Any], sink: SegmentSink, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/missing")
+    sqs_event = {
+        "Records": [
+            sqs_events.record(json.dumps(webhook(environmentName="Nowhere")), "unroutable"),
+            sqs_events.record(json.dumps(webhook()), "fine"),
+        ]
+    }
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {"unroutable"}
+    assert len(sink.messages) == 1
+
+
+def test_a_dead_letter_redriven_after_the_fix_is_delivered(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    items = [webhook(key=k, environmentName=None, environmentId=None) for k in ("s1", "s2")]
+    envelope = {"environmentName": "Staging", "impressions": items}
+    app.lambda_handler(event(json.dumps(envelope)), context)
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert sink.messages == []
+
+    # The fix: a config for Staging. Then the DLQ message goes back through the queue as it is.
+    put_config(
+        "outbound/staging",
+        {"environments": ["Staging"], "identities": {"user": "userId"}, "endpoint": sink.endpoint},
+    )
+    put_secret("outbound/staging", ALL_KEY)
+    config.clear_caches()
+    response = app.lambda_handler(event(letter["body"]), context)
+    assert response == {"batchItemFailures": []}
+    assert sorted(m["userId"] for m in sink.messages_for(ALL_KEY)) == ["s1", "s2"]
