@@ -17,6 +17,8 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
+from shared import aws
+
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 MAX_ATTEMPTS = 8
@@ -25,6 +27,11 @@ MAX_WORKERS = 8
 Item = dict[str, Any]
 Key = dict[str, Any]
 Sleep = Callable[[float], None]
+
+
+def client() -> Any:
+    """The low-level DynamoDB client of the hot path (requests are built here, so not re-validated)."""
+    return aws.client("dynamodb", parameter_validation=False)
 
 
 class StoreUnavailable(Exception):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared import aws
+from shared import aws, dynamodb
 from shared.dynamodb import Sleep, batch_get, batch_write, plain
 from shared.inbound.mapping import FmeEvent
 
@@ -69,7 +69,7 @@ def retention_days() -> int:
 class EventsTable:
     def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
         self.name = name
-        self.client = client if client is not None else aws.client("dynamodb")
+        self.client = client if client is not None else dynamodb.client()
         self.sleep = sleep
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared import aws
+from shared import aws, dynamodb
 from shared.dynamodb import Sleep, attribute_value, batch_get, batch_write, chunks, plain
 from shared.events_table import identity_pk
 from shared.inbound.mapping import MergedIdentity, StoredIdentity
@@ -26,7 +26,7 @@ TRANSACTION_LIMIT = 100
 class IdentitiesTable:
     def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
         self.name = name
-        self.client = client if client is not None else aws.client("dynamodb")
+        self.client = client if client is not None else dynamodb.client()
         self.sleep = sleep
 
     @classmethod

@@ -352,8 +352,9 @@ class _Mapper:
             if base_size + len(traffic_type) + len(key.encode()) > MAX_EVENT_BYTES:
                 self.drop(index, DropReason.EVENT_TOO_LARGE, traffic_type)
                 continue
+            # Constructed without re-validation: every value was produced (and checked) just above.
             self.out.events.append(
-                FmeEvent(
+                FmeEvent.model_construct(
                     index=index,
                     environment=environment,
                     trafficTypeName=traffic_type,

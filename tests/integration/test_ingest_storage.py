@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from shared import aws, config
+from shared import config, dynamodb
 from shared.identities_table import IdentitiesTable
 from shared.inbound.mapping import StoredIdentity
 from tests.conftest import REGION
@@ -226,7 +226,7 @@ def test_delete_removes_the_users_identity_and_events_in_every_mapped_traffic_ty
 
 def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
     calls: Counter[str] = Counter()
-    client = aws.client("dynamodb")
+    client = dynamodb.client()
     client.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.update([model.name]))
     messages = tracks(1000)
     answer = webhook.post(messages)
@@ -238,7 +238,7 @@ def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
 def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
     from shared import dynamodb
 
-    real = aws.client("dynamodb")
+    real = dynamodb.client()
 
     class Throttling:
         """The real client, except that the first write leaves half of its items unprocessed."""

@@ -1,0 +1,50 @@
+"""The IAM policy allows exactly the DynamoDB calls the webhook makes — no more, no fewer."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fme_bridge.template import load_template
+from shared import dynamodb
+from tests.integration.ingest_support import Webhook, segment_message
+
+# TransactWriteItems is authorised per contained action (Put → dynamodb:PutItem).
+AUTHORISED_AS = {"TransactWriteItems": "PutItem"}
+
+
+def allowed_by_table() -> dict[str, set[str]]:
+    allowed: dict[str, set[str]] = defaultdict(set)
+    for policy in load_template()["Resources"]["IngestFunction"]["Properties"]["Policies"]:
+        for statement in policy["Statement"]:
+            resource = statement["Resource"]
+            if statement["Effect"] == "Allow" and isinstance(resource, dict) and "Fn::GetAtt" in resource:
+                names = (
+                    statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                )
+                allowed[resource["Fn::GetAtt"][0]].update(n.removeprefix("dynamodb:") for n in names)
+    return allowed
+
+
+def test_calls_made_match_the_policy(function_env: Any, lambda_context: Any) -> None:
+    webhook = Webhook.create(function_env, lambda_context)
+    tables = {webhook.env["EVENTS_TABLE"]: "EventsTable", webhook.env["IDENTITIES_TABLE"]: "IdentitiesTable"}
+    used: dict[str, set[str]] = defaultdict(set)
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        names = set(params.get("RequestItems", {})) | {params.get("TableName")}
+        names |= {next(iter(a.values()))["TableName"] for a in params.get("TransactItems", [])}
+        for name in names - {None}:
+            used[tables[name]].add(AUTHORISED_AS.get(model.name, model.name))
+
+    dynamodb.client().meta.events.register("before-parameter-build.dynamodb.*", record)
+    messages = [
+        segment_message("track"),
+        segment_message("identify"),
+        segment_message("group_split"),
+        segment_message("delete"),
+    ]
+    assert webhook.post(messages).status == 200
+    assert webhook.post(segment_message("identify", messageId="again", traits={"plan": "x"})).status == 200
+
+    assert dict(used) == dict(allowed_by_table())
