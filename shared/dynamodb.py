@@ -30,8 +30,8 @@ Sleep = Callable[[float], None]
 
 
 def client() -> Any:
-    """The low-level DynamoDB client of the hot path (requests are built here, so not re-validated)."""
-    return aws.client("dynamodb", parameter_validation=False)
+    """The low-level DynamoDB client (shared, see :mod:`shared.aws`)."""
+    return aws.client("dynamodb")
 
 
 class StoreUnavailable(Exception):
