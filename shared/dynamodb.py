@@ -27,6 +27,8 @@ MAX_WORKERS = 8
 Item = dict[str, Any]
 Key = dict[str, Any]
 Sleep = Callable[[float], None]
+# Seconds the caller can still spend (the Lambda's remaining time less a margin); None: unbounded.
+TimeLeft = Callable[[], float] | None
 
 
 def client() -> Any:
@@ -71,9 +73,13 @@ def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield values[start : start + size]
 
 
-def _backoff(attempt: int, sleep: Sleep) -> None:
+def _backoff(attempt: int, sleep: Sleep, time_left: TimeLeft, table: str) -> None:
     # Full jitter, 25 ms doubling, capped at 1 s: eight attempts fit in a few seconds.
-    sleep(random.uniform(0, min(1.0, 0.025 * 2**attempt)))  # noqa: S311 - jitter, not security
+    delay = random.uniform(0, min(1.0, 0.025 * 2**attempt))  # noqa: S311 - jitter, not security
+    if time_left is not None and time_left() <= delay:
+        # A 503 in time beats being cut off by the Lambda timeout (API Gateway answers that with 500).
+        raise StoreUnavailable(f"{table}: out of time while DynamoDB throttles")
+    sleep(delay)
 
 
 def _run_parallel(function: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
@@ -91,6 +97,7 @@ def batch_get(
     names: dict[str, str] | None = None,
     consistent: bool = False,
     sleep: Sleep = time.sleep,
+    time_left: TimeLeft = None,
 ) -> list[Item]:
     """The items found for ``keys`` (any order), 100 keys per request, unprocessed keys retried."""
 
@@ -108,7 +115,7 @@ def batch_get(
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
                 return found
-            _backoff(attempt, sleep)
+            _backoff(attempt, sleep, time_left, table)
         raise StoreUnavailable(f"{table}: reads still unprocessed after {MAX_ATTEMPTS} attempts")
 
     results = _run_parallel(fetch, list(chunks(keys, BATCH_GET_LIMIT)))
@@ -116,7 +123,11 @@ def batch_get(
 
 
 def batch_write(
-    client: Any, table: str, requests: Sequence[dict[str, Any]], sleep: Sleep = time.sleep
+    client: Any,
+    table: str,
+    requests: Sequence[dict[str, Any]],
+    sleep: Sleep = time.sleep,
+    time_left: TimeLeft = None,
 ) -> None:
     """Put / delete requests (``{"PutRequest": …}``), 25 per request, unprocessed items retried."""
 
@@ -127,7 +138,7 @@ def batch_write(
             pending = response.get("UnprocessedItems") or {}
             if not pending:
                 return
-            _backoff(attempt, sleep)
+            _backoff(attempt, sleep, time_left, table)
         raise StoreUnavailable(f"{table}: writes still unprocessed after {MAX_ATTEMPTS} attempts")
 
     _run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))

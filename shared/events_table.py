@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from shared import aws, dynamodb
-from shared.dynamodb import Sleep, batch_get, batch_write, plain
+from shared.dynamodb import Sleep, TimeLeft, batch_get, batch_write, plain
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
@@ -67,23 +67,34 @@ def retention_days() -> int:
 
 
 class EventsTable:
-    def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
+    def __init__(
+        self, name: str, client: Any | None = None, sleep: Sleep = time.sleep, time_left: TimeLeft = None
+    ) -> None:
         self.name = name
+        self.time_left = time_left
         self.client = client if client is not None else dynamodb.client()
         self.sleep = sleep
 
     @classmethod
-    def from_env(cls) -> EventsTable:
-        return cls(aws.env("EVENTS_TABLE"))
+    def from_env(cls, time_left: TimeLeft = None) -> EventsTable:
+        return cls(aws.env("EVENTS_TABLE"), time_left=time_left)
 
     def existing(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of the (pk, sk) keys are already stored."""
         requests = [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys]
-        found = batch_get(self.client, self.name, requests, projection="pk, sk", sleep=self.sleep)
+        found = batch_get(
+            self.client, self.name, requests, projection="pk, sk", sleep=self.sleep, time_left=self.time_left
+        )
         return {(item["pk"]["S"], item["sk"]["S"]) for item in found}
 
     def put(self, items: Sequence[dict[str, Any]]) -> None:
-        batch_write(self.client, self.name, [{"PutRequest": {"Item": item}} for item in items], self.sleep)
+        batch_write(
+            self.client,
+            self.name,
+            [{"PutRequest": {"Item": item}} for item in items],
+            self.sleep,
+            self.time_left,
+        )
 
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""
@@ -103,7 +114,7 @@ class EventsTable:
 
     def delete(self, keys: Sequence[tuple[str, str]]) -> None:
         requests = [{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in keys]
-        batch_write(self.client, self.name, requests, self.sleep)
+        batch_write(self.client, self.name, requests, self.sleep, self.time_left)
 
     def events_of(
         self,

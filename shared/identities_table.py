@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared import aws, dynamodb
-from shared.dynamodb import Sleep, attribute_value, batch_get, batch_write, chunks, plain
+from shared.dynamodb import Sleep, TimeLeft, attribute_value, batch_get, batch_write, chunks, plain
 from shared.events_table import identity_pk
 from shared.inbound.mapping import MergedIdentity, StoredIdentity
 
@@ -24,14 +24,17 @@ TRANSACTION_LIMIT = 100
 
 
 class IdentitiesTable:
-    def __init__(self, name: str, client: Any | None = None, sleep: Sleep = time.sleep) -> None:
+    def __init__(
+        self, name: str, client: Any | None = None, sleep: Sleep = time.sleep, time_left: TimeLeft = None
+    ) -> None:
         self.name = name
+        self.time_left = time_left
         self.client = client if client is not None else dynamodb.client()
         self.sleep = sleep
 
     @classmethod
-    def from_env(cls) -> IdentitiesTable:
-        return cls(aws.env("IDENTITIES_TABLE"))
+    def from_env(cls, time_left: TimeLeft = None) -> IdentitiesTable:
+        return cls(aws.env("IDENTITIES_TABLE"), time_left=time_left)
 
     def get_many(self, pks: Sequence[str]) -> dict[str, StoredIdentity]:
         """The stored identities among ``pks`` (strongly consistent: the versions feed conditions)."""
@@ -45,6 +48,7 @@ class IdentitiesTable:
             names={"#attributes": "attributes", "#version": "version"},
             consistent=True,
             sleep=self.sleep,
+            time_left=self.time_left,
         )
         identities = {}
         for item in found:

@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import ConfigInvalid, ConfigUnavailable
 from shared.dynamodb import StoreUnavailable
+from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
 from shared.inbound.messages import BadRequest, PayloadTooLarge
@@ -54,7 +55,9 @@ def segment_webhook(connectionId: str) -> Response[str]:
     headers = {name.lower(): value for name, value in (app.current_event.headers or {}).items()}
     request = WebhookRequest(connection_id=connectionId, headers=headers, body=_raw_body())
     logger.append_keys(connection_id=connectionId)
-    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000)
+    # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
+    deadline = Deadline(remaining_ms=app.lambda_context.get_remaining_time_in_millis, margin_ms=1500)
+    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000, time_left=deadline.seconds_left)
     _record(report)
     logger.info(
         "webhook processed",

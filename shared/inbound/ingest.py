@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from shared import config
-from shared.dynamodb import StoreUnavailable
+from shared.dynamodb import StoreUnavailable, TimeLeft
 from shared.events_table import EventsTable, event_item, event_sk, identity_pk, retention_days
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
@@ -69,6 +69,7 @@ def receive_webhook(
     now_ms: int,
     events: EventsTable | None = None,
     identities: IdentitiesTable | None = None,
+    time_left: TimeLeft = None,
 ) -> IngestReport:
     limit = max_body_bytes()
     if len(request.body) > limit:
@@ -88,8 +89,8 @@ def receive_webhook(
         mapped,
         request.connection_id,
         now_ms,
-        events or EventsTable.from_env(),
-        identities or IdentitiesTable.from_env(),
+        events or EventsTable.from_env(time_left),
+        identities or IdentitiesTable.from_env(time_left),
     )
 
 
@@ -180,6 +181,8 @@ def store_identities(
     for _ in range(IDENTITY_ATTEMPTS):
         if not pending:
             break
+        if table.time_left is not None and table.time_left() <= 0:
+            raise StoreUnavailable("out of time while merging identities")
         stored = table.get_many(pending)
         merged: dict[str, MergedIdentity] = {}
         for pk in pending:

@@ -271,17 +271,6 @@ def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
     assert webhook.count_events() == 20
 
 
-def test_writes_still_unprocessed_give_up_with_store_unavailable() -> None:
-    from shared import dynamodb
-
-    class AlwaysThrottled:
-        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
-            return {"UnprocessedItems": RequestItems}
-
-    with pytest.raises(dynamodb.StoreUnavailable):
-        dynamodb.batch_write(AlwaysThrottled(), "t", [{"PutRequest": {"Item": {}}}], sleep=lambda _: None)
-
-
 # ---------------------------------------------------------------------------------------------
 # Failures: 503, never 500, and a retry afterwards stores everything once
 
@@ -326,3 +315,17 @@ def test_invalid_connection_config_is_a_503_without_details(webhook: Webhook) ->
     answer = webhook.post(segment_message("track"))
     assert answer.status == 503
     assert "enableTrak" not in json.dumps(answer.body)
+
+
+def test_throttling_near_the_lambda_timeout_answers_503_in_time(webhook: Webhook) -> None:
+    from botocore.awsrequest import AWSResponse
+
+    def always_unprocessed(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        request_items = json.loads(params["body"])["RequestItems"]
+        return AWSResponse("https://dynamodb", 200, {}, None), {"UnprocessedItems": request_items}
+
+    dynamodb.client().meta.events.register("before-call.dynamodb.BatchWriteItem", always_unprocessed)
+    webhook.context.remaining_ms = 1_700  # the handler keeps a 1.5 s margin
+    answer = webhook.post(tracks(30))
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
