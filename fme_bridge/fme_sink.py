@@ -69,13 +69,14 @@ class FmeSink:
 
     def __init__(
         self,
-        sdk_keys: Iterable[str] = (),
-        admin_keys: Iterable[str] = (),
+        sdk_keys: Iterable[str] | None = (),
+        admin_keys: Iterable[str] | None = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.sdk_keys = set(sdk_keys)
-        self.admin_keys = set(admin_keys)
+        """``sdk_keys`` / ``admin_keys``: the keys accepted; None accepts any (the local stack)."""
+        self.sdk_keys = None if sdk_keys is None else set(sdk_keys)
+        self.admin_keys = None if admin_keys is None else set(admin_keys)
         self.events: list[ReceivedEvent] = []
         self.identity_updates: list[IdentityUpdate] = []
         self.requests: list[RequestLog] = []
@@ -187,7 +188,7 @@ class FmeSink:
     # -- the two APIs -----------------------------------------------------------------------------
 
     def events_bulk(self, bearer: str | None, body: Any) -> tuple[int, Any, int]:
-        if bearer not in self.sdk_keys:
+        if not _accepted(bearer, self.sdk_keys):
             return 401, {"code": 401, "message": "Unauthorized"}, 0
         problem = _event_batch_problem(body)
         if problem:
@@ -199,7 +200,7 @@ class FmeSink:
     def save_identities(
         self, bearer: str | None, traffic_type: str, environment: str, body: Any
     ) -> tuple[int, Any, int]:
-        if bearer not in self.admin_keys:
+        if not _accepted(bearer, self.admin_keys):
             return 401, {"code": 401, "message": "Unauthorized"}, 0
         if not isinstance(body, list):
             return 400, {"code": 400, "message": "body must be a JSON array of identities"}, 0
@@ -224,6 +225,10 @@ class FmeSink:
                 IdentityUpdate(traffic_type, environment, o["key"], dict(o["values"])) for o in objects
             )
         return 200, {"objects": objects, "failed": failed, "metadata": {}}, len(objects)
+
+
+def _accepted(bearer: str | None, keys: set[str] | None) -> bool:
+    return bool(bearer) and (keys is None or bearer in keys)
 
 
 def _event_batch_problem(body: Any) -> str | None:
@@ -326,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--sdk-key", action="append", default=[], help="accepted server-side SDK key")
-    parser.add_argument("--admin-key", action="append", default=[], help="accepted Admin API key")
+    parser.add_argument("--sdk-key", action="append", help="accepted server-side SDK key (default: any)")
+    parser.add_argument("--admin-key", action="append", help="accepted Admin API key (default: any)")
     args = parser.parse_args(argv)
     sink = FmeSink(args.sdk_key, args.admin_key, args.host, args.port).start()
     print(f"FME sink: events {sink.events_endpoint}, identities {sink.identities_endpoint}")

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out
+from fme_bridge.fme_sink import FmeSink
 from fme_bridge.local.stack import LocalSettings, LocalStack, NotLoopback, PortInUse
 from fme_bridge.segment_sink import SegmentSink
 
@@ -40,6 +41,11 @@ class AnyWriteKey(set[str]):
         return isinstance(key, str) and bool(key)
 
 
+def make_fme_sink(host: str, port: int) -> FmeSink:
+    """The local FME sink that delivery sends to: accepts any key, shows what it got at /_sink/state."""
+    return FmeSink(sdk_keys=None, admin_keys=None, host=host, port=port).start()
+
+
 def local(
     demo: Annotated[
         bool, typer.Option("--demo", help="Seed a demo connection and push sample traffic through.")
@@ -50,11 +56,17 @@ def local(
         int, typer.Option(help="Port of the local AWS (DynamoDB, SQS, SSM, Secrets Manager).")
     ] = 4566,
     sink_port: Annotated[int, typer.Option(help="Port of the local Segment sink.")] = 3001,
+    fme_port: Annotated[int, typer.Option(help="Port of the local FME sink (delivery's target).")] = 3002,
 ) -> None:
-    """Run the bridge locally: local AWS, webhook API, SQS and stream pollers, Segment sink."""
+    """Run the bridge locally: local AWS, webhook API, SQS and stream pollers, Segment and FME sinks."""
     # The local AWS logs every request; the stack logs what matters (invocations, failures).
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    stack = LocalStack(LocalSettings(host, port, aws_port, sink_port), log=_log, sink_factory=make_sink)
+    stack = LocalStack(
+        LocalSettings(host, port, aws_port, sink_port, fme_port),
+        log=_log,
+        sink_factory=make_sink,
+        fme_sink_factory=make_fme_sink,
+    )
     try:
         stack.start()
     except (PortInUse, NotLoopback) as exc:
@@ -87,6 +99,8 @@ def _print_banner(stack: LocalStack) -> None:
     table.add_row("AWS endpoint", info["awsEndpointUrl"])
     if info["sinkUrl"]:
         table.add_row("Segment sink", info["sinkUrl"])
+    if info.get("fmeEventsEndpoint"):
+        table.add_row("FME sink", f"{info['fmeEventsEndpoint']} · {info['fmeIdentitiesEndpoint']}")
     table.add_row("config prefix", info["configPrefix"])
     for logical, url in info["queueUrls"].items():
         table.add_row(logical, url)

@@ -23,6 +23,8 @@ CONNECTION_ID = "demo"
 WEBHOOK_SECRET = "demo-webhook-secret"  # a local, public demo value
 OUTBOUND_NAME = "demo"
 WRITE_KEY = "demo-write-key"
+# Keys of the demo connection's delivery into the local FME sink (local, public demo values).
+FME_KEYS = {"sdkKey": "demo-fme-sdk-key", "adminKey": "demo-fme-admin-key"}
 ENVIRONMENT = "Production"
 USER_ID = "97980cfea0067"
 ANONYMOUS_ID = "507f191e810c19729de860ea"
@@ -186,20 +188,42 @@ def impression_messages(now_ms: int) -> list[tuple[str, Any]]:
     return [("webhook shape", webhook_shape), ("listener shape", listener_shape), ("envelope", envelope)]
 
 
+def inbound_config(stack: LocalStack) -> dict[str, Any]:
+    """The demo connection; with the local FME sink running, its events and identities go there."""
+    if stack.fme_sink is None:
+        return INBOUND_CONFIG
+    delivery = {
+        "enabled": True,
+        "eventsEndpoint": stack.fme_sink.events_endpoint,
+        "identitiesEndpoint": stack.fme_sink.identities_endpoint,
+    }
+    return {**INBOUND_CONFIG, "delivery": delivery}
+
+
 def seed(stack: LocalStack) -> None:
     """The demo connection, outbound config and their secrets (a config edit takes effect in seconds)."""
     prefix = stack.config_prefix
     ssm, secrets = stack.client("ssm"), stack.client("secretsmanager")
     endpoint = stack.sink.endpoint if stack.sink is not None else "http://127.0.0.1:3001/v1"
-    for name, document, secret in (
-        (f"{prefix}/inbound/{CONNECTION_ID}", INBOUND_CONFIG, WEBHOOK_SECRET),
+    documents: list[tuple[str, Any, str]] = [
+        (f"{prefix}/inbound/{CONNECTION_ID}", inbound_config(stack), WEBHOOK_SECRET),
         (f"{prefix}/outbound/{OUTBOUND_NAME}", outbound_config(endpoint), WRITE_KEY),
-    ):
+    ]
+    if stack.fme_sink is not None:
+        documents.append((f"{prefix}/inbound/{CONNECTION_ID}/fme", None, json.dumps(FME_KEYS)))
+    for name, document, secret in documents:
+        if document is None:
+            _put_secret(secrets, name, secret)
+            continue
         ssm.put_parameter(Name=name, Value=json.dumps(document), Type="String", Overwrite=True)
-        try:
-            secrets.put_secret_value(SecretId=name, SecretString=secret)
-        except secrets.exceptions.ResourceNotFoundException:
-            secrets.create_secret(Name=name, SecretString=secret)
+        _put_secret(secrets, name, secret)
+
+
+def _put_secret(secrets: Any, name: str, secret: str) -> None:
+    try:
+        secrets.put_secret_value(SecretId=name, SecretString=secret)
+    except secrets.exceptions.ResourceNotFoundException:
+        secrets.create_secret(Name=name, SecretString=secret)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
@@ -243,7 +267,19 @@ def run_demo(stack: LocalStack, console: Console) -> None:
             wait_until(lambda: len(stack.sink.messages) >= expected, timeout_s=20)
         else:
             wait_until(lambda: False, timeout_s=1)
+    if stack.fme_sink is not None:
+        with console.status("waiting for the delivery function to deliver to FME…"):
+            wait_until(lambda: _delivered_everything(stack), timeout_s=20)
     print_summary(stack, console)
+
+
+def _delivered_everything(stack: LocalStack) -> bool:
+    """Every stored event reached the FME sink, and at least one identity did."""
+    assert stack.stack is not None
+    stored = stack.client("dynamodb").scan(TableName=stack.stack.tables["EventsTable"], Select="COUNT")[
+        "Count"
+    ]
+    return bool(stored) and len(stack.fme_sink.events) >= stored and bool(stack.fme_sink.identity_updates)
 
 
 def _compact(text: str) -> str:
@@ -259,6 +295,37 @@ def stored_events(stack: LocalStack, traffic_type: str, key: str) -> list[dict[s
     return list(
         table.query(KeyConditionExpression=Key("pk").eq(f"{ENVIRONMENT}#{traffic_type}#{key}"))["Items"]
     )
+
+
+def print_fme_received(stack: LocalStack, console: Console) -> None:
+    """What the delivery function sent to the local FME sink."""
+    fme_events = Table(
+        "trafficType",
+        "key",
+        "eventTypeId",
+        "value",
+        "environment",
+        title="FME received: events",
+        title_justify="left",
+    )
+    for received in stack.fme_sink.events:
+        event = received.event
+        value = event.get("value")
+        fme_events.add_row(
+            str(event.get("trafficTypeName")),
+            str(event.get("key")),
+            str(event.get("eventTypeId")),
+            "" if value is None else str(value),
+            str(event.get("environmentName")),
+        )
+    console.print(fme_events)
+    fme_identities = Table(
+        "trafficType", "key", "values", title="FME received: identities", title_justify="left"
+    )
+    for update in stack.fme_sink.identity_updates:
+        values = ", ".join(f"{k}={v}" for k, v in sorted(update.values.items()))
+        fme_identities.add_row(update.traffic_type, update.key, values)
+    console.print(fme_identities)
 
 
 def print_summary(stack: LocalStack, console: Console) -> None:
@@ -306,6 +373,8 @@ def print_summary(stack: LocalStack, console: Console) -> None:
             str(properties.get("treatment", "")),
         )
     console.print(received)
+    if stack.fme_sink is not None:
+        print_fme_received(stack, console)
     console.print("Try it yourself:")
     console.print(
         f"  curl -s -X POST {stack.api_url}/segment/{CONNECTION_ID} "
@@ -318,3 +387,6 @@ def print_summary(stack: LocalStack, console: Console) -> None:
         f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge events u-42 --environment {ENVIRONMENT}",
         soft_wrap=True,
     )
+    if stack.fme_sink is not None:
+        console.print(f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge delivery status", soft_wrap=True)
+        console.print(f"  curl -s {stack.fme_sink.url}/_sink/state", soft_wrap=True)

@@ -49,6 +49,7 @@ class LocalSettings:
     port: int = 3000
     aws_port: int = 4566
     sink_port: int = 3001
+    fme_port: int = 3002
 
 
 def ensure_loopback(host: str) -> None:
@@ -83,10 +84,13 @@ class LocalStack:
         settings: LocalSettings = LocalSettings(),
         log: Callable[[str], None] | None = None,
         sink_factory: Callable[[str, int], Any] | None = None,
+        fme_sink_factory: Callable[[str, int], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.log = log or (lambda _message: None)
         self.sink_factory = sink_factory
+        self.fme_sink_factory = fme_sink_factory
+        self.fme_sink: Any = None
         self.aws_endpoint = f"http://{_url_host(settings.host)}:{settings.aws_port}"
         self.api_url = f"http://{_url_host(settings.host)}:{settings.port}"
         self.stack: Stack | None = None
@@ -106,8 +110,10 @@ class LocalStack:
         ports = [(s.port, "--port"), (s.aws_port, "--aws-port")]
         if self.sink_factory is not None:
             ports.append((s.sink_port, "--sink-port"))
+        if self.fme_sink_factory is not None:
+            ports.append((s.fme_port, "--fme-port"))
         if len({p for p, _ in ports}) < len(ports):
-            raise PortInUse("--port, --aws-port and --sink-port must differ")
+            raise PortInUse(f"{', '.join(flag for _, flag in ports)} must differ")
         for port, flag in ports:
             ensure_port_free(s.host, port, flag)
 
@@ -130,6 +136,8 @@ class LocalStack:
         if self.sink_factory is not None:
             self.sink = self.sink_factory(s.host, s.sink_port)
             self._start_thread(self._report_sink_requests, "sink-log")
+        if self.fme_sink_factory is not None:
+            self.fme_sink = self.fme_sink_factory(s.host, s.fme_port)
 
         stack = self.stack
         routes = http_api.routes_from_template(stack, self.function)
@@ -164,6 +172,8 @@ class LocalStack:
             poller.join(timeout=3)
         if self.sink is not None and hasattr(self.sink, "stop"):
             self.sink.stop()
+        if self.fme_sink is not None:
+            self.fme_sink.stop()
         if self._moto is not None:
             self._moto.stop()
 
@@ -235,6 +245,8 @@ class LocalStack:
             "configPrefix": self.config_prefix,
             "webhookUrl": f"{self.api_url}/segment/",
             "sinkUrl": getattr(self.sink, "endpoint", None),
+            "fmeEventsEndpoint": getattr(self.fme_sink, "events_endpoint", None),
+            "fmeIdentitiesEndpoint": getattr(self.fme_sink, "identities_endpoint", None),
             "queueUrls": dict(self.stack.queues),
             "tableNames": dict(self.stack.tables),
         }
