@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -74,7 +75,9 @@ def local(
         raise CliError(str(exc)) from None
 
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Both set explicitly: a shell starting this in the background may have left SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
         _print_banner(stack)
         if demo:
@@ -89,6 +92,8 @@ def local(
     finally:
         stack.stop()
         out.print("stopped")
+        # The local AWS leaves millions of objects; collecting them at exit would take seconds.
+        gc.freeze()
 
 
 def _print_banner(stack: LocalStack) -> None:

@@ -125,6 +125,8 @@ class LocalStack:
                 "AWS_REGION": REGION,
                 "AWS_ENDPOINT_URL": self.aws_endpoint,
                 "POWERTOOLS_TRACE_DISABLED": "1",
+                # No CloudWatch here: metrics would only be JSON noise on the console.
+                "POWERTOOLS_METRICS_DISABLED": "true",
             }
         )
         os.environ.pop("AWS_PROFILE", None)
@@ -141,7 +143,9 @@ class LocalStack:
 
         stack = self.stack
         routes = http_api.routes_from_template(stack, self.function)
-        api = http_api.HttpApi(routes, {"/_local/info": self.info}, log=self.log)
+        api = http_api.HttpApi(
+            routes, {"/_local/info": self.info, "/_local/segment": self.segment_received}, log=self.log
+        )
         self._api_server = http_api.ApiServer((s.host, s.port), api)
         self._start_thread(self._api_server.serve_forever, "http-api")
 
@@ -234,6 +238,12 @@ class LocalStack:
     def config_prefix(self) -> str:
         assert self.stack is not None
         return str(self.stack.output("ConfigPrefix"))
+
+    def segment_received(self) -> dict[str, Any]:
+        """What ``GET /_local/segment`` answers: the messages the local Segment sink accepted."""
+        if self.sink is None:
+            return {"messages": []}
+        return {"messages": self.sink.messages}
 
     def info(self) -> dict[str, Any]:
         """What ``GET /_local/info`` answers: where everything is."""

@@ -1,0 +1,217 @@
+"""`fme-bridge local` as a user runs it: a subprocess on free ports, the real handlers, HTTP in and out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from boto3.dynamodb.conditions import Key
+from typer.testing import CliRunner
+
+from fme_bridge.cli import app
+from tests.conftest import EVENTS_DIR, load_event
+
+pytestmark = pytest.mark.slow
+
+SECRET = "e2e-webhook-secret"
+STARTUP_TIMEOUT_S = 60
+DELIVERY_TIMEOUT_S = 30  # the template's batching window is 5 s
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+class RunningStack:
+    def __init__(self, process: subprocess.Popen[str], api: str, info: dict[str, Any]) -> None:
+        self.process = process
+        self.api = api
+        self.info = info
+
+    def cli(self, *args: str, input: str | None = None) -> Any:
+        result = CliRunner().invoke(app, ["--endpoint-url", self.info["awsEndpointUrl"], *args], input=input)
+        assert result.exit_code == 0, result.output
+        return result
+
+    def table(self, logical_id: str) -> Any:
+        resource = boto3.resource(
+            "dynamodb", endpoint_url=self.info["awsEndpointUrl"], region_name="us-east-1"
+        )
+        return resource.Table(self.info["tableNames"][logical_id])
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    port, aws_port, sink_port = free_ports(3)
+    executable = Path(sys.executable).parent / "fme-bridge"
+    log = (tmp_path_factory.mktemp("local") / "stack.log").open("w+")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [
+            str(executable),
+            "local",
+            "--port",
+            str(port),
+            "--aws-port",
+            str(aws_port),
+            "--sink-port",
+            str(sink_port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    api = f"http://127.0.0.1:{port}"
+
+    def ready() -> dict[str, Any] | None:
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"fme-bridge local exited with {process.returncode}:\n{log.read()}")
+        try:
+            return dict(httpx.get(f"{api}/_local/info", timeout=1).json())
+        except httpx.HTTPError:
+            return None
+
+    try:
+        info = wait_for(ready, STARTUP_TIMEOUT_S, "GET /_local/info")
+        yield RunningStack(process, api, info)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            returncode = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            log.close()
+        assert returncode == 0
+
+
+def test_info_names_everything_the_cli_needs(running: RunningStack) -> None:
+    info = running.info
+    assert info["configPrefix"] == "/fme-segment-bridge/local"
+    assert info["awsEndpointUrl"].startswith("http://127.0.0.1:")
+    assert set(info["queueUrls"]) >= {"ImpressionsQueue", "ImpressionsDeadLetterQueue"}
+    assert set(info["tableNames"]) >= {"EventsTable", "IdentitiesTable", "ProfilesTable"}
+    assert info["sinkUrl"].endswith("/v1")
+
+
+def test_segment_calls_and_impressions_flow_through_the_real_handlers(
+    running: RunningStack, tmp_path: Path
+) -> None:
+    info = running.info
+    inbound = {
+        "environment": "Production",
+        "identities": [
+            {"segmentId": "userId", "trafficType": "user"},
+            {"segmentId": "anonymousId", "trafficType": "anonymous"},
+        ],
+    }
+    outbound = {
+        "environments": ["Production"],
+        "identities": {"user": "userId", "anonymous": "anonymousId"},
+        "endpoint": info["sinkUrl"],
+    }
+    (tmp_path / "in.json").write_text(json.dumps(inbound))
+    (tmp_path / "out.json").write_text(json.dumps(outbound))
+    running.cli(
+        "config", "inbound", "put", "e2e", "-f", str(tmp_path / "in.json"), "--secret-file", "-", input=SECRET
+    )
+    running.cli(
+        "config",
+        "outbound",
+        "put",
+        "e2e",
+        "-f",
+        str(tmp_path / "out.json"),
+        "--write-key-file",
+        "-",
+        input="wk",
+    )
+
+    # Inbound: Segment's own example messages, one per call and as an HTTP-API style batch.
+    track, page, identify = (load_event(f"segment/{name}.json") for name in ("track", "page", "identify"))
+    url = f"{running.api}/segment/e2e"
+    single = httpx.post(url, json=track, headers={"Authorization": f"Bearer {SECRET}"})
+    assert single.status_code == 200, single.text
+    batch = httpx.post(url, json={"batch": [page, identify]}, headers={"Authorization": f"Bearer {SECRET}"})
+    assert batch.status_code == 200, batch.text
+    denied = httpx.post(url, json=track, headers={"Authorization": "Bearer wrong"})
+    assert denied.status_code == 401
+
+    user_events = running.table("EventsTable").query(
+        KeyConditionExpression=Key("pk").eq(f"Production#user#{track['userId']}")
+    )["Items"]
+    assert {e["eventTypeId"] for e in user_events} >= {track["event"].replace(" ", "_")}
+    assert all(e["environment"] == "Production" for e in user_events)
+    identity = running.table("IdentitiesTable").get_item(Key={"pk": f"Production#user#{identify['userId']}"})[
+        "Item"
+    ]
+    assert set(identity["attributes"]) >= set(identify["traits"]) - {"address"}
+
+    # Outbound: impressions in every SPEC shape, sent with the CLI into the local queue.
+    running.cli("send-impressions", str(EVENTS_DIR / "impressions_webhook.json"))
+    running.cli("send-impressions", str(EVENTS_DIR / "impression_listener_js.json"))
+    webhook_impressions = load_event("impressions_webhook.json")
+    expected = len(webhook_impressions) + 1  # and the listener-shape one
+    received = wait_for(
+        lambda: (
+            (m := httpx.get(f"{running.api}/_local/segment").json()["messages"]) and len(m) >= expected and m
+        ),
+        DELIVERY_TIMEOUT_S,
+        "the impressions to reach the Segment sink",
+    )
+    assert {m["type"] for m in received} == {"track"}
+    assert {m["properties"]["split"] for m in received} >= {i["split"] for i in webhook_impressions}
+    assert all(m["event"] == "get_treatment" for m in received)
+
+    # Nothing failed on the way.
+    dlq = running.cli("dlq", "show", "--json")
+    assert json.loads(dlq.stdout) == []
+
+
+def test_a_taken_port_is_one_line_and_a_non_zero_exit(running: RunningStack) -> None:
+    taken = running.info["awsEndpointUrl"].rsplit(":", 1)[1]
+    (port,) = free_ports(1)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "fme-bridge"), "local", "--port", str(port), "--aws-port", taken],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"error: port {taken} on 127.0.0.1 is already in use; choose another with --aws-port PORT"
+    )
