@@ -84,7 +84,9 @@ async def _deliver(
     observers: Sequence[ImpressionObserver],
     settings: SenderSettings,
 ) -> DeliveryReport:
-    deadline = Deadline(remaining_ms, margin_ms=settings.margin_ms)
+    # A short-lived invocation (or a test's context) still gets three quarters of its time to send.
+    margin_ms = min(settings.margin_ms, max(0, remaining_ms()) // 4)
+    deadline = Deadline(remaining_ms, margin_ms=margin_ms)
     async with http_client(settings.request_timeout, settings.concurrency) as http:
         client = SegmentClient(http, deadline, settings.concurrency)
         return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)

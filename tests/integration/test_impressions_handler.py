@@ -493,3 +493,13 @@ def test_a_dead_letter_redriven_after_the_fix_is_delivered(
     response = app.lambda_handler(event(letter["body"]), context)
     assert response == {"batchItemFailures": []}
     assert sorted(m["userId"] for m in sink.messages_for(ALL_KEY)) == ["s1", "s2"]
+
+
+def test_a_short_invocation_still_sends(
+    production: dict[str, Any], sink: SegmentSink, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEND_MARGIN_MS")
+    lambda_context.remaining_ms = 2000  # less than the 3 s margin kept for dead letters
+    response = app.lambda_handler(event(json.dumps(webhook())), lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert len(sink.messages) == 1
