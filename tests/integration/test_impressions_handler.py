@@ -503,3 +503,15 @@ def test_a_short_invocation_still_sends(
     response = app.lambda_handler(event(json.dumps(webhook())), lambda_context)
     assert response == {"batchItemFailures": []}
     assert len(sink.messages) == 1
+
+
+def test_many_dead_letters_are_sent_in_several_batch_calls(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    bodies = [f"{{broken {i}" for i in range(23)]
+    sqs_event = {"Records": [sqs_events.record(body, f"m{i}") for i, body in enumerate(bodies)]}
+    response = app.lambda_handler(sqs_event, context)
+    assert response == {"batchItemFailures": []}
+    letters = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert sorted(d["body"] for d in letters) == sorted(bodies)
+    assert {d["errorCode"] for d in letters} == {"invalid_json"}
