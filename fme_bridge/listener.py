@@ -24,8 +24,10 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,6 +86,12 @@ def impression_listener_shape(data: Mapping[str, Any], machine_ip: str | None = 
     return item
 
 
+def _call_if_alive(method: weakref.WeakMethod[Any]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
 class SqsImpressionListener:
     """``impressionListener`` for ``splitio-client``: impressions → envelopes on the impressions queue."""
 
@@ -112,6 +120,7 @@ class SqsImpressionListener:
         if traffic_type:
             self._header["trafficType"] = traffic_type
         self._sqs = sqs_client
+        self._own_client = sqs_client is None  # boto3 clients are not fork-safe: a child makes its own
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
@@ -124,13 +133,31 @@ class SqsImpressionListener:
         self._count_lock = threading.Lock()
         # Serialised impressions a failed send left behind; retried first.
         self._retry: list[str] = []
+        self._start()
+        # Pre-forking servers (gunicorn, uWSGI) fork after the app is built: a child inherits the
+        # listener but not its thread. It gets a thread of its own and an empty queue (the parent
+        # sends what it had pending).
+        hook = weakref.WeakMethod(self._after_fork_in_child)  # the hook must not keep us alive
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(hook))
+        if register_atexit:
+            atexit.register(self.close)
+
+    def _start(self) -> None:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._send_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="fme-impression-listener", daemon=True)
         self._thread.start()
-        if register_atexit:
-            atexit.register(self.close)
+
+    def _after_fork_in_child(self) -> None:
+        if self._closed.is_set():
+            return
+        self._pending.clear()
+        self._retry = []
+        self._count_lock = threading.Lock()
+        self.stats = ListenerStats()
+        self._sqs = None if self._own_client else self._sqs
+        self._start()
 
     # -- the SDK's side ---------------------------------------------------------------------
 

@@ -270,3 +270,30 @@ def test_javascript_listener_data_passes_through() -> None:
         "web-5",
         "javascript-11.4.0",
     )
+
+
+def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener(
+        "https://sqs/queue", "P", sqs_client=sqs, batch_size=2, flush_interval=60, register_atexit=False
+    )
+    listener.close()  # stands for the parent's thread, which a forked child does not have
+    listener._closed.clear()
+    listener.log_impression(python_sdk_data(0))  # the parent's pending impression: the parent sends it
+    listener._after_fork_in_child()
+    assert listener._thread.is_alive()
+    assert listener.stats.received == 0
+    listener.log_impression(python_sdk_data(1))
+    listener.log_impression(python_sdk_data(2))
+    deadline = time.monotonic() + 5
+    while listener.stats.sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    listener.close()
+    sent = [
+        i["impression"]["keyName"]
+        for call in sqs.calls[1:]
+        for e in call
+        for i in json.loads(e["MessageBody"])["impressions"]
+    ]
+    assert sent == ["user-1", "user-2"]
