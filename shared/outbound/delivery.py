@@ -171,6 +171,12 @@ async def _send(
         # A missing or unreadable write key is retried: the operator may be creating it right now.
         _mark_transient(batch, f"{destination.name}: write key unavailable ({exc})", report, failures)
         return
+    except Exception as exc:  # an unexpected lookup failure must not lose the batch either
+        logger.exception("reading the write key of %s failed", destination.name)
+        _mark_transient(
+            batch, f"{destination.name}: write key unavailable ({type(exc).__name__})", report, failures
+        )
+        return
     try:
         result = await client.send(destination.endpoint, key, batch)
     except Exception as exc:  # a bug here must not lose the batch: it is retried

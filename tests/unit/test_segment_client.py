@@ -106,3 +106,26 @@ def test_each_attempt_carries_a_fresh_sent_at() -> None:
     assert len(bodies) == 2
     assert bodies[0]["batch"] == bodies[1]["batch"] == [{"m": 1}]
     assert bodies[0]["sentAt"] != bodies[1]["sentAt"]
+
+
+def test_an_unexpected_write_key_failure_retries_the_messages_instead_of_crashing() -> None:
+    from shared.config import OutboundConfig
+    from shared.outbound.delivery import QueuedMessage, deliver
+    from shared.outbound.destinations import Destination, Router
+
+    config = OutboundConfig.model_validate({"environments": ["*"], "identities": {"user": "userId"}})
+    body = json.dumps({"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P"})
+
+    def broken_lookup(destination: Destination) -> str:
+        raise RuntimeError("credentials expired")
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as http:
+            client = SegmentClient(http, Deadline.after(10))
+            return await deliver(
+                [QueuedMessage("m1", body)], Router([Destination("d", config)]), broken_lookup, client
+            )
+
+    report = asyncio.run(go())
+    assert report.retry == {0: "d: write key unavailable (RuntimeError)"}
+    assert report.dead_letters == []
