@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv test lint format typecheck template-lint build run bench soak deploy clean
+.PHONY: help venv test lint format typecheck template-lint security build run bench soak deploy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,20 @@ $(SAM_VENV)/.installed:
 
 template-lint: $(SAM_VENV)/.installed ## sam validate --lint (cfn-lint)
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml --region us-east-1
+
+# checkov in its own virtualenv (inside .venv, so sam build never copies it), on a Python its
+# dependencies support.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_PYTHON ?= $(shell for p in python3.12 python3.11 $(PYTHON); do \
+             $$p -c 'import sys; assert sys.version_info >= (3, 9)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+$(CHECKOV_VENV)/.installed:
+	test -x $(CHECKOV_VENV)/bin/python || $(CHECKOV_PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov>=3.2,<4'
+	touch $@
+
+security: template-lint $(CHECKOV_VENV)/.installed ## template scans: cfn-lint and checkov (skips justified in .checkov.yaml / template Metadata)
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --config-file .checkov.yaml
 
 # sam build needs python3.13 on PATH: the project venv provides it.
 build: $(SAM_VENV)/.installed $(STAMP) ## sam build (no Docker)

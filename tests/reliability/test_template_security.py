@@ -1,0 +1,60 @@
+"""What the deployed stack exposes and may do: public routes, encryption at rest, throttling, IAM scope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fme_bridge.template import load_template
+
+PUBLIC_ROUTES = {("POST", "/segment/{connectionId}"), ("GET", "/profiles/{environment}/{trafficType}/{key}")}
+
+
+def resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in load_template()["Resources"].items() if r["Type"] == kind}
+
+
+def test_only_the_webhook_and_profile_routes_are_public() -> None:
+    routes = set()
+    for function in resources("AWS::Serverless::Function").values():
+        properties = function["Properties"]
+        assert "FunctionUrlConfig" not in properties
+        for source in properties.get("Events", {}).values():
+            if source["Type"] in ("HttpApi", "Api"):
+                routes.add((source["Properties"]["Method"].upper(), source["Properties"]["Path"]))
+    assert routes == PUBLIC_ROUTES
+    for kind in ("AWS::Serverless::Api", "AWS::ApiGateway::RestApi", "AWS::Lambda::Url", "AWS::S3::Bucket"):
+        assert not resources(kind), kind
+
+
+def test_the_http_api_is_throttled() -> None:
+    (api,) = resources("AWS::Serverless::HttpApi").values()
+    settings = api["Properties"]["DefaultRouteSettings"]
+    assert settings["ThrottlingRateLimit"]
+    assert settings["ThrottlingBurstLimit"]
+
+
+def test_data_is_encrypted_at_rest_and_recoverable() -> None:
+    for name, table in resources("AWS::DynamoDB::Table").items():
+        assert table["Properties"]["SSESpecification"]["SSEEnabled"] is True, name
+        assert table["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], name
+    for name, queue in resources("AWS::SQS::Queue").items():
+        properties = queue["Properties"]
+        assert properties.get("SqsManagedSseEnabled") is True or properties.get("KmsMasterKeyId"), name
+
+
+def test_policies_name_their_resources() -> None:
+    """Least privilege: no wildcard action, no ``*`` resource, no service-wide managed policy."""
+    for name, function in resources("AWS::Serverless::Function").items():
+        for policy in function["Properties"].get("Policies", []):
+            assert isinstance(policy, dict), f"{name}: managed policy {policy!r}"
+            for statement in policy.get("Statement", []):
+                actions = (
+                    statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                )
+                assert all(not action.endswith(":*") and action != "*" for action in actions), (name, actions)
+                targets = (
+                    statement["Resource"]
+                    if isinstance(statement["Resource"], list)
+                    else [statement["Resource"]]
+                )
+                assert "*" not in targets, (name, statement.get("Sid"))
