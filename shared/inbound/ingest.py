@@ -20,7 +20,7 @@ from shared.events_table import EventsTable, event_item, event_sk, identity_pk, 
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
 from shared.inbound.mapping import IdentityUpdate, Mapped, MergedIdentity, map_messages, merge_identity
-from shared.inbound.messages import PayloadTooLarge, decode_body
+from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
 # Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
@@ -78,13 +78,16 @@ def receive_webhook(
             "(a Lambda request cannot exceed 6 MB): lower the batch size in Segment",
             limit,
         )
-    authenticate(request.connection_id, request.headers, request.body)
+    body = request.body
+    if request.headers.get("content-encoding", "").strip().lower() == "gzip":
+        body = gunzip(body, limit)
+    authenticate(request.connection_id, request.headers, body)
     try:
         connection = config.load_inbound(request.connection_id)
     except config.ConfigNotFound:
         # A secret without a config: answered like an unknown connection.
         raise Unauthorized from None
-    mapped = map_messages(decode_body(request.body), connection, now_ms)
+    mapped = map_messages(decode_body(body), connection, now_ms)
     return store(
         mapped,
         request.connection_id,

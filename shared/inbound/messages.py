@@ -9,6 +9,7 @@ mapping drops it by index and keeps the others.
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Annotated, Any
@@ -36,6 +37,20 @@ class PayloadTooLarge(Exception):
         super().__init__(message)
         self.message = message
         self.limit = limit
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """A ``Content-Encoding: gzip`` body (Segment SDKs can send one), inflated up to ``limit`` bytes."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest("invalid_gzip", "the request body is not valid gzip") from None
+    if len(inflated) > limit:
+        raise PayloadTooLarge(
+            f"the request body inflates to more than {limit} bytes; the limit is {limit}", limit
+        )
+    return inflated
 
 
 def _reject_constant(name: str) -> Any:

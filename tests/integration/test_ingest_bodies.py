@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.ingest_support import Webhook, segment_message
+from tests.integration.ingest_support import SECRET, Webhook, segment_message
 
 
 @pytest.fixture
@@ -146,3 +146,24 @@ def test_unknown_route_is_a_404_not_an_error(webhook: Webhook) -> None:
     event = webhook.event(segment_message("track"))
     event["rawPath"] = event["requestContext"]["http"]["path"] = "/elsewhere"
     assert webhook.invoke(event).status == 404
+
+
+def test_gzip_body_from_a_segment_sdk(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps({"batch": [segment_message("track")]}).encode())
+    answer = webhook.post(
+        body, headers={"authorization": f"Bearer {SECRET}", "content-encoding": "gzip"}, base64_encoded=True
+    )
+    assert answer.status == 200
+    assert answer.body["stored"] == 1
+    monkeypatch.setenv("MAX_BODY_BYTES", "4096")
+    bomb = gzip.compress(b"[" + b" " * 100_000 + b"]")  # small on the wire, over the limit inflated
+    too_big = webhook.post(
+        bomb, headers={"authorization": f"Bearer {SECRET}", "content-encoding": "gzip"}, base64_encoded=True
+    )
+    assert too_big.status == 413
+    broken = webhook.post(
+        b"not gzip", headers={"authorization": f"Bearer {SECRET}", "content-encoding": "gzip"}
+    )
+    assert broken.status == 400
