@@ -1,0 +1,184 @@
+"""The FME client: exact requests, bounded batches, isolating a refused event, per-identity failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.delivery import fme_client
+from shared.delivery.fme_client import FmeClient, FmeEvent, FmeIdentity, chunks
+from shared.http_retry import Deadline, Outcome
+
+
+def event(key: str, **changes: Any) -> FmeEvent:
+    fields: dict[str, Any] = {
+        "eventTypeId": "checkout",
+        "trafficTypeName": "user",
+        "key": key,
+        "value": None,
+        "timestamp": 1764061200000,
+        "environmentName": "Production",
+        "properties": {},
+    }
+    fields.update(changes)
+    return FmeEvent(**fields)
+
+
+def run(handler: Any, call: Any, seconds: float = 30.0) -> tuple[Any, list[httpx.Request]]:
+    requests: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return handler(request)
+
+    async def no_sleep(_seconds: float) -> None:
+        return None
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(record)) as http:
+            deadline = Deadline.after(seconds)
+            deadline.sleep = no_sleep
+            return await call(FmeClient(http, deadline, rng=random.Random(3)))
+
+    return asyncio.run(go()), requests
+
+
+def test_events_bulk_request_is_exactly_what_the_events_api_takes() -> None:
+    outcomes, requests = run(
+        lambda r: httpx.Response(202),
+        lambda c: c.send_events(
+            "https://events.split.io/api/",
+            "sdk-key",
+            [("1", event("u1", value=9.5, properties={"plan": "pro", "n": 2, "ok": True, "none": None}))],
+        ),
+    )
+    [request] = requests
+    assert request.method == "POST"
+    assert str(request.url) == "https://events.split.io/api/events/bulk"
+    assert request.headers["Authorization"] == "Bearer sdk-key"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == [
+        {
+            "eventTypeId": "checkout",
+            "trafficTypeName": "user",
+            "key": "u1",
+            "value": 9.5,
+            "timestamp": 1764061200000,
+            "environmentName": "Production",
+            "properties": {"plan": "pro", "n": 2, "ok": True, "none": None},
+        }
+    ]
+    assert [(o.item_id, o.outcome) for o in outcomes] == [("1", Outcome.DELIVERED)]
+
+
+def test_save_identities_request_names_traffic_type_and_environment_in_the_path() -> None:
+    answer = {"objects": [{"key": "u1"}], "failed": [], "metadata": {}}
+    outcomes, requests = run(
+        lambda r: httpx.Response(200, json=answer),
+        lambda c: c.save_identities(
+            "https://api.split.io/internal/api/v2",
+            "admin-key",
+            "user",
+            "Staging EU",
+            [("a", FmeIdentity(key="u1", values={"plan": "pro"}))],
+        ),
+    )
+    [request] = requests
+    assert request.url.raw_path == b"/internal/api/v2/trafficTypes/user/environments/Staging%20EU/identities"
+    assert request.headers["Authorization"] == "Bearer admin-key"
+    assert json.loads(request.content) == [{"key": "u1", "values": {"plan": "pro"}}]
+    assert outcomes[0].outcome is Outcome.DELIVERED
+
+
+def test_identities_fme_lists_as_failed_get_their_own_outcome() -> None:
+    answer = {
+        "objects": [{"key": "u1"}],
+        "failed": [
+            {"object": {"key": "u2"}, "status": 400, "message": "bad attribute"},
+            {"object": {"key": "u3"}, "status": 503, "message": "try later"},
+        ],
+        "metadata": {},
+    }
+    outcomes, _ = run(
+        lambda r: httpx.Response(200, json=answer),
+        lambda c: c.save_identities(
+            "http://fme",
+            "k",
+            "user",
+            "Production",
+            [(k, FmeIdentity(key=k, values={"a": "b"})) for k in ("u1", "u2", "u3")],
+        ),
+    )
+    by_key = {o.payload.key: o for o in outcomes}
+    assert by_key["u1"].outcome is Outcome.DELIVERED
+    assert by_key["u2"].outcome is Outcome.PERMANENT
+    assert "bad attribute" in by_key["u2"].reason
+    assert by_key["u3"].outcome is Outcome.TRANSIENT
+
+
+def test_requests_stay_within_the_count_and_byte_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fme_client, "MAX_EVENTS_PER_REQUEST", 7)
+    monkeypatch.setattr(fme_client, "MAX_EVENT_BYTES_PER_REQUEST", 2_000)
+    events = [(str(i), event(f"user-{i}", properties={"pad": "x" * 150})) for i in range(30)]
+
+    outcomes, requests = run(
+        lambda r: httpx.Response(202), lambda c: c.send_events("http://fme", "k", events)
+    )
+
+    assert all(len(r.content) <= 2_000 for r in requests)
+    assert all(len(json.loads(r.content)) <= 7 for r in requests)
+    sent = [e["key"] for r in requests for e in json.loads(r.content)]
+    assert sorted(sent) == sorted(f"user-{i}" for i in range(30))  # each once
+    assert len(outcomes) == 30
+
+
+def test_chunks_always_move_forward_even_with_an_item_over_the_byte_bound() -> None:
+    sizes = [b"x" * 10, b"y" * 500, b"z" * 10]
+    assert [list(r) for r in chunks(sizes, max_items=10, max_bytes=100)] == [[0], [1], [2]]
+
+
+def test_a_refused_bulk_request_is_halved_until_the_refused_event_is_alone() -> None:
+    accepted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys = [e["key"] for e in json.loads(request.content)]
+        if "bad" in keys:
+            return httpx.Response(400, json={"code": 400, "message": "invalid key"})
+        accepted.extend(keys)
+        return httpx.Response(202)
+
+    events = [(str(i), event("bad" if i == 5 else f"u{i}")) for i in range(8)]
+    outcomes, requests = run(handler, lambda c: c.send_events("http://fme", "k", events))
+
+    by_id = {o.item_id: o for o in outcomes}
+    assert by_id["5"].outcome is Outcome.PERMANENT
+    assert by_id["5"].status == 400
+    assert all(by_id[str(i)].outcome is Outcome.DELIVERED for i in range(8) if i != 5)
+    assert sorted(accepted) == sorted(f"u{i}" for i in range(8) if i != 5)  # each good event once
+    assert len(requests) == 7  # 1 + 2 + 2 + 2 halvings down to the bad event, not one per event
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(401, Outcome.PERMANENT), (403, Outcome.PERMANENT)])
+def test_a_refused_key_is_not_halved_or_retried(status: int, outcome: Outcome) -> None:
+    outcomes, requests = run(
+        lambda r: httpx.Response(status),
+        lambda c: c.send_events("http://fme", "k", [(str(i), event(f"u{i}")) for i in range(4)]),
+    )
+    assert len(requests) == 1
+    assert {o.outcome for o in outcomes} == {outcome}
+
+
+def test_server_errors_until_the_deadline_are_transient() -> None:
+    outcomes, requests = run(
+        lambda r: httpx.Response(503),
+        lambda c: c.send_events("http://fme", "k", [("1", event("u1"))]),
+        seconds=2,
+    )
+    assert len(requests) > 1
+    assert outcomes[0].outcome is Outcome.TRANSIENT
+    assert outcomes[0].status == 503

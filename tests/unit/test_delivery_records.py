@@ -1,0 +1,165 @@
+"""Stream records of the events and identities tables, turned into what FME takes."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+
+from shared.delivery.failure_queue import MAX_MESSAGE_BYTES, Refusal, messages
+from shared.delivery.records import (
+    MalformedItem,
+    ack_id,
+    attribute_value,
+    identity_change,
+    identity_values,
+    plain,
+    stored_event,
+    table_of,
+)
+from tests.delivery_support import event_item, identity_item, stream_record
+
+
+def record(raw: dict) -> DynamoDBRecord:
+    return DynamoDBRecord(raw)
+
+
+def test_stored_event_becomes_the_events_api_shape() -> None:
+    item = event_item("u1", value=12.5, properties={"plan": "pro", "count": 3, "ok": False, "none": None})
+    stored = stored_event(record(stream_record("events", item)))
+    assert stored.connection_id == "webshop"
+    assert stored.received_at == item["receivedAt"]
+    assert stored.ack_id == ack_id(item["pk"], item["sk"])
+    assert stored.event.model_dump() == {
+        "eventTypeId": "checkout",
+        "trafficTypeName": "user",
+        "key": "u1",
+        "value": 12.5,
+        "timestamp": 1764061200000,
+        "environmentName": "Production",
+        "properties": {"plan": "pro", "count": 3, "ok": False, "none": None},
+    }
+
+
+def test_an_event_without_a_value_has_value_null() -> None:
+    assert stored_event(record(stream_record("events", event_item("u1")))).event.value is None
+
+
+@pytest.mark.parametrize("missing", ["eventTypeId", "connectionId", "timestamp", "environment"])
+def test_an_item_missing_what_delivery_needs_is_malformed(missing: str) -> None:
+    item = event_item("u1")
+    del item[missing]
+    with pytest.raises(MalformedItem, match=missing):
+        stored_event(record(stream_record("events", item)))
+
+
+def test_ack_ids_hold_no_user_key_and_differ_per_event() -> None:
+    a, b = (
+        ack_id("Production#user#alice@example.com", "1#m1"),
+        ack_id("Production#user#alice@example.com", "1#m2"),
+    )
+    assert a != b
+    assert "alice" not in a
+    assert len(a) == 40
+
+
+def test_plain_turns_dynamodb_numbers_into_json_numbers() -> None:
+    assert plain({"a": Decimal("3"), "b": Decimal("2.5"), "c": [Decimal("1")], "d": {"x"}}) == {
+        "a": 3,
+        "b": 2.5,
+        "c": [1],
+        "d": ["x"],
+    }
+
+
+def test_table_of_a_stream_arn() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/my-EventsTable-1/stream/2026-11-25T09:00:00.000"
+    assert table_of(arn) == "my-EventsTable-1"
+    assert table_of(None) is None
+    assert table_of("arn:aws:sqs:us-east-1:1:q") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("pro", "pro"),
+        (True, "true"),
+        (False, "false"),
+        (Decimal("5"), "5"),
+        (Decimal("2.5"), "2.5"),
+        (None, None),
+    ],
+)
+def test_attribute_values_are_strings(value: object, expected: str | None) -> None:
+    assert attribute_value(value) == expected
+
+
+def test_attribute_names_fme_refuses_are_dropped_and_reported() -> None:
+    values = identity_values({"plan": "pro", "first name": "Ann", "$email": "a@b", "ok-1_x": "y"})
+    assert values.values == {"plan": "pro", "ok-1_x": "y"}
+    assert sorted(values.dropped) == ["$email", "first name"]
+
+
+def test_identity_change_carries_all_current_values_when_one_changed() -> None:
+    old = identity_item("u1", {"plan": "free", "name": "Ann"}, updated_at=1)
+    new = identity_item("u1", {"plan": "pro", "name": "Ann"}, updated_at=2)
+    change = identity_change(
+        record(stream_record("ids", new, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
+    )
+    assert change is not None
+    assert change.identity.model_dump() == {"key": "u1", "values": {"plan": "pro", "name": "Ann"}}
+    assert (change.environment, change.traffic_type, change.connection_id) == (
+        "Production",
+        "user",
+        "webshop",
+    )
+
+
+def test_identity_versions_have_distinct_ack_ids() -> None:
+    def change(plan: str, at: int):
+        item = identity_item("u1", {"plan": plan}, updated_at=at)
+        return identity_change(
+            record(stream_record("ids", item, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
+        )
+
+    assert change("pro", 1).ack_id == change("pro", 1).ack_id
+    assert change("pro", 1).ack_id != change("pro", 3).ack_id  # the same values again later
+    assert change("pro", 1).ack_id != change("free", 1).ack_id
+
+
+def test_identity_removal_and_unchanged_attributes_are_not_changes() -> None:
+    item = identity_item("u1", {"plan": "pro"})
+    assert (
+        identity_change(
+            record(
+                stream_record(
+                    "ids", None, item, event_name="REMOVE", view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+                )
+            )
+        )
+        is None
+    )
+    touched = {**item, "updatedAt": item["updatedAt"] + 1}
+    assert (
+        identity_change(
+            record(stream_record("ids", touched, item, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
+        )
+        is None
+    )
+
+
+def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() -> None:
+    items = [
+        {"ackId": str(i), "event": {"key": f"u{i}", "properties": {"pad": "x" * 30_000}}} for i in range(20)
+    ]
+    bodies = messages(Refusal("events", "webshop", "HTTP 400: bad", 400, items), failed_at=1)
+    assert len(bodies) > 1
+    assert all(len(b.encode()) <= MAX_MESSAGE_BYTES for b in bodies)
+    import json
+
+    decoded = [json.loads(b) for b in bodies]
+    assert [i["ackId"] for d in decoded for i in d["items"]] == [str(i) for i in range(20)]
+    assert {(d["kind"], d["connectionId"], d["reason"], d["status"]) for d in decoded} == {
+        ("events", "webshop", "HTTP 400: bad", 400)
+    }
