@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -123,15 +123,12 @@ class FmeClient:
     ) -> list[ItemOutcome[FmeEvent]]:
         """Deliver ``(item id, event)`` pairs; one outcome per pair, in no particular order."""
         url = f"{endpoint.rstrip('/')}/events/bulk"
-        encoded = [_encode(event) for _, event in events]
-        parts = list(chunks(encoded, MAX_EVENTS_PER_REQUEST, MAX_EVENT_BYTES_PER_REQUEST))
-        results = await asyncio.gather(
-            *(
-                self._send_event_chunk(url, sdk_key, [events[i] for i in part], [encoded[i] for i in part])
-                for part in parts
-            )
+        return await _in_chunks(
+            events,
+            MAX_EVENTS_PER_REQUEST,
+            MAX_EVENT_BYTES_PER_REQUEST,
+            lambda part, encoded: self._send_event_chunk(url, sdk_key, part, encoded),
         )
-        return [outcome for batch in results for outcome in batch]
 
     async def _send_event_chunk(
         self,
@@ -171,17 +168,12 @@ class FmeClient:
             f"{endpoint.rstrip('/')}/trafficTypes/{quote(traffic_type, safe='')}"
             f"/environments/{quote(environment, safe='')}/identities"
         )
-        encoded = [_encode(identity) for _, identity in identities]
-        parts = list(chunks(encoded, MAX_IDENTITIES_PER_REQUEST, MAX_IDENTITY_BYTES_PER_REQUEST))
-        results = await asyncio.gather(
-            *(
-                self._send_identity_chunk(
-                    url, admin_key, [identities[i] for i in part], [encoded[i] for i in part]
-                )
-                for part in parts
-            )
+        return await _in_chunks(
+            identities,
+            MAX_IDENTITIES_PER_REQUEST,
+            MAX_IDENTITY_BYTES_PER_REQUEST,
+            lambda part, encoded: self._send_identity_chunk(url, admin_key, part, encoded),
         )
-        return [outcome for batch in results for outcome in batch]
 
     async def _send_identity_chunk(
         self,
@@ -227,6 +219,24 @@ class FmeClient:
 
         async with self._slots:
             return await send_with_retry(self._http, build, self._policy, self._deadline, self._rng)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _in_chunks(
+    pairs: Sequence[tuple[str, M]],
+    max_items: int,
+    max_bytes: int,
+    send_chunk: Callable[[Sequence[tuple[str, M]], Sequence[bytes]], Awaitable[list[ItemOutcome[M]]]],
+) -> list[ItemOutcome[M]]:
+    """Send ``(item id, model)`` pairs in bounded requests, concurrently; one outcome per pair."""
+    encoded = [_encode(model) for _, model in pairs]
+    parts = list(chunks(encoded, max_items, max_bytes))
+    results = await asyncio.gather(
+        *(send_chunk([pairs[i] for i in part], [encoded[i] for i in part]) for part in parts)
+    )
+    return [outcome for batch in results for outcome in batch]
 
 
 def _failed_identities(response: httpx.Response) -> dict[str, tuple[int, str]]:
