@@ -108,7 +108,7 @@ def signed_payloads(body: bytes) -> list[bytes]:
     first = first_element_text(body)
     if first is not None:
         payloads.append(first)
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             payloads.append(compact_json(json.loads(first)))
     return payloads
 

@@ -66,6 +66,9 @@ def decode_body(raw: bytes) -> list[Any]:
         document = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # A 503 here would make Segment retry a body that can never succeed.
+        raise BadRequest("invalid_json", "the request body is nested too deeply") from None
     messages: Any
     if isinstance(document, list):
         messages = document
@@ -122,7 +125,7 @@ def first_element_text(raw: bytes) -> bytes | None:
         start += 1
     try:
         _, end = json.JSONDecoder().raw_decode(decoded, start)
-    except ValueError:
+    except (ValueError, RecursionError):  # runs before authentication: any body must get a 401
         return None
     return decoded[start:end].encode()
 

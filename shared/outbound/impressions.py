@@ -176,6 +176,8 @@ def parse_body(body: str | bytes) -> ParsedBody:
             json.loads(body)
         except ValueError as exc:
             raise BodyError(INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # a permanent error of this message, not a failure of the batch
+            raise BodyError(INVALID_JSON, "body is not valid JSON: nested too deeply") from None
         raise BodyError(INVALID_JSON, "body is not valid JSON") from None
     shape = _body_shape(data)
     if shape is None:
@@ -412,7 +414,7 @@ def _properties(value: Properties) -> dict[str, Any] | None:
         return value or None
     try:
         decoded = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         decoded = None
     if isinstance(decoded, dict):
         return decoded or None
