@@ -56,8 +56,9 @@ def segment_webhook(connectionId: str) -> Response[str]:
     request = WebhookRequest(connection_id=connectionId, headers=headers, body=_raw_body())
     logger.append_keys(connection_id=connectionId)
     # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
-    deadline = Deadline(remaining_ms=app.lambda_context.get_remaining_time_in_millis, margin_ms=1500)
-    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000, time_left=deadline.seconds_left)
+    remaining_ms = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
+    time_left = Deadline(remaining_ms=remaining_ms, margin_ms=1500).seconds_left if remaining_ms else None
+    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000, time_left=time_left)
     _record(report)
     logger.info(
         "webhook processed",
