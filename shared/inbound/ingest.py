@@ -137,7 +137,11 @@ def store(
     # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
     deleted = {deletion.index for deletion in mapped.deletions}
     if mapped.deletions:
-        pks = [identity_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions]
+        # One request per identity: a body may delete the same user twice, and BatchWriteItem
+        # refuses a request that names a key twice.
+        pks = list(
+            dict.fromkeys(identity_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions)
+        )
         for pk in pks:
             keys = events_table.keys_of(pk)
             if keys:

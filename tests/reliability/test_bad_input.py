@@ -186,3 +186,12 @@ def test_a_huge_envelope_is_delivered_in_several_requests(impressions: Any) -> N
     assert invoke(body) == {"batchItemFailures": []}
     assert len({m["messageId"] for m in sink.messages}) == count
     assert len(sink.requests) >= 2
+
+
+def test_the_same_user_deleted_twice_in_one_body(webhook: Webhook) -> None:
+    """Found by the property tests: two deletions of one user made BatchWriteItem refuse the request."""
+    webhook.post(segment_message("track", userId="97980cfea0067"))
+    deletion = segment_message("delete")
+    answer = webhook.post([deletion, {**deletion, "messageId": "api-again"}])
+    assert (answer.status, answer.body["deleted"]) == (200, 2)
+    assert webhook.stored_events("user", "97980cfea0067") == []
