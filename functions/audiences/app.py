@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.http_retry import Deadline
+from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import (
     AudienceEvaluator,
     StoredChange,
@@ -88,7 +89,7 @@ def publish(report: SyncReport, log: Logger, sink: Metrics) -> None:
 
 def evaluator(context: LambdaContext) -> AudienceEvaluator:
     sender = SegmentIdentifySender(
-        deadline=lambda: Deadline(remaining_ms=context.get_remaining_time_in_millis),
+        deadline=lambda: Deadline(remaining_ms=remaining_time_ms(context)),
         transport=segment_transport,
     )
     return AudienceEvaluator(load_audiences(), sender)

@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.audiences import app as stream_app
+from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import SyncReport
 from shared.profiles_table import due_for_recheck
 
@@ -32,13 +33,14 @@ RESERVE_MS = 15_000
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     audiences = stream_app.evaluator(context)
+    remaining_ms = remaining_time_ms(context)
     now = stream_app.now_ms()
     total = SyncReport()
     finished = True
     for name in audiences.audiences.time_bound():
         due = due_for_recheck(name, now)
         while chunk := list(itertools.islice(due, PROFILES_PER_ROUND)):
-            if context.get_remaining_time_in_millis() < RESERVE_MS:
+            if remaining_ms() < RESERVE_MS:
                 finished = False
                 break
             report = audiences.sync_profiles(chunk, now)

@@ -23,6 +23,7 @@ from shared.delivery.delivery_log import DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
 from shared.http_retry import Deadline
+from shared.lambda_context import remaining_time_ms
 
 logger = Logger()
 metrics = Metrics()
@@ -51,7 +52,7 @@ def delivery() -> Delivery:
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
-    report = asyncio.run(delivery().deliver(records, Deadline(context.get_remaining_time_in_millis)))
+    report = asyncio.run(delivery().deliver(records, Deadline(remaining_time_ms(context))))
     for name, count in sorted(report.counts.items()):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
 

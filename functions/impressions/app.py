@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
+from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.delivery import QueuedMessage
 
@@ -50,7 +51,7 @@ def _record_metrics(outcome: BatchOutcome) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     messages = [QueuedMessage(r["messageId"], r.get("body") or "") for r in event.get("Records", [])]
-    outcome = process_batch(messages, context.get_remaining_time_in_millis, aws.env("DEAD_LETTER_QUEUE_URL"))
+    outcome = process_batch(messages, remaining_time_ms(context), aws.env("DEAD_LETTER_QUEUE_URL"))
     _record_metrics(outcome)
     for letter in outcome.report.dead_letters:
         logger.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import time
@@ -516,3 +517,19 @@ def test_many_dead_letters_are_sent_in_several_batch_calls(
     letters = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
     assert sorted(d["body"] for d in letters) == sorted(bodies)
     assert {d["errorCode"] for d in letters} == {"invalid_json"}
+
+
+def test_a_context_without_a_clock_still_delivers(production: dict[str, Any], sink: SegmentSink) -> None:
+    """Invokers that pass a minimal context (as in Powertools' testing docs) get the default budget."""
+
+    @dataclasses.dataclass
+    class MinimalContext:
+        function_name: str = "test"
+        memory_limit_in_mb: int = 128
+        invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test"
+        aws_request_id: str = "da658bd3-2d6f-4e7b-8ec2-937234644fdc"
+
+    response = app.lambda_handler(event(json.dumps(webhook())), MinimalContext())
+
+    assert response == {"batchItemFailures": []}
+    assert [m["properties"]["split"] for m in sink.messages] == ["new_checkout"]
