@@ -29,16 +29,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dlq_app, name="dlq")
 
 
+# What the impressions function records with a permanent failure (shared.outbound.dead_letters).
+FAILURE_ATTRIBUTES = ("errorCode", "reason", "sourceMessageId", "failedImpressions")
+
+
+def _attribute(message: dict[str, Any], name: str) -> str | None:
+    value = (message.get("MessageAttributes") or {}).get(name) or {}
+    text = value.get("StringValue")
+    return None if text in (None, "-") else str(text)
+
+
 def failure_reason(message: dict[str, Any]) -> str:
     """The reason recorded with a message, or what SQS's redrive implies."""
-    attributes = message.get("MessageAttributes") or {}
-    reasons = [
-        f"{value.get('StringValue')}"
-        for name, value in attributes.items()
-        if "reason" in name.lower() or "error" in name.lower()
-    ]
-    if reasons:
-        return "; ".join(reasons)
+    reason = _attribute(message, "reason") or _attribute(message, "errorCode")
+    if reason:
+        return reason
     receives = (message.get("Attributes") or {}).get("ApproximateReceiveCount", "?")
     return f"retries exhausted (received {receives} times)"
 
@@ -90,7 +95,9 @@ def show(
                     [
                         {
                             "messageId": message["MessageId"],
+                            "errorCode": _attribute(message, "errorCode"),
                             "reason": failure_reason(message),
+                            "sourceMessageId": _attribute(message, "sourceMessageId"),
                             "receiveCount": message.get("Attributes", {}).get("ApproximateReceiveCount"),
                             "body": message["Body"],
                         }
@@ -102,11 +109,16 @@ def show(
         if not messages:
             out.print(f"the dead-letter queue is empty ({queue_url})")
             return
-        table = Table("messageId", "reason", "body", title=f"dead-letter queue: {len(messages)} message(s)")
+        table = Table(
+            "messageId", "errorCode", "reason", "body", title=f"dead-letter queue: {len(messages)} message(s)"
+        )
         for message in messages:
             body = message["Body"]
             table.add_row(
-                message["MessageId"], failure_reason(message), body if len(body) < 120 else body[:117] + "…"
+                message["MessageId"],
+                _attribute(message, "errorCode") or "",
+                failure_reason(message),
+                body if len(body) < 120 else body[:117] + "…",
             )
         out.print(table)
     finally:
@@ -169,9 +181,9 @@ def redrive(
 
 
 def _resendable(message: dict[str, Any]) -> dict[str, Any]:
-    """Message attributes other than the failure reason (a redriven message starts afresh)."""
+    """Message attributes other than the failure's (a redriven message starts afresh)."""
     return {
         name: {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}
         for name, value in (message.get("MessageAttributes") or {}).items()
-        if "reason" not in name.lower() and "error" not in name.lower()
+        if name not in FAILURE_ATTRIBUTES
     }

@@ -10,6 +10,8 @@ import boto3
 
 from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, envelopes
 from fme_bridge.template import Stack
+from shared.outbound.dead_letters import send_dead_letters
+from shared.outbound.delivery import DeadLetter
 from tests.cli.conftest import Cli
 from tests.conftest import EVENTS_DIR, load_event
 
@@ -124,10 +126,20 @@ def test_envelopes_stay_under_the_sqs_message_limit() -> None:
 
 
 def dead_letter(stack: Stack, body: str, reason: str | None) -> None:
-    attributes = {"reason": {"DataType": "String", "StringValue": reason}} if reason else {}
-    boto3.client("sqs", region_name=REGION).send_message(
-        QueueUrl=stack.queues["ImpressionsDeadLetterQueue"], MessageBody=body, MessageAttributes=attributes
+    """Dead-letter ``body`` the way the impressions function does, or as SQS's redrive does (no reason)."""
+    url = stack.queues["ImpressionsDeadLetterQueue"]
+    if reason is None:
+        boto3.client("sqs", region_name=REGION).send_message(QueueUrl=url, MessageBody=body)
+        return
+    letter = DeadLetter(
+        record=0,
+        source_message_id="m-1",
+        body=body,
+        error_codes=("no_matching_config",),
+        reason=reason,
+        failed_impressions=1,
     )
+    assert send_dead_letters(url, [letter]) == {}
 
 
 def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, stack: Stack) -> None:
@@ -136,9 +148,11 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
 
     result = cli("dlq", "show", "--json")
     assert result.exit_code == 0, result.output
-    reasons = {json.loads(m["body"])["key"]: m["reason"] for m in json.loads(result.stdout)}
-    assert reasons["u1"] == "no outbound config matches environment 'Dev'"
-    assert reasons["u2"].startswith("retries exhausted")
+    shown = {json.loads(m["body"])["key"]: m for m in json.loads(result.stdout)}
+    assert shown["u1"]["reason"] == "no outbound config matches environment 'Dev'"
+    assert shown["u1"]["errorCode"] == "no_matching_config"
+    assert shown["u1"]["sourceMessageId"] == "m-1"
+    assert shown["u2"]["reason"].startswith("retries exhausted")
     table = cli("dlq", "show")
     assert table.exit_code == 0, table.output
     assert "dead-letter queue: 2 message(s)" in table.stdout
@@ -147,11 +161,11 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
 
 def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, stack: Stack) -> None:
     for n in range(13):
-        dead_letter(stack, json.dumps({"n": n}), "segment_rejected")
+        dead_letter(stack, json.dumps({"n": n}), "impression 0: segment_rejected")
     result = cli("dlq", "redrive")
     assert result.exit_code == 0, result.output
     assert "moved 13 message(s)" in result.stdout
     assert drain(stack.queues["ImpressionsDeadLetterQueue"]) == []
     moved = drain(stack.queues["ImpressionsQueue"])
     assert sorted(json.loads(m["Body"])["n"] for m in moved) == list(range(13))
-    assert all("reason" not in (m.get("MessageAttributes") or {}) for m in moved)
+    assert all(not (m.get("MessageAttributes") or {}) for m in moved)

@@ -71,7 +71,7 @@ class RunningStack:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    port, aws_port, sink_port = free_ports(3)
+    port, aws_port, sink_port, fme_port = free_ports(4)
     executable = Path(sys.executable).parent / "fme-bridge"
     log = (tmp_path_factory.mktemp("local") / "stack.log").open("w+")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -85,6 +85,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             str(aws_port),
             "--sink-port",
             str(sink_port),
+            "--fme-port",
+            str(fme_port),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -203,9 +205,20 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
 
 def test_a_taken_port_is_one_line_and_a_non_zero_exit(running: RunningStack) -> None:
     taken = running.info["awsEndpointUrl"].rsplit(":", 1)[1]
-    (port,) = free_ports(1)
+    port, sink_port, fme_port = free_ports(3)
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "fme-bridge"), "local", "--port", str(port), "--aws-port", taken],
+        [
+            str(Path(sys.executable).parent / "fme-bridge"),
+            "local",
+            "--port",
+            str(port),
+            "--aws-port",
+            taken,
+            "--sink-port",
+            str(sink_port),
+            "--fme-port",
+            str(fme_port),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
