@@ -68,19 +68,20 @@ def local(
         sink_factory=make_sink,
         fme_sink_factory=make_fme_sink,
     )
+    # Both set explicitly, before anything starts: a shell starting this in the background may
+    # have left SIGINT ignored, and a Ctrl-C while starting must still stop cleanly.
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
         stack.start()
     except (PortInUse, NotLoopback) as exc:
         stack.stop()
         raise CliError(str(exc)) from None
 
-    stopping = threading.Event()
-    # Both set explicitly: a shell starting this in the background may have left SIGINT ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
     try:
         _print_banner(stack)
-        if demo:
+        if demo and not stopping.is_set():
             from fme_bridge.local.demo import run_demo
 
             run_demo(stack, out)

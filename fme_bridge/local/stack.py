@@ -146,8 +146,6 @@ class LocalStack:
         api = http_api.HttpApi(
             routes, {"/_local/info": self.info, "/_local/segment": self.segment_received}, log=self.log
         )
-        self._api_server = http_api.ApiServer((s.host, s.port), api)
-        self._start_thread(self._api_server.serve_forever, "http-api")
 
         for sqs_mapping in sqs_source.mappings_from_template(stack, self.function):
             self._pollers.append(sqs_source.SqsPoller(sqs_mapping, self.client("sqs"), self.log))
@@ -163,6 +161,14 @@ class LocalStack:
             )
         for poller in self._pollers:
             poller.start()
+        # Last: an answer on /_local/info means everything is running.
+        try:
+            self._api_server = http_api.ApiServer((s.host, s.port), api)
+        except OSError:
+            raise PortInUse(
+                f"port {s.port} on {s.host} is already in use; choose another with --port PORT"
+            ) from None
+        self._start_thread(self._api_server.serve_forever, "http-api")
         return self
 
     def stop(self) -> None:
