@@ -170,6 +170,14 @@ class Delivery:
         self._transport = transport
         self._http_timeout = http_timeout
 
+    def _http(self) -> httpx.AsyncClient:
+        """A client per invocation (an async client is bound to its event loop); the TLS context is shared."""
+        return httpx.AsyncClient(
+            transport=self._transport,
+            timeout=httpx.Timeout(self._http_timeout, connect=3.0),
+            verify=tls_context(),
+        )
+
     async def deliver(self, records: Sequence[dict[str, Any]], deadline: Deadline) -> DeliveryReport:
         """Deliver one stream batch (Lambda's ``event["Records"]``)."""
         report = DeliveryReport()
@@ -186,11 +194,7 @@ class Delivery:
                 report.count("RecordsIgnored")
         if not events and not identities:
             return report
-        async with httpx.AsyncClient(
-            transport=self._transport,
-            timeout=httpx.Timeout(self._http_timeout, connect=3.0),
-            verify=tls_context(),
-        ) as http:
+        async with self._http() as http:
             client = FmeClient(http, deadline)
             tallies: dict[str, _ConnectionTally] = defaultdict(_ConnectionTally)
             if events:
@@ -517,9 +521,7 @@ class Delivery:
             return RedriveResult(problems=[f"delivery is not enabled for connection {connection_id!r}"])
         if connection.problem or connection.keys is None or connection.settings is None:
             return RedriveResult(problems=[connection.problem or "delivery is not configured"])
-        async with httpx.AsyncClient(
-            transport=self._transport, timeout=httpx.Timeout(self._http_timeout, connect=3.0)
-        ) as http:
+        async with self._http() as http:
             client = FmeClient(http, deadline)
             if kind == "events":
                 return await self._redrive_events(connection, items, client)

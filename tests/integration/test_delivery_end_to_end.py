@@ -77,8 +77,8 @@ def test_an_identify_and_a_track_reach_fme_once_each_under_faults(
 
     # FME is down for the whole first invocation: everything is handed back to the stream.
     sink.fail_next(10_000, 503)
-    assert failed_ids(invoke(event_batch, lambda_context, seconds=2.2))
-    assert failed_ids(invoke(identity_batch, lambda_context, seconds=2.2))
+    assert failed_ids(invoke(event_batch, lambda_context, seconds=1.8))
+    assert failed_ids(invoke(identity_batch, lambda_context, seconds=1.8))
     assert sink.events == []
     assert sink.identity_updates == []
 

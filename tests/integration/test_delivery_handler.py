@@ -84,7 +84,7 @@ def test_events_still_failing_at_the_deadline_are_batch_item_failures_and_sent_o
     ]
     sink.fail_next(1000, 503)
 
-    response = invoke(stream_event(*records), lambda_context, seconds=2.2)
+    response = invoke(stream_event(*records), lambda_context, seconds=1.8)
 
     assert failed_ids(response) == [r["dynamodb"]["SequenceNumber"] for r in records]
     assert sink.events == []
@@ -112,7 +112,7 @@ def test_a_timed_out_request_is_retried(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     connect(sink)
-    sink.hang_next(1, seconds=1.5)
+    sink.hang_next(1, seconds=1.0)
     record = stream_record(events_table(stack), event_item("u1"))
 
     assert invoke(stream_event(record), lambda_context, seconds=20) == {"batchItemFailures": []}
@@ -362,7 +362,7 @@ def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
         table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
     )
 
-    response = invoke(stream_event(record), lambda_context, seconds=2.2)
+    response = invoke(stream_event(record), lambda_context, seconds=1.8)
 
     assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
     assert sink.identity_updates == []
