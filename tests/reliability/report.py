@@ -35,6 +35,18 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "DynamoDB throttling and 5xx during webhook ingest",
         "tests/reliability/test_dynamodb_faults.py::test_throttling_and_server_errors_store_every_message_once",
     ),
+    "openapi_fuzz": (
+        "HTTP API fuzzed from its OpenAPI document (schemathesis), through the real handlers",
+        "tests/reliability/test_openapi_fuzz.py",
+    ),
+    "bad_webhook_bodies": (
+        "Hostile webhook bodies (each case answered as listed)",
+        "tests/reliability/test_bad_input.py::test_webhook_bad_bodies",
+    ),
+    "bad_impression_messages": (
+        "Hostile impression messages",
+        "tests/reliability/test_bad_input.py::test_bad_impression_messages_are_dead_lettered_and_the_good_ones_delivered",
+    ),
     "ingest_killed_mid_write": (
         "Ingest function killed mid-write, Segment retries",
         "tests/reliability/test_dynamodb_faults.py::test_a_request_killed_mid_write_is_completed_by_the_retry",
@@ -52,10 +64,22 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _add(total: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        merged = dict(total or {})
+        for key, item in value.items():
+            merged[key] = _add(merged.get(key), item)
+        return merged
+    return (total or 0) + value
+
+
 def render(records: list[dict[str, Any]]) -> str:
     latest: dict[str, dict[str, Any]] = {}
     for record in records:
-        latest[record["section"]] = record  # the last run of a section wins
+        previous = latest.get(record["section"])
+        if record.get("merge") and previous is not None:
+            record = {**record, "figures": _add(previous["figures"], record["figures"])}
+        latest[record["section"]] = record  # otherwise the last run of a section wins
     order = [s for s in SECTIONS if s in latest] + sorted(s for s in latest if s not in SECTIONS)
     parts: list[str] = []
     for section in order:

@@ -20,12 +20,16 @@ def count(default: int, soak: int) -> int:
     return soak if SOAK else default
 
 
-def record(section: str, figures: dict[str, Any]) -> None:
-    """Append one test's figures to the figures file, when one is named (one line per call)."""
+def record(section: str, figures: dict[str, Any], merge: bool = False) -> None:
+    """Append one test's figures to the figures file, when one is named (one line per call).
+
+    ``merge``: the section's records of a run are added up (one per test or worker) rather than
+    the last one shown.
+    """
     path = os.environ.get("RELIABILITY_FIGURES")
     if not path:
         return
-    line = json.dumps({"section": section, "soak": SOAK, "figures": figures}, sort_keys=True)
+    line = json.dumps({"section": section, "soak": SOAK, "merge": merge, "figures": figures}, sort_keys=True)
     # One write of one line in append mode: lines from parallel workers do not interleave.
     with Path(path).open("a", encoding="utf-8") as out:
         out.write(line + "\n")

@@ -25,7 +25,7 @@ from tests.reliability.sqs_loop import SqsLoop
 from tests.reliability.test_segment_faults import bodies
 
 WRITE_KEY = "wk-timeout"
-IMPRESSIONS = scale.count(200, 5000)
+IMPRESSIONS = scale.count(200, 3000)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ json_values = st.recursive(
 )
 
 PURE_EXAMPLES = scale.count(200, 5000)
-HANDLER_EXAMPLES = scale.count(25, 1500)
+HANDLER_EXAMPLES = scale.count(25, 500)
 CONFIG = InboundConfig.model_validate(
     {
         "environment": "Production",
