@@ -338,7 +338,7 @@ def test_only_messages_whose_impressions_failed_are_reported(
             {"environments": ["Staging"], "identities": {"user": "userId"}, "endpoint": failing.endpoint},
         )
         put_secret("outbound/staging", "wk-staging")
-        end = time.monotonic() + 2.0
+        end = time.monotonic() + 4.0  # configs load first: on a loaded machine that takes a while
         lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
         sqs_event = {
             "Records": [
