@@ -47,6 +47,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "Hostile impression messages",
         "tests/reliability/test_bad_input.py::test_bad_impression_messages_are_dead_lettered_and_the_good_ones_delivered",
     ),
+    "property_tests": (
+        "Property-based tests: any JSON value in any field (hypothesis)",
+        "tests/reliability/test_properties.py",
+    ),
     "ingest_killed_mid_write": (
         "Ingest function killed mid-write, Segment retries",
         "tests/reliability/test_dynamodb_faults.py::test_a_request_killed_mid_write_is_completed_by_the_retry",
