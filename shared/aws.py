@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Any
 
 import boto3
@@ -25,17 +26,31 @@ CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_
 _SKIP_PARAMETER_VALIDATION = {"dynamodb"}
 
 
+# One session for every client of the process: a session loads botocore's endpoint and service
+# data once and every client created from it reuses them (a session per client loaded them again
+# for each, tenths of a second of every cold start). Sessions are not thread-safe, so clients are
+# created under a lock; the clients themselves are.
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
 @functools.cache
 def client(service: str) -> Any:
     config = CLIENT_CONFIG
     if service in _SKIP_PARAMETER_VALIDATION:
         config = config.merge(Config(parameter_validation=False))
-    return boto3.session.Session().client(service, config=config)
+    with _SESSION_LOCK:
+        return session().client(service, config=config)
 
 
 @functools.cache
 def dynamodb_table(name: str) -> Any:
-    return boto3.session.Session().resource("dynamodb", config=CLIENT_CONFIG).Table(name)
+    with _SESSION_LOCK:
+        return session().resource("dynamodb", config=CLIENT_CONFIG).Table(name)
 
 
 def env(name: str) -> str:
@@ -50,3 +65,4 @@ def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints and credentials between cases)."""
     client.cache_clear()
     dynamodb_table.cache_clear()
+    session.cache_clear()

@@ -212,10 +212,11 @@ def _provider(kind: str) -> Any:
         # The same short timeouts and bounded retries as every other client: with botocore's
         # defaults (60 s timeouts, legacy retries) an SSM outage outlasts the webhook's 9 s and
         # Segment sees a Lambda timeout instead of a 503.
+        # The process's shared clients (shared.aws), not a new session each: see shared.aws.
         _providers[kind] = (
-            SSMProvider(boto_config=aws.CLIENT_CONFIG)
+            SSMProvider(boto3_client=aws.client("ssm"))
             if kind == "ssm"
-            else SecretsProvider(boto_config=aws.CLIENT_CONFIG)
+            else SecretsProvider(boto3_client=aws.client("secretsmanager"))
         )
     return _providers[kind]
 

@@ -19,8 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    # Imported where a request is sent: the ingest function uses only Deadline and never loads
+    # httpx (a tenth of a second or more of its cold start).
+    import httpx
 
 
 @functools.cache
@@ -30,6 +34,8 @@ def tls_context() -> ssl.SSLContext:
     Loading the CA bundle takes tens of milliseconds; a client per invocation would pay it on every
     invocation (it was most of a warm impressions invocation's time).
     """
+    import httpx
+
     return httpx.create_ssl_context()
 
 
@@ -147,6 +153,8 @@ async def send_with_retry(
     rng: random.Random | None = None,
 ) -> SendResult:
     """Send until delivered, refused, or out of time. Never raises for HTTP or transport failures."""
+    import httpx
+
     attempt = 0
     last = SendResult(Outcome.TRANSIENT, reason="no time left to send", attempts=0)
     while attempt < policy.max_attempts and deadline.seconds_left() > 0:
