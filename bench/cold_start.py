@@ -1,0 +1,252 @@
+"""Measurement 3 — cold start: fresh interpreter, import + first invocation, vs a bare boto3 handler.
+
+Every function of template.yaml is measured (its Handler, its environment, a real-shaped first
+event); the reference is :mod:`bench.bare_handler`. Runs alternate between the functions and the
+reference, and the median of each is kept. ``python -X importtime`` shows what the import costs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import workloads
+from bench.ingest import api_event
+
+BARE = "bench.bare_handler"
+
+
+def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
+    """A realistic first event per function logical id (functions not listed get no event)."""
+    message = workloads.segment_messages(1, "cold")[0]
+    body = json.dumps(message, separators=(",", ":")).encode()
+    envelope = workloads.impression_bodies(
+        50, workloads.ImpressionMix(envelope_size=50, envelopes=1, webhook_lists=0, singles=0)
+    )[0]
+    sqs = {
+        "Records": [
+            {
+                "messageId": "7b2f0c4e-1b1a-4bb0-9f0a-000000000001",
+                "receiptHandle": "AQEBcold",
+                "body": envelope,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1795483041109",
+                    "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+                    "ApproximateFirstReceiveTimestamp": "1795483041109",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-ImpressionsQueue",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+    stream = {
+        "Records": [
+            {
+                "eventID": "1",
+                "eventName": "INSERT",
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": "us-east-1",
+                "dynamodb": {
+                    "ApproximateCreationDateTime": 1795483041,
+                    "SequenceNumber": "100000000000000000001",
+                    "SizeBytes": 300,
+                    "StreamViewType": "NEW_IMAGE",
+                    "Keys": {"pk": {"S": "Production#user#u1"}, "sk": {"S": "1795483041109#m1"}},
+                    "NewImage": {
+                        "pk": {"S": "Production#user#u1"},
+                        "sk": {"S": "1795483041109#m1"},
+                        "environment": {"S": "Production"},
+                        "trafficTypeName": {"S": "user"},
+                        "key": {"S": "u1"},
+                        "eventTypeId": {"S": "checkout"},
+                        "timestamp": {"N": "1795483041109"},
+                        "properties": {"M": {}},
+                        "messageId": {"S": "m1"},
+                        "segmentType": {"S": "track"},
+                        "receivedAt": {"N": "1795483041200"},
+                        "connectionId": {"S": workloads.CONNECTION},
+                    },
+                },
+                "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/EventsTable/stream/2026-11-25T00:00:00.000",
+            }
+        ]
+    }
+    profile = api_event(b"", {"authorization": f"Bearer {workloads.WEBHOOK_SECRET}"})
+    profile_path = "/profiles/Production/user/u1"
+    profile.update(
+        routeKey="GET /profiles/{environment}/{trafficType}/{key}",
+        rawPath=profile_path,
+        body=None,
+        pathParameters={"environment": "Production", "trafficType": "user", "key": "u1"},
+    )
+    profile["requestContext"].update(routeKey=profile["routeKey"])
+    profile["requestContext"]["http"].update(method="GET", path=profile_path)
+    schedule = {
+        "version": "0",
+        "id": "cold-start",
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "123456789012",
+        "time": "2026-11-25T18:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+    return {
+        "IngestFunction": api_event(body, {"authorization": f"Bearer {workloads.WEBHOOK_SECRET}"}),
+        "ImpressionsFunction": sqs,
+        "DeliveryFunction": stream,
+        "ProfilesFunction": profile,
+        "AudiencesFunction": stream,
+        "AudienceRecheckFunction": schedule,
+    }
+
+
+def _probe(module: str, event_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.cold_probe", module, str(event_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"cold start of {module} failed:\n{completed.stderr[-3000:]}")
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def heaviest_imports(module: str, env: dict[str, str], top: int = 10) -> list[dict[str, Any]]:
+    """``-X importtime``: the packages whose import took longest (cumulative, each package's own line)."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    packages: dict[str, int] = {}
+    for line in completed.stderr.splitlines():
+        parts = line.split("|")
+        if not line.startswith("import time:") or len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[2].strip()
+        if "." not in name and not name.startswith("_"):
+            packages[name] = max(packages.get(name, 0), int(parts[1]))
+    packages.pop("functions", None)  # the handler itself: the total
+    ranked = sorted(packages.items(), key=lambda kv: -kv[1])[:top]
+    return [{"package": name, "milliseconds": round(us / 1000, 1)} for name, us in ranked]
+
+
+def _stack(moto: Any, sink: Any) -> Any:
+    """The whole template in moto, with the inbound connection, an outbound config and their secrets."""
+    from bench.servers import put_secret
+    from fme_bridge.template import create_stack
+
+    stack = create_stack(moto.client("dynamodb"), moto.client("sqs"), "bench-cold")
+    prefix = stack.function_environment("IngestFunction")["CONFIG_PREFIX"]
+    ssm, secrets = moto.client("ssm"), moto.client("secretsmanager")
+    documents = {
+        f"inbound/{workloads.CONNECTION}": (workloads.INBOUND_CONFIG, workloads.WEBHOOK_SECRET),
+        "outbound/cold": (
+            {**workloads.OUTBOUND_CONFIG, "endpoint": sink.endpoint},
+            workloads.OUTBOUND_WRITE_KEY,
+        ),
+    }
+    for name, (document, secret) in documents.items():
+        ssm.put_parameter(Name=f"{prefix}/{name}", Value=json.dumps(document), Type="String", Overwrite=True)
+        put_secret(secrets, f"{prefix}/{name}", secret)
+    put_secret(secrets, f"{prefix}/profiles", workloads.WEBHOOK_SECRET)
+    return stack
+
+
+def run(
+    moto: Any,
+    sink: Any,
+    repeats: int = 3,
+    log: Any = print,
+    import_profile: bool = True,
+    only: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    from bench.servers import child_env
+    from fme_bridge.template import load_template
+
+    functions = {
+        logical: res["Properties"]["Handler"].rsplit(".", 1)[0]
+        for logical, res in load_template()["Resources"].items()
+        if res["Type"] == "AWS::Serverless::Function" and (not only or logical in only)
+    }
+    stack = _stack(moto, sink)
+    events = first_events(sink.endpoint)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+        base_env = stack.function_environment("IngestFunction")
+        plans: list[tuple[str, str, Path, dict[str, str]]] = []
+        bare_event = Path(tmp) / "bare.json"
+        bare_event.write_text(json.dumps(events["IngestFunction"]))
+        for logical, module in functions.items():
+            event = events.get(logical)
+            if event is None:
+                log(f"  cold/{logical}: no first event defined, import only")
+                event = {}
+            path = Path(tmp) / f"{logical}.json"
+            path.write_text(json.dumps(event))
+            env = child_env(**stack.function_environment(logical), AWS_ENDPOINT_URL=moto.endpoint)
+            plans.append((logical, module, path, env))
+        bare_env = child_env(**base_env, AWS_ENDPOINT_URL=moto.endpoint)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*functions, "bare"]}
+        for _ in range(repeats):
+            runs["bare"].append(_probe(BARE, bare_event, bare_env))
+            for logical, module, path, env in plans:
+                try:
+                    runs[logical].append(_probe(module, path, env))
+                except RuntimeError as exc:
+                    log(f"  cold/{logical}: {str(exc).splitlines()[-1]}")
+
+        def median(rs: list[dict[str, Any]], key: str) -> float:
+            return statistics.median(r[key] for r in rs) if rs else float("nan")
+
+        bare_total = median(runs["bare"], "import_seconds") + median(runs["bare"], "first_invocation_seconds")
+        results["bare"] = {
+            "import_seconds": median(runs["bare"], "import_seconds"),
+            "first_invocation_seconds": median(runs["bare"], "first_invocation_seconds"),
+            "total_seconds": bare_total,
+        }
+        for logical, module, _, env in plans:
+            rs = runs[logical]
+            if not rs:
+                continue
+            total = median(rs, "import_seconds") + median(rs, "first_invocation_seconds")
+            results[logical] = {
+                "handler": module + ".lambda_handler",
+                "import_seconds": median(rs, "import_seconds"),
+                "first_invocation_seconds": median(rs, "first_invocation_seconds"),
+                "total_seconds": total,
+                "vs_bare": total / bare_total,
+                "status": rs[-1].get("status"),
+                "batch_item_failures": rs[-1].get("batch_item_failures"),
+                "heaviest_imports": heaviest_imports(module, env) if import_profile else [],
+            }
+            log(
+                f"  cold/{logical}: import {results[logical]['import_seconds'] * 1000:.0f} ms + first invocation "
+                f"{results[logical]['first_invocation_seconds'] * 1000:.0f} ms = {total / bare_total:.2f}x bare"
+            )
+    log(
+        f"  cold/bare: import {results['bare']['import_seconds'] * 1000:.0f} ms + first invocation "
+        f"{results['bare']['first_invocation_seconds'] * 1000:.0f} ms"
+    )
+    targets = {
+        f"{logical}_vs_bare": {"value": r["vs_bare"], "target": "<= 1.5", "met": r["vs_bare"] <= 1.5}
+        for logical, r in results.items()
+        if logical != "bare"
+    }
+    return {"functions": results, "repeats": repeats, "targets": targets}

@@ -1,0 +1,174 @@
+"""The results of a run as a rich table, a JSON file and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _mark(met: bool) -> str:
+    return "[green]met[/]" if met else "[red]missed[/]"
+
+
+def print_tables(results: dict[str, Any], console: Console) -> None:
+    imp = results["impressions"]
+    t = Table(
+        title=f"Impressions → Segment ({imp['impressions']:,} impressions, SQS batches of {imp['sqs_batch_size']})"
+    )
+    for column in (
+        "contender",
+        "impressions/s",
+        "wall s",
+        "CPU s",
+        "HTTP requests",
+        "vs minimum",
+        "peak RSS MB",
+    ):
+        t.add_column(column, justify="right" if column != "contender" else "left")
+    names = {
+        "handler": "bridge impressions handler",
+        "official": "segment-analytics-python",
+        "wire": "wire limit (500 KB bodies)",
+    }
+    for kind, c in imp["contenders"].items():
+        t.add_row(
+            names[kind],
+            f"{c['impressions_per_second']:,.0f}",
+            f"{c['seconds']:.2f}",
+            f"{c['cpu_seconds']:.2f}",
+            f"{c['requests']:,}",
+            f"{c['requests_over_minimum']:.2f}×",
+            f"{c.get('peak_rss_mb', '')}",
+        )
+    console.print(t)
+    r = imp["ratios"]
+    console.print(
+        f"handler / official: {r['handler_vs_official']:.2f}× (target ≥ 5: "
+        f"{_mark(imp['targets']['handler_vs_official']['met'])}); CPU: {r['handler_vs_official_cpu']:.2f}×  ·  "
+        f"handler / wire: {r['handler_vs_wire']:.2f}× (target ≥ 0.6: "
+        f"{_mark(imp['targets']['handler_vs_wire']['met'])})  ·  peak RSS "
+        f"{imp['contenders']['handler']['peak_rss_mb']} MB (≤ 256: {_mark(imp['targets']['peak_rss_mb']['met'])})"
+    )
+
+    t = Table(title="Webhook ingest (moto DynamoDB in its own process)")
+    for column in (
+        "phase",
+        "handler",
+        "messages/s",
+        "FME events/s",
+        "wall s",
+        "CPU s",
+        "DynamoDB req/event",
+        "vs baseline",
+    ):
+        t.add_column(column, justify="left" if column in ("phase", "handler") else "right")
+    for phase, sides in results["ingest"]["phases"].items():
+        for kind in ("real", "baseline"):
+            s = sides[kind]
+            t.add_row(
+                phase,
+                "bridge ingest" if kind == "real" else "baseline (json + BatchWriteItem)",
+                f"{s['messages_per_second']:,.0f}",
+                f"{s['events_per_second']:,.0f}",
+                f"{s['seconds']:.2f}",
+                f"{s['cpu_seconds']:.2f}",
+                f"{s['dynamodb_requests_per_event']:.3f}",
+                f"{sides['time_vs_baseline']:.2f}×" if kind == "real" else "",
+            )
+    console.print(t)
+
+    cold = results["cold_start"]["functions"]
+    t = Table(title="Cold start: fresh interpreter, import + first invocation (median)")
+    for column in (
+        "function",
+        "import ms",
+        "first invocation ms",
+        "total ms",
+        "vs bare",
+        "heaviest imports (ms)",
+    ):
+        t.add_column(column, justify="left" if column in ("function", "heaviest imports (ms)") else "right")
+    for name, c in cold.items():
+        heavy = ", ".join(
+            f"{h['package']} {h['milliseconds']:.0f}" for h in c.get("heaviest_imports", [])[:5]
+        )
+        t.add_row(
+            name,
+            f"{c['import_seconds'] * 1000:.0f}",
+            f"{c['first_invocation_seconds'] * 1000:.0f}",
+            f"{c['total_seconds'] * 1000:.0f}",
+            f"{c['vs_bare']:.2f}×" if "vs_bare" in c else "1.00×",
+            heavy,
+        )
+    console.print(t)
+
+    t = Table(title="Targets")
+    for column in ("measure", "value", "target", ""):
+        t.add_column(column)
+    for name, target in results["targets"].items():
+        value = target.get("value")
+        t.add_row(
+            name,
+            f"{value:.3f}" if isinstance(value, float) else str(value),
+            target["target"],
+            _mark(target["met"]),
+        )
+    console.print(t)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def draw_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    imp = results["impressions"]["contenders"]
+    labels = ["bridge\nhandler", "segment-analytics-\npython", "wire limit\n(500 KB posts)"]
+    values = [imp[k]["impressions_per_second"] for k in ("handler", "official", "wire")]
+    bars = axes[0].bar(labels, values, color=["#2b8a3e", "#868e96", "#1c7ed6"])
+    axes[0].bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    axes[0].set_title("Impressions → Segment, impressions/s")
+    ratios = results["impressions"]["ratios"]
+    axes[0].set_xlabel(
+        f"{ratios['handler_vs_official']:.1f}× the official client, "
+        f"{ratios['handler_vs_wire']:.2f}× the wire limit"
+    )
+
+    phases = results["ingest"]["phases"]
+    names = list(phases)
+    x = range(len(names))
+    real = [phases[p]["real"]["seconds"] for p in names]
+    base = [phases[p]["baseline"]["seconds"] for p in names]
+    axes[1].bar([i - 0.2 for i in x], real, 0.4, label="bridge ingest", color="#2b8a3e")
+    axes[1].bar([i + 0.2 for i in x], base, 0.4, label="json.loads + BatchWriteItem", color="#868e96")
+    axes[1].set_xticks(list(x), [f"{p}\n{phases[p]['time_vs_baseline']:.2f}× baseline" for p in names])
+    axes[1].set_title("Webhook ingest, seconds (moto DynamoDB)")
+    axes[1].legend()
+
+    cold = results["cold_start"]["functions"]
+    names = list(cold)
+    imports = [cold[n]["import_seconds"] * 1000 for n in names]
+    firsts = [cold[n]["first_invocation_seconds"] * 1000 for n in names]
+    axes[2].barh(names, imports, label="import", color="#1c7ed6")
+    axes[2].barh(names, firsts, left=imports, label="first invocation", color="#74c0fc")
+    axes[2].set_title("Cold start, ms (median)")
+    axes[2].invert_yaxis()
+    axes[2].legend()
+    fig.suptitle(
+        f"fme-segment-bridge benchmarks — {results['started_at']} "
+        f"({results['machine']['cpus']} cores, load {results['machine']['load_average_start']:.1f})"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
