@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared.http_retry import Deadline
 from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import (
     AudienceEvaluator,
@@ -29,7 +27,7 @@ from shared.profiles.audience_sync import (
     load_audiences,
     profiles_to_evaluate,
 )
-from shared.profiles.identify_sender import SegmentIdentifySender
+from shared.profiles.identify_sender import IdentifySender
 from shared.profiles_table import to_python
 
 logger = Logger()
@@ -38,9 +36,8 @@ tracer = Tracer()
 # A batch whose every profile failed is reported like any partial failure, not raised.
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
 
-# Injection points for tests and the local stack: the clock and the HTTP transport to Segment.
+# The clock, replaceable by tests (withinDays windows) and the local stack.
 now_ms: Callable[[], int] = lambda: int(time.time() * 1000)  # noqa: E731
-segment_transport: httpx.AsyncBaseTransport | None = None
 
 
 class ProfileNotSynced(Exception):
@@ -88,11 +85,7 @@ def publish(report: SyncReport, log: Logger, sink: Metrics) -> None:
 
 
 def evaluator(context: LambdaContext) -> AudienceEvaluator:
-    sender = SegmentIdentifySender(
-        deadline=lambda: Deadline(remaining_ms=remaining_time_ms(context)),
-        transport=segment_transport,
-    )
-    return AudienceEvaluator(load_audiences(), sender)
+    return AudienceEvaluator(load_audiences(), IdentifySender(remaining_time_ms(context)))
 
 
 @logger.inject_lambda_context

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from shared import config as config_store
 from shared.config import ConfigError, ConfigInvalid, OutboundConfig
 from shared.http_retry import Outcome
+from shared.outbound.destinations import Destination
 from shared.profiles import sources
 from shared.profiles.audiences import (
     AttributeRule,
@@ -29,6 +30,7 @@ from shared.profiles.audiences import (
     parse_audience,
 )
 from shared.profiles.computed_traits import identify_message, message_id
+from shared.profiles.identify_sender import IdentifyBatches
 from shared.profiles_table import (
     Membership,
     MembershipConflict,
@@ -41,12 +43,8 @@ from shared.profiles_table import (
 logger = logging.getLogger(__name__)
 
 
-class IdentifySender(Protocol):
-    """Sends identify messages to one outbound config's Segment source."""
-
-    def __call__(
-        self, config_name: str, config: OutboundConfig, messages: list[dict[str, Any]]
-    ) -> Outcome: ...
+# Sends each outbound config's identify messages; the outcome per config name.
+SendIdentifies = Callable[[IdentifyBatches], dict[str, Outcome]]
 
 
 @dataclass
@@ -118,7 +116,7 @@ class AudienceEvaluator:
     def __init__(
         self,
         audiences: AudienceSet,
-        send: IdentifySender,
+        send: SendIdentifies,
         outbound: Callable[[str], OutboundConfig] = config_store.load_outbound,
     ) -> None:
         self.audiences = audiences
@@ -151,8 +149,9 @@ class AudienceEvaluator:
 
     def _messages(
         self, decisions: Iterable[_Decision], now_ms: int, report: SyncReport
-    ) -> dict[str, tuple[OutboundConfig, list[tuple[_Decision, dict[str, Any]]]]]:
-        by_config: dict[str, tuple[OutboundConfig, list[tuple[_Decision, dict[str, Any]]]]] = {}
+    ) -> tuple[dict[str, tuple[Destination, list[dict[str, Any]]]], dict[str, list[_Decision]]]:
+        batches: dict[str, tuple[Destination, list[dict[str, Any]]]] = {}
+        decided: dict[str, list[_Decision]] = {}
         for decision in decisions:
             if not decision.transition:
                 continue
@@ -180,8 +179,9 @@ class AudienceEvaluator:
                         "fme-audience", decision.audience, decision.pk, after.member, after.transitions
                     ),
                 )
-                by_config.setdefault(config_name, (outbound, []))[1].append((decision, message))
-        return by_config
+                batches.setdefault(config_name, (Destination(config_name, outbound), []))[1].append(message)
+                decided.setdefault(config_name, []).append(decision)
+        return batches, decided
 
     def sync_profiles(self, pks: Iterable[str], now_ms: int) -> SyncReport:
         report = SyncReport()
@@ -194,16 +194,15 @@ class AudienceEvaluator:
                 logger.exception("could not evaluate audiences of a profile")
                 report.failed.add(pk)
 
-        for config_name, (outbound, pending) in self._messages(decisions, now_ms, report).items():
-            outcome = self.send(config_name, outbound, [message for _, message in pending])
+        batches, decided = self._messages(decisions, now_ms, report)
+        for config_name, outcome in (self.send(batches) if batches else {}).items():
+            pending = decided[config_name]
             if outcome is Outcome.DELIVERED:
                 report.sent += len(pending)
             elif outcome is Outcome.PERMANENT:
-                report.not_sent.append(
-                    f"outbound {config_name}: Segment refused {len(pending)} identify calls"
-                )
+                report.not_sent.append(f"outbound {config_name}: {len(pending)} identify calls refused")
             else:
-                report.failed.update(decision.pk for decision, _ in pending)
+                report.failed.update(decision.pk for decision in pending)
 
         for decision in decisions:
             if decision.pk in report.failed or not decision.store:

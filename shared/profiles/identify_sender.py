@@ -1,67 +1,61 @@
-"""Sending identify calls to an outbound config's Segment source (``POST {endpoint}/batch``)."""
+"""Sending identify calls (computed traits, audience membership) through the outbound Segment client.
+
+The same client, retry policy and batch limits as the track calls (:mod:`shared.outbound.segment_client`):
+one request per outbound config per invocation in the usual case, configs in parallel.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
+from shared.config import ConfigError, ConfigNotFound
+from shared.http_retry import Deadline, Outcome
+from shared.outbound.destinations import Destination, WriteKeys
+from shared.outbound.segment_client import BatchPacker, SegmentClient, http_client
+from shared.outbound.segment_messages import encode
 
-from shared import config as config_store
-from shared.config import ConfigError, ConfigNotFound, OutboundConfig
-from shared.http_retry import SEGMENT_POLICY, Deadline, Outcome, send_with_retry
-
-# Identify calls are a few hundred bytes: this stays far below Segment's 500 KB per request.
-MESSAGES_PER_REQUEST = 500
-
-
-def _basic_auth(write_key: str) -> str:
-    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+# Per outbound config name: the destination and the identify messages for it.
+IdentifyBatches = Mapping[str, tuple[Destination, list[dict[str, Any]]]]
 
 
-async def _send(
-    config: OutboundConfig,
-    write_key: str,
-    messages: list[dict[str, Any]],
-    deadline: Deadline,
-    transport: httpx.AsyncBaseTransport | None,
-) -> Outcome:
-    headers = {"Authorization": _basic_auth(write_key), "Content-Type": "application/json"}
-    url = f"{config.endpoint_base}/batch"
-    async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
-        for start in range(0, len(messages), MESSAGES_PER_REQUEST):
-            body = {"batch": messages[start : start + MESSAGES_PER_REQUEST]}
-            result = await send_with_retry(
-                client,
-                lambda body=body: client.build_request("POST", url, json=body, headers=headers),  # type: ignore[misc]
-                SEGMENT_POLICY,
-                deadline,
-            )
-            if result.outcome is not Outcome.DELIVERED:
-                return result.outcome
-    return Outcome.DELIVERED
+async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[str, Outcome]:
+    """Send each config's messages; the outcome per config name. Never raises for HTTP failures."""
+    keys = WriteKeys()
+    async with http_client() as http:
+        client = SegmentClient(http, deadline)
 
-
-class SegmentIdentifySender:
-    """Sends with the Segment retry policy within a deadline; the write key comes from Secrets Manager."""
-
-    def __init__(
-        self,
-        deadline: Callable[[], Deadline],
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.deadline = deadline
-        self.transport = transport
-
-    def __call__(self, config_name: str, config: OutboundConfig, messages: list[dict[str, Any]]) -> Outcome:
-        if not messages:
+        async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
+            try:
+                write_key = keys.get(destination)
+            except ConfigNotFound:
+                return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
+            except ConfigError:
+                return Outcome.TRANSIENT
+            packer = BatchPacker()
+            pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
+            if (last := packer.flush()) is not None:
+                pending.append(last)
+            for batch in pending:
+                result = await client.send(destination.endpoint, write_key, batch)
+                if result.outcome is not Outcome.DELIVERED:
+                    return result.outcome
             return Outcome.DELIVERED
-        try:
-            write_key = config_store.get_secret(config_store.outbound_name(config_name))
-        except ConfigNotFound:
-            return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds it
-        except ConfigError:
-            return Outcome.TRANSIENT
-        return asyncio.run(_send(config, write_key, messages, self.deadline(), self.transport))
+
+        names = list(batches)
+        outcomes = await asyncio.gather(*(send(*batches[name]) for name in names))
+    return dict(zip(names, outcomes, strict=True))
+
+
+class IdentifySender:
+    """Blocking front of :func:`send_identifies`, within the Lambda's remaining time less a margin."""
+
+    def __init__(self, remaining_ms: Callable[[], int], margin_ms: int = 1500) -> None:
+        self.remaining_ms = remaining_ms
+        self.margin_ms = margin_ms
+
+    def __call__(self, batches: IdentifyBatches) -> dict[str, Outcome]:
+        if not batches:
+            return {}
+        return asyncio.run(send_identifies(batches, Deadline(self.remaining_ms, margin_ms=self.margin_ms)))

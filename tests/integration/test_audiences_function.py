@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
+from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from shared.profiles.audiences import DAY_MS
 from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
@@ -45,24 +43,6 @@ AUDIENCE = {
 _serialize = TypeSerializer().serialize
 
 
-class SegmentFake:
-    """Answers like Segment's /v1/batch; ``fail_with`` makes the next answers an error."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.fail_with: int | None = None
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.fail_with is not None:
-            return httpx.Response(self.fail_with, json={"error": "unavailable"})
-        return httpx.Response(200, json={"success": True})
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        return [m for r in self.requests if self.fail_with is None for m in json.loads(r.content)["batch"]]
-
-
 @pytest.fixture(autouse=True)
 def handlers(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> None:
     global audiences_app, sweep
@@ -74,10 +54,9 @@ def handlers(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Non
 
 
 @pytest.fixture
-def segment(monkeypatch: pytest.MonkeyPatch) -> SegmentFake:
-    fake = SegmentFake()
-    monkeypatch.setattr(audiences_app, "segment_transport", httpx.MockTransport(fake))
-    return fake
+def segment() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={"WRITE_KEY"}) as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -88,14 +67,14 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.fixture
-def env(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+def env(stack: Stack, function_env: Callable[[str], dict[str, str]], segment: SegmentSink) -> Stack:
     function_env("AudiencesFunction")
     put_config(
         "outbound/segment-prod",
         {
             "environments": ["Production"],
             "identities": {"user": "userId"},
-            "endpoint": "https://segment.test/v1",
+            "endpoint": segment.endpoint,
         },
     )
     put_secret("outbound/segment-prod", "WRITE_KEY")
@@ -174,7 +153,7 @@ def setup_member(stack: Stack) -> dict[str, Any]:
 
 
 def test_entry_is_sent_once_as_an_identify_and_stored(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     event_item = setup_member(env)
     response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
@@ -182,13 +161,13 @@ def test_entry_is_sent_once_as_an_identify_and_stored(
     assert response == {"batchItemFailures": []}
     assert len(segment.requests) == 1
     request = segment.requests[0]
-    assert str(request.url) == "https://segment.test/v1/batch"
-    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"WRITE_KEY:").decode()
-    (message,) = json.loads(request.content)["batch"]
+    assert (request.path, request.write_key, request.status) == ("/v1/batch", "WRITE_KEY", 200)
+    (message,) = request.messages
     assert message["type"] == "identify"
     assert message["userId"] == "user-123"
     assert message["traits"] == {"checkout_fans": True}
     assert message["messageId"].startswith("fme-audience-")
+    assert message["timestamp"] == "2026-11-24T01:17:21.109Z"  # the evaluation time
     assert "anonymousId" not in message
     stored = membership(env)
     assert stored is not None
@@ -201,7 +180,7 @@ def test_entry_is_sent_once_as_an_identify_and_stored(
 
 
 def test_exit_when_an_attribute_changes(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
     old = put_identity(env, "pro")
@@ -215,7 +194,7 @@ def test_exit_when_an_attribute_changes(
 
 
 def test_a_treatment_change_is_a_trigger_and_an_unrelated_one_is_not(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     setup_member(env)
     before = {"pk": PK, "sk": "treatment#new_checkout", "split": "new_checkout", "treatment": "off"}
@@ -231,7 +210,7 @@ def test_a_treatment_change_is_a_trigger_and_an_unrelated_one_is_not(
 
 
 def test_an_unreferenced_event_type_evaluates_nothing(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     setup_member(env)
     audiences_app.lambda_handler(
@@ -242,7 +221,7 @@ def test_an_unreferenced_event_type_evaluates_nothing(
 
 
 def test_within_days_expiry_exits_on_the_scheduled_recheck(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
 
@@ -262,25 +241,26 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
 
 
 def test_a_failed_send_retries_the_record_and_resends_the_same_message(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     event = stream_event(env, "EventsTable", setup_member(env), sequence=7)
-    lambda_context.remaining_ms = 2_000  # little time: the 503s are not retried for long
-    segment.fail_with = 503
+    lambda_context.remaining_ms = 2_500  # little time: the 503s are not retried for long
+    segment.fail_next(100, status=503, accept=True)  # stored by Segment, but the answers are errors
     response = audiences_app.lambda_handler(event, lambda_context)
     assert response == {"batchItemFailures": [{"itemIdentifier": "44215845000000007"}]}
     assert membership(env) is None  # not stored: the retry must find the transition again
-    first_id = json.loads(segment.requests[0].content)["batch"][0]["messageId"]
+    first_ids = {m["messageId"] for m in segment.messages}
+    assert len(first_ids) == 1
 
-    segment.fail_with = None
+    segment.clear()
     lambda_context.remaining_ms = 30_000
     assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
-    assert json.loads(segment.requests[-1].content)["batch"][0]["messageId"] == first_id
+    assert set(segment.unique_messages()) == first_ids  # the same messageId: Segment keeps one
     assert membership(env) is not None
 
 
 def test_an_invalid_audience_does_not_stop_the_valid_ones(
-    env: Stack, segment: SegmentFake, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     put_config("audiences/broken", {"environment": "Production", "trafficType": "user", "rule": {"nope": {}}})
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)

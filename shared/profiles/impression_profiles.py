@@ -1,0 +1,174 @@
+"""The impressions path's profile step: last treatments, and computed-trait identifies on change.
+
+:class:`LastTreatmentSync` is an observer of the impressions pipeline
+(:class:`shared.outbound.delivery.ImpressionObserver`): it collects every parsed impression and, once
+the track calls are out, records the last treatments (one conditional write per identity and flag,
+concurrently) and sends an ``identify`` per change to each outbound config with ``computedTraits``
+enabled. SQS messages whose profile step failed transiently are returned to the pipeline, which
+retries them like a failed track call; the writes and identifies are idempotent, so a retry repeats
+nothing Segment keeps twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import ConfigError
+from shared.http_retry import Outcome
+from shared.outbound.destinations import Destination, Router, load_destinations
+from shared.outbound.impressions import Impression
+from shared.outbound.segment_messages import traffic_type_of
+from shared.profiles.computed_traits import computed_trait_identifies
+from shared.profiles.identify_sender import IdentifySender
+from shared.profiles.last_treatment import LastTreatmentRecorder
+from shared.profiles_table import LastTreatment, WriteOutcome
+
+logger = logging.getLogger(__name__)
+
+Slot = tuple[str, str]  # (profile pk, split)
+
+
+@dataclass
+class ProfileStepReport:
+    impressions: int = 0
+    writes: int = 0  # conditional writes made (after collapsing and the cache)
+    changed: int = 0
+    identifies_sent: int = 0
+    identifies_refused: int = 0
+    failed: dict[int, str] = field(default_factory=dict)  # SQS record index -> transient reason
+
+
+def _record_of(impression: Impression, destination: Destination) -> LastTreatment:
+    return LastTreatment(
+        environment=impression.environment_name or impression.environment_id or "",
+        traffic_type=traffic_type_of(impression, destination.config),
+        key=impression.key,
+        split=impression.split,
+        treatment=impression.treatment,
+        time=impression.time,
+        split_version=impression.split_version_number,
+        label=impression.label,
+    )
+
+
+class LastTreatmentSync:
+    """One per invocation; the recorder (with its cache) lives as long as the container."""
+
+    def __init__(
+        self,
+        recorder: LastTreatmentRecorder,
+        remaining_ms: Callable[[], int],
+        margin_ms: int = 1500,
+        destinations: Callable[[], list[Destination]] = load_destinations,
+    ) -> None:
+        self.recorder = recorder
+        self.remaining_ms = remaining_ms
+        self.margin_ms = margin_ms
+        self.destinations = destinations
+        self.report = ProfileStepReport()
+        self._seen: list[tuple[int, Impression]] = []
+
+    def publish(self, metrics: Any) -> None:
+        """Add this invocation's counts to a Powertools ``Metrics``."""
+        report = self.report
+        for name, value in (
+            ("LastTreatmentWrites", report.writes),
+            ("LastTreatmentChanges", report.changed),
+            ("ComputedTraitIdentifiesSent", report.identifies_sent),
+            ("ComputedTraitIdentifiesRefused", report.identifies_refused),
+        ):
+            metrics.add_metric(name=name, unit="Count", value=value)
+
+    def observe(self, record: int, impressions: Sequence[Impression]) -> None:
+        self._seen.extend((record, impression) for impression in impressions)
+
+    def finish(self) -> Mapping[int, str]:
+        # Called from inside the pipeline's event loop, after its sends: the identifies get a loop
+        # of their own on a helper thread, and the blocking DynamoDB writes delay nothing.
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            return worker.submit(self.run).result()
+
+    def run(self) -> dict[int, str]:
+        report = self.report
+        report.impressions = len(self._seen)
+        if not self._seen:
+            return {}
+        try:
+            router = Router(self.destinations())
+        except ConfigError as exc:  # the pipeline retries the whole batch already
+            return self._fail({r for r, _ in self._seen}, f"profiles: outbound configs unavailable ({exc})")
+
+        records: list[LastTreatment] = []
+        sources: dict[Slot, set[int]] = defaultdict(set)
+        by_destination: dict[str, set[Slot]] = defaultdict(set)
+        for record_index, impression in self._seen:
+            routes = router.routes(impression)
+            if isinstance(routes, str):
+                continue  # a permanent error of the track path already
+            for destination, _ in routes:
+                lt = _record_of(impression, destination)
+                records.append(lt)
+                sources[(lt.pk, lt.split)].add(record_index)
+                by_destination[destination.name].add((lt.pk, lt.split))
+
+        try:
+            outcomes = self.recorder.record(records)
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning("recording last treatments failed: %s", type(exc).__name__)
+            return self._fail(
+                {r for slots in sources.values() for r in slots}, "profiles: DynamoDB unavailable"
+            )
+        report.writes = len(outcomes)
+        changed = [o for o in outcomes if o.changed]
+        report.changed = len(changed)
+
+        failed_slots = self._send_identifies(router.destinations, changed, by_destination)
+        self.recorder.remember([o for o in outcomes if (o.record.pk, o.record.split) not in failed_slots])
+        for slot, reason in failed_slots.items():
+            for record_index in sources[slot]:
+                report.failed.setdefault(record_index, reason)
+        return dict(report.failed)
+
+    def _send_identifies(
+        self,
+        destinations: Sequence[Destination],
+        changed: Sequence[WriteOutcome],
+        by_destination: Mapping[str, set[Slot]],
+    ) -> dict[Slot, str]:
+        batches: dict[str, tuple[Destination, list[dict[str, Any]]]] = {}
+        slots_of: dict[str, list[Slot]] = {}
+        for destination in destinations:
+            if not destination.config.computedTraits.enabled:
+                continue
+            mine = [o for o in changed if (o.record.pk, o.record.split) in by_destination[destination.name]]
+            messages = computed_trait_identifies(mine, destination.config)
+            if messages:
+                batches[destination.name] = (destination, messages)
+                slots_of[destination.name] = [(o.record.pk, o.record.split) for o in mine]
+        if not batches:
+            return {}
+        results = IdentifySender(self.remaining_ms, self.margin_ms)(batches)
+        failed: dict[Slot, str] = {}
+        for name, outcome in results.items():
+            count = len(batches[name][1])
+            if outcome is Outcome.DELIVERED:
+                self.report.identifies_sent += count
+            elif outcome is Outcome.PERMANENT:
+                self.report.identifies_refused += count
+                logger.error("Segment refused %d computed-trait identify calls for %s", count, name)
+            else:
+                for slot in slots_of[name]:
+                    failed.setdefault(slot, f"{name}: computed-trait identify not delivered")
+        return failed
+
+    def _fail(self, records: set[int], reason: str) -> dict[int, str]:
+        for record_index in records:
+            self.report.failed.setdefault(record_index, reason)
+        return dict(self.report.failed)

@@ -1,0 +1,265 @@
+"""Last treatments and computed traits through the real impressions handler, moto and the loopback sink."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fme_bridge.segment_sink import SegmentSink
+from fme_bridge.template import Stack
+from shared import aws, config
+from shared.config import OutboundConfig
+from shared.outbound.destinations import Destination
+from shared.outbound.impressions import parse_body
+from shared.profiles.impression_profiles import LastTreatmentSync
+from shared.profiles.last_treatment import LastTreatmentRecorder
+from shared.profiles_table import profile_items, treatments_of
+from tests.conftest import load_event, put_config, put_secret
+from tests.integration.sqs_events import event
+
+WRITE_KEY = "wk-production"
+USER = "7f244b10-9ca5-11e5-9706-16a11fb02dec"
+T0 = 1_795_483_041_109
+
+app: Any = None
+
+
+@pytest.fixture
+def sink() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={WRITE_KEY}) as server:
+        yield server
+
+
+@pytest.fixture
+def production(
+    stack: Stack,
+    function_env: Callable[[str], dict[str, str]],
+    sink: SegmentSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    global app
+    function_env("ImpressionsFunction")
+    monkeypatch.setenv("SEND_MARGIN_MS", "500")
+    from functions.impressions import app as handler_module
+
+    app = handler_module
+    app.last_treatments.forget()  # the container cache must not outlive a test's moto tables
+    document = {
+        "environments": ["Production"],
+        "identities": {"user": "userId", "anonymous": "anonymousId"},
+        "defaultTrafficType": "user",
+        "endpoint": sink.endpoint,
+        "computedTraits": {"enabled": True, "traitName": "{split}"},
+    }
+    put_config("outbound/production", document)
+    put_secret("outbound/production", WRITE_KEY)
+    return document
+
+
+@pytest.fixture
+def context(lambda_context: Any) -> Any:
+    end = time.monotonic() + 6.0
+    lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+    return lambda_context
+
+
+def impression(split: str, treatment: str, at: int, key: str = USER, **extra: Any) -> dict[str, Any]:
+    return {
+        "key": key,
+        "split": split,
+        "environmentId": "194da2f0-3e22-11ea-ba75-12f2f63694e5",
+        "environmentName": "Production",
+        "treatment": treatment,
+        "time": at,
+        "bucketingKey": None,
+        "label": "default rule",
+        "machineName": "ip-10-0-1-17",
+        "machineIp": "10.0.1.17",
+        "splitVersionNumber": 1795482000000,
+        "sdk": "java",
+        "sdkVersion": "4.13.0",
+        **extra,
+    }
+
+
+def identifies(sink: SegmentSink) -> list[dict[str, Any]]:
+    return [m for m in sink.messages if m["type"] == "identify"]
+
+
+def stored_treatments(key: str = USER, traffic_type: str = "user") -> dict[str, dict[str, Any]]:
+    return treatments_of(profile_items(f"Production#{traffic_type}#{key}"))
+
+
+def test_the_vendor_webhook_impression_sets_the_last_treatment_and_the_trait(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    sqs_event = load_event("sqs_impressions.json")
+    sqs_event["Records"] = sqs_event["Records"][:1]
+
+    assert app.lambda_handler(sqs_event, context) == {"batchItemFailures": []}
+
+    assert stored_treatments() == {
+        "new_checkout": {"treatment": "on", "time": T0, "splitVersionNumber": 1795482000000}
+    }
+    [identify] = identifies(sink)
+    assert identify == {
+        "type": "identify",
+        "userId": USER,
+        "traits": {"new_checkout": "on"},
+        "timestamp": "2026-11-24T01:17:21.109Z",
+        "messageId": identify["messageId"],
+        "context": {
+            "library": {"name": "fme-segment-bridge", "version": identify["context"]["library"]["version"]}
+        },
+    }
+    assert identify["messageId"].startswith("fme-trait-")
+    assert len(identify["messageId"]) <= 100
+    # The track call went out too, in its own request, with the same write key.
+    assert [m["type"] for m in sink.messages] == ["track", "identify"]
+    assert {r.write_key for r in sink.requests} == {WRITE_KEY}
+
+
+def test_identify_only_on_change(production: dict[str, Any], sink: SegmentSink, context: Any) -> None:
+    def send(*impressions: dict[str, Any]) -> None:
+        assert app.lambda_handler(event(json.dumps(list(impressions))), context) == {"batchItemFailures": []}
+
+    send(impression("f", "on", T0))
+    send(impression("f", "on", T0 + 1000))  # same treatment, newer: no identify
+    send(impression("f", "on", T0 + 500))  # older: nothing
+    send(impression("f", "off", T0 + 2000))
+    send(impression("f", "off", T0 + 2000))  # the same impression again (an SQS redelivery)
+    assert [m["traits"] for m in identifies(sink)] == [{"f": "on"}, {"f": "off"}]
+    assert stored_treatments()["f"]["time"] == T0 + 2000
+
+
+def test_anonymous_traffic_and_a_custom_trait_name(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    put_config(
+        "outbound/production",
+        {**production, "computedTraits": {"enabled": True, "traitName": "split_{split}"}},
+    )
+    config.clear_caches()
+    body = {
+        "environmentName": "Production",
+        "trafficType": "anonymous",
+        "impressions": [impression("f", "v2", T0, "anon-1")],
+    }
+    assert app.lambda_handler(event(json.dumps(body)), context) == {"batchItemFailures": []}
+    [identify] = identifies(sink)
+    assert identify["anonymousId"] == "anon-1"
+    assert "userId" not in identify
+    assert identify["traits"] == {"split_f": "v2"}
+    assert stored_treatments("anon-1", "anonymous")["f"]["treatment"] == "v2"
+
+
+def test_without_computed_traits_the_last_treatment_is_still_kept(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    put_config("outbound/production", {k: v for k, v in production.items() if k != "computedTraits"})
+    config.clear_caches()
+    assert app.lambda_handler(event(json.dumps(impression("f", "on", T0))), context) == {
+        "batchItemFailures": []
+    }
+    assert identifies(sink) == []
+    assert stored_treatments()["f"]["treatment"] == "on"
+
+
+HISTORY = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2"]),
+        st.sampled_from(["f", "g"]),
+        st.sampled_from(["on", "off"]),
+        st.integers(0, 5),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=HISTORY, seed=st.integers(), per_message=st.integers(1, 4))
+def test_shuffled_impressions_end_with_the_same_last_treatments_and_traits(
+    production: dict[str, Any],
+    sink: SegmentSink,
+    context: Any,
+    history: list[tuple[str, str, str, int]],
+    seed: int,
+    per_message: int,
+) -> None:
+    """Whatever the order and grouping of SQS messages, the stored last treatments are the newest
+    impressions, and the newest identify Segment holds per user and trait carries that treatment."""
+    clear_profiles()
+    app.last_treatments.forget()
+    sink.clear()
+    end = time.monotonic() + 6.0  # each example is its own invocations: a fresh deadline
+    context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+
+    impressions = [impression(split, treatment, T0 + at, key) for key, split, treatment, at in history]
+    random.Random(seed).shuffle(impressions)
+    bodies = [json.dumps(impressions[i : i + per_message]) for i in range(0, len(impressions), per_message)]
+    for start in range(0, len(bodies), 3):  # SQS batches of up to three messages
+        assert app.lambda_handler(event(*bodies[start : start + 3]), context) == {"batchItemFailures": []}
+
+    newest: dict[tuple[str, str], tuple[int, str]] = {}
+    for key, split, treatment, at in history:
+        newest[(key, split)] = max(newest.get((key, split), (-1, "")), (at, treatment))
+    latest_trait: dict[tuple[str, str], tuple[str, str]] = {}
+    for message in identifies(sink):
+        ((trait, value),) = message["traits"].items()
+        slot = (message["userId"], trait)
+        latest_trait[slot] = max(latest_trait.get(slot, ("", "")), (message["timestamp"], value))
+    for (key, split), (at, treatment) in newest.items():
+        assert stored_treatments(key)[split]["treatment"] == treatment
+        assert stored_treatments(key)[split]["time"] == T0 + at
+        assert latest_trait[(key, split)][1] == treatment
+
+
+def clear_profiles() -> None:
+    """Hypothesis runs many examples in one test: each starts from an empty ProfilesTable."""
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(aws.env("PROFILES_TABLE"))
+    for item in table.scan()["Items"]:
+        table.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+
+
+def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_id(
+    production: dict[str, Any], sink: SegmentSink
+) -> None:
+    """The profile step on its own: Segment failing the identify makes the record transient."""
+    destination = Destination("production", OutboundConfig.model_validate(production))
+    body = json.dumps([impression("f", "on", T0), impression("g", "on", T0)])
+    recorder = LastTreatmentRecorder()
+
+    def run(remaining_ms: int) -> tuple[dict[int, str], LastTreatmentSync]:
+        end = time.monotonic() + remaining_ms / 1000
+        step = LastTreatmentSync(
+            recorder,
+            lambda: int((end - time.monotonic()) * 1000),
+            margin_ms=500,
+            destinations=lambda: [destination],
+        )
+        step.observe(4, [i for _, i in parse_body(body).impressions])
+        return step.run(), step
+
+    sink.fail_next(50, status=503, accept=True)
+    failed, step = run(2500)
+    assert set(failed) == {4}
+    assert step.report.changed == 2
+    first_ids = {m["messageId"] for m in identifies(sink)}
+    assert len(first_ids) == 2
+
+    sink.clear()
+    failed, step = run(5000)
+    assert failed == {}
+    assert {m["messageId"] for m in identifies(sink)} == first_ids
+    # Delivered now: the container remembers, and a third delivery writes nothing.
+    failed, step = run(5000)
+    assert (failed, step.report.writes) == ({}, 0)
