@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fme_bridge.commands.dlq",
     "fme_bridge.commands.stored",
     "fme_bridge.commands.delivery",
+    "fme_bridge.commands.profiles",
 )
 
 

@@ -66,11 +66,14 @@ def test_least_privilege() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     )
     assert actions == [
+        "dynamodb:UpdateItem",
         "secretsmanager:GetSecretValue",
         "sqs:SendMessage",
         "ssm:GetParameter",
         "ssm:GetParametersByPath",
     ]
+    # Last treatments (docs/profiles.md): conditional updates of ProfilesTable only.
+    assert statements["LastTreatments"]["Resource"] == {"Fn::GetAtt": ["ProfilesTable", "Arn"]}
     assert statements["PermanentFailuresToDeadLetterQueue"]["Resource"] == {
         "Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]
     }

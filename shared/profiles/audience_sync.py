@@ -20,6 +20,7 @@ from shared.http_retry import Outcome
 from shared.outbound.destinations import Destination
 from shared.profiles import sources
 from shared.profiles.audiences import (
+    AUDIENCE_NAME_PATTERN,
     AttributeRule,
     AudienceConfig,
     PerformedRule,
@@ -69,6 +70,9 @@ def load_audiences() -> AudienceSet:
     """Every ``{prefix}/audiences/*`` parameter (cached). A malformed one is reported, not fatal."""
     found = AudienceSet()
     for name, raw in config_store.list_parameters("audiences").items():
+        if not AUDIENCE_NAME_PATTERN.fullmatch(name):
+            found.invalid[name] = f"{config_store.audience_name(name)}: the name cannot be a Segment trait"
+            continue
         try:
             found.audiences[name] = parse_audience(raw, config_store.audience_name(name))
         except ConfigInvalid as exc:

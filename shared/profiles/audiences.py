@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -41,7 +42,7 @@ MAX_DEPTH = 8
 MAX_LEAVES = 50
 RULE_KINDS = ("all", "any", "not", "performed", "treatment", "attribute")
 # An audience name becomes a Segment trait key and an SSM parameter name.
-AudienceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+AUDIENCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 EventTypeId = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")]
 
 

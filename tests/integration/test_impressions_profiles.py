@@ -249,8 +249,9 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
         step.observe(4, [i for _, i in parse_body(body).impressions])
         return step.run(), step
 
-    sink.fail_next(50, status=503, accept=True)
-    failed, step = run(2500)
+    # Stored by Segment but answered 503, with a Retry-After longer than the time left: one attempt.
+    sink.fail_next(1, status=503, accept=True, retry_after=60)
+    failed, step = run(10_000)
     assert set(failed) == {4}
     assert step.report.changed == 2
     first_ids = {m["messageId"] for m in identifies(sink)}

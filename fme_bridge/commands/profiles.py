@@ -1,0 +1,205 @@
+"""``fme-bridge config audience put|get|list`` and ``fme-bridge profile ENV TRAFFIC_TYPE KEY``.
+
+Audience definitions are validated with the same model the audiences functions load them with, and
+every ``sync`` name must be an outbound config that maps the audience's traffic type, before anything
+is written. The profile is the document the profile API answers (docs/profiles.md), read with the
+same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fme_bridge.commands.common import CliError, out, read_json, target
+from fme_bridge.target import Target
+from shared import aws
+from shared.config import ConfigInvalid, OutboundConfig, parse_config
+from shared.profiles import sources
+from shared.profiles.audiences import AUDIENCE_NAME_PATTERN, AudienceConfig, parse_audience
+from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
+
+FileArg = Annotated[Path, typer.Option("--file", "-f", help="The audience JSON (- for stdin).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the profile as the profile API answers it.")]
+
+
+def register(app: typer.Typer) -> None:
+    audience_app = typer.Typer(
+        help="Audiences: rules over events, attributes and last treatments, synced to Segment.",
+        no_args_is_help=True,
+    )
+    audience_app.command("put")(audience_put)
+    audience_app.command("get")(audience_get)
+    audience_app.command("list")(audience_list)
+    config_group = next((g for g in app.registered_groups if g.name == "config"), None)
+    if config_group is None or config_group.typer_instance is None:
+        raise RuntimeError("fme_bridge.commands.config must be registered before the profiles commands")
+    config_group.typer_instance.add_typer(audience_app, name="audience")
+    app.command("profile")(profile)
+
+
+def _parameter(tgt: Target, name: str) -> str:
+    return f"{tgt.prefix}/audiences/{name}"
+
+
+def _check_sync_targets(tgt: Target, audience: AudienceConfig, source: str) -> None:
+    ssm = tgt.client("ssm")
+    for name in audience.sync:
+        full = f"{tgt.prefix}/outbound/{name}"
+        try:
+            raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            raise CliError(f"{source}: sync: no outbound config {name!r} under {tgt.prefix}") from None
+        outbound = parse_config(OutboundConfig, raw, full)
+        if audience.trafficType not in outbound.identities:
+            raise CliError(
+                f"{source}: sync: outbound config {name!r} maps no Segment identity for traffic type "
+                f"{audience.trafficType!r} (it maps {', '.join(sorted(outbound.identities))})"
+            )
+
+
+def audience_put(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The audience name; also the Segment trait it syncs as.")],
+    file: FileArg,
+) -> None:
+    """Validate and write an audience definition."""
+    _check_name(name)
+    tgt = target(ctx)
+    raw = read_json(file)
+    audience = parse_audience(raw, str(file))  # ConfigInvalid names the problem; nothing written yet
+    _check_sync_targets(tgt, audience, str(file))
+    full = _parameter(tgt, name)
+    tgt.client("ssm").put_parameter(
+        Name=full, Value=json.dumps(raw, separators=(",", ":")), Type="String", Overwrite=True
+    )
+    out.print(f"[green]wrote[/green] audience [bold]{name}[/bold] ({full})")
+
+
+def _check_name(name: str) -> None:
+    if not AUDIENCE_NAME_PATTERN.fullmatch(name):
+        raise CliError(
+            f"audience name {name!r}: start with a letter or digit; then letters, digits, '_', '.', '-'"
+        )
+
+
+def audience_get(ctx: typer.Context, name: str) -> None:
+    """Show an audience definition and whether it is valid."""
+    tgt = target(ctx)
+    ssm = tgt.client("ssm")
+    full = _parameter(tgt, name)
+    try:
+        raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        raise CliError(f"no audience {name!r} under {tgt.prefix}") from None
+    out.print_json(raw)
+    try:
+        parse_audience(raw, full)
+    except ConfigInvalid as exc:
+        out.print(f"[red]invalid:[/red] {exc}", soft_wrap=True)
+
+
+def audience_list(ctx: typer.Context) -> None:
+    """List the audiences."""
+    tgt = target(ctx)
+    path = f"{tgt.prefix}/audiences"
+    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
+    parameters = [p for page in paginator.paginate(Path=path, Recursive=False) for p in page["Parameters"]]
+    if not parameters:
+        out.print(f"no audiences under {tgt.prefix}")
+        return
+    table = Table("audience", "environment", "traffic type", "sync", "valid", title=f"audiences ({path})")
+    for parameter in sorted(parameters, key=lambda p: p["Name"]):
+        short = parameter["Name"].rsplit("/", 1)[-1]
+        try:
+            audience = parse_audience(parameter["Value"], parameter["Name"])
+        except ConfigInvalid:
+            table.add_row(short, "", "", "", "[red]no[/red]")
+            continue
+        table.add_row(
+            short, audience.environment, audience.trafficType, ", ".join(audience.sync), "[green]yes[/green]"
+        )
+    out.print(table)
+
+
+def _point_shared_clients_at(tgt: Target) -> None:
+    """The profile is read by the functions' own code, which finds tables and AWS through the
+    environment (as in Lambda): give it the target's."""
+    for logical, variable in (
+        ("EventsTable", "EVENTS_TABLE"),
+        ("IdentitiesTable", "IDENTITIES_TABLE"),
+        ("ProfilesTable", "PROFILES_TABLE"),
+    ):
+        os.environ[variable] = tgt.table_name(logical)
+    if tgt.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = tgt.endpoint_url
+    region = tgt.session.region_name
+    if region:
+        os.environ["AWS_DEFAULT_REGION"] = region
+    credentials = tgt.session.get_credentials()
+    if credentials is not None and tgt.is_local:
+        os.environ["AWS_ACCESS_KEY_ID"] = credentials.access_key
+        os.environ["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
+    aws.reset_clients()
+
+
+def _time(epoch_ms: Any) -> str:
+    if not isinstance(epoch_ms, int | float):
+        return ""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def profile(
+    ctx: typer.Context,
+    environment: Annotated[str, typer.Argument(help="FME environment name.")],
+    traffic_type: Annotated[str, typer.Argument(help="FME traffic type.")],
+    key: Annotated[str, typer.Argument(help="The FME key (Segment userId or anonymousId).")],
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_EVENTS_LIMIT, help="Events per page, newest first.")
+    ] = DEFAULT_EVENTS_LIMIT,
+    cursor: Annotated[str | None, typer.Option(help="The `next` cursor of a previous page.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one identity's profile: attributes, last treatments, audiences and recent events."""
+    _point_shared_clients_at(target(ctx))
+    try:
+        document = load_profile(environment, traffic_type, key, limit, cursor)
+    except ProfileNotFound:
+        raise CliError(f"no profile for {traffic_type} {key!r} in {environment}") from None
+    except sources.InvalidCursor as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps(document))
+        return
+    title = f"{traffic_type} {key} in {environment}"
+    attributes = Table("attribute", "value", title=f"{title}: attributes")
+    for name, value in sorted(document["attributes"].items()):
+        attributes.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    treatments = Table("flag", "treatment", "seen", "split version", title="last treatments")
+    for split, seen in sorted(document["treatments"].items()):
+        version = seen["splitVersionNumber"]
+        treatments.add_row(
+            split, seen["treatment"], _time(seen["time"]), "" if version is None else str(version)
+        )
+    audiences = Table("audience", "member", title="audiences")
+    for name, member in document["audiences"].items():
+        audiences.add_row(name, "[green]yes[/green]" if member else "no")
+    events = Table("time", "eventTypeId", "value", "type", title="events, newest first")
+    for event in document["events"]:
+        value = event.get("value")
+        events.add_row(
+            _time(event.get("timestamp")),
+            str(event.get("eventTypeId", "")),
+            "" if value is None else str(value),
+            str(event.get("segmentType", "")),
+        )
+    for view in (attributes, treatments, audiences, events):
+        out.print(view)
+    if document["next"]:
+        out.print(f"more events: --cursor {document['next']}")
