@@ -225,3 +225,59 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
     assert result.stderr.strip() == (
         f"error: port {taken} on 127.0.0.1 is already in use; choose another with --aws-port PORT"
     )
+
+
+def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
+    running: RunningStack, tmp_path: Path
+) -> None:
+    info = running.info
+    events_endpoint, identities_endpoint = info["fmeEventsEndpoint"], info["fmeIdentitiesEndpoint"]
+    inbound = {
+        "environment": "Production",
+        "identities": [{"segmentId": "userId", "trafficType": "user"}],
+        "delivery": {
+            "enabled": True,
+            "eventsEndpoint": events_endpoint,
+            "identitiesEndpoint": identities_endpoint,
+        },
+    }
+    (tmp_path / "in.json").write_text(json.dumps(inbound))
+    running.cli(
+        "config", "inbound", "put", "fme", "-f", str(tmp_path / "in.json"), "--secret-file", "-", input=SECRET
+    )
+    boto3.client(
+        "secretsmanager", endpoint_url=info["awsEndpointUrl"], region_name="us-east-1"
+    ).create_secret(
+        Name=f"{info['configPrefix']}/inbound/fme/fme",
+        SecretString=json.dumps({"sdkKey": "local-sdk-key", "adminKey": "local-admin-key"}),
+    )
+    # A user of its own: the identity another test stored would not change, so nothing would be sent.
+    identify = {**load_event("segment/identify.json"), "userId": "fme-user-1", "messageId": "fme-identify-1"}
+    track = {**load_event("segment/track.json"), "userId": "fme-user-1", "messageId": "fme-track-1"}
+    answer = httpx.post(
+        f"{running.api}/segment/fme", json=[identify, track], headers={"Authorization": f"Bearer {SECRET}"}
+    )
+    assert answer.status_code == 200, answer.text
+
+    state_url = events_endpoint.removesuffix("/api") + "/_sink/state"
+
+    def delivered() -> dict[str, Any] | None:
+        state = httpx.get(state_url).json()
+        mine = [e for e in state["events"] if e["key"] == identify["userId"]]
+        identities = [u for u in state["identities"] if u["key"] == identify["userId"]]
+        return state if mine and identities else None
+
+    state = wait_for(delivered, DELIVERY_TIMEOUT_S, "the track and identify to reach the FME sink")
+    [event] = [e for e in state["events"] if e["key"] == identify["userId"]]
+    assert (event["eventTypeId"], event["trafficTypeName"], event["environmentName"]) == (
+        "Course_Clicked",
+        "user",
+        "Production",
+    )
+    assert any(
+        u["key"] == identify["userId"] and u["values"]["plan"] == "premium" for u in state["identities"]
+    )
+
+    status = json.loads(running.cli("delivery", "status", "--json").stdout)
+    [connection] = [c for c in status["connections"] if c["connection_id"] == "fme"]
+    assert connection["events_delivered"] == 1
