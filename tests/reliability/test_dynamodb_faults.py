@@ -22,7 +22,7 @@ from tests.integration.ingest_support import Answer, Webhook, segment_message
 from tests.reliability import scale
 from tests.reliability.faults import DynamoDbFaults, LambdaKilled
 
-MESSAGES = scale.count(200, 4000)
+MESSAGES = scale.count(200, 2000)
 BODY_SIZE = 50
 MAX_ATTEMPTS = 40
 

@@ -55,8 +55,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 
-PURE_EXAMPLES = scale.count(200, 5000)
-HANDLER_EXAMPLES = scale.count(25, 500)
+PURE_EXAMPLES = scale.count(100, 2000)
+HANDLER_EXAMPLES = scale.count(15, 200)
 CONFIG = InboundConfig.model_validate(
     {
         "environment": "Production",

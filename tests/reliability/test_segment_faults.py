@@ -27,7 +27,7 @@ from tests.reliability.faults import FaultMix, FaultySegment, VirtualClock
 from tests.reliability.sqs_loop import SqsLoop, redrive_settings
 
 WRITE_KEYS = {"workspace-a": "wk-reliability-a", "workspace-b": "wk-reliability-b"}
-IMPRESSIONS = scale.count(240, 10_000)
+IMPRESSIONS = scale.count(240, 5000)
 OUTAGE_ROUNDS = 2
 PADDING = "p" * 1200  # custom impression properties: fewer messages fit a request, so more requests
 
