@@ -15,7 +15,7 @@ from typing import Any
 
 START = "<!-- figures:start -->"
 END = "<!-- figures:end -->"
-SOAK = "RELIABILITY_SOAK=1 RELIABILITY_FIGURES=figures.jsonl .venv/bin/pytest -p no:cacheprovider"
+RUN = "RELIABILITY_FIGURES=figures.jsonl .venv/bin/pytest -p no:cacheprovider"
 
 # section -> (title, test that measures it)
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -89,9 +89,10 @@ def render(records: list[dict[str, Any]]) -> str:
     for section in order:
         record = latest[section]
         title, test = SECTIONS.get(section, (section, "tests/reliability"))
-        scale = "soak" if record.get("soak") else "test-suite"
+        command = f"{'RELIABILITY_SOAK=1 ' if record.get('soak') else ''}{RUN} {test}"
+        scale = "soak scale, as in `make soak`" if record.get("soak") else "the scale of `make test`"
         parts.append(f"### {title}\n")
-        parts.append(f"Reproduce ({scale} scale): `{SOAK} {test}`\n")
+        parts.append(f"Reproduce ({scale}): `{command}`\n")
         parts.append("| figure | value |\n|---|---|")
         parts.extend(f"| {name} | {_value(value)} |" for name, value in sorted(record["figures"].items()))
         parts.append("")
