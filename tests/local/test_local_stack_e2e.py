@@ -281,3 +281,55 @@ def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
     status = json.loads(running.cli("delivery", "status", "--json").stdout)
     [connection] = [c for c in status["connections"] if c["connection_id"] == "fme"]
     assert connection["events_delivered"] == 1
+
+
+def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None:
+    port, aws_port, sink_port, fme_port = free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["COLUMNS"] = "200"
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "fme-bridge"),
+            "local",
+            "--demo",
+            "--port",
+            str(port),
+            "--aws-port",
+            str(aws_port),
+            "--sink-port",
+            str(sink_port),
+            "--fme-port",
+            str(fme_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S + DELIVERY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Serving."):
+                break
+        output = "".join(lines)
+        assert "Serving." in output, output
+        # Still serving after the demo: the webhook answers.
+        assert httpx.get(f"http://127.0.0.1:{port}/_local/info", timeout=5).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    summary = output[output.index("stored FME events") :]
+    assert "Order_Completed" in summary  # the track call, stored
+    assert "Peter Gibbons" in summary  # the identify call's traits
+    assert summary.count("get_treatment") == 3  # one Segment track per impression, all three shapes
+    assert "demo-write-key" not in output
