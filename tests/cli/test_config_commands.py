@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -29,6 +30,36 @@ def write(tmp_path: Path, name: str, content: object) -> str:
     return str(path)
 
 
+def put_inbound(
+    cli: Cli, tmp_path: Path, name: str = "shop", document: object = INBOUND, secret: str = "k"
+) -> Any:
+    return cli(
+        "config",
+        "inbound",
+        "put",
+        name,
+        "-f",
+        write(tmp_path, "config.json", document),
+        "--secret-file",
+        "-",
+        input=secret,
+    )
+
+
+def put_outbound(cli: Cli, tmp_path: Path, document: object = OUTBOUND, write_key: str = "wk-123") -> Any:
+    return cli(
+        "config",
+        "outbound",
+        "put",
+        "eu",
+        "-f",
+        write(tmp_path, "eu.json", document),
+        "--write-key-file",
+        "-",
+        input=write_key,
+    )
+
+
 def parameter(name: str) -> str | None:
     ssm = boto3.client("ssm", region_name=REGION)
     try:
@@ -46,6 +77,7 @@ def secret(name: str, stage: str = "AWSCURRENT") -> str | None:
 
 
 def test_inbound_put_writes_the_config_and_the_secret_without_printing_it(cli: Cli, tmp_path: Path) -> None:
+    secret_file = write(tmp_path, "s", "s3cret-value\n")
     result = cli(
         "config",
         "inbound",
@@ -54,7 +86,7 @@ def test_inbound_put_writes_the_config_and_the_secret_without_printing_it(cli: C
         "--file",
         write(tmp_path, "c.json", INBOUND),
         "--secret-file",
-        write(tmp_path, "s", "s3cret-value\n"),
+        secret_file,
     )
     assert result.exit_code == 0, result.output
     assert json.loads(parameter("inbound/shop") or "") == INBOUND
@@ -63,30 +95,15 @@ def test_inbound_put_writes_the_config_and_the_secret_without_printing_it(cli: C
 
 
 def test_a_new_secret_keeps_the_old_one_as_awsprevious(cli: Cli, tmp_path: Path) -> None:
-    config = write(tmp_path, "c.json", INBOUND)
-    assert (
-        cli(
-            "config", "inbound", "put", "shop", "-f", config, "--secret-file", write(tmp_path, "a", "old")
-        ).exit_code
-        == 0
-    )
-    result = cli("config", "inbound", "put", "shop", "-f", config, "--secret-file", "-", input="new\n")
+    assert put_inbound(cli, tmp_path, secret="old").exit_code == 0
+    result = put_inbound(cli, tmp_path, secret="new\n")
     assert result.exit_code == 0, result.output
     assert secret("inbound/shop") == "new"
     assert secret("inbound/shop", "AWSPREVIOUS") == "old"
 
 
 def test_updating_a_config_alone_keeps_its_secret(cli: Cli, tmp_path: Path) -> None:
-    cli(
-        "config",
-        "inbound",
-        "put",
-        "shop",
-        "-f",
-        write(tmp_path, "c.json", INBOUND),
-        "--secret-file",
-        write(tmp_path, "s", "k"),
-    )
+    put_inbound(cli, tmp_path)
     changed = {**INBOUND, "enableTrack": False}
     result = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "d.json", changed))
     assert result.exit_code == 0, result.output
@@ -110,16 +127,7 @@ def test_updating_a_config_alone_keeps_its_secret(cli: Cli, tmp_path: Path) -> N
 def test_an_invalid_inbound_config_is_one_clear_line_and_writes_nothing(
     cli: Cli, tmp_path: Path, document: object, message: str
 ) -> None:
-    result = cli(
-        "config",
-        "inbound",
-        "put",
-        "shop",
-        "-f",
-        write(tmp_path, "c.json", document),
-        "--secret-file",
-        write(tmp_path, "s", "k"),
-    )
+    result = put_inbound(cli, tmp_path, document=document)
     assert result.exit_code == 1
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -136,17 +144,8 @@ def test_a_new_connection_needs_a_secret(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_an_unreadable_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
-    result = cli(
-        "config",
-        "outbound",
-        "put",
-        "eu",
-        "-f",
-        str(tmp_path / "missing.json"),
-        "--write-key-file",
-        "-",
-        input="wk",
-    )
+    missing = str(tmp_path / "missing.json")
+    result = cli("config", "outbound", "put", "eu", "-f", missing, "--write-key-file", "-", input="wk")
     assert result.exit_code == 1
     assert "cannot read" in result.stderr
     assert "No such file or directory" in result.stderr
@@ -154,49 +153,18 @@ def test_an_unreadable_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None
 
 
 def test_outbound_put_validates_with_the_functions_model(cli: Cli, tmp_path: Path) -> None:
-    bad = {**OUTBOUND, "defaultTrafficType": "account"}
-    result = cli(
-        "config",
-        "outbound",
-        "put",
-        "eu",
-        "-f",
-        write(tmp_path, "o.json", bad),
-        "--write-key-file",
-        "-",
-        input="wk",
-    )
+    result = put_outbound(cli, tmp_path, document={**OUTBOUND, "defaultTrafficType": "account"})
     assert result.exit_code == 1
     assert "defaultTrafficType 'account' is not a key of identities" in result.stderr
     assert parameter("outbound/eu") is None
 
-    result = cli(
-        "config",
-        "outbound",
-        "put",
-        "eu",
-        "-f",
-        write(tmp_path, "p.json", OUTBOUND),
-        "--write-key-file",
-        "-",
-        input="wk-123",
-    )
+    result = put_outbound(cli, tmp_path)
     assert result.exit_code == 0, result.output
     assert secret("outbound/eu") == "wk-123"
 
 
 def test_get_shows_the_config_and_only_whether_the_secret_is_set(cli: Cli, tmp_path: Path) -> None:
-    cli(
-        "config",
-        "outbound",
-        "put",
-        "eu",
-        "-f",
-        write(tmp_path, "o.json", OUTBOUND),
-        "--write-key-file",
-        "-",
-        input="wk-123",
-    )
+    put_outbound(cli, tmp_path)
     result = cli("config", "outbound", "get", "eu")
     assert result.exit_code == 0, result.output
     assert '"environments"' in result.stdout
@@ -211,28 +179,8 @@ def test_get_of_an_unknown_connection_is_one_line(cli: Cli) -> None:
 
 
 def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path) -> None:
-    cli(
-        "config",
-        "inbound",
-        "put",
-        "shop",
-        "-f",
-        write(tmp_path, "c.json", INBOUND),
-        "--secret-file",
-        "-",
-        input="k",
-    )
-    cli(
-        "config",
-        "inbound",
-        "put",
-        "blog",
-        "-f",
-        write(tmp_path, "c.json", INBOUND),
-        "--secret-file",
-        "-",
-        input="k",
-    )
+    put_inbound(cli, tmp_path, name="shop")
+    put_inbound(cli, tmp_path, name="blog")
     boto3.client("ssm", region_name=REGION).put_parameter(
         Name=f"{PREFIX}/inbound/broken", Value="{}", Type="String"
     )
@@ -245,16 +193,6 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
 
 
 def test_connection_names_cannot_escape_the_prefix(cli: Cli, tmp_path: Path) -> None:
-    result = cli(
-        "config",
-        "inbound",
-        "put",
-        "../x",
-        "-f",
-        write(tmp_path, "c.json", INBOUND),
-        "--secret-file",
-        "-",
-        input="k",
-    )
+    result = put_inbound(cli, tmp_path, name="../x")
     assert result.exit_code == 1
     assert "use letters, digits" in result.stderr

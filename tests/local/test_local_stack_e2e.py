@@ -40,6 +40,17 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def local_command(port: int, aws_port: int, sink_port: int, fme_port: int, *extra: str) -> list[str]:
+    """The installed entry point, as a user runs it, on the given ports."""
+    ports = {"--port": port, "--aws-port": aws_port, "--sink-port": sink_port, "--fme-port": fme_port}
+    return [
+        str(Path(sys.executable).parent / "fme-bridge"),
+        "local",
+        *extra,
+        *(part for flag, value in ports.items() for part in (flag, str(value))),
+    ]
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -72,22 +83,10 @@ class RunningStack:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     port, aws_port, sink_port, fme_port = free_ports(4)
-    executable = Path(sys.executable).parent / "fme-bridge"
     log = (tmp_path_factory.mktemp("local") / "stack.log").open("w+")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen(
-        [
-            str(executable),
-            "local",
-            "--port",
-            str(port),
-            "--aws-port",
-            str(aws_port),
-            "--sink-port",
-            str(sink_port),
-            "--fme-port",
-            str(fme_port),
-        ],
+        local_command(port, aws_port, sink_port, fme_port),
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -205,18 +204,7 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
         occupant.listen()
         taken = occupant.getsockname()[1]
         result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "fme-bridge"),
-                "local",
-                "--port",
-                str(port),
-                "--aws-port",
-                str(taken),
-                "--sink-port",
-                str(sink_port),
-                "--fme-port",
-                str(fme_port),
-            ],
+            local_command(port, taken, sink_port, fme_port),
             capture_output=True,
             text=True,
             timeout=60,
@@ -288,19 +276,7 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["COLUMNS"] = "200"
     process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "fme-bridge"),
-            "local",
-            "--demo",
-            "--port",
-            str(port),
-            "--aws-port",
-            str(aws_port),
-            "--sink-port",
-            str(sink_port),
-            "--fme-port",
-            str(fme_port),
-        ],
+        local_command(port, aws_port, sink_port, fme_port, "--demo"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
