@@ -264,12 +264,12 @@ def run_demo(stack: LocalStack, console: Console) -> None:
     expected = 3  # one track call per impression
     with console.status("waiting for the impressions function to deliver to Segment…"):
         if stack.sink is not None:
-            wait_until(lambda: len(stack.sink.messages) >= expected, timeout_s=20)
+            wait_until(lambda: len(stack.sink.messages) >= expected, timeout_s=45)
         else:
             wait_until(lambda: False, timeout_s=1)
     if stack.fme_sink is not None:
         with console.status("waiting for the delivery function to deliver to FME…"):
-            wait_until(lambda: _delivered_everything(stack), timeout_s=20)
+            wait_until(lambda: _delivered_everything(stack), timeout_s=45)
     print_summary(stack, console)
 
 

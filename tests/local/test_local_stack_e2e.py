@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 SECRET = "e2e-webhook-secret"
 STARTUP_TIMEOUT_S = 60
-DELIVERY_TIMEOUT_S = 30  # the template's batching window is 5 s
+DELIVERY_TIMEOUT_S = 60  # the template's batching window is 5 s; a loaded machine is slower
 
 
 def free_ports(count: int) -> list[int]:
