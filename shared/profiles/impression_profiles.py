@@ -93,7 +93,11 @@ class LastTreatmentSync:
         # Called from inside the pipeline's event loop, after its sends: the identifies get a loop
         # of their own on a helper thread, and the blocking DynamoDB writes delay nothing.
         with ThreadPoolExecutor(max_workers=1) as worker:
-            return worker.submit(self.run).result()
+            try:
+                return worker.submit(self.run).result()
+            except Exception:  # a bug here must not lose the batch: its messages are retried
+                logger.exception("recording last treatments failed")
+                return self._fail({r for r, _ in self._seen}, "profiles: last treatments not recorded")
 
     def run(self) -> dict[int, str]:
         report = self.report

@@ -264,3 +264,12 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     # Delivered now: the container remembers, and a third delivery writes nothing.
     failed, step = run(5000)
     assert (failed, step.report.writes) == ({}, 0)
+
+
+def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(production: dict[str, Any]) -> None:
+    def broken() -> list[Destination]:
+        raise RuntimeError("a bug")
+
+    step = LastTreatmentSync(LastTreatmentRecorder(), lambda: 5000, destinations=broken)
+    step.observe(2, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    assert step.finish() == {2: "profiles: last treatments not recorded"}
