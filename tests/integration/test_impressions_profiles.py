@@ -66,7 +66,7 @@ def production(
 
 @pytest.fixture
 def context(lambda_context: Any) -> Any:
-    end = time.monotonic() + 6.0
+    end = time.monotonic() + 30.0
     lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
     return lambda_context
 
@@ -200,7 +200,7 @@ def test_shuffled_impressions_end_with_the_same_last_treatments_and_traits(
     clear_profiles()
     app.last_treatments.forget()
     sink.clear()
-    end = time.monotonic() + 6.0  # each example is its own invocations: a fresh deadline
+    end = time.monotonic() + 30.0  # each example is its own invocations: a fresh deadline
     context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
 
     impressions = [impression(split, treatment, T0 + at, key) for key, split, treatment, at in history]
