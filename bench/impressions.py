@@ -36,9 +36,16 @@ BATCH_LIMIT_BYTES = 500 * 1000
 
 
 def _peak_rss_mb() -> float:
-    import resource
+    """This process's peak resident memory (VmHWM).
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that across ``execve``, so a worker would report
+    the orchestrator's memory at the time it was started.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return float("nan")
 
 
 def _current_rss_mb() -> float:

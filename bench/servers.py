@@ -79,7 +79,11 @@ class MotoServer:
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
             self._process.terminate()
-            self._process.wait(timeout=10)
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # werkzeug may not stop while a request thread lingers
+                self._process.kill()
+                self._process.wait(timeout=5)
 
     def client(self, service: str) -> Any:
         return boto3.session.Session(
