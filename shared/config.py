@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from aws_lambda_powertools.utilities import parameters
@@ -165,7 +166,12 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_config(model: type[M], raw: str | bytes | dict[str, Any], source: str) -> M:
+def parse_config(
+    model: type[M],
+    raw: str | bytes | dict[str, Any],
+    source: str,
+    describe: Callable[[ValidationError], str] = format_validation_error,
+) -> M:
     """Validate a config document; :class:`ConfigInvalid` names ``source`` and the failing fields."""
     try:
         data = json.loads(raw) if isinstance(raw, str | bytes) else raw
@@ -176,7 +182,7 @@ def parse_config(model: type[M], raw: str | bytes | dict[str, Any], source: str)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigInvalid(f"{source}: {format_validation_error(exc)}") from None
+        raise ConfigInvalid(f"{source}: {describe(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ which is what the scheduled re-check uses.
 from __future__ import annotations
 
 import bisect
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.config import ConfigInvalid, NonEmpty, TrafficTypeName
+from shared.config import NonEmpty, TrafficTypeName, parse_config
 
 DAY_MS = 86_400_000
 MAX_DEPTH = 8
@@ -199,22 +198,16 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(document)"
 
 
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors(include_url=False)
+    )
+
+
 def parse_audience(raw: str | bytes | dict[str, Any], source: str) -> AudienceConfig:
     """Validate an audience document; ``ConfigInvalid`` names ``source`` and the failing field."""
-    try:
-        data = json.loads(raw) if isinstance(raw, str | bytes) else raw
-    except ValueError as exc:
-        raise ConfigInvalid(f"{source}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigInvalid(f"{source}: must be a JSON object")
-    try:
-        return AudienceConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors(include_url=False)
-        ]
-        raise ConfigInvalid(f"{source}: {'; '.join(problems)}") from None
+    return parse_config(AudienceConfig, raw, source, describe=_describe)
 
 
 # ---------------------------------------------------------------------------------------------
