@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 from boto3.dynamodb.types import TypeDeserializer
 
@@ -34,6 +34,24 @@ TimeLeft = Callable[[], float] | None
 def client() -> Any:
     """The low-level DynamoDB client (shared, see :mod:`shared.aws`)."""
     return aws.client("dynamodb")
+
+
+class Table:
+    """One table of the bridge: its name (from the environment variable ``table_env``) and a client."""
+
+    table_env = ""
+
+    def __init__(
+        self, name: str, client: Any | None = None, sleep: Sleep = time.sleep, time_left: TimeLeft = None
+    ) -> None:
+        self.name = name
+        self.time_left = time_left
+        self.client = client if client is not None else aws.client("dynamodb")
+        self.sleep = sleep
+
+    @classmethod
+    def from_env(cls, time_left: TimeLeft = None) -> Self:
+        return cls(aws.env(cls.table_env), time_left=time_left)
 
 
 class StoreUnavailable(Exception):

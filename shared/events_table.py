@@ -8,12 +8,10 @@ storing idempotent on ``messageId``.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared import aws, dynamodb
-from shared.dynamodb import Sleep, TimeLeft, batch_get, batch_write, plain
+from shared.dynamodb import Table, batch_get, batch_write, plain
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
@@ -66,18 +64,8 @@ def retention_days() -> int:
     return int(os.environ.get("EVENT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
 
 
-class EventsTable:
-    def __init__(
-        self, name: str, client: Any | None = None, sleep: Sleep = time.sleep, time_left: TimeLeft = None
-    ) -> None:
-        self.name = name
-        self.time_left = time_left
-        self.client = client if client is not None else dynamodb.client()
-        self.sleep = sleep
-
-    @classmethod
-    def from_env(cls, time_left: TimeLeft = None) -> EventsTable:
-        return cls(aws.env("EVENTS_TABLE"), time_left=time_left)
+class EventsTable(Table):
+    table_env = "EVENTS_TABLE"
 
     def existing(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of the (pk, sk) keys are already stored."""

@@ -9,32 +9,20 @@ existing), and a request whose condition fails re-reads and merges again (see
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared import aws, dynamodb
-from shared.dynamodb import Sleep, TimeLeft, attribute_value, batch_get, batch_write, chunks, plain
+from shared.dynamodb import Table, attribute_value, batch_get, batch_write, chunks, plain
 from shared.events_table import identity_pk
 from shared.inbound.mapping import MergedIdentity, StoredIdentity
 
 TRANSACTION_LIMIT = 100
 
 
-class IdentitiesTable:
-    def __init__(
-        self, name: str, client: Any | None = None, sleep: Sleep = time.sleep, time_left: TimeLeft = None
-    ) -> None:
-        self.name = name
-        self.time_left = time_left
-        self.client = client if client is not None else dynamodb.client()
-        self.sleep = sleep
-
-    @classmethod
-    def from_env(cls, time_left: TimeLeft = None) -> IdentitiesTable:
-        return cls(aws.env("IDENTITIES_TABLE"), time_left=time_left)
+class IdentitiesTable(Table):
+    table_env = "IDENTITIES_TABLE"
 
     def get_many(self, pks: Sequence[str]) -> dict[str, StoredIdentity]:
         """The stored identities among ``pks`` (strongly consistent: the versions feed conditions)."""
