@@ -6,7 +6,7 @@ import json
 
 import boto3
 
-from fme_bridge.template import Stack
+from fme_bridge.template import Stack, function_setting, functions, load_template, template_parameters
 
 
 def test_tables_and_queues_follow_the_template(stack: Stack) -> None:
@@ -41,3 +41,20 @@ def test_config_prefix_parameter_overrides_the_default() -> None:
     assert stack.resolve({"Fn::If": ["DefaultConfigPrefix", "a", "b"]}) == "b"
     stack.parameters["ConfigPrefix"] = ""
     assert stack.resolve({"Fn::Sub": "/fme-segment-bridge/${Stage}"}) == "/fme-segment-bridge/prod"
+
+
+def test_tracing_is_opt_in() -> None:
+    """X-Ray only with Tracing=Active; otherwise Powertools is told so and never loads the X-Ray SDK."""
+    template = load_template()
+    assert template["Parameters"]["Tracing"]["Default"] == "PassThrough"
+    assert set(template["Parameters"]["Tracing"]["AllowedValues"]) == {"Active", "PassThrough"}
+    assert function_setting("IngestFunction", "Tracing") == {"Ref": "Tracing"}
+    for logical, properties in functions().items():
+        assert "Tracing" not in properties, logical
+        assert "POWERTOOLS_TRACE_DISABLED" not in properties.get("Environment", {}).get("Variables", {}), (
+            logical
+        )
+    disabled = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"]
+    assert Stack(name="s", parameters=template_parameters()).resolve(disabled) == "true"
+    active = Stack(name="s", parameters=template_parameters({"Tracing": "Active"}))
+    assert active.resolve(disabled) == "false"

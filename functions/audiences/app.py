@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -29,10 +29,11 @@ from shared.profiles.audience_sync import (
 )
 from shared.profiles.identify_sender import IdentifySender
 from shared.profiles_table import to_python
+from shared.tracing import lambda_tracer
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+tracer = lambda_tracer()
 # A batch whose every profile failed is reported like any partial failure, not raised.
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
 

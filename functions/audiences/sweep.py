@@ -11,17 +11,18 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.audiences import app as stream_app
 from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import SyncReport
 from shared.profiles_table import due_for_recheck
+from shared.tracing import lambda_tracer
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+tracer = lambda_tracer()
 
 PROFILES_PER_ROUND = 100
 # Stop starting rounds when less than this is left: a round must finish its sends and stores.

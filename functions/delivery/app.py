@@ -12,7 +12,7 @@ import functools
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -24,10 +24,11 @@ from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
 from shared.http_retry import Deadline
 from shared.lambda_context import remaining_time_ms
+from shared.tracing import lambda_tracer
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+tracer = lambda_tracer()
 # Records still failing are reported, never raised: the function itself does not fail for them.
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
 

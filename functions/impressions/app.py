@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -23,9 +23,10 @@ from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.delivery import QueuedMessage
 from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
+from shared.tracing import lambda_tracer
 
 logger = Logger()
-tracer = Tracer()
+tracer = lambda_tracer()
 # The template sets the namespace; the default keeps an import before that environment usable.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
 # An all-failed batch is reported like any other (every message listed), not raised as an error.

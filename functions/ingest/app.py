@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
@@ -22,10 +22,11 @@ from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
 from shared.inbound.messages import BadRequest, PayloadTooLarge
+from shared.tracing import lambda_tracer
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
 
 

@@ -7,7 +7,7 @@ import hmac
 from typing import Any
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,10 +18,11 @@ from shared import config
 from shared.config import ConfigNotFound, ConfigUnavailable
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
+from shared.tracing import lambda_tracer
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
 
 
