@@ -13,8 +13,6 @@ from typing import Any
 from shared.config import ConfigError, ConfigNotFound
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.destinations import Destination, WriteKeys
-from shared.outbound.segment_client import BatchPacker, SegmentClient, http_client
-from shared.outbound.segment_messages import encode
 
 # Per outbound config name: the destination and the identify messages for it.
 IdentifyBatches = Mapping[str, tuple[Destination, list[dict[str, Any]]]]
@@ -22,6 +20,11 @@ IdentifyBatches = Mapping[str, tuple[Destination, list[dict[str, Any]]]]
 
 async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[str, Outcome]:
     """Send each config's messages; the outcome per config name. Never raises for HTTP failures."""
+    # Imported when there is something to send: most stream batches change no audience membership,
+    # and the audiences functions' cold starts need not load the HTTP client.
+    from shared.outbound.segment_client import BatchPacker, SegmentClient, http_client
+    from shared.outbound.segment_messages import encode
+
     keys = WriteKeys()
     async with http_client() as http:
         client = SegmentClient(http, deadline)
