@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import aws
+from shared.dynamodb import attribute_value, plain
 from shared.profiles_table import to_python
 
 EVENT_FIELDS = (
@@ -39,10 +40,22 @@ class InvalidCursor(ValueError):
     """A ``cursor`` that this API did not hand out."""
 
 
+# The process's one DynamoDB client, not a boto3 resource per table: each resource brings a client
+# of its own, and a cold start pays for every client it creates.
+
+
+def _values(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: attribute_value(value) for name, value in values.items()}
+
+
+def _python(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: to_python(value) for name, value in plain(item).items()}
+
+
 def identity_item(pk: str) -> dict[str, Any] | None:
-    response = aws.dynamodb_table(aws.env("IDENTITIES_TABLE")).get_item(Key={"pk": pk})
+    response = aws.client("dynamodb").get_item(TableName=aws.env("IDENTITIES_TABLE"), Key=_values({"pk": pk}))
     item = response.get("Item")
-    return to_python(item) if item else None
+    return _python(item) if item else None
 
 
 @dataclass(frozen=True)
@@ -69,33 +82,34 @@ def decode_cursor(cursor: str) -> str:
 def events_page(pk: str, limit: int, cursor: str | None = None) -> EventPage:
     """One page of a user's events, newest first; ``next_cursor`` is None on the last page."""
     request: dict[str, Any] = {
+        "TableName": aws.env("EVENTS_TABLE"),
         "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": pk},
+        "ExpressionAttributeValues": _values({":pk": pk}),
         "ScanIndexForward": False,
         # One more than asked for: a next cursor only when there really is a next page.
         "Limit": limit + 1,
     }
     if cursor is not None:
-        request["ExclusiveStartKey"] = {"pk": pk, "sk": decode_cursor(cursor)}
-    table = aws.dynamodb_table(aws.env("EVENTS_TABLE"))
+        request["ExclusiveStartKey"] = _values({"pk": pk, "sk": decode_cursor(cursor)})
+    client = aws.client("dynamodb")
     items: list[dict[str, Any]] = []
     while len(items) <= limit:
-        page = table.query(**request)
-        items.extend(page.get("Items", []))
+        page = client.query(**request)
+        items.extend(_python(i) for i in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             break
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         request["Limit"] = limit + 1 - len(items)
     shown = items[:limit]
     next_cursor = encode_cursor(shown[-1]["sk"]) if len(items) > limit else None
-    return EventPage([{k: to_python(i[k]) for k in EVENT_FIELDS if k in i} for i in shown], next_cursor)
+    return EventPage([{k: i[k] for k in EVENT_FIELDS if k in i} for i in shown], next_cursor)
 
 
 def has_events(pk: str) -> bool:
-    table = aws.dynamodb_table(aws.env("EVENTS_TABLE"))
-    page = table.query(
+    page = aws.client("dynamodb").query(
+        TableName=aws.env("EVENTS_TABLE"),
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": pk},
+        ExpressionAttributeValues=_values({":pk": pk}),
         Limit=1,
         ProjectionExpression="pk",
     )
@@ -108,22 +122,24 @@ def event_times(pk: str, since_ms: int, event_types: Iterable[str]) -> dict[str,
     out: dict[str, list[int]] = defaultdict(list)
     if not types:
         return out
-    table = aws.dynamodb_table(aws.env("EVENTS_TABLE"))
+    client = aws.client("dynamodb")
+    values: dict[str, Any] = {":pk": pk, ":since": f"{since_ms:013d}"}
     request: dict[str, Any] = {
+        "TableName": aws.env("EVENTS_TABLE"),
         "KeyConditionExpression": "pk = :pk AND sk >= :since",
-        "ExpressionAttributeValues": {":pk": pk, ":since": f"{since_ms:013d}"},
         "ExpressionAttributeNames": {"#ts": "timestamp"},
         "ProjectionExpression": "eventTypeId, #ts",
     }
     if len(types) <= _MAX_IN_OPERANDS:
         # The filter saves transfer and memory, not read capacity (documented in docs/profiles.md).
         names = {f":t{i}": t for i, t in enumerate(types)}
-        request["ExpressionAttributeValues"].update(names)
+        values.update(names)
         request["FilterExpression"] = f"eventTypeId IN ({', '.join(names)})"
+    request["ExpressionAttributeValues"] = _values(values)
     wanted = set(types)
     while True:
-        page = table.query(**request)
-        for item in page.get("Items", []):
+        page = client.query(**request)
+        for item in map(plain, page.get("Items", [])):
             if item["eventTypeId"] in wanted:
                 out[str(item["eventTypeId"])].append(int(item["timestamp"]))
         if "LastEvaluatedKey" not in page:
