@@ -65,6 +65,9 @@ def run(sizes: dict[str, int], console: Console) -> dict[str, Any]:
             console.print,
             import_profile=sizes is not SMOKE,
             only=SMOKE_COLD_FUNCTIONS if sizes is SMOKE else (),
+            # The test suite's smoke run stays offline (this virtualenv, not a deployment package) and short.
+            deployment_package=sizes is not SMOKE,
+            with_tracing=sizes is not SMOKE,
         )
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     results["seconds"] = time.time() - started

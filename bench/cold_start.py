@@ -1,8 +1,11 @@
 """Measurement 3 — cold start: fresh interpreter, import + first invocation, vs a bare boto3 handler.
 
 Every function of template.yaml is measured (its Handler, its environment, a real-shaped first
-event); the reference is :mod:`bench.bare_handler`. Runs alternate between the functions and the
-reference, and the median of each is kept. ``python -X importtime`` shows what the import costs.
+event); the reference is :mod:`bench.bare_handler`. Both run on what a deployment package holds
+(requirements.txt, :mod:`bench.lambda_deps`), not on the development virtualenv. Runs alternate between
+the functions and the reference, and the median of each is kept. ``python -X importtime`` shows what
+the import costs. With the template's default (``Tracing=PassThrough``) the functions do not trace;
+each is also started once more per repeat with X-Ray tracing on, for information.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import workloads
+from bench import lambda_deps, workloads
 from bench.ingest import api_event
 
 BARE = "bench.bare_handler"
@@ -112,9 +115,20 @@ def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def _probe(module: str, event_path: Path, env: dict[str, str]) -> dict[str, Any]:
+# What Lambda adds to a function's environment with Tracing=Active: Powertools then traces for real
+# (X-Ray SDK loaded, botocore and httpx patched; segments go to a daemon address nobody listens on).
+TRACING_ENV = {
+    "POWERTOOLS_TRACE_DISABLED": "false",
+    "LAMBDA_TASK_ROOT": "/var/task",
+    "_X_AMZN_TRACE_ID": "Root=1-6745c0de-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1",
+    "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+    "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+}
+
+
+def _probe(module: str, event_path: Path, env: dict[str, str], python: list[str]) -> dict[str, Any]:
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.cold_probe", module, str(event_path)],
+        [*python, "-m", "bench.cold_probe", module, str(event_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -125,10 +139,12 @@ def _probe(module: str, event_path: Path, env: dict[str, str]) -> dict[str, Any]
     return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
 
 
-def heaviest_imports(module: str, env: dict[str, str], top: int = 10) -> list[dict[str, Any]]:
+def heaviest_imports(
+    module: str, env: dict[str, str], python: list[str], top: int = 10
+) -> list[dict[str, Any]]:
     """``-X importtime``: the packages whose import took longest (cumulative, each package's own line)."""
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        [*python, "-X", "importtime", "-c", f"import {module}"],
         env=env,
         capture_output=True,
         text=True,
@@ -176,9 +192,18 @@ def run(
     log: Any = print,
     import_profile: bool = True,
     only: tuple[str, ...] = (),
+    deployment_package: bool = True,
+    with_tracing: bool = True,
 ) -> dict[str, Any]:
+    """``deployment_package=False`` runs the probes on this virtualenv instead, ``with_tracing=False``
+    skips the traced starts (both for the smoke test)."""
     from bench.servers import child_env
     from fme_bridge.template import load_template
+
+    if deployment_package:
+        python, pythonpath = lambda_deps.python_command(lambda_deps.ensure(log=log))
+    else:
+        python, pythonpath = [sys.executable], ""
 
     functions = {
         logical: res["Properties"]["Handler"].rsplit(".", 1)[0]
@@ -201,14 +226,21 @@ def run(
             path = Path(tmp) / f"{logical}.json"
             path.write_text(json.dumps(event))
             env = child_env(**stack.function_environment(logical), AWS_ENDPOINT_URL=moto.endpoint)
+            if pythonpath:
+                env["PYTHONPATH"] = pythonpath
             plans.append((logical, module, path, env))
         bare_env = child_env(**base_env, AWS_ENDPOINT_URL=moto.endpoint)
+        if pythonpath:
+            bare_env["PYTHONPATH"] = pythonpath
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*functions, "bare"]}
+        traced: dict[str, list[dict[str, Any]]] = {name: [] for name in functions}
         for _ in range(repeats):
-            runs["bare"].append(_probe(BARE, bare_event, bare_env))
+            runs["bare"].append(_probe(BARE, bare_event, bare_env, python))
             for logical, module, path, env in plans:
                 try:
-                    runs[logical].append(_probe(module, path, env))
+                    runs[logical].append(_probe(module, path, env, python))
+                    if with_tracing:
+                        traced[logical].append(_probe(module, path, {**env, **TRACING_ENV}, python))
                 except RuntimeError as exc:
                     log(f"  cold/{logical}: {str(exc).splitlines()[-1]}")
 
@@ -220,6 +252,8 @@ def run(
             "import_seconds": median(runs["bare"], "import_seconds"),
             "first_invocation_seconds": median(runs["bare"], "first_invocation_seconds"),
             "total_seconds": bare_total,
+            "cpu_seconds": median(runs["bare"], "import_cpu_seconds")
+            + median(runs["bare"], "first_invocation_cpu_seconds"),
         }
         for logical, module, _, env in plans:
             rs = runs[logical]
@@ -231,14 +265,30 @@ def run(
                 "import_seconds": median(rs, "import_seconds"),
                 "first_invocation_seconds": median(rs, "first_invocation_seconds"),
                 "total_seconds": total,
+                "cpu_seconds": median(rs, "import_cpu_seconds") + median(rs, "first_invocation_cpu_seconds"),
                 "vs_bare": total / bare_total,
                 "status": rs[-1].get("status"),
                 "batch_item_failures": rs[-1].get("batch_item_failures"),
-                "heaviest_imports": heaviest_imports(module, env) if import_profile else [],
+                "heaviest_imports": heaviest_imports(module, env, python) if import_profile else [],
             }
+            if traced[logical]:
+                with_tracing = median(traced[logical], "import_seconds") + median(
+                    traced[logical], "first_invocation_seconds"
+                )
+                results[logical]["with_tracing"] = {
+                    "import_seconds": median(traced[logical], "import_seconds"),
+                    "first_invocation_seconds": median(traced[logical], "first_invocation_seconds"),
+                    "total_seconds": with_tracing,
+                    "vs_bare": with_tracing / bare_total,
+                }
             log(
                 f"  cold/{logical}: import {results[logical]['import_seconds'] * 1000:.0f} ms + first invocation "
                 f"{results[logical]['first_invocation_seconds'] * 1000:.0f} ms = {total / bare_total:.2f}x bare"
+                + (
+                    f" (with tracing {results[logical]['with_tracing']['vs_bare']:.2f}x)"
+                    if "with_tracing" in results[logical]
+                    else ""
+                )
             )
     log(
         f"  cold/bare: import {results['bare']['import_seconds'] * 1000:.0f} ms + first invocation "
@@ -249,4 +299,11 @@ def run(
         for logical, r in results.items()
         if logical != "bare"
     }
-    return {"functions": results, "repeats": repeats, "targets": targets}
+    return {
+        "functions": results,
+        "repeats": repeats,
+        "dependencies": "requirements.txt only (python -S)"
+        if deployment_package
+        else "development virtualenv",
+        "targets": targets,
+    }

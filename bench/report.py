@@ -89,6 +89,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         "first invocation ms",
         "total ms",
         "vs bare",
+        "with tracing",
         "heaviest imports (ms)",
     ):
         t.add_column(column, justify="left" if column in ("function", "heaviest imports (ms)") else "right")
@@ -102,6 +103,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"{c['first_invocation_seconds'] * 1000:.0f}",
             f"{c['total_seconds'] * 1000:.0f}",
             f"{c['vs_bare']:.2f}×" if "vs_bare" in c else "1.00×",
+            f"{c['with_tracing']['vs_bare']:.2f}×" if "with_tracing" in c else "",
             heavy,
         )
     console.print(t)
