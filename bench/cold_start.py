@@ -142,7 +142,11 @@ def _probe(module: str, event_path: Path, env: dict[str, str], python: list[str]
 def heaviest_imports(
     module: str, env: dict[str, str], python: list[str], top: int = 10
 ) -> list[dict[str, Any]]:
-    """``-X importtime``: the packages whose import took longest (cumulative, each package's own line)."""
+    """``-X importtime``: the top-level packages whose modules took longest to import.
+
+    Each package's figure is the self time of all its modules (the bridge's own ``shared`` and
+    ``functions`` included), so the figures do not overlap and add up to the whole import.
+    """
     completed = subprocess.run(
         [*python, "-X", "importtime", "-c", f"import {module}"],
         env=env,
@@ -153,12 +157,13 @@ def heaviest_imports(
     packages: dict[str, int] = {}
     for line in completed.stderr.splitlines():
         parts = line.split("|")
-        if not line.startswith("import time:") or len(parts) != 3 or not parts[1].strip().isdigit():
+        if not line.startswith("import time:") or len(parts) != 3:
             continue
-        name = parts[2].strip()
-        if "." not in name and not name.startswith("_"):
-            packages[name] = max(packages.get(name, 0), int(parts[1]))
-    packages.pop("functions", None)  # the handler itself: the total
+        self_us = parts[0].removeprefix("import time:").strip()
+        if not self_us.isdigit():
+            continue
+        package = parts[2].strip().split(".")[0]
+        packages[package] = packages.get(package, 0) + int(self_us)
     ranked = sorted(packages.items(), key=lambda kv: -kv[1])[:top]
     return [{"package": name, "milliseconds": round(us / 1000, 1)} for name, us in ranked]
 
@@ -254,6 +259,7 @@ def run(
             "total_seconds": bare_total,
             "cpu_seconds": median(runs["bare"], "import_cpu_seconds")
             + median(runs["bare"], "first_invocation_cpu_seconds"),
+            "heaviest_imports": heaviest_imports(BARE, bare_env, python) if import_profile else [],
         }
         for logical, module, _, env in plans:
             rs = runs[logical]
