@@ -29,6 +29,8 @@ LOCAL_CONFIG_PREFIX = "/fme-segment-bridge/local"
 RESOURCE_VARIABLES = {
     "ImpressionsQueue": "IMPRESSIONS_QUEUE_URL",
     "ImpressionsDeadLetterQueue": "IMPRESSIONS_DLQ_URL",
+    "LastTreatmentsQueue": "LAST_TREATMENTS_QUEUE_URL",
+    "LastTreatmentsDeadLetterQueue": "LAST_TREATMENTS_DLQ_URL",
     "EventsTable": "EVENTS_TABLE",
     "IdentitiesTable": "IDENTITIES_TABLE",
     "ProfilesTable": "PROFILES_TABLE",

@@ -66,14 +66,19 @@ def test_least_privilege() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     )
     assert actions == [
-        "dynamodb:UpdateItem",
         "secretsmanager:GetSecretValue",
+        "sqs:SendMessage",
         "sqs:SendMessage",
         "ssm:GetParameter",
         "ssm:GetParametersByPath",
     ]
-    # Last treatments (docs/profiles.md): conditional updates of ProfilesTable only.
-    assert statements["LastTreatments"]["Resource"] == {"Fn::GetAtt": ["ProfilesTable", "Arn"]}
+    # Last treatments (docs/profiles.md) are recorded by their own function: only forwarded here.
+    assert statements["LastTreatmentsToTheirQueue"]["Resource"] == {
+        "Fn::GetAtt": ["LastTreatmentsQueue", "Arn"]
+    }
+    assert function()["Environment"]["Variables"]["LAST_TREATMENTS_QUEUE_URL"] == {
+        "Ref": "LastTreatmentsQueue"
+    }
     assert statements["PermanentFailuresToDeadLetterQueue"]["Resource"] == {
         "Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]
     }
@@ -83,3 +88,36 @@ def test_least_privilege() -> None:
     assert secret.endswith(":secret:${Prefix}/outbound/*")
     for statement in statements.values():
         assert statement["Resource"] != "*"
+
+
+def test_last_treatments_function_reads_its_queue_with_partial_failures_and_a_dead_letter_queue() -> None:
+    props = resources()["LastTreatmentsFunction"]["Properties"]
+    assert props["Handler"] == "functions.last_treatments.app.lambda_handler"
+    source = props["Events"]["LastTreatments"]["Properties"]
+    assert source["Queue"] == {"Fn::GetAtt": ["LastTreatmentsQueue", "Arn"]}
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources()["LastTreatmentsQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * props["Timeout"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["LastTreatmentsDeadLetterQueue", "Arn"]
+    }
+
+
+def test_last_treatments_function_least_privilege() -> None:
+    [policy] = resources()["LastTreatmentsFunction"]["Properties"]["Policies"]
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    actions = sorted(
+        a
+        for s in statements.values()
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    )
+    assert actions == [
+        "dynamodb:UpdateItem",
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParameter",
+        "ssm:GetParametersByPath",
+    ]
+    # Conditional updates of ProfilesTable only; configs and write keys for computed-trait identifies.
+    assert statements["LastTreatments"]["Resource"] == {"Fn::GetAtt": ["ProfilesTable", "Arn"]}
+    secret = statements["OutboundSecrets"]["Resource"]["Fn::Sub"][0]
+    assert secret.endswith(":secret:${Prefix}/outbound/*")

@@ -1,13 +1,15 @@
-"""``fme-bridge dlq show|redrive``: the impressions dead-letter queue.
+"""``fme-bridge dlq show|redrive``: the impressions (or last-treatments) dead-letter queue.
 
 Two kinds of messages land there: those the impressions function sends itself on a permanent error
 (the reason in a message attribute), and those SQS moves after ``maxReceiveCount`` failed receives
-(transient failures that never cleared; no reason attribute, a high receive count).
+(transient failures that never cleared; no reason attribute, a high receive count). The
+last-treatments dead-letter queue (``--queue last-treatments``) only has the second kind.
 """
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -16,14 +18,26 @@ from rich.table import Table
 
 from fme_bridge.commands.common import out, target
 
-DLQ = "ImpressionsDeadLetterQueue"
-SOURCE = "ImpressionsQueue"
+
+class Queue(StrEnum):
+    impressions = "impressions"
+    last_treatments = "last-treatments"
+
+
+# (dead-letter queue, the queue it is redriven to), by logical id in template.yaml
+QUEUES = {
+    Queue.impressions: ("ImpressionsDeadLetterQueue", "ImpressionsQueue"),
+    Queue.last_treatments: ("LastTreatmentsDeadLetterQueue", "LastTreatmentsQueue"),
+}
+QueueOption = Annotated[Queue, typer.Option("--queue", help="Which dead-letter queue.")]
 # While `dlq show` looks at messages they are hidden from other readers; it shows them again after.
 _PEEK_VISIBILITY_SECONDS = 30
 
 
 def register(app: typer.Typer) -> None:
-    dlq_app = typer.Typer(help="The impressions dead-letter queue.", no_args_is_help=True)
+    dlq_app = typer.Typer(
+        help="The impressions and last-treatments dead-letter queues.", no_args_is_help=True
+    )
     dlq_app.command("show")(show)
     dlq_app.command("redrive")(redrive)
     app.add_typer(dlq_app, name="dlq")
@@ -82,11 +96,12 @@ def show(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many messages.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print the messages as a JSON array.")] = False,
+    queue: QueueOption = Queue.impressions,
 ) -> None:
     """Show the messages in the dead-letter queue with their failure reasons (they stay there)."""
     tgt = target(ctx)
     sqs = tgt.client("sqs")
-    queue_url = tgt.queue_url(DLQ)
+    queue_url = tgt.queue_url(QUEUES[queue][0])
     messages = _receive_all(sqs, queue_url, limit, _PEEK_VISIBILITY_SECONDS)
     try:
         if as_json:
@@ -128,11 +143,13 @@ def show(
 def redrive(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(min=1, help="Move at most this many messages.")] = None,
+    queue: QueueOption = Queue.impressions,
 ) -> None:
-    """Move the dead-letter queue's messages back to the impressions queue (after fixing the cause)."""
+    """Move the dead-letter queue's messages back to the queue they came from (after fixing the cause)."""
     tgt = target(ctx)
     sqs = tgt.client("sqs")
-    dlq_url, source_url = tgt.queue_url(DLQ), tgt.queue_url(SOURCE)
+    dead_letters, source = QUEUES[queue]
+    dlq_url, source_url = tgt.queue_url(dead_letters), tgt.queue_url(source)
     total = int(
         sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])[
             "Attributes"

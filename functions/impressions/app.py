@@ -21,8 +21,7 @@ from shared import aws
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.delivery import QueuedMessage
-from shared.profiles.impression_profiles import LastTreatmentSync
-from shared.profiles.last_treatment import LastTreatmentRecorder
+from shared.profiles.forwarding import LastTreatmentForwarder
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -31,8 +30,6 @@ tracer = lambda_tracer()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
 # An all-failed batch is reported like any other (every message listed), not raised as an error.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-# Lives as long as the container: remembers last treatments already written and synced.
-last_treatments = LastTreatmentRecorder()
 
 
 class ImpressionsNotDelivered(Exception):
@@ -56,10 +53,11 @@ def _record_metrics(outcome: BatchOutcome) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     messages = [QueuedMessage(r["messageId"], r.get("body") or "") for r in event.get("Records", [])]
-    # Last treatments and computed-trait identifies (docs/profiles.md), after the track calls.
-    remaining = remaining_time_ms(context)
-    profiles = LastTreatmentSync(last_treatments, remaining)
-    outcome = process_batch(messages, remaining, aws.env("DEAD_LETTER_QUEUE_URL"), observers=[profiles])
+    # Last treatments are recorded by their own function (docs/profiles.md): forwarded after the sends.
+    profiles = LastTreatmentForwarder(aws.env("LAST_TREATMENTS_QUEUE_URL"))
+    outcome = process_batch(
+        messages, remaining_time_ms(context), aws.env("DEAD_LETTER_QUEUE_URL"), observers=[profiles]
+    )
     _record_metrics(outcome)
     profiles.publish(metrics)
     for letter in outcome.report.dead_letters:

@@ -1,12 +1,11 @@
-"""The impressions path's profile step: last treatments, and computed-trait identifies on change.
+"""The profile step of impressions: last treatments, and computed-trait identifies on change.
 
-:class:`LastTreatmentSync` is an observer of the impressions pipeline
-(:class:`shared.outbound.delivery.ImpressionObserver`): it collects every parsed impression and, once
-the track calls are out, records the last treatments (one conditional write per identity and flag,
-concurrently) and sends an ``identify`` per change to each outbound config with ``computedTraits``
-enabled. SQS messages whose profile step failed transiently are returned to the pipeline, which
-retries them like a failed track call; the writes and identifies are idempotent, so a retry repeats
-nothing Segment keeps twice.
+:class:`LastTreatmentSync` runs in the last-treatments function, on the impressions the impressions
+function forwarded (:mod:`shared.profiles.forwarding`): it collects them per SQS record, records the
+last treatments (one conditional write per identity and flag, concurrently) and sends an
+``identify`` per change to each outbound config with ``computedTraits`` enabled. Records whose step
+failed transiently are returned, to be retried by SQS; the writes and identifies are idempotent, so
+a retry repeats nothing Segment keeps twice.
 """
 
 from __future__ import annotations
@@ -90,8 +89,8 @@ class LastTreatmentSync:
         self._seen.extend((record, impression) for impression in impressions)
 
     def finish(self) -> Mapping[int, str]:
-        # Called from inside the pipeline's event loop, after its sends: the identifies get a loop
-        # of their own on a helper thread, and the blocking DynamoDB writes delay nothing.
+        # The identifies run an event loop of their own: on a helper thread, this also works from
+        # inside a running loop.
         with ThreadPoolExecutor(max_workers=1) as worker:
             try:
                 return worker.submit(self.run).result()

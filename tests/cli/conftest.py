@@ -22,6 +22,8 @@ def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv("CONFIG_PREFIX", PREFIX)
     monkeypatch.setenv("IMPRESSIONS_QUEUE_URL", stack.queues["ImpressionsQueue"])
     monkeypatch.setenv("IMPRESSIONS_DLQ_URL", stack.queues["ImpressionsDeadLetterQueue"])
+    monkeypatch.setenv("LAST_TREATMENTS_QUEUE_URL", stack.queues["LastTreatmentsQueue"])
+    monkeypatch.setenv("LAST_TREATMENTS_DLQ_URL", stack.queues["LastTreatmentsDeadLetterQueue"])
     monkeypatch.setenv("EVENTS_TABLE", stack.tables["EventsTable"])
     monkeypatch.setenv("IDENTITIES_TABLE", stack.tables["IdentitiesTable"])
 

@@ -169,3 +169,21 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, 
     moved = drain(stack.queues["ImpressionsQueue"])
     assert sorted(json.loads(m["Body"])["n"] for m in moved) == list(range(13))
     assert all(not (m.get("MessageAttributes") or {}) for m in moved)
+
+
+def test_the_last_treatments_dead_letter_queue_is_shown_and_redriven_to_its_own_queue(
+    cli: Cli, stack: Stack
+) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    sqs.send_message(QueueUrl=stack.queues["LastTreatmentsDeadLetterQueue"], MessageBody='{"n": 1}')
+    sqs.send_message(QueueUrl=stack.queues["ImpressionsDeadLetterQueue"], MessageBody='{"n": 2}')
+
+    shown = cli("dlq", "show", "--json", "--queue", "last-treatments")
+    assert shown.exit_code == 0, shown.output
+    assert [json.loads(m["body"]) for m in json.loads(shown.stdout)] == [{"n": 1}]
+
+    result = cli("dlq", "redrive", "--queue", "last-treatments")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(m["Body"]) for m in drain(stack.queues["LastTreatmentsQueue"])] == [{"n": 1}]
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+    assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 1

@@ -1,4 +1,6 @@
-"""Last treatments and computed traits through the real impressions handler, moto and the loopback sink."""
+"""Last treatments and computed traits through the real impressions and last-treatments handlers,
+moto and the loopback sink: impressions are forwarded to the last-treatments queue, which is drained
+through its function as the event source mapping would."""
 
 from __future__ import annotations
 
@@ -23,13 +25,14 @@ from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
 from shared.profiles_table import profile_items, treatments_of
 from tests.conftest import load_event, put_config, put_secret
-from tests.integration.sqs_events import event
+from tests.integration.sqs_events import event, receive_event, settle
 
 WRITE_KEY = "wk-production"
 USER = "7f244b10-9ca5-11e5-9706-16a11fb02dec"
 T0 = 1_795_483_041_109
 
-app: Any = None
+impressions_app: Any = None
+last_treatments_app: Any = None
 
 
 @pytest.fixture
@@ -45,13 +48,15 @@ def production(
     sink: SegmentSink,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
-    global app
+    global impressions_app, last_treatments_app
+    function_env("LastTreatmentsFunction")
     function_env("ImpressionsFunction")
     monkeypatch.setenv("SEND_MARGIN_MS", "500")
-    from functions.impressions import app as handler_module
+    from functions.impressions import app as impressions_module
+    from functions.last_treatments import app as last_treatments_module
 
-    app = handler_module
-    app.last_treatments.forget()  # the container cache must not outlive a test's moto tables
+    impressions_app, last_treatments_app = impressions_module, last_treatments_module
+    last_treatments_app.last_treatments.forget()  # the container cache must not outlive a test's moto tables
     document = {
         "environments": ["Production"],
         "identities": {"user": "userId", "anonymous": "anonymousId"},
@@ -90,6 +95,19 @@ def impression(split: str, treatment: str, at: int, key: str = USER, **extra: An
     }
 
 
+def handle(sqs_event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The impressions function, then the last-treatments function on what it forwarded."""
+    response = impressions_app.lambda_handler(sqs_event, context)
+    queue_url = aws.env("LAST_TREATMENTS_QUEUE_URL")
+    while True:
+        forwarded = receive_event(queue_url, "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue")
+        if not forwarded["Records"]:
+            return dict(response)
+        answer = last_treatments_app.lambda_handler(forwarded, context)
+        assert answer == {"batchItemFailures": []}
+        settle(queue_url, forwarded, answer)
+
+
 def identifies(sink: SegmentSink) -> list[dict[str, Any]]:
     return [m for m in sink.messages if m["type"] == "identify"]
 
@@ -104,7 +122,7 @@ def test_the_vendor_webhook_impression_sets_the_last_treatment_and_the_trait(
     sqs_event = load_event("sqs_impressions.json")
     sqs_event["Records"] = sqs_event["Records"][:1]
 
-    assert app.lambda_handler(sqs_event, context) == {"batchItemFailures": []}
+    assert handle(sqs_event, context) == {"batchItemFailures": []}
 
     assert stored_treatments() == {
         "new_checkout": {"treatment": "on", "time": T0, "splitVersionNumber": 1795482000000}
@@ -129,7 +147,7 @@ def test_the_vendor_webhook_impression_sets_the_last_treatment_and_the_trait(
 
 def test_identify_only_on_change(production: dict[str, Any], sink: SegmentSink, context: Any) -> None:
     def send(*impressions: dict[str, Any]) -> None:
-        assert app.lambda_handler(event(json.dumps(list(impressions))), context) == {"batchItemFailures": []}
+        assert handle(event(json.dumps(list(impressions))), context) == {"batchItemFailures": []}
 
     send(impression("f", "on", T0))
     send(impression("f", "on", T0 + 1000))  # same treatment, newer: no identify
@@ -153,7 +171,7 @@ def test_anonymous_traffic_and_a_custom_trait_name(
         "trafficType": "anonymous",
         "impressions": [impression("f", "v2", T0, "anon-1")],
     }
-    assert app.lambda_handler(event(json.dumps(body)), context) == {"batchItemFailures": []}
+    assert handle(event(json.dumps(body)), context) == {"batchItemFailures": []}
     [identify] = identifies(sink)
     assert identify["anonymousId"] == "anon-1"
     assert "userId" not in identify
@@ -166,9 +184,7 @@ def test_without_computed_traits_the_last_treatment_is_still_kept(
 ) -> None:
     put_config("outbound/production", {k: v for k, v in production.items() if k != "computedTraits"})
     config.clear_caches()
-    assert app.lambda_handler(event(json.dumps(impression("f", "on", T0))), context) == {
-        "batchItemFailures": []
-    }
+    assert handle(event(json.dumps(impression("f", "on", T0))), context) == {"batchItemFailures": []}
     assert identifies(sink) == []
     assert stored_treatments()["f"]["treatment"] == "on"
 
@@ -198,7 +214,7 @@ def test_shuffled_impressions_end_with_the_same_last_treatments_and_traits(
     """Whatever the order and grouping of SQS messages, the stored last treatments are the newest
     impressions, and the newest identify Segment holds per user and trait carries that treatment."""
     clear_profiles()
-    app.last_treatments.forget()
+    last_treatments_app.last_treatments.forget()
     sink.clear()
     end = time.monotonic() + 30.0  # each example is its own invocations: a fresh deadline
     context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
@@ -207,7 +223,7 @@ def test_shuffled_impressions_end_with_the_same_last_treatments_and_traits(
     random.Random(seed).shuffle(impressions)
     bodies = [json.dumps(impressions[i : i + per_message]) for i in range(0, len(impressions), per_message)]
     for start in range(0, len(bodies), 3):  # SQS batches of up to three messages
-        assert app.lambda_handler(event(*bodies[start : start + 3]), context) == {"batchItemFailures": []}
+        assert handle(event(*bodies[start : start + 3]), context) == {"batchItemFailures": []}
 
     newest: dict[tuple[str, str], tuple[int, str]] = {}
     for key, split, treatment, at in history:
@@ -273,3 +289,39 @@ def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(producti
     step = LastTreatmentSync(LastTreatmentRecorder(), lambda: 5000, destinations=broken)
     step.observe(2, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
     assert step.finish() == {2: "profiles: last treatments not recorded"}
+
+
+def test_the_last_treatments_function_retries_what_it_could_not_sync_and_refuses_foreign_bodies(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    from shared.outbound.impressions import Impression
+    from shared.profiles.forwarding import encode_bodies
+
+    forwarded = encode_bodies(
+        [
+            Impression(
+                key=USER,
+                split="f",
+                treatment="on",
+                time=T0,
+                environment_id=None,
+                environment_name="Production",
+                traffic_type="user",
+            )
+        ]
+    )
+    records = event(*forwarded, '{"not": "a last-treatments message"}')
+    # Segment stores the identify but answers 503: its SQS message is retried, the foreign one too.
+    sink.fail_next(1, status=503, accept=True, retry_after=60)
+    answer = last_treatments_app.lambda_handler(records, context)
+    assert {f["itemIdentifier"] for f in answer["batchItemFailures"]} == {
+        r["messageId"] for r in records["Records"]
+    }
+    assert stored_treatments()["f"]["treatment"] == "on"
+
+    # The redelivery: the identify goes out again with the same messageId; the foreign body still fails.
+    first = {m["messageId"] for m in identifies(sink)}
+    sink.clear()
+    answer = last_treatments_app.lambda_handler(records, context)
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][1]["messageId"]]
+    assert {m["messageId"] for m in identifies(sink)} == first

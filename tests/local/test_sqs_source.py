@@ -38,8 +38,14 @@ class RecordingHandler:
         return {"batchItemFailures": failures}
 
 
+def impressions_mapping(stack: Stack, handler: RecordingHandler) -> SqsMapping:
+    mappings = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))
+    [mapping] = [m for m in mappings if m.function.logical_id == "ImpressionsFunction"]
+    return mapping
+
+
 def poller_for(stack: Stack, handler: RecordingHandler, **overrides: Any) -> SqsPoller:
-    (mapping,) = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))
+    mapping = impressions_mapping(stack, handler)
     for name, value in overrides.items():
         setattr(mapping, name, value)
     return SqsPoller(mapping, boto3.client("sqs", region_name=REGION))
@@ -52,11 +58,18 @@ def queue_depth(url: str) -> int:
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_mapping_follows_the_template(stack: Stack) -> None:
-    (mapping,) = mappings_from_template(
+def test_every_sqs_event_source_of_the_template_is_polled(stack: Stack) -> None:
+    mappings = mappings_from_template(
         stack, lambda logical: LocalFunction(stack, logical, handler=RecordingHandler())
     )
-    assert mapping.function.logical_id == "ImpressionsFunction"
+    assert {(m.function.logical_id, m.queue_url) for m in mappings} == {
+        ("ImpressionsFunction", stack.queues["ImpressionsQueue"]),
+        ("LastTreatmentsFunction", stack.queues["LastTreatmentsQueue"]),
+    }
+
+
+def test_mapping_follows_the_template(stack: Stack) -> None:
+    mapping = impressions_mapping(stack, RecordingHandler())
     assert mapping.queue_url == stack.queues["ImpressionsQueue"]
     source = load_template()["Resources"]["ImpressionsFunction"]["Properties"]["Events"]["Impressions"][
         "Properties"

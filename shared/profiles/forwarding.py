@@ -1,0 +1,202 @@
+"""Impressions → last-treatments queue: the impressions function's share of the profile step.
+
+The impressions function does not write profiles itself: a conditional DynamoDB write per identity
+and flag costs far more than turning an impression into a track call, and a slow or throttled table
+must not hold back the calls to Segment. Instead, :class:`LastTreatmentForwarder` (an observer of the
+impressions pipeline, :class:`shared.outbound.delivery.ImpressionObserver`) keeps the newest
+impression per identity and flag of the batch and sends them to the last-treatments queue; the
+last-treatments function (``functions/last_treatments``) records them and sends the computed-trait
+identifies (docs/profiles.md).
+
+A message body is JSON ``{"format": "fme-last-treatments/1", "groups": […]}``, one group per
+(environment, traffic type), each with rows ``[key, split, treatment, time, splitVersionNumber,
+label]`` — compact, and readable as it is in the dead-letter queue. Forwarding the same impression
+twice (an SQS redelivery of its impressions message) is harmless: recording last treatments is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import aws
+from shared.outbound.impressions import Impression
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fme-last-treatments/1"
+# SQS accepts 256 KiB per message and per SendMessageBatch call; the rest is room for the envelope.
+MAX_CALL_BYTES = 240 * 1024
+MAX_ENTRIES = 10
+# Rows are about 110 bytes: a message of this many is a call of its own. A message that comes out
+# larger than a call (long keys or labels) is split in two until it fits.
+ROWS_PER_MESSAGE = 2000
+
+Slot = tuple[str | None, str | None, str | None, str, str]  # environment id, name, traffic type, key, split
+
+
+class ForwardedBodyError(ValueError):
+    """A last-treatments message that is not in the format above."""
+
+
+def _order(impression: Impression) -> tuple[int, int, str]:
+    """Newest first by time, then split version, then treatment (as :class:`LastTreatment` orders)."""
+    version = impression.split_version_number
+    return (impression.time, -1 if version is None else version, impression.treatment)
+
+
+def newest_per_slot(impressions: Sequence[Impression]) -> list[Impression]:
+    newest: dict[Slot, Impression] = {}
+    for impression in impressions:
+        slot = (
+            impression.environment_id,
+            impression.environment_name,
+            impression.traffic_type,
+            impression.key,
+            impression.split,
+        )
+        kept = newest.get(slot)
+        if kept is None or _order(impression) > _order(kept):
+            newest[slot] = impression
+    return list(newest.values())
+
+
+def encode_bodies(
+    impressions: Sequence[Impression],
+    rows_per_message: int = ROWS_PER_MESSAGE,
+    max_bytes: int = MAX_CALL_BYTES,
+) -> list[str]:
+    """Message bodies carrying ``impressions`` (only what recording last treatments needs)."""
+    bodies = []
+    # A stack of the chunks still to encode, the next one last.
+    chunks = [
+        impressions[start : start + rows_per_message]
+        for start in reversed(range(0, len(impressions), rows_per_message))
+    ]
+    while chunks:
+        chunk = chunks.pop()
+        body = _encode(chunk)
+        if len(body) > max_bytes and len(chunk) > 1:
+            half = len(chunk) // 2
+            chunks += [chunk[half:], chunk[:half]]
+        else:
+            bodies.append(body)
+    return bodies
+
+
+def _encode(impressions: Sequence[Impression]) -> str:
+    groups: dict[tuple[str | None, str | None, str | None], list[list[Any]]] = {}
+    for i in impressions:
+        rows = groups.setdefault((i.environment_id, i.environment_name, i.traffic_type), [])
+        rows.append([i.key, i.split, i.treatment, i.time, i.split_version_number, i.label])
+    document = {
+        "format": FORMAT,
+        "groups": [
+            {"environmentId": env_id, "environmentName": env_name, "trafficType": traffic_type, "rows": rows}
+            for (env_id, env_name, traffic_type), rows in groups.items()
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def decode_body(body: str) -> list[Impression]:
+    """The impressions of one last-treatments message; :class:`ForwardedBodyError` if it is not one."""
+    try:
+        document = json.loads(body)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ForwardedBodyError(f"not a {FORMAT} message")
+        impressions = []
+        for group in document["groups"]:
+            env_id, env_name, traffic_type = (
+                group["environmentId"],
+                group["environmentName"],
+                group["trafficType"],
+            )
+            for key, split, treatment, at, version, label in group["rows"]:
+                if not (isinstance(key, str) and isinstance(split, str) and isinstance(treatment, str)):
+                    raise ForwardedBodyError("key, split and treatment must be strings")
+                if not isinstance(at, int) or not (version is None or isinstance(version, int)):
+                    raise ForwardedBodyError("time and splitVersionNumber must be integers")
+                impressions.append(
+                    Impression(
+                        key=key,
+                        split=split,
+                        treatment=treatment,
+                        time=at,
+                        environment_id=env_id,
+                        environment_name=env_name,
+                        traffic_type=traffic_type,
+                        label=label,
+                        split_version_number=version,
+                    )
+                )
+        return impressions
+    except ForwardedBodyError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ForwardedBodyError(f"not a {FORMAT} message: {type(exc).__name__}: {exc}") from None
+
+
+def send_bodies(queue_url: str, bodies: Sequence[str]) -> list[str]:
+    """Send the bodies (SendMessageBatch, packed by size); the reasons of those not sent."""
+    failures: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for body in bodies:
+        if chunk and (len(chunk) >= MAX_ENTRIES or size + len(body) > MAX_CALL_BYTES):
+            failures.extend(_send(queue_url, chunk))
+            chunk, size = [], 0
+        chunk.append(body)
+        size += len(body)
+    if chunk:
+        failures.extend(_send(queue_url, chunk))
+    return failures
+
+
+def _send(queue_url: str, bodies: list[str]) -> list[str]:
+    entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+    try:
+        response = aws.client("sqs").send_message_batch(QueueUrl=queue_url, Entries=entries)
+    except (BotoCoreError, ClientError) as exc:
+        return [f"last-treatments queue: {type(exc).__name__}"] * len(bodies)
+    return [f"last-treatments queue: {entry.get('Code', 'error')}" for entry in response.get("Failed", [])]
+
+
+class LastTreatmentForwarder:
+    """One per invocation: collects every parsed impression, then forwards the newest per slot."""
+
+    def __init__(self, queue_url: str) -> None:
+        self.queue_url = queue_url
+        self.forwarded = 0  # impressions sent to the queue (after collapsing)
+        self._records: set[int] = set()
+        self._impressions: list[Impression] = []
+
+    def observe(self, record: int, impressions: Sequence[Impression]) -> None:
+        if impressions:
+            self._records.add(record)
+            self._impressions.extend(impressions)
+
+    def finish(self) -> Mapping[int, str]:
+        if not self._impressions:
+            return {}
+        try:
+            newest = newest_per_slot(self._impressions)
+            failures = send_bodies(self.queue_url, encode_bodies(newest))
+        except Exception:  # a bug here must not lose the batch: its messages are retried
+            logger.exception("forwarding last treatments failed")
+            failures = ["last treatments not forwarded"]
+        if failures:
+            # Which impressions were in the failed message is not worth tracking: forwarding them
+            # all again is idempotent, and so are the track calls of the retried messages.
+            logger.warning("forwarding last treatments failed: %s", failures[0])
+            return dict.fromkeys(self._records, f"profiles: {failures[0]}")
+        self.forwarded = len(newest)
+        return {}
+
+    def publish(self, metrics: Any) -> None:
+        metrics.add_metric(name="LastTreatmentsForwarded", unit="Count", value=self.forwarded)

@@ -1,0 +1,200 @@
+"""Forwarding last treatments from the impressions function: the format, collapsing, SQS failures."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.outbound.impressions import Impression
+from shared.profiles import forwarding
+from shared.profiles.forwarding import (
+    MAX_CALL_BYTES,
+    ForwardedBodyError,
+    LastTreatmentForwarder,
+    decode_body,
+    encode_bodies,
+    newest_per_slot,
+    send_bodies,
+)
+
+T0 = 1_795_483_041_109
+
+
+def imp(key: str = "u1", split: str = "f", treatment: str = "on", at: int = T0, **extra: Any) -> Impression:
+    values: dict[str, Any] = {
+        "environment_id": "env-1",
+        "environment_name": "Production",
+        "traffic_type": "user",
+        "label": "default rule",
+        "split_version_number": 17,
+        **extra,
+    }
+    return Impression(key=key, split=split, treatment=treatment, time=at, **values)
+
+
+IMPRESSIONS = st.lists(
+    st.builds(
+        imp,
+        key=st.text(min_size=1, max_size=40),
+        split=st.sampled_from(["f", "g", "new_checkout"]),
+        treatment=st.sampled_from(["on", "off", "v2"]),
+        at=st.integers(0, 2**45),
+        environment_id=st.one_of(st.none(), st.just("env-1")),
+        environment_name=st.one_of(st.none(), st.just("Production"), st.just("Staging")),
+        traffic_type=st.one_of(st.none(), st.just("user"), st.just("anonymous")),
+        label=st.one_of(st.none(), st.text(max_size=20)),
+        split_version_number=st.one_of(st.none(), st.integers(0, 2**45)),
+    ),
+    max_size=30,
+)
+
+
+@given(IMPRESSIONS, st.integers(1, 7))
+def test_what_is_forwarded_decodes_to_the_fields_last_treatments_need(
+    impressions: list[Impression], rows_per_message: int
+) -> None:
+    decoded = [i for body in encode_bodies(impressions, rows_per_message) for i in decode_body(body)]
+    fields = ("key", "split", "treatment", "time", "environment_id", "environment_name")
+    more = ("traffic_type", "label", "split_version_number")
+
+    def project(i: Impression) -> tuple[Any, ...]:
+        return tuple(getattr(i, name) for name in fields + more)
+
+    assert sorted(map(project, decoded), key=repr) == sorted(map(project, impressions), key=repr)
+
+
+def test_a_body_is_compact_self_describing_json() -> None:
+    [body] = encode_bodies([imp(), imp("u2", treatment="off")])
+    assert json.loads(body) == {
+        "format": "fme-last-treatments/1",
+        "groups": [
+            {
+                "environmentId": "env-1",
+                "environmentName": "Production",
+                "trafficType": "user",
+                "rows": [
+                    ["u1", "f", "on", T0, 17, "default rule"],
+                    ["u2", "f", "off", T0, 17, "default rule"],
+                ],
+            }
+        ],
+    }
+
+
+def test_a_message_too_large_for_sqs_is_split_until_each_fits() -> None:
+    impressions = [imp(f"user-{n}", label="x" * 500) for n in range(100)]
+    bodies = encode_bodies(impressions, rows_per_message=100, max_bytes=8_000)
+    assert len(bodies) > 1
+    assert all(len(body) <= 8_000 for body in bodies)
+    assert [i.key for body in bodies for i in decode_body(body)] == [i.key for i in impressions]
+
+
+def test_only_the_newest_impression_per_identity_and_flag_is_forwarded() -> None:
+    impressions = [
+        imp(at=T0 + 5, treatment="off"),
+        imp(at=T0 + 9, treatment="on"),
+        imp(at=T0 + 1, treatment="v2"),
+        imp(at=T0 + 9, treatment="on", split_version_number=16),  # same time, older version
+        imp(split="g"),
+        imp(traffic_type="anonymous"),
+    ]
+    newest = newest_per_slot(impressions)
+    assert [(i.split, i.traffic_type, i.treatment, i.time) for i in newest] == [
+        ("f", "user", "on", T0 + 9),
+        ("g", "user", "on", T0),
+        ("f", "anonymous", "on", T0),
+    ]
+    assert newest[0].split_version_number == 17
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        "not json",
+        "[]",
+        json.dumps({"format": "something-else"}),
+        json.dumps({"format": "fme-last-treatments/1"}),
+        json.dumps({"format": "fme-last-treatments/1", "groups": [{"rows": []}]}),
+        json.dumps({"format": "fme-last-treatments/1", "groups": [{"environmentId": None, "rows": [[1]]}]}),
+        json.dumps(
+            {
+                "format": "fme-last-treatments/1",
+                "groups": [
+                    {
+                        "environmentId": None,
+                        "environmentName": "P",
+                        "trafficType": None,
+                        "rows": [["u", "f", "on", "yesterday", None, None]],
+                    }
+                ],
+            }
+        ),
+    ],
+)
+def test_anything_else_is_a_clear_error(body: str) -> None:
+    with pytest.raises(ForwardedBodyError):
+        decode_body(body)
+
+
+def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    big = "y" * (MAX_CALL_BYTES - 5000)
+    bodies = ["x" * 1000] * 13 + [big, big]
+    with Stubber(sqs) as stub:
+        # Ten entries at most; then three small ones and a big one fit; the last big one does not.
+        for chunk in (bodies[:10], bodies[10:14], bodies[14:]):
+            stub.add_response(
+                "send_message_batch",
+                {"Successful": [], "Failed": []},
+                {
+                    "QueueUrl": "https://q",
+                    "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
+                },
+            )
+        assert send_bodies("https://q", bodies) == []
+        stub.assert_no_pending_responses()
+
+
+def test_an_sqs_failure_retries_every_message_that_had_impressions(monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    forwarder = LastTreatmentForwarder("https://q")
+    forwarder.observe(0, [imp()])
+    forwarder.observe(1, [])
+    forwarder.observe(2, [imp("u2")])
+    with Stubber(sqs) as stub:
+        stub.add_client_error("send_message_batch", "ServiceUnavailable", http_status_code=503)
+        failed = forwarder.finish()
+    assert failed == {
+        0: "profiles: last-treatments queue: ClientError",
+        2: "profiles: last-treatments queue: ClientError",
+    }
+    assert forwarder.forwarded == 0
+
+
+def test_a_partly_failed_call_retries_them_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    forwarder = LastTreatmentForwarder("https://q")
+    forwarder.observe(3, [imp(), imp("u2")])
+    with Stubber(sqs) as stub:
+        stub.add_response(
+            "send_message_batch",
+            {"Successful": [], "Failed": [{"Id": "0", "SenderFault": False, "Code": "InternalError"}]},
+        )
+        assert forwarder.finish() == {3: "profiles: last-treatments queue: InternalError"}
+
+
+def test_nothing_observed_sends_nothing() -> None:
+    assert LastTreatmentForwarder("https://unused").finish() == {}
