@@ -57,8 +57,9 @@ class QueuedMessage:
 class ImpressionObserver(Protocol):
     """Sees the impressions of each SQS message right after parsing.
 
-    ``finish`` runs once all messages are parsed; it returns the messages (by index) whose
-    impressions it could not handle, with a reason: those are retried like a failed send.
+    ``finish`` runs once all messages are parsed, on a helper thread while the last requests are
+    answered; it returns the messages (by index) whose impressions it could not handle, with a
+    reason: those are retried like a failed send.
     """
 
     def observe(self, record: int, impressions: Sequence[Impression]) -> None: ...
@@ -153,10 +154,11 @@ async def deliver(
 
     for name, packer in packers.items():
         start_send(by_name[name], packer.flush())
+    # The observers finish on helper threads while the last requests are answered.
+    finishing = [asyncio.create_task(asyncio.to_thread(observer.finish)) for observer in observers]
     await asyncio.gather(*sends)
-
-    for observer in observers:
-        for record, reason in observer.finish().items():
+    for failed in await asyncio.gather(*finishing):
+        for record, reason in failed.items():
             failures.transient.setdefault(record, reason)
 
     _conclude(messages, failures, report)
