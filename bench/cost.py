@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
+
 PRICES = {
     "lambda_arm64_gb_second": 0.0000133334,
     "lambda_request": 0.20 / 1e6,
@@ -71,8 +73,10 @@ def webhook_per_million(results: dict[str, Any], phase: str, memory_mb: int = 10
     bodies = messages if phase == "single" else messages / 1000
     n = 1e6
     invocations = n * bodies / messages
-    # DynamoDB requests of one body run on up to 8 threads; single bodies wait for two in a row.
-    rounds_per_body = 2 if phase == "single" else math.ceil(requests_per_message * messages / bodies / 8)
+    # DynamoDB requests of one body run on up to 8 threads. A small body's events are conditional
+    # puts side by side (one round, no reads); a larger body reads its keys, then writes.
+    small = events_per_message * messages / bodies <= CONDITIONAL_PUT_EVENTS
+    rounds_per_body = 1 if small else math.ceil(requests_per_message * messages / bodies / 8)
     lam = _lambda_cost(
         real["cpu_seconds"] / messages * n,
         invocations * rounds_per_body * DYNAMODB_ROUND_TRIP_S,
@@ -80,9 +84,8 @@ def webhook_per_million(results: dict[str, Any], phase: str, memory_mb: int = 10
         invocations,
     )
     writes = n * events_per_message * PRICES["dynamodb_write_unit"]
-    reads = (
-        n * events_per_message * 0.5 * PRICES["dynamodb_read_unit"]
-    )  # existence check, eventually consistent
+    # Existence check of larger bodies, eventually consistent; a failed condition costs a write.
+    reads = 0.0 if small else n * events_per_message * 0.5 * PRICES["dynamodb_read_unit"]
     api = invocations * PRICES["http_api_request"] * max(1, math.ceil(real.get("body_bytes", 0) / 512_000))
     return {
         "lambda": lam,

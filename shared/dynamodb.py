@@ -4,18 +4,21 @@ Items are built directly as attribute-value maps (``{"S": …}``), skipping boto
 its per-value type dispatch. BatchGetItem (100 keys) and BatchWriteItem (25 items) requests run on a
 small thread pool, and what DynamoDB leaves unprocessed (throttling) is retried with backoff; what
 is still unprocessed after that raises :class:`StoreUnavailable`, so the caller answers "retry".
+For a handful of items, :func:`put_if_absent` writes each with a conditional PutItem, all at once.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from decimal import Decimal
 from typing import Any, Self
 
 from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import ClientError
 
 from shared import aws
 
@@ -160,3 +163,47 @@ def batch_write(
         raise StoreUnavailable(f"{table}: writes still unprocessed after {MAX_ATTEMPTS} attempts")
 
     _run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _shared_executor() -> ThreadPoolExecutor:
+    """Threads kept for the life of the process: starting them per request costs more than a put."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="dynamodb")
+        return _executor
+
+
+def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str = "pk") -> list[bool]:
+    """Put each item unless an item with its key exists; True where it was written, False where not.
+
+    One conditional PutItem per item (``attribute_not_exists``), the first in the calling thread and
+    the others alongside it: one round trip for a few items, and DynamoDB itself decides which of
+    two concurrent writers of a key is first. Errors other than the failed condition (throttling
+    that botocore's retries did not outlast, 5xx) are raised once every put has ended; the puts that
+    succeeded stay, so the whole request can be retried.
+    """
+
+    def put(item: Item) -> bool:
+        try:
+            client.put_item(
+                TableName=table, Item=item, ConditionExpression=f"attribute_not_exists({hash_key})"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    if len(items) <= 1:
+        return [put(item) for item in items]
+    others = [_shared_executor().submit(put, item) for item in items[1:]]
+    try:
+        first = put(items[0])
+    finally:
+        wait(others)
+    return [first, *(future.result() for future in others)]

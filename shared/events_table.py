@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared.dynamodb import Table, batch_get, batch_write, plain
+from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
@@ -83,6 +83,13 @@ class EventsTable(Table):
             self.sleep,
             self.time_left,
         )
+
+    def put_new(self, items: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Write the items whose key is not stored yet; returns the (pk, sk) of those that were."""
+        written = put_if_absent(self.client, self.name, items)
+        return {
+            (item["pk"]["S"], item["sk"]["S"]) for item, new in zip(items, written, strict=True) if not new
+        }
 
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""

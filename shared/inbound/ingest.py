@@ -23,6 +23,9 @@ from shared.inbound.mapping import IdentityUpdate, Mapped, MergedIdentity, map_m
 from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
+# Bodies with at most this many events write them with one conditional PutItem each, in parallel;
+# larger ones check existence with BatchGetItem and write with BatchWriteItem (fewer requests).
+CONDITIONAL_PUT_EVENTS = 4
 # Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
 IDENTITY_ATTEMPTS = 5
 
@@ -107,7 +110,9 @@ def store(
     stored: set[int] = set()
     duplicate: set[int] = set()
 
-    # Events: one BatchGetItem per 100 keys tells what exists; only the rest is written.
+    # Events: a few (a classic webhook's message) go out as conditional puts, which find what
+    # already exists in the same round trip; for more, one BatchGetItem per 100 keys tells what
+    # exists and only the rest is written, 25 per BatchWriteItem.
     expires_at = now_ms // 1000 + retention_days() * 86_400
     candidates: dict[tuple[str, str], int] = {}
     items = {}
@@ -121,9 +126,15 @@ def store(
             continue
         candidates[key] = event.index
         items[key] = event
-    existing = events_table.existing(candidates) if candidates else set()
-    new_keys = [key for key in candidates if key not in existing]
-    events_table.put([event_item(items[key], connection_id, now_ms, expires_at) for key in new_keys])
+    if len(candidates) <= CONDITIONAL_PUT_EVENTS:
+        existing = events_table.put_new(
+            [event_item(items[key], connection_id, now_ms, expires_at) for key in candidates]
+        )
+        new_keys = [key for key in candidates if key not in existing]
+    else:
+        existing = events_table.existing(candidates)
+        new_keys = [key for key in candidates if key not in existing]
+        events_table.put([event_item(items[key], connection_id, now_ms, expires_at) for key in new_keys])
     for key, index in candidates.items():
         (duplicate if key in existing else stored).add(index)
 

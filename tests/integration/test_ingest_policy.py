@@ -7,6 +7,7 @@ from typing import Any
 
 from fme_bridge.template import load_template
 from shared import dynamodb
+from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
 from tests.integration.ingest_support import Webhook, segment_message
 
 # TransactWriteItems is authorised per contained action (Put → dynamodb:PutItem).
@@ -46,5 +47,8 @@ def test_calls_made_match_the_policy(function_env: Any, lambda_context: Any) -> 
     ]
     assert webhook.post(messages).status == 200
     assert webhook.post(segment_message("identify", messageId="again", traits={"plan": "x"})).status == 200
+    # More events than conditional puts are used for: existence check and batched writes.
+    larger = [segment_message("track", messageId=f"m-{i}") for i in range(CONDITIONAL_PUT_EVENTS)]
+    assert webhook.post(larger).status == 200
 
     assert dict(used) == dict(allowed_by_table())

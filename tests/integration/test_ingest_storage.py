@@ -12,6 +12,7 @@ import pytest
 
 from shared import config, dynamodb
 from shared.identities_table import IdentitiesTable
+from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
 from shared.inbound.mapping import StoredIdentity
 from tests.conftest import REGION
 from tests.integration.ingest_support import Webhook, segment_message
@@ -62,6 +63,56 @@ def test_same_message_twice_in_one_body(webhook: Webhook) -> None:
     answer = webhook.post([segment_message("track"), segment_message("track")])
     assert (answer.body["stored"], answer.body["duplicate"]) == (1, 1)
     assert webhook.count_events() == 2
+
+
+def test_partial_duplicates_in_a_small_body_are_counted_per_message(webhook: Webhook) -> None:
+    # The user's event of this message was stored before; its anonymous one was not.
+    webhook.post(segment_message("track", anonymousId=None))
+    stored_before, *others = tracks(3)
+    webhook.post(stored_before)
+    answer = webhook.post([segment_message("track"), stored_before, *others[:1]])
+    assert (answer.body["stored"], answer.body["duplicate"], answer.body["events"]) == (2, 1, 2)
+    assert webhook.count_events() == 4
+    assert len(webhook.stored_events("anonymous", "23adfd82-aa0f-45a7-a756-24f2a7a4c895")) == 1
+
+
+def test_small_bodies_write_with_conditional_puts_and_larger_ones_in_batches(webhook: Webhook) -> None:
+    calls: Counter[str] = Counter()
+    dynamodb.client().meta.events.register(
+        "before-call.dynamodb.*", lambda model, **_: calls.update([model.name])
+    )
+    assert webhook.post(segment_message("track")).body["events"] == 2
+    assert calls == {"PutItem": 2}  # no existence check: the condition is the check
+    calls.clear()
+    assert webhook.post(tracks(CONDITIONAL_PUT_EVENTS)).body["events"] == CONDITIONAL_PUT_EVENTS
+    assert calls == {"PutItem": CONDITIONAL_PUT_EVENTS}
+    calls.clear()
+    answer = webhook.post(tracks(CONDITIONAL_PUT_EVENTS + 1))
+    assert (answer.body["events"], answer.body["duplicate"]) == (1, CONDITIONAL_PUT_EVENTS)
+    assert calls == {"BatchGetItem": 1, "BatchWriteItem": 1}
+
+
+def test_a_concurrent_delivery_that_stores_first_makes_this_one_a_duplicate(webhook: Webhook) -> None:
+    """Two deliveries of one message at once: the one whose write lands second counts it a duplicate.
+
+    The other delivery's write is made to land between this request's mapping and its own write —
+    where an existence check read before writing would still have seen nothing.
+    """
+    message = segment_message("track", anonymousId=None)
+    competitor = boto3.client("dynamodb", region_name=REGION)
+    landed: list[dict[str, Any]] = []
+
+    def other_delivery_first(params: dict[str, Any], **_: Any) -> None:
+        if not landed:
+            item = {**params["Item"], "receivedAt": {"N": "1"}}
+            competitor.put_item(TableName=params["TableName"], Item=item)
+            landed.append(item)
+
+    dynamodb.client().meta.events.register("before-parameter-build.dynamodb.PutItem", other_delivery_first)
+    answer = webhook.post(message)
+    assert (answer.body["stored"], answer.body["duplicate"], answer.body["events"]) == (0, 1, 0)
+    (event,) = webhook.stored_events("user", "AiUGstSDIg")
+    assert event["receivedAt"] == 1  # the first write stays; this one wrote nothing
 
 
 def test_redelivered_identify_is_a_duplicate(webhook: Webhook) -> None:

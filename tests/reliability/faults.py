@@ -111,6 +111,7 @@ class DynamoDbFaults:
     """
 
     OPERATIONS = ("BatchWriteItem", "BatchGetItem", "TransactWriteItems", "PutItem", "Query")
+    WRITES = ("BatchWriteItem", "PutItem")  # what ``kill_after_writes`` counts
 
     def __init__(
         self,
@@ -140,7 +141,7 @@ class DynamoDbFaults:
         if not self.enabled or operation not in self.OPERATIONS:
             return None
         with self._lock:
-            if operation == "BatchWriteItem" and self.kill_after_writes is not None:
+            if operation in self.WRITES and self.kill_after_writes is not None:
                 if self.writes >= self.kill_after_writes:
                     self.injected["killed"] += 1
                     raise LambdaKilled

@@ -126,6 +126,50 @@ def test_throttling_and_server_errors_store_every_message_once(
     )
 
 
+def test_single_message_requests_under_throttling_store_every_event_once(
+    webhook: Webhook, botocore_waits: list[float]
+) -> None:
+    """Classic Webhooks: one message per request, so the conditional-put path, each message delivered
+    until it gets a 200 and then once more (a redelivery after success)."""
+    faults = DynamoDbFaults(throttle=0.25, server_error=0.15, seed=5)
+    faults.install(aws.client("dynamodb"))
+    items = [m for m in messages(scale.count(80, 400)) if m["type"] == "track"]
+    statuses: Counter[int] = Counter()
+    first, again = [], []
+    for message in items:
+        first.append(deliver_like_segment(webhook, message, statuses))
+        again.append(deliver_like_segment(webhook, message, statuses))
+    faults.enabled = False
+
+    events = stored_events(webhook.env["EVENTS_TABLE"])
+    per_key = Counter((item["pk"]["S"], item["sk"]["S"]) for item in events)
+    assert statuses[503] > 0
+    assert faults.injected["PutItem:throttled"] > 0
+    assert len(events) == 2 * len(items)
+    assert set(per_key.values()) == {1}
+    # Every delivery is answered with the message counted once; a redelivery is a duplicate.
+    assert all(a.body["stored"] + a.body["duplicate"] == 1 for a in first + again)
+    assert all((a.body["stored"], a.body["duplicate"], a.body["events"]) == (0, 1, 0) for a in again)
+    # Events written by a request that then answered 503 are not counted again by its retry.
+    assert sum(a.body["events"] for a in first) <= len(events)
+
+
+def test_a_small_body_killed_between_its_puts_is_completed_by_the_retry(webhook: Webhook) -> None:
+    body = [m for m in messages(3) if m["type"] == "track"][:2]  # one user event and one anonymous each
+    faults = DynamoDbFaults(kill_after_writes=1)
+    faults.install(aws.client("dynamodb"))
+    with pytest.raises(LambdaKilled):
+        webhook.post(body)
+    assert len(stored_events(webhook.env["EVENTS_TABLE"])) == 1
+
+    faults.enabled = False
+    answer = webhook.post(body)
+    assert answer.status == 200
+    assert (answer.body["stored"], answer.body["events"]) == (2, 3)
+    events = stored_events(webhook.env["EVENTS_TABLE"])
+    assert len({(e["pk"]["S"], e["sk"]["S"]) for e in events}) == len(events) == 4
+
+
 def test_a_request_killed_mid_write_is_completed_by_the_retry(webhook: Webhook) -> None:
     """The function dies (Lambda timeout) after part of a body is written; API Gateway answers 503,
     Segment sends the same body again, and nothing is stored twice."""

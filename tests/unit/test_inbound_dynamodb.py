@@ -1,11 +1,13 @@
-"""Batched DynamoDB access: attribute values, bounded retries of unprocessed items."""
+"""Batched DynamoDB access: attribute values, bounded retries of unprocessed items, conditional puts."""
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from shared import dynamodb
 
@@ -57,3 +59,58 @@ def test_attribute_values_round_trip() -> None:
     }
     with pytest.raises(TypeError):
         dynamodb.attribute_value(object())
+
+
+class ConditionalPuts:
+    """PutItem with ``attribute_not_exists``: ``stored`` keys fail the condition, ``failing`` throttle."""
+
+    def __init__(self, stored: set[str] | None = None, failing: set[str] | None = None) -> None:
+        self.stored = set(stored or ())
+        self.failing = failing or set()
+        self.calls: list[dict[str, Any]] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        key = request["Item"]["pk"]["S"]
+        with self._lock:
+            self.calls.append(request)
+            self.threads.add(threading.current_thread().name)
+            if key in self.failing:
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                    "PutItem",
+                )
+            if key in self.stored:
+                raise ClientError(
+                    {"Error": {"Code": "ConditionalCheckFailedException", "Message": "exists"}}, "PutItem"
+                )
+            self.stored.add(key)
+        return {}
+
+
+def items(*keys: str) -> list[dict[str, Any]]:
+    return [{"pk": {"S": key}, "sk": {"S": "1"}} for key in keys]
+
+
+def test_put_if_absent_tells_which_items_were_written() -> None:
+    client = ConditionalPuts(stored={"b", "d"})
+    assert dynamodb.put_if_absent(client, "t", items("a", "b", "c", "d")) == [True, False, True, False]
+    assert client.stored == {"a", "b", "c", "d"}
+    assert {call["ConditionExpression"] for call in client.calls} == {"attribute_not_exists(pk)"}
+    assert {call["TableName"] for call in client.calls} == {"t"}
+    assert len(client.threads) > 1  # the puts go out side by side
+
+
+def test_put_if_absent_of_one_item_stays_in_the_calling_thread() -> None:
+    client = ConditionalPuts()
+    assert dynamodb.put_if_absent(client, "t", items("a")) == [True]
+    assert dynamodb.put_if_absent(client, "t", []) == []
+    assert client.threads == {threading.current_thread().name}
+
+
+def test_put_if_absent_raises_other_errors_after_every_put_has_ended() -> None:
+    client = ConditionalPuts(failing={"a"})
+    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+        dynamodb.put_if_absent(client, "t", items("a", "b", "c"))
+    assert client.stored == {"b", "c"}  # written, found as duplicates when the request is retried

@@ -53,6 +53,7 @@ def test_dynamodb_permissions_are_exactly_what_ingest_uses_per_table() -> None:
     assert actions(by_sid["StoreEvents"]) == {
         "dynamodb:BatchGetItem",
         "dynamodb:BatchWriteItem",
+        "dynamodb:PutItem",
         "dynamodb:Query",
     }
     assert by_sid["StoreEvents"]["Resource"] == {"Fn::GetAtt": ["EventsTable", "Arn"]}
