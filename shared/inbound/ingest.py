@@ -23,9 +23,10 @@ from shared.inbound.mapping import IdentityUpdate, Mapped, MergedIdentity, map_m
 from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
-# Bodies with at most this many events write them with one conditional PutItem each, in parallel;
-# larger ones check existence with BatchGetItem and write with BatchWriteItem (fewer requests).
-CONDITIONAL_PUT_EVENTS = 4
+# Bodies with at most this many events (a classic Webhooks message with one or two mapped identities)
+# write each with a conditional PutItem, side by side: no more requests than a BatchGetItem and a
+# BatchWriteItem, in one round trip. Larger bodies check existence first and write in batches.
+CONDITIONAL_PUT_EVENTS = 2
 # Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
 IDENTITY_ATTEMPTS = 5
 

@@ -49,6 +49,7 @@ def test_calls_made_match_the_policy(function_env: Any, lambda_context: Any) -> 
     assert webhook.post(segment_message("identify", messageId="again", traits={"plan": "x"})).status == 200
     # More events than conditional puts are used for: existence check and batched writes.
     larger = [segment_message("track", messageId=f"m-{i}") for i in range(CONDITIONAL_PUT_EVENTS)]
+    assert len(larger) * 2 > CONDITIONAL_PUT_EVENTS  # two mapped identities per message
     assert webhook.post(larger).status == 200
 
     assert dict(used) == dict(allowed_by_table())
