@@ -29,6 +29,12 @@ FULL_VCPU_MB = 1769
 # Assumptions for what loopback cannot show.
 SEGMENT_ROUND_TRIP_S = 0.15  # the last batch of an invocation waiting for Segment's answer (TLS reused)
 DYNAMODB_ROUND_TRIP_S = 0.008  # one DynamoDB request from Lambda in the same region
+# Last treatments: the share of impressions that are the newest of their (user, flag) in their SQS
+# batch, i.e. one conditional write each. 1.0 is the worst case, and close to what SDKs in OPTIMIZED
+# impressions mode send (one impression per user, flag and treatment an hour).
+LAST_TREATMENT_WRITE_SHARE = 1.0
+LAST_TREATMENT_CONCURRENCY = 10  # writes in flight per invocation (docs/profiles.md)
+LAST_TREATMENT_ROWS_PER_INVOCATION = 20_000  # ten forwarded messages of 2,000
 
 
 def _lambda_cost(cpu_s: float, wait_s: float, memory_mb: int, invocations: float) -> float:
@@ -55,13 +61,41 @@ def impressions_per_million(
     sqs = messages * chunks_per_message * (1 + 2 / 10) * PRICES["sqs_request"]  # send; receive + delete by 10
     lam = _lambda_cost(cpu_per_impression * n, invocations * SEGMENT_ROUND_TRIP_S, memory_mb, invocations)
     egress = n * bytes_per_impression / 1e9 * PRICES["transfer_out_gb"]
+    profiles = last_treatments_per_million(results, memory_mb)
     return {
         "lambda": lam,
         "sqs": sqs,
         "transfer_out": egress,
-        "total": lam + sqs + egress,
+        "last_treatments": profiles["total"],
+        "total": lam + sqs + egress + profiles["total"],
         "cpu_us_per_impression": cpu_per_impression * 1e6,
         "invocations": invocations,
+    }
+
+
+def last_treatments_per_million(results: dict[str, Any], memory_mb: int = 512) -> dict[str, float]:
+    """Forwarding (SQS), the last-treatments function (Lambda) and its conditional writes (DynamoDB)."""
+    measured = results["impressions"].get("last_treatments") or {}
+    writes = 1e6 * LAST_TREATMENT_WRITE_SHARE
+    # A forwarded row is about 110 bytes; SQS bills sends and receives per 64 KB chunk.
+    chunks = writes * 110 / 65536
+    sqs = chunks * 2.1 * PRICES["sqs_request"]
+    invocations = writes / LAST_TREATMENT_ROWS_PER_INVOCATION
+    cpu_per_write = measured.get("cpu_seconds_per_write", 0.0)
+    lam = _lambda_cost(
+        cpu_per_write * writes,
+        writes / LAST_TREATMENT_CONCURRENCY * DYNAMODB_ROUND_TRIP_S,
+        memory_mb,
+        invocations,
+    )
+    dynamodb = writes * PRICES["dynamodb_write_unit"]
+    return {
+        "writes": writes,
+        "sqs": sqs,
+        "lambda": lam,
+        "dynamodb": dynamodb,
+        "total": sqs + lam + dynamodb,
+        "cpu_us_per_write": cpu_per_write * 1e6,
     }
 
 
@@ -122,6 +156,7 @@ def billion_a_day(
         "sqs_messages_per_second": per_second / envelope_size,
         "segment_requests_per_second": per_second / per_request,
         "segment_requests_per_second_peak": per_second * peak_factor / per_request,
+        "last_treatment_writes_per_second": per_second * LAST_TREATMENT_WRITE_SHARE,
         "cost_per_day": cost,
     }
 
@@ -130,15 +165,25 @@ def table(results: dict[str, Any]) -> str:
     """The Markdown that docs/cost.md carries between its markers."""
     lines = [f"Prices: {PRICES_AS_OF}. Measured: `bench/results/latest.json` of {results['started_at']}.", ""]
     lines += [
-        "| impressions → Segment, per million | envelope | SQS batch | Lambda | SQS | egress | total |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| impressions → Segment, per million | envelope | SQS batch | Lambda | SQS | egress "
+        "| last treatments | total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for envelope, batch in ((1, 10), (50, 100), (500, 10), (500, 100), (500, 1000)):
         c = impressions_per_million(results, envelope, batch)
         lines.append(
             f"| | {envelope} | {batch} | ${c['lambda']:.4f} | ${c['sqs']:.4f} | ${c['transfer_out']:.4f} "
-            f"| **${c['total']:.4f}** |"
+            f"| ${c['last_treatments']:.4f} | **${c['total']:.4f}** |"
         )
+    lt = last_treatments_per_million(results)
+    lines += [
+        "",
+        f"Last treatments, per million impressions (each the newest of its user and flag in its batch, the "
+        f"worst case): {lt['writes']:,.0f} conditional writes, DynamoDB ${lt['dynamodb']:.4f}, the "
+        f"last-treatments function ${lt['lambda']:.4f} ({lt['cpu_us_per_write']:,.0f} µs CPU per write, "
+        f"measured against moto), forwarding through SQS ${lt['sqs']:.4f}. Users who see a flag several "
+        "times per batch cost one write for all of them.",
+    ]
     lines += [
         "",
         "| webhook → DynamoDB, per million Segment messages | body | Lambda | DynamoDB | API Gateway | total |",
@@ -162,6 +207,7 @@ def table(results: dict[str, Any]) -> str:
         f"| SQS messages per second | {b['sqs_messages_per_second']:,.0f} |",
         f"| Segment batch requests per second, average / peak | {b['segment_requests_per_second']:,.1f} / "
         f"{b['segment_requests_per_second_peak']:,.1f} |",
-        f"| cost per day (Lambda + SQS + egress) | ${b['cost_per_day']:,.2f} |",
+        f"| last-treatment writes per second, average (DynamoDB on-demand) | {b['last_treatment_writes_per_second']:,.0f} |",
+        f"| cost per day (Lambda + SQS + egress + last treatments) | ${b['cost_per_day']:,.2f} |",
     ]
     return "\n".join(lines)

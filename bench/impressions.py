@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import profiling, workloads
 from bench.servers import MotoServer, SinkServer, child_env, put_secret
+from shared.profiles.forwarding import decode_body
 
 BATCH_LIMIT_BYTES = 500 * 1000
 
@@ -126,6 +127,43 @@ def handler_worker(bodies_path: Path, warmup_path: Path) -> dict[str, Any]:
         "rss_after_import_mb": round(rss_after_import, 1),
         "rss_after_warm_up_mb": round(rss_after_warmup, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def last_treatments_worker(body_path: Path) -> dict[str, Any]:
+    """The last-treatments function on one message the handler forwarded: what a write costs."""
+    from fme_bridge.local.runtime import LambdaContext
+    from functions.last_treatments import app
+    from shared.profiles.forwarding import decode_body
+
+    body = body_path.read_text()
+    rows = len(decode_body(body))
+    arn = "arn:aws:sqs:us-east-1:123456789012:bench-LastTreatmentsQueue"
+    event = {
+        "Records": [
+            {
+                "messageId": "9d0c6f0e-3c2b-4d55-8f3e-000000000001",
+                "receiptHandle": "AQEBbench",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+    context = LambdaContext("bench-last-treatments", 512, 60, arn.replace("sqs", "lambda"))
+    start, cpu_start = time.perf_counter(), time.process_time()
+    response = app.lambda_handler(event, context)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "cpu_seconds_per_write": cpu_seconds / rows if rows else float("nan"),
+        "batch_item_failures": len(response.get("batchItemFailures", [])),
     }
 
 
@@ -243,8 +281,22 @@ def _run_worker(kind: str, args: list[str], env: dict[str, str], timeout: float 
         result_path.unlink(missing_ok=True)
 
 
-def setup_aws(moto: MotoServer, sink: SinkServer, stack_name: str) -> dict[str, str]:
-    """The template's resources and an outbound config + write key; returns the function's environment."""
+def _drain(moto: MotoServer, queue_url: str) -> list[str]:
+    sqs = moto.client("sqs")
+    bodies: list[str] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return bodies
+        bodies.extend(m["Body"] for m in got)
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+        )
+
+
+def setup_aws(moto: MotoServer, sink: SinkServer, stack_name: str) -> Any:
+    """The template's resources and an outbound config + write key; returns the stack."""
     from fme_bridge.template import create_stack
 
     stack = create_stack(moto.client("dynamodb"), moto.client("sqs"), stack_name)
@@ -266,11 +318,12 @@ def setup_aws(moto: MotoServer, sink: SinkServer, stack_name: str) -> dict[str, 
         Name=f"{prefix}/outbound/warmup", Value=json.dumps(warmup_config), Type="String", Overwrite=True
     )
     put_secret(moto.client("secretsmanager"), f"{prefix}/outbound/warmup", workloads.WARMUP_WRITE_KEY)
-    return env
+    return stack
 
 
 def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: Any = print) -> dict[str, Any]:
-    function_env = setup_aws(moto, sink, f"bench-impressions-{int(time.time())}")
+    stack = setup_aws(moto, sink, f"bench-impressions-{int(time.time())}")
+    function_env = stack.function_environment("ImpressionsFunction")
     bodies = workloads.impression_bodies(total)
     messages = track_messages(bodies)
     assert len(messages) == total, (len(messages), total)
@@ -318,6 +371,26 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
         for kind in order:
             measure(kind)
 
+        # What the handler runs forwarded to the last-treatments queue, and what recording costs.
+        forwarded = _drain(moto, stack.queues["LastTreatmentsQueue"])
+        rows = [len(decode_body(body)) for body in forwarded]
+        (work / "forwarded.json").write_text(min(forwarded, key=len) if forwarded else "")
+        last_treatments = {
+            "forwarded_messages_per_run": len(forwarded) / len(runs["handler"]),
+            "forwarded_rows_per_run": sum(rows) / len(runs["handler"]),
+        }
+        if forwarded:
+            lt_env = child_env(
+                **stack.function_environment("LastTreatmentsFunction"), AWS_ENDPOINT_URL=moto.endpoint
+            )
+            last_treatments.update(_run_worker("last_treatments", [str(work / "forwarded.json")], lt_env))
+            log(
+                f"  impressions/last treatments: {last_treatments['forwarded_rows_per_run']:,.0f} forwarded in "
+                f"{last_treatments['forwarded_messages_per_run']:.0f} messages per run; recording "
+                f"{last_treatments['rows']:,} took {last_treatments['seconds']:.2f}s "
+                f"({last_treatments['cpu_seconds_per_write'] * 1e6:,.0f} µs CPU per write)"
+            )
+
     def best(kind: str) -> dict[str, Any]:
         return min(runs[kind], key=lambda r: r["seconds"])
 
@@ -339,6 +412,7 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
     vs_wire = handler["impressions_per_second"] / wire["impressions_per_second"]
     return {
         "impressions": total,
+        "last_treatments": last_treatments,
         "sqs_messages": len(bodies),
         "sqs_batch_size": 10,
         "message_bytes": message_bytes,
@@ -371,6 +445,8 @@ def main() -> None:
         result = official_worker(Path(args[0]), args[1])
     elif kind == "wire":
         result = wire_worker(Path(args[0]), args[1])
+    elif kind == "last_treatments":
+        result = last_treatments_worker(Path(args[0]))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
     result_path.write_text(json.dumps(result))

@@ -15,6 +15,7 @@ import pytest
 
 from bench import __main__ as bench_main
 from bench import cost, workloads
+from shared.outbound.impressions import parse_body
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,13 @@ def test_every_contender_delivers_every_impression(smoke: tuple[dict[str, Any], 
     assert imp["contenders"]["handler"]["batch_item_failures"] == 0
     assert positive(imp["contenders"]["handler"]["peak_rss_mb"])
     assert all(positive(r) for r in imp["ratios"].values())
+    # Every impression has a user of its own: each run forwards one last treatment per impression
+    # (warm-up included), and the last-treatments function records a message of them.
+    warm_up = sum(len(parse_body(body).impressions) for body in workloads.warmup_bodies())
+    last = imp["last_treatments"]
+    assert last["forwarded_rows_per_run"] == imp["impressions"] + warm_up
+    assert last["batch_item_failures"] == 0
+    assert positive(last["cpu_seconds_per_write"])
 
 
 def test_ingest_stores_every_event_on_both_sides(smoke: tuple[dict[str, Any], Path]) -> None:
