@@ -51,6 +51,21 @@ def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
             }
         ]
     }
+    from shared.outbound.impressions import parse_body
+    from shared.profiles.forwarding import encode_bodies
+
+    # One forwarded last treatment: one conditional write, like the bare handler's one request.
+    [forwarded] = encode_bodies([impression for _, impression in parse_body(envelope).impressions][:1])
+    last_treatments = {
+        "Records": [
+            {
+                **sqs["Records"][0],
+                "messageId": "7b2f0c4e-1b1a-4bb0-9f0a-000000000002",
+                "body": forwarded,
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-LastTreatmentsQueue",
+            }
+        ]
+    }
     stream = {
         "Records": [
             {
@@ -108,6 +123,7 @@ def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
     return {
         "IngestFunction": api_event(body, {"authorization": f"Bearer {workloads.WEBHOOK_SECRET}"}),
         "ImpressionsFunction": sqs,
+        "LastTreatmentsFunction": last_treatments,
         "DeliveryFunction": stream,
         "ProfilesFunction": profile,
         "AudiencesFunction": stream,
