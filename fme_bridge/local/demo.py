@@ -2,7 +2,8 @@
 
 Inbound, Segment calls as the Webhooks destination sends them (the examples of Segment's spec) go
 to the webhook; outbound, impressions in each SPEC section 3 shape go to the queue. The summary
-shows what the bridge stored and what the local Segment sink received.
+shows what the bridge stored (events, identities, and the last treatments the last-treatments
+function recorded from the impressions) and what the local Segment and FME sinks received.
 """
 
 from __future__ import annotations
@@ -267,10 +268,32 @@ def run_demo(stack: LocalStack, console: Console) -> None:
             wait_until(lambda: len(stack.sink.messages) >= expected, timeout_s=45)
         else:
             wait_until(lambda: False, timeout_s=1)
+    # The impressions function forwards the newest impression per user and flag to the
+    # last-treatments queue, whose function records them (after its batching window).
+    with console.status("waiting for the last-treatments function to record the last treatments…"):
+        wait_until(lambda: len(last_treatments(stack)) >= EXPECTED_LAST_TREATMENTS, timeout_s=45)
     if stack.fme_sink is not None:
         with console.status("waiting for the delivery function to deliver to FME…"):
             wait_until(lambda: _delivered_everything(stack), timeout_s=45)
     print_summary(stack, console)
+
+
+# The demo's impressions: the user sees new_checkout and pricing_page, the anonymous visitor new_checkout.
+EXPECTED_LAST_TREATMENTS = 3
+PROFILE_IDENTITIES = (("user", USER_ID), ("anonymous", ANONYMOUS_ID))
+
+
+def last_treatments(stack: LocalStack) -> list[tuple[str, str, dict[str, Any]]]:
+    """(traffic type, key, ProfilesTable item) of the demo identities' last treatments."""
+    table = stack.resource_table("ProfilesTable")
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    for traffic_type, key in PROFILE_IDENTITIES:
+        items = table.query(
+            KeyConditionExpression=Key("pk").eq(f"{ENVIRONMENT}#{traffic_type}#{key}")
+            & Key("sk").begins_with("treatment#")
+        )["Items"]
+        found.extend((traffic_type, key, item) for item in items)
+    return found
 
 
 def _delivered_everything(stack: LocalStack) -> bool:
@@ -373,6 +396,18 @@ def print_summary(stack: LocalStack, console: Console) -> None:
             str(properties.get("treatment", "")),
         )
     console.print(received)
+
+    treatments = Table(
+        "trafficType",
+        "key",
+        "flag",
+        "treatment",
+        title="last treatments (recorded by the last-treatments function)",
+        title_justify="left",
+    )
+    for traffic_type, key, item in last_treatments(stack):
+        treatments.add_row(traffic_type, key, str(item.get("split")), str(item.get("treatment")))
+    console.print(treatments)
     if stack.fme_sink is not None:
         print_fme_received(stack, console)
     console.print("Try it yourself:")
@@ -385,6 +420,10 @@ def print_summary(stack: LocalStack, console: Console) -> None:
     )
     console.print(
         f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge events u-42 --environment {ENVIRONMENT}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge profile {ENVIRONMENT} user {USER_ID}",
         soft_wrap=True,
     )
     if stack.fme_sink is not None:

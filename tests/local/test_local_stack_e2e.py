@@ -192,9 +192,26 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
     assert {m["properties"]["split"] for m in received} >= {i["split"] for i in webhook_impressions}
     assert all(m["event"] == "get_treatment" for m in received)
 
+    # The last-treatments function records what the impressions function forwarded.
+    first = webhook_impressions[0]
+    profile = f"{first['environmentName']}#user#{first['key']}"
+    stored = wait_for(
+        lambda: (
+            running.table("ProfilesTable")
+            .get_item(Key={"pk": profile, "sk": f"treatment#{first['split']}"})
+            .get("Item")
+        ),
+        DELIVERY_TIMEOUT_S,
+        "the last treatment to reach ProfilesTable",
+    )
+    assert stored["treatment"] in {
+        i["treatment"] for i in webhook_impressions if i["split"] == first["split"]
+    }
+
     # Nothing failed on the way.
-    dlq = running.cli("dlq", "show", "--json")
-    assert json.loads(dlq.stdout) == []
+    for queue in ("impressions", "last-treatments"):
+        dlq = running.cli("dlq", "show", "--json", "--queue", queue)
+        assert json.loads(dlq.stdout) == []
 
 
 def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
@@ -308,4 +325,8 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
     assert "Order_Completed" in summary  # the track call, stored
     assert "Peter Gibbons" in summary  # the identify call's traits
     assert summary.count("get_treatment") == 3  # one Segment track per impression, all three shapes
+    # The last-treatments function ran on what the impressions function forwarded.
+    recorded = summary[summary.index("last treatments (recorded") :]
+    assert "pricing_page" in recorded
+    assert "new_checkout" in recorded
     assert "demo-write-key" not in output
