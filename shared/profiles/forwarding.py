@@ -40,6 +40,12 @@ ROWS_PER_MESSAGE = 2000
 
 Slot = tuple[str | None, str | None, str | None, str, str]  # environment id, name, traffic type, key, split
 
+# SQS refuses a message body with a character outside #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD |
+# #x10000-#x10FFFF. JSON escapes the control characters; U+FFFE and U+FFFF, which an impression's key
+# or label may hold (an impressions message can carry them as JSON escapes), are escaped here. Sent
+# raw, they would fail the forward on every retry, and with it every message of the batch.
+_SQS_REFUSED = ((b"\xef\xbf\xbe", b"\\ufffe"), (b"\xef\xbf\xbf", b"\\uffff"))
+
 
 class ForwardedBodyError(ValueError):
     """A last-treatments message that is not in the format above."""
@@ -102,7 +108,11 @@ def _encode(impressions: Sequence[Impression]) -> bytes:
             for (env_id, env_name, traffic_type), rows in groups.items()
         ],
     }
-    return to_json(document)  # compact UTF-8, three times faster than json.dumps here
+    body = to_json(document)  # compact UTF-8, three times faster than json.dumps here
+    if b"\xef\xbf" in body:  # the UTF-8 of U+FFC0 to U+FFFF: rare
+        for raw, escaped in _SQS_REFUSED:
+            body = body.replace(raw, escaped)
+    return body
 
 
 def decode_body(body: str) -> list[Impression]:

@@ -56,11 +56,20 @@ IMPRESSIONS = st.lists(
 )
 
 
+def sqs_accepts(body: str) -> bool:
+    """Only the characters SQS allows in a message body."""
+    return all(
+        c in "\t\n\r" or " " <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or c >= "\U00010000" for c in body
+    )
+
+
 @given(IMPRESSIONS, st.integers(1, 7))
 def test_what_is_forwarded_decodes_to_the_fields_last_treatments_need(
     impressions: list[Impression], rows_per_message: int
 ) -> None:
-    decoded = [i for body in encode_bodies(impressions, rows_per_message) for i in decode_body(body)]
+    bodies = encode_bodies(impressions, rows_per_message)
+    assert all(sqs_accepts(body) for body in bodies)
+    decoded = [i for body in bodies for i in decode_body(body)]
     fields = ("key", "split", "treatment", "time", "environment_id", "environment_name")
     more = ("traffic_type", "label", "split_version_number")
 
@@ -86,6 +95,17 @@ def test_a_body_is_compact_self_describing_json() -> None:
             }
         ],
     }
+
+
+def test_characters_sqs_refuses_are_escaped_and_decode_unchanged() -> None:
+    """U+FFFE and U+FFFF pass the impressions parser (as JSON escapes) but not SQS, raw."""
+    odd = imp("user-\uffff", label="rule \ufffe", split="f\uffef")
+    [body] = encode_bodies([odd])
+    assert sqs_accepts(body)
+    assert "\\uffff" in body
+    assert "\\ufffe" in body
+    [decoded] = decode_body(body)
+    assert (decoded.key, decoded.label, decoded.split) == ("user-\uffff", "rule \ufffe", "f\uffef")
 
 
 def test_a_message_too_large_for_sqs_is_split_until_each_fits() -> None:
