@@ -4,7 +4,7 @@ Every function of template.yaml is measured (its Handler, its environment, a rea
 event); the reference is :mod:`bench.bare_handler`. Both run on what a deployment package holds
 (requirements.txt, :mod:`bench.lambda_deps`), not on the development virtualenv. Runs alternate between
 the functions and the reference, and the median of each is kept. ``python -X importtime`` shows what
-the import costs. With the template's default (``Tracing=PassThrough``) the functions do not trace;
+the import costs. With the template's default (``Tracing=Disabled``) the functions do not trace;
 each is also started once more per repeat with X-Ray tracing on, for information.
 """
 

@@ -2,7 +2,7 @@
 
 Powertools imports the X-Ray SDK (and patches botocore and httpx with it) whenever a ``Tracer`` is
 created, even a disabled one: tens of milliseconds of every cold start. Tracing is opt-in
-(template parameter ``Tracing``, default ``PassThrough``, which sets ``POWERTOOLS_TRACE_DISABLED``).
+(template parameter ``Tracing``, default ``Disabled``, which sets ``POWERTOOLS_TRACE_DISABLED``).
 When it is off, the tracer gets a provider that records nothing, so the SDK is never imported; the
 ``capture_*`` decorators and ``put_annotation`` / ``put_metadata`` work the same in both modes.
 """

@@ -44,10 +44,14 @@ def test_config_prefix_parameter_overrides_the_default() -> None:
 
 
 def test_tracing_is_opt_in() -> None:
-    """X-Ray only with Tracing=Active; otherwise Powertools is told so and never loads the X-Ray SDK."""
+    """X-Ray only with Tracing=Active; otherwise Powertools is told so and never loads the X-Ray SDK.
+
+    ``Disabled`` is SAM's own value for "no TracingConfig": with it SAM does not add the
+    AWSXrayWriteOnlyAccess managed policy to the functions' roles, as it does for PassThrough.
+    """
     template = load_template()
-    assert template["Parameters"]["Tracing"]["Default"] == "PassThrough"
-    assert set(template["Parameters"]["Tracing"]["AllowedValues"]) == {"Active", "PassThrough"}
+    assert template["Parameters"]["Tracing"]["Default"] == "Disabled"
+    assert set(template["Parameters"]["Tracing"]["AllowedValues"]) == {"Active", "Disabled"}
     assert function_setting("IngestFunction", "Tracing") == {"Ref": "Tracing"}
     for logical, properties in functions().items():
         assert "Tracing" not in properties, logical

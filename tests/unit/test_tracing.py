@@ -46,7 +46,7 @@ def _loaded_after_import(module: str, **environment: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "environment",
     [
-        {"POWERTOOLS_TRACE_DISABLED": "true", "LAMBDA_TASK_ROOT": "/var/task"},  # Tracing=PassThrough
+        {"POWERTOOLS_TRACE_DISABLED": "true", "LAMBDA_TASK_ROOT": "/var/task"},  # Tracing=Disabled
         {"POWERTOOLS_TRACE_DISABLED": "false"},  # outside Lambda: Powertools would not trace either
         {"POWERTOOLS_TRACE_DISABLED": "false", "LAMBDA_TASK_ROOT": "/var/task", "AWS_SAM_LOCAL": "true"},
     ],
