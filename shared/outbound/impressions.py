@@ -111,9 +111,11 @@ def _body_shape(value: Any) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which made building
+# an impression cost more than parsing its JSON. Nothing changes an impression once it is parsed.
+@dataclass(slots=True)
 class Impression:
-    """One impression, whatever shape it came in."""
+    """One impression, whatever shape it came in (read-only by convention: observers share it)."""
 
     key: str
     split: str
