@@ -18,6 +18,7 @@ reason, while the good items beside it still go out.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -280,22 +281,23 @@ def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | Non
         ):
             return None
         sdk, sdk_version = split_sdk_language_version(language_version)
+        # Positional, in field order: fifteen keywords cost more than all the checks above.
         return Impression(
-            key=key,
-            split=split,
-            treatment=treatment,
-            time=time,
-            environment_id=environment_id or context.environment_id,
-            environment_name=environment_name or context.environment_name,
-            traffic_type=traffic_type or context.traffic_type,
-            bucketing_key=bucketing_key,
-            label=label,
-            split_version_number=change_number,
-            machine_ip=ip if type(ip) is str else None,
-            machine_name=hostname if type(hostname) is str else None,
-            sdk=sdk,
-            sdk_version=sdk_version,
-            properties=_properties(properties),
+            key,
+            split,
+            treatment,
+            time,
+            environment_id or context.environment_id,
+            environment_name or context.environment_name,
+            traffic_type or context.traffic_type,
+            bucketing_key,
+            label,
+            change_number,  # split_version_number
+            ip if type(ip) is str else None,  # machine_ip
+            hostname if type(hostname) is str else None,  # machine_name
+            sdk,
+            sdk_version,
+            None if properties is None else _properties(properties),
         )
     key, split, treatment, time = get("key"), get("split"), get("treatment"), get("time")
     environment_name, environment_id, traffic_type = (
@@ -335,21 +337,21 @@ def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | Non
     ):
         return None
     return Impression(
-        key=key,
-        split=split,
-        treatment=treatment,
-        time=time,
-        environment_id=environment_id or context.environment_id,
-        environment_name=environment_name or context.environment_name,
-        traffic_type=traffic_type or context.traffic_type,
-        bucketing_key=bucketing_key,
-        label=label,
-        split_version_number=version,
-        machine_ip=machine_ip,
-        machine_name=machine_name,
-        sdk=sdk,
-        sdk_version=sdk_version,
-        properties=_properties(properties),
+        key,
+        split,
+        treatment,
+        time,
+        environment_id or context.environment_id,
+        environment_name or context.environment_name,
+        traffic_type or context.traffic_type,
+        bucketing_key,
+        label,
+        version,
+        machine_ip,
+        machine_name,
+        sdk,
+        sdk_version,
+        None if properties is None else _properties(properties),
     )
 
 
@@ -401,6 +403,8 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
     )
 
 
+# A handful of SDK versions per batch: each is split once.
+@functools.lru_cache(maxsize=256)
 def split_sdk_language_version(value: str | None) -> tuple[str | None, str | None]:
     """``"javascript-10.22.0"`` → ``("javascript", "10.22.0")``, as the webhook reports them."""
     if not value:
@@ -414,9 +418,9 @@ def split_sdk_language_version(value: str | None) -> tuple[str | None, str | Non
 def _properties(value: Properties) -> dict[str, Any] | None:
     if value is None or isinstance(value, dict):
         return value or None
-    try:
-        decoded = json.loads(value)
-    except (ValueError, RecursionError):
+    try:  # the body's own decoder: several times faster than json.loads on these short strings
+        decoded = from_json(value)
+    except ValueError:
         decoded = None
     if isinstance(decoded, dict):
         return decoded or None
