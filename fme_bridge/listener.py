@@ -33,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.sqs_batches import MAX_CALL_BYTES as SQS_MAX_CALL_BYTES
+from shared.sqs_batches import batch_calls
+
 logger = logging.getLogger(__name__)
 
-# SQS: 10 entries per SendMessageBatch, 256 KiB per message and per call.
-SQS_MAX_ENTRIES = 10
-SQS_MAX_CALL_BYTES = 256 * 1024
 # Envelopes under 64 KiB: SQS bills each 64 KiB chunk of a message as one request.
 DEFAULT_ENVELOPE_BYTES = 60_000
 # What the SDKs report when IP addresses are disabled or unknown.
@@ -272,16 +272,7 @@ class SqsImpressionListener:
 
     def _send_pending(self) -> bool:
         envelopes = self._envelopes(self._serialised())
-        chunk: list[tuple[str, list[str]]] = []
-        chunk_bytes = 0
-        for envelope in envelopes:
-            size = len(envelope[0].encode())
-            if chunk and (len(chunk) >= SQS_MAX_ENTRIES or chunk_bytes + size > SQS_MAX_CALL_BYTES):
-                self._send_chunk(chunk)
-                chunk, chunk_bytes = [], 0
-            chunk.append(envelope)
-            chunk_bytes += size
-        if chunk:
+        for chunk in batch_calls(envelopes, lambda envelope: len(envelope[0].encode()), SQS_MAX_CALL_BYTES):
             self._send_chunk(chunk)
         return not self._retry and not self._pending
 

@@ -14,10 +14,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
 from shared.outbound.delivery import DeadLetter
+from shared.sqs_batches import batch_calls
 
-# SQS: 10 entries per SendMessageBatch, 256 KiB per call.
-MAX_ENTRIES = 10
-MAX_CALL_BYTES = 256 * 1024 - 8 * 1024  # leave room for attributes
+MAX_CALL_BYTES = 256 * 1024 - 8 * 1024  # SQS's 256 KiB per call, less room for the attributes
 
 
 def _attributes(letter: DeadLetter) -> dict[str, Any]:
@@ -32,16 +31,7 @@ def _attributes(letter: DeadLetter) -> dict[str, Any]:
 def send_dead_letters(queue_url: str, letters: Sequence[DeadLetter]) -> dict[int, str]:
     """Send each letter; returns the records (by index) that could not be dead-lettered, with why."""
     failed: dict[int, str] = {}
-    chunk: list[DeadLetter] = []
-    chunk_bytes = 0
-    for letter in letters:
-        size = len(letter.body.encode())
-        if chunk and (len(chunk) >= MAX_ENTRIES or chunk_bytes + size > MAX_CALL_BYTES):
-            failed.update(_send_chunk(queue_url, chunk))
-            chunk, chunk_bytes = [], 0
-        chunk.append(letter)
-        chunk_bytes += size
-    if chunk:
+    for chunk in batch_calls(letters, lambda letter: len(letter.body.encode()), MAX_CALL_BYTES):
         failed.update(_send_chunk(queue_url, chunk))
     return failed
 

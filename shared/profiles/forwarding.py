@@ -27,13 +27,13 @@ from pydantic_core import to_json
 
 from shared import aws
 from shared.outbound.impressions import Impression
+from shared.sqs_batches import batch_calls
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fme-last-treatments/1"
 # SQS accepts 256 KiB per message and per SendMessageBatch call; the rest is room for the envelope.
 MAX_CALL_BYTES = 240 * 1024
-MAX_ENTRIES = 10
 # Rows are about 110 bytes: a message of this many is a call of its own. A message that comes out
 # larger than a call (long keys or labels) is split in two until it fits.
 ROWS_PER_MESSAGE = 2000
@@ -156,17 +156,8 @@ def decode_body(body: str) -> list[Impression]:
 def send_bodies(queue_url: str, bodies: Sequence[str]) -> list[str]:
     """Send the bodies (SendMessageBatch, packed by size); the reasons of those not sent."""
     failures: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for body in bodies:
-        body_bytes = len(body.encode())
-        if chunk and (len(chunk) >= MAX_ENTRIES or size + body_bytes > MAX_CALL_BYTES):
-            failures.extend(_send(queue_url, chunk))
-            chunk, size = [], 0
-        chunk.append(body)
-        size += body_bytes
-    if chunk:
-        failures.extend(_send(queue_url, chunk))
+    for call in batch_calls(bodies, lambda body: len(body.encode()), MAX_CALL_BYTES):
+        failures.extend(_send(queue_url, call))
     return failures
 
 
