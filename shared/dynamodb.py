@@ -103,11 +103,31 @@ def _backoff(attempt: int, sleep: Sleep, time_left: TimeLeft, table: str) -> Non
     sleep(delay)
 
 
-def _run_parallel(function: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _shared_executor() -> ThreadPoolExecutor:
+    """Threads kept for the life of the process: starting them per request costs more than a put."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="dynamodb")
+        return _executor
+
+
+def _run_parallel(function: Callable[[Any], Any], batches: Sequence[Any]) -> list[Any]:
+    """``function`` of each batch, in order: the first in the calling thread, the others alongside it
+    on the process's threads. An error is raised once every call has ended, so that what succeeded
+    is done before the caller answers "retry"."""
     if len(batches) <= 1:
         return [function(batch) for batch in batches]
-    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(batches))) as pool:
-        return list(pool.map(function, batches))
+    others = [_shared_executor().submit(function, batch) for batch in batches[1:]]
+    try:
+        first = function(batches[0])
+    finally:
+        wait(others)
+    return [first, *(future.result() for future in others)]
 
 
 def batch_get(
@@ -165,19 +185,6 @@ def batch_write(
     _run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
 
 
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _shared_executor() -> ThreadPoolExecutor:
-    """Threads kept for the life of the process: starting them per request costs more than a put."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="dynamodb")
-        return _executor
-
-
 def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str = "pk") -> list[bool]:
     """Put each item unless an item with its key exists; True where it was written, False where not.
 
@@ -199,11 +206,4 @@ def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str 
             raise
         return True
 
-    if len(items) <= 1:
-        return [put(item) for item in items]
-    others = [_shared_executor().submit(put, item) for item in items[1:]]
-    try:
-        first = put(items[0])
-    finally:
-        wait(others)
-    return [first, *(future.result() for future in others)]
+    return _run_parallel(put, items)
