@@ -50,11 +50,13 @@ def to_python(value: Any) -> Any:
     return value
 
 
-def _typed(values: dict[str, Any]) -> dict[str, Any]:
+def typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Python values as DynamoDB attribute values."""
     return {k: _serializer.serialize(v) for k, v in values.items()}
 
 
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
+def python_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An attribute-value item as Python values (numbers as int or float, see :func:`to_python`)."""
     return {k: to_python(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
@@ -151,7 +153,7 @@ def _update_request(record: LastTreatment, now_ms: int) -> dict[str, Any]:
     expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
     return {
         "TableName": table_name(),
-        "Key": _typed({"pk": record.pk, "sk": record.sk}),
+        "Key": typed({"pk": record.pk, "sk": record.sk}),
         "UpdateExpression": expression,
         "ConditionExpression": _NEWER,
         "ExpressionAttributeNames": {
@@ -162,7 +164,7 @@ def _update_request(record: LastTreatment, now_ms: int) -> dict[str, Any]:
             "#key": "key",
             "#split": "split",
         },
-        "ExpressionAttributeValues": _typed(values),
+        "ExpressionAttributeValues": typed(values),
         "ReturnValues": "ALL_OLD",  # UPDATED_OLD may leave out attributes set to their own value
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
@@ -175,12 +177,12 @@ def write_last_treatment(record: LastTreatment, now_ms: int | None = None) -> Wr
     try:
         response = client.update_item(**request)
     except client.exceptions.ConditionalCheckFailedException as exc:
-        current = _plain(exc.response.get("Item") or {})
+        current = python_item(exc.response.get("Item") or {})
         same = current.get("time") == record.time and current.get("rank") == record.rank
         if same:  # a redelivery of the impression that is stored: report what it changed then
             return WriteOutcome(record, True, current.get("previousTreatment") or None, replay=True)
         return WriteOutcome(record, applied=False)
-    old = _plain(response.get("Attributes") or {})
+    old = python_item(response.get("Attributes") or {})
     return WriteOutcome(record, True, old.get("treatment"))
 
 
@@ -212,11 +214,11 @@ def profile_items(pk: str) -> list[dict[str, Any]]:
     request: dict[str, Any] = {
         "TableName": table_name(),
         "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": _typed({":pk": pk}),
+        "ExpressionAttributeValues": typed({":pk": pk}),
     }
     while True:
         page = client.query(**request)
-        items.extend(_plain(i) for i in page.get("Items", []))
+        items.extend(python_item(i) for i in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             return items
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -316,10 +318,10 @@ def put_membership(membership: Membership, expected_transitions: int | None) -> 
     else:
         condition = {
             "ConditionExpression": "transitions = :expected",
-            "ExpressionAttributeValues": _typed({":expected": expected_transitions}),
+            "ExpressionAttributeValues": typed({":expected": expected_transitions}),
         }
     try:
-        client.put_item(TableName=table_name(), Item=_typed(item), **condition)
+        client.put_item(TableName=table_name(), Item=typed(item), **condition)
     except client.exceptions.ConditionalCheckFailedException:
         raise MembershipConflict(f"{membership.pk} {membership.audience}") from None
 
@@ -332,13 +334,13 @@ def due_for_recheck(audience: str, now_ms: int, page_size: int = 500) -> Iterato
             "TableName": table_name(),
             "IndexName": "RecheckIndex",
             "KeyConditionExpression": "recheckPartition = :p AND recheckAt <= :now",
-            "ExpressionAttributeValues": _typed({":p": f"{audience}#{shard}", ":now": now_ms}),
+            "ExpressionAttributeValues": typed({":p": f"{audience}#{shard}", ":now": now_ms}),
             "Limit": page_size,
         }
         while True:
             page = client.query(**request)
             for item in page.get("Items", []):
-                yield str(_plain(item)["pk"])
+                yield str(python_item(item)["pk"])
             if "LastEvaluatedKey" not in page:
                 break
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

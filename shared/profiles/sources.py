@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import aws
-from shared.dynamodb import attribute_value, plain
-from shared.profiles_table import to_python
+from shared.dynamodb import plain
+from shared.profiles_table import python_item, typed
 
 EVENT_FIELDS = (
     "environment",
@@ -44,18 +44,10 @@ class InvalidCursor(ValueError):
 # of its own, and a cold start pays for every client it creates.
 
 
-def _values(values: dict[str, Any]) -> dict[str, Any]:
-    return {name: attribute_value(value) for name, value in values.items()}
-
-
-def _python(item: dict[str, Any]) -> dict[str, Any]:
-    return {name: to_python(value) for name, value in plain(item).items()}
-
-
 def identity_item(pk: str) -> dict[str, Any] | None:
-    response = aws.client("dynamodb").get_item(TableName=aws.env("IDENTITIES_TABLE"), Key=_values({"pk": pk}))
+    response = aws.client("dynamodb").get_item(TableName=aws.env("IDENTITIES_TABLE"), Key=typed({"pk": pk}))
     item = response.get("Item")
-    return _python(item) if item else None
+    return python_item(item) if item else None
 
 
 @dataclass(frozen=True)
@@ -84,18 +76,18 @@ def events_page(pk: str, limit: int, cursor: str | None = None) -> EventPage:
     request: dict[str, Any] = {
         "TableName": aws.env("EVENTS_TABLE"),
         "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": _values({":pk": pk}),
+        "ExpressionAttributeValues": typed({":pk": pk}),
         "ScanIndexForward": False,
         # One more than asked for: a next cursor only when there really is a next page.
         "Limit": limit + 1,
     }
     if cursor is not None:
-        request["ExclusiveStartKey"] = _values({"pk": pk, "sk": decode_cursor(cursor)})
+        request["ExclusiveStartKey"] = typed({"pk": pk, "sk": decode_cursor(cursor)})
     client = aws.client("dynamodb")
     items: list[dict[str, Any]] = []
     while len(items) <= limit:
         page = client.query(**request)
-        items.extend(_python(i) for i in page.get("Items", []))
+        items.extend(python_item(i) for i in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             break
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -109,7 +101,7 @@ def has_events(pk: str) -> bool:
     page = aws.client("dynamodb").query(
         TableName=aws.env("EVENTS_TABLE"),
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues=_values({":pk": pk}),
+        ExpressionAttributeValues=typed({":pk": pk}),
         Limit=1,
         ProjectionExpression="pk",
     )
@@ -135,7 +127,7 @@ def event_times(pk: str, since_ms: int, event_types: Iterable[str]) -> dict[str,
         names = {f":t{i}": t for i, t in enumerate(types)}
         values.update(names)
         request["FilterExpression"] = f"eventTypeId IN ({', '.join(names)})"
-    request["ExpressionAttributeValues"] = _values(values)
+    request["ExpressionAttributeValues"] = typed(values)
     wanted = set(types)
     while True:
         page = client.query(**request)
