@@ -53,7 +53,7 @@ def _record_metrics(outcome: BatchOutcome) -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     messages = [QueuedMessage(r["messageId"], r.get("body") or "") for r in event.get("Records", [])]
-    # Last treatments are recorded by their own function (docs/profiles.md): forwarded after the sends.
+    # Last treatments are recorded by their own function (docs/profiles.md): only forwarded here.
     profiles = LastTreatmentForwarder(aws.env("LAST_TREATMENTS_QUEUE_URL"))
     outcome = process_batch(
         messages, remaining_time_ms(context), aws.env("DEAD_LETTER_QUEUE_URL"), observers=[profiles]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,14 +88,11 @@ class LastTreatmentSync:
         self._seen.extend((record, impression) for impression in impressions)
 
     def finish(self) -> Mapping[int, str]:
-        # The identifies run an event loop of their own: on a helper thread, this also works from
-        # inside a running loop.
-        with ThreadPoolExecutor(max_workers=1) as worker:
-            try:
-                return worker.submit(self.run).result()
-            except Exception:  # a bug here must not lose the batch: its messages are retried
-                logger.exception("recording last treatments failed")
-                return self._fail({r for r, _ in self._seen}, "profiles: last treatments not recorded")
+        try:
+            return self.run()
+        except Exception:  # a bug here must not lose the batch: its messages are retried
+            logger.exception("recording last treatments failed")
+            return self._fail({r for r, _ in self._seen}, "profiles: last treatments not recorded")
 
     def run(self) -> dict[int, str]:
         report = self.report
