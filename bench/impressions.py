@@ -16,6 +16,7 @@ Usage as a worker: ``python -m bench.impressions {handler|official|wire} INPUT R
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -59,39 +60,38 @@ def _current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def handler_worker(bodies_path: Path, warmup_path: Path) -> dict[str, Any]:
-    import hashlib
-    import uuid
+def _sqs_record(body: str, arn: str) -> dict[str, Any]:
+    """An SQS record as Lambda's event source mapping delivers it."""
+    now = str(int(time.time() * 1000))
+    return {
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": now,
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": now,
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": arn,
+        "awsRegion": "us-east-1",
+    }
 
+
+def handler_worker(bodies_path: Path, warmup_path: Path) -> dict[str, Any]:
     from fme_bridge.local.runtime import LambdaContext
     from functions.impressions import app
 
     rss_after_import = _current_rss_mb()
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-ImpressionsQueue"
 
-    def record(body: str) -> dict[str, Any]:
-        now = str(int(time.time() * 1000))
-        return {
-            "messageId": str(uuid.uuid4()),
-            "receiptHandle": f"AQEB{uuid.uuid4().hex}",
-            "body": body,
-            "attributes": {
-                "ApproximateReceiveCount": "1",
-                "SentTimestamp": now,
-                "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-                "ApproximateFirstReceiveTimestamp": now,
-            },
-            "messageAttributes": {},
-            "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
-            "eventSource": "aws:sqs",
-            "eventSourceARN": arn,
-            "awsRegion": "us-east-1",
-        }
-
     cpu = [0.0]
 
     def invoke(bodies: list[str]) -> tuple[float, int]:
-        event = {"Records": [record(body) for body in bodies]}
+        event = {"Records": [_sqs_record(body, arn) for body in bodies]}
         context = LambdaContext("bench-impressions", 512, 60, arn.replace("sqs", "lambda"))
         start, cpu_start = time.perf_counter(), time.process_time()
         response = app.lambda_handler(event, context)
@@ -140,12 +140,12 @@ def last_treatments_worker(warmup_path: Path, body_path: Path) -> dict[str, Any]
 
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-LastTreatmentsQueue"
     context = LambdaContext("bench-last-treatments", 512, 60, arn.replace("sqs", "lambda"))
-    app.lambda_handler(_sqs_event(warmup_path.read_text(), arn), context)  # configs, clients
+    app.lambda_handler({"Records": [_sqs_record(warmup_path.read_text(), arn)]}, context)  # configs, clients
 
     body = body_path.read_text()
     rows = len(decode_body(body))
     start, cpu_start = time.perf_counter(), time.process_time()
-    response = app.lambda_handler(_sqs_event(body, arn), context)
+    response = app.lambda_handler({"Records": [_sqs_record(body, arn)]}, context)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "rows": rows,
@@ -153,24 +153,6 @@ def last_treatments_worker(warmup_path: Path, body_path: Path) -> dict[str, Any]
         "cpu_seconds": cpu_seconds,
         "cpu_seconds_per_write": cpu_seconds / rows if rows else float("nan"),
         "batch_item_failures": len(response.get("batchItemFailures", [])),
-    }
-
-
-def _sqs_event(body: str, arn: str) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": "AQEBbench",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": "us-east-1",
-            }
-        ]
     }
 
 
