@@ -25,7 +25,7 @@ from shared import aws
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 MAX_ATTEMPTS = 8
-MAX_WORKERS = 8
+MAX_WORKERS = 8  # requests of one call in flight at once, the calling thread's included
 
 Item = dict[str, Any]
 Key = dict[str, Any]
@@ -112,7 +112,7 @@ def _shared_executor() -> ThreadPoolExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="dynamodb")
+            _executor = ThreadPoolExecutor(max_workers=MAX_WORKERS - 1, thread_name_prefix="dynamodb")
         return _executor
 
 
