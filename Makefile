@@ -65,6 +65,15 @@ security: template-lint $(CHECKOV_VENV)/.installed ## template scans: cfn-lint a
 build: $(SAM_VENV)/.installed $(STAMP) ## sam build (no Docker)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SAM_VENV)/bin/sam build --template template.yaml
 
+# What `sam build` runs for each function (template.yaml: BuildMethod: makefile, samconfig.toml:
+# build in source), with ARTIFACTS_DIR set: requirements.txt for the functions' architecture, the
+# bridge's functions/ and shared/, and their bytecode compiled by the runtime's Python.
+LAMBDA_PYTHON ?= python3.13
+LAMBDA_PLATFORM ?= manylinux2014_aarch64
+build-%Function:
+	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set: sam build sets it"; exit 1; }
+	$(LAMBDA_PYTHON) -m fme_bridge.package "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM)
+
 deploy: build ## sam deploy --config-env $(ENV) (default dev)
 	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev)
 

@@ -1,64 +1,75 @@
-"""What a Lambda deployment package holds: requirements.txt installed into a directory of its own.
+"""What a deployment package holds, built the way ``sam build`` builds it (:mod:`fme_bridge.package`).
 
-The cold-start probes import the handlers from this directory and the repository alone (``python -S``:
-no site-packages), so packages of the development virtualenv cannot change what a handler loads. httpx,
+The cold-start probes import the handlers from such a package alone (``python -S``: no site-packages,
+no checkout), so packages of the development virtualenv cannot change what a handler loads. httpx,
 for one, imports its command-line client (click, rich, pygments) when those happen to be installed;
-``sam build`` installs only requirements.txt. The directory lives inside ``.venv``, which ``sam build``
-does not copy, and is rebuilt when requirements.txt or the Python version changes.
+the package holds requirements.txt only. Like a Lambda's code directory, the package is read-only to
+the probes (``PYTHONDONTWRITEBYTECODE``): they run on the bytecode the build compiled, or, for the
+comparison, on sources alone, which is what SAM's standard Python builder would ship.
+
+requirements.txt is installed once into a directory inside ``.venv`` (which ``sam build`` skips) and
+again when it or the Python version changes; the bridge's code is packaged afresh for every run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 from bench.servers import ROOT
+from fme_bridge import package
 
 REQUIREMENTS = ROOT / "requirements.txt"
 DIRECTORY = ROOT / ".venv" / "lambda-deps"
 STAMP_NAME = ".requirements-stamp"
+# The reference handler and the probe are packaged with the functions, so they load the same way.
+BENCH_MODULES = ("__init__.py", "bare_handler.py", "cold_probe.py")
 
 
 def _stamp() -> str:
     digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    return f"{sys.version_info.major}.{sys.version_info.minor} {digest}"
+    return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode"
 
 
 def ensure(directory: Path = DIRECTORY, log: object = print) -> Path:
-    """Install requirements.txt into ``directory`` unless it already holds this version of it."""
+    """requirements.txt installed and compiled into ``directory``, unless it already holds this version."""
     stamp = directory / STAMP_NAME
     if stamp.is_file() and stamp.read_text() == _stamp():
         return directory
     if callable(log):
         log(f"  installing requirements.txt into {directory.relative_to(ROOT)} (once)")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--upgrade",
-            "--target",
-            str(directory),
-            "-r",
-            str(REQUIREMENTS),
-        ],
-        check=True,
-        env={**os.environ, "PIP_NO_INPUT": "1"},
-    )
+    package.install_requirements(directory)
+    package.compile_bytecode(directory)
     stamp.write_text(_stamp())
     return directory
 
 
-def python_command(directory: Path) -> tuple[list[str], str]:
-    """The interpreter command and ``PYTHONPATH`` of a function: the repository, then its dependencies.
+def code_package(target: Path, bytecode: bool = True) -> Path:
+    """The bridge's code as the build packages it, plus the reference handler and the probe."""
+    package.copy_code(target)
+    (target / "bench").mkdir(parents=True, exist_ok=True)
+    for name in BENCH_MODULES:
+        shutil.copy2(ROOT / "bench" / name, target / "bench" / name)
+    if bytecode:
+        package.compile_bytecode(target)
+    return target
+
+
+def sources_only(directory: Path, target: Path) -> Path:
+    """A copy of ``directory`` without its bytecode."""
+    shutil.copytree(
+        directory, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True
+    )
+    return target
+
+
+def python_command(*directories: Path) -> tuple[list[str], str]:
+    """The interpreter command and ``PYTHONPATH`` of a function: the package's directories, in order.
 
     ``-S`` keeps site-packages (and the development virtualenv) off ``sys.path``, the way only the
     deployment package is on a Lambda's.
     """
-    return [sys.executable, "-S"], os.pathsep.join([str(ROOT), str(directory)])
+    return [sys.executable, "-S"], os.pathsep.join(str(d) for d in directories)

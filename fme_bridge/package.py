@@ -1,0 +1,109 @@
+"""A function's deployment package: requirements.txt, the bridge's code, and compiled bytecode.
+
+``sam build`` runs this for every function (template.yaml ``BuildMethod: makefile``, the Makefile's
+``build-<Function>`` targets)::
+
+    python3.13 -m fme_bridge.package "$ARTIFACTS_DIR" --platform manylinux2014_aarch64
+
+SAM's standard Python builder ships sources only, and a Lambda cannot write ``__pycache__`` (its code
+directory is read-only), so every cold start compiled every module again: ``import boto3`` alone took
+three times as long as from bytecode. Here the bytecode is compiled at build time, hash-based and
+unchecked, so that it stays valid whatever timestamps the deployment zip gives the sources. Only what
+the functions import goes in (``functions``, ``shared``): no tests, docs, or benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = ROOT / "requirements.txt"
+CODE = ("functions", "shared")
+# The functions' runtime (template.yaml Globals): bytecode is only valid for the version that wrote it.
+RUNTIME_VERSION = (3, 13)
+
+
+class PackageError(RuntimeError):
+    """The package cannot be built as asked; the message says what to change."""
+
+
+def install_requirements(
+    target: Path, platform: str | None = None, requirements: Path = REQUIREMENTS
+) -> None:
+    """``pip install --target``; with ``platform`` (e.g. ``manylinux2014_aarch64``), wheels for that
+    platform and the runtime's Python, whatever machine builds."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if platform:
+        version = ".".join(map(str, RUNTIME_VERSION))
+        command += ["--only-binary=:all:", "--platform", platform, "--implementation", "cp"]
+        command += ["--python-version", version]
+    command += ["--no-compile", "--upgrade", "--target", str(target), "-r", str(requirements)]
+    # The arguments are this module's own and paths; no shell is involved.
+    subprocess.run(command, check=True, env={**os.environ, "PIP_NO_INPUT": "1"})  # noqa: S603
+
+
+def copy_code(target: Path, packages: Iterable[str] = CODE, root: Path = ROOT) -> None:
+    """The bridge's own packages, without the bytecode a development checkout accumulates."""
+    for package in packages:
+        shutil.copytree(
+            root / package,
+            target / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            dirs_exist_ok=True,
+        )
+
+
+def check_interpreter() -> None:
+    """Bytecode is only valid for the Python version that wrote it: the build runs on the runtime's."""
+    if sys.version_info[:2] != RUNTIME_VERSION:
+        raise PackageError(
+            "bytecode is compiled for the interpreter that runs the build: run it with python"
+            + ".".join(map(str, RUNTIME_VERSION))
+            + f" (the functions' runtime), not {sys.version.split()[0]}"
+        )
+
+
+def compile_bytecode(target: Path) -> None:
+    """Every module under ``target``, for this interpreter, as unchecked hash-based ``.pyc`` files."""
+    check_interpreter()
+    # In a process of its own: compileall's worker pool would start this program again in each worker.
+    options = ["-q", "-f", "-j", "0", "--invalidation-mode", "unchecked-hash"]
+    compiled = subprocess.run([sys.executable, "-m", "compileall", *options, str(target)])  # noqa: S603
+    if compiled.returncode != 0:
+        raise PackageError(f"some modules under {target} did not compile (listed above)")
+
+
+def build(target: Path, platform: str | None = None) -> Path:
+    check_interpreter()
+    target.mkdir(parents=True, exist_ok=True)
+    install_requirements(target, platform)
+    copy_code(target)
+    compile_bytecode(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fme_bridge.package", description=__doc__.split("\n")[0])
+    parser.add_argument("target", type=Path, help="the package directory (sam build: $ARTIFACTS_DIR)")
+    parser.add_argument(
+        "--platform",
+        help="pip platform tag of the functions' architecture (template.yaml: arm64 -> "
+        "manylinux2014_aarch64); omitted: this machine's",
+    )
+    args = parser.parse_args(argv)
+    try:
+        build(args.target, args.platform)
+    except (PackageError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
