@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -77,8 +77,13 @@ def encode_bodies(
     impressions: Sequence[Impression],
     rows_per_message: int = ROWS_PER_MESSAGE,
     max_bytes: int = MAX_CALL_BYTES,
+    oversized: Callable[[Impression], None] | None = None,
 ) -> list[str]:
-    """Message bodies carrying ``impressions`` (only what recording last treatments needs)."""
+    """Message bodies carrying ``impressions`` (only what recording last treatments needs).
+
+    An impression that does not fit a message on its own (a key or label of hundreds of kilobytes)
+    is left out and handed to ``oversized``: sent, SQS would refuse the whole call on every retry.
+    """
     bodies = []
     # A stack of the chunks still to encode, the next one last.
     chunks = [
@@ -91,6 +96,16 @@ def encode_bodies(
         if len(body) > max_bytes and len(chunk) > 1:
             half = len(chunk) // 2
             chunks += [chunk[half:], chunk[:half]]
+        elif len(body) > max_bytes:
+            logger.warning(
+                "last treatment of %s / %s not forwarded: %d bytes, over %d",
+                chunk[0].key[:80],
+                chunk[0].split[:80],
+                len(body),
+                max_bytes,
+            )
+            if oversized is not None:
+                oversized(chunk[0])
         else:
             bodies.append(body.decode())
     return bodies
@@ -176,6 +191,7 @@ class LastTreatmentForwarder:
     def __init__(self, queue_url: str) -> None:
         self.queue_url = queue_url
         self.forwarded = 0  # impressions sent to the queue (after collapsing)
+        self.oversized = 0  # impressions too large to forward at all (left out, logged)
         self._records: set[int] = set()
         self._impressions: list[Impression] = []
 
@@ -189,7 +205,7 @@ class LastTreatmentForwarder:
             return {}
         try:
             newest = newest_per_slot(self._impressions)
-            failures = send_bodies(self.queue_url, encode_bodies(newest))
+            failures = send_bodies(self.queue_url, encode_bodies(newest, oversized=self._count_oversized))
         except Exception:  # a bug here must not lose the batch: its messages are retried
             logger.exception("forwarding last treatments failed")
             failures = ["last treatments not forwarded"]
@@ -198,8 +214,13 @@ class LastTreatmentForwarder:
             # all again is idempotent, and so are the track calls of the retried messages.
             logger.warning("forwarding last treatments failed: %s", failures[0])
             return dict.fromkeys(self._records, f"profiles: {failures[0]}")
-        self.forwarded = len(newest)
+        self.forwarded = len(newest) - self.oversized
         return {}
+
+    def _count_oversized(self, impression: Impression) -> None:
+        self.oversized += 1
 
     def publish(self, metrics: Any) -> None:
         metrics.add_metric(name="LastTreatmentsForwarded", unit="Count", value=self.forwarded)
+        if self.oversized:
+            metrics.add_metric(name="LastTreatmentsTooLarge", unit="Count", value=self.oversized)

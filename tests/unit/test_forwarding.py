@@ -11,6 +11,7 @@ import pytest
 from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
+from moto import mock_aws
 
 from shared.outbound.impressions import Impression
 from shared.profiles import forwarding
@@ -218,3 +219,31 @@ def test_a_partly_failed_call_retries_them_too(monkeypatch: pytest.MonkeyPatch) 
 
 def test_nothing_observed_sends_nothing() -> None:
     assert LastTreatmentForwarder("https://unused").finish() == {}
+
+
+def test_an_impression_too_large_for_any_message_is_left_out_and_counted() -> None:
+    """Sent, it would fail the call, and with it the whole batch, on every retry."""
+    giant = imp("g" * (MAX_CALL_BYTES + 1))
+    left_out: list[Impression] = []
+    bodies = encode_bodies([imp(), giant, imp("u2")], oversized=left_out.append)
+    assert left_out == [giant]
+    assert [i.key for body in bodies for i in decode_body(body)] == ["u1", "u2"]
+    assert all(len(body) <= MAX_CALL_BYTES for body in bodies)
+
+
+@mock_aws
+def test_the_forwarder_sends_the_rest_and_reports_what_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    queue = sqs.create_queue(QueueName="last-treatments")["QueueUrl"]
+    forwarder = LastTreatmentForwarder(queue)
+    forwarder.observe(0, [imp(), imp("k" * (MAX_CALL_BYTES + 1))])
+    forwarder.observe(1, [imp("u2")])
+
+    assert forwarder.finish() == {}
+    assert (forwarder.forwarded, forwarder.oversized) == (2, 1)
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(i.key for m in messages for i in decode_body(m["Body"])) == ["u1", "u2"]
+    metrics = SimpleNamespace(added=[], add_metric=lambda **m: metrics.added.append(m))
+    forwarder.publish(metrics)
+    assert {"name": "LastTreatmentsTooLarge", "unit": "Count", "value": 1} in metrics.added
