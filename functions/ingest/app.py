@@ -6,6 +6,8 @@ import base64
 import binascii
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -28,6 +30,13 @@ logger = Logger()
 metrics = Metrics()
 tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
+
+# A request runs in a worker thread that the handler waits for only until shortly before the Lambda
+# times out. A call that hangs (a connection that never answers waits botocore's read timeout on
+# every attempt) would otherwise outlast the function, and a Lambda timeout reaches Segment as a
+# 500. A request still running then is answered 503 and finishes, or fails, in the background:
+# storing is idempotent, so Segment's retry stores nothing twice.
+_requests = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
@@ -59,13 +68,33 @@ def segment_webhook(connectionId: str) -> Response[str]:
     # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
     remaining_ms = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
     time_left = Deadline(remaining_ms=remaining_ms, margin_ms=1500).seconds_left if remaining_ms else None
-    report = receive_webhook(request, now_ms=time.time_ns() // 1_000_000, time_left=time_left)
+    running = _requests.submit(receive_webhook, request, time.time_ns() // 1_000_000, time_left=time_left)
+    try:
+        report = running.result(timeout=max(0.0, time_left()) if time_left else None)
+    except FutureTimeout:
+        logger.warning("webhook still running at the deadline; answering 503")
+        running.add_done_callback(_late)
+        raise StoreUnavailable("the request did not finish before the function's deadline") from None
     _record(report)
     logger.info(
         "webhook processed",
         extra=report.model_dump(exclude={"drops"}),
     )
     return _json(200, report.model_dump(exclude_none=True))
+
+
+def _late(running: Future[IngestReport]) -> None:
+    """How a request answered 503 at the deadline ended, for the log."""
+    failure = running.exception()
+    if failure is None:
+        logger.info(
+            "webhook answered 503 at the deadline has finished",
+            extra=running.result().model_dump(exclude={"drops"}),
+        )
+    else:
+        logger.warning(
+            "webhook answered 503 at the deadline has failed", extra={"error": type(failure).__name__}
+        )
 
 
 def _record(report: IngestReport) -> None:

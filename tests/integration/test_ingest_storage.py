@@ -383,3 +383,35 @@ def test_throttling_near_the_lambda_timeout_answers_503_in_time(webhook: Webhook
     answer = webhook.post(tracks(30))
     assert answer.status == 503
     assert answer.headers["Retry-After"] == "5"
+
+
+def test_a_request_that_hangs_is_answered_503_before_the_lambda_times_out(webhook: Webhook) -> None:
+    """A DynamoDB call that never answers waits botocore's read timeout on every attempt; a Lambda
+    timeout would reach Segment as a 500. The handler answers 503 at its deadline instead."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def hang(**_: Any) -> None:
+        release.wait(timeout=10)
+
+    dynamodb.client().meta.events.register("before-call.dynamodb.PutItem", hang)
+    webhook.context.remaining_ms = 2_000  # 1.5 s margin: 0.5 s to store
+    started = time.monotonic()
+    answer = webhook.post(segment_message("track"))
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert time.monotonic() - started < 1.5
+
+    # The request goes on in the background and stores the message; Segment's retry finds it stored.
+    release.set()
+    dynamodb.client().meta.events.unregister("before-call.dynamodb.PutItem", hang)
+    deadline = time.monotonic() + 5
+    while webhook.count_events() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    webhook.context.remaining_ms = 60_000
+    retried = webhook.post(segment_message("track"))
+    assert retried.status == 200
+    assert (retried.body["stored"], retried.body["duplicate"]) == (0, 1)
+    assert webhook.count_events() == 2
