@@ -21,6 +21,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from shared import aws
+from shared.dynamodb import TimeLeft, batch_write
 
 TREATMENT_PREFIX = "treatment#"
 AUDIENCE_PREFIX = "audience#"
@@ -222,6 +223,31 @@ def profile_items(pk: str) -> list[dict[str, Any]]:
         if "LastEvaluatedKey" not in page:
             return items
         request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def delete_last_treatments(pk: str, time_left: TimeLeft = None) -> int:
+    """Delete one identity's last treatments (a Segment user deletion); returns how many there were.
+
+    Audience memberships stay: the deletion's stream records exit them, and the exit is sent to Segment.
+    """
+    client = aws.client("dynamodb")
+    keys: list[dict[str, Any]] = []
+    request: dict[str, Any] = {
+        "TableName": table_name(),
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+        "ExpressionAttributeValues": typed({":pk": pk, ":prefix": TREATMENT_PREFIX}),
+        "ProjectionExpression": "pk, sk",
+    }
+    while True:
+        page = client.query(**request)
+        keys.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    if keys:
+        deletes = [{"DeleteRequest": {"Key": key}} for key in keys]
+        batch_write(client, table_name(), deletes, time_left=time_left)
+    return len(keys)
 
 
 def treatments_of(items: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from shared import config
+from shared import config, profiles_table
 from shared.dynamodb import StoreUnavailable, TimeLeft
 from shared.events_table import EventsTable, event_item, event_sk, identity_pk, retention_days
 from shared.identities_table import IdentitiesTable
@@ -158,6 +158,9 @@ def store(
             keys = events_table.keys_of(pk)
             if keys:
                 events_table.delete(keys)
+            # The flags the user saw go too (ProfilesTable shares the key); audience memberships are
+            # exited by the deletion's stream records, which tell Segment.
+            profiles_table.delete_last_treatments(pk, events_table.time_left)
         identities_table.delete(pks)
 
     dropped = {drop.index for drop in mapped.drops}

@@ -8,6 +8,7 @@ from typing import Any
 from fme_bridge.template import load_template
 from shared import dynamodb
 from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
+from shared.profiles_table import LastTreatment, write_last_treatment
 from tests.integration.ingest_support import Webhook, segment_message
 
 # TransactWriteItems is authorised per contained action (Put → dynamodb:PutItem).
@@ -29,8 +30,15 @@ def allowed_by_table() -> dict[str, set[str]]:
 
 def test_calls_made_match_the_policy(function_env: Any, lambda_context: Any) -> None:
     webhook = Webhook.create(function_env, lambda_context)
-    tables = {webhook.env["EVENTS_TABLE"]: "EventsTable", webhook.env["IDENTITIES_TABLE"]: "IdentitiesTable"}
+    tables = {
+        webhook.env["EVENTS_TABLE"]: "EventsTable",
+        webhook.env["IDENTITIES_TABLE"]: "IdentitiesTable",
+        webhook.env["PROFILES_TABLE"]: "ProfilesTable",
+    }
     used: dict[str, set[str]] = defaultdict(set)
+    # The deleted user has seen a flag: the deletion removes that last treatment too.
+    deleted_user = segment_message("delete")["userId"]
+    write_last_treatment(LastTreatment("Production", "user", deleted_user, "new_checkout", "on", 1))
 
     def record(model: Any, params: dict[str, Any], **_: Any) -> None:
         names = set(params.get("RequestItems", {})) | {params.get("TableName")}

@@ -274,6 +274,31 @@ def test_delete_removes_the_users_identity_and_events_in_every_mapped_traffic_ty
     assert len(webhook.stored_events("user", "someone-else")) == 1
 
 
+def test_delete_removes_the_flags_the_user_saw_and_leaves_audiences_to_exit(webhook: Webhook) -> None:
+    from shared import profiles_table
+    from shared.profiles_table import LastTreatment, Membership
+
+    user = "97980cfea0067"
+    for traffic_type, who, split in [("user", user, "f"), ("user", user, "g"), ("anonymous", user, "f")]:
+        profiles_table.write_last_treatment(LastTreatment("Production", traffic_type, who, split, "on", 5))
+    profiles_table.write_last_treatment(LastTreatment("Production", "user", "someone-else", "f", "off", 5))
+    # The audiences function exits this membership from the deletion's stream records (and tells
+    # Segment), so it is not the webhook's to delete.
+    pk = profiles_table.profile_pk("Production", "user", user)
+    profiles_table.put_membership(Membership(pk, "fans", True, 1, 5), expected_transitions=None)
+
+    assert webhook.post(segment_message("delete")).body["deleted"] == 1
+
+    def treatments(traffic_type: str, key: str) -> dict[str, Any]:
+        items = profiles_table.profile_items(profiles_table.profile_pk("Production", traffic_type, key))
+        return profiles_table.treatments_of(items)
+
+    assert treatments("user", user) == {}
+    assert treatments("anonymous", user) == {}
+    assert set(treatments("user", "someone-else")) == {"f"}
+    assert set(profiles_table.memberships_of(profiles_table.profile_items(pk))) == {"fans"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Batching: requests per stored event
 
