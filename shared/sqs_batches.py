@@ -1,9 +1,11 @@
-"""SendMessageBatch packing: at most ten entries and 256 KiB of bodies per call."""
+"""SQS helpers of the queue consumers: SendMessageBatch packing (at most ten entries and 256 KiB of
+bodies per call) and a record's place among its deliveries."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -26,3 +28,18 @@ def batch_calls(
         chunk_bytes += item_bytes
     if chunk:
         yield chunk
+
+
+def receive_count(record: Mapping[str, Any]) -> int:
+    """How many times SQS has delivered this record (``ApproximateReceiveCount``), this time included."""
+    try:
+        return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def max_receives() -> int | None:
+    """The queue's ``maxReceiveCount`` (``MAX_RECEIVE_COUNT``, set by template.yaml beside the redrive
+    policy): the receive after which SQS moves a message to the DLQ. None when not set."""
+    value = os.environ.get("MAX_RECEIVE_COUNT")
+    return int(value) if value else None

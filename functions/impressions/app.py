@@ -22,6 +22,7 @@ from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.delivery import QueuedMessage
 from shared.profiles.forwarding import LastTreatmentForwarder
+from shared.sqs_batches import max_receives, receive_count
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -52,11 +53,17 @@ def _record_metrics(outcome: BatchOutcome) -> None:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    messages = [QueuedMessage(r["messageId"], r.get("body") or "") for r in event.get("Records", [])]
+    messages = [
+        QueuedMessage(r["messageId"], r.get("body") or "", receive_count(r)) for r in event.get("Records", [])
+    ]
     # Last treatments are recorded by their own function (docs/profiles.md): only forwarded here.
     profiles = LastTreatmentForwarder(aws.env("LAST_TREATMENTS_QUEUE_URL"))
     outcome = process_batch(
-        messages, remaining_time_ms(context), aws.env("DEAD_LETTER_QUEUE_URL"), observers=[profiles]
+        messages,
+        remaining_time_ms(context),
+        aws.env("DEAD_LETTER_QUEUE_URL"),
+        observers=[profiles],
+        max_receives=max_receives(),
     )
     _record_metrics(outcome)
     profiles.publish(metrics)

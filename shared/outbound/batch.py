@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from shared.config import ConfigError
 from shared.http_retry import Deadline
 from shared.outbound.dead_letters import send_dead_letters
-from shared.outbound.delivery import DeliveryReport, ImpressionObserver, QueuedMessage, deliver
+from shared.outbound.delivery import DeadLetter, DeliveryReport, ImpressionObserver, QueuedMessage, deliver
 from shared.outbound.destinations import Destination, Router, WriteKeys, load_destinations
+from shared.outbound.impressions import BodyError, parse_body
 from shared.outbound.segment_client import SegmentClient, http_client
 
 logger = logging.getLogger(__name__)
+
+RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 @dataclass(frozen=True)
@@ -57,24 +60,60 @@ def process_batch(
     observers: Sequence[ImpressionObserver] = (),
     settings: SenderSettings | None = None,
     destinations: list[Destination] | None = None,
+    max_receives: int | None = None,
 ) -> BatchOutcome:
+    """``max_receives``: the queue's maxReceiveCount. A message still failing on that receive goes
+    to the DLQ from here, with the reason (``errorCode`` ``retries_exhausted``); SQS's own redrive,
+    which would move it there next, carries none."""
     settings = settings or SenderSettings.from_env()
-    if destinations is None:
-        try:
-            destinations = load_destinations()
-        except ConfigError as exc:
-            # Which impressions an unreadable config should receive is unknown: retry them all
-            # (after maxReceiveCount they reach the DLQ, from where they can be redriven).
-            logger.error("outbound configs unavailable, retrying the whole batch: %s", exc)
-            report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
-            return BatchOutcome(report, {m.message_id: str(exc) for m in messages})
-
-    report = asyncio.run(_deliver(messages, destinations, remaining_ms, observers, settings))
+    try:
+        destinations = load_destinations() if destinations is None else destinations
+    except ConfigError as exc:
+        # Which impressions an unreadable config should receive is unknown: retry them all (on
+        # their last receive they go to the DLQ, from where they can be redriven).
+        logger.error("outbound configs unavailable, retrying the whole batch: %s", exc)
+        report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
+    else:
+        report = asyncio.run(_deliver(messages, destinations, remaining_ms, observers, settings))
+    if max_receives is not None:
+        _give_up_on_last_receive(messages, report, max_receives)
     retry = {messages[i].message_id: reason for i, reason in report.retry.items()}
     undelivered = send_dead_letters(dead_letter_queue_url, report.dead_letters) if report.dead_letters else {}
     for record, reason in undelivered.items():
         retry[messages[record].message_id] = reason
     return BatchOutcome(report, retry, len(report.dead_letters) - len(undelivered))
+
+
+def _give_up_on_last_receive(
+    messages: Sequence[QueuedMessage], report: DeliveryReport, max_receives: int
+) -> None:
+    """Messages to retry that SQS will not deliver again become dead letters, whole, with the reason.
+
+    Whole: what was delivered before goes again on a redrive, with the same messageIds, which
+    Segment drops as duplicates.
+    """
+    for record, reason in list(report.retry.items()):
+        message = messages[record]
+        if message.receive_count < max_receives:
+            continue
+        del report.retry[record]
+        report.dead_letters.append(
+            DeadLetter(
+                record=record,
+                source_message_id=message.message_id,
+                body=message.body,
+                error_codes=(RETRIES_EXHAUSTED,),
+                reason=f"still failing after {message.receive_count} deliveries: {reason}",
+                failed_impressions=_impressions_in(message.body),
+            )
+        )
+
+
+def _impressions_in(body: str) -> int:
+    try:
+        return len(parse_body(body).impressions)
+    except BodyError:
+        return 0
 
 
 async def _deliver(

@@ -49,10 +49,11 @@ YIELD_EVERY_MESSAGES = 64
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """An SQS message: its id (for batch item failures) and its body."""
+    """An SQS message: its id (for batch item failures), its body, and how often SQS has delivered it."""
 
     message_id: str
     body: str
+    receive_count: int = 1
 
 
 class ImpressionObserver(Protocol):

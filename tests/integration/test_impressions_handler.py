@@ -542,3 +542,37 @@ def test_a_context_without_a_clock_still_delivers(production: dict[str, Any], si
 
     assert response == {"batchItemFailures": []}
     assert [m["properties"]["split"] for m in sink.messages] == ["new_checkout"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The last receive: to the DLQ with the reason, not by SQS's redrive without one
+
+
+def test_a_message_failing_on_its_last_receive_is_dead_lettered_with_the_reason(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    redrive = boto3.client("sqs", region_name="us-east-1").get_queue_attributes(
+        QueueUrl=stack.queues["ImpressionsQueue"], AttributeNames=["RedrivePolicy"]
+    )["Attributes"]["RedrivePolicy"]
+    last = json.loads(redrive)["maxReceiveCount"]
+    assert stack.function_environment("ImpressionsFunction")["MAX_RECEIVE_COUNT"] == str(last)
+
+    sink.fail_fraction(1.0, 503)
+    body = json.dumps([webhook(key="u1"), webhook(key="u2")])
+    sqs_event = {
+        "Records": [
+            sqs_events.record(body, "not-yet", receive_count=last - 1),
+            sqs_events.record(body, "last-time", receive_count=last),
+        ]
+    }
+    response = app.lambda_handler(sqs_event, context)
+
+    assert failures(response) == {"not-yet"}  # SQS delivers it again
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["body"] == body  # whole: a redrive replays it as it was
+    attributes = letter
+    assert attributes["errorCode"] == "retries_exhausted"
+    assert attributes["sourceMessageId"] == "last-time"
+    assert attributes["failedImpressions"] == "2"
+    assert attributes["reason"].startswith(f"still failing after {last} deliveries: ")
+    assert "503" in attributes["reason"]
