@@ -114,9 +114,13 @@ def test_last_treatments_function_least_privilege() -> None:
     assert actions == [
         "dynamodb:UpdateItem",
         "secretsmanager:GetSecretValue",
+        "sqs:SendMessage",
         "ssm:GetParametersByPath",
     ]
-    # Conditional updates of ProfilesTable only; configs and write keys for computed-trait identifies.
+    # Conditional updates of ProfilesTable only; configs and write keys for computed-trait identifies;
+    # failures to its own dead-letter queue.
     assert statements["LastTreatments"]["Resource"] == {"Fn::GetAtt": ["ProfilesTable", "Arn"]}
+    dead_letters = {"Fn::GetAtt": ["LastTreatmentsDeadLetterQueue", "Arn"]}
+    assert statements["FailuresToDeadLetterQueue"]["Resource"] == dead_letters
     secret = statements["OutboundSecrets"]["Resource"]["Fn::Sub"][0]
     assert secret.endswith(":secret:${Prefix}/outbound/*")

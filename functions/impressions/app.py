@@ -12,14 +12,14 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
+from shared.batch_response import partial_batch_response
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
+from shared.outbound.dead_letters import log_dead_letters
 from shared.outbound.delivery import QueuedMessage
 from shared.profiles.forwarding import LastTreatmentForwarder
 from shared.sqs_batches import max_receives, receive_count
@@ -29,8 +29,6 @@ logger = Logger()
 tracer = lambda_tracer()
 # The template sets the namespace; the default keeps an import before that environment usable.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
-# An all-failed batch is reported like any other (every message listed), not raised as an error.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 class ImpressionsNotDelivered(Exception):
@@ -67,23 +65,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     )
     _record_metrics(outcome)
     profiles.publish(metrics)
-    for letter in outcome.report.dead_letters:
-        logger.warning(
-            "dead-lettered",
-            extra={
-                "messageId": letter.source_message_id,
-                "errorCodes": letter.error_codes,
-                "reason": letter.reason,
-            },
-        )
+    log_dead_letters(logger, outcome.report.dead_letters)
     if outcome.retry:
         logger.warning("messages to retry", extra={"retry": outcome.retry})
-
-    def record_handler(record: SQSRecord) -> None:
-        reason = outcome.retry.get(record.message_id)
-        if reason is not None:
-            raise ImpressionsNotDelivered(reason)
-
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    return partial_batch_response(event, context, outcome.retry, ImpressionsNotDelivered)

@@ -4,8 +4,9 @@ The impressions function forwards the newest impression per identity and flag of
 (:mod:`shared.profiles.forwarding`); this function records them (one conditional write per identity
 and flag, skipped when the container already knows a newer one) and, for every outbound config with
 ``computedTraits`` enabled, sends an ``identify`` when a user's treatment changed. Messages whose
-writes or identifies failed transiently are reported as batch item failures and retried by SQS; a
-message that is not in the forwarding format is logged, counted and left to reach the DLQ.
+writes or identifies failed transiently are reported as batch item failures and retried by SQS, and
+on their last receive go to the dead-letter queue with the reason (``retries_exhausted``); a message
+that is not in the forwarding format goes there at once (``invalid_body``).
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from shared import aws
+from shared.batch_response import partial_batch_response
 from shared.lambda_context import remaining_time_ms
+from shared.outbound.dead_letters import log_dead_letters, retries_exhausted, send_dead_letters
+from shared.outbound.delivery import DeadLetter
 from shared.profiles.forwarding import ForwardedBodyError, decode_body
 from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
+from shared.sqs_batches import max_receives, receive_count
 from shared.tracing import lambda_tracer
 
 logger = Logger()
 tracer = lambda_tracer()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+INVALID_BODY = "invalid_body"
 # Lives as long as the container: remembers last treatments already written and synced.
 last_treatments = LastTreatmentRecorder()
 
@@ -44,27 +48,39 @@ class LastTreatmentsNotRecorded(Exception):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     records = event.get("Records", [])
     step = LastTreatmentSync(last_treatments, remaining_time_ms(context))
-    failed: dict[str, str] = {}
+    letters: list[DeadLetter] = []
     for index, record in enumerate(records):
+        body = record.get("body") or ""
         try:
-            step.observe(index, decode_body(record.get("body") or ""))
+            step.observe(index, decode_body(body))
         except ForwardedBodyError as exc:
             logger.error(
                 "not a last-treatments message", extra={"messageId": record["messageId"], "reason": str(exc)}
             )
             metrics.add_metric(name="LastTreatmentMessagesInvalid", unit=MetricUnit.Count, value=1)
-            failed[record["messageId"]] = str(exc)
+            letters.append(DeadLetter(index, record["messageId"], body, (INVALID_BODY,), str(exc), 0))
+    failed: dict[str, str] = {}
+    last_receive = max_receives()
     for index, reason in step.finish().items():
-        failed.setdefault(records[index]["messageId"], reason)
+        record = records[index]
+        receives = receive_count(record)
+        if last_receive is not None and receives >= last_receive:
+            rows = len(decode_body(record["body"]))
+            letters.append(
+                retries_exhausted(index, record["messageId"], record["body"], receives, reason, rows)
+            )
+        else:
+            failed[record["messageId"]] = reason
     step.publish(metrics)
+    if letters:
+        undelivered = send_dead_letters(aws.env("LAST_TREATMENTS_DEAD_LETTER_QUEUE_URL"), letters)
+        for index, reason in undelivered.items():
+            failed[records[index]["messageId"]] = reason
+        dead_lettered = len(letters) - len(undelivered)
+        metrics.add_metric(
+            name="LastTreatmentMessagesDeadLettered", unit=MetricUnit.Count, value=dead_lettered
+        )
+        log_dead_letters(logger, letters)
     if failed:
         logger.warning("messages to retry", extra={"retry": failed})
-
-    def record_handler(record: SQSRecord) -> None:
-        reason = failed.get(record.message_id)
-        if reason is not None:
-            raise LastTreatmentsNotRecorded(reason)
-
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    return partial_batch_response(event, context, failed, LastTreatmentsNotRecorded)

@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 
 from shared.config import ConfigError
 from shared.http_retry import Deadline
-from shared.outbound.dead_letters import send_dead_letters
-from shared.outbound.delivery import DeadLetter, DeliveryReport, ImpressionObserver, QueuedMessage, deliver
+from shared.outbound.dead_letters import retries_exhausted, send_dead_letters
+from shared.outbound.delivery import DeliveryReport, ImpressionObserver, QueuedMessage, deliver
 from shared.outbound.destinations import Destination, Router, WriteKeys, load_destinations
 from shared.outbound.impressions import BodyError, parse_body
 from shared.outbound.segment_client import SegmentClient, http_client
 
 logger = logging.getLogger(__name__)
-
-RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 @dataclass(frozen=True)
@@ -98,13 +96,13 @@ def _give_up_on_last_receive(
             continue
         del report.retry[record]
         report.dead_letters.append(
-            DeadLetter(
-                record=record,
-                source_message_id=message.message_id,
-                body=message.body,
-                error_codes=(RETRIES_EXHAUSTED,),
-                reason=f"still failing after {message.receive_count} deliveries: {reason}",
-                failed_impressions=_impressions_in(message.body),
+            retries_exhausted(
+                record,
+                message.message_id,
+                message.body,
+                message.receive_count,
+                reason,
+                _impressions_in(message.body),
             )
         )
 

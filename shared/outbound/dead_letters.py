@@ -1,13 +1,16 @@
-"""Permanent failures to the impressions dead-letter queue, with their reasons as attributes.
+"""Failures to a dead-letter queue (impressions, last treatments), with their reasons as attributes.
 
-The body is the message (or the failed part of it) in a shape the impressions queue accepts, so
-that a DLQ redrive after the fix replays it. Attributes: ``errorCode`` (comma-separated codes),
-``reason`` (human-readable, per impression), ``sourceMessageId`` and ``failedImpressions``.
+The body is the message (or the failed part of it) in a shape its queue accepts, so that a DLQ
+redrive after the fix replays it. Attributes: ``errorCode`` (comma-separated codes), ``reason``
+(human-readable, per impression), ``sourceMessageId`` and ``failedImpressions``.
+
+Two kinds of letters: permanent failures, sent at once; and messages still failing on their last
+receive (the queue's ``maxReceiveCount``), which SQS's redrive would otherwise move without a reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -17,6 +20,21 @@ from shared.outbound.delivery import DeadLetter
 from shared.sqs_batches import batch_calls
 
 MAX_CALL_BYTES = 256 * 1024 - 8 * 1024  # SQS's 256 KiB per call, less room for the attributes
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+def retries_exhausted(
+    record: int, message_id: str, body: str, receive_count: int, reason: str, impressions: int
+) -> DeadLetter:
+    """The letter of a message still failing on its last receive: whole, with the last reason."""
+    return DeadLetter(
+        record=record,
+        source_message_id=message_id,
+        body=body,
+        error_codes=(RETRIES_EXHAUSTED,),
+        reason=f"still failing after {receive_count} deliveries: {reason}",
+        failed_impressions=impressions,
+    )
 
 
 def _attributes(letter: DeadLetter) -> dict[str, Any]:
@@ -49,3 +67,16 @@ def _send_chunk(queue_url: str, chunk: list[DeadLetter]) -> dict[int, str]:
         chunk[int(entry["Id"])].record: f"dead-letter queue: {entry.get('Code', 'error')}"
         for entry in response.get("Failed", [])
     }
+
+
+def log_dead_letters(logger: Any, letters: Iterable[DeadLetter]) -> None:
+    """One warning per letter, on the handler's (structured) logger."""
+    for letter in letters:
+        logger.warning(
+            "dead-lettered",
+            extra={
+                "messageId": letter.source_message_id,
+                "errorCodes": letter.error_codes,
+                "reason": letter.reason,
+            },
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from typing import Any
@@ -92,3 +93,10 @@ def dead_letters(queue_url: str) -> list[dict[str, Any]]:
         for message in got:
             attrs = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
             out.append({"body": message["Body"], **attrs})
+
+
+def max_receive_count(queue_url: str) -> int:
+    """The queue's redrive ``maxReceiveCount``: the receive after which SQS dead-letters a message."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    return int(json.loads(attributes["RedrivePolicy"])["maxReceiveCount"])

@@ -551,10 +551,7 @@ def test_a_context_without_a_clock_still_delivers(production: dict[str, Any], si
 def test_a_message_failing_on_its_last_receive_is_dead_lettered_with_the_reason(
     production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
 ) -> None:
-    redrive = boto3.client("sqs", region_name="us-east-1").get_queue_attributes(
-        QueueUrl=stack.queues["ImpressionsQueue"], AttributeNames=["RedrivePolicy"]
-    )["Attributes"]["RedrivePolicy"]
-    last = json.loads(redrive)["maxReceiveCount"]
+    last = sqs_events.max_receive_count(stack.queues["ImpressionsQueue"])
     assert stack.function_environment("ImpressionsFunction")["MAX_RECEIVE_COUNT"] == str(last)
 
     sink.fail_fraction(1.0, 503)

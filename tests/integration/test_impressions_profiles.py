@@ -25,6 +25,7 @@ from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
 from shared.profiles_table import profile_items, treatments_of
 from tests.conftest import load_event, put_config, put_secret
+from tests.integration import sqs_events
 from tests.integration.sqs_events import event, receive_event, settle
 
 WRITE_KEY = "wk-production"
@@ -292,7 +293,7 @@ def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(producti
 
 
 def test_the_last_treatments_function_retries_what_it_could_not_sync_and_refuses_foreign_bodies(
-    production: dict[str, Any], sink: SegmentSink, context: Any
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
 ) -> None:
     from shared.outbound.impressions import Impression
     from shared.profiles.forwarding import encode_bodies
@@ -310,18 +311,51 @@ def test_the_last_treatments_function_retries_what_it_could_not_sync_and_refuses
             )
         ]
     )
-    records = event(*forwarded, '{"not": "a last-treatments message"}')
-    # Segment stores the identify but answers 503: its SQS message is retried, the foreign one too.
+    foreign = '{"not": "a last-treatments message"}'
+    records = event(*forwarded, foreign)
+    # Segment stores the identify but answers 503: its SQS message is retried. The foreign one can
+    # never succeed: it goes to the dead-letter queue at once, with the reason.
     sink.fail_next(1, status=503, accept=True, retry_after=60)
     answer = last_treatments_app.lambda_handler(records, context)
-    assert {f["itemIdentifier"] for f in answer["batchItemFailures"]} == {
-        r["messageId"] for r in records["Records"]
-    }
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][0]["messageId"]]
     assert stored_treatments()["f"]["treatment"] == "on"
+    [letter] = sqs_events.dead_letters(stack.queues["LastTreatmentsDeadLetterQueue"])
+    assert letter["body"] == foreign
+    assert letter["errorCode"] == "invalid_body"
+    assert letter["sourceMessageId"] == records["Records"][1]["messageId"]
+    assert letter["reason"].startswith("not a fme-last-treatments/1 message")
 
-    # The redelivery: the identify goes out again with the same messageId; the foreign body still fails.
+    # The redelivery: the identify goes out again with the same messageId.
     first = {m["messageId"] for m in identifies(sink)}
     sink.clear()
-    answer = last_treatments_app.lambda_handler(records, context)
-    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][1]["messageId"]]
+    answer = last_treatments_app.lambda_handler(event(*forwarded), context)
+    assert answer["batchItemFailures"] == []
     assert {m["messageId"] for m in identifies(sink)} == first
+
+
+def test_the_last_treatments_function_dead_letters_a_message_failing_on_its_last_receive(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    from shared.outbound.impressions import Impression
+    from shared.profiles.forwarding import encode_bodies
+
+    last = sqs_events.max_receive_count(stack.queues["LastTreatmentsQueue"])
+    assert stack.function_environment("LastTreatmentsFunction")["MAX_RECEIVE_COUNT"] == str(last)
+
+    users = [f"{USER}-{n}" for n in range(2)]
+    bodies = [encode_bodies([Impression(u, "f", "on", T0, None, "Production", "user")])[0] for u in users]
+    sink.fail_fraction(1.0, 503)
+    records = {
+        "Records": [
+            sqs_events.record(bodies[0], "not-yet", receive_count=last - 1),
+            sqs_events.record(bodies[1], "last-time", receive_count=last),
+        ]
+    }
+    answer = last_treatments_app.lambda_handler(records, context)
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == ["not-yet"]
+    [letter] = sqs_events.dead_letters(stack.queues["LastTreatmentsDeadLetterQueue"])
+    assert letter["body"] == bodies[1]
+    assert letter["errorCode"] == "retries_exhausted"
+    assert letter["sourceMessageId"] == "last-time"
+    assert letter["failedImpressions"] == "1"
+    assert letter["reason"].startswith(f"still failing after {last} deliveries: ")

@@ -161,6 +161,8 @@ def test_impressions_and_last_treatments_functions_make_exactly_the_calls_their_
     queue_url = stack.queues["LastTreatmentsQueue"]
     forwarded = receive_event(queue_url, stack.queue_arns["LastTreatmentsQueue"])
     assert forwarded["Records"]
+    # And one that is not a forward at all: the dead-letter queue.
+    forwarded["Records"] += event("not a forward")["Records"]
     calls.clear()
     assert last_treatments_app.lambda_handler(forwarded, context) == {"batchItemFailures": []}
     last_treatments_calls = authorised_as(calls)
