@@ -15,11 +15,14 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.audiences import app as stream_app
+from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import SyncReport
 from shared.profiles_table import due_for_recheck
 from shared.tracing import lambda_tracer
 
+# Ready by the first request to Segment / FME: built while the cold start goes on.
+prepare_tls_context()
 logger = Logger()
 metrics = Metrics()
 tracer = lambda_tracer()

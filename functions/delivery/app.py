@@ -22,10 +22,12 @@ from shared import aws
 from shared.delivery.delivery_log import DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
-from shared.http_retry import Deadline
+from shared.http_retry import Deadline, prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.tracing import lambda_tracer
 
+# Ready by the first request to Segment / FME: built while the cold start goes on.
+prepare_tls_context()
 logger = Logger()
 metrics = Metrics()
 tracer = lambda_tracer()

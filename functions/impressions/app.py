@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
 from shared.batch_response import partial_batch_response
+from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.dead_letters import log_dead_letters
@@ -25,6 +26,8 @@ from shared.profiles.forwarding import LastTreatmentForwarder
 from shared.sqs_batches import max_receives, receive_count
 from shared.tracing import lambda_tracer
 
+# Ready by the first request to Segment / FME: built while the cold start goes on.
+prepare_tls_context()
 logger = Logger()
 tracer = lambda_tracer()
 # The template sets the namespace; the default keeps an import before that environment usable.

@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
 from shared.batch_response import partial_batch_response
+from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.dead_letters import log_dead_letters, retries_exhausted, send_dead_letters
 from shared.outbound.delivery import DeadLetter
@@ -30,6 +31,8 @@ from shared.profiles.last_treatment import LastTreatmentRecorder
 from shared.sqs_batches import max_receives, receive_count
 from shared.tracing import lambda_tracer
 
+# Ready by the first request to Segment / FME: built while the cold start goes on.
+prepare_tls_context()
 logger = Logger()
 tracer = lambda_tracer()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
