@@ -68,7 +68,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     )
     _record_metrics(outcome)
     profiles.publish(metrics)
-    log_dead_letters(logger, outcome.report.dead_letters)
+    log_dead_letters(logger, outcome.sent_letters)
     if outcome.retry:
         logger.warning("messages to retry", extra={"retry": outcome.retry})
     return partial_batch_response(event, context, outcome.retry, ImpressionsNotDelivered)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -31,12 +33,28 @@ metrics = Metrics()
 tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
 
-# A request runs in a worker thread that the handler waits for only until shortly before the Lambda
-# times out. A call that hangs (a connection that never answers waits botocore's read timeout on
-# every attempt) would otherwise outlast the function, and a Lambda timeout reaches Segment as a
-# 500. A request still running then is answered 503 and finishes, or fails, in the background:
-# storing is idempotent, so Segment's retry stores nothing twice.
-_requests = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
+
+def _in_thread(work: Callable[[], IngestReport]) -> Future[IngestReport]:
+    """Run ``work`` in a thread of its own, started now.
+
+    The handler waits for a request only until shortly before the Lambda times out. A call that
+    hangs (a connection that never answers waits botocore's read timeout on every attempt) would
+    otherwise outlast the function, and a Lambda timeout reaches Segment as a 500. A request still
+    running then is answered 503 and left to end on its own; storing is idempotent, so what it still
+    writes is found stored by Segment's retry. A thread per request, not a pool: a request must never
+    wait behind hung ones.
+    """
+    future: Future[IngestReport] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to the waiting handler, which maps it to an answer
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="webhook", daemon=True).start()
+    return future
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
@@ -68,7 +86,8 @@ def segment_webhook(connectionId: str) -> Response[str]:
     # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
     remaining_ms = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
     time_left = Deadline(remaining_ms=remaining_ms, margin_ms=1500).seconds_left if remaining_ms else None
-    running = _requests.submit(receive_webhook, request, time.time_ns() // 1_000_000, time_left=time_left)
+    now_ms = time.time_ns() // 1_000_000
+    running = _in_thread(lambda: receive_webhook(request, now_ms, time_left=time_left))
     try:
         report = running.result(timeout=max(0.0, time_left()) if time_left else None)
     except FutureTimeout:
@@ -84,7 +103,8 @@ def segment_webhook(connectionId: str) -> Response[str]:
 
 
 def _late(running: Future[IngestReport]) -> None:
-    """How a request answered 503 at the deadline ended, for the log."""
+    """How a request answered 503 at the deadline ended, for the log (logged when it ends, which may
+    be during a later invocation: Lambda runs the container's threads only while it is invoked)."""
     failure = running.exception()
     if failure is None:
         logger.info(

@@ -83,7 +83,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         metrics.add_metric(
             name="LastTreatmentMessagesDeadLettered", unit=MetricUnit.Count, value=dead_lettered
         )
-        log_dead_letters(logger, letters)
+        log_dead_letters(logger, [letter for letter in letters if letter.record not in undelivered])
     if failed:
         logger.warning("messages to retry", extra={"retry": failed})
     return partial_batch_response(event, context, failed, LastTreatmentsNotRecorded)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from shared.config import ConfigError
 from shared.http_retry import Deadline
-from shared.outbound.dead_letters import retries_exhausted, send_dead_letters
-from shared.outbound.delivery import DeliveryReport, ImpressionObserver, QueuedMessage, deliver
+from shared.outbound.dead_letters import RETRIES_EXHAUSTED, retries_exhausted, send_dead_letters
+from shared.outbound.delivery import DeadLetter, DeliveryReport, ImpressionObserver, QueuedMessage, deliver
 from shared.outbound.destinations import Destination, Router, WriteKeys, load_destinations
 from shared.outbound.impressions import BodyError, parse_body
 from shared.outbound.segment_client import SegmentClient, http_client
@@ -44,7 +44,12 @@ class SenderSettings:
 class BatchOutcome:
     report: DeliveryReport
     retry: dict[str, str] = field(default_factory=dict)  # SQS message id -> transient reason
-    dead_lettered: int = 0  # SQS messages (or parts of them) sent to the DLQ
+    sent_letters: list[DeadLetter] = field(default_factory=list)  # what reached the DLQ
+
+    @property
+    def dead_lettered(self) -> int:
+        """SQS messages (or parts of them) sent to the DLQ."""
+        return len(self.sent_letters)
 
     @property
     def dead_lettered_impressions(self) -> int:
@@ -79,7 +84,8 @@ def process_batch(
     undelivered = send_dead_letters(dead_letter_queue_url, report.dead_letters) if report.dead_letters else {}
     for record, reason in undelivered.items():
         retry[messages[record].message_id] = reason
-    return BatchOutcome(report, retry, len(report.dead_letters) - len(undelivered))
+    sent = [letter for letter in report.dead_letters if letter.record not in undelivered]
+    return BatchOutcome(report, retry, sent)
 
 
 def _give_up_on_last_receive(
@@ -95,14 +101,11 @@ def _give_up_on_last_receive(
         if message.receive_count < max_receives:
             continue
         del report.retry[record]
+        impressions = _impressions_in(message.body)
+        report.permanent[RETRIES_EXHAUSTED] += impressions
         report.dead_letters.append(
             retries_exhausted(
-                record,
-                message.message_id,
-                message.body,
-                message.receive_count,
-                reason,
-                _impressions_in(message.body),
+                record, message.message_id, message.body, message.receive_count, reason, impressions
             )
         )
 

@@ -19,7 +19,10 @@ from shared import aws
 from shared.outbound.delivery import DeadLetter
 from shared.sqs_batches import batch_calls
 
-MAX_CALL_BYTES = 256 * 1024 - 8 * 1024  # SQS's 256 KiB per call, less room for the attributes
+MAX_CALL_BYTES = 256 * 1024  # per SendMessageBatch call: bodies and message attributes together
+# A reason lists every failed impression of the message; past this it is cut (with a count of the
+# rest): SQS counts attributes into a message's 256 KiB.
+MAX_REASON_CHARS = 4000
 RETRIES_EXHAUSTED = "retries_exhausted"
 
 
@@ -37,19 +40,34 @@ def retries_exhausted(
     )
 
 
+def _reason(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason or "-"
+    return f"{reason[:MAX_REASON_CHARS]}… ({len(reason) - MAX_REASON_CHARS} more characters)"
+
+
 def _attributes(letter: DeadLetter) -> dict[str, Any]:
     return {
         "errorCode": {"DataType": "String", "StringValue": ",".join(letter.error_codes)},
-        "reason": {"DataType": "String", "StringValue": letter.reason or "-"},
+        "reason": {"DataType": "String", "StringValue": _reason(letter.reason)},
         "sourceMessageId": {"DataType": "String", "StringValue": letter.source_message_id or "-"},
         "failedImpressions": {"DataType": "Number", "StringValue": str(letter.failed_impressions)},
     }
 
 
+def _size(letter: DeadLetter) -> int:
+    """What SQS counts of a letter: its body, and its attributes' names, types and values."""
+    attributes = _attributes(letter)
+    return len(letter.body.encode()) + sum(
+        len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
+
+
 def send_dead_letters(queue_url: str, letters: Sequence[DeadLetter]) -> dict[int, str]:
     """Send each letter; returns the records (by index) that could not be dead-lettered, with why."""
     failed: dict[int, str] = {}
-    for chunk in batch_calls(letters, lambda letter: len(letter.body.encode()), MAX_CALL_BYTES):
+    for chunk in batch_calls(letters, _size, MAX_CALL_BYTES):
         failed.update(_send_chunk(queue_url, chunk))
     return failed
 

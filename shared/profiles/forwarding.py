@@ -203,9 +203,10 @@ class LastTreatmentForwarder:
     def finish(self) -> Mapping[int, str]:
         if not self._impressions:
             return {}
+        left_out: list[Impression] = []
         try:
             newest = newest_per_slot(self._impressions)
-            failures = send_bodies(self.queue_url, encode_bodies(newest, oversized=self._count_oversized))
+            failures = send_bodies(self.queue_url, encode_bodies(newest, oversized=left_out.append))
         except Exception:  # a bug here must not lose the batch: its messages are retried
             logger.exception("forwarding last treatments failed")
             failures = ["last treatments not forwarded"]
@@ -214,11 +215,9 @@ class LastTreatmentForwarder:
             # all again is idempotent, and so are the track calls of the retried messages.
             logger.warning("forwarding last treatments failed: %s", failures[0])
             return dict.fromkeys(self._records, f"profiles: {failures[0]}")
-        self.forwarded = len(newest) - self.oversized
+        # Counted once, when the batch succeeds: a retried batch leaves them out again.
+        self.forwarded, self.oversized = len(newest) - len(left_out), len(left_out)
         return {}
-
-    def _count_oversized(self, impression: Impression) -> None:
-        self.oversized += 1
 
     def publish(self, metrics: Any) -> None:
         metrics.add_metric(name="LastTreatmentsForwarded", unit="Count", value=self.forwarded)

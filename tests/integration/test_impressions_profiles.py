@@ -359,3 +359,14 @@ def test_the_last_treatments_function_dead_letters_a_message_failing_on_its_last
     assert letter["sourceMessageId"] == "last-time"
     assert letter["failedImpressions"] == "1"
     assert letter["reason"].startswith(f"still failing after {last} deliveries: ")
+
+
+def test_a_dead_letter_queue_out_of_reach_means_retry_not_loss(
+    production: dict[str, Any], sink: SegmentSink, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "LAST_TREATMENTS_DEAD_LETTER_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/missing"
+    )
+    records = event('{"not": "a last-treatments message"}')
+    answer = last_treatments_app.lambda_handler(records, context)
+    assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][0]["messageId"]]

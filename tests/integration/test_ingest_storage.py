@@ -412,7 +412,8 @@ def test_throttling_near_the_lambda_timeout_answers_503_in_time(webhook: Webhook
 
 def test_a_request_that_hangs_is_answered_503_before_the_lambda_times_out(webhook: Webhook) -> None:
     """A DynamoDB call that never answers waits botocore's read timeout on every attempt; a Lambda
-    timeout would reach Segment as a 500. The handler answers 503 at its deadline instead."""
+    timeout would reach Segment as a 500. The handler answers 503 at its deadline instead, and a
+    request after hung ones does not wait behind them."""
     import threading
     import time
 
@@ -423,20 +424,26 @@ def test_a_request_that_hangs_is_answered_503_before_the_lambda_times_out(webhoo
 
     dynamodb.client().meta.events.register("before-call.dynamodb.PutItem", hang)
     webhook.context.remaining_ms = 2_000  # 1.5 s margin: 0.5 s to store
-    started = time.monotonic()
-    answer = webhook.post(segment_message("track"))
-    assert answer.status == 503
-    assert answer.headers["Retry-After"] == "5"
-    assert time.monotonic() - started < 1.5
+    for n in range(3):
+        started = time.monotonic()
+        answer = webhook.post(segment_message("track", messageId=f"hung-{n}"))
+        assert answer.status == 503
+        assert answer.headers["Retry-After"] == "5"
+        assert time.monotonic() - started < 1.5
 
-    # The request goes on in the background and stores the message; Segment's retry finds it stored.
-    release.set()
+    # DynamoDB answers again while those three are still stuck: the next request is stored at once.
     dynamodb.client().meta.events.unregister("before-call.dynamodb.PutItem", hang)
+    answer = webhook.post(segment_message("track", messageId="after"))
+    assert answer.status == 200
+    assert answer.body["stored"] == 1
+
+    # The hung requests end on their own and store their messages; Segment's retries find them stored.
+    release.set()
     deadline = time.monotonic() + 5
-    while webhook.count_events() < 2 and time.monotonic() < deadline:
+    while webhook.count_events() < 8 and time.monotonic() < deadline:
         time.sleep(0.05)
     webhook.context.remaining_ms = 60_000
-    retried = webhook.post(segment_message("track"))
+    retried = webhook.post([segment_message("track", messageId=f"hung-{n}") for n in range(3)])
     assert retried.status == 200
-    assert (retried.body["stored"], retried.body["duplicate"]) == (0, 1)
-    assert webhook.count_events() == 2
+    assert (retried.body["stored"], retried.body["duplicate"]) == (0, 3)
+    assert webhook.count_events() == 8

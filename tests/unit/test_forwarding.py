@@ -247,3 +247,15 @@ def test_the_forwarder_sends_the_rest_and_reports_what_it_left_out(monkeypatch: 
     metrics = SimpleNamespace(added=[], add_metric=lambda **m: metrics.added.append(m))
     forwarder.publish(metrics)
     assert {"name": "LastTreatmentsTooLarge", "unit": "Count", "value": 1} in metrics.added
+
+
+def test_what_is_left_out_is_counted_only_when_the_forward_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed forward retries the batch, which leaves the impression out again: counted then."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    forwarder = LastTreatmentForwarder("https://q")
+    forwarder.observe(0, [imp(), imp("k" * (MAX_CALL_BYTES + 1))])
+    with Stubber(sqs) as stub:
+        stub.add_client_error("send_message_batch", "ServiceUnavailable", http_status_code=503)
+        assert forwarder.finish() == {0: "profiles: last-treatments queue: ClientError"}
+    assert (forwarder.forwarded, forwarder.oversized) == (0, 0)

@@ -124,3 +124,23 @@ def test_tls_context_is_built_once_and_verifies_certificates() -> None:
     first, second = http_client(), http_client()
     assert first._transport._pool._ssl_context is context  # type: ignore[attr-defined]
     assert second._transport._pool._ssl_context is context  # type: ignore[attr-defined]
+
+
+def test_the_tls_context_prepared_in_a_thread_is_the_one_every_caller_gets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from shared import http_retry
+
+    monkeypatch.setattr(http_retry, "_tls", None)
+    http_retry.prepare_tls_context()
+    got: list[object] = []
+    callers = [threading.Thread(target=lambda: got.append(http_retry.tls_context())) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(got) == 8
+    assert all(context is got[0] for context in got)
+    assert http_retry.tls_context() is got[0]
