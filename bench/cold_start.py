@@ -31,41 +31,15 @@ def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
     envelope = workloads.impression_bodies(
         50, workloads.ImpressionMix(envelope_size=50, envelopes=1, webhook_lists=0, singles=0)
     )[0]
-    sqs = {
-        "Records": [
-            {
-                "messageId": "7b2f0c4e-1b1a-4bb0-9f0a-000000000001",
-                "receiptHandle": "AQEBcold",
-                "body": envelope,
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": "1795483041109",
-                    "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-                    "ApproximateFirstReceiveTimestamp": "1795483041109",
-                },
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-ImpressionsQueue",
-                "awsRegion": "us-east-1",
-            }
-        ]
-    }
+    from fme_bridge.local.sqs_source import body_record
     from shared.outbound.impressions import parse_body
     from shared.profiles.forwarding import encode_bodies
 
+    arn = "arn:aws:sqs:us-east-1:123456789012:bench-{}Queue"
+    sqs = {"Records": [body_record(envelope, arn.format("Impressions"), "us-east-1")]}
     # One forwarded last treatment: one conditional write, like the bare handler's one request.
     [forwarded] = encode_bodies([impression for _, impression in parse_body(envelope).impressions][:1])
-    last_treatments = {
-        "Records": [
-            {
-                **sqs["Records"][0],
-                "messageId": "7b2f0c4e-1b1a-4bb0-9f0a-000000000002",
-                "body": forwarded,
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-LastTreatmentsQueue",
-            }
-        ]
-    }
+    last_treatments = {"Records": [body_record(forwarded, arn.format("LastTreatments"), "us-east-1")]}
     stream = {
         "Records": [
             {

@@ -16,14 +16,12 @@ Usage as a worker: ``python -m bench.impressions {handler|official|wire} INPUT R
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +60,9 @@ def _current_rss_mb() -> float:
 
 def _sqs_record(body: str, arn: str) -> dict[str, Any]:
     """An SQS record as Lambda's event source mapping delivers it."""
-    now = str(int(time.time() * 1000))
-    return {
-        "messageId": str(uuid.uuid4()),
-        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
-        "body": body,
-        "attributes": {
-            "ApproximateReceiveCount": "1",
-            "SentTimestamp": now,
-            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-            "ApproximateFirstReceiveTimestamp": now,
-        },
-        "messageAttributes": {},
-        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": arn,
-        "awsRegion": "us-east-1",
-    }
+    from fme_bridge.local.sqs_source import body_record
+
+    return body_record(body, arn, "us-east-1")
 
 
 def handler_worker(bodies_path: Path, warmup_path: Path) -> dict[str, Any]:

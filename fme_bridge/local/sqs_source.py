@@ -13,9 +13,11 @@ queue's redrive policy, implemented by moto) moves them to the dead-letter queue
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,29 @@ def to_event_record(message: dict[str, Any], queue_arn: str, region: str) -> dic
     if "MD5OfMessageAttributes" in message:
         record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
     return record
+
+
+def body_record(
+    body: str, queue_arn: str, region: str, message_id: str | None = None, receive_count: int = 1
+) -> dict[str, Any]:
+    """One record of a Lambda SQS event for a body that never went through a queue (tests, benchmarks)."""
+    now = str(int(time.time() * 1000))
+    return {
+        "messageId": message_id or str(uuid.uuid4()),
+        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": str(receive_count),
+            "SentTimestamp": now,
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": now,
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
 
 
 def failed_message_ids(response: Any, records: list[dict[str, Any]]) -> set[str]:

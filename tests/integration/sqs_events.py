@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-import uuid
 from typing import Any
 
 import boto3
+
+from fme_bridge.local.sqs_source import body_record
 
 REGION = "us-east-1"
 
 
 def record(body: str, message_id: str | None = None, arn: str = "", receive_count: int = 1) -> dict[str, Any]:
-    now = str(int(time.time() * 1000))
-    return {
-        "messageId": message_id or str(uuid.uuid4()),
-        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
-        "body": body,
-        "attributes": {
-            "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": now,
-            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
-            "ApproximateFirstReceiveTimestamp": now,
-        },
-        "messageAttributes": {},
-        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": arn or f"arn:aws:sqs:{REGION}:123456789012:ImpressionsQueue",
-        "awsRegion": REGION,
-    }
+    arn = arn or f"arn:aws:sqs:{REGION}:123456789012:ImpressionsQueue"
+    return body_record(body, arn, REGION, message_id, receive_count)
 
 
 def event(*bodies: str) -> dict[str, Any]:
