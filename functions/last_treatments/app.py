@@ -52,25 +52,28 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     records = event.get("Records", [])
     step = LastTreatmentSync(last_treatments, remaining_time_ms(context))
     letters: list[DeadLetter] = []
+    rows: dict[int, int] = {}  # last treatments per message, for a dead letter's count
     for index, record in enumerate(records):
         body = record.get("body") or ""
         try:
-            step.observe(index, decode_body(body))
+            impressions = decode_body(body)
         except ForwardedBodyError as exc:
             logger.error(
                 "not a last-treatments message", extra={"messageId": record["messageId"], "reason": str(exc)}
             )
             metrics.add_metric(name="LastTreatmentMessagesInvalid", unit=MetricUnit.Count, value=1)
             letters.append(DeadLetter(index, record["messageId"], body, (INVALID_BODY,), str(exc), 0))
+            continue
+        rows[index] = len(impressions)
+        step.observe(index, impressions)
     failed: dict[str, str] = {}
     last_receive = max_receives()
     for index, reason in step.finish().items():
         record = records[index]
         receives = receive_count(record)
         if last_receive is not None and receives >= last_receive:
-            rows = len(decode_body(record["body"]))
             letters.append(
-                retries_exhausted(index, record["messageId"], record["body"], receives, reason, rows)
+                retries_exhausted(index, record["messageId"], record["body"], receives, reason, rows[index])
             )
         else:
             failed[record["messageId"]] = reason
