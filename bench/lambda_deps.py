@@ -22,7 +22,6 @@ from pathlib import Path
 from bench.servers import ROOT
 from fme_bridge import package
 
-REQUIREMENTS = ROOT / "requirements.txt"
 DIRECTORY = ROOT / ".venv" / "lambda-deps"
 STAMP_NAME = ".requirements-stamp"
 # The reference handler and the probe are packaged with the functions, so they load the same way.
@@ -30,7 +29,7 @@ BENCH_MODULES = ("__init__.py", "bare_handler.py", "cold_probe.py")
 
 
 def _stamp() -> str:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    digest = hashlib.sha256(package.REQUIREMENTS.read_bytes()).hexdigest()
     return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode"
 
 
