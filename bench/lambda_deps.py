@@ -25,7 +25,7 @@ from fme_bridge import package
 DIRECTORY = ROOT / ".venv" / "lambda-deps"
 STAMP_NAME = ".requirements-stamp"
 # The reference handler and the probe are packaged with the functions, so they load the same way.
-BENCH_MODULES = ("__init__.py", "bare_handler.py", "cold_probe.py")
+BENCH_MODULES = ("__init__.py", "bare_handler.py", "floor_handler.py", "cold_probe.py")
 
 
 def _stamp() -> str:
@@ -69,6 +69,7 @@ def python_command(*directories: Path) -> tuple[list[str], str]:
     """The interpreter command and ``PYTHONPATH`` of a function: the package's directories, in order.
 
     ``-S`` keeps site-packages (and the development virtualenv) off ``sys.path``, the way only the
-    deployment package is on a Lambda's.
+    deployment package is on a Lambda's; ``-P`` keeps the working directory off it, or ``python -m``
+    would import the bridge from the checkout's sources instead of from the package.
     """
-    return [sys.executable, "-S"], os.pathsep.join(str(d) for d in directories)
+    return [sys.executable, "-S", "-P"], os.pathsep.join(str(d) for d in directories)
