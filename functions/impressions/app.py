@@ -1,7 +1,7 @@
 """SQS → Segment: FME impressions become Segment ``get_treatment`` track calls (SPEC section 3).
 
-The whole batch is delivered first (concurrent requests need every message at hand); the batch
-processor then reports as ``batchItemFailures`` exactly the messages whose impressions are still
+The whole batch is delivered first (concurrent requests need every message at hand); the response
+then lists as ``batchItemFailures`` exactly the messages whose impressions are still
 undelivered. Permanent failures were dead-lettered with their reason and count as processed.
 """
 
@@ -12,11 +12,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
-from shared.batch_response import partial_batch_response
+from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.batch import BatchOutcome, process_batch
@@ -32,10 +31,6 @@ logger = Logger()
 tracer = lambda_tracer()
 # The template sets the namespace; the default keeps an import before that environment usable.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
-
-
-class ImpressionsNotDelivered(Exception):
-    """The message's impressions are not (all) delivered yet; SQS retries it."""
 
 
 def _record_metrics(outcome: BatchOutcome) -> None:
@@ -71,4 +66,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     log_dead_letters(logger, outcome.sent_letters)
     if outcome.retry:
         logger.warning("messages to retry", extra={"retry": outcome.retry})
-    return partial_batch_response(event, context, outcome.retry, ImpressionsNotDelivered)
+    return partial_batch_response(event, outcome.retry)

@@ -16,11 +16,10 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws
-from shared.batch_response import partial_batch_response
+from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.outbound.dead_letters import log_dead_letters, retries_exhausted, send_dead_letters
@@ -39,10 +38,6 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeS
 INVALID_BODY = "invalid_body"
 # Lives as long as the container: remembers last treatments already written and synced.
 last_treatments = LastTreatmentRecorder()
-
-
-class LastTreatmentsNotRecorded(Exception):
-    """The message's last treatments are not (all) recorded and synced yet; SQS retries it."""
 
 
 @logger.inject_lambda_context
@@ -89,4 +84,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         log_dead_letters(logger, [letter for letter in letters if letter.record not in undelivered])
     if failed:
         logger.warning("messages to retry", extra={"retry": failed})
-    return partial_batch_response(event, context, failed, LastTreatmentsNotRecorded)
+    return partial_batch_response(event, failed)
