@@ -89,6 +89,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         "first invocation ms",
         "total ms",
         "vs bare",
+        "vs floor",
         "with tracing",
         "heaviest imports (ms)",
     ):
@@ -103,6 +104,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"{c['first_invocation_seconds'] * 1000:.0f}",
             f"{c['total_seconds'] * 1000:.0f}",
             f"{c['vs_bare']:.2f}×" if "vs_bare" in c else "1.00×",
+            f"{c['vs_floor']:.2f}×" if "vs_floor" in c else "",
             f"{c['with_tracing']['vs_bare']:.2f}×" if "with_tracing" in c else "",
             heavy,
         )

@@ -71,8 +71,14 @@ def test_ingest_stores_every_event_on_both_sides(smoke: tuple[dict[str, Any], Pa
 def test_cold_start_answers_the_first_event(smoke: tuple[dict[str, Any], Path]) -> None:
     results, _ = smoke
     functions = results["cold_start"]["functions"]
-    assert set(functions) == {"bare", *bench_main.SMOKE_COLD_FUNCTIONS}
+    assert set(functions) == {"bare", "floor", *bench_main.SMOKE_COLD_FUNCTIONS}
     assert functions["IngestFunction"]["status"] == 200
+    # The floor (the bare handler on the bridge's dependencies) is reported against bare.
+    assert (
+        functions["floor"]["vs_bare"]
+        == functions["floor"]["total_seconds"] / functions["bare"]["total_seconds"]
+    )
+    assert functions["IngestFunction"]["vs_floor"] > 0
     assert functions["ImpressionsFunction"]["batch_item_failures"] == 0
     assert all(positive(f["total_seconds"]) for f in functions.values())
 
