@@ -196,7 +196,9 @@ def create_stack(
     for logical in ordered:
         props = queues[logical]
         attributes: dict[str, str] = {
-            k: str(props[k]) for k in ("VisibilityTimeout", "MessageRetentionPeriod") if k in props
+            k: str(props[k])
+            for k in ("VisibilityTimeout", "MessageRetentionPeriod", "MaximumMessageSize")
+            if k in props
         }
         if "RedrivePolicy" in props:
             policy = stack.resolve(props["RedrivePolicy"])

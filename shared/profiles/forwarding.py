@@ -32,11 +32,13 @@ from shared.sqs_batches import batch_calls
 logger = logging.getLogger(__name__)
 
 FORMAT = "fme-last-treatments/1"
-# SQS accepts 256 KiB per message and per SendMessageBatch call; the rest is room for the envelope.
-MAX_CALL_BYTES = 240 * 1024
+# SQS accepts 1 MiB per message and per SendMessageBatch call (LastTreatmentsQueue's
+# MaximumMessageSize, template.yaml); the rest is room for the call and for a dead letter's
+# attributes. A call per invocation is the common case: most of the forward's cost is per call.
+MAX_CALL_BYTES = 1000 * 1024
 # Rows are about 110 bytes: a message of this many is a call of its own. A message that comes out
 # larger than a call (long keys or labels) is split in two until it fits.
-ROWS_PER_MESSAGE = 2000
+ROWS_PER_MESSAGE = 8000
 
 Slot = tuple[str | None, str | None, str | None, str, str]  # environment id, name, traffic type, key, split
 

@@ -370,3 +370,27 @@ def test_a_dead_letter_queue_out_of_reach_means_retry_not_loss(
     records = event('{"not": "a last-treatments message"}')
     answer = last_treatments_app.lambda_handler(records, context)
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][0]["messageId"]]
+
+
+def test_a_batch_forwards_its_last_treatments_in_one_message_past_the_old_256_kib(
+    production: dict[str, Any], context: Any
+) -> None:
+    queue_url = aws.env("LAST_TREATMENTS_QUEUE_URL")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    # The local stack makes the queue as template.yaml says: it takes SQS's largest messages.
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["MaximumMessageSize"])
+    assert attributes["Attributes"]["MaximumMessageSize"] == "1048576"
+    keys = [f"user-{i:05d}-{'k' * 60}" for i in range(3000)]
+    bodies = [
+        json.dumps([impression("new_onboarding", "on", T0 + i, key=key) for i, key in enumerate(keys[n::10])])
+        for n in range(10)
+    ]
+
+    response = impressions_app.lambda_handler(event(*bodies), context)
+
+    assert response == {"batchItemFailures": []}
+    forwarded = receive_event(queue_url, "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue")
+    [record] = forwarded["Records"]
+    assert len(record["body"].encode()) > 256 * 1024
+    [group] = json.loads(record["body"])["groups"]
+    assert sorted(row[0] for row in group["rows"]) == keys
