@@ -8,7 +8,8 @@ the probes (``PYTHONDONTWRITEBYTECODE``): they run on the bytecode the build com
 comparison, on sources alone, which is what SAM's standard Python builder would ship.
 
 requirements.txt is installed once into a directory inside ``.venv`` (which ``sam build`` skips) and
-again when it or the Python version changes; the bridge's code is packaged afresh for every run.
+again when it, the Python version or the AWS services kept change; the bridge's code is packaged afresh
+for every run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ BENCH_MODULES = ("__init__.py", "bare_handler.py", "floor_handler.py", "cold_pro
 
 def _stamp() -> str:
     digest = hashlib.sha256(package.REQUIREMENTS.read_bytes()).hexdigest()
-    return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode"
+    services = ",".join(sorted(package.AWS_SERVICES))
+    return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode models:{services}"
 
 
 def ensure(directory: Path = DIRECTORY, log: object = print) -> Path:
@@ -40,7 +42,10 @@ def ensure(directory: Path = DIRECTORY, log: object = print) -> Path:
         return directory
     if callable(log):
         log(f"  installing requirements.txt into {directory.relative_to(ROOT)} (once)")
+    if directory.exists():  # a service pruned before must come back if it is on the list now
+        shutil.rmtree(directory)
     package.install_requirements(directory)
+    package.prune_service_models(directory)
     package.compile_bytecode(directory)
     stamp.write_text(_stamp())
     return directory

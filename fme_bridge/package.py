@@ -9,7 +9,9 @@ SAM's standard Python builder ships sources only, and a Lambda cannot write ``__
 directory is read-only), so every cold start compiled every module again: ``import boto3`` alone took
 three times as long as from bytecode. Here the bytecode is compiled at build time, hash-based and
 unchecked, so that it stays valid whatever timestamps the deployment zip gives the sources. Only what
-the functions import goes in (``functions``, ``shared``): no tests, docs, or benchmarks.
+the functions import goes in (``functions``, ``shared``): no tests, docs, or benchmarks; and of the
+models of every AWS service that botocore and boto3 carry, only those of the services the functions
+call (:data:`AWS_SERVICES`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ REQUIREMENTS = ROOT / "requirements.txt"
 CODE = ("functions", "shared")
 # The functions' runtime (template.yaml Globals): bytecode is only valid for the version that wrote it.
 RUNTIME_VERSION = (3, 13)
+# The AWS services the functions call: their clients (shared.aws, Powertools' SSM and Secrets Manager
+# providers) and X-Ray's sampling client when tracing is on. botocore and boto3 carry a model of each
+# of some 420 services, 28 MB, half of the package; and botocore looks through all of their
+# directories whenever a client first needs a kind of model (about 11 ms each time). A client of a
+# service missing here fails with UnknownServiceError: tests/test_package.py holds the code to this list.
+AWS_SERVICES = frozenset({"dynamodb", "secretsmanager", "sqs", "ssm", "xray"})
 
 
 class PackageError(RuntimeError):
@@ -59,6 +67,17 @@ def copy_code(target: Path, packages: Iterable[str] = CODE, root: Path = ROOT) -
         )
 
 
+def prune_service_models(target: Path, keep: Iterable[str] = AWS_SERVICES) -> None:
+    """Remove the botocore and boto3 models of the services outside ``keep`` (their common data stays)."""
+    keep = set(keep)
+    for data in (target / "botocore" / "data", target / "boto3" / "data"):
+        if not data.is_dir():
+            continue
+        for entry in data.iterdir():
+            if entry.is_dir() and entry.name not in keep:
+                shutil.rmtree(entry)
+
+
 def check_interpreter() -> None:
     """Bytecode is only valid for the Python version that wrote it: the build runs on the runtime's."""
     if sys.version_info[:2] != RUNTIME_VERSION:
@@ -83,6 +102,7 @@ def build(target: Path, platform: str | None = None) -> Path:
     check_interpreter()
     target.mkdir(parents=True, exist_ok=True)
     install_requirements(target, platform)
+    prune_service_models(target)
     copy_code(target)
     compile_bytecode(target)
     return target

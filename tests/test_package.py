@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -96,3 +97,34 @@ def test_bytecode_for_another_python_is_refused(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(package.PackageError, match=r"run it with python3\.99"):
         package.compile_bytecode(tmp_path)
     assert package.main([str(tmp_path / "p"), "--platform", "manylinux2014_aarch64"]) == 1
+
+
+def test_only_the_models_of_the_services_the_functions_call_are_kept(tmp_path: Path) -> None:
+    for library, services in (
+        ("botocore", ("dynamodb", "s3", "ssm", "xray")),
+        ("boto3", ("dynamodb", "ec2")),
+    ):
+        for service in services:
+            (tmp_path / library / "data" / service / "2012-08-10").mkdir(parents=True)
+    for common in ("endpoints.json", "partitions.json", "_retry.json"):
+        (tmp_path / "botocore" / "data" / common).write_text("{}")
+
+    package.prune_service_models(tmp_path)
+
+    kept = {p.name for p in (tmp_path / "botocore" / "data").iterdir()}
+    assert kept == {"dynamodb", "ssm", "xray", "endpoints.json", "partitions.json", "_retry.json"}
+    assert {p.name for p in (tmp_path / "boto3" / "data").iterdir()} == {"dynamodb"}
+
+
+def test_every_aws_client_the_code_creates_is_of_a_kept_service() -> None:
+    sources = [path for code in package.CODE for path in (ROOT / code).rglob("*.py")]
+    called = {
+        match
+        for path in sources
+        for match in re.findall(r"\b(?:client|resource)\(\s*[\"']([a-z0-9-]+)[\"']", path.read_text())
+    }
+    assert called, "no AWS client found: the pattern no longer matches how clients are created"
+    assert called <= package.AWS_SERVICES
+    # Powertools' tracer (shared.tracing) samples through an X-Ray client when tracing is on.
+    assert "xray" in package.AWS_SERVICES
+    assert "from aws_lambda_powertools import Tracer" in (ROOT / "shared" / "tracing.py").read_text()
