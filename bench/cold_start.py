@@ -142,10 +142,14 @@ def heaviest_imports(
     """``-X importtime``: the top-level packages whose modules took longest to import.
 
     Each package's figure is the self time of all its modules (the bridge's own ``shared`` and
-    ``functions`` included), so the figures do not overlap and add up to the whole import.
+    ``functions`` included), so the figures do not overlap and add up to the whole import. Threads
+    run where they are started: ``-X importtime`` nests every thread's imports into one tree, and
+    the TLS context a function prepares on a thread as it starts (importing httpx there) would
+    otherwise leave the figures meaningless.
     """
+    sequential = "import threading; threading.Thread.start = threading.Thread.run"
     completed = subprocess.run(
-        [*python, "-X", "importtime", "-c", f"import {module}"],
+        [*python, "-X", "importtime", "-c", f"{sequential}; import {module}"],
         env=env,
         capture_output=True,
         text=True,

@@ -90,14 +90,10 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         "total ms",
         "vs bare",
         "vs floor",
-        "with tracing",
-        "heaviest imports (ms)",
+        "traced",
     ):
-        t.add_column(column, justify="left" if column in ("function", "heaviest imports (ms)") else "right")
+        t.add_column(column, justify="left" if column == "function" else "right")
     for name, c in cold.items():
-        heavy = ", ".join(
-            f"{h['package']} {h['milliseconds']:.0f}" for h in c.get("heaviest_imports", [])[:5]
-        )
         t.add_row(
             name,
             f"{c['import_seconds'] * 1000:.0f}",
@@ -106,9 +102,17 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             f"{c['vs_bare']:.2f}×" if "vs_bare" in c else "1.00×",
             f"{c['vs_floor']:.2f}×" if "vs_floor" in c else "",
             f"{c['with_tracing']['vs_bare']:.2f}×" if "with_tracing" in c else "",
-            heavy,
         )
     console.print(t)
+    if any(c.get("heaviest_imports") for c in cold.values()):
+        t = Table(title="Heaviest imports: self time of each top-level package (python -X importtime), ms")
+        t.add_column("function")
+        t.add_column("packages")
+        for name, c in cold.items():
+            t.add_row(
+                name, ", ".join(f"{h['package']} {h['milliseconds']:.0f}" for h in c["heaviest_imports"][:6])
+            )
+        console.print(t)
 
     t = Table(title="Targets")
     for column in ("measure", "value", "target", ""):
