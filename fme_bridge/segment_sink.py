@@ -64,6 +64,7 @@ class RecordedRequest:
     error: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     gzipped: bool = False
+    connection: str | None = None  # the client's address and port: requests on one connection share it
 
     @property
     def size(self) -> int:
@@ -315,6 +316,7 @@ def _handler_for(sink: SegmentSink) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             gzipped = headers.get("content-encoding", "").lower() == "gzip"
             recorded = RecordedRequest("POST", self.path, headers, raw, None, gzipped=gzipped)
+            recorded.connection = "{}:{}".format(*self.client_address[:2])
             route = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
             if not self.path.startswith("/v1/") or route not in (*BATCH_ROUTES, *SINGLE_CALL_TYPES):
                 recorded.status = 404

@@ -6,12 +6,12 @@ exactly what Lambda runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from shared import http_session
 from shared.config import ConfigError
 from shared.http_retry import Deadline
 from shared.outbound.dead_letters import RETRIES_EXHAUSTED, retries_exhausted, send_dead_letters
@@ -77,7 +77,7 @@ def process_batch(
         logger.error("outbound configs unavailable, retrying the whole batch: %s", exc)
         report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
     else:
-        report = asyncio.run(_deliver(messages, destinations, remaining_ms, observers, settings))
+        report = http_session.run(_deliver(messages, destinations, remaining_ms, observers, settings))
     if max_receives is not None:
         _give_up_on_last_receive(messages, report, max_receives)
     retry = {messages[i].message_id: reason for i, reason in report.retry.items()}
@@ -127,6 +127,10 @@ async def _deliver(
     # A short-lived invocation (or a test's context) still gets three quarters of its time to send.
     margin_ms = min(settings.margin_ms, max(0, remaining_ms()) // 4)
     deadline = Deadline(remaining_ms, margin_ms=margin_ms)
-    async with http_client(settings.request_timeout, settings.concurrency) as http:
-        client = SegmentClient(http, deadline, settings.concurrency)
-        return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)
+    # Kept for the next invocation, with its connections to Segment (shared.http_session).
+    http = http_session.client(
+        ("segment", settings.request_timeout, settings.concurrency),
+        lambda: http_client(settings.request_timeout, settings.concurrency),
+    )
+    client = SegmentClient(http, deadline, settings.concurrency)
+    return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shared import http_session
 from shared.config import ConfigError, ConfigNotFound
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.destinations import Destination, WriteKeys
@@ -26,28 +27,29 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
     from shared.outbound.segment_messages import encode
 
     keys = WriteKeys()
-    async with http_client() as http:
-        client = SegmentClient(http, deadline)
+    # Kept for the next invocation, with its connections to Segment (shared.http_session).
+    http = http_session.client(("segment", "identifies"), http_client)
+    client = SegmentClient(http, deadline)
 
-        async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
-            try:
-                write_key = keys.get(destination)
-            except ConfigNotFound:
-                return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
-            except ConfigError:
-                return Outcome.TRANSIENT
-            packer = BatchPacker()
-            pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
-            if (last := packer.flush()) is not None:
-                pending.append(last)
-            for batch in pending:
-                result = await client.send(destination.endpoint, write_key, batch)
-                if result.outcome is not Outcome.DELIVERED:
-                    return result.outcome
-            return Outcome.DELIVERED
+    async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
+        try:
+            write_key = keys.get(destination)
+        except ConfigNotFound:
+            return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
+        except ConfigError:
+            return Outcome.TRANSIENT
+        packer = BatchPacker()
+        pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
+        if (last := packer.flush()) is not None:
+            pending.append(last)
+        for batch in pending:
+            result = await client.send(destination.endpoint, write_key, batch)
+            if result.outcome is not Outcome.DELIVERED:
+                return result.outcome
+        return Outcome.DELIVERED
 
-        names = list(batches)
-        outcomes = await asyncio.gather(*(send(*batches[name]) for name in names))
+    names = list(batches)
+    outcomes = await asyncio.gather(*(send(*batches[name]) for name in names))
     return dict(zip(names, outcomes, strict=True))
 
 
@@ -61,4 +63,6 @@ class IdentifySender:
     def __call__(self, batches: IdentifyBatches) -> dict[str, Outcome]:
         if not batches:
             return {}
-        return asyncio.run(send_identifies(batches, Deadline(self.remaining_ms, margin_ms=self.margin_ms)))
+        return http_session.run(
+            send_identifies(batches, Deadline(self.remaining_ms, margin_ms=self.margin_ms))
+        )

@@ -573,3 +573,15 @@ def test_a_message_failing_on_its_last_receive_is_dead_lettered_with_the_reason(
     assert attributes["failedImpressions"] == "2"
     assert attributes["reason"].startswith(f"still failing after {last} deliveries: ")
     assert "503" in attributes["reason"]
+
+
+def test_the_next_invocation_reuses_the_connections_to_segment(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """The HTTP client outlives the invocation (shared.http_session): no new TCP / TLS per batch."""
+    assert app.lambda_handler(event(json.dumps(webhook(key="user-1"))), context) == {"batchItemFailures": []}
+    assert app.lambda_handler(event(json.dumps(webhook(key="user-2"))), context) == {"batchItemFailures": []}
+
+    first, second = sink.requests
+    assert first.connection is not None
+    assert second.connection == first.connection

@@ -1,0 +1,76 @@
+"""The lasting event loop and clients: kept between calls on a thread, never shared across loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from shared import http_session
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    http_session.close()
+    yield
+    http_session.close()
+
+
+def _client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
+
+
+async def _loop_and_client() -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
+    http = http_session.client("segment", _client)
+    assert (await http.get("https://api.segment.io/v1/batch")).status_code == 200
+    return asyncio.get_running_loop(), http
+
+
+def test_the_loop_and_the_client_last_from_one_call_to_the_next() -> None:
+    loop, http = http_session.run(_loop_and_client())
+    again_loop, again_http = http_session.run(_loop_and_client())
+
+    assert again_loop is loop
+    assert not loop.is_closed()
+    assert again_http is http
+
+
+def test_each_key_has_its_client() -> None:
+    async def both() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        return http_session.client("a", _client), http_session.client("b", _client)
+
+    a, b = http_session.run(both())
+    assert a is not b
+
+
+def test_under_another_loop_a_client_is_made_for_it() -> None:
+    _, lasting = http_session.run(_loop_and_client())
+    _, other = asyncio.run(_loop_and_client())
+
+    assert other is not lasting
+
+
+def test_each_thread_has_its_own_loop_and_client() -> None:
+    here = http_session.run(_loop_and_client())
+    there: list[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = []
+    thread = threading.Thread(target=lambda: there.append(http_session.run(_loop_and_client())))
+    thread.start()
+    thread.join()
+
+    assert there[0][0] is not here[0]
+    assert there[0][1] is not here[1]
+
+
+def test_close_closes_the_clients_and_the_loop_and_a_later_run_starts_afresh() -> None:
+    loop, http = http_session.run(_loop_and_client())
+
+    http_session.close()
+
+    assert http.is_closed
+    assert loop.is_closed()
+    new_loop, new_http = http_session.run(_loop_and_client())
+    assert new_loop is not loop
+    assert new_http is not http
