@@ -15,8 +15,9 @@ was frozen is replaced, and a request that fails on it is retried like any trans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -28,8 +29,7 @@ T = TypeVar("T")
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.runner: asyncio.Runner | None = None
-        # Each client with the loop it was made on: one made under another loop is not reused.
-        self.clients: dict[Hashable, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self.clients: dict[Hashable, httpx.AsyncClient] = {}
 
 
 _state = _ThreadState()
@@ -42,23 +42,28 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return _state.runner.run(coroutine)
 
 
-def client(key: Hashable, factory: Callable[[], httpx.AsyncClient]) -> httpx.AsyncClient:
-    """This thread's client for ``key``, made by ``factory`` the first time; called in a coroutine.
+@contextlib.asynccontextmanager
+async def client(key: Hashable, factory: Callable[[], httpx.AsyncClient]) -> AsyncIterator[httpx.AsyncClient]:
+    """``async with client(key, factory) as http``: this thread's lasting client for ``key``.
 
-    Under :func:`run` the client lasts; under any other loop (``asyncio.run``) it is made for that loop.
+    Under :func:`run` the client is made by ``factory`` the first time and kept, open, for the next
+    call. Under any other event loop (``asyncio.run``, the command line) it is made for this block
+    and closed at its end, as ``async with factory()`` would.
     """
-    loop = asyncio.get_running_loop()
+    runner = _state.runner
+    if runner is None or runner.get_loop() is not asyncio.get_running_loop():
+        async with factory() as http:
+            yield http
+        return
     found = _state.clients.get(key)
-    if found is not None and found[0] is loop and not found[1].is_closed:
-        return found[1]
-    made = factory()
-    _state.clients[key] = (loop, made)
-    return made
+    if found is None or found.is_closed:
+        found = _state.clients[key] = factory()
+    yield found
 
 
 def close() -> None:
     """Close this thread's clients and loop (a later :func:`run` starts afresh)."""
-    runner, clients = _state.runner, [http for _, http in _state.clients.values()]
+    runner, clients = _state.runner, list(_state.clients.values())
     _state.runner, _state.clients = None, {}
     if runner is None:
         return

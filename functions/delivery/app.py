@@ -7,7 +7,6 @@ stream retries from the first of them and the delivery log keeps the rest from b
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from typing import Any
@@ -18,7 +17,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared import aws
+from shared import aws, http_session
 from shared.delivery.delivery_log import DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
@@ -55,7 +54,7 @@ def delivery() -> Delivery:
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
-    report = asyncio.run(delivery().deliver(records, Deadline(remaining_time_ms(context))))
+    report = http_session.run(delivery().deliver(records, Deadline(remaining_time_ms(context))))
     for name, count in sorted(report.counts.items()):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
 

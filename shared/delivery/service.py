@@ -19,6 +19,7 @@ local. Acknowledged identity versions are logged like events, so a retried batch
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 
-from shared import config
+from shared import config, http_session
 from shared.config import DeliveryConfig, FmeKeys
 from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
 from shared.delivery.failure_queue import FailureQueue, Refusal
@@ -170,13 +171,17 @@ class Delivery:
         self._transport = transport
         self._http_timeout = http_timeout
 
-    def _http(self) -> httpx.AsyncClient:
-        """A client per invocation (an async client is bound to its event loop); the TLS context is shared."""
-        return httpx.AsyncClient(
-            transport=self._transport,
-            timeout=httpx.Timeout(self._http_timeout, connect=3.0),
-            verify=tls_context(),
-        )
+    def _http(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        """The FME client, kept with its connections for the next invocation (shared.http_session)."""
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                transport=self._transport,
+                timeout=httpx.Timeout(self._http_timeout, connect=3.0),
+                verify=tls_context(),
+            )
+
+        return http_session.client(("fme", self._http_timeout, self._transport), make)
 
     async def deliver(self, records: Sequence[dict[str, Any]], deadline: Deadline) -> DeliveryReport:
         """Deliver one stream batch (Lambda's ``event["Records"]``)."""

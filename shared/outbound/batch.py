@@ -128,9 +128,9 @@ async def _deliver(
     margin_ms = min(settings.margin_ms, max(0, remaining_ms()) // 4)
     deadline = Deadline(remaining_ms, margin_ms=margin_ms)
     # Kept for the next invocation, with its connections to Segment (shared.http_session).
-    http = http_session.client(
-        ("segment", settings.request_timeout, settings.concurrency),
-        lambda: http_client(settings.request_timeout, settings.concurrency),
-    )
-    client = SegmentClient(http, deadline, settings.concurrency)
-    return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)
+    key = ("segment", settings.request_timeout, settings.concurrency)
+    async with http_session.client(
+        key, lambda: http_client(settings.request_timeout, settings.concurrency)
+    ) as http:
+        client = SegmentClient(http, deadline, settings.concurrency)
+        return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)

@@ -106,7 +106,7 @@ def sent_at() -> str:
 
 
 def http_client(timeout: float = 10.0, concurrency: int = 8) -> httpx.AsyncClient:
-    """The Segment client's HTTP client; :mod:`shared.http_session` keeps it from one invocation to the next."""
+    """The Segment HTTP client; :mod:`shared.http_session` keeps it from one invocation to the next."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),

@@ -28,28 +28,28 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
 
     keys = WriteKeys()
     # Kept for the next invocation, with its connections to Segment (shared.http_session).
-    http = http_session.client(("segment", "identifies"), http_client)
-    client = SegmentClient(http, deadline)
+    async with http_session.client(("segment", "identifies"), http_client) as http:
+        client = SegmentClient(http, deadline)
 
-    async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
-        try:
-            write_key = keys.get(destination)
-        except ConfigNotFound:
-            return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
-        except ConfigError:
-            return Outcome.TRANSIENT
-        packer = BatchPacker()
-        pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
-        if (last := packer.flush()) is not None:
-            pending.append(last)
-        for batch in pending:
-            result = await client.send(destination.endpoint, write_key, batch)
-            if result.outcome is not Outcome.DELIVERED:
-                return result.outcome
-        return Outcome.DELIVERED
+        async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
+            try:
+                write_key = keys.get(destination)
+            except ConfigNotFound:
+                return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
+            except ConfigError:
+                return Outcome.TRANSIENT
+            packer = BatchPacker()
+            pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
+            if (last := packer.flush()) is not None:
+                pending.append(last)
+            for batch in pending:
+                result = await client.send(destination.endpoint, write_key, batch)
+                if result.outcome is not Outcome.DELIVERED:
+                    return result.outcome
+            return Outcome.DELIVERED
 
-    names = list(batches)
-    outcomes = await asyncio.gather(*(send(*batches[name]) for name in names))
+        names = list(batches)
+        outcomes = await asyncio.gather(*(send(*batches[name]) for name in names))
     return dict(zip(names, outcomes, strict=True))
 
 

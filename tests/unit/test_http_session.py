@@ -23,10 +23,10 @@ def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
 
 
-async def _loop_and_client() -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
-    http = http_session.client("segment", _client)
-    assert (await http.get("https://api.segment.io/v1/batch")).status_code == 200
-    return asyncio.get_running_loop(), http
+async def _loop_and_client(key: str = "segment") -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
+    async with http_session.client(key, _client) as http:
+        assert (await http.get("https://api.segment.io/v1/batch")).status_code == 200
+        return asyncio.get_running_loop(), http
 
 
 def test_the_loop_and_the_client_last_from_one_call_to_the_next() -> None:
@@ -36,21 +36,23 @@ def test_the_loop_and_the_client_last_from_one_call_to_the_next() -> None:
     assert again_loop is loop
     assert not loop.is_closed()
     assert again_http is http
+    assert not http.is_closed
 
 
 def test_each_key_has_its_client() -> None:
-    async def both() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
-        return http_session.client("a", _client), http_session.client("b", _client)
+    _, a = http_session.run(_loop_and_client("a"))
+    _, b = http_session.run(_loop_and_client("b"))
 
-    a, b = http_session.run(both())
     assert a is not b
 
 
-def test_under_another_loop_a_client_is_made_for_it() -> None:
+def test_under_another_loop_the_client_is_made_for_the_block_and_closed() -> None:
     _, lasting = http_session.run(_loop_and_client())
     _, other = asyncio.run(_loop_and_client())
 
     assert other is not lasting
+    assert other.is_closed
+    assert not lasting.is_closed
 
 
 def test_each_thread_has_its_own_loop_and_client() -> None:
