@@ -153,7 +153,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     )
 
     phases = results["ingest"]["phases"]
-    names = list(phases)
+    names = sorted(phases, key=lambda phase: phase != "single")  # single messages, then bodies
     x = range(len(names))
     real = [phases[p]["real"]["seconds"] for p in names]
     base = [phases[p]["baseline"]["seconds"] for p in names]
@@ -161,17 +161,21 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     axes[1].bar([i + 0.2 for i in x], base, 0.4, label="json.loads + BatchWriteItem", color="#868e96")
     axes[1].set_xticks(list(x), [f"{p}\n{phases[p]['time_vs_baseline']:.2f}× baseline" for p in names])
     axes[1].set_title("Webhook ingest, seconds (moto DynamoDB)")
-    axes[1].legend()
+    axes[1].set_ylim(top=max(real + base) * 1.3)  # room for the legend above the bars
+    axes[1].legend(loc="upper left")
 
     cold = results["cold_start"]["functions"]
-    names = list(cold)
+    names = [n for n in ("bare", "floor") if n in cold] + sorted(
+        n for n in cold if n not in ("bare", "floor")
+    )
     imports = [cold[n]["import_seconds"] * 1000 for n in names]
     firsts = [cold[n]["first_invocation_seconds"] * 1000 for n in names]
-    axes[2].barh(names, imports, label="import", color="#1c7ed6")
-    axes[2].barh(names, firsts, left=imports, label="first invocation", color="#74c0fc")
+    labels = [{"bare": "bare boto3 handler", "floor": "bare + dependencies"}.get(n, n) for n in names]
+    axes[2].barh(labels, imports, label="import", color="#1c7ed6")
+    axes[2].barh(labels, firsts, left=imports, label="first invocation", color="#74c0fc")
     axes[2].set_title("Cold start, ms (median)")
     axes[2].invert_yaxis()
-    axes[2].legend()
+    axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     fig.suptitle(
         f"fme-segment-bridge benchmarks — {results['started_at']} "
         f"({results['machine']['cpus']} cores, load {results['machine']['load_average_start']:.1f})"
