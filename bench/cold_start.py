@@ -277,40 +277,35 @@ def run(
         def median(rs: list[dict[str, Any]], key: str) -> float:
             return statistics.median(r[key] for r in rs) if rs else float("nan")
 
-        bare_total = median(runs["bare"], "import_seconds") + median(runs["bare"], "first_invocation_seconds")
-        floor_total = median(runs["floor"], "import_seconds") + median(
-            runs["floor"], "first_invocation_seconds"
-        )
-        for name, module, total in (("bare", BARE, bare_total), ("floor", FLOOR, floor_total)):
+        def summary(name: str, module: str, env: dict[str, str]) -> dict[str, Any]:
             rs = runs[name]
-            results[name] = {
+            total = median(rs, "import_seconds") + median(rs, "first_invocation_seconds")
+            return {
                 "handler": module + ".lambda_handler",
                 "import_seconds": median(rs, "import_seconds"),
                 "first_invocation_seconds": median(rs, "first_invocation_seconds"),
                 "total_seconds": total,
                 "cpu_seconds": median(rs, "import_cpu_seconds") + median(rs, "first_invocation_cpu_seconds"),
-                "heaviest_imports": heaviest_imports(module, bare_env, python) if import_profile else [],
+                "heaviest_imports": heaviest_imports(module, env, python) if import_profile else [],
                 **sources_only(name, total),
             }
+
+        results["bare"] = summary("bare", BARE, bare_env)
+        results["floor"] = summary("floor", FLOOR, bare_env)
+        bare_total, floor_total = results["bare"]["total_seconds"], results["floor"]["total_seconds"]
         results["floor"]["vs_bare"] = floor_total / bare_total
         for logical, module, _, env in plans:
             rs = runs[logical]
             if not rs:
                 continue
-            total = median(rs, "import_seconds") + median(rs, "first_invocation_seconds")
-            results[logical] = {
-                "handler": module + ".lambda_handler",
-                "import_seconds": median(rs, "import_seconds"),
-                "first_invocation_seconds": median(rs, "first_invocation_seconds"),
-                "total_seconds": total,
-                "cpu_seconds": median(rs, "import_cpu_seconds") + median(rs, "first_invocation_cpu_seconds"),
-                "vs_bare": total / bare_total,
-                "vs_floor": total / floor_total,
-                "status": rs[-1].get("status"),
-                "batch_item_failures": rs[-1].get("batch_item_failures"),
-                "heaviest_imports": heaviest_imports(module, env, python) if import_profile else [],
-                **sources_only(logical, total),
-            }
+            results[logical] = summary(logical, module, env)
+            total = results[logical]["total_seconds"]
+            results[logical].update(
+                vs_bare=total / bare_total,
+                vs_floor=total / floor_total,
+                status=rs[-1].get("status"),
+                batch_item_failures=rs[-1].get("batch_item_failures"),
+            )
             if traced[logical]:
                 with_tracing = median(traced[logical], "import_seconds") + median(
                     traced[logical], "first_invocation_seconds"
