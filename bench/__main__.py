@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few hundred items per measurement")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     args = parser.parse_args(argv)
-    console = Console()
+    # The tables need about 120 columns; rich assumes 80 when the output is not a terminal (make, CI).
+    console = Console(width=max(Console().width, 120))
     results = run(SMOKE if args.smoke else FULL, console)
     report.print_tables(results, console)
     report.write_json(results, args.out / "latest.json")
