@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.template import Stack, function_events
+from shared import http_session
 
 # How long one receive call waits for messages; bounds how quickly the poller notices a stop.
 _POLL_SECONDS = 1
@@ -153,6 +154,12 @@ class SqsPoller(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
+        try:
+            self._poll()
+        finally:  # the handlers' HTTP clients and loop last as long as this thread (shared.http_session)
+            http_session.close()
+
+    def _poll(self) -> None:
         while not self._stopping.is_set():
             try:
                 batch = self.collect_batch()

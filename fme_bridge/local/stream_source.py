@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.template import Stack, function_events
+from shared import http_session
 
 _IDLE_SECONDS = 0.2
 _RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
@@ -153,6 +154,12 @@ class StreamPoller(threading.Thread):
         return str(self.streams.get_shard_iterator(**kwargs)["ShardIterator"])
 
     def run(self) -> None:
+        try:
+            self._poll()
+        finally:  # the handlers' HTTP clients and loop last as long as this thread (shared.http_session)
+            http_session.close()
+
+    def _poll(self) -> None:
         while not self._stopping.is_set():
             try:
                 if not self.poll_once():
