@@ -7,17 +7,22 @@ functions, that is two round trips before the first byte, on up to eight connect
 
 An ``httpx.AsyncClient`` belongs to the event loop it first ran on, so each thread (the handler's,
 or one of the local stack's pollers) has a loop of its own, kept open between calls, and its own
-clients. A connection idle longer than httpx's keep-alive expiry (5 s) is closed before it would be
-used again, so none comes back from a long freeze; one that the server closed while the function
-was frozen is replaced, and a request that fails on it is retried like any transport error.
+clients. A client left unused for more than :data:`MAX_IDLE_SECONDS` of wall-clock time is closed
+and replaced rather than reused: a frozen container's monotonic clock, which httpx's own keep-alive
+expiry reads, may not have counted the freeze, and a connection dropped without a word meanwhile
+would cost a whole read timeout. A call that fails leaves nothing behind for the next one: its
+other tasks are cancelled and the loop and clients closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -25,21 +30,40 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# Below httpx's keep-alive expiry (5 s) and the idle timeouts of HTTP servers and NAT gateways.
+MAX_IDLE_SECONDS = 4.0
+
+
+@dataclass
+class _Kept:
+    http: httpx.AsyncClient
+    users: int = 0  # blocks using it now
+    idle_since: float = field(default_factory=time.time)  # wall clock, when its last block ended
+
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.runner: asyncio.Runner | None = None
-        self.clients: dict[Hashable, httpx.AsyncClient] = {}
+        self.clients: dict[Hashable, _Kept] = {}
 
 
 _state = _ThreadState()
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on this thread's lasting event loop, as ``asyncio.run`` would, and keep the loop."""
+    """Run ``coroutine`` on this thread's lasting event loop, as ``asyncio.run`` would, and keep the loop.
+
+    Like ``asyncio.run``, the coroutine sees the caller's context variables as they are now. If it
+    raises, whatever it left running is cancelled (and threads it started are waited for) before
+    the exception goes on: nothing of a failed invocation runs on into the next.
+    """
     if _state.runner is None:
         _state.runner = asyncio.Runner()
-    return _state.runner.run(coroutine)
+    try:
+        return _state.runner.run(coroutine, context=contextvars.copy_context())
+    except BaseException:
+        close()
+        raise
 
 
 @contextlib.asynccontextmanager
@@ -47,32 +71,47 @@ async def client(key: Hashable, factory: Callable[[], httpx.AsyncClient]) -> Asy
     """``async with client(key, factory) as http``: this thread's lasting client for ``key``.
 
     Under :func:`run` the client is made by ``factory`` the first time and kept, open, for the next
-    call. Under any other event loop (``asyncio.run``, the command line) it is made for this block
-    and closed at its end, as ``async with factory()`` would.
+    call (unless it then sat idle too long). Under any other event loop (``asyncio.run``, the command
+    line) it is made for this block and closed at its end, as ``async with factory()`` would.
     """
     runner = _state.runner
     if runner is None or runner.get_loop() is not asyncio.get_running_loop():
         async with factory() as http:
             yield http
         return
-    found = _state.clients.get(key)
-    if found is None or found.is_closed:
-        found = _state.clients[key] = factory()
-    yield found
+    kept = _state.clients.get(key)
+    stale = kept is not None and (kept.http.is_closed or time.time() - kept.idle_since > MAX_IDLE_SECONDS)
+    if kept is not None and stale and kept.users == 0:  # never under a block still using it
+        await kept.http.aclose()
+        kept = None
+    if kept is None:
+        kept = _state.clients[key] = _Kept(factory())
+    kept.users += 1
+    try:
+        yield kept.http
+    finally:
+        kept.users -= 1
+        kept.idle_since = time.time()
 
 
 def close() -> None:
-    """Close this thread's clients and loop (a later :func:`run` starts afresh)."""
-    runner, clients = _state.runner, list(_state.clients.values())
+    """Cancel what is left on this thread's loop, close its clients and the loop (and wait for the
+    threads it started); a later :func:`run` starts afresh."""
+    runner, clients = _state.runner, [kept.http for kept in _state.clients.values()]
     _state.runner, _state.clients = None, {}
     if runner is None:
         return
 
-    async def close_clients() -> None:
+    async def cancel_and_close() -> None:
+        current = asyncio.current_task()
+        left = [task for task in asyncio.all_tasks() if task is not current]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
         for http in clients:
             await http.aclose()
 
     try:
-        runner.run(close_clients())
+        runner.run(cancel_and_close())
     finally:
-        runner.close()
+        runner.close()  # also shuts down the loop's default executor: asyncio.to_thread's threads

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from fme_bridge.template import Stack, create_stack
-from shared import aws, config
+from shared import aws, config, http_session
 
 EVENTS_DIR = Path(__file__).parent / "events"
 REGION = "us-east-1"
@@ -37,6 +37,7 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     aws.reset_clients()
     config.clear_caches()
+    http_session.close()  # no HTTP client or connection outlives its test
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -58,7 +60,12 @@ def test_under_another_loop_the_client_is_made_for_the_block_and_closed() -> Non
 def test_each_thread_has_its_own_loop_and_client() -> None:
     here = http_session.run(_loop_and_client())
     there: list[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = []
-    thread = threading.Thread(target=lambda: there.append(http_session.run(_loop_and_client())))
+
+    def in_thread() -> None:
+        there.append(http_session.run(_loop_and_client()))
+        http_session.close()
+
+    thread = threading.Thread(target=in_thread)
     thread.start()
     thread.join()
 
@@ -76,3 +83,62 @@ def test_close_closes_the_clients_and_the_loop_and_a_later_run_starts_afresh() -
     new_loop, new_http = http_session.run(_loop_and_client())
     assert new_loop is not loop
     assert new_http is not http
+
+
+def test_a_client_idle_for_longer_than_the_limit_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen container's monotonic clock may not count the freeze: wall-clock idleness decides."""
+    _, http = http_session.run(_loop_and_client())
+    later = time.time() + http_session.MAX_IDLE_SECONDS + 1
+    monkeypatch.setattr(http_session.time, "time", lambda: later)
+
+    _, fresh = http_session.run(_loop_and_client())
+
+    assert fresh is not http
+    assert http.is_closed
+
+
+def test_a_client_in_use_is_not_replaced_under_its_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(http_session.time, "time", lambda: clock[0])
+
+    async def overlapping() -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        async with http_session.client("segment", _client) as first:
+            clock[0] += http_session.MAX_IDLE_SECONDS + 1
+            async with http_session.client("segment", _client) as second:
+                return first, second
+
+    first, second = http_session.run(overlapping())
+    assert second is first
+    assert not first.is_closed
+
+
+def test_a_failed_call_leaves_nothing_running_into_the_next() -> None:
+    ran: list[str] = []
+
+    async def late() -> None:
+        await asyncio.sleep(0.05)
+        ran.append("late")
+
+    async def failing() -> None:
+        asyncio.get_running_loop().create_task(late())
+        raise RuntimeError("a bug")
+
+    _, http = http_session.run(_loop_and_client())
+    with pytest.raises(RuntimeError, match="a bug"):
+        http_session.run(failing())
+    http_session.run(asyncio.sleep(0.1))
+
+    assert ran == []
+    assert http.is_closed
+
+
+def test_each_call_sees_the_callers_context_variables() -> None:
+    request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+    async def seen() -> str | None:
+        return request_id.get()
+
+    request_id.set("first")
+    assert http_session.run(seen()) == "first"
+    request_id.set("second")
+    assert http_session.run(seen()) == "second"
