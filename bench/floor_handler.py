@@ -1,8 +1,9 @@
 """The second reference for measurement 3: the bare handler on the bridge's own stack.
 
-It imports what every function of the bridge imports before any of its own code (boto3, Powertools'
-logger and metrics, pydantic, httpx), wraps the handler the way the functions are wrapped, validates
-the body with a pydantic model, and then hands the event to :mod:`bench.bare_handler`. The
+It imports what the functions import before any of the bridge's own code (boto3, Powertools' logger
+and metrics, pydantic, and httpx, which the functions that send HTTP import), carries their logger
+and metrics decorators, validates the body with a pydantic model, and then hands the event to
+:mod:`bench.bare_handler`. The
 difference between it and the bare handler is the price of the chosen dependencies; the difference
 between a function and it is the price of the bridge's own code and its requests.
 """

@@ -5,7 +5,8 @@ which SQS messages to give back (message id → reason, logged by the caller). T
 them in the batch's order; Lambda deletes every other message of the batch.
 
 Powertools' batch processor is made for a handler per record; here it would only turn the ids into
-this list, and importing it (its data classes, asyncio) cost about 40 ms of every cold start.
+this list, and importing it (with every event data class) cost these functions' cold starts about
+10 ms.
 """
 
 from __future__ import annotations
