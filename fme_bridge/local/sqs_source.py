@@ -99,24 +99,22 @@ def to_event_record(message: dict[str, Any], queue_arn: str, region: str) -> dic
 def body_record(
     body: str, queue_arn: str, region: str, message_id: str | None = None, receive_count: int = 1
 ) -> dict[str, Any]:
-    """One record of a Lambda SQS event for a body that never went through a queue (tests, benchmarks)."""
+    """One record of a Lambda SQS event for a body that never went through a queue (tests, benchmarks):
+    the message ReceiveMessage would have returned for it, made into a record like any other."""
     now = str(int(time.time() * 1000))
-    return {
-        "messageId": message_id or str(uuid.uuid4()),
-        "receiptHandle": f"AQEB{uuid.uuid4().hex}",
-        "body": body,
-        "attributes": {
+    message = {
+        "MessageId": message_id or str(uuid.uuid4()),
+        "ReceiptHandle": f"AQEB{uuid.uuid4().hex}",
+        "Body": body,
+        "Attributes": {
             "ApproximateReceiveCount": str(receive_count),
             "SentTimestamp": now,
             "SenderId": "AIDAIENQZJOLO23YVJ4VO",
             "ApproximateFirstReceiveTimestamp": now,
         },
-        "messageAttributes": {},
-        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": region,
+        "MD5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
     }
+    return to_event_record(message, queue_arn, region)
 
 
 def failed_message_ids(response: Any, records: list[dict[str, Any]]) -> set[str]:
