@@ -55,9 +55,13 @@ def _attributes(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _size(letter: DeadLetter) -> int:
+# A letter with its message attributes, built once: they count towards a call's size and are sent.
+_Entry = tuple[DeadLetter, dict[str, Any]]
+
+
+def _size(entry: _Entry) -> int:
     """What SQS counts of a letter: its body, and its attributes' names, types and values."""
-    attributes = _attributes(letter)
+    letter, attributes = entry
     return len(letter.body.encode()) + sum(
         len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
         for name, value in attributes.items()
@@ -67,22 +71,23 @@ def _size(letter: DeadLetter) -> int:
 def send_dead_letters(queue_url: str, letters: Sequence[DeadLetter]) -> dict[int, str]:
     """Send each letter; returns the records (by index) that could not be dead-lettered, with why."""
     failed: dict[int, str] = {}
-    for chunk in batch_calls(letters, _size, MAX_CALL_BYTES):
+    entries = [(letter, _attributes(letter)) for letter in letters]
+    for chunk in batch_calls(entries, _size, MAX_CALL_BYTES):
         failed.update(_send_chunk(queue_url, chunk))
     return failed
 
 
-def _send_chunk(queue_url: str, chunk: list[DeadLetter]) -> dict[int, str]:
+def _send_chunk(queue_url: str, chunk: list[_Entry]) -> dict[int, str]:
     entries = [
-        {"Id": str(i), "MessageBody": letter.body, "MessageAttributes": _attributes(letter)}
-        for i, letter in enumerate(chunk)
+        {"Id": str(i), "MessageBody": letter.body, "MessageAttributes": attributes}
+        for i, (letter, attributes) in enumerate(chunk)
     ]
     try:
         response = aws.client("sqs").send_message_batch(QueueUrl=queue_url, Entries=entries)
     except (BotoCoreError, ClientError) as exc:
-        return {letter.record: f"dead-letter queue: {type(exc).__name__}" for letter in chunk}
+        return {letter.record: f"dead-letter queue: {type(exc).__name__}" for letter, _ in chunk}
     return {
-        chunk[int(entry["Id"])].record: f"dead-letter queue: {entry.get('Code', 'error')}"
+        chunk[int(entry["Id"])][0].record: f"dead-letter queue: {entry.get('Code', 'error')}"
         for entry in response.get("Failed", [])
     }
 
