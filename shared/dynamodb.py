@@ -89,6 +89,17 @@ def plain(item: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _deserializer.deserialize(value) for name, value in item.items()}
 
 
+def query_items(client: Any, request: Mapping[str, Any]) -> Iterator[Item]:
+    """Every item a Query returns, page after page (following ``LastEvaluatedKey``)."""
+    request = dict(request)
+    while True:
+        page = client.query(**request)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent
+from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent, query_items
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
@@ -93,19 +93,13 @@ class EventsTable(Table):
 
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""
-        keys: list[tuple[str, str]] = []
-        request: dict[str, Any] = {
+        request = {
             "TableName": self.name,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
             "ProjectionExpression": "pk, sk",
         }
-        while True:
-            page = self.client.query(**request)
-            keys.extend((item["pk"]["S"], item["sk"]["S"]) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return keys
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [(item["pk"]["S"], item["sk"]["S"]) for item in query_items(self.client, request)]
 
     def delete(self, keys: Sequence[tuple[str, str]]) -> None:
         requests = [{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in keys]

@@ -21,7 +21,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from shared import aws
-from shared.dynamodb import TimeLeft, batch_write
+from shared.dynamodb import TimeLeft, batch_write, query_items
 
 TREATMENT_PREFIX = "treatment#"
 AUDIENCE_PREFIX = "audience#"
@@ -210,19 +210,12 @@ def write_last_treatments(
 
 def profile_items(pk: str) -> list[dict[str, Any]]:
     """Every item of one identity (treatments and audience memberships)."""
-    client = aws.client("dynamodb")
-    items: list[dict[str, Any]] = []
-    request: dict[str, Any] = {
+    request = {
         "TableName": table_name(),
         "KeyConditionExpression": "pk = :pk",
         "ExpressionAttributeValues": typed({":pk": pk}),
     }
-    while True:
-        page = client.query(**request)
-        items.extend(python_item(i) for i in page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return [python_item(item) for item in query_items(aws.client("dynamodb"), request)]
 
 
 def delete_last_treatments(pk: str, time_left: TimeLeft = None) -> int:
@@ -231,19 +224,13 @@ def delete_last_treatments(pk: str, time_left: TimeLeft = None) -> int:
     Audience memberships stay: the deletion's stream records exit them, and the exit is sent to Segment.
     """
     client = aws.client("dynamodb")
-    keys: list[dict[str, Any]] = []
-    request: dict[str, Any] = {
+    request = {
         "TableName": table_name(),
         "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
         "ExpressionAttributeValues": typed({":pk": pk, ":prefix": TREATMENT_PREFIX}),
         "ProjectionExpression": "pk, sk",
     }
-    while True:
-        page = client.query(**request)
-        keys.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            break
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    keys = list(query_items(client, request))
     if keys:
         deletes = [{"DeleteRequest": {"Key": key}} for key in keys]
         batch_write(client, table_name(), deletes, time_left=time_left)
@@ -356,17 +343,12 @@ def due_for_recheck(audience: str, now_ms: int, page_size: int = 500) -> Iterato
     """Profile keys (pk) of an audience whose result may have changed with time alone by ``now_ms``."""
     client = aws.client("dynamodb")
     for shard in range(RECHECK_SHARDS):
-        request: dict[str, Any] = {
+        request = {
             "TableName": table_name(),
             "IndexName": "RecheckIndex",
             "KeyConditionExpression": "recheckPartition = :p AND recheckAt <= :now",
             "ExpressionAttributeValues": typed({":p": f"{audience}#{shard}", ":now": now_ms}),
             "Limit": page_size,
         }
-        while True:
-            page = client.query(**request)
-            for item in page.get("Items", []):
-                yield str(python_item(item)["pk"])
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for item in query_items(client, request):
+            yield str(python_item(item)["pk"])

@@ -6,6 +6,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -114,3 +115,22 @@ def test_put_if_absent_raises_other_errors_after_every_put_has_ended() -> None:
     with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
         dynamodb.put_if_absent(client, "t", items("a", "b", "c"))
     assert client.stored == {"b", "c"}  # written, found as duplicates when the request is retried
+
+
+def test_query_items_follows_every_page(stack: Any) -> None:
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    table = stack.tables["EventsTable"]
+    for n in range(5):
+        client.put_item(TableName=table, Item={"pk": {"S": "p"}, "sk": {"S": f"s{n}"}})
+    client.put_item(TableName=table, Item={"pk": {"S": "other"}, "sk": {"S": "s0"}})
+    request = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": "p"}},
+        "Limit": 2,  # three pages
+    }
+
+    items = list(dynamodb.query_items(client, request))
+
+    assert [item["sk"]["S"] for item in items] == [f"s{n}" for n in range(5)]
+    assert "ExclusiveStartKey" not in request  # the caller's request is left as it was
