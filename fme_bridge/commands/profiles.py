@@ -1,8 +1,9 @@
-"""``fme-bridge config audience put|get|list`` and ``fme-bridge profile ENV TRAFFIC_TYPE KEY``.
+"""``fme-bridge config audience put|get|list|backfill`` and ``fme-bridge profile ENV TRAFFIC_TYPE KEY``.
 
 Audience definitions are validated with the same model the audiences functions load them with, and
 every ``sync`` name must be an outbound config that maps the audience's traffic type, before anything
-is written. The profile is the document the profile API answers (docs/profiles.md), read with the
+is written. A back-fill evaluates an audience for the identities already stored, with the functions'
+own evaluator. The profile is the document the profile API answers (docs/profiles.md), read with the
 same code.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +24,10 @@ from fme_bridge.target import Target
 from shared import aws
 from shared.config import ConfigInvalid, OutboundConfig, parse_config
 from shared.profiles import sources
+from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet, SyncReport
 from shared.profiles.audiences import AUDIENCE_NAME_PATTERN, AudienceConfig, parse_audience
+from shared.profiles.backfill import backfill, stored_identities
+from shared.profiles.identify_sender import IdentifySender
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
 
 FileArg = Annotated[Path, typer.Option("--file", "-f", help="The audience JSON (- for stdin).")]
@@ -37,6 +42,7 @@ def register(app: typer.Typer) -> None:
     audience_app.command("put")(audience_put)
     audience_app.command("get")(audience_get)
     audience_app.command("list")(audience_list)
+    audience_app.command("backfill")(audience_backfill)
     config_group = next((g for g in app.registered_groups if g.name == "config"), None)
     if config_group is None or config_group.typer_instance is None:
         raise RuntimeError("fme_bridge.commands.config must be registered before the profiles commands")
@@ -80,6 +86,11 @@ def audience_put(
         Name=full, Value=json.dumps(raw, separators=(",", ":")), Type="String", Overwrite=True
     )
     out.print(f"[green]wrote[/green] audience [bold]{name}[/bold] ({full})")
+    out.print(
+        "Stored identities are evaluated on their next change; "
+        f"`fme-bridge config audience backfill {name}` evaluates them all now.",
+        soft_wrap=True,
+    )
 
 
 def _check_name(name: str) -> None:
@@ -89,15 +100,19 @@ def _check_name(name: str) -> None:
         )
 
 
+def _stored_audience(tgt: Target, name: str) -> str:
+    ssm = tgt.client("ssm")
+    try:
+        return str(ssm.get_parameter(Name=_parameter(tgt, name))["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        raise CliError(f"no audience {name!r} under {tgt.prefix}") from None
+
+
 def audience_get(ctx: typer.Context, name: str) -> None:
     """Show an audience definition and whether it is valid."""
     tgt = target(ctx)
-    ssm = tgt.client("ssm")
     full = _parameter(tgt, name)
-    try:
-        raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
-        raise CliError(f"no audience {name!r} under {tgt.prefix}") from None
+    raw = _stored_audience(tgt, name)
     out.print_json(raw)
     try:
         parse_audience(raw, full)
@@ -126,6 +141,60 @@ def audience_list(ctx: typer.Context) -> None:
             short, audience.environment, audience.trafficType, ", ".join(audience.sync), "[green]yes[/green]"
         )
     out.print(table)
+
+
+# Per identify request of a back-fill: the retry policy's own limits apply, not a Lambda's timeout.
+BACKFILL_SEND_BUDGET_MS = 120_000
+
+
+def audience_backfill(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The audience to evaluate for every stored identity.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count who would enter or leave; send and store nothing.")
+    ] = False,
+) -> None:
+    """Evaluate an audience for every identity already stored (of its environment and traffic type).
+
+    Entries and exits are synced to Segment and stored as the audiences functions do it; running it
+    again changes nothing that is already right. Finding the identities scans the events,
+    identities and profiles tables once.
+    """
+    tgt = target(ctx)
+    full = _parameter(tgt, name)
+    audience = parse_audience(_stored_audience(tgt, name), full)
+    _check_sync_targets(tgt, audience, full)
+    _point_shared_clients_at(tgt)
+    os.environ["CONFIG_PREFIX"] = tgt.prefix
+    evaluator = AudienceEvaluator(
+        AudienceSet({name: audience}), IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS)
+    )
+    identities = stored_identities(audience.environment, audience.trafficType)
+    verb = ("would enter", "would leave") if dry_run else ("entered", "left")
+
+    def progress(report: SyncReport) -> str:
+        evaluated = f"{report.evaluated} {'identity' if report.evaluated == 1 else 'identities'}"
+        return f"{evaluated} evaluated: {report.entered} {verb[0]}, {report.exited} {verb[1]}"
+
+    with out.status(f"back-filling audience {name}…") as status:
+        report = backfill(
+            evaluator,
+            identities,
+            lambda: int(time.time() * 1000),
+            dry_run=dry_run,
+            on_round=lambda r: status.update(progress(r)),
+        )
+    where = f"({audience.environment}, {audience.trafficType})"
+    out.print(f"audience [bold]{name}[/bold] {where}: {progress(report)}", soft_wrap=True)
+    if not dry_run:
+        out.print(f"identify calls sent to Segment: {report.sent}")
+    for problem in report.not_sent:
+        out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
+    if report.failed:
+        raise CliError(
+            f"{len(report.failed)} identities could not be evaluated or synced (see the log above); "
+            "run the back-fill again: what was done is not done twice"
+        )
 
 
 def _point_shared_clients_at(tgt: Target) -> None:

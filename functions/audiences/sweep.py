@@ -47,11 +47,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             if remaining_ms() < RESERVE_MS:
                 finished = False
                 break
-            report = audiences.sync_profiles(chunk, now)
-            for field in ("evaluated", "entered", "exited", "stored", "conflicts", "sent"):
-                setattr(total, field, getattr(total, field) + getattr(report, field))
-            total.not_sent.extend(report.not_sent)
-            total.failed.update(report.failed)
+            total.add(audiences.sync_profiles(chunk, now))
         if not finished:
             break
     stream_app.publish(total, logger, metrics)

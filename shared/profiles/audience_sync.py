@@ -96,6 +96,13 @@ class SyncReport:
     not_sent: list[str] = field(default_factory=list)  # permanent problems, with the reason
     failed: set[str] = field(default_factory=set)  # profile keys to retry
 
+    def add(self, other: SyncReport) -> None:
+        """Count another round's report in this one."""
+        for name in ("evaluated", "entered", "exited", "stored", "conflicts", "sent"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.not_sent.extend(other.not_sent)
+        self.failed.update(other.failed)
+
 
 @dataclass(frozen=True)
 class _Decision:
@@ -187,8 +194,7 @@ class AudienceEvaluator:
                 decided.setdefault(config_name, []).append(decision)
         return batches, decided
 
-    def sync_profiles(self, pks: Iterable[str], now_ms: int) -> SyncReport:
-        report = SyncReport()
+    def _decide_all(self, pks: Iterable[str], now_ms: int, report: SyncReport) -> list[_Decision]:
         decisions: list[_Decision] = []
         for pk in dict.fromkeys(pks):
             try:
@@ -197,7 +203,20 @@ class AudienceEvaluator:
             except Exception:
                 logger.exception("could not evaluate audiences of a profile")
                 report.failed.add(pk)
+        return decisions
 
+    def preview(self, pks: Iterable[str], now_ms: int) -> SyncReport:
+        """What :meth:`sync_profiles` would find: entries and exits counted, nothing sent or stored."""
+        report = SyncReport()
+        for decision in self._decide_all(pks, now_ms, report):
+            if decision.transition:
+                report.entered += decision.after.member
+                report.exited += not decision.after.member
+        return report
+
+    def sync_profiles(self, pks: Iterable[str], now_ms: int) -> SyncReport:
+        report = SyncReport()
+        decisions = self._decide_all(pks, now_ms, report)
         batches, decided = self._messages(decisions, now_ms, report)
         for config_name, outcome in (self.send(batches) if batches else {}).items():
             pending = decided[config_name]

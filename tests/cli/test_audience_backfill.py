@@ -1,0 +1,171 @@
+"""`config audience backfill NAME`: an audience evaluated for the identities already stored."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+
+from fme_bridge.segment_sink import SegmentSink
+from fme_bridge.template import Stack
+from shared.profiles_table import LastTreatment, memberships_of, profile_items, write_last_treatment
+from tests.cli.conftest import PREFIX, Cli
+
+REGION = "us-east-1"
+NAME = "checkout_fans"
+AUDIENCE = {
+    "environment": "Production",
+    "trafficType": "user",
+    "rule": {
+        "any": [
+            {
+                "all": [
+                    {"performed": {"event": "checkout", "atLeast": 1, "withinDays": 7}},
+                    {"attribute": {"name": "plan", "equals": "pro"}},
+                ]
+            },
+            {"treatment": {"split": "new_checkout", "is": "on"}},
+        ]
+    },
+    "sync": ["segment-prod"],
+}
+
+
+@pytest.fixture
+def segment(cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[SegmentSink]:
+    monkeypatch.setenv("PROFILES_TABLE", stack.tables["ProfilesTable"])
+    with SegmentSink(write_keys={"WRITE_KEY"}) as sink:
+        ssm = boto3.client("ssm", region_name=REGION)
+        outbound = {
+            "environments": ["Production"],
+            "identities": {"user": "userId"},
+            "endpoint": sink.endpoint,
+        }
+        ssm.put_parameter(Name=f"{PREFIX}/outbound/segment-prod", Value=json.dumps(outbound), Type="String")
+        ssm.put_parameter(Name=f"{PREFIX}/audiences/{NAME}", Value=json.dumps(AUDIENCE), Type="String")
+        boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name=f"{PREFIX}/outbound/segment-prod", SecretString="WRITE_KEY"
+        )
+        yield sink
+
+
+def table(stack: Stack, logical: str) -> Any:
+    return boto3.resource("dynamodb", region_name=REGION).Table(stack.tables[logical])
+
+
+def put_event(stack: Stack, environment: str, key: str, event_type: str = "checkout") -> None:
+    now = int(time.time() * 1000) - 60_000
+    table(stack, "EventsTable").put_item(
+        Item={
+            "pk": f"{environment}#user#{key}",
+            "sk": f"{now:013d}#m-{key}",
+            "environment": environment,
+            "trafficTypeName": "user",
+            "key": key,
+            "eventTypeId": event_type,
+            "timestamp": now,
+            "properties": {},
+            "messageId": f"m-{key}",
+            "segmentType": "track",
+            "receivedAt": now,
+            "value": Decimal(1),
+        }
+    )
+
+
+def put_identity(stack: Stack, environment: str, key: str, plan: str) -> None:
+    table(stack, "IdentitiesTable").put_item(
+        Item={"pk": f"{environment}#user#{key}", "attributes": {"plan": plan}, "updatedAt": 1}
+    )
+
+
+@pytest.fixture
+def stored(stack: Stack, segment: SegmentSink) -> None:
+    """Identities stored before the audience existed, found in each of the three tables."""
+    put_event(stack, "Production", "buyer")  # events and attributes: a member
+    put_identity(stack, "Production", "buyer", "pro")
+    put_event(stack, "Production", "free-buyer")  # events, but the wrong plan: not a member
+    put_identity(stack, "Production", "free-buyer", "free")
+    # Only a last treatment (ProfilesTable): a member through the treatment rule.
+    write_last_treatment(LastTreatment("Production", "user", "flagged", "new_checkout", "on", 1, 1))
+    put_event(stack, "Staging", "buyer")  # another environment: not this audience's
+    put_identity(stack, "Staging", "buyer", "pro")
+
+
+def memberships(key: str, environment: str = "Production") -> dict[str, bool]:
+    items = profile_items(f"{environment}#user#{key}")
+    return {name: m.member for name, m in memberships_of(items).items()}
+
+
+def entered(sink: SegmentSink) -> dict[str, Any]:
+    return {m["userId"]: m["traits"] for m in sink.messages if m["type"] == "identify"}
+
+
+def test_a_dry_run_counts_and_changes_nothing(cli: Cli, segment: SegmentSink, stored: None) -> None:
+    result = cli("config", "audience", "backfill", NAME, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "3 identities evaluated: 2 would enter, 0 would leave" in result.stdout
+    assert segment.messages == []
+    assert memberships("buyer") == {}
+    assert memberships("flagged") == {}
+
+
+def test_stored_identities_enter_once_and_again_nothing_changes(
+    cli: Cli, segment: SegmentSink, stored: None
+) -> None:
+    result = cli("config", "audience", "backfill", NAME)
+    assert result.exit_code == 0, result.output
+    assert "3 identities evaluated: 2 entered, 0 left" in result.stdout
+    assert "identify calls sent to Segment: 2" in result.stdout
+    assert entered(segment) == {"buyer": {NAME: True}, "flagged": {NAME: True}}
+    assert memberships("buyer") == {NAME: True}
+    assert memberships("flagged") == {NAME: True}
+    assert not memberships("free-buyer").get(NAME)
+    assert memberships("buyer", "Staging") == {}
+
+    again = cli("config", "audience", "backfill", NAME)
+    assert again.exit_code == 0, again.output
+    assert "3 identities evaluated: 0 entered, 0 left" in again.stdout
+    assert len(segment.messages) == 2
+
+
+def test_an_identity_that_no_longer_qualifies_leaves(
+    cli: Cli, stack: Stack, segment: SegmentSink, stored: None
+) -> None:
+    assert cli("config", "audience", "backfill", NAME).exit_code == 0
+    put_identity(stack, "Production", "buyer", "free")  # as if the stream had been missed
+    segment.clear()
+
+    result = cli("config", "audience", "backfill", NAME)
+    assert result.exit_code == 0, result.output
+    assert "1 left" in result.stdout
+    assert entered(segment) == {"buyer": {NAME: False}}
+    assert memberships("buyer") == {NAME: False}
+
+
+def test_segment_failing_stores_nothing_and_says_to_run_again(
+    cli: Cli, segment: SegmentSink, stored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fme_bridge.commands.profiles.BACKFILL_SEND_BUDGET_MS", 2_000)
+    segment.fail_fraction(1.0, status=503)
+    result = cli("config", "audience", "backfill", NAME)
+    assert result.exit_code == 1
+    assert "2 identities could not be evaluated or synced" in result.output
+    assert "run the back-fill again" in result.output
+    assert memberships("buyer") == {}
+    assert memberships("flagged") == {}
+
+    segment.fail_fraction(0)
+    assert cli("config", "audience", "backfill", NAME).exit_code == 0
+    assert memberships("buyer") == {NAME: True}
+
+
+def test_an_unknown_audience_is_one_line(cli: Cli, segment: SegmentSink) -> None:
+    result = cli("config", "audience", "backfill", "nobody")
+    assert result.exit_code == 1
+    assert f"no audience 'nobody' under {PREFIX}" in result.output
