@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -233,6 +235,7 @@ def clear_caches() -> None:
     for provider in _providers.values():
         provider.clear_cache()
     _providers.clear()
+    secret_refreshes.clear()
 
 
 _NOT_FOUND_CODES = {"ParameterNotFound", "ResourceNotFoundException", "ParameterVersionNotFound"}
@@ -249,9 +252,9 @@ def _aws_error_code(exc: BaseException) -> str | None:
     return None
 
 
-def _fetch(kind: str, name: str, **sdk_options: Any) -> str:
+def _fetch(kind: str, name: str, fresh: bool = False, **sdk_options: Any) -> str:
     try:
-        value = _provider(kind).get(name, max_age=cache_seconds(), **sdk_options)
+        value = _provider(kind).get(name, max_age=cache_seconds(), force_fetch=fresh, **sdk_options)
     except parameters.exceptions.GetParameterError as exc:
         code = _aws_error_code(exc)
         if code in _NOT_FOUND_CODES:
@@ -266,11 +269,45 @@ def get_parameter(name: str) -> str:
     return _fetch("ssm", name)
 
 
-def get_secret(name: str, previous: bool = False) -> str:
-    """A SecretString; ``previous=True`` reads the ``AWSPREVIOUS`` version (rotation)."""
+def get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
+    """A SecretString; ``previous=True`` reads the ``AWSPREVIOUS`` version (rotation), ``fresh=True``
+    reads past the cache (and caches what it read)."""
     if previous:
-        return _fetch("secret-previous", name, VersionStage="AWSPREVIOUS")
-    return _fetch("secret", name)
+        return _fetch("secret-previous", name, fresh, VersionStage="AWSPREVIOUS")
+    return _fetch("secret", name, fresh)
+
+
+# Credentials that match neither cached version of a secret may be those of a rotation made since
+# it was cached: the secret is then read again, at most this often, so that bad credentials cannot
+# turn into a flood of Secrets Manager calls.
+SECRET_REFRESH_SECONDS = 10.0
+
+
+class _Refreshes:
+    """When each secret was last read again past the cache."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, name: str) -> bool:
+        """True (and counted as done) unless the secret was read again less than
+        :data:`SECRET_REFRESH_SECONDS` ago."""
+        with self._lock:
+            now = self.clock()
+            last = self._at.get(name)
+            if last is not None and now - last < SECRET_REFRESH_SECONDS:
+                return False
+            self._at[name] = now
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._at.clear()
+
+
+secret_refreshes = _Refreshes()
 
 
 def load_inbound(connection_id: str) -> InboundConfig:

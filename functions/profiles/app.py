@@ -44,26 +44,36 @@ def secret_name() -> str:
     return f"{config.config_prefix()}/profiles"
 
 
-def _accepted_secrets() -> list[str]:
-    secrets = [config.get_secret(secret_name())]
+def _accepted_secrets(fresh: bool = False) -> list[str]:
+    secrets = [config.get_secret(secret_name(), fresh=fresh)]
     with contextlib.suppress(ConfigNotFound):  # no rotation has happened yet
-        secrets.append(config.get_secret(secret_name(), previous=True))
+        secrets.append(config.get_secret(secret_name(), previous=True, fresh=fresh))
     return secrets
 
 
+def _matches(given: bytes, secrets: list[str]) -> bool:
+    matches = [hmac.compare_digest(given, s.encode()) for s in secrets]
+    return any(matches)
+
+
 def authenticate(authorization: str | None) -> None:
-    """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret."""
+    """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret.
+
+    A token matching neither cached version has both read again (at most every
+    ``config.SECRET_REFRESH_SECONDS``): a secret rotated a moment ago works at once.
+    """
     scheme, _, presented = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized
+    given = presented.strip().encode()
     try:
-        secrets = _accepted_secrets()
+        if _matches(given, _accepted_secrets()):
+            return
+        if config.secret_refreshes.due(secret_name()) and _matches(given, _accepted_secrets(fresh=True)):
+            return
     except ConfigNotFound:
         raise Unauthorized from None  # the API is not set up: nobody can be let in
-    given = presented.strip().encode()
-    matches = [hmac.compare_digest(given, s.encode()) for s in secrets]
-    if not any(matches):
-        raise Unauthorized
+    raise Unauthorized
 
 
 def _limit(raw: str | None) -> int:

@@ -6,6 +6,10 @@ version (rotation):
 - ``X-Signature``: hex HMAC-SHA1 keyed with the secret, over the raw body (classic Webhooks) or, for
   an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
 
+Both versions are cached (``CONFIG_CACHE_SECONDS``). Credentials that match neither cached version
+have both read again, at most every ``SECRET_REFRESH_SECONDS`` per connection, so a secret rotated a
+moment ago is accepted at once, not when the cache expires.
+
 Every comparison is ``hmac.compare_digest`` and all candidates are compared, so timing says nothing
 about which part matched. An unknown connection fails exactly like bad credentials, and is
 remembered for a short while so that made-up connection ids cannot turn into a flood of
@@ -155,15 +159,32 @@ def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) ->
     except config.ConfigNotFound:
         unknown_secrets.add(name)
         raise Unauthorized from None
-    if credentials.match(current):
+    if credentials.match(current) or _matches_previous(name, credentials):
         return
+    # Neither cached version: the secret may have been rotated since it was cached.
+    if config.secret_refreshes.due(name) and _matches_fresh(name, credentials):
+        return
+    raise Unauthorized
+
+
+def _matches_previous(name: str, credentials: Credentials, fresh: bool = False) -> bool:
     previous_name = f"{name}@AWSPREVIOUS"
-    if previous_name in unknown_secrets:
-        raise Unauthorized
+    if previous_name in unknown_secrets and not fresh:
+        return False
     try:
-        previous = config.get_secret(name, previous=True)
+        previous = config.get_secret(name, previous=True, fresh=fresh)
     except config.ConfigNotFound:
         unknown_secrets.add(previous_name)
-        raise Unauthorized from None
-    if not credentials.match(previous):
-        raise Unauthorized
+        return False
+    return credentials.match(previous)
+
+
+def _matches_fresh(name: str, credentials: Credentials) -> bool:
+    """Both versions read again past the cache, which then holds them."""
+    try:
+        current = config.get_secret(name, fresh=True)
+    except config.ConfigNotFound:
+        unknown_secrets.add(name)
+        return False
+    previous = _matches_previous(name, credentials, fresh=True)  # read whatever matches: both are stale
+    return credentials.match(current) or previous

@@ -76,6 +76,53 @@ def test_rotation_accepts_current_and_previous_secret(webhook: Webhook) -> None:
     assert webhook.post(segment_message("track"), headers={"authorization": f"Bearer {SECRET}"}).status == 401
 
 
+def test_a_rotation_is_accepted_at_once_by_a_warm_container(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both versions are cached for minutes; the new secret must not be refused meanwhile."""
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    clock = [1000.0]
+    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
+    bearer = {"authorization": f"Bearer {SECRET}"}
+    assert webhook.post(segment_message("track", messageId="before"), headers=bearer).status == 200
+
+    put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")  # the first rotation: no previous cached
+    rotated = {"authorization": "Bearer whsec-rotated-4d5e6f"}
+    assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
+    assert webhook.post(segment_message("track", messageId="old"), headers=bearer).status == 200
+
+    clock[0] += config.SECRET_REFRESH_SECONDS  # secrets are read again at most this often
+    put_secret(f"inbound/{CONNECTION}", "whsec-third-7a8b9c")  # SECRET is now two versions old
+    third = {"authorization": "Bearer whsec-third-7a8b9c"}
+    assert webhook.post(segment_message("track", messageId="third"), headers=third).status == 200
+    assert webhook.post(segment_message("track", messageId="second"), headers=rotated).status == 200
+    assert webhook.post(segment_message("track", messageId="first"), headers=bearer).status == 401
+
+
+def test_bad_credentials_read_the_secret_again_at_most_every_few_seconds(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    clock = [1000.0]
+    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
+    fresh_reads: list[str] = []
+    real_get_secret = config.get_secret
+
+    def counting_get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
+        if fresh:
+            fresh_reads.append(name)
+        return real_get_secret(name, previous, fresh)
+
+    monkeypatch.setattr(config, "get_secret", counting_get_secret)
+    wrong = {"authorization": "Bearer nope"}
+    for _ in range(5):
+        assert webhook.post(segment_message("track"), headers=wrong).status == 401
+    assert len(fresh_reads) == 2  # the current and the previous version, once
+    clock[0] += config.SECRET_REFRESH_SECONDS
+    assert webhook.post(segment_message("track"), headers=wrong).status == 401
+    assert len(fresh_reads) == 4
+
+
 def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

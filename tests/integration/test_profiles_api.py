@@ -124,6 +124,17 @@ def test_the_previous_secret_works_during_rotation(api: Stack, lambda_context: A
     assert call(lambda_context, authorization="bearer the-new-secret")[0] == 200
 
 
+def test_a_rotation_works_at_once_in_a_warm_container(
+    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    store_identity(api)
+    assert call(lambda_context)[0] == 200  # the secret is cached now
+    put_secret("profiles", "the-new-secret")
+    assert call(lambda_context, authorization="Bearer the-new-secret")[0] == 200
+    assert call(lambda_context, authorization=f"Bearer {SECRET}")[0] == 200
+
+
 def test_the_profile_has_exactly_the_documented_shape(api: Stack, lambda_context: Any) -> None:
     store_identity(api)
     write_last_treatment(
