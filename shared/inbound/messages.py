@@ -9,6 +9,7 @@ mapping drops it by index and keeps the others.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from datetime import UTC, datetime
 from math import isfinite
@@ -58,6 +59,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# A JSON escape of a UTF-16 surrogate (``\ud83d``). JSON may hold one alone (a library that cut a
+# string inside an emoji); Python then keeps it as a lone surrogate, which no UTF-8 encoder accepts.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Every lone surrogate in the document's strings (keys included) becomes U+FFFD, as a browser's
+    ``TextEncoder`` does; the pairs JSON escapes were already joined into one character."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def decode_body(raw: bytes) -> list[Any]:
     """The messages of a webhook body, in order; raises :class:`BadRequest` / :class:`PayloadTooLarge`."""
     if not raw.strip():
@@ -69,6 +88,8 @@ def decode_body(raw: bytes) -> list[Any]:
     except RecursionError:
         # A 503 here would make Segment retry a body that can never succeed.
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        document = _replace_lone_surrogates(document)
     messages: Any
     if isinstance(document, list):
         messages = document
@@ -151,6 +172,14 @@ def _id_string(value: Any) -> Any:
 IdString = Annotated[str | None, BeforeValidator(_id_string)]
 
 
+def _empty_list_as_object(value: Any) -> Any:
+    # PHP's json_encode writes an empty array for empty properties or traits (analytics-php).
+    return {} if isinstance(value, list) and not value else value
+
+
+Fields = Annotated[dict[str, Any] | None, BeforeValidator(_empty_list_as_object)]
+
+
 class SegmentMessage(BaseModel):
     """A Segment spec message: the common fields plus those of identify/track/page/screen/group.
 
@@ -171,9 +200,9 @@ class SegmentMessage(BaseModel):
     event: Any = None
     name: Any = None
     groupId: Any = None
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
+    properties: Fields = None
+    traits: Fields = None
+    context: Fields = None
 
     def lookup(self, path: str) -> Any:
         """The value at a dotted path (``event``, ``properties.revenue``), None when absent."""

@@ -95,7 +95,7 @@ def test_one_bad_message_never_loses_the_good_ones(webhook: Webhook) -> None:
         segment_message("track", messageId="good-1"),
         "not a message",
         segment_message("track", messageId="bad-event", event="no/slashes/allowed"),
-        {"type": "track", "event": "x", "userId": "u", "properties": []},
+        {"type": "track", "event": "x", "userId": "u", "properties": ["not", "an", "object"]},
         segment_message("track", messageId="good-2", event="Order Completed"),
         segment_message("track", messageId="no-event", event=None),
     ]
@@ -110,6 +110,35 @@ def test_one_bad_message_never_loses_the_good_ones(webhook: Webhook) -> None:
         (5, "missing_event_type_id"),
     ]
     assert {e["messageId"] for e in webhook.stored_events("user", "AiUGstSDIg")} == {"good-1", "good-2"}
+
+
+def test_empty_arrays_for_properties_traits_and_context_are_empty_objects(webhook: Webhook) -> None:
+    # analytics-php (json_encode) writes an empty array where the object is empty.
+    messages = [
+        segment_message("track", messageId="php-track", properties=[], context=[]),
+        segment_message("identify", messageId="php-identify", traits=[]),
+    ]
+    answer = webhook.post(messages)
+    assert answer.status == 200
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 0)
+    assert {e["messageId"] for e in webhook.stored_events("user", "AiUGstSDIg")} == {"php-track"}
+
+
+def test_lone_surrogates_become_replacement_characters_and_lose_nothing(webhook: Webhook) -> None:
+    # Valid JSON: a library that cut a string inside an emoji leaves half of a surrogate pair.
+    good = json.dumps(segment_message("track", messageId="good"))
+    cut = json.dumps(segment_message("track", messageId="cut", properties={"title": "PLACEHOLDER"}))
+    cut = cut.replace("PLACEHOLDER", "sale \\ud83d")
+    pair = json.dumps(segment_message("track", messageId="pair", properties={"title": "sale \U0001f600"}))
+    answer = webhook.post(f"[{good},{cut},{pair}]".encode())
+    assert answer.status == 200, answer.body
+    assert (answer.body["stored"], answer.body["dropped"]) == (3, 0)
+    titles = {
+        e["messageId"]: e["properties"].get("title") for e in webhook.stored_events("user", "AiUGstSDIg")
+    }
+    assert titles["cut"] == "sale \ufffd"
+    assert titles["pair"] == "sale \U0001f600"  # an escaped pair is one character, kept as it is
+    assert "good" in titles
 
 
 def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
