@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 # Envelopes under 64 KiB: SQS bills each 64 KiB chunk of a message as one request.
 DEFAULT_ENVELOPE_BYTES = 60_000
 # What the SDKs report when IP addresses are disabled or unknown.
+# As shared.outbound.impressions.NO_VALUE (not imported: this module runs in the application).
 _NO_VALUE = {"NA", "unknown", ""}
 
 

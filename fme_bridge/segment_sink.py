@@ -286,6 +286,11 @@ def _validate(route: str, payload: Any, check_size: bool) -> tuple[list[dict[str
     return messages, None
 
 
+def _not_json(name: str) -> Any:
+    # Python's json reads NaN and Infinity; JSON (and Segment) does not.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _handler_for(sink: SegmentSink) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -329,7 +334,7 @@ def _handler_for(sink: SegmentSink) -> type[BaseHTTPRequestHandler]:
             try:
                 body = gzip.decompress(raw) if gzipped else raw
                 recorded.body = body
-                payload = json.loads(body)
+                payload = json.loads(body, parse_constant=_not_json)
             except (OSError, ValueError):
                 self._refuse(recorded, 400, "body is not valid JSON")
                 return

@@ -90,6 +90,9 @@ class ListenerImpression(_Input):
     ip: str | bool | None = None
     hostname: str | bool | None = None
     sdkLanguageVersion: str | None = None
+    # The Python and PHP SDKs name these two "sdk-language-version" and "instance-id".
+    sdk_language_version: str | None = Field(None, alias="sdk-language-version")
+    instance_id: str | bool | None = Field(None, alias="instance-id")
     environmentName: str | None = None
     environmentId: str | None = None
     trafficType: str | None = None
@@ -227,6 +230,8 @@ def _add_validated(parsed: ParsedBody, shape: str, index: int, raw: Any, context
 
 
 _MAX_TIME = 253402300799999
+# What SDKs report for the machine's IP and name when IPAddressesEnabled is off (Java: "NA").
+NO_VALUE = frozenset({"NA", "unknown", ""})
 _NO_ENVIRONMENT_REASON = "no environmentName or environmentId on the impression or its envelope"
 
 
@@ -252,6 +257,7 @@ def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | Non
             d("properties"),
         )
         ip, hostname, language_version = get("ip"), get("hostname"), get("sdkLanguageVersion")
+        instance_id, dashed_version = get("instance-id"), get("sdk-language-version")
         attributes = get("attributes")
         if not (
             (type(key) is str and key != "")
@@ -267,8 +273,14 @@ def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | Non
             and (ip is None or type(ip) is str or type(ip) is bool)
             and (hostname is None or type(hostname) is str or type(hostname) is bool)
             and (language_version is None or type(language_version) is str)
+            and (instance_id is None or type(instance_id) is str or type(instance_id) is bool)
+            and (dashed_version is None or type(dashed_version) is str)
         ):
             return None
+        if hostname is None:
+            hostname = instance_id
+        if language_version is None:
+            language_version = dashed_version
         environment_name, environment_id, traffic_type = (
             get("environmentName"),
             get("environmentId"),
@@ -293,8 +305,8 @@ def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | Non
             bucketing_key,
             label,
             change_number,  # split_version_number
-            ip if type(ip) is str else None,  # machine_ip
-            hostname if type(hostname) is str else None,  # machine_name
+            ip if type(ip) is str and ip not in NO_VALUE else None,  # machine_ip
+            hostname if type(hostname) is str and hostname not in NO_VALUE else None,  # machine_name
             sdk,
             sdk_version,
             None if properties is None else _properties(properties),
@@ -383,7 +395,11 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
             properties=_properties(item.properties),
         )
     data = item.impression
-    sdk, sdk_version = split_sdk_language_version(item.sdkLanguageVersion)
+    language_version = item.sdkLanguageVersion
+    sdk, sdk_version = split_sdk_language_version(
+        language_version if language_version is not None else item.sdk_language_version
+    )
+    hostname = item.hostname if item.hostname is not None else item.instance_id
     return Impression(
         key=data.keyName,
         split=data.feature,
@@ -395,8 +411,8 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
         bucketing_key=data.bucketingKey,
         label=data.label,
         split_version_number=data.changeNumber,
-        machine_ip=item.ip if isinstance(item.ip, str) else None,
-        machine_name=item.hostname if isinstance(item.hostname, str) else None,
+        machine_ip=item.ip if isinstance(item.ip, str) and item.ip not in NO_VALUE else None,
+        machine_name=hostname if isinstance(hostname, str) and hostname not in NO_VALUE else None,
         sdk=sdk,
         sdk_version=sdk_version,
         properties=_properties(data.properties),

@@ -133,8 +133,13 @@ def track_message(impression: Impression, config: OutboundConfig, identity: str)
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, as it goes on the wire."""
-    return to_json(message)
+    """Compact UTF-8 JSON, as it goes on the wire.
+
+    NaN and ±Infinity (which a Python SDK's ``json.dumps`` writes into impression properties) become
+    ``null``, as ``JSON.stringify`` makes them: bare, they are not JSON, and Segment would refuse the
+    whole request.
+    """
+    return to_json(message, inf_nan_mode="null")
 
 
 class TrackEncoder:
@@ -159,4 +164,4 @@ class TrackEncoder:
             "properties": _properties(impression),
         }
         # Serialised, ``varying`` is one JSON object: its members go between head and tail.
-        return b"".join((self._head, memoryview(to_json(varying))[1:-1], self._tail))
+        return b"".join((self._head, memoryview(to_json(varying, inf_nan_mode="null"))[1:-1], self._tail))

@@ -200,6 +200,51 @@ def test_three_shapes_mixed_in_one_batch(
     assert {m["properties"]["sdk"] for m in staging} == {"python", "go"}
 
 
+def test_python_sdk_listener_names_and_placeholders_for_disabled_ip_addresses(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    impression = {"feature": "new_checkout", "keyName": "user-7", "treatment": "on", "time": 1795483041109}
+    python_sdk = {
+        "impression": {**impression, "label": "default rule", "changeNumber": 17, "bucketingKey": None},
+        "attributes": {},
+        "instance-id": "ip-10-1-1-1",
+        "sdk-language-version": "python-10.2.0",
+        "environmentName": "Production",
+    }
+    java_without_ip = {  # IPAddressesEnabled false: the Java SDK reports "NA"
+        "impression": {**impression, "keyName": "user-8"},
+        "ip": "NA",
+        "hostname": "NA",
+        "sdkLanguageVersion": "java-4.13.0",
+        "environmentName": "Production",
+    }
+    response = app.lambda_handler(event(json.dumps(python_sdk), json.dumps(java_without_ip)), context)
+
+    assert response == {"batchItemFailures": []}
+    by_key = {m["userId"]: m["properties"] for m in sink.messages}
+    assert {k: by_key["user-7"][k] for k in ("machineName", "machineIp", "sdk", "sdkVersion")} == {
+        "machineName": "ip-10-1-1-1",
+        "machineIp": None,
+        "sdk": "python",
+        "sdkVersion": "10.2.0",
+    }
+    assert (by_key["user-8"]["machineName"], by_key["user-8"]["machineIp"]) == (None, None)
+
+
+def test_nan_and_infinity_in_properties_go_to_segment_as_null(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    # What a Python SDK listener's json.dumps writes for float("nan") and float("inf").
+    body = json.dumps(webhook(key="user-nan", properties={"score": float("nan"), "limit": float("inf")}))
+    assert "NaN" in body
+    response = app.lambda_handler(event(body, json.dumps(webhook(key="user-fine"))), context)
+
+    assert response == {"batchItemFailures": []}  # the sink, like Segment, refuses bodies that are not JSON
+    by_key = {m["userId"]: m["properties"] for m in sink.messages}
+    assert set(by_key) == {"user-nan", "user-fine"}
+    assert (by_key["user-nan"]["score"], by_key["user-nan"]["limit"]) == (None, None)
+
+
 def test_redelivered_message_yields_the_same_message_ids(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:

@@ -89,9 +89,12 @@ LISTENER = st.builds(
     fields(
         {
             "attributes": st.one_of(st.none(), st.just({"plan": "free"})),
-            "ip": st.one_of(OPTIONAL_TEXT, st.just(False)),
-            "hostname": st.one_of(OPTIONAL_TEXT, st.just(False)),
+            "ip": st.one_of(OPTIONAL_TEXT, st.just(False), st.just("NA")),
+            "hostname": st.one_of(OPTIONAL_TEXT, st.just(False), st.just("unknown")),
             "sdkLanguageVersion": st.one_of(st.none(), st.just("javascript-11.4.0"), st.just("python")),
+            # The Python and PHP SDKs' names of the two above.
+            "instance-id": st.one_of(OPTIONAL_TEXT, st.just("NA")),
+            "sdk-language-version": st.one_of(st.none(), st.just("python-10.2.0"), st.just("")),
             "environmentName": OPTIONAL_TEXT,
             "environmentId": OPTIONAL_TEXT,
             "trafficType": OPTIONAL_TEXT,
