@@ -42,10 +42,15 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
             pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
             if (last := packer.flush()) is not None:
                 pending.append(last)
-            for batch in pending:
-                result = await client.send(destination.endpoint, write_key, batch)
-                if result.outcome is not Outcome.DELIVERED:
-                    return result.outcome
+            # Every request is made, whatever another one's outcome: one refused request must not
+            # take the messages of the others with it. The config's outcome is the worst of them.
+            results = await asyncio.gather(
+                *(client.send(destination.endpoint, write_key, batch) for batch in pending)
+            )
+            outcomes = {result.outcome for result in results}
+            for worst in (Outcome.TRANSIENT, Outcome.PERMANENT):
+                if worst in outcomes:
+                    return worst
             return Outcome.DELIVERED
 
         names = list(batches)

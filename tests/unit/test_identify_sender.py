@@ -1,0 +1,56 @@
+"""Identify calls (computed traits, audiences) through the Segment client, against the loopback sink."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fme_bridge.segment_sink import SegmentSink
+from shared.config import OutboundConfig
+from shared.http_retry import Outcome
+from shared.outbound.destinations import Destination
+from shared.profiles.identify_sender import IdentifySender
+
+WRITE_KEY = "wk-identifies"
+
+
+@pytest.fixture
+def sink() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={WRITE_KEY}) as server:
+        yield server
+
+
+@pytest.fixture
+def destination(sink: SegmentSink, monkeypatch: pytest.MonkeyPatch) -> Destination:
+    monkeypatch.setattr("shared.outbound.destinations.WriteKeys.get", lambda self, destination: WRITE_KEY)
+    config = OutboundConfig.model_validate(
+        {"environments": ["Production"], "identities": {"user": "userId"}, "endpoint": sink.endpoint}
+    )
+    return Destination("prod", config)
+
+
+def identifies(count: int) -> list[dict[str, Any]]:
+    return [
+        {"type": "identify", "userId": f"user-{i}", "traits": {"new_checkout": "on"}, "messageId": f"id-{i}"}
+        for i in range(count)
+    ]
+
+
+def test_more_than_one_request_of_identifies_all_arrive(sink: SegmentSink, destination: Destination) -> None:
+    outcome = IdentifySender(lambda: 30_000)({"prod": (destination, identifies(3_000))})
+    assert outcome == {"prod": Outcome.DELIVERED}
+    assert len(sink.requests) == 2  # 2,500 messages at most per request
+    assert len(sink.unique_messages()) == 3_000
+
+
+def test_a_refused_request_does_not_keep_the_others_from_being_sent(
+    sink: SegmentSink, destination: Destination
+) -> None:
+    sink.fail_next(1, status=400)
+    outcome = IdentifySender(lambda: 30_000)({"prod": (destination, identifies(3_000))})
+    assert outcome == {"prod": Outcome.PERMANENT}
+    # Both requests were made (concurrently: either may be the one refused); the other's arrived.
+    assert len(sink.requests) == 2
+    assert len(sink.messages) in (500, 2_500)
