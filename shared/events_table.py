@@ -91,6 +91,27 @@ class EventsTable(Table):
             (item["pk"]["S"], item["sk"]["S"]) for item, new in zip(items, written, strict=True) if not new
         }
 
+    def find_message(self, pk: str, message_id: str, since_ms: int) -> str | None:
+        """The ``sk`` of the identity's event of this message stored at ``since_ms`` or later, if any.
+
+        For messages that carry no time, whose key holds the time of receipt: one Query of the
+        identity's events since then (the messageId filter saves transfer, not read capacity).
+        """
+        request = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk AND sk >= :since",
+            "FilterExpression": "messageId = :message",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":since": {"S": f"{max(0, since_ms):013d}"},
+                ":message": {"S": message_id},
+            },
+            "ProjectionExpression": "sk",
+        }
+        for item in query_items(self.client, request):
+            return str(item["sk"]["S"])
+        return None
+
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""
         request = {

@@ -27,6 +27,9 @@ DEFAULT_MAX_BODY_BYTES = 5_000_000
 # write each with a conditional PutItem, side by side: no more requests than a BatchGetItem and a
 # BatchWriteItem, in one round trip. Larger bodies check existence first and write in batches.
 CONDITIONAL_PUT_EVENTS = 2
+# How far back a message that carries no time (its event keyed by the time of receipt) is looked
+# for by its messageId, so that a redelivery stores nothing new.
+UNTIMED_WINDOW_MS = 48 * 3_600_000
 # Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
 IDENTITY_ATTEMPTS = 5
 
@@ -118,10 +121,12 @@ def store(
     candidates: dict[tuple[str, str], int] = {}
     items = {}
     for event in mapped.events:
-        key = (
-            identity_pk(event.environment, event.trafficTypeName, event.key),
-            event_sk(event.timestamp, event.messageId),
-        )
+        pk = identity_pk(event.environment, event.trafficTypeName, event.key)
+        key = (pk, event_sk(event.timestamp, event.messageId))
+        if event.untimed and events_table.find_message(pk, event.messageId, now_ms - UNTIMED_WINDOW_MS):
+            # Its key holds the time of receipt, which a redelivery changes: found by its messageId.
+            duplicate.add(event.index)
+            continue
         if key in candidates:
             duplicate.add(event.index)  # the same message twice in one body
             continue

@@ -75,6 +75,8 @@ class FmeEvent(BaseModel):
     properties: dict[str, Any]
     messageId: str
     segmentType: str
+    # The message carried no time: ``timestamp`` is the time of receipt, which a redelivery changes.
+    untimed: bool = False
 
 
 class IdentityUpdate(BaseModel):
@@ -347,7 +349,8 @@ class _Mapper:
         self.out.properties_trimmed += trimmed
         environment = self.config.environment
         base_size = len(compact_json(properties)) + len(type_id) + len(environment) + _EVENT_ENVELOPE_BYTES
-        timestamp = message.timestamp_ms(self.now_ms)
+        sent = message.sent_time_ms()
+        timestamp = self.now_ms if sent is None else sent
         for traffic_type, key in self.valid_targets(index, targets):
             if base_size + len(traffic_type) + len(key.encode()) > MAX_EVENT_BYTES:
                 self.drop(index, DropReason.EVENT_TOO_LARGE, traffic_type)
@@ -365,6 +368,7 @@ class _Mapper:
                     properties=properties,
                     messageId=message_id,
                     segmentType=message.type.lower(),
+                    untimed=sent is None,
                 )
             )
 

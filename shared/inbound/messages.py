@@ -217,13 +217,18 @@ class SegmentMessage(BaseModel):
                 value = value.get(part)
         return value
 
-    def timestamp_ms(self, now_ms: int) -> int:
-        """Event time: ``timestamp``, else ``originalTimestamp``, else ``receivedAt``, else now."""
+    def sent_time_ms(self) -> int | None:
+        """The time the message carries: ``timestamp``, else ``originalTimestamp``, else ``receivedAt``."""
         for candidate in (self.timestamp, self.originalTimestamp, self.receivedAt):
             parsed = to_epoch_ms(candidate)
             if parsed is not None:
                 return parsed
-        return now_ms
+        return None
+
+    def timestamp_ms(self, now_ms: int) -> int:
+        """Event time: the time the message carries, else now."""
+        sent = self.sent_time_ms()
+        return now_ms if sent is None else sent
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -49,6 +50,25 @@ def test_redelivered_message_is_a_duplicate_and_stores_nothing_new(webhook: Webh
     assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (0, 1, 0)
     assert webhook.stored_events("user", "AiUGstSDIg") == before  # not even receivedAt rewritten
     assert webhook.count_events() == 2
+
+
+def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its events are keyed by the time of receipt, which differs on every delivery."""
+    untimed = segment_message("track", timestamp=None, originalTimestamp=None, receivedAt=None, sentAt=None)
+    clock = [1_795_483_041_109_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    first = webhook.post(untimed)
+    clock[0] += 3_600_000_000_000  # an hour later
+    again = webhook.post([untimed, {**untimed, "messageId": "another-untimed"}])
+    assert (first.body["stored"], first.body["duplicate"]) == (1, 0)
+    assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (1, 1, 2)
+    events = webhook.stored_events("user", "AiUGstSDIg")
+    assert [(e["messageId"], e["timestamp"]) for e in events] == [
+        (untimed["messageId"], 1_795_483_041_109),
+        ("another-untimed", 1_795_486_641_109),
+    ]
 
 
 def test_batch_retried_after_half_succeeding_loses_nothing_and_duplicates_nothing(webhook: Webhook) -> None:
