@@ -33,8 +33,9 @@ SegmentIdField = Literal["userId", "anonymousId"]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
 # An FME traffic type or environment name: what FME's own UI accepts.
 TrafficTypeName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}$")]
-# A dotted path into a Segment message, e.g. ``event`` or ``properties.eventName``.
-FieldPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_$@-]+(\.[A-Za-z0-9_$@-]+)*$", max_length=200)]
+# A dotted path into a Segment message, e.g. ``event`` or ``properties.eventName``; names may hold
+# anything but a dot (``properties.Order Total``: Segment does not restrict property names).
+FieldPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=200)]
 
 
 class ConfigError(Exception):
@@ -87,13 +88,6 @@ class InboundConfig(_Model):
     pageEventTypeId: NonEmpty = "view_{name}_page"
     screenEventTypeId: NonEmpty = "view_{name}_screen"
     delivery: DeliveryConfig = DeliveryConfig()
-
-    @field_validator("pageEventTypeId", "screenEventTypeId")
-    @classmethod
-    def _has_name_placeholder(cls, value: str) -> str:
-        if "{name}" not in value:
-            raise ValueError("must contain the placeholder {name}")
-        return value
 
 
 class FmeKeys(_Model):

@@ -117,8 +117,8 @@ def test_updating_a_config_alone_keeps_its_secret(cli: Cli, tmp_path: Path) -> N
         ({**INBOUND, "enableTrak": True}, "enableTrak: Extra inputs are not permitted"),
         ({"environment": "Production", "identities": []}, "identities: List should have at least 1 item"),
         (
-            {**INBOUND, "pageEventTypeId": "page"},
-            "pageEventTypeId: Value error, must contain the placeholder {name}",
+            {**INBOUND, "valueField": "properties..revenue"},
+            "valueField: String should match pattern",
         ),
         ('{"environment": ', "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),

@@ -48,9 +48,9 @@ def test_inbound_defaults_match_the_contract() -> None:
             {
                 "environment": "P",
                 "identities": [{"segmentId": "userId", "trafficType": "u"}],
-                "pageEventTypeId": "x",
+                "valueField": "properties..revenue",
             },
-            "pageEventTypeId",
+            "valueField",
         ),
     ],
 )
@@ -59,6 +59,22 @@ def test_invalid_inbound_config_names_the_field(document: dict, names: str) -> N
         parse_config(InboundConfig, document, "/p/inbound/c1")
     assert names in str(err.value)
     assert "/p/inbound/c1" in str(err.value)
+
+
+def test_field_paths_may_name_properties_with_spaces_and_templates_may_leave_out_the_name() -> None:
+    cfg = parse_config(
+        InboundConfig,
+        {
+            "environment": "Production",
+            "identities": [{"segmentId": "userId", "trafficType": "user"}],
+            "eventTypeIdField": "properties.Event Name",
+            "valueField": "properties.Order Total",
+            "pageEventTypeId": "page_view",  # every named page one event type; the name is a property
+        },
+        "x",
+    )
+    assert (cfg.eventTypeIdField, cfg.valueField) == ("properties.Event Name", "properties.Order Total")
+    assert cfg.pageEventTypeId == "page_view"
 
 
 def test_not_json_and_not_an_object_are_clear_errors() -> None:

@@ -143,6 +143,12 @@ def test_value_is_the_number_at_value_field() -> None:
     assert {e.value for e in mapped.events} == {19.99}
 
 
+def test_paths_reach_property_names_with_spaces() -> None:
+    message = segment("track", properties={"Order Total": 42, "Event Name": "Order Placed"})
+    mapped = map_one(message, valueField="properties.Order Total", eventTypeIdField="properties.Event Name")
+    assert {(e.eventTypeId, e.value) for e in mapped.events} == {("Order_Placed", 42)}
+
+
 @pytest.mark.parametrize("revenue", ["19.99", None, True, {"amount": 1}])
 def test_value_that_is_not_a_number_is_null(revenue: Any) -> None:
     message = segment("track", properties={"revenue": revenue})
@@ -183,6 +189,11 @@ def test_page_and_screen_templates_are_configurable() -> None:
     config = {"pageEventTypeId": "page.{name}", "screenEventTypeId": "screen:{name}"}
     assert map_one(segment("page", name="Sign Up"), **config).events[0].eventTypeId == "page.Sign_Up"
     assert map_one(segment("screen"), **config).events[0].eventTypeId == "screen:Home"
+
+
+def test_a_template_without_the_name_makes_every_named_page_one_event_type() -> None:
+    mapped = map_one(segment("page", name="signup"), pageEventTypeId="page_view")
+    assert {e.eventTypeId for e in mapped.events} == {"page_view"}
 
 
 @pytest.mark.parametrize("name", [None, ""])
