@@ -19,7 +19,14 @@ from shared.dynamodb import StoreUnavailable, TimeLeft
 from shared.events_table import EventsTable, event_item, event_sk, identity_pk, retention_days
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
-from shared.inbound.mapping import IdentityUpdate, Mapped, MergedIdentity, map_messages, merge_identity
+from shared.inbound.mapping import (
+    DropReason,
+    IdentityUpdate,
+    Mapped,
+    MergedIdentity,
+    map_messages,
+    merge_identity,
+)
 from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
@@ -145,11 +152,12 @@ def store(
         (duplicate if key in existing else stored).add(index)
 
     # Identities: merged per identity, written conditionally on the version read.
-    changed_identities, effective = store_identities(
+    changed_identities, effective, too_large = store_identities(
         mapped.identities, identities_table, connection_id, now_ms
     )
     for update in mapped.identities:
-        (stored if update.index in effective else duplicate).add(update.index)
+        if update not in too_large:
+            (stored if update.index in effective else duplicate).add(update.index)
 
     # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
     deleted = {deletion.index for deletion in mapped.deletions}
@@ -168,15 +176,21 @@ def store(
             profiles_table.delete_last_treatments(pk, events_table.time_left)
         identities_table.delete(pks)
 
-    dropped = {drop.index for drop in mapped.drops}
+    drops = [
+        DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
+    ]
+    too_large_reason = DropReason.IDENTITY_TOO_LARGE.value
+    drops.extend(
+        DropReport(index=u.index, reason=too_large_reason, trafficType=u.trafficTypeName) for u in too_large
+    )
+    drops.sort(key=lambda d: d.index)
+    dropped = {drop.index for drop in drops}
     report = IngestReport(
         received=mapped.received,
         events=len(new_keys),
         identities=changed_identities,
         truncated={"strings": mapped.strings_cut, "properties": mapped.properties_trimmed},
-        drops=[
-            DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
-        ],
+        drops=drops,
     )
     for index in range(mapped.received):
         if index in deleted:
@@ -194,8 +208,11 @@ def store(
 
 def store_identities(
     updates: list[IdentityUpdate], table: IdentitiesTable, connection_id: str, now_ms: int
-) -> tuple[int, set[int]]:
-    """Merge and write identity updates; returns (identities changed, indices of effective messages).
+) -> tuple[int, set[int], list[IdentityUpdate]]:
+    """Merge and write identity updates; returns the identities changed, the indices of effective
+    messages, and the updates of identities left unwritten because merged they would exceed
+    :data:`~shared.inbound.mapping.MAX_IDENTITY_BYTES` (DynamoDB would refuse them, and with them
+    the transaction of every other identity: they are dropped, the rest is stored).
 
     Optimistic concurrency: read (consistent) → merge → conditional write; identities whose write
     lost a race are read and merged again, up to :data:`IDENTITY_ATTEMPTS` times.
@@ -204,6 +221,7 @@ def store_identities(
     for update in updates:
         by_pk[identity_pk(update.environment, update.trafficTypeName, update.key)].append(update)
     effective_by_pk: dict[str, set[int]] = {}
+    too_large: list[IdentityUpdate] = []
     pending = list(by_pk)
     for _ in range(IDENTITY_ATTEMPTS):
         if not pending:
@@ -214,6 +232,9 @@ def store_identities(
         merged: dict[str, MergedIdentity] = {}
         for pk in pending:
             result = merge_identity(stored.get(pk), by_pk[pk])
+            if result is not None and result.too_large():
+                too_large.extend(by_pk[pk])
+                result = None
             if result is not None:
                 merged[pk] = result
             effective_by_pk[pk] = result.effective if result else set()
@@ -222,4 +243,4 @@ def store_identities(
         if pending:
             raise StoreUnavailable(f"identity updates kept conflicting for {len(pending)} identities")
     effective = {index for indices in effective_by_pk.values() for index in indices}
-    return sum(1 for indices in effective_by_pk.values() if indices), effective
+    return sum(1 for indices in effective_by_pk.values() if indices), effective, too_large

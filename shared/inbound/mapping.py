@@ -9,6 +9,7 @@ some targets dropped (``invalid_key``) while the others are kept.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -27,6 +28,9 @@ MAX_KEY_LENGTH = 250
 MAX_ATTRIBUTE_STRING = 255
 MAX_PROPERTIES = 300
 MAX_EVENT_BYTES = 32 * 1024
+# An identity's attributes and their times, as compact JSON (a little more than DynamoDB counts):
+# DynamoDB refuses items over 400 KB, and would refuse every identity written in the same transaction.
+MAX_IDENTITY_BYTES = 350 * 1024
 # Becomes part of the event's sort key (1 KB at most in DynamoDB); Segment's own ids are ~40 chars.
 MAX_MESSAGE_ID_LENGTH = 200
 # What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
@@ -44,6 +48,7 @@ class DropReason(StrEnum):
     INVALID_TRAFFIC_TYPE = "invalid_traffic_type"
     NO_IDENTITY = "no_identity"
     MISSING_USER_ID = "missing_user_id"
+    IDENTITY_TOO_LARGE = "identity_too_large"
 
 
 class IgnoreReason(StrEnum):
@@ -427,6 +432,11 @@ class MergedIdentity(BaseModel):
     """The version read (None: the identity did not exist); the write is conditional on it."""
     effective: set[int]
     """Indices of the messages that changed something."""
+
+    def too_large(self) -> bool:
+        # ASCII JSON: no shorter than the UTF-8 DynamoDB counts. Stored numbers are Decimal.
+        document = [self.attributes, self.attributeTimestamps]
+        return len(json.dumps(document, separators=(",", ":"), default=str)) > MAX_IDENTITY_BYTES
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -323,6 +323,28 @@ def test_delete_removes_the_flags_the_user_saw_and_leaves_audiences_to_exit(webh
 # Batching: requests per stored event
 
 
+def test_an_identity_too_large_for_dynamodb_is_dropped_and_the_others_are_stored(webhook: Webhook) -> None:
+    # Merged, its attributes would exceed DynamoDB's 400 KB item limit; written in one transaction
+    # with the others, it would fail them all, on every retry.
+    huge_traits = {f"trait_{i:04d}": "x" * 255 for i in range(1_500)}
+    body = [
+        segment_message("track", messageId="the-track"),
+        segment_message(
+            "identify", messageId="huge", userId="huge-user", anonymousId=None, traits=huge_traits
+        ),
+        segment_message(
+            "identify", messageId="fine", userId="fine-user", anonymousId=None, traits={"plan": "pro"}
+        ),
+    ]
+    answer = webhook.post(body)
+    assert answer.status == 200, answer.body
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 1)
+    assert {(d["index"], d["reason"]) for d in answer.body["drops"]} == {(1, "identity_too_large")}
+    assert webhook.identity("user", "huge-user") is None
+    assert (webhook.identity("user", "fine-user") or {})["attributes"]["plan"] == "pro"
+    assert webhook.post(body).status == 200  # and so does Segment's retry
+
+
 def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
     calls: Counter[str] = Counter()
     client = dynamodb.client()
