@@ -16,7 +16,13 @@ from shared.config import ConfigError
 from shared.http_retry import Deadline
 from shared.outbound.dead_letters import RETRIES_EXHAUSTED, retries_exhausted, send_dead_letters
 from shared.outbound.delivery import DeadLetter, DeliveryReport, ImpressionObserver, QueuedMessage, deliver
-from shared.outbound.destinations import Destination, Router, WriteKeys, load_destinations
+from shared.outbound.destinations import (
+    Destination,
+    OutboundConfigs,
+    Router,
+    WriteKeys,
+    load_outbound_configs,
+)
 from shared.outbound.impressions import BodyError, parse_body
 from shared.outbound.segment_client import SegmentClient, http_client
 
@@ -70,14 +76,19 @@ def process_batch(
     which would move it there next, carries none."""
     settings = settings or SenderSettings.from_env()
     try:
-        destinations = load_destinations() if destinations is None else destinations
+        configs = load_outbound_configs() if destinations is None else OutboundConfigs(destinations)
     except ConfigError as exc:
-        # Which impressions an unreadable config should receive is unknown: retry them all (on
+        # Which impressions unreadable configs should receive is unknown: retry them all (on
         # their last receive they go to the DLQ, from where they can be redriven).
         logger.error("outbound configs unavailable, retrying the whole batch: %s", exc)
         report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
     else:
-        report = http_session.run(_deliver(messages, destinations, remaining_ms, observers, settings))
+        for bad in configs.invalid:
+            logger.error(
+                "outbound config invalid: the impressions it may be meant for are retried until it is fixed",
+                extra={"config": bad.name, "problem": bad.reason},
+            )
+        report = http_session.run(_deliver(messages, configs, remaining_ms, observers, settings))
     if max_receives is not None:
         _give_up_on_last_receive(messages, report, max_receives)
     retry = {messages[i].message_id: reason for i, reason in report.retry.items()}
@@ -119,7 +130,7 @@ def _impressions_in(body: str) -> int:
 
 async def _deliver(
     messages: Sequence[QueuedMessage],
-    destinations: list[Destination],
+    configs: OutboundConfigs,
     remaining_ms: Callable[[], int],
     observers: Sequence[ImpressionObserver],
     settings: SenderSettings,
@@ -133,4 +144,5 @@ async def _deliver(
         key, lambda: http_client(settings.request_timeout, settings.concurrency)
     ) as http:
         client = SegmentClient(http, deadline, settings.concurrency)
-        return await deliver(messages, Router(destinations), WriteKeys().get, client, observers)
+        router = Router(configs.destinations, configs.invalid)
+        return await deliver(messages, router, WriteKeys().get, client, observers)

@@ -172,8 +172,12 @@ async def deliver(
             observer.observe(record, [impression for _, impression in parsed.impressions])
         for index, impression in parsed.impressions:
             impression_lanes = lanes.of(impression)
+            blocked = router.blocked(impression) if router.invalid else None
+            if blocked is not None:  # an invalid config may be meant for it: retried once fixed
+                failures.transient.setdefault(record, blocked)
             if isinstance(impression_lanes, str):
-                failures.item(record, index, NO_MATCHING_CONFIG, impression_lanes)
+                if blocked is None:
+                    failures.item(record, index, NO_MATCHING_CONFIG, impression_lanes)
                 continue
             for lane in impression_lanes:
                 encoded = lane.encoder.encode(impression)

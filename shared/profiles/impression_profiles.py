@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import ConfigError
 from shared.http_retry import Outcome
-from shared.outbound.destinations import Destination, Router, load_destinations
+from shared.outbound.destinations import Destination, OutboundConfigs, Router, load_outbound_configs
 from shared.outbound.impressions import Impression
 from shared.outbound.segment_messages import traffic_type_of
 from shared.profiles.computed_traits import computed_trait_identifies
@@ -64,7 +64,7 @@ class LastTreatmentSync:
         recorder: LastTreatmentRecorder,
         remaining_ms: Callable[[], int],
         margin_ms: int = 1500,
-        destinations: Callable[[], list[Destination]] = load_destinations,
+        destinations: Callable[[], OutboundConfigs] = load_outbound_configs,
     ) -> None:
         self.recorder = recorder
         self.remaining_ms = remaining_ms
@@ -100,14 +100,18 @@ class LastTreatmentSync:
         if not self._seen:
             return {}
         try:
-            router = Router(self.destinations())
+            configs = self.destinations()
         except ConfigError as exc:  # the pipeline retries the whole batch already
             return self._fail({r for r, _ in self._seen}, f"profiles: outbound configs unavailable ({exc})")
+        router = Router(configs.destinations, configs.invalid)
 
         records: list[LastTreatment] = []
         sources: dict[Slot, set[int]] = defaultdict(set)
         by_destination: dict[str, set[Slot]] = defaultdict(set)
         for record_index, impression in self._seen:
+            blocked = router.blocked(impression) if router.invalid else None
+            if blocked is not None:  # as on the track path: retried until the config is fixed
+                report.failed.setdefault(record_index, f"profiles: {blocked}")
             routes = router.routes(impression)
             if isinstance(routes, str):
                 continue  # a permanent error of the track path already

@@ -422,14 +422,40 @@ def test_missing_write_key_is_retried_not_dead_lettered(
     assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
 
 
-def test_invalid_outbound_config_retries_the_whole_batch(
+def test_an_invalid_config_for_every_environment_retries_all_but_stops_no_valid_config(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
     put_config("outbound/typo", {"environments": ["*"], "identities": {"user": "userID"}})
     sqs_event = event(json.dumps(webhook()), json.dumps(webhook(key="u2")))
     response = app.lambda_handler(sqs_event, context)
+    # Retried, so that the config receives them once fixed; the valid config has them already.
     assert failures(response) == {r["messageId"] for r in sqs_event["Records"]}
-    assert sink.requests == []
+    assert sorted(m["userId"] for m in sink.messages) == ["u2", "user-1"]
+
+
+def test_an_invalid_config_retries_only_the_environments_it_names(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    put_config("outbound/staging", {"environments": ["Staging"], "identities": {"user": "userID"}})
+    prod, staging = webhook(key="p1"), webhook(key="s1", environmentName="Staging", environmentId="stg")
+    sqs_event = event(json.dumps(prod), json.dumps(staging))
+    response = app.lambda_handler(sqs_event, context)
+    # Staging matches no valid config: retried rather than dead-lettered as no_matching_config.
+    assert failures(response) == {sqs_event["Records"][1]["messageId"]}
+    assert [m["userId"] for m in sink.messages] == ["p1"]
+    assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
+
+
+def test_an_unreadable_config_may_be_meant_for_any_environment(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=f"{config.config_prefix()}/outbound/broken", Value="{not json", Type="String"
+    )
+    sqs_event = event(json.dumps(webhook()))
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {sqs_event["Records"][0]["messageId"]}
+    assert [m["userId"] for m in sink.messages] == ["user-1"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from shared import aws, config
 from shared.config import OutboundConfig
-from shared.outbound.destinations import Destination
+from shared.outbound.destinations import Destination, OutboundConfigs
 from shared.outbound.impressions import parse_body
 from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
@@ -261,7 +261,7 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
             recorder,
             lambda: int((end - time.monotonic()) * 1000),
             margin_ms=500,
-            destinations=lambda: [destination],
+            destinations=lambda: OutboundConfigs([destination]),
         )
         step.observe(4, [i for _, i in parse_body(body).impressions])
         return step.run(), step
@@ -283,8 +283,27 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     assert (failed, step.report.writes) == ({}, 0)
 
 
+def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
+    production: dict[str, Any],
+) -> None:
+    from shared.outbound.destinations import InvalidConfig
+
+    destination = Destination("production", OutboundConfig.model_validate(production))
+    staging = InvalidConfig("staging", "/p/outbound/staging: enableTrak: …", frozenset({"Staging"}))
+    step = LastTreatmentSync(
+        LastTreatmentRecorder(), lambda: 5000, destinations=lambda: OutboundConfigs([destination], [staging])
+    )
+    step.observe(1, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    elsewhere = impression("f", "on", T0, key="stg-user", environmentName="Staging", environmentId="stg")
+    step.observe(2, [i for _, i in parse_body(json.dumps(elsewhere)).impressions])
+    failed = step.finish()
+    assert set(failed) == {2}
+    assert "outbound config staging is invalid" in failed[2]
+    assert step.report.writes == 1  # Production's, recorded through the valid config
+
+
 def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(production: dict[str, Any]) -> None:
-    def broken() -> list[Destination]:
+    def broken() -> OutboundConfigs:
         raise RuntimeError("a bug")
 
     step = LastTreatmentSync(LastTreatmentRecorder(), lambda: 5000, destinations=broken)
