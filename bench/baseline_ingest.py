@@ -1,9 +1,16 @@
 """The reference for measurement 2: a webhook handler that does nothing but json.loads and the writes.
 
 It stores exactly the items the real ingest function stores for track / page / screen messages (same
-keys and attributes, BatchWriteItem with 25 items per request, unprocessed items retried) and does
-nothing else: no authentication, no config, no validation, no duplicate check, no logging, no metrics.
-Whatever the real handler takes beyond this is the price of what it does beyond this.
+keys and attributes) and does nothing else: no authentication, no config, no validation, no logging,
+no metrics. Whatever the real handler takes beyond this is the price of what it does beyond this.
+
+Two ways to write, chosen by ``BASELINE_WRITES``:
+
+- ``batch`` (the reference of the targets): BatchWriteItem with 25 items per request, unprocessed
+  items retried, and no duplicate check — the fewest requests that store the items;
+- ``conditional``: what the real handler sends for a body of one or two events, one conditional
+  ``PutItem`` per event side by side (:func:`shared.dynamodb.put_if_absent`, the handler's own), so
+  that the answer can say which were duplicates. Against it, what is left is the handler's own work.
 """
 
 from __future__ import annotations
@@ -84,6 +91,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     connection = event["pathParameters"]["connectionId"]
     items = [item for m in messages for item in _items(m, connection, now_ms, expires_at)]
     table = os.environ["EVENTS_TABLE"]
+    if os.environ.get("BASELINE_WRITES") == "conditional":
+        from shared.dynamodb import put_if_absent
+
+        written = put_if_absent(_dynamodb(), table, items)
+        body = {"stored": len(messages), "events": sum(written)}
+        return {"statusCode": 200, "body": json.dumps(body)}
     for start in range(0, len(items), 25):
         pending = {table: [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]}
         while pending:

@@ -54,15 +54,19 @@ def test_every_contender_delivers_every_impression(smoke: tuple[dict[str, Any], 
 def test_ingest_stores_every_event_on_both_sides(smoke: tuple[dict[str, Any], Path]) -> None:
     results, _ = smoke
     for phase, sides in results["ingest"]["phases"].items():
-        for kind in ("real", "baseline"):
+        kinds = ["real", "baseline"] + (["baseline_conditional"] if phase == "single" else [])
+        for kind in kinds:
             side = sides[kind]
             assert set(side["statuses"]) == {"200"}, (phase, kind)
             # Every generated message carries userId and anonymousId: two FME events each.
             assert side["events_stored"] == 2 * side["messages"], (phase, kind)
         assert sides["baseline"]["dynamodb_requests"]["BatchWriteItem"] >= 1
         real = sides["real"]
-        if phase == "single":  # two events per body: one conditional put each
+        if phase == "single":  # two events per body: one conditional put each, on both sides
             assert real["dynamodb_requests"] == {"PutItem": real["events_stored"]}
+            conditional = sides["baseline_conditional"]
+            assert conditional["dynamodb_requests"] == {"PutItem": conditional["events_stored"]}
+            assert positive(sides["time_vs_conditional_baseline"])
         else:
             assert real["dynamodb_requests"]["BatchWriteItem"] >= 1
         assert positive(sides["time_vs_baseline"])
