@@ -24,6 +24,7 @@ from shared import aws
 from shared.dynamodb import TimeLeft, batch_write, query_items
 
 TREATMENT_PREFIX = "treatment#"
+_MAX_RANKED_VERSION = 10**20 - 2
 AUDIENCE_PREFIX = "audience#"
 # botocore keeps ten pooled connections per client by default; more threads would only queue.
 WRITE_CONCURRENCY = 10
@@ -90,6 +91,8 @@ class LastTreatment:
     def rank(self) -> str:
         """Breaks ties between impressions of the same millisecond, so any order gives one winner."""
         version = self.split_version if self.split_version is not None else -1
+        # Held to the fixed width that keeps string order numeric (a version is a Java long).
+        version = min(max(version, -1), _MAX_RANKED_VERSION)
         return f"{version + 1:020d}#{self.treatment}"
 
     @property

@@ -100,6 +100,14 @@ def test_a_batch_collapses_to_the_newest_impression_per_identity_and_flag() -> N
     assert [(r.key, r.split, r.time) for r in newest] == [("u1", "f", 9), ("u1", "g", 1), ("u2", "f", 2)]
 
 
+def test_ties_in_a_millisecond_order_by_version_whatever_its_size() -> None:
+    versions = [None, -5, 0, 17, 2**63 - 1, 10**30]  # absent, odd, a Java long, more than fits
+    ranks = [seen("u1", "f", "on", 1, version).rank for version in versions]
+    assert all(len(rank.split("#")[0]) == 20 for rank in ranks)
+    assert ranks == sorted(ranks)
+    assert ranks[0] == ranks[1]  # below -1 counts as absent
+
+
 def test_the_cache_skips_what_was_already_written_and_synced(profiles: Stack) -> None:
     recorder = LastTreatmentRecorder()
     outcomes = recorder.record([seen("u1", "f", "on", 1_000)])
