@@ -127,7 +127,7 @@ def _shared_executor() -> ThreadPoolExecutor:
         return _executor
 
 
-def _run_parallel(function: Callable[[Any], Any], batches: Sequence[Any]) -> list[Any]:
+def run_parallel(function: Callable[[Any], Any], batches: Sequence[Any]) -> list[Any]:
     """``function`` of each batch, in order: the first in the calling thread, the others alongside it
     on the process's threads. An error is raised once every call has ended, so that what succeeded
     is done before the caller answers "retry"."""
@@ -170,7 +170,7 @@ def batch_get(
             _backoff(attempt, sleep, time_left, table)
         raise StoreUnavailable(f"{table}: reads still unprocessed after {MAX_ATTEMPTS} attempts")
 
-    results = _run_parallel(fetch, list(chunks(keys, BATCH_GET_LIMIT)))
+    results = run_parallel(fetch, list(chunks(keys, BATCH_GET_LIMIT)))
     return [item for result in results for item in result]
 
 
@@ -193,7 +193,7 @@ def batch_write(
             _backoff(attempt, sleep, time_left, table)
         raise StoreUnavailable(f"{table}: writes still unprocessed after {MAX_ATTEMPTS} attempts")
 
-    _run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
+    run_parallel(write, list(chunks(requests, BATCH_WRITE_LIMIT)))
 
 
 def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str = "pk") -> list[bool]:
@@ -217,4 +217,4 @@ def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str 
             raise
         return True
 
-    return _run_parallel(put, items)
+    return run_parallel(put, items)

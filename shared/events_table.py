@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent, query_items
+from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent, query_items, run_parallel
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
@@ -90,6 +90,12 @@ class EventsTable(Table):
         return {
             (item["pk"]["S"], item["sk"]["S"]) for item, new in zip(items, written, strict=True) if not new
         }
+
+    def stored_messages(self, pairs: Iterable[tuple[str, str]], since_ms: int) -> set[tuple[str, str]]:
+        """Which (pk, messageId) pairs have an event stored at ``since_ms`` or later (side by side)."""
+        pending = sorted(set(pairs))
+        found = run_parallel(lambda pair: self.find_message(pair[0], pair[1], since_ms), pending)
+        return {pair for pair, sk in zip(pending, found, strict=True) if sk is not None}
 
     def find_message(self, pk: str, message_id: str, since_ms: int) -> str | None:
         """The ``sk`` of the identity's event of this message stored at ``since_ms`` or later, if any.

@@ -127,11 +127,18 @@ def store(
     expires_at = now_ms // 1000 + retention_days() * 86_400
     candidates: dict[tuple[str, str], int] = {}
     items = {}
+    # Events of messages that carry no time are keyed by the time of receipt, which a redelivery
+    # changes: they are looked for by messageId.
+    untimed = [
+        (identity_pk(event.environment, event.trafficTypeName, event.key), event.messageId)
+        for event in mapped.events
+        if event.untimed
+    ]
+    redelivered = events_table.stored_messages(untimed, now_ms - UNTIMED_WINDOW_MS) if untimed else set()
     for event in mapped.events:
         pk = identity_pk(event.environment, event.trafficTypeName, event.key)
         key = (pk, event_sk(event.timestamp, event.messageId))
-        if event.untimed and events_table.find_message(pk, event.messageId, now_ms - UNTIMED_WINDOW_MS):
-            # Its key holds the time of receipt, which a redelivery changes: found by its messageId.
+        if event.untimed and (pk, event.messageId) in redelivered:
             duplicate.add(event.index)
             continue
         if key in candidates:
