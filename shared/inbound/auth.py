@@ -74,6 +74,10 @@ class _NegativeCache:
                     self._expiry.clear()
             self._expiry[name] = self.clock() + ttl
 
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._expiry.pop(name, None)
+
     def clear(self) -> None:
         with self._lock:
             self._expiry.clear()
@@ -176,6 +180,7 @@ def _matches_previous(name: str, credentials: Credentials, fresh: bool = False) 
     except config.ConfigNotFound:
         unknown_secrets.add(previous_name)
         return False
+    unknown_secrets.discard(previous_name)  # a rotation since it was found missing
     return credentials.match(previous)
 
 

@@ -162,8 +162,9 @@ def store(
     changed_identities, effective, too_large = store_identities(
         mapped.identities, identities_table, connection_id, now_ms
     )
+    left_out = {id(update) for update in too_large}
     for update in mapped.identities:
-        if update not in too_large:
+        if id(update) not in left_out:
             (stored if update.index in effective else duplicate).add(update.index)
 
     # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.

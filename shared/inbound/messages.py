@@ -89,7 +89,10 @@ def decode_body(raw: bytes) -> list[Any]:
         # A 503 here would make Segment retry a body that can never succeed.
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
     if _SURROGATE_ESCAPE.search(raw):
-        document = _replace_lone_surrogates(document)
+        try:
+            document = _replace_lone_surrogates(document)
+        except RecursionError:
+            raise BadRequest("invalid_json", "the request body is nested too deeply") from None
     messages: Any
     if isinstance(document, list):
         messages = document

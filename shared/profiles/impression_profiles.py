@@ -110,8 +110,11 @@ class LastTreatmentSync:
         by_destination: dict[str, set[Slot]] = defaultdict(set)
         for record_index, impression in self._seen:
             blocked = router.blocked(impression) if router.invalid else None
-            if blocked is not None:  # as on the track path: retried until the config is fixed
+            if blocked is not None:
+                # Retried until the config is fixed, and only then recorded: recorded now, its change
+                # would be spent on the valid configs, and the fixed one never told.
                 report.failed.setdefault(record_index, f"profiles: {blocked}")
+                continue
             routes = router.routes(impression)
             if isinstance(routes, str):
                 continue  # a permanent error of the track path already

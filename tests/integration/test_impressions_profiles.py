@@ -302,6 +302,29 @@ def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
     assert step.report.writes == 1  # Production's, recorded through the valid config
 
 
+def test_a_last_treatment_an_invalid_config_may_want_is_recorded_only_once_it_is_fixed(
+    production: dict[str, Any],
+) -> None:
+    """Recorded now through the valid config, its change would be spent: the fixed config never told."""
+    from shared.outbound.destinations import InvalidConfig
+
+    destination = Destination("production", OutboundConfig.model_validate(production))
+    everywhere = InvalidConfig("typo", "/p/outbound/typo: enableTrak: …", None)
+    configs = [OutboundConfigs([destination], [everywhere]), OutboundConfigs([destination])]
+    recorder = LastTreatmentRecorder()
+    seen = [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions]
+
+    blocked = LastTreatmentSync(recorder, lambda: 5000, destinations=lambda: configs[0])
+    blocked.observe(1, seen)
+    assert set(blocked.finish()) == {1}
+    assert blocked.report.writes == 0
+
+    fixed = LastTreatmentSync(recorder, lambda: 5000, destinations=lambda: configs[1])
+    fixed.observe(1, seen)
+    assert fixed.finish() == {}
+    assert (fixed.report.writes, fixed.report.changed) == (1, 1)
+
+
 def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(production: dict[str, Any]) -> None:
     def broken() -> OutboundConfigs:
         raise RuntimeError("a bug")

@@ -99,6 +99,23 @@ def test_a_rotation_is_accepted_at_once_by_a_warm_container(
     assert webhook.post(segment_message("track", messageId="first"), headers=bearer).status == 401
 
 
+def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    clock = [1000.0]
+    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
+    # A stray bad request before any rotation: AWSPREVIOUS is found missing, and remembered so.
+    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
+    put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")
+    clock[0] += config.SECRET_REFRESH_SECONDS
+    rotated = {"authorization": "Bearer whsec-rotated-4d5e6f"}
+    assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
+    # Segment, not yet updated, still sends the old secret: AWSPREVIOUS now.
+    old = {"authorization": f"Bearer {SECRET}"}
+    assert webhook.post(segment_message("track", messageId="old"), headers=old).status == 200
+
+
 def test_bad_credentials_read_the_secret_again_at_most_every_few_seconds(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

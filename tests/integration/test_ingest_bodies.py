@@ -141,6 +141,13 @@ def test_lone_surrogates_become_replacement_characters_and_lose_nothing(webhook:
     assert "good" in titles
 
 
+def test_a_deeply_nested_body_with_a_lone_surrogate_is_a_400(webhook: Webhook) -> None:
+    depth = 1500  # json.loads still parses it; a recursive walk of it would not end well
+    answer = webhook.post(("[" * depth + '"\\ud800"' + "]" * depth).encode())
+    assert answer.status == 400
+    assert "nested too deeply" in answer.body["message"]
+
+
 def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
     webhook.post([segment_message("track", event=None), segment_message("track", userId="u" * 300)])
     metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]

@@ -14,6 +14,7 @@ from shared.inbound.mapping import (
     IdentityUpdate,
     IgnoreReason,
     Mapped,
+    MergedIdentity,
     StoredIdentity,
     map_messages,
     merge_identity,
@@ -502,3 +503,21 @@ def test_type_change_is_a_change() -> None:
     merged = merge_identity(stored, [update(0, 100, beta=True)])
     assert merged is not None
     assert merged.attributes == {"beta": True}
+
+
+def test_an_identity_is_too_large_by_its_utf8_bytes_not_its_escaped_json() -> None:
+    def identity(characters: int) -> MergedIdentity:
+        attributes = {f"bio_{i}": "ж" * 250 for i in range(characters // 250)}  # 2 bytes each in UTF-8
+        timestamps = dict.fromkeys(attributes, NOW)
+        return MergedIdentity(
+            environment="Production",
+            trafficTypeName="user",
+            key="u",
+            attributes=attributes,
+            attributeTimestamps=timestamps,
+            expected_version=None,
+            effective={0},
+        )
+
+    assert not identity(150_000).too_large()  # about 300 KB in DynamoDB; 900 KB as \\u escapes
+    assert identity(190_000).too_large()
