@@ -7,7 +7,9 @@ storing idempotent on ``messageId``.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +17,8 @@ from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent,
 from shared.inbound.mapping import FmeEvent
 
 DEFAULT_RETENTION_DAYS = 90
+# Events of one identity read, newest first, when looking for a message that carries no time.
+MAX_LOOKUP_EVENTS = 10_000
 
 
 def identity_pk(environment: str, traffic_type: str, key: str) -> str:
@@ -92,31 +96,29 @@ class EventsTable(Table):
         }
 
     def stored_messages(self, pairs: Iterable[tuple[str, str]], since_ms: int) -> set[tuple[str, str]]:
-        """Which (pk, messageId) pairs have an event stored at ``since_ms`` or later (side by side)."""
-        pending = sorted(set(pairs))
-        found = run_parallel(lambda pair: self.find_message(pair[0], pair[1], since_ms), pending)
-        return {pair for pair, sk in zip(pending, found, strict=True) if sk is not None}
+        """Which (pk, messageId) pairs have an event stored at ``since_ms`` or later.
 
-    def find_message(self, pk: str, message_id: str, since_ms: int) -> str | None:
-        """The ``sk`` of the identity's event of this message stored at ``since_ms`` or later, if any.
-
-        For messages that carry no time, whose key holds the time of receipt: one Query of the
-        identity's events since then (the messageId filter saves transfer, not read capacity).
+        For messages that carry no time, whose key holds the time of receipt: one Query per identity
+        (side by side), newest first, of at most :data:`MAX_LOOKUP_EVENTS` events; a message beyond
+        that many newer events of its identity is not found.
         """
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for pk, message_id in pairs:
+            wanted[pk].add(message_id)
+        pks = sorted(wanted)
+        found = run_parallel(lambda pk: self._message_ids(pk, since_ms), pks)
+        return {(pk, m) for pk, ids in zip(pks, found, strict=True) for m in wanted[pk] & ids}
+
+    def _message_ids(self, pk: str, since_ms: int) -> set[str]:
         request = {
             "TableName": self.name,
             "KeyConditionExpression": "pk = :pk AND sk >= :since",
-            "FilterExpression": "messageId = :message",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": pk},
-                ":since": {"S": f"{max(0, since_ms):013d}"},
-                ":message": {"S": message_id},
-            },
-            "ProjectionExpression": "sk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":since": {"S": f"{max(0, since_ms):013d}"}},
+            "ProjectionExpression": "messageId",
+            "ScanIndexForward": False,
         }
-        for item in query_items(self.client, request):
-            return str(item["sk"]["S"])
-        return None
+        items = itertools.islice(query_items(self.client, request), MAX_LOOKUP_EVENTS)
+        return {item["messageId"]["S"] for item in items if "messageId" in item}
 
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""

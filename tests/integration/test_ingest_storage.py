@@ -61,7 +61,12 @@ def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
     monkeypatch.setattr(time, "time_ns", lambda: clock[0])
     first = webhook.post(untimed)
     clock[0] += 3_600_000_000_000  # an hour later
+    calls: Counter[str] = Counter()
+    dynamodb.client().meta.events.register(
+        "before-call.dynamodb.Query", lambda model, **_: calls.update([model.name])
+    )
     again = webhook.post([untimed, {**untimed, "messageId": "another-untimed"}])
+    assert calls == {"Query": 2}  # one per identity (user and anonymous), whatever its messages
     assert (first.body["stored"], first.body["duplicate"]) == (1, 0)
     assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (1, 1, 2)
     events = webhook.stored_events("user", "AiUGstSDIg")
