@@ -7,8 +7,9 @@ version (rotation):
   an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
 
 Both versions are cached (``CONFIG_CACHE_SECONDS``). Credentials that match neither cached version
-have both read again, at most every ``SECRET_REFRESH_SECONDS`` per connection, so a secret rotated a
-moment ago is accepted at once, not when the cache expires.
+have the current one read again, at most every ``SECRET_REFRESH_SECONDS`` per connection (and the
+previous one too when the current one changed), so a secret rotated a moment ago is accepted at
+once, not when the cache expires.
 
 Every comparison is ``hmac.compare_digest`` and all candidates are compared, so timing says nothing
 about which part matched. An unknown connection fails exactly like bad credentials, and is
@@ -34,7 +35,8 @@ from shared.inbound.messages import compact_json, first_element_text
 
 # SSM parameter names allow these; "/" is excluded so an id cannot reach another config's secret.
 CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-NEGATIVE_CACHE_SECONDS = 30
+# As long as a secret that exists goes unread after wrong credentials (no oracle in the timing).
+NEGATIVE_CACHE_SECONDS = config.SECRET_REFRESH_SECONDS
 NEGATIVE_CACHE_ENTRIES = 10_000
 
 
@@ -166,7 +168,7 @@ def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) ->
     if credentials.match(current) or _matches_previous(name, credentials):
         return
     # Neither cached version: the secret may have been rotated since it was cached.
-    if config.secret_refreshes.due(name) and _matches_fresh(name, credentials):
+    if config.secret_refreshes.due(name) and _matches_fresh(name, current, credentials):
         return
     raise Unauthorized
 
@@ -184,12 +186,19 @@ def _matches_previous(name: str, credentials: Credentials, fresh: bool = False) 
     return credentials.match(previous)
 
 
-def _matches_fresh(name: str, credentials: Credentials) -> bool:
-    """Both versions read again past the cache, which then holds them."""
+def _matches_fresh(name: str, cached: str, credentials: Credentials) -> bool:
+    """The current version read again past the cache; when it changed (a rotation), the previous one too.
+
+    Unchanged, that is one read every ``SECRET_REFRESH_SECONDS``, as an unknown connection costs one
+    every ``NEGATIVE_CACHE_SECONDS``: wrong credentials for a connection that exists take as long,
+    as often, as for one that does not.
+    """
     try:
         current = config.get_secret(name, fresh=True)
     except config.ConfigNotFound:
         unknown_secrets.add(name)
+        return False
+    if current == cached:
         return False
     previous = _matches_previous(name, credentials, fresh=True)  # read whatever matches: both are stale
     return credentials.match(current) or previous
