@@ -14,11 +14,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.dynamodb import Table, attribute_value, batch_get, batch_write, chunks, plain
+from shared.dynamodb import Table, attribute_value, batch_get, batch_write, plain
 from shared.events_table import identity_pk
-from shared.inbound.mapping import MergedIdentity, StoredIdentity
+from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
 
 TRANSACTION_LIMIT = 100
+# DynamoDB refuses a transaction over 4 MB; identities may be up to MAX_IDENTITY_BYTES each.
+TRANSACTION_BYTES = 3_500_000
 
 
 class IdentitiesTable(Table):
@@ -57,7 +59,7 @@ class IdentitiesTable(Table):
         that transaction is returned.
         """
         retry: set[str] = set()
-        for batch in chunks(identities, TRANSACTION_LIMIT):
+        for batch in transactions(identities):
             actions = [
                 {"Put": self._conditional_put(identity, connection_id, updated_at)} for identity in batch
             ]
@@ -110,3 +112,20 @@ class IdentitiesTable(Table):
         )
         item = response.get("Item")
         return plain(item) if item else None
+
+
+def transactions(identities: Sequence[MergedIdentity]) -> list[list[MergedIdentity]]:
+    """The identities in order, in transactions of at most :data:`TRANSACTION_LIMIT` items and about
+    :data:`TRANSACTION_BYTES` (sizes are counted only once they could matter)."""
+    if len(identities) * MAX_IDENTITY_BYTES <= TRANSACTION_BYTES:
+        return [list(identities)] if identities else []
+    batches: list[list[MergedIdentity]] = [[]]
+    size = 0
+    for identity in identities:
+        item_bytes = identity.size_bytes
+        if batches[-1] and (len(batches[-1]) >= TRANSACTION_LIMIT or size + item_bytes > TRANSACTION_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(identity)
+        size += item_bytes
+    return batches

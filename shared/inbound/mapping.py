@@ -8,6 +8,7 @@ some targets dropped (``invalid_key``) while the others are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -433,13 +434,14 @@ class MergedIdentity(BaseModel):
     effective: set[int]
     """Indices of the messages that changed something."""
 
+    @functools.cached_property
     def size_bytes(self) -> int:
         """The attributes and their times as compact UTF-8 JSON: a little more than DynamoDB counts."""
         document = [self.attributes, self.attributeTimestamps]  # stored numbers are Decimal
         return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
     def too_large(self) -> bool:
-        return self.size_bytes() > MAX_IDENTITY_BYTES
+        return self.size_bytes > MAX_IDENTITY_BYTES
 
 
 def _same(a: Any, b: Any) -> bool:
