@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ TrafficTypeName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}
 # A dotted path into a Segment message, e.g. ``event`` or ``properties.eventName``; names may hold
 # anything but a dot (``properties.Order Total``: Segment does not restrict property names).
 FieldPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=200)]
+# An FME event type id, once spaces have become "_".
+EVENT_TYPE_ID_PATTERN = r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}"
 
 
 class ConfigError(Exception):
@@ -88,6 +91,26 @@ class InboundConfig(_Model):
     pageEventTypeId: NonEmpty = "view_{name}_page"
     screenEventTypeId: NonEmpty = "view_{name}_screen"
     delivery: DeliveryConfig = DeliveryConfig()
+
+    @field_validator("eventTypeIdField", "valueField")
+    @classmethod
+    def _no_space_around_names(cls, value: str | None) -> str | None:
+        if value is not None and any(part != part.strip() for part in value.split(".")):
+            raise ValueError("a name in the path starts or ends with a space")
+        return value
+
+    @field_validator("pageEventTypeId", "screenEventTypeId")
+    @classmethod
+    def _makes_event_type_ids(cls, value: str) -> str:
+        sample = value.replace("{name}", "x")
+        if "{" in sample or "}" in sample:
+            raise ValueError("the only placeholder is {name}")
+        if not re.fullmatch(EVENT_TYPE_ID_PATTERN, sample.replace(" ", "_")):
+            raise ValueError(
+                "must make FME event type ids: letters, digits, '-', '_', '.', ':' (spaces become '_'), "
+                "starting with a letter or digit"
+            )
+        return value
 
 
 class FmeKeys(_Model):

@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import InboundConfig
+from shared.config import EVENT_TYPE_ID_PATTERN, InboundConfig
 from shared.inbound.messages import SegmentMessage, compact_json
 
-EVENT_TYPE_ID = re.compile(r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}")
+EVENT_TYPE_ID = re.compile(EVENT_TYPE_ID_PATTERN)
 TRAFFIC_TYPE_NAME = re.compile(r"[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}")
 MAX_KEY_LENGTH = 250
 MAX_ATTRIBUTE_STRING = 255

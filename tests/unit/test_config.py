@@ -52,6 +52,30 @@ def test_inbound_defaults_match_the_contract() -> None:
             },
             "valueField",
         ),
+        (
+            {
+                "environment": "P",
+                "identities": [{"segmentId": "userId", "trafficType": "u"}],
+                "eventTypeIdField": "event ",
+            },
+            "eventTypeIdField: Value error, a name in the path starts or ends with a space",
+        ),
+        (
+            {
+                "environment": "P",
+                "identities": [{"segmentId": "userId", "trafficType": "u"}],
+                "pageEventTypeId": "view_{Name}",
+            },
+            "pageEventTypeId: Value error, the only placeholder is {name}",
+        ),
+        (
+            {
+                "environment": "P",
+                "identities": [{"segmentId": "userId", "trafficType": "u"}],
+                "screenEventTypeId": "screen/{name}",
+            },
+            "screenEventTypeId: Value error, must make FME event type ids",
+        ),
     ],
 )
 def test_invalid_inbound_config_names_the_field(document: dict, names: str) -> None:
