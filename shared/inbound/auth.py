@@ -6,10 +6,10 @@ version (rotation):
 - ``X-Signature``: hex HMAC-SHA1 keyed with the secret, over the raw body (classic Webhooks) or, for
   an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
 
-Both versions are cached (``CONFIG_CACHE_SECONDS``). Credentials that match neither cached version
-have the current one read again, at most every ``SECRET_REFRESH_SECONDS`` per connection (and the
-previous one too when the current one changed), so a secret rotated a moment ago is accepted at
-once, not when the cache expires.
+Both versions are cached (``CONFIG_CACHE_SECONDS``). Credentials that do not match the cached current
+version have both versions read again, at most every ``SECRET_REFRESH_SECONDS`` per connection (in
+between, the cached previous version is tried), so a secret rotated a moment ago is accepted at once,
+not when the cache expires.
 
 Every comparison is ``hmac.compare_digest`` and all candidates are compared, so timing says nothing
 about which part matched. An unknown connection fails exactly like bad credentials, and is
@@ -90,6 +90,7 @@ unknown_secrets = _NegativeCache()
 
 def clear_caches() -> None:
     unknown_secrets.clear()
+    _refused_against.clear()
 
 
 def presented_tokens(headers: Mapping[str, str]) -> list[bytes]:
@@ -163,14 +164,40 @@ def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) ->
     try:
         current = config.get_secret(name)
     except config.ConfigNotFound:
-        unknown_secrets.add(name)
+        _remember_unknown(name)
         raise Unauthorized from None
-    if credentials.match(current) or _matches_previous(name, credentials):
+    if credentials.match(current):
         return
-    # Neither cached version: the secret may have been rotated since it was cached.
-    if config.secret_refreshes.due(name) and _matches_fresh(name, current, credentials):
+    # After a rotation, the cached previous version may be older than it: read again at once.
+    if _rotated_since_seen(name, current) and _matches_previous(name, credentials, fresh=True):
+        return
+    if config.secret_refreshes.due(name):
+        # The secret may have been rotated since either version was cached (they expire apart).
+        if _matches_fresh(name, credentials):
+            return
+    elif _matches_previous(name, credentials):
         return
     raise Unauthorized
+
+
+# A digest of the current version each connection's credentials were last refused against.
+_refused_against: dict[str, bytes] = {}
+
+
+def _rotated_since_seen(name: str, current: str) -> bool:
+    digest = hashlib.sha256(current.encode()).digest()
+    seen = _refused_against.get(name)
+    _refused_against[name] = digest
+    return seen is not None and not hmac.compare_digest(seen, digest)
+
+
+def _remember_unknown(name: str) -> None:
+    """An unknown connection costs the two reads that wrong credentials for a known one cost every
+    ``SECRET_REFRESH_SECONDS``, once per ``NEGATIVE_CACHE_SECONDS`` (the same): the number of Secrets
+    Manager reads does not tell connections that exist from those that do not."""
+    unknown_secrets.add(name)
+    with contextlib.suppress(config.ConfigNotFound):
+        config.get_secret(name, previous=True, fresh=True)
 
 
 def _matches_previous(name: str, credentials: Credentials, fresh: bool = False) -> bool:
@@ -186,19 +213,12 @@ def _matches_previous(name: str, credentials: Credentials, fresh: bool = False) 
     return credentials.match(previous)
 
 
-def _matches_fresh(name: str, cached: str, credentials: Credentials) -> bool:
-    """The current version read again past the cache; when it changed (a rotation), the previous one too.
-
-    Unchanged, that is one read every ``SECRET_REFRESH_SECONDS``, as an unknown connection costs one
-    every ``NEGATIVE_CACHE_SECONDS``: wrong credentials for a connection that exists take as long,
-    as often, as for one that does not.
-    """
+def _matches_fresh(name: str, credentials: Credentials) -> bool:
+    """Both versions read again past the cache, which then holds them."""
     try:
         current = config.get_secret(name, fresh=True)
     except config.ConfigNotFound:
-        unknown_secrets.add(name)
-        return False
-    if current == cached:
+        _remember_unknown(name)
         return False
     previous = _matches_previous(name, credentials, fresh=True)  # read whatever matches: both are stale
     return credentials.match(current) or previous

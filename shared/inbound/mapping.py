@@ -424,6 +424,9 @@ class StoredIdentity(BaseModel):
 
 
 class MergedIdentity(BaseModel):
+    # Frozen: ``size_bytes`` is computed once.
+    model_config = ConfigDict(frozen=True)
+
     environment: str
     trafficTypeName: str
     key: str

@@ -65,16 +65,31 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _replace_lone_surrogates(value: Any) -> Any:
+def _replace_lone_surrogates(document: Any) -> Any:
     """Every lone surrogate in the document's strings (keys included) becomes U+FFFD, as a browser's
-    ``TextEncoder`` does; the pairs JSON escapes were already joined into one character."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_replace_lone_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
-    return value
+    ``TextEncoder`` does; the pairs JSON escapes were already joined into one character. In place,
+    without recursion: ``json.loads`` reads deeper documents than Python would recurse into."""
+    if isinstance(document, str):
+        return _LONE_SURROGATE.sub("\ufffd", document)
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            for index, value in enumerate(node):
+                if isinstance(value, str):
+                    node[index] = _LONE_SURROGATE.sub("\ufffd", value)
+                elif isinstance(value, list | dict):
+                    pending.append(value)
+        elif isinstance(node, dict):
+            entries = list(node.items())
+            node.clear()
+            for key, value in entries:
+                if isinstance(value, str):
+                    value = _LONE_SURROGATE.sub("\ufffd", value)
+                elif isinstance(value, list | dict):
+                    pending.append(value)
+                node[_LONE_SURROGATE.sub("\ufffd", key)] = value
+    return document
 
 
 def decode_body(raw: bytes) -> list[Any]:
@@ -89,10 +104,7 @@ def decode_body(raw: bytes) -> list[Any]:
         # A 503 here would make Segment retry a body that can never succeed.
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
     if _SURROGATE_ESCAPE.search(raw):
-        try:
-            document = _replace_lone_surrogates(document)
-        except RecursionError:
-            raise BadRequest("invalid_json", "the request body is nested too deeply") from None
+        document = _replace_lone_surrogates(document)
     messages: Any
     if isinstance(document, list):
         messages = document

@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from shared import config
+from shared import aws, config
 from shared.inbound import auth
 from tests.conftest import REGION, put_secret
 from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message, signature
@@ -117,31 +117,47 @@ def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request
     assert webhook.post(segment_message("track", messageId="old"), headers=old).status == 200
 
 
-def test_bad_credentials_read_the_secret_again_at_most_every_few_seconds(
+def test_a_rotation_seen_through_an_expired_current_version_reads_the_previous_one_again(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The two versions are cached apart: the current one can be new while the previous is stale."""
     monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
     clock = [1000.0]
     monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
-    fresh_reads: list[str] = []
-    real_get_secret = config.get_secret
+    put_secret(f"inbound/{CONNECTION}", "whsec-second-1b2c")  # SECRET is the previous version now
+    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
+    put_secret(f"inbound/{CONNECTION}", "whsec-third-3d4e")  # the second is the previous version now
+    config._providers["secret"].clear_cache()  # the current version's cache ran out; the previous's did not
+    second = {"authorization": "Bearer whsec-second-1b2c"}  # Segment, not yet updated
+    assert webhook.post(segment_message("track", messageId="second"), headers=second).status == 200
 
-    def counting_get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
-        if fresh:
-            fresh_reads.append(name)
-        return real_get_secret(name, previous, fresh)
 
-    monkeypatch.setattr(config, "get_secret", counting_get_secret)
+def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both versions read again at most every few seconds for a connection that exists, as often as
+    an unknown one is looked up: the Secrets Manager reads do not tell the two apart."""
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    clock = [1000.0]
+    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
+    monkeypatch.setattr(auth.unknown_secrets, "clock", lambda: clock[0])
+    reads: list[str] = []
+    aws.client("secretsmanager").meta.events.register(
+        "before-parameter-build.secrets-manager.GetSecretValue",
+        lambda params, **_: reads.append(params["SecretId"]),
+    )
+    prefix = webhook.env["CONFIG_PREFIX"]
     wrong = {"authorization": "Bearer nope"}
-    for _ in range(5):
-        assert webhook.post(segment_message("track"), headers=wrong).status == 401
-    # The current version, once: unchanged, so the previous one is not read either. An unknown
-    # connection costs the same, one read per NEGATIVE_CACHE_SECONDS: no oracle in the timing.
-    assert fresh_reads == [f"{webhook.env['CONFIG_PREFIX']}/inbound/{CONNECTION}"]
-    assert auth.NEGATIVE_CACHE_SECONDS == config.SECRET_REFRESH_SECONDS
-    clock[0] += config.SECRET_REFRESH_SECONDS
-    assert webhook.post(segment_message("track"), headers=wrong).status == 401
-    assert len(fresh_reads) == 2
+    for connection in (CONNECTION, "made-up"):  # first contact: cold caches
+        assert webhook.post(segment_message("track"), headers=wrong, connection=connection).status == 401
+    for _ in range(3):
+        clock[0] += config.SECRET_REFRESH_SECONDS
+        reads.clear()
+        for _ in range(4):
+            for connection in (CONNECTION, "made-up"):
+                answer = webhook.post(segment_message("track"), headers=wrong, connection=connection)
+                assert answer.status == 401
+        assert sorted(reads) == sorted([f"{prefix}/inbound/{CONNECTION}", f"{prefix}/inbound/made-up"] * 2)
 
 
 def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
@@ -151,14 +167,14 @@ def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
     lookups: list[str] = []
     real_get_secret = config.get_secret
 
-    def counting_get_secret(name: str, previous: bool = False) -> str:
+    def counting_get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
         lookups.append(name)
-        return real_get_secret(name, previous)
+        return real_get_secret(name, previous, fresh)
 
     monkeypatch.setattr(config, "get_secret", counting_get_secret)
     for _ in range(5):
         assert webhook.post(segment_message("track"), connection="made-up").status == 401
-    assert len(lookups) == 1
+    assert len(lookups) == 2  # the current and the previous version, once (as for a known connection)
 
 
 def test_connection_ids_that_could_reach_other_secrets_are_refused(webhook: Webhook) -> None:
