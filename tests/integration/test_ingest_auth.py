@@ -20,6 +20,16 @@ def webhook(function_env: Any, lambda_context: Any) -> Webhook:
     return Webhook.create(function_env, lambda_context)
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Secrets cached for minutes, as deployed; the clock of their re-reads (and of unknown ids)."""
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    now = [1000.0]
+    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: now[0])
+    monkeypatch.setattr(auth.unknown_secrets, "clock", lambda: now[0])
+    return now
+
+
 def basic(user: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:".encode()).decode()
 
@@ -77,13 +87,8 @@ def test_rotation_accepts_current_and_previous_secret(webhook: Webhook) -> None:
     assert webhook.post(segment_message("track"), headers={"authorization": f"Bearer {SECRET}"}).status == 401
 
 
-def test_a_rotation_is_accepted_at_once_by_a_warm_container(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_rotation_is_accepted_at_once_by_a_warm_container(webhook: Webhook, clock: list[float]) -> None:
     """Both versions are cached for minutes; the new secret must not be refused meanwhile."""
-    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
-    clock = [1000.0]
-    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
     bearer = {"authorization": f"Bearer {SECRET}"}
     assert webhook.post(segment_message("track", messageId="before"), headers=bearer).status == 200
 
@@ -101,11 +106,8 @@ def test_a_rotation_is_accepted_at_once_by_a_warm_container(
 
 
 def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, clock: list[float]
 ) -> None:
-    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
-    clock = [1000.0]
-    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
     # A stray bad request before any rotation: AWSPREVIOUS is found missing, and remembered so.
     assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
     put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")
@@ -118,12 +120,9 @@ def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request
 
 
 def test_a_rotation_seen_through_an_expired_current_version_reads_the_previous_one_again(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, clock: list[float]
 ) -> None:
     """The two versions are cached apart: the current one can be new while the previous is stale."""
-    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
-    clock = [1000.0]
-    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
     put_secret(f"inbound/{CONNECTION}", "whsec-second-1b2c")  # SECRET is the previous version now
     assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
     put_secret(f"inbound/{CONNECTION}", "whsec-third-3d4e")  # the second is the previous version now
@@ -133,14 +132,10 @@ def test_a_rotation_seen_through_an_expired_current_version_reads_the_previous_o
 
 
 def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, clock: list[float]
 ) -> None:
     """Both versions read again at most every few seconds for a connection that exists, as often as
     an unknown one is looked up: the Secrets Manager reads do not tell the two apart."""
-    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
-    clock = [1000.0]
-    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: clock[0])
-    monkeypatch.setattr(auth.unknown_secrets, "clock", lambda: clock[0])
     reads: list[str] = []
     aws.client("secretsmanager").meta.events.register(
         "before-parameter-build.secrets-manager.GetSecretValue",
