@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.dynamodb import Table, attribute_value, batch_get, batch_write, plain, run_parallel
+from shared.dynamodb import Table, attribute_value, batch_get, batch_write, plain
 from shared.events_table import identity_pk
 from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
 
@@ -56,11 +56,10 @@ class IdentitiesTable(Table):
         """Write merged identities; returns the pks whose write did not happen (re-read and retry them).
 
         A transaction is all or nothing, so when one identity's version moved on, every identity of
-        that transaction is returned. Transactions (of distinct identities) run side by side: a body
-        of 4,000 identifies is 40 of them.
+        that transaction is returned.
         """
-
-        def write(batch: list[MergedIdentity]) -> set[str]:
+        retry: set[str] = set()
+        for batch in transactions(identities):
             actions = [
                 {"Put": self._conditional_put(identity, connection_id, updated_at)} for identity in batch
             ]
@@ -70,10 +69,8 @@ class IdentitiesTable(Table):
                 code = exc.response.get("Error", {}).get("Code")
                 if code not in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                     raise
-                return {identity_pk(i.environment, i.trafficTypeName, i.key) for i in batch}
-            return set()
-
-        return set().union(*run_parallel(write, transactions(identities)))
+                retry.update(identity_pk(i.environment, i.trafficTypeName, i.key) for i in batch)
+        return retry
 
     def _conditional_put(
         self, identity: MergedIdentity, connection_id: str, updated_at: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from decimal import Decimal
@@ -349,23 +348,6 @@ def test_an_identity_too_large_for_dynamodb_is_dropped_and_the_others_are_stored
     assert webhook.identity("user", "huge-user") is None
     assert (webhook.identity("user", "fine-user") or {})["attributes"]["plan"] == "pro"
     assert webhook.post(body).status == 200  # and so does Segment's retry
-
-
-def test_the_identity_transactions_of_a_body_run_side_by_side(webhook: Webhook) -> None:
-    """Real DynamoDB takes tens of milliseconds per transaction: 40 in a row would outlast the budget."""
-    meeting = threading.Barrier(3, timeout=5)  # broken unless the three transactions are in flight at once
-
-    def meet(**_: Any) -> None:
-        meeting.wait()
-
-    dynamodb.client().meta.events.register("before-call.dynamodb.TransactWriteItems", meet)
-    identifies = [
-        segment_message("identify", messageId=f"id-{i}", userId=f"user-{i}", anonymousId=None)
-        for i in range(300)
-    ]
-    answer = webhook.post(identifies)
-    assert answer.status == 200, answer.body
-    assert answer.body["identities"] == 300
 
 
 def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
