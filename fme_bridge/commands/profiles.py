@@ -192,8 +192,8 @@ def audience_backfill(
         out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
     if report.failed:
         raise CliError(
-            f"{len(report.failed)} identities could not be evaluated or synced (see the log above); "
-            "run the back-fill again: what was done is not done twice"
+            f"{len(report.failed)} identities could not be evaluated or synced (DynamoDB or Segment "
+            "failing); run the back-fill again: what was done is not done twice"
         )
 
 
