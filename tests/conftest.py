@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from fme_bridge.template import Stack, create_stack
-from shared import aws, config, http_session
+from shared import aws, config, http_session, secret_versions
 
 EVENTS_DIR = Path(__file__).parent / "events"
 REGION = "us-east-1"
@@ -34,9 +34,11 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("POWERTOOLS_DEV", "0")
     aws.reset_clients()
     config.clear_caches()
+    secret_versions.clear_caches()
     yield
     aws.reset_clients()
     config.clear_caches()
+    secret_versions.clear_caches()
     http_session.close()  # no HTTP client or connection outlives its test
 
 

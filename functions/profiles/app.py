@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 from typing import Any
 from urllib.parse import unquote
@@ -15,9 +14,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import config
-from shared.config import ConfigNotFound, ConfigUnavailable
+from shared.config import ConfigUnavailable
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
+from shared.secret_versions import secret_accepts
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -44,36 +44,15 @@ def secret_name() -> str:
     return f"{config.config_prefix()}/profiles"
 
 
-def _accepted_secrets(fresh: bool = False) -> list[str]:
-    secrets = [config.get_secret(secret_name(), fresh=fresh)]
-    with contextlib.suppress(ConfigNotFound):  # no rotation has happened yet
-        secrets.append(config.get_secret(secret_name(), previous=True, fresh=fresh))
-    return secrets
-
-
-def _matches(given: bytes, secrets: list[str]) -> bool:
-    matches = [hmac.compare_digest(given, s.encode()) for s in secrets]
-    return any(matches)
-
-
 def authenticate(authorization: str | None) -> None:
-    """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret.
-
-    A token matching neither cached version has both read again (at most every
-    ``config.SECRET_REFRESH_SECONDS``): a secret rotated a moment ago works at once.
-    """
+    """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret
+    (cached and read again as the webhook's are: :func:`shared.secret_versions.secret_accepts`)."""
     scheme, _, presented = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized
     given = presented.strip().encode()
-    try:
-        if _matches(given, _accepted_secrets()):
-            return
-        if config.secret_refreshes.due(secret_name()) and _matches(given, _accepted_secrets(fresh=True)):
-            return
-    except ConfigNotFound:
-        raise Unauthorized from None  # the API is not set up: nobody can be let in
-    raise Unauthorized
+    if not secret_accepts(secret_name(), lambda secret: hmac.compare_digest(given, secret.encode())):
+        raise Unauthorized  # a wrong secret, or none set up: nobody can be let in
 
 
 def _limit(raw: str | None) -> int:

@@ -9,8 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from shared import aws, config
-from shared.inbound import auth
+from shared import aws, config, secret_versions
 from tests.conftest import REGION, put_secret
 from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message, signature
 
@@ -26,7 +25,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
     now = [1000.0]
     monkeypatch.setattr(config.secret_refreshes, "clock", lambda: now[0])
-    monkeypatch.setattr(auth.unknown_secrets, "clock", lambda: now[0])
+    monkeypatch.setattr(secret_versions.unknown_secrets, "clock", lambda: now[0])
     return now
 
 

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from shared.inbound.auth import Credentials, _NegativeCache
+from shared.inbound.auth import Credentials
+from shared.secret_versions import _NegativeCache
 from tests.conftest import load_event
 
 SECRET = "whsec-3f9a1c0b7d2e4a6b"

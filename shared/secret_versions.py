@@ -1,0 +1,144 @@
+"""Secrets that authenticate callers (the webhook's, the profile API's) and their rotation.
+
+Accepted: the current version and, only when that does not match, the ``AWSPREVIOUS`` one. Both are
+cached (``CONFIG_CACHE_SECONDS``), each on its own clock. Credentials that do not match the cached
+current version have both versions read again, at most every ``SECRET_REFRESH_SECONDS`` per secret; in
+between, the cached previous version is tried, and read again at once when the current version has
+changed since the last refusal (a rotation seen through an expired cache). A secret rotated a moment
+ago is thus accepted at once, not when the cache expires. A secret that does not exist is remembered
+as such for as long, and costs the same two reads, so the reads do not tell a name that exists from
+one that does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+
+from shared import config
+
+# As long as a secret that exists goes unread after wrong credentials (no oracle in the reads).
+NEGATIVE_CACHE_SECONDS = config.SECRET_REFRESH_SECONDS
+NEGATIVE_CACHE_ENTRIES = 10_000
+
+
+class _NegativeCache:
+    """Names known not to exist, each for a short while (bounded, so it cannot grow without limit)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def ttl(self) -> float:
+        return float(min(NEGATIVE_CACHE_SECONDS, config.cache_seconds()))
+
+    def __contains__(self, name: str) -> bool:
+        expiry = self._expiry.get(name)
+        if expiry is None:
+            return False
+        if expiry <= self.clock():
+            self._expiry.pop(name, None)
+            return False
+        return True
+
+    def add(self, name: str) -> None:
+        ttl = self.ttl()
+        if ttl <= 0:
+            return
+        with self._lock:
+            if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
+                now = self.clock()
+                self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+                if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
+                    self._expiry.clear()
+            self._expiry[name] = self.clock() + ttl
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._expiry.pop(name, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._expiry.clear()
+
+
+unknown_secrets = _NegativeCache()
+
+
+def clear_caches() -> None:
+    unknown_secrets.clear()
+    _refused_against.clear()
+
+
+def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
+    """Whether ``matches`` accepts the current or the previous (``AWSPREVIOUS``) version of the secret.
+
+    Both versions are cached, each on its own clock; see the module's docstring for when they are
+    read again. A secret that does not exist is remembered as such for a while.
+    :class:`shared.config.ConfigUnavailable` propagates.
+    """
+    if name in unknown_secrets:
+        return False
+    try:
+        current = config.get_secret(name)
+    except config.ConfigNotFound:
+        _remember_unknown(name)
+        return False
+    if matches(current):
+        return True
+    # After a rotation, the cached previous version may be older than it: read again at once.
+    if _rotated_since_seen(name, current) and _matches_previous(name, matches, fresh=True):
+        return True
+    if config.secret_refreshes.due(name):
+        # The secret may have been rotated since either version was cached (they expire apart).
+        return _matches_fresh(name, matches)
+    return _matches_previous(name, matches)
+
+
+# A digest of the current version each connection's credentials were last refused against.
+_refused_against: dict[str, bytes] = {}
+
+
+def _rotated_since_seen(name: str, current: str) -> bool:
+    digest = hashlib.sha256(current.encode()).digest()
+    seen = _refused_against.get(name)
+    _refused_against[name] = digest
+    return seen is not None and not hmac.compare_digest(seen, digest)
+
+
+def _remember_unknown(name: str) -> None:
+    """An unknown connection costs the two reads that wrong credentials for a known one cost every
+    ``SECRET_REFRESH_SECONDS``, once per ``NEGATIVE_CACHE_SECONDS`` (the same): the number of Secrets
+    Manager reads does not tell connections that exist from those that do not."""
+    unknown_secrets.add(name)
+    with contextlib.suppress(config.ConfigNotFound):
+        config.get_secret(name, previous=True, fresh=True)
+
+
+def _matches_previous(name: str, matches: Callable[[str], bool], fresh: bool = False) -> bool:
+    previous_name = f"{name}@AWSPREVIOUS"
+    if previous_name in unknown_secrets and not fresh:
+        return False
+    try:
+        previous = config.get_secret(name, previous=True, fresh=fresh)
+    except config.ConfigNotFound:
+        unknown_secrets.add(previous_name)
+        return False
+    unknown_secrets.discard(previous_name)  # a rotation since it was found missing
+    return matches(previous)
+
+
+def _matches_fresh(name: str, matches: Callable[[str], bool]) -> bool:
+    """Both versions read again past the cache, which then holds them."""
+    try:
+        current = config.get_secret(name, fresh=True)
+    except config.ConfigNotFound:
+        _remember_unknown(name)
+        return False
+    previous = _matches_previous(name, matches, fresh=True)  # read whatever matches: both are stale
+    return matches(current) or previous
