@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -252,7 +250,6 @@ def clear_caches() -> None:
     for provider in _providers.values():
         provider.clear_cache()
     _providers.clear()
-    secret_refreshes.clear()
 
 
 _NOT_FOUND_CODES = {"ParameterNotFound", "ResourceNotFoundException", "ParameterVersionNotFound"}
@@ -292,39 +289,6 @@ def get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
     if previous:
         return _fetch("secret-previous", name, fresh, VersionStage="AWSPREVIOUS")
     return _fetch("secret", name, fresh)
-
-
-# Credentials that match neither cached version of a secret may be those of a rotation made since
-# it was cached: the secret is then read again, at most this often, so that bad credentials cannot
-# turn into a flood of Secrets Manager calls.
-SECRET_REFRESH_SECONDS = 10.0
-
-
-class _Refreshes:
-    """When each secret was last read again past the cache."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._at: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def due(self, name: str) -> bool:
-        """True (and counted as done) unless the secret was read again less than
-        :data:`SECRET_REFRESH_SECONDS` ago."""
-        with self._lock:
-            now = self.clock()
-            last = self._at.get(name)
-            if last is not None and now - last < SECRET_REFRESH_SECONDS:
-                return False
-            self._at[name] = now
-            return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._at.clear()
-
-
-secret_refreshes = _Refreshes()
 
 
 def load_inbound(connection_id: str) -> InboundConfig:

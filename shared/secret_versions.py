@@ -21,21 +21,28 @@ from collections.abc import Callable
 
 from shared import config
 
-# As long as a secret that exists goes unread after wrong credentials (no oracle in the reads).
-NEGATIVE_CACHE_SECONDS = config.SECRET_REFRESH_SECONDS
-NEGATIVE_CACHE_ENTRIES = 10_000
+# Credentials that match neither cached version may be those of a rotation made since: both versions
+# are then read again, at most this often per secret, so that bad credentials cannot turn into a
+# flood of Secrets Manager calls.
+SECRET_REFRESH_SECONDS = 10.0
+# A secret found missing is remembered as long as one that exists goes unread after wrong
+# credentials (no oracle in the reads).
+NEGATIVE_CACHE_SECONDS = SECRET_REFRESH_SECONDS
+MAX_REMEMBERED_NAMES = 10_000
 
 
-class _NegativeCache:
-    """Names known not to exist, each for a short while (bounded, so it cannot grow without limit)."""
+def negative_cache_seconds() -> float:
+    return float(min(NEGATIVE_CACHE_SECONDS, config.cache_seconds()))
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+
+class _RecentNames:
+    """Names remembered for a while (bounded, so it cannot grow without limit)."""
+
+    def __init__(self, seconds: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
         self.clock = clock
         self._expiry: dict[str, float] = {}
         self._lock = threading.Lock()
-
-    def ttl(self) -> float:
-        return float(min(NEGATIVE_CACHE_SECONDS, config.cache_seconds()))
 
     def __contains__(self, name: str) -> bool:
         expiry = self._expiry.get(name)
@@ -47,16 +54,27 @@ class _NegativeCache:
         return True
 
     def add(self, name: str) -> None:
-        ttl = self.ttl()
-        if ttl <= 0:
-            return
         with self._lock:
-            if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
-                now = self.clock()
-                self._expiry = {k: v for k, v in self._expiry.items() if v > now}
-                if len(self._expiry) >= NEGATIVE_CACHE_ENTRIES:
-                    self._expiry.clear()
-            self._expiry[name] = self.clock() + ttl
+            self._remember(name)
+
+    def claim(self, name: str) -> bool:
+        """Remember ``name`` unless it is remembered already: True when it was not."""
+        with self._lock:
+            if name in self:
+                return False
+            self._remember(name)
+            return True
+
+    def _remember(self, name: str) -> None:  # with the lock held
+        seconds = self.seconds()
+        if seconds <= 0:
+            return
+        if len(self._expiry) >= MAX_REMEMBERED_NAMES:
+            now = self.clock()
+            self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+            if len(self._expiry) >= MAX_REMEMBERED_NAMES:
+                self._expiry.clear()
+        self._expiry[name] = self.clock() + seconds
 
     def discard(self, name: str) -> None:
         with self._lock:
@@ -67,11 +85,14 @@ class _NegativeCache:
             self._expiry.clear()
 
 
-unknown_secrets = _NegativeCache()
+unknown_secrets = _RecentNames(negative_cache_seconds)
+# Secrets read again past the cache lately: :data:`SECRET_REFRESH_SECONDS` apart at least.
+recent_refreshes = _RecentNames(lambda: SECRET_REFRESH_SECONDS)
 
 
 def clear_caches() -> None:
     unknown_secrets.clear()
+    recent_refreshes.clear()
     _refused_against.clear()
 
 
@@ -94,7 +115,7 @@ def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
     # After a rotation, the cached previous version may be older than it: read again at once.
     if _rotated_since_seen(name, current) and _matches_previous(name, matches, fresh=True):
         return True
-    if config.secret_refreshes.due(name):
+    if recent_refreshes.claim(name):
         # The secret may have been rotated since either version was cached (they expire apart).
         return _matches_fresh(name, matches)
     return _matches_previous(name, matches)

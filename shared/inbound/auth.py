@@ -26,16 +26,12 @@ import json
 import re
 from collections.abc import Mapping
 
-from shared import config, secret_versions
+from shared import config
 from shared.inbound.messages import compact_json, first_element_text
 from shared.secret_versions import secret_accepts
 
 # SSM parameter names allow these; "/" is excluded so an id cannot reach another config's secret.
 CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def clear_caches() -> None:
-    secret_versions.clear_caches()
 
 
 class Unauthorized(Exception):

@@ -13,9 +13,9 @@ from typing import Any
 
 import boto3
 
+from shared import secret_versions
 from shared.events_table import EventsTable
 from shared.identities_table import IdentitiesTable
-from shared.inbound import auth
 from tests.conftest import REGION, load_event, put_config, put_secret
 
 CONNECTION = "acme-production"
@@ -55,7 +55,7 @@ class Webhook:
         self.context = context
         self.events = EventsTable(env["EVENTS_TABLE"])
         self.identities = IdentitiesTable(env["IDENTITIES_TABLE"])
-        auth.clear_caches()
+        secret_versions.clear_caches()
 
     @classmethod
     def create(cls, function_env: Callable[[str], dict[str, str]], context: Any, **config: Any) -> Webhook:

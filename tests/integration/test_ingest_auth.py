@@ -24,7 +24,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Secrets cached for minutes, as deployed; the clock of their re-reads (and of unknown ids)."""
     monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
     now = [1000.0]
-    monkeypatch.setattr(config.secret_refreshes, "clock", lambda: now[0])
+    monkeypatch.setattr(secret_versions.recent_refreshes, "clock", lambda: now[0])
     monkeypatch.setattr(secret_versions.unknown_secrets, "clock", lambda: now[0])
     return now
 
@@ -96,7 +96,7 @@ def test_a_rotation_is_accepted_at_once_by_a_warm_container(webhook: Webhook, cl
     assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
     assert webhook.post(segment_message("track", messageId="old"), headers=bearer).status == 200
 
-    clock[0] += config.SECRET_REFRESH_SECONDS  # secrets are read again at most this often
+    clock[0] += secret_versions.SECRET_REFRESH_SECONDS  # secrets are read again at most this often
     put_secret(f"inbound/{CONNECTION}", "whsec-third-7a8b9c")  # SECRET is now two versions old
     third = {"authorization": "Bearer whsec-third-7a8b9c"}
     assert webhook.post(segment_message("track", messageId="third"), headers=third).status == 200
@@ -110,7 +110,7 @@ def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request
     # A stray bad request before any rotation: AWSPREVIOUS is found missing, and remembered so.
     assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
     put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")
-    clock[0] += config.SECRET_REFRESH_SECONDS
+    clock[0] += secret_versions.SECRET_REFRESH_SECONDS
     rotated = {"authorization": "Bearer whsec-rotated-4d5e6f"}
     assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
     # Segment, not yet updated, still sends the old secret: AWSPREVIOUS now.
@@ -145,7 +145,7 @@ def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
     for connection in (CONNECTION, "made-up"):  # first contact: cold caches
         assert webhook.post(segment_message("track"), headers=wrong, connection=connection).status == 401
     for _ in range(3):
-        clock[0] += config.SECRET_REFRESH_SECONDS
+        clock[0] += secret_versions.SECRET_REFRESH_SECONDS
         reads.clear()
         for _ in range(4):
             for connection in (CONNECTION, "made-up"):

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from shared.inbound.auth import Credentials
-from shared.secret_versions import _NegativeCache
+from shared.secret_versions import _RecentNames, negative_cache_seconds
 from tests.conftest import load_event
 
 SECRET = "whsec-3f9a1c0b7d2e4a6b"
@@ -85,7 +85,7 @@ def test_no_credentials_and_empty_secret_never_match() -> None:
 
 def test_negative_cache_expires() -> None:
     now = [100.0]
-    cache = _NegativeCache(clock=lambda: now[0])
+    cache = _RecentNames(negative_cache_seconds, clock=lambda: now[0])
     cache.add("/p/inbound/nope")
     assert "/p/inbound/nope" in cache
     now[0] += 31
