@@ -127,16 +127,12 @@ def store(
     expires_at = now_ms // 1000 + retention_days() * 86_400
     candidates: dict[tuple[str, str], int] = {}
     items = {}
+    keyed = [(identity_pk(e.environment, e.trafficTypeName, e.key), e) for e in mapped.events]
     # Events of messages that carry no time are keyed by the time of receipt, which a redelivery
     # changes: they are looked for by messageId.
-    untimed = [
-        (identity_pk(event.environment, event.trafficTypeName, event.key), event.messageId)
-        for event in mapped.events
-        if event.untimed
-    ]
+    untimed = [(pk, event.messageId) for pk, event in keyed if event.untimed]
     redelivered = events_table.stored_messages(untimed, now_ms - UNTIMED_WINDOW_MS) if untimed else set()
-    for event in mapped.events:
-        pk = identity_pk(event.environment, event.trafficTypeName, event.key)
+    for pk, event in keyed:
         key = (pk, event_sk(event.timestamp, event.messageId))
         if event.untimed and (pk, event.messageId) in redelivered:
             duplicate.add(event.index)

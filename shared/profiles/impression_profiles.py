@@ -109,7 +109,7 @@ class LastTreatmentSync:
         sources: dict[Slot, set[int]] = defaultdict(set)
         by_destination: dict[str, set[Slot]] = defaultdict(set)
         for record_index, impression in self._seen:
-            blocked = router.blocked(impression) if router.invalid else None
+            blocked = router.blocked(impression)
             if blocked is not None:
                 # Retried until the config is fixed, and only then recorded: recorded now, its change
                 # would be spent on the valid configs, and the fixed one never told.
