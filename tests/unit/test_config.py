@@ -27,6 +27,9 @@ def test_inbound_defaults_match_the_contract() -> None:
     assert cfg.delivery.enabled is False
 
 
+MINIMAL_INBOUND = {"environment": "P", "identities": [{"segmentId": "userId", "trafficType": "user"}]}
+
+
 @pytest.mark.parametrize(
     ("document", "names"),
     [
@@ -36,44 +39,18 @@ def test_inbound_defaults_match_the_contract() -> None:
             {"environment": "P", "identities": [{"segmentId": "email", "trafficType": "user"}]},
             "identities.0.segmentId",
         ),
+        ({**MINIMAL_INBOUND, "enableTrak": True}, "enableTrak"),
+        ({**MINIMAL_INBOUND, "valueField": "properties..revenue"}, "valueField"),
         (
-            {
-                "environment": "P",
-                "identities": [{"segmentId": "userId", "trafficType": "user"}],
-                "enableTrak": True,
-            },
-            "enableTrak",
-        ),
-        (
-            {
-                "environment": "P",
-                "identities": [{"segmentId": "userId", "trafficType": "u"}],
-                "valueField": "properties..revenue",
-            },
-            "valueField",
-        ),
-        (
-            {
-                "environment": "P",
-                "identities": [{"segmentId": "userId", "trafficType": "u"}],
-                "eventTypeIdField": "event ",
-            },
+            {**MINIMAL_INBOUND, "eventTypeIdField": "event "},
             "eventTypeIdField: Value error, a name in the path starts or ends with a space",
         ),
         (
-            {
-                "environment": "P",
-                "identities": [{"segmentId": "userId", "trafficType": "u"}],
-                "pageEventTypeId": "view_{Name}",
-            },
+            {**MINIMAL_INBOUND, "pageEventTypeId": "view_{Name}"},
             "pageEventTypeId: Value error, the only placeholder is {name}",
         ),
         (
-            {
-                "environment": "P",
-                "identities": [{"segmentId": "userId", "trafficType": "u"}],
-                "screenEventTypeId": "screen/{name}",
-            },
+            {**MINIMAL_INBOUND, "screenEventTypeId": "screen/{name}"},
             "screenEventTypeId: Value error, must make FME event type ids",
         ),
     ],
