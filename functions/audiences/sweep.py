@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from functions.audiences import app as stream_app
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
-from shared.profiles.audience_sync import SyncReport
+from shared.profiles.audience_sync import PROFILES_PER_ROUND, SyncReport
 from shared.profiles_table import due_for_recheck
 from shared.tracing import lambda_tracer
 
@@ -27,7 +27,6 @@ logger = Logger()
 metrics = Metrics()
 tracer = lambda_tracer()
 
-PROFILES_PER_ROUND = 100
 # Stop starting rounds when less than this is left: a round must finish its sends and stores.
 RESERVE_MS = 15_000
 

@@ -43,6 +43,9 @@ from shared.profiles_table import (
 
 logger = logging.getLogger(__name__)
 
+# Profiles evaluated together (the schedule's re-check and a back-fill): one round of identifies.
+PROFILES_PER_ROUND = 100
+
 
 # Sends each outbound config's identify messages; the outcome per config name.
 SendIdentifies = Callable[[IdentifyBatches], dict[str, Outcome]]

@@ -18,11 +18,10 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 from shared import aws
-from shared.profiles.audience_sync import AudienceEvaluator, SyncReport
+from shared.profiles.audience_sync import PROFILES_PER_ROUND, AudienceEvaluator, SyncReport
 
 # Environment variables of the tables whose items are keyed by identity (``pk`` = env#type#key).
 IDENTITY_TABLES = ("EVENTS_TABLE", "IDENTITIES_TABLE", "PROFILES_TABLE")
-PROFILES_PER_ROUND = 100
 
 
 def stored_identities(
