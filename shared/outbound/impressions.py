@@ -9,11 +9,12 @@ An SQS message body is JSON in one of three shapes, mixable in one batch (SPEC s
 
 Each is normalised to one :class:`Impression`. The pydantic models below define what is valid. At
 tens of thousands of impressions per second, validating every item through them cost more than all
-the rest of the handler, so each item first goes through :func:`_fast_impression`, which accepts only
-items whose every field already has exactly the type the model wants (no coercion needed) and builds
-the same :class:`Impression` the model would. Anything else — a numeric key, a bad time, a list where
-a string belongs — goes through the model, which coerces it or reports the item with its index and
-reason, while the good items beside it still go out.
+the rest of the handler, so a body is first decoded by msgspec into plain structs that accept only
+what the models accept without coercion (exactly these types: ``true`` is no number, ``1.0`` no
+integer), checked while the JSON is read. Only a body that does not decode that way — a numeric key,
+a bad time, a list where a string belongs, or not JSON at all — is read again item by item: each item
+that fits the plain struct still needs no model, and the others go through theirs, which coerces them
+or reports them with their index and reason, while the good items beside them still go out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
@@ -45,7 +47,8 @@ class _Input(BaseModel):
 
 Text = Annotated[str, Field(min_length=1)]
 # Epoch milliseconds, up to the last millisecond of year 9999.
-EpochMillis = Annotated[int, Field(ge=0, le=253402300799999)]
+_MAX_TIME = 253402300799999
+EpochMillis = Annotated[int, Field(ge=0, le=_MAX_TIME)]
 # Custom impression properties: an object, or the JSON string of one (as the SDKs store them).
 Properties = dict[str, Any] | str | None
 
@@ -172,9 +175,73 @@ class _Context:
 
 _NO_CONTEXT = _Context()
 
+# Exactly what the models above accept without coercion, for msgspec to check while it decodes: a
+# body that decodes into these needs no model (see the module docstring). Shapes are told apart as
+# _body_shape tells them: an item with ``impression`` is a listener item, one without a webhook item.
+_PlainText = Annotated[str, msgspec.Meta(min_length=1)]
+_PlainMillis = Annotated[int, msgspec.Meta(ge=0, le=_MAX_TIME)]
+_PlainProperties = dict[str, Any] | str | None
+
+
+class _PlainListenerData(msgspec.Struct):
+    feature: _PlainText
+    keyName: _PlainText
+    treatment: _PlainText
+    time: _PlainMillis
+    bucketingKey: str | None = None
+    label: str | None = None
+    changeNumber: int | None = None
+    properties: _PlainProperties = None
+
+
+class _PlainItem(msgspec.Struct):
+    """The fields of both item shapes; the webhook shape's required ones are checked on conversion."""
+
+    environmentName: str | None = None
+    environmentId: str | None = None
+    trafficType: str | None = None
+    # The webhook shape.
+    key: _PlainText | None = None
+    split: _PlainText | None = None
+    treatment: _PlainText | None = None
+    time: _PlainMillis | None = None
+    bucketingKey: str | None = None
+    label: str | None = None
+    machineName: str | None = None
+    machineIp: str | None = None
+    splitVersionNumber: int | None = None
+    sdk: str | None = None
+    sdkVersion: str | None = None
+    properties: _PlainProperties = None
+    # The listener shape (``"impression": null`` is not one: the model refuses it).
+    impression: _PlainListenerData | msgspec.UnsetType = msgspec.UNSET
+    attributes: dict[str, Any] | None = None
+    ip: str | bool | None = None
+    hostname: str | bool | None = None
+    sdkLanguageVersion: str | None = None
+    sdk_language_version: str | None = msgspec.field(default=None, name="sdk-language-version")
+    instance_id: str | bool | None = msgspec.field(default=None, name="instance-id")
+
+
+class _PlainBody(_PlainItem):
+    """A single item, or an envelope (its header is the item fields it shares)."""
+
+    impressions: list[_PlainItem] | msgspec.UnsetType = msgspec.UNSET
+
+
+_PLAIN_BODY = msgspec.json.Decoder(_PlainBody | list[_PlainItem])
+
 
 def parse_body(body: str | bytes) -> ParsedBody:
     """Parse one SQS message body; raises :class:`BodyError` when nothing in it is usable."""
+    try:
+        plain = _PLAIN_BODY.decode(body)
+    except msgspec.MsgspecError:  # not JSON, or something in it needs a model: found out below
+        pass
+    else:
+        parsed = _parse_plain(plain)
+        if parsed is not None:
+            return parsed
     try:
         data = from_json(body)
     except ValueError:
@@ -201,13 +268,35 @@ def parse_body(body: str | bytes) -> ParsedBody:
         items = data if shape == "webhook_list" else [data]
     parsed = ParsedBody(shape)  # type: ignore[arg-type]
     for index, raw in enumerate(items):
-        impression = _fast_impression(raw, context) if type(raw) is dict else None
+        # The items beside a coercible or invalid one need no model either.
+        try:
+            impression = _from_plain(msgspec.convert(raw, _PlainItem), context)
+        except msgspec.ValidationError:
+            impression = None
         if impression is None:
             _add_validated(parsed, shape, index, raw, context)
-        elif impression.environment_name is None and impression.environment_id is None:
-            parsed.errors.append(ItemError(index, NO_ENVIRONMENT, _NO_ENVIRONMENT_REASON))
         else:
-            parsed.impressions.append((index, impression))
+            _add(parsed, index, impression)
+    return parsed
+
+
+def _parse_plain(plain: _PlainBody | list[_PlainItem]) -> ParsedBody | None:
+    """The body msgspec decoded, or None if one of its items needs its model after all."""
+    context = _NO_CONTEXT
+    items: list[_PlainItem]
+    if isinstance(plain, list):
+        shape, items = "webhook_list", plain
+    elif plain.impressions is msgspec.UNSET:
+        shape, items = ("webhook" if plain.impression is msgspec.UNSET else "listener"), [plain]
+    else:
+        shape, items = "envelope", plain.impressions
+        context = _Context(plain.environmentName, plain.environmentId, plain.trafficType)
+    parsed = ParsedBody(shape)  # type: ignore[arg-type]
+    for index, item in enumerate(items):
+        impression = _from_plain(item, context)
+        if impression is None:
+            return None
+        _add(parsed, index, impression)
     return parsed
 
 
@@ -226,196 +315,83 @@ def _add_validated(parsed: ParsedBody, shape: str, index: int, raw: Any, context
         reason = f"{where}: {reason}" if where else reason
         parsed.errors.append(ItemError(index, INVALID_IMPRESSION, reason))
         return
-    _add(parsed, index, item, context)
+    _add(parsed, index, normalise(item, context))
 
 
-_MAX_TIME = 253402300799999
 # What SDKs report for the machine's IP and name when IPAddressesEnabled is off (Java: "NA").
 NO_VALUE = frozenset({"NA", "unknown", ""})
 _NO_ENVIRONMENT_REASON = "no environmentName or environmentId on the impression or its envelope"
 
 
-def _fast_impression(raw: dict[str, Any], context: _Context) -> Impression | None:
-    """The :class:`Impression` the model would give, for an item that needs no coercion; else None.
-
-    Every field the model declares is checked for exactly the type it accepts without conversion
-    (``type(x) is int``, not ``isinstance``: the model refuses ``true`` as a number); one doubt and
-    the item goes through the model instead (see the module docstring). The checks are written out
-    rather than called, as this runs once per impression.
-    """
-    get = raw.get
-    data = get("impression")
-    if data is not None or "impression" in raw:
-        if type(data) is not dict:
-            return None
-        d = data.get
-        key, split, treatment, time = d("keyName"), d("feature"), d("treatment"), d("time")
-        bucketing_key, label, change_number, properties = (
-            d("bucketingKey"),
-            d("label"),
-            d("changeNumber"),
-            d("properties"),
-        )
-        ip, hostname, language_version = get("ip"), get("hostname"), get("sdkLanguageVersion")
-        instance_id, dashed_version = get("instance-id"), get("sdk-language-version")
-        attributes = get("attributes")
-        if not (
-            (type(key) is str and key != "")
-            and (type(split) is str and split != "")
-            and (type(treatment) is str and treatment != "")
-            and type(time) is int
-            and 0 <= time <= _MAX_TIME
-            and (bucketing_key is None or type(bucketing_key) is str)
-            and (label is None or type(label) is str)
-            and (change_number is None or type(change_number) is int)
-            and (properties is None or type(properties) is dict or type(properties) is str)
-            and (attributes is None or type(attributes) is dict)
-            and (ip is None or type(ip) is str or type(ip) is bool)
-            and (hostname is None or type(hostname) is str or type(hostname) is bool)
-            and (language_version is None or type(language_version) is str)
-            and (instance_id is None or type(instance_id) is str or type(instance_id) is bool)
-            and (dashed_version is None or type(dashed_version) is str)
-        ):
-            return None
-        if hostname is None:
-            hostname = instance_id
-        if language_version is None:
-            language_version = dashed_version
-        environment_name, environment_id, traffic_type = (
-            get("environmentName"),
-            get("environmentId"),
-            get("trafficType"),
-        )
-        if not (
-            (environment_name is None or type(environment_name) is str)
-            and (environment_id is None or type(environment_id) is str)
-            and (traffic_type is None or type(traffic_type) is str)
-        ):
-            return None
-        sdk, sdk_version = split_sdk_language_version(language_version)
-        # Positional, in field order: fifteen keywords cost more than all the checks above.
-        return Impression(
-            key,
-            split,
-            treatment,
-            time,
-            environment_id or context.environment_id,
-            environment_name or context.environment_name,
-            traffic_type or context.traffic_type,
-            bucketing_key,
-            label,
-            change_number,  # split_version_number
-            ip if type(ip) is str and ip not in NO_VALUE else None,  # machine_ip
-            hostname if type(hostname) is str and hostname not in NO_VALUE else None,  # machine_name
-            sdk,
-            sdk_version,
-            None if properties is None else _properties(properties),
-        )
-    key, split, treatment, time = get("key"), get("split"), get("treatment"), get("time")
-    environment_name, environment_id, traffic_type = (
-        get("environmentName"),
-        get("environmentId"),
-        get("trafficType"),
-    )
-    bucketing_key, label, version, properties = (
-        get("bucketingKey"),
-        get("label"),
-        get("splitVersionNumber"),
-        get("properties"),
-    )
-    machine_name, machine_ip, sdk, sdk_version = (
-        get("machineName"),
-        get("machineIp"),
-        get("sdk"),
-        get("sdkVersion"),
-    )
-    if not (
-        (type(key) is str and key != "")
-        and (type(split) is str and split != "")
-        and (type(treatment) is str and treatment != "")
-        and type(time) is int
-        and 0 <= time <= _MAX_TIME
-        and (environment_name is None or type(environment_name) is str)
-        and (environment_id is None or type(environment_id) is str)
-        and (traffic_type is None or type(traffic_type) is str)
-        and (bucketing_key is None or type(bucketing_key) is str)
-        and (label is None or type(label) is str)
-        and (version is None or type(version) is int)
-        and (properties is None or type(properties) is dict or type(properties) is str)
-        and (machine_name is None or type(machine_name) is str)
-        and (machine_ip is None or type(machine_ip) is str)
-        and (sdk is None or type(sdk) is str)
-        and (sdk_version is None or type(sdk_version) is str)
-    ):
-        return None
-    return Impression(
-        key,
-        split,
-        treatment,
-        time,
-        environment_id or context.environment_id,
-        environment_name or context.environment_name,
-        traffic_type or context.traffic_type,
-        bucketing_key,
-        label,
-        version,
-        machine_ip,
-        machine_name,
-        sdk,
-        sdk_version,
-        None if properties is None else _properties(properties),
-    )
-
-
-def _add(parsed: ParsedBody, index: int, item: Any, context: _Context) -> None:
-    impression = normalise(item, context)
+def _add(parsed: ParsedBody, index: int, impression: Impression) -> None:
     if impression.environment_name is None and impression.environment_id is None:
         parsed.errors.append(ItemError(index, NO_ENVIRONMENT, _NO_ENVIRONMENT_REASON))
-        return
-    parsed.impressions.append((index, impression))
+    else:
+        parsed.impressions.append((index, impression))
+
+
+def _from_plain(item: _PlainItem, context: _Context) -> Impression | None:
+    """The item's impression; None when a field its shape requires is missing (its model says which)."""
+    if item.impression is not msgspec.UNSET:
+        return _listener(item, item.impression, context)
+    if item.key is None or item.split is None or item.treatment is None or item.time is None:
+        return None
+    return _webhook(item, context)
 
 
 def normalise(item: WebhookImpression | ListenerImpression, context: _Context = _NO_CONTEXT) -> Impression:
     if isinstance(item, WebhookImpression):
-        return Impression(
-            key=item.key,
-            split=item.split,
-            treatment=item.treatment,
-            time=item.time,
-            environment_id=item.environmentId or context.environment_id,
-            environment_name=item.environmentName or context.environment_name,
-            traffic_type=item.trafficType or context.traffic_type,
-            bucketing_key=item.bucketingKey,
-            label=item.label,
-            split_version_number=item.splitVersionNumber,
-            machine_ip=item.machineIp,
-            machine_name=item.machineName,
-            sdk=item.sdk,
-            sdk_version=item.sdkVersion,
-            properties=_properties(item.properties),
-        )
-    data = item.impression
+        return _webhook(item, context)
+    return _listener(item, item.impression, context)
+
+
+# The two below take a validated model or its plain twin, which have the same attribute names. They
+# pass the impression's fields by position, in field order: keywords cost more than the rest here.
+
+
+def _webhook(item: Any, context: _Context) -> Impression:
+    return Impression(
+        item.key,
+        item.split,
+        item.treatment,
+        item.time,
+        item.environmentId or context.environment_id,
+        item.environmentName or context.environment_name,
+        item.trafficType or context.traffic_type,
+        item.bucketingKey,
+        item.label,
+        item.splitVersionNumber,
+        item.machineIp,
+        item.machineName,
+        item.sdk,
+        item.sdkVersion,
+        None if item.properties is None else _properties(item.properties),
+    )
+
+
+def _listener(item: Any, data: Any, context: _Context) -> Impression:
     language_version = item.sdkLanguageVersion
     sdk, sdk_version = split_sdk_language_version(
         language_version if language_version is not None else item.sdk_language_version
     )
     hostname = item.hostname if item.hostname is not None else item.instance_id
+    ip = item.ip
     return Impression(
-        key=data.keyName,
-        split=data.feature,
-        treatment=data.treatment,
-        time=data.time,
-        environment_id=item.environmentId or context.environment_id,
-        environment_name=item.environmentName or context.environment_name,
-        traffic_type=item.trafficType or context.traffic_type,
-        bucketing_key=data.bucketingKey,
-        label=data.label,
-        split_version_number=data.changeNumber,
-        machine_ip=item.ip if isinstance(item.ip, str) and item.ip not in NO_VALUE else None,
-        machine_name=hostname if isinstance(hostname, str) and hostname not in NO_VALUE else None,
-        sdk=sdk,
-        sdk_version=sdk_version,
-        properties=_properties(data.properties),
+        data.keyName,
+        data.feature,
+        data.treatment,
+        data.time,
+        item.environmentId or context.environment_id,
+        item.environmentName or context.environment_name,
+        item.trafficType or context.traffic_type,
+        data.bucketingKey,
+        data.label,
+        data.changeNumber,
+        ip if type(ip) is str and ip not in NO_VALUE else None,  # machine_ip
+        hostname if type(hostname) is str and hostname not in NO_VALUE else None,  # machine_name
+        sdk,
+        sdk_version,
+        None if data.properties is None else _properties(data.properties),
     )
 
 

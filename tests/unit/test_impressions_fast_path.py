@@ -1,25 +1,32 @@
-"""The unvalidated fast path of impression parsing gives exactly what the pydantic models give.
+"""Impressions decoded by msgspec without their models give exactly what the pydantic models give.
 
 Items are generated with every field either right, absent, or of a wrong or coercible type; each
 parsed body must equal, item by item, what validating that item through its model and normalising
-it yields — the same impressions, the same items refused.
+it yields — the same impressions, the same items refused. And the vendors' own payloads need no model
+at all: if the plain structs drifted from the shapes, every impression would go through its model.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.outbound.impressions import (
+    _PLAIN_BODY,
     ListenerImpression,
     WebhookImpression,
     _Context,
+    _parse_plain,
     normalise,
     parse_body,
 )
+
+EVENTS = Path(__file__).parents[1] / "events"
 
 ODD = st.one_of(
     st.none(),
@@ -143,3 +150,33 @@ def test_webhook_arrays_and_single_objects_parse_as_the_models_validate(items: l
     single = parse_body(json.dumps(items[0]))
     assert single.impressions == single_expected
     assert [error.index for error in single.errors] == single_refused
+
+
+@pytest.mark.parametrize(
+    "name", ["impressions_webhook.json", "impressions_envelope.json", "impression_listener_js.json"]
+)
+def test_vendor_payloads_need_no_model(name: str) -> None:
+    body = (EVENTS / name).read_text()
+    parsed = _parse_plain(_PLAIN_BODY.decode(body))
+    assert parsed is not None
+    assert parsed.impressions
+    assert parsed == parse_body(body)
+    data = json.loads(body)
+    if "impressions" in data:  # an envelope: its items take its environment and traffic type
+        context = _Context(data.get("environmentName"), data.get("environmentId"), data.get("trafficType"))
+        items = data["impressions"]
+    else:
+        context, items = _Context(), data if isinstance(data, list) else [data]
+    expected, refused = through_the_models(items, context)
+    assert parsed.impressions == expected
+    assert not refused
+
+
+def test_an_item_that_needs_its_model_leaves_the_others_plain() -> None:
+    """A coercible item (a numeric key) is coerced by its model; the items beside it are as before."""
+    items = json.loads((EVENTS / "impressions_webhook.json").read_text())
+    coercible = {**items[0], "key": 42}
+    parsed = parse_body(json.dumps([coercible, *items]))
+    assert parsed.impressions[0][1].key == "42"
+    assert [i for _, i in parsed.impressions[1:]] == [i for _, i in parse_body(json.dumps(items)).impressions]
+    assert not parsed.errors
