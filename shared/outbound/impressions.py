@@ -118,10 +118,10 @@ def _body_shape(value: Any) -> str | None:
     return None
 
 
-# Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which made building
-# an impression cost more than parsing its JSON. Nothing changes an impression once it is parsed.
-@dataclass(slots=True)
-class Impression:
+# A struct rather than a dataclass: built once per impression, it is constructed in C (under half
+# the time) and, as nothing it holds can refer back to it, left out of the garbage collector's
+# tracking. Not frozen: nothing changes an impression once it is parsed.
+class Impression(msgspec.Struct, gc=False):
     """One impression, whatever shape it came in (read-only by convention: observers share it)."""
 
     key: str

@@ -22,8 +22,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic_core import to_json
 
 from shared import aws
 from shared.outbound.impressions import Impression
@@ -114,11 +114,14 @@ def encode_bodies(
     return bodies
 
 
+_ENCODER = msgspec.json.Encoder()
+
+
 def _encode(impressions: Sequence[Impression]) -> bytes:
-    groups: dict[tuple[str | None, str | None, str | None], list[list[Any]]] = {}
+    groups: dict[tuple[str | None, str | None, str | None], list[tuple[Any, ...]]] = {}
     for i in impressions:
         rows = groups.setdefault((i.environment_id, i.environment_name, i.traffic_type), [])
-        rows.append([i.key, i.split, i.treatment, i.time, i.split_version_number, i.label])
+        rows.append((i.key, i.split, i.treatment, i.time, i.split_version_number, i.label))
     document = {
         "format": FORMAT,
         "groups": [
@@ -126,7 +129,7 @@ def _encode(impressions: Sequence[Impression]) -> bytes:
             for (env_id, env_name, traffic_type), rows in groups.items()
         ],
     }
-    body = to_json(document)  # compact UTF-8, three times faster than json.dumps here
+    body = _ENCODER.encode(document)  # compact UTF-8, several times faster than json.dumps here
     if b"\xef\xbf" in body:  # the UTF-8 of U+FFC0 to U+FFFF: rare
         for raw, escaped in _SQS_REFUSED:
             body = body.replace(raw, escaped)

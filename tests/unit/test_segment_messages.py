@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
+import msgspec
 import pytest
 
 from shared.config import OutboundConfig
@@ -42,7 +42,7 @@ def test_timestamp_is_iso_8601_utc_with_milliseconds() -> None:
 
 def test_message_id_is_deterministic_and_short() -> None:
     first = message_id(IMPRESSION, "get_treatment", "userId")
-    assert first == message_id(dataclasses.replace(IMPRESSION), "get_treatment", "userId")
+    assert first == message_id(msgspec.structs.replace(IMPRESSION), "get_treatment", "userId")
     assert len(first) <= 100
     assert first.startswith("fme-")
 
@@ -61,7 +61,7 @@ def test_message_id_is_deterministic_and_short() -> None:
     ],
 )
 def test_message_id_differs_when_the_impression_differs(change: dict[str, object]) -> None:
-    assert message_id(dataclasses.replace(IMPRESSION, **change), "get_treatment", "userId") != message_id(
+    assert message_id(msgspec.structs.replace(IMPRESSION, **change), "get_treatment", "userId") != message_id(
         IMPRESSION, "get_treatment", "userId"
     )
 
@@ -74,15 +74,15 @@ def test_message_id_differs_per_event_name_and_identity() -> None:
 
 def test_identity_follows_traffic_type_and_default() -> None:
     assert identity_field(IMPRESSION, CONFIG) == "userId"  # first mapped when no default
-    anonymous = dataclasses.replace(IMPRESSION, traffic_type="anonymous")
+    anonymous = msgspec.structs.replace(IMPRESSION, traffic_type="anonymous")
     assert identity_field(anonymous, CONFIG) == "anonymousId"
-    assert identity_field(dataclasses.replace(IMPRESSION, traffic_type="account"), CONFIG) is None
+    assert identity_field(msgspec.structs.replace(IMPRESSION, traffic_type="account"), CONFIG) is None
     defaulted = CONFIG.model_copy(update={"defaultTrafficType": "anonymous"})
     assert identity_field(IMPRESSION, defaulted) == "anonymousId"
 
 
 def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
-    impression = dataclasses.replace(IMPRESSION, properties={"treatment": "forged", "page": "cart"})
+    impression = msgspec.structs.replace(IMPRESSION, properties={"treatment": "forged", "page": "cart"})
     message = track_message(impression, CONFIG, "userId")
     assert list(message) == ["type", "event", "userId", "timestamp", "messageId", "properties", "context"]
     assert list(message["properties"])[: len(STANDARD_PROPERTIES)] == list(STANDARD_PROPERTIES)
@@ -93,7 +93,7 @@ def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
 
 
 def test_encoding_is_compact_utf8() -> None:
-    impression = dataclasses.replace(IMPRESSION, key="josé")
+    impression = msgspec.structs.replace(IMPRESSION, key="josé")
     encoded = encode(track_message(impression, CONFIG, "userId"))
     assert b'"userId":"jos\xc3\xa9"' in encoded
     assert b", " not in encoded
