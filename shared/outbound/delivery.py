@@ -7,8 +7,8 @@ The pipeline, for one invocation:
 2. observers see every message's impressions right after parsing (the place to record "last
    treatment" profiles, say) — see :class:`ImpressionObserver`;
 3. each impression becomes one track message per matching destination, serialised once and packed
-   into that destination's batches; a full batch is sent at once, concurrently with the parsing
-   of the rest, so memory stays bounded and the network is busy early;
+   into that destination's batches; a full batch is sent at once, concurrently with the building
+   of the rest, so the encoded messages held stay bounded and the network is busy early;
 4. each Segment message remembers the SQS message (and the impression in it) that produced it, so
    a failed request marks exactly those messages: **transient** (retried by SQS, through
    ``ReportBatchItemFailures``) or **permanent** (Segment refused it: dead-letter queue).
@@ -31,7 +31,7 @@ from typing import Protocol
 from shared.config import ConfigError
 from shared.http_retry import Outcome
 from shared.outbound.destinations import NO_MATCHING_CONFIG, Destination, Router
-from shared.outbound.impressions import BodyError, Impression, parse_body, subset_body
+from shared.outbound.impressions import BodyError, Impression, ParsedBody, parse_body, subset_body
 from shared.outbound.segment_client import BatchPacker, SegmentBatch, SegmentClient
 from shared.outbound.segment_messages import MAX_MESSAGE_BYTES, TrackEncoder
 
@@ -59,8 +59,8 @@ class QueuedMessage:
 class ImpressionObserver(Protocol):
     """Sees the impressions of each SQS message right after parsing.
 
-    ``finish`` runs once all messages are parsed, on a helper thread while the last requests are
-    answered; it returns the messages (by index) whose impressions it could not handle, with a
+    ``finish`` runs once all messages are parsed, on a helper thread while the track messages are
+    built and sent; it returns the messages (by index) whose impressions it could not handle, with a
     reason: those are retried like a failed send.
     """
 
@@ -158,18 +158,14 @@ async def deliver(
     def start_send(destination: Destination, batch: SegmentBatch) -> None:
         sends.append(asyncio.create_task(_send(destination, batch, client, write_key, report, failures)))
 
+    # Every message is parsed first, so that the observers finish on helper threads (forwarding the
+    # last treatments, say) while the track messages are built and sent rather than after them.
+    parsed_messages = _parse_all(messages, failures, report, observers)
+    finishing = [asyncio.create_task(asyncio.to_thread(observer.finish)) for observer in observers]
+    await asyncio.sleep(0)  # the helper threads start now
+
     built = 0  # Segment messages
-    for record, message in enumerate(messages):
-        try:
-            parsed = parse_body(message.body)
-        except BodyError as exc:
-            failures.whole[record] = (exc.code, exc.reason)
-            continue
-        for error in parsed.errors:
-            failures.item(record, error.index, error.code, error.reason)
-        report.impressions += len(parsed.impressions)
-        for observer in observers:
-            observer.observe(record, [impression for _, impression in parsed.impressions])
+    for record, parsed in parsed_messages:
         for index, impression in parsed.impressions:
             impression_lanes = lanes.of(impression)
             blocked = router.blocked(impression) if router.invalid else None
@@ -194,7 +190,7 @@ async def deliver(
                     await asyncio.sleep(0)  # the request starts now, not at the next turn
                 elif built % YIELD_EVERY_MESSAGES == 0:
                     await asyncio.sleep(0)
-        # Let the requests already started make progress while the next message is parsed.
+        # Let the requests already started make progress before the next message's turn.
         await asyncio.sleep(0)
     report.messages = built
 
@@ -202,8 +198,6 @@ async def deliver(
         last = packer.flush()
         if last is not None:
             start_send(by_name[name], last)
-    # The observers finish on helper threads while the last requests are answered.
-    finishing = [asyncio.create_task(asyncio.to_thread(observer.finish)) for observer in observers]
     await asyncio.gather(*sends)
     for failed in await asyncio.gather(*finishing):
         for record, reason in failed.items():
@@ -211,6 +205,29 @@ async def deliver(
 
     _conclude(messages, failures, report)
     return report
+
+
+def _parse_all(
+    messages: Sequence[QueuedMessage],
+    failures: _Failures,
+    report: DeliveryReport,
+    observers: Sequence[ImpressionObserver],
+) -> list[tuple[int, ParsedBody]]:
+    """Each message's impressions (by record), shown to the observers; what cannot be parsed is noted."""
+    parsed_messages = []
+    for record, message in enumerate(messages):
+        try:
+            parsed = parse_body(message.body)
+        except BodyError as exc:
+            failures.whole[record] = (exc.code, exc.reason)
+            continue
+        for error in parsed.errors:
+            failures.item(record, error.index, error.code, error.reason)
+        report.impressions += len(parsed.impressions)
+        for observer in observers:
+            observer.observe(record, [impression for _, impression in parsed.impressions])
+        parsed_messages.append((record, parsed))
+    return parsed_messages
 
 
 async def _send(
