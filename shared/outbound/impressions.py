@@ -236,7 +236,7 @@ def parse_body(body: str | bytes) -> ParsedBody:
     """Parse one SQS message body; raises :class:`BodyError` when nothing in it is usable."""
     try:
         plain = _PLAIN_BODY.decode(body)
-    except msgspec.MsgspecError:  # not JSON, or something in it needs a model: found out below
+    except (msgspec.MsgspecError, RecursionError):  # not JSON, too deep, or something needs a model
         pass
     else:
         parsed = _parse_plain(plain)
@@ -426,7 +426,10 @@ def subset_body(body: str, indexes: list[int]) -> str:
     Dead-lettering only the failed impressions of a message means a redrive after the fix sends
     exactly those; a message whose impressions all failed is kept as it came.
     """
-    data = json.loads(body)
+    try:
+        data = json.loads(body)
+    except RecursionError:  # valid, but nested deeper than this decoder goes: kept as it came
+        return body
     shape = _body_shape(data)
     if shape == "envelope" and isinstance(data.get("impressions"), list):
         items = data["impressions"]

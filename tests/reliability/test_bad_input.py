@@ -147,6 +147,10 @@ def test_bad_impression_messages_are_dead_lettered_and_the_good_ones_delivered(
     bad = {
         "deeply nested": nested(100_000),
         "deeply nested envelope": '{"environmentName": "Production", "impressions": ' + nested(50_000) + "}",
+        "properties nested too deeply": json.dumps(impression(4, padding=""))[:-1]
+        + ', "properties": {"a": '
+        + nested(100_000)
+        + "}}",
         "not JSON": "{impression",
         "null": "null",
         "over 32 KB as a Segment message": json.dumps(impression(2, padding="x" * 40_000)),
@@ -173,6 +177,24 @@ def test_bad_impression_messages_are_dead_lettered_and_the_good_ones_delivered(
     assert len(letters) == len(bad) - 1  # duplicate keys: the last "key" wins, and it is delivered
     assert "b" in delivered
     scale.record("bad_impression_messages", {"messages": len(bad) + 2, "dead_lettered": codes, "retried": 0})
+
+
+def test_a_deep_but_valid_impression_beside_a_refused_one(impressions: Any, stack: Stack) -> None:
+    """Properties nested deeper than pydantic-core decodes (a few hundred levels) are delivered, and
+    the refused impression beside them is dead-lettered alone."""
+    sink, invoke = impressions
+    deep = {**impression(5, padding=""), "properties": {"a": json.loads(nested(200))}}
+    staging = {**impression(6, padding=""), "environmentName": "Staging", "environmentId": "env-staging-id"}
+    body = json.dumps([deep, staging]).replace(nested(200), nested(3000))
+    assert invoke(body) == {"batchItemFailures": []}
+    [message] = sink.messages
+    assert message["userId"] == "user-5"
+    assert json.dumps(message["properties"]["a"], separators=(",", ":")) == nested(3000)
+    [letter] = boto3.client("sqs", region_name="us-east-1").receive_message(
+        QueueUrl=stack.queues["ImpressionsDeadLetterQueue"], MessageAttributeNames=["All"]
+    )["Messages"]
+    assert letter["MessageAttributes"]["errorCode"]["StringValue"] == "no_matching_config"
+    assert json.loads(letter["Body"]) == [staging]
 
 
 def test_a_huge_envelope_is_delivered_in_several_requests(impressions: Any) -> None:

@@ -175,3 +175,9 @@ def test_subset_body_keeps_a_shape_the_queue_accepts() -> None:
     assert subset_body(whole, [0]) == whole
     single = json.dumps({"key": "k"})
     assert subset_body(single, [0]) == single
+
+
+def test_subset_body_keeps_a_body_too_deep_to_take_apart_whole() -> None:
+    deep = "[" * 20_000 + "]" * 20_000
+    body = f'[{{"a": {deep}}}, {{"b": 2}}]'
+    assert subset_body(body, [1]) == body
