@@ -236,7 +236,8 @@ def parse_body(body: str | bytes) -> ParsedBody:
     """Parse one SQS message body; raises :class:`BodyError` when nothing in it is usable."""
     try:
         plain = _PLAIN_BODY.decode(body)
-    except (msgspec.MsgspecError, RecursionError):  # not JSON, too deep, or something needs a model
+    # Not JSON (or not UTF-8), too deep, or something in it needs a model: the path below tells.
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         pass
     else:
         parsed = _parse_plain(plain)
@@ -244,7 +245,7 @@ def parse_body(body: str | bytes) -> ParsedBody:
             return parsed
     try:
         data = from_json(body)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a str that is not text (a lone surrogate)
         try:  # the standard library's message says where the JSON breaks, in familiar words
             json.loads(body)
         except ValueError as exc:

@@ -94,9 +94,16 @@ def test_numeric_keys_are_keys() -> None:
 
 @pytest.mark.parametrize(
     ("body", "code"),
-    [("{nope", INVALID_JSON), ("", INVALID_JSON), ('"text"', INVALID_BODY), ("42", INVALID_BODY)],
+    [
+        ("{nope", INVALID_JSON),
+        ("", INVALID_JSON),
+        ('"text"', INVALID_BODY),
+        ("42", INVALID_BODY),
+        (b'{"key": "\xff"}', INVALID_JSON),  # not UTF-8
+        ('{"key": "\ud800", "split": "s", "treatment": "on", "time": 1}', INVALID_JSON),  # not text
+    ],
 )
-def test_unusable_bodies(body: str, code: str) -> None:
+def test_unusable_bodies(body: str | bytes, code: str) -> None:
     with pytest.raises(BodyError) as caught:
         parse_body(body)
     assert caught.value.code == code
