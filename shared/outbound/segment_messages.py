@@ -39,7 +39,7 @@ MESSAGE_ID_MAX_LENGTH = 100
 class _StandardProperties(msgspec.Struct):
     """The properties every track call carries, in this order; custom impression properties never
     overwrite them. A message without custom properties is serialised from this struct (faster than
-    from a dict); one with them, from the dict :func:`_properties` makes.
+    from a dict); one with them, from the dict :func:`_properties` makes of it.
     """
 
     split: str
@@ -125,21 +125,26 @@ def iso_timestamp(epoch_ms: int) -> str:
     return _second(seconds) + _MILLIS[millis]
 
 
+def _standard_properties(impression: Impression) -> _StandardProperties:
+    return _StandardProperties(
+        impression.split,
+        impression.treatment,
+        impression.label,
+        impression.environment_id,
+        impression.environment_name,
+        impression.split_version_number,
+        impression.key,
+        impression.bucketing_key,
+        impression.machine_ip,
+        impression.machine_name,
+        impression.sdk,
+        impression.sdk_version,
+    )
+
+
 def _properties(impression: Impression) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "split": impression.split,
-        "treatment": impression.treatment,
-        "label": impression.label,
-        "environmentId": impression.environment_id,
-        "environmentName": impression.environment_name,
-        "splitVersionNumber": impression.split_version_number,
-        "key": impression.key,
-        "bucketingKey": impression.bucketing_key,
-        "machineIp": impression.machine_ip,
-        "machineName": impression.machine_name,
-        "sdk": impression.sdk,
-        "sdkVersion": impression.sdk_version,
-    }
+    """The standard properties, then the impression's custom ones whose names they leave free."""
+    properties = msgspec.structs.asdict(_standard_properties(impression))
     if impression.properties:
         for name, value in impression.properties.items():
             properties.setdefault(name, value)
@@ -186,30 +191,12 @@ class TrackEncoder:
         self._track = _TRACK_STRUCTS[identity]
 
     def encode(self, impression: Impression) -> bytes:
-        i = impression
-        properties = (
-            _properties(i)
-            if i.properties
-            else _StandardProperties(
-                i.split,
-                i.treatment,
-                i.label,
-                i.environment_id,
-                i.environment_name,
-                i.split_version_number,
-                i.key,
-                i.bucketing_key,
-                i.machine_ip,
-                i.machine_name,
-                i.sdk,
-                i.sdk_version,
-            )
-        )
+        properties = _properties(impression) if impression.properties else _standard_properties(impression)
         track = self._track(
             self._event,
-            i.key,
-            iso_timestamp(i.time),
-            _message_id(i, self._id_suffix),
+            impression.key,
+            iso_timestamp(impression.time),
+            _message_id(impression, self._id_suffix),
             properties,
             CONTEXT,
         )
