@@ -237,7 +237,8 @@ def parse_body(body: str | bytes) -> ParsedBody:
     try:
         plain = _PLAIN_BODY.decode(body)
     # Not JSON (or not UTF-8), too deep, or something in it needs a model: the path below tells.
-    except (msgspec.MsgspecError, ValueError, RecursionError):
+    # msgspec's decode and validation errors are ValueErrors, as is a str that is not text.
+    except (ValueError, RecursionError):
         pass
     else:
         parsed = _parse_plain(plain)
