@@ -361,6 +361,24 @@ def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
     assert sum(calls.values()) / answer.body["events"] <= 0.05
 
 
+def test_one_identity_is_one_conditional_put_and_several_one_transaction(webhook: Webhook) -> None:
+    """A transaction costs two write units per item: a lone identity does not need one."""
+    calls: Counter[str] = Counter()
+    dynamodb.client().meta.events.register(
+        "before-call.dynamodb.*", lambda model, **_: calls.update([model.name])
+    )
+    webhook.post(segment_message("identify", anonymousId=None, traits={"plan": "pro"}))
+    assert calls == {"BatchGetItem": 1, "PutItem": 1}
+    calls.clear()
+    several = [
+        segment_message("identify", messageId=f"m-{i}", userId=f"user-{i}", anonymousId=None)
+        for i in range(3)
+    ]
+    assert webhook.post(several).body["stored"] == 3
+    assert calls == {"BatchGetItem": 1, "TransactWriteItems": 1}
+    assert (webhook.identity("user", "user-2") or {})["version"] == 1
+
+
 def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
     from shared import dynamodb
 
