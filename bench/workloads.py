@@ -1,4 +1,4 @@
-"""Deterministic inputs: FME impressions in every SPEC section 3 shape, and Segment webhook messages.
+"""Deterministic inputs: FME impressions in every body shape the queue accepts (docs/outbound.md), and Segment webhook messages.
 
 Values follow the vendors' payloads (Split's impressions webhook, the SDK impression listener, the
 Segment spec's track / page / screen examples); sizes are what production traffic carries.

@@ -10,7 +10,7 @@
 
 The SDK calls :meth:`SqsImpressionListener.log_impression` on the request path, for every
 evaluation. That call only appends to an in-memory queue; a background thread turns what piled up
-into envelopes (SPEC section 3: ``{"environmentName", "trafficType", "impressions": [...]}`` with
+into envelopes (docs/outbound.md: ``{"environmentName", "trafficType", "impressions": [...]}`` with
 each impression in the SDK impression-listener shape) and sends them with ``SendMessageBatch``:
 when ``flush_interval`` has passed, when ``batch_size`` impressions are waiting, and on close.
 
@@ -55,7 +55,7 @@ class ListenerStats:
 
 
 def impression_listener_shape(data: Mapping[str, Any], machine_ip: str | None = None) -> dict[str, Any]:
-    """The SDK's listener data → the SPEC listener shape (without attributes).
+    """The SDK's listener data → the listener shape of docs/outbound.md (without attributes).
 
     The Python SDK hands over ``{"impression": Impression(...), "attributes", "sdk-language-version",
     "instance-id"}`` with the impression as a named tuple; the JavaScript SDK already sends

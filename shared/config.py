@@ -1,9 +1,9 @@
 """User-facing configuration: pydantic models and their cached loading from SSM / Secrets Manager.
 
-Names and shapes follow the product contract (SPEC section 1). Configs are JSON documents in SSM
-Parameter Store under ``CONFIG_PREFIX``; secrets are Secrets Manager SecretStrings of the same name.
-Both are cached in the container (Powertools parameters, ``CONFIG_CACHE_SECONDS``) so that a hot path
-does not call SSM or Secrets Manager per request.
+Names and shapes are those of docs/inbound.md, docs/outbound.md and docs/profiles.md. Configs are
+JSON documents in SSM Parameter Store under ``CONFIG_PREFIX``; secrets are Secrets Manager
+SecretStrings of the same name. Both are cached in the container (Powertools parameters,
+``CONFIG_CACHE_SECONDS``) so that a hot path does not call SSM or Secrets Manager per request.
 
 Three failures are kept apart, because callers answer them differently:
 - :class:`ConfigNotFound`: the parameter or secret does not exist (an unknown connection → 401);
@@ -61,7 +61,7 @@ class _Model(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Inbound: Segment -> FME (SPEC 1.1, 2.1)
+# Inbound: Segment -> FME (docs/inbound.md, docs/delivery.md)
 
 
 class IdentityMapping(_Model):
@@ -70,7 +70,7 @@ class IdentityMapping(_Model):
 
 
 class DeliveryConfig(_Model):
-    """Delivery of stored events and identities into FME itself (SPEC 2.1)."""
+    """Delivery of stored events and identities into FME itself (docs/delivery.md)."""
 
     enabled: bool = False
     eventsEndpoint: HttpUrl = HttpUrl("https://events.split.io/api")
@@ -119,7 +119,7 @@ class FmeKeys(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Outbound: FME impressions -> Segment (SPEC 1.2, 4)
+# Outbound: FME impressions -> Segment (docs/outbound.md, docs/profiles.md)
 
 
 class ComputedTraitsConfig(_Model):

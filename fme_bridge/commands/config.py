@@ -1,4 +1,4 @@
-"""``fme-bridge config inbound|outbound put|get|list``: the configs and secrets of SPEC section 1.
+"""``fme-bridge config inbound|outbound put|get|list``: configs and secrets (docs/inbound.md, outbound.md).
 
 Documents are validated with the same pydantic models the functions load them with, and every input
 (config, secret files) is read and checked before anything is written. The secret goes first: a

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def shape_of(value: Any) -> str | None:
-    """Which SPEC section 3 shape ``value`` is: webhook, listener, envelope, or None."""
+    """Which body shape (docs/outbound.md) ``value`` is: webhook, listener, envelope, or None."""
     if isinstance(value, dict):
         if isinstance(value.get("impressions"), list):
             return "envelope"
@@ -45,7 +45,9 @@ def _check_message(value: Any, where: str) -> str:
     if shape_of(value) is None and not (
         is_array and all(shape_of(i) in ("webhook", "listener") for i in value)
     ):
-        raise CliError(f"{where}: not an impression, an array of impressions or an envelope (SPEC section 3)")
+        raise CliError(
+            f"{where}: not an impression, an array of impressions or an envelope (docs/outbound.md)"
+        )
     body = json.dumps(value, separators=(",", ":"))
     if len(body.encode()) > MAX_MESSAGE_BYTES:
         raise CliError(f"{where}: {len(body.encode())} bytes, over SQS's 256 KiB message limit; use replay")
@@ -83,7 +85,7 @@ def impressions_of(value: Any, where: str) -> Iterable[tuple[str | None, str | N
         for index, inner in enumerate(value):
             yield from impressions_of(inner, f"{where}[{index}]")
     else:
-        raise CliError(f"{where}: not an impression or an envelope (SPEC section 3)")
+        raise CliError(f"{where}: not an impression or an envelope (docs/outbound.md)")
 
 
 def envelopes(

@@ -1,7 +1,7 @@
 """``fme-bridge local --demo``: a demo connection and outbound config, and real-shaped traffic through both.
 
 Inbound, Segment calls as the Webhooks destination sends them (the examples of Segment's spec) go
-to the webhook; outbound, impressions in each SPEC section 3 shape go to the queue. The summary
+to the webhook; outbound, impressions in each body shape of docs/outbound.md go to the queue. The summary
 shows what the bridge stored (events, identities, and the last treatments the last-treatments
 function recorded from the impressions) and what the local Segment and FME sinks received.
 """
@@ -130,7 +130,7 @@ def segment_calls(now_ms: int) -> list[tuple[str, Any]]:
 
 
 def impression_messages(now_ms: int) -> list[tuple[str, Any]]:
-    """(label, SQS body) in each of the three shapes of SPEC section 3."""
+    """(label, SQS body) in each of the three body shapes the queue accepts."""
     webhook_shape = {
         "key": USER_ID,
         "split": "new_checkout",

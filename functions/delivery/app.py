@@ -1,4 +1,4 @@
-"""Delivery function: DynamoDB Streams of the events and identities tables → FME (SPEC 2.1).
+"""Delivery function: DynamoDB Streams of the events and identities tables → FME (docs/delivery.md).
 
 Thin handler: the batch goes to :class:`shared.delivery.service.Delivery` in one call; records it
 could not deliver yet come back as batch item failures (``ReportBatchItemFailures``), so the

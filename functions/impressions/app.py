@@ -1,4 +1,4 @@
-"""SQS → Segment: FME impressions become Segment ``get_treatment`` track calls (SPEC section 3).
+"""SQS → Segment: FME impressions become Segment ``get_treatment`` track calls (docs/outbound.md).
 
 The whole batch is delivered first (concurrent requests need every message at hand); the response
 then lists as ``batchItemFailures`` exactly the messages whose impressions are still

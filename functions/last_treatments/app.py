@@ -1,4 +1,4 @@
-"""Last-treatments queue → ProfilesTable last treatments and computed-trait identifies (SPEC section 4).
+"""Last-treatments queue → ProfilesTable last treatments and computed-trait identifies (docs/profiles.md).
 
 The impressions function forwards the newest impression per identity and flag of each of its batches
 (:mod:`shared.profiles.forwarding`); this function records them (one conditional write per identity

@@ -1,1 +1,1 @@
-"""Delivery of stored events and identities into FME itself (SPEC 2.1)."""
+"""Delivery of stored events and identities into FME itself (docs/delivery.md)."""

@@ -1,1 +1,1 @@
-"""Inbound: Segment Webhooks destination → FME events and identities (SPEC section 2)."""
+"""Inbound: Segment Webhooks destination → FME events and identities (docs/inbound.md)."""

@@ -1,4 +1,4 @@
-"""Webhook authentication (SPEC section 2): the connection's secret, presented by Segment.
+"""Webhook authentication (docs/inbound.md): the connection's secret, presented by Segment.
 
 Accepted, against the current secret and — only when that does not match — the ``AWSPREVIOUS``
 version (rotation):

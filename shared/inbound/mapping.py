@@ -1,4 +1,4 @@
-"""Segment messages → FME events, identity updates and deletions: the mapping rules of SPEC section 2.
+"""Segment messages → FME events, identity updates and deletions: the mapping rules of docs/inbound.md.
 
 Pure functions over pydantic models: no I/O, the clock is passed in. Every message ends in exactly
 one of: events / identity updates / a deletion, a drop (with its reason), or ignored (with its

@@ -1,6 +1,6 @@
 """Webhook bodies and the Segment messages inside them.
 
-Three body shapes are accepted (SPEC section 2): one message object (classic Webhooks), a JSON array
+Three body shapes are accepted (docs/inbound.md): one message object (classic Webhooks), a JSON array
 of messages (Webhooks (Actions) batching) and ``{"batch": [...]}`` (HTTP Tracking API style). A body
 that is not one of those is a :class:`BadRequest`; a single bad message inside a batch is not — the
 mapping drops it by index and keeps the others.

@@ -1,4 +1,4 @@
-"""Outbound configs as destinations, and which of them an impression goes to (SPEC section 1.2).
+"""Outbound configs as destinations, and which of them an impression goes to (docs/outbound.md).
 
 Every config under ``{ConfigPrefix}/outbound/`` whose ``environments`` match the impression's
 environment name or id (``"*"`` = all) and which maps the impression's traffic type (its own, or the

@@ -1,6 +1,6 @@
 """FME impressions as they arrive on the impressions queue, and their parsing.
 
-An SQS message body is JSON in one of three shapes, mixable in one batch (SPEC section 3):
+An SQS message body is JSON in one of three shapes, mixable in one batch (docs/outbound.md):
 
 - the Split **impressions-webhook** shape, one object or an array of them;
 - the SDK **impression-listener** shape, ``{"impression": {...}, "attributes", "ip", "hostname",

@@ -1,4 +1,4 @@
-"""The Segment ``track`` call an impression becomes (SPEC section 3).
+"""The Segment ``track`` call an impression becomes (docs/outbound.md).
 
     {"type": "track", "event": "get_treatment", "userId": "<key>",
      "timestamp": "2026-11-25T16:49:07.123Z", "messageId": "fme-<32 hex>",

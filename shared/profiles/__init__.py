@@ -1,1 +1,1 @@
-"""Profiles without Personas: last treatments, computed traits and audiences (SPEC section 4)."""
+"""Profiles without Personas: last treatments, computed traits and audiences (docs/profiles.md)."""

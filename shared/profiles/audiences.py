@@ -1,4 +1,4 @@
-"""The audience definition language (SPEC section 4) and its evaluator.
+"""The audience definition language (docs/profiles.md) and its evaluator.
 
 An audience is an SSM parameter ``{ConfigPrefix}/audiences/{name}``::
 

@@ -22,7 +22,10 @@ def load_profile(
     limit: int = DEFAULT_EVENTS_LIMIT,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """SPEC section 4's profile document; raises :class:`ProfileNotFound` or ``sources.InvalidCursor``."""
+    """The profile document (docs/profiles.md).
+
+    Raises :class:`ProfileNotFound`, or ``sources.InvalidCursor`` for a cursor it did not give out.
+    """
     pk = profile_pk(environment, traffic_type, key)
     page = sources.events_page(pk, limit, cursor)
     identity = sources.identity_item(pk)

@@ -176,7 +176,7 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
     ]
     assert set(identity["attributes"]) >= set(identify["traits"]) - {"address"}
 
-    # Outbound: impressions in every SPEC shape, sent with the CLI into the local queue.
+    # Outbound: impressions in every body shape, sent with the CLI into the local queue.
     running.cli("send-impressions", str(EVENTS_DIR / "impressions_webhook.json"))
     running.cli("send-impressions", str(EVENTS_DIR / "impression_listener_js.json"))
     webhook_impressions = load_event("impressions_webhook.json")

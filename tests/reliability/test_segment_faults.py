@@ -49,7 +49,7 @@ def impression(number: int, padding: str = PADDING) -> dict[str, Any]:
 
 
 def bodies(numbers: range, padding: str = PADDING) -> list[str]:
-    """The three body shapes of SPEC section 3, mixed: single objects, arrays, envelopes of 20."""
+    """The three body shapes of docs/outbound.md, mixed: single objects, arrays, envelopes of 20."""
     out: list[str] = []
     items = list(numbers)
     position = 0

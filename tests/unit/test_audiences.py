@@ -14,8 +14,8 @@ from shared.profiles.audiences import (
     parse_audience,
 )
 
-# SPEC section 4, verbatim.
-SPEC_AUDIENCE = {
+# The example of docs/profiles.md, verbatim.
+DOCUMENTED_AUDIENCE = {
     "environment": "Production",
     "trafficType": "user",
     "rule": {
@@ -39,8 +39,8 @@ def audience(rule: dict[str, object]) -> object:
     return parse_audience({"environment": "Production", "trafficType": "user", "rule": rule}, "test")
 
 
-def test_the_spec_example_parses() -> None:
-    parsed = parse_audience(SPEC_AUDIENCE, "/p/audiences/checkout_fans")
+def test_the_documented_example_parses() -> None:
+    parsed = parse_audience(DOCUMENTED_AUDIENCE, "/p/audiences/checkout_fans")
     assert parsed.sync == ["segment-prod"]
     assert parsed.time_bound
     assert [p.event for p in parsed.performed()] == ["checkout"]
@@ -94,10 +94,10 @@ def test_malformed_rules_are_rejected_naming_the_problem(rule: object, message: 
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({**SPEC_AUDIENCE, "trafficType": "bad type"}, "trafficType: String should match pattern"),
-        ({**SPEC_AUDIENCE, "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
-        ({k: v for k, v in SPEC_AUDIENCE.items() if k != "rule"}, "rule: Field required"),
-        ({**SPEC_AUDIENCE, "syncs": []}, "syncs: Extra inputs are not permitted"),
+        ({**DOCUMENTED_AUDIENCE, "trafficType": "bad type"}, "trafficType: String should match pattern"),
+        ({**DOCUMENTED_AUDIENCE, "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
+        ({k: v for k, v in DOCUMENTED_AUDIENCE.items() if k != "rule"}, "rule: Field required"),
+        ({**DOCUMENTED_AUDIENCE, "syncs": []}, "syncs: Extra inputs are not permitted"),
         ("not json", "not valid JSON"),
         ("[]", "must be a JSON object"),
     ],
@@ -119,7 +119,7 @@ def facts(
 
 
 def test_the_spec_example_evaluates() -> None:
-    spec = parse_audience(SPEC_AUDIENCE, "a")
+    spec = parse_audience(DOCUMENTED_AUDIENCE, "a")
     assert evaluate(spec, facts(), NOW) == Evaluation(True, NOW - DAY_MS + 7 * DAY_MS)
     assert not evaluate(spec, facts(treatment="off"), NOW).member
     assert not evaluate(spec, facts(treatment=None), NOW).member
@@ -192,7 +192,7 @@ def test_any_all_and_recheck_takes_the_earliest_window() -> None:
 
 
 def test_event_needs_cover_every_audience() -> None:
-    a = parse_audience(SPEC_AUDIENCE, "a")
+    a = parse_audience(DOCUMENTED_AUDIENCE, "a")
     b = audience({"performed": {"event": "signup", "withinDays": 30}})
     c = audience({"performed": {"event": "login"}})
     assert event_needs([a, b]).event_types == {"checkout", "signup"}

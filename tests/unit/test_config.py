@@ -1,4 +1,4 @@
-"""Config documents (SPEC section 1): defaults, required fields, errors that name the field."""
+"""Config documents (docs/inbound.md, outbound.md): defaults, required fields, errors that name the field."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mapping rules of SPEC section 2, one test (at least) per rule, on Segment's own example payloads."""
+"""The mapping rules of docs/inbound.md, one test (at least) per rule, on Segment's own example payloads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parsing the three body shapes of the impressions queue (SPEC section 3)."""
+"""Parsing the three body shapes of the impressions queue (docs/outbound.md)."""
 
 from __future__ import annotations
 
