@@ -9,8 +9,12 @@ function recorded from the impressions) and what the local Segment and FME sinks
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -351,6 +355,22 @@ def print_fme_received(stack: LocalStack, console: Console) -> None:
     console.print(fme_identities)
 
 
+def cli_command() -> str:
+    """How to run the CLI from where the stack was started: ``fme-bridge`` when that is the one on
+    PATH, else the script installed beside this interpreter (``.venv/bin/fme-bridge`` under ``make
+    run``, whose virtualenv is not activated)."""
+    beside = Path(sys.executable).parent / "fme-bridge"
+    if not beside.exists():
+        return "fme-bridge"
+    on_path = shutil.which("fme-bridge")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "fme-bridge"
+    try:
+        return os.path.relpath(beside)
+    except ValueError:  # another drive (Windows)
+        return str(beside)
+
+
 def print_summary(stack: LocalStack, console: Console) -> None:
     events = Table(
         "trafficType", "key", "eventTypeId", "value", "from", title="stored FME events", title_justify="left"
@@ -410,6 +430,7 @@ def print_summary(stack: LocalStack, console: Console) -> None:
     console.print(treatments)
     if stack.fme_sink is not None:
         print_fme_received(stack, console)
+    cli = cli_command()
     console.print("Try it yourself:")
     console.print(
         f"  curl -s -X POST {stack.api_url}/segment/{CONNECTION_ID} "
@@ -419,13 +440,13 @@ def print_summary(stack: LocalStack, console: Console) -> None:
         soft_wrap=True,
     )
     console.print(
-        f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge events u-42 --environment {ENVIRONMENT}",
+        f"  AWS_ENDPOINT_URL={stack.aws_endpoint} {cli} events u-42 --environment {ENVIRONMENT}",
         soft_wrap=True,
     )
     console.print(
-        f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge profile {ENVIRONMENT} user {USER_ID}",
+        f"  AWS_ENDPOINT_URL={stack.aws_endpoint} {cli} profile {ENVIRONMENT} user {USER_ID}",
         soft_wrap=True,
     )
     if stack.fme_sink is not None:
-        console.print(f"  AWS_ENDPOINT_URL={stack.aws_endpoint} fme-bridge delivery status", soft_wrap=True)
+        console.print(f"  AWS_ENDPOINT_URL={stack.aws_endpoint} {cli} delivery status", soft_wrap=True)
         console.print(f"  curl -s {stack.fme_sink.url}/_sink/state", soft_wrap=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -330,3 +331,10 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
     assert "pricing_page" in recorded
     assert "new_checkout" in recorded
     assert "demo-write-key" not in output
+    # Each CLI line under "Try it yourself" runs as printed, from where the stack was started (the
+    # virtualenv of make run is not activated, so a bare fme-bridge would not be found).
+    hints = [line.split() for line in output.splitlines() if line.strip().startswith("AWS_ENDPOINT_URL=")]
+    commands = [words[1] for words in hints]
+    assert len(commands) >= 2, output
+    for command in commands:
+        assert shutil.which(command) is not None or Path(command).is_file(), command
