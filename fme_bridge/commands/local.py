@@ -101,6 +101,7 @@ def _print_banner(stack: LocalStack) -> None:
     info = stack.info()
     table = Table.grid(padding=(0, 2))
     table.add_row("webhook", f"{info['webhookUrl']}{{connectionId}}")
+    table.add_row("profile API", f"{info['profilesApiUrl']}/{{environment}}/{{trafficType}}/{{key}}")
     table.add_row("info", f"{stack.api_url}/_local/info")
     table.add_row("AWS endpoint", info["awsEndpointUrl"])
     if info["sinkUrl"]:

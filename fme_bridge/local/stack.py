@@ -260,6 +260,7 @@ class LocalStack:
             "stackName": self.stack.name,
             "configPrefix": self.config_prefix,
             "webhookUrl": f"{self.api_url}/segment/",
+            "profilesApiUrl": f"{self.api_url}/profiles",
             "sinkUrl": getattr(self.sink, "endpoint", None),
             "fmeEventsEndpoint": getattr(self.fme_sink, "events_endpoint", None),
             "fmeIdentitiesEndpoint": getattr(self.fme_sink, "identities_endpoint", None),

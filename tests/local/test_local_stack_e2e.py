@@ -128,6 +128,9 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
     assert set(info["queueUrls"]) >= {"ImpressionsQueue", "ImpressionsDeadLetterQueue"}
     assert set(info["tableNames"]) >= {"EventsTable", "IdentitiesTable", "ProfilesTable"}
     assert info["sinkUrl"].endswith("/v1")
+    # The profile API is served where info says: without its secret, a 401 from the real handler.
+    assert info["profilesApiUrl"] == f"{running.api}/profiles"
+    assert httpx.get(f"{info['profilesApiUrl']}/Production/user/u-1", timeout=10).status_code == 401
     inbound = {
         "environment": "Production",
         "identities": [
