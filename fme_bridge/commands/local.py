@@ -100,6 +100,8 @@ def local(
 def _print_banner(stack: LocalStack) -> None:
     info = stack.info()
     table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # URLs wrap rather than end in "…" on a narrow or piped console
     table.add_row("webhook", f"{info['webhookUrl']}{{connectionId}}")
     table.add_row("profile API", f"{info['profilesApiUrl']}/{{environment}}/{{trafficType}}/{{key}}")
     table.add_row("info", f"{stack.api_url}/_local/info")
