@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out, read_json, target
@@ -246,8 +247,9 @@ def profile(
     if as_json:
         out.print_json(json.dumps(document))
         return
-    title = f"{traffic_type} {key} in {environment}"
-    attributes = Table("attribute", "value", title=f"{title}: attributes")
+    # On a line of its own: as a table title, a long key would wrap to the width of the table.
+    heading = f"[bold]{traffic_type} {escape(key)}[/bold] in {escape(environment)}"
+    attributes = Table("attribute", "value", title="attributes")
     for name, value in sorted(document["attributes"].items()):
         attributes.add_row(name, value if isinstance(value, str) else json.dumps(value))
     treatments = Table("flag", "treatment", "seen", "split version", title="last treatments")
@@ -268,6 +270,7 @@ def profile(
             "" if value is None else str(value),
             str(event.get("segmentType", "")),
         )
+    out.print(heading, soft_wrap=True)
     for view in (attributes, treatments, audiences, events):
         out.print(view)
     if document["next"]:

@@ -119,6 +119,12 @@ def test_profile_shows_what_the_api_answers(cli: Cli, stack: Stack, monkeypatch:
     assert table.exit_code == 0, table.output
     assert "new_checkout" in table.stdout
     assert "checkout_fans" in table.stdout
+    # Whose profile it is, on one line whatever the key's length (not wrapped as a table title).
+    long_key = "7f244b10-9ca5-11e5-9706-16a11fb02dec"
+    boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"]).put_item(
+        Item={"pk": f"Production#user#{long_key}", "attributes": {"plan": "pro"}, "updatedAt": 1}
+    )
+    assert f"user {long_key} in Production" in cli("profile", "Production", "user", long_key).stdout
 
     missing = cli("profile", "Production", "user", "nobody")
     assert missing.exit_code == 1
