@@ -36,6 +36,9 @@ MAX_IDENTITY_BYTES = 350 * 1024
 MAX_MESSAGE_ID_LENGTH = 200
 # What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
 _EVENT_ENVELOPE_BYTES = 160
+# The estimate from the constant above is generous for the field names but does not count the escapes
+# a key may need; an event estimated within this much of MAX_EVENT_BYTES is measured exactly.
+_EXACT_SIZE_MARGIN = 2048
 
 
 class DropReason(StrEnum):
@@ -137,6 +140,28 @@ def _storable_number(value: int | float) -> bool:
     if isinstance(value, int):
         return len(str(abs(value))) <= 38
     return isfinite(value) and (value == 0 or 1e-130 <= abs(value) < 1e126)
+
+
+def event_json_size(
+    environment: str,
+    traffic_type: str,
+    key: str,
+    type_id: str,
+    value: int | float | None,
+    timestamp: int,
+    properties: dict[str, Scalar],
+) -> int:
+    """Bytes of the event's JSON as the Events API receives it (``shared.delivery``), compact UTF-8."""
+    event = {
+        "eventTypeId": type_id,
+        "trafficTypeName": traffic_type,
+        "key": key,
+        "value": value,
+        "timestamp": timestamp,
+        "environmentName": environment,
+        "properties": properties,
+    }
+    return len(compact_json(event))
 
 
 def property_value(value: Any) -> Scalar:
@@ -358,7 +383,10 @@ class _Mapper:
         sent = message.sent_time_ms()
         timestamp = self.now_ms if sent is None else sent
         for traffic_type, key in self.valid_targets(index, targets):
-            if base_size + len(traffic_type) + len(key.encode()) > MAX_EVENT_BYTES:
+            size = base_size + len(traffic_type) + len(key.encode())
+            if size > MAX_EVENT_BYTES - _EXACT_SIZE_MARGIN:
+                size = event_json_size(environment, traffic_type, key, type_id, value, timestamp, properties)
+            if size > MAX_EVENT_BYTES:
                 self.drop(index, DropReason.EVENT_TOO_LARGE, traffic_type)
                 continue
             # Constructed without re-validation: every value was produced (and checked) just above.

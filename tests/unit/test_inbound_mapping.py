@@ -297,6 +297,42 @@ def test_event_just_under_32_kb_is_kept() -> None:
     assert len(mapped.events) == 1
 
 
+def _as_the_events_api_receives_it(event: Any) -> int:
+    """Bytes of the JSON delivery sends for one stored event (shared.delivery.fme_client)."""
+    from shared.delivery.fme_client import FmeEvent as SentEvent
+
+    sent = SentEvent(
+        eventTypeId=event.eventTypeId,
+        trafficTypeName=event.trafficTypeName,
+        key=event.key,
+        value=event.value,
+        timestamp=event.timestamp,
+        environmentName=event.environment,
+        properties=event.properties,
+    )
+    return len(sent.model_dump_json().encode())
+
+
+@pytest.mark.parametrize("user_id", ["AiUGstSDIg", 'quote"and\\backslash' * 12, "ünïcødé-用户"])
+@pytest.mark.parametrize("over", [0, 1])
+def test_the_32_kb_limit_is_the_events_json_as_sent_to_fme(user_id: str, over: int) -> None:
+    """32 KB is 32,768 bytes of the event as the Events API receives it: kept at the limit, dropped
+    one byte over, whatever escapes the key needs."""
+
+    def track(blob: str) -> Mapped:
+        return map_one(segment("track", userId=user_id, anonymousId=None, properties={"blob": blob}))
+
+    small = track("x").events[0]
+    blob = "x" * (32 * 1024 - _as_the_events_api_receives_it(small) + 1 + over)
+    mapped = track(blob)
+    if over:
+        assert mapped.events == []
+        assert drop_reasons(mapped) == ["event_too_large"]
+    else:
+        assert _as_the_events_api_receives_it(mapped.events[0]) == 32 * 1024
+        assert mapped.drops == []
+
+
 def test_numbers_dynamodb_cannot_hold_become_strings() -> None:
     mapped = map_one(segment("track", properties={"huge": 10**40, "tiny": 1e-200, "fine": 1.5}))
     assert mapped.events[0].properties == {"huge": str(10**40), "tiny": "1e-200", "fine": 1.5}
