@@ -92,12 +92,31 @@ def _replace_lone_surrogates(document: Any) -> Any:
     return document
 
 
+def _integer_or_text(digits: str) -> int | str:
+    """An integer, or its digits as text when Python refuses to convert that many (over 4,300)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return digits
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:
+        # Valid JSON that json refuses: an integer of more digits than Python converts. Read again,
+        # keeping such integers as their text (a property DynamoDB cannot hold as a number is kept
+        # as text anyway), so that one message's number does not cost its neighbours. Any other
+        # error is raised again by the second reading.
+        return json.loads(raw, parse_constant=_reject_constant, parse_int=_integer_or_text)
+
+
 def decode_body(raw: bytes) -> list[Any]:
     """The messages of a webhook body, in order; raises :class:`BadRequest` / :class:`PayloadTooLarge`."""
     if not raw.strip():
         raise BadRequest("empty_body", "the request body is empty; expected a Segment message or an array")
     try:
-        document = json.loads(raw, parse_constant=_reject_constant)
+        document = _loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:

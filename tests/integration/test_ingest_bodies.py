@@ -156,6 +156,21 @@ def test_a_lone_surrogate_beside_deep_nesting_loses_nothing(webhook: Webhook) ->
     assert nested["deep"].endswith('"\ufffd"' + "]" * depth)  # a nested value is stored as its JSON
 
 
+def test_an_integer_too_long_for_python_loses_nothing(webhook: Webhook) -> None:
+    # Valid JSON; Python converts at most 4,300 digits, and json.loads refused the whole body.
+    digits = "9" * 5000
+    big = json.dumps(segment_message("track", messageId="big", properties={"n": "PLACEHOLDER", "revenue": 1}))
+    big = big.replace('"PLACEHOLDER"', digits)
+    plain = json.dumps(segment_message("track", messageId="plain"))
+    answer = webhook.post(f"[{big},{plain}]".encode())
+    assert answer.status == 200, answer.body
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 0)
+    stored = {e["messageId"]: e for e in webhook.stored_events("user", "AiUGstSDIg")}
+    assert stored["big"]["properties"]["n"] == digits  # as text, like any number DynamoDB cannot hold
+    assert stored["big"]["properties"]["revenue"] == 1
+    assert "plain" in stored
+
+
 def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
     webhook.post([segment_message("track", event=None), segment_message("track", userId="u" * 300)])
     metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
