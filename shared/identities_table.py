@@ -3,8 +3,9 @@
 Concurrent webhook requests can update the same identity, so writes are optimistic: each item
 carries a ``version``; a write is conditional on the version that was read (or on the item not
 existing), and a request whose condition fails re-reads and merges again (see
-:func:`shared.inbound.ingest.store_identities`). Writes go in TransactWriteItems requests of up to
-100 conditional puts — the only batched write DynamoDB offers with conditions.
+:func:`shared.inbound.ingest.store_identities`). A few identities are written with conditional
+PutItems side by side; more go in TransactWriteItems requests of up to 100 conditional puts — the
+only batched write DynamoDB offers with conditions, at two write units per item.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.dynamodb import Table, attribute_value, batch_get, batch_write, plain
+from shared.dynamodb import MAX_WORKERS, Table, attribute_value, batch_get, batch_write, plain, run_parallel
 from shared.events_table import identity_pk
 from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
 
 TRANSACTION_LIMIT = 100
+# Up to this many identities, one conditional PutItem each, all at once on the request's threads: one
+# round trip and one write unit per identity (a transaction costs two).
+MAX_SEPARATE_PUTS = MAX_WORKERS
 # DynamoDB refuses a transaction over 4 MB; identities may be up to MAX_IDENTITY_BYTES each.
 TRANSACTION_BYTES = 3_500_000
 
@@ -55,18 +59,27 @@ class IdentitiesTable(Table):
     ) -> set[str]:
         """Write merged identities; returns the pks whose write did not happen (re-read and retry them).
 
-        A transaction is all or nothing, so when one identity's version moved on, every identity of
-        that transaction is returned. A single identity (an identify webhook) is one conditional
-        PutItem instead: the same condition at half the write units of a transaction.
+        Up to :data:`MAX_SEPARATE_PUTS` identities (an identify call, a small batch) are conditional
+        PutItems side by side, each failing alone. More go in transactions, which are all or nothing:
+        when one identity's version moved on, every identity of that transaction is returned.
         """
+        if len(identities) <= MAX_SEPARATE_PUTS:
+
+            def put(identity: MergedIdentity) -> str | None:
+                try:
+                    self.client.put_item(**self._conditional_put(identity, connection_id, updated_at))
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                        raise
+                    return identity_pk(identity.environment, identity.trafficTypeName, identity.key)
+                return None
+
+            return {pk for pk in run_parallel(put, list(identities)) if pk is not None}
         retry: set[str] = set()
         for batch in transactions(identities):
             puts = [self._conditional_put(identity, connection_id, updated_at) for identity in batch]
             try:
-                if len(puts) == 1:
-                    self.client.put_item(**puts[0])
-                else:
-                    self.client.transact_write_items(TransactItems=[{"Put": put} for put in puts])
+                self.client.transact_write_items(TransactItems=[{"Put": put} for put in puts])
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code not in ("TransactionCanceledException", "ConditionalCheckFailedException"):

@@ -280,6 +280,49 @@ def test_concurrent_identity_updates_are_both_kept(webhook: Webhook) -> None:
     assert identity["version"] == 3
 
 
+def test_a_race_on_one_of_a_few_identities_retries_only_that_one(webhook: Webhook) -> None:
+    from shared.inbound.ingest import store
+    from shared.inbound.mapping import map_messages
+
+    competing = segment_message(
+        "identify",
+        userId="racer-1",
+        anonymousId=None,
+        messageId="c",
+        traits={"seats": 10},
+        timestamp="2015-03-01T00:00:00Z",
+    )
+    mine = [
+        segment_message(
+            "identify",
+            userId=f"racer-{i}",
+            anonymousId=None,
+            messageId=f"m-{i}",
+            traits={"plan": "pro"},
+            timestamp="2015-03-02T00:00:00Z",
+        )
+        for i in range(3)
+    ]
+    pending: list[list[str]] = []
+
+    class Recording(RacingIdentitiesTable):
+        def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
+            pending.append(sorted(pks))
+            return super().get_many(pks)
+
+    racing = Recording(webhook.env["IDENTITIES_TABLE"], competitor=lambda: webhook.post(competing))
+    connection = config.load_inbound("acme-production")
+    now = 1_795_625_347_000
+    report = store(map_messages(mine, connection, now), "acme-production", now, webhook.events, racing)
+    assert report.identities == 3
+    assert len(pending) == 2
+    assert len(pending[0]) == 3
+    assert pending[1] == [pk for pk in pending[0] if pk.endswith("racer-1")]  # the others were written
+    racer = webhook.identity("user", "racer-1") or {}
+    assert (racer["attributes"], racer["version"]) == ({"plan": "pro", "seats": 10}, 2)
+    assert (webhook.identity("user", "racer-0") or {})["version"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Deletion
 
@@ -361,22 +404,31 @@ def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
     assert sum(calls.values()) / answer.body["events"] <= 0.05
 
 
-def test_one_identity_is_one_conditional_put_and_several_one_transaction(webhook: Webhook) -> None:
-    """A transaction costs two write units per item: a lone identity does not need one."""
+def test_a_few_identities_are_conditional_puts_and_more_are_transactions(webhook: Webhook) -> None:
+    """A transaction costs two write units per item: a few identities do not need one."""
+    from shared.identities_table import MAX_SEPARATE_PUTS
+
     calls: Counter[str] = Counter()
     dynamodb.client().meta.events.register(
         "before-call.dynamodb.*", lambda model, **_: calls.update([model.name])
     )
+
+    def identifies(count: int, prefix: str) -> list[dict[str, Any]]:
+        return [
+            segment_message("identify", messageId=f"{prefix}-{i}", userId=f"{prefix}-{i}", anonymousId=None)
+            for i in range(count)
+        ]
+
     webhook.post(segment_message("identify", anonymousId=None, traits={"plan": "pro"}))
     assert calls == {"BatchGetItem": 1, "PutItem": 1}
     calls.clear()
-    several = [
-        segment_message("identify", messageId=f"m-{i}", userId=f"user-{i}", anonymousId=None)
-        for i in range(3)
-    ]
-    assert webhook.post(several).body["stored"] == 3
+    assert webhook.post(identifies(MAX_SEPARATE_PUTS, "few")).body["stored"] == MAX_SEPARATE_PUTS
+    assert calls == {"BatchGetItem": 1, "PutItem": MAX_SEPARATE_PUTS}
+    calls.clear()
+    assert webhook.post(identifies(MAX_SEPARATE_PUTS + 1, "more")).body["stored"] == MAX_SEPARATE_PUTS + 1
     assert calls == {"BatchGetItem": 1, "TransactWriteItems": 1}
-    assert (webhook.identity("user", "user-2") or {})["version"] == 1
+    assert (webhook.identity("user", "few-0") or {})["version"] == 1
+    assert (webhook.identity("user", "more-0") or {})["version"] == 1
 
 
 def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
