@@ -23,21 +23,16 @@ from contextlib import contextmanager
 
 import boto3
 
+from bench.servers import free_port
 from fme_bridge.template import create_stack
 from shared import aws
 from shared.profiles.last_treatment import LastTreatmentRecorder, newest_per_flag
 from shared.profiles_table import LastTreatment, write_last_treatment, write_last_treatments
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def moto_server() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-p", str(port)],
         stdout=subprocess.DEVNULL,

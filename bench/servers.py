@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -30,10 +31,38 @@ CREDENTIALS = {
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out for bind(0) and outgoing connections (Linux; else a common range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free now on loopback, for servers started next, chosen below the ephemeral range.
+
+    A port bind(0) gave is ephemeral: between choosing it and a server binding it, any outgoing
+    connection on the machine (tests run side by side) may take it. These never are.
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20000, 32000) if p not in ephemeral] or list(range(1024, 20000))
+    chosen: list[int] = []
+    for port in random.sample(candidates, len(candidates)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"no {count} free ports below the ephemeral range")
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:

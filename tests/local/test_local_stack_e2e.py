@@ -20,6 +20,7 @@ import pytest
 from boto3.dynamodb.conditions import Key
 from typer.testing import CliRunner
 
+from bench.servers import free_ports
 from fme_bridge.cli import app
 from tests.conftest import EVENTS_DIR, load_event
 
@@ -28,17 +29,6 @@ pytestmark = pytest.mark.slow
 SECRET = "e2e-webhook-secret"
 STARTUP_TIMEOUT_S = 60
 DELIVERY_TIMEOUT_S = 60  # the template's batching window is 5 s; a loaded machine is slower
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def local_command(port: int, aws_port: int, sink_port: int, fme_port: int, *extra: str) -> list[str]:
