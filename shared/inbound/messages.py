@@ -154,11 +154,8 @@ def _array_elements(raw: bytes) -> list[bytes] | None:
             if depth == 0:
                 if position != len(body):
                     return None
-                last = body[start : token.start()]
-                if last.strip():
-                    elements.append(last)
-                elif elements:  # "[…, ]": a trailing comma is not JSON
-                    return None
+                if body[start : token.start()].strip():
+                    elements.append(body[start : token.start()])
                 return elements
         elif depth == 1:  # a comma between two elements
             elements.append(body[start : token.start()])
