@@ -236,8 +236,7 @@ def first_element_text(raw: bytes) -> bytes | None:
 
     Webhooks (Actions) signs a batch with ``JSON.stringify(batch[0])``; the raw text of that element
     as it was sent is the most faithful copy of what was signed (re-serializing may format numbers
-    differently). Only the first element is parsed, so this is cheap before authentication; one too
-    deep to parse is found by scanning the body's brackets.
+    differently). Only the first element is parsed, so this is cheap before authentication.
     """
     text = raw.lstrip()
     if not text.startswith(b"["):
@@ -251,11 +250,8 @@ def first_element_text(raw: bytes) -> bytes | None:
         start += 1
     try:
         _, end = json.JSONDecoder().raw_decode(decoded, start)
-    except ValueError:  # runs before authentication: any body must get a 401
+    except (ValueError, RecursionError):  # runs before authentication: any body must get a 401
         return None
-    except RecursionError:  # too deep to read (dropped later on its own): found by its brackets
-        elements = _array_elements(raw)
-        return elements[0].strip() if elements else None
     return decoded[start:end].encode()
 
 
