@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import EVENT_TYPE_ID_PATTERN, InboundConfig
-from shared.inbound.messages import NestedTooDeeply, SegmentMessage, compact_json
+from shared.inbound.messages import SegmentMessage, compact_json
 
 EVENT_TYPE_ID = re.compile(EVENT_TYPE_ID_PATTERN)
 TRAFFIC_TYPE_NAME = re.compile(r"[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}")
@@ -43,7 +43,6 @@ _EXACT_SIZE_MARGIN = 2048
 
 class DropReason(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
-    NESTED_TOO_DEEPLY = "nested_too_deeply"
     INVALID_MESSAGE = "invalid_message"
     INVALID_MESSAGE_ID = "invalid_message_id"
     MISSING_EVENT_TYPE_ID = "missing_event_type_id"
@@ -287,8 +286,7 @@ class _Mapper:
 
     def map(self, index: int, item: Any) -> None:
         if not isinstance(item, dict):
-            nested = isinstance(item, NestedTooDeeply)
-            self.drop(index, DropReason.NESTED_TOO_DEEPLY if nested else DropReason.NOT_AN_OBJECT)
+            self.drop(index, DropReason.NOT_AN_OBJECT)
             return
         try:
             message = SegmentMessage.model_validate(item)

@@ -111,82 +111,12 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw, parse_constant=_reject_constant, parse_int=_integer_or_text)
 
 
-class NestedTooDeeply:
-    """Stands for a message of an array body that nests deeper than JSON can be read here."""
-
-
-# What the scan of an array body stops at: a string's opening quote, or a character that opens, closes
-# or separates arrays and objects.
-_STRUCTURE = re.compile(rb'["\[\]{},]')
-
-
-def _string_end(body: bytes, opening: int) -> int:
-    """The index after the quote that closes the string opened at ``opening``, or -1 if none does."""
-    search = opening + 1
-    while (quote := body.find(b'"', search)) >= 0:
-        backslashes = quote - 1
-        while body[backslashes] == 0x5C:  # a quote after an odd number of backslashes is escaped
-            backslashes -= 1
-        if (quote - 1 - backslashes) % 2 == 0:
-            return quote + 1
-        search = quote + 1
-    return -1
-
-
-def _array_elements(raw: bytes) -> list[bytes] | None:
-    """The texts of a JSON array's elements, found without reading them (one pass, no recursion), or
-    None when ``raw`` is not one array whose brackets balance (its elements are still to be checked)."""
-    body = raw.strip()
-    if not body.startswith(b"["):
-        return None
-    elements: list[bytes] = []
-    depth, start, position = 0, 1, 0
-    while (token := _STRUCTURE.search(body, position)) is not None:
-        mark, position = token.group(), token.end()
-        if mark == b'"':
-            position = _string_end(body, token.start())
-            if position < 0:
-                return None
-        elif mark in (b"[", b"{"):
-            depth += 1
-        elif mark in (b"]", b"}"):
-            depth -= 1
-            if depth == 0:
-                if position != len(body):
-                    return None
-                if body[start : token.start()].strip():
-                    elements.append(body[start : token.start()])
-                return elements
-        elif depth == 1:  # a comma between two elements
-            elements.append(body[start : token.start()])
-            start = position
-    return None
-
-
-def _loads_each(raw: bytes) -> list[Any]:
-    """An array body read message by message, after reading it whole went too deep: a message too
-    deep to read becomes :class:`NestedTooDeeply` (dropped on its own), the others are read as usual."""
-    elements = _array_elements(raw)
-    if elements is None:
-        raise RecursionError
-    messages: list[Any] = []
-    for element in elements:
-        try:
-            messages.append(_loads(element))
-        except RecursionError:
-            messages.append(NestedTooDeeply())
-    return messages
-
-
 def decode_body(raw: bytes) -> list[Any]:
     """The messages of a webhook body, in order; raises :class:`BadRequest` / :class:`PayloadTooLarge`."""
     if not raw.strip():
         raise BadRequest("empty_body", "the request body is empty; expected a Segment message or an array")
     try:
-        try:
-            document = _loads(raw)
-        except RecursionError:
-            document = _loads_each(raw)
+        document = _loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
