@@ -247,7 +247,13 @@ def parse_body(body: str | bytes) -> ParsedBody:
     try:
         data = from_json(body)
     except (ValueError, TypeError):  # TypeError: a str that is not text (a lone surrogate)
-        data = _read_with_long_integers(body)
+        try:  # the standard library's message says where the JSON breaks, in familiar words
+            json.loads(body)
+        except ValueError as exc:
+            raise BodyError(INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # a permanent error of this message, not a failure of the batch
+            raise BodyError(INVALID_JSON, "body is not valid JSON: nested too deeply") from None
+        raise BodyError(INVALID_JSON, "body is not valid JSON") from None
     shape = _body_shape(data)
     if shape is None:
         raise BodyError(INVALID_BODY, f"body must be a JSON object or array, not {type(data).__name__}")
@@ -274,33 +280,6 @@ def parse_body(body: str | bytes) -> ParsedBody:
         else:
             _add(parsed, index, impression)
     return parsed
-
-
-def _read_with_long_integers(body: str | bytes) -> Any:
-    """A body pydantic-core refused, read by the standard library; raises :class:`BodyError`.
-
-    Its message says where the JSON breaks, in familiar words. The one body it reads where
-    pydantic-core does not is valid JSON holding an integer of more digits than Python converts
-    (4,300): such integers are kept as their text, so that they cost only the item that has them.
-    """
-    long_integers: list[str] = []
-
-    def integer(digits: str) -> int | str:
-        try:
-            return int(digits)
-        except ValueError:
-            long_integers.append(digits)
-            return digits
-
-    try:
-        data = json.loads(body, parse_int=integer)
-    except ValueError as exc:
-        raise BodyError(INVALID_JSON, f"body is not valid JSON: {exc}") from None
-    except RecursionError:  # a permanent error of this message, not a failure of the batch
-        raise BodyError(INVALID_JSON, "body is not valid JSON: nested too deeply") from None
-    if not long_integers:
-        raise BodyError(INVALID_JSON, "body is not valid JSON") from None
-    return data
 
 
 def _parse_plain(plain: _PlainBody | list[_PlainItem]) -> ParsedBody | None:
