@@ -19,6 +19,7 @@ from math import isfinite
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 
 from shared.config import EVENT_TYPE_ID_PATTERN, InboundConfig
 from shared.inbound.messages import SegmentMessage, compact_json
@@ -39,6 +40,9 @@ _EVENT_ENVELOPE_BYTES = 160
 # The estimate from the constant above is generous for the field names but does not count the escapes
 # a key may need; an event estimated within this much of MAX_EVENT_BYTES is measured exactly.
 _EXACT_SIZE_MARGIN = 2048
+# A whole float from here up is written with an exponent (1e+20) but reaches FME with every digit
+# (DynamoDB gives it back as a whole number): an event with one is measured exactly too.
+_EXPONENT_FLOATS = 1e16
 
 
 class DropReason(StrEnum):
@@ -151,17 +155,32 @@ def event_json_size(
     timestamp: int,
     properties: dict[str, Scalar],
 ) -> int:
-    """Bytes of the event's JSON as the Events API receives it (``shared.delivery``), compact UTF-8."""
+    """Bytes of the event's JSON as the Events API receives it: its numbers as delivery reads them
+    back from DynamoDB, serialised as delivery serialises them (pydantic-core, compact UTF-8)."""
     event = {
         "eventTypeId": type_id,
         "trafficTypeName": traffic_type,
         "key": key,
-        "value": value,
+        "value": _as_delivered(value),
         "timestamp": timestamp,
         "environmentName": environment,
-        "properties": properties,
+        "properties": {name: _as_delivered(v) for name, v in properties.items()},
     }
-    return len(compact_json(event))
+    return len(to_json(event))
+
+
+def _as_delivered(value: Any) -> Any:
+    """A number as ``shared.delivery.records.plain`` reads it back: a whole number as an int."""
+    if isinstance(value, float):
+        exact = Decimal(repr(value))
+        if exact == exact.to_integral_value():
+            return int(exact)
+    return value
+
+
+def _has_exponent_floats(value: int | float | None, properties: dict[str, Scalar]) -> bool:
+    numbers = (v for v in (value, *properties.values()) if isinstance(v, float))
+    return any(abs(v) >= _EXPONENT_FLOATS for v in numbers)
 
 
 def property_value(value: Any) -> Scalar:
@@ -382,9 +401,10 @@ class _Mapper:
         base_size = len(compact_json(properties)) + len(type_id) + len(environment) + _EVENT_ENVELOPE_BYTES
         sent = message.sent_time_ms()
         timestamp = self.now_ms if sent is None else sent
+        measure = _has_exponent_floats(value, properties)
         for traffic_type, key in self.valid_targets(index, targets):
             size = base_size + len(traffic_type) + len(key.encode())
-            if size > MAX_EVENT_BYTES - _EXACT_SIZE_MARGIN:
+            if measure or size > MAX_EVENT_BYTES - _EXACT_SIZE_MARGIN:
                 size = event_json_size(environment, traffic_type, key, type_id, value, timestamp, properties)
             if size > MAX_EVENT_BYTES:
                 self.drop(index, DropReason.EVENT_TOO_LARGE, traffic_type)

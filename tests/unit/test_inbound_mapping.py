@@ -298,19 +298,31 @@ def test_event_just_under_32_kb_is_kept() -> None:
 
 
 def _as_the_events_api_receives_it(event: Any) -> int:
-    """Bytes of the JSON delivery sends for one stored event (shared.delivery.fme_client)."""
+    """Bytes of the JSON delivery sends for one event, after its round trip through DynamoDB."""
     from shared.delivery.fme_client import FmeEvent as SentEvent
+    from shared.delivery.records import plain as delivered
+    from shared.dynamodb import attribute_value
+    from shared.dynamodb import plain as stored
 
+    item = stored({"value": attribute_value(event.value), "properties": attribute_value(event.properties)})
     sent = SentEvent(
         eventTypeId=event.eventTypeId,
         trafficTypeName=event.trafficTypeName,
         key=event.key,
-        value=event.value,
+        value=delivered(item["value"]),
         timestamp=event.timestamp,
         environmentName=event.environment,
-        properties=event.properties,
+        properties=delivered(item["properties"]),
     )
     return len(sent.model_dump_json().encode())
+
+
+def test_whole_floats_count_with_every_digit_fme_receives() -> None:
+    """1e125 is 6 characters in the webhook's JSON and 126 digits in what FME receives."""
+    dropped = map_one(segment("track", anonymousId=None, properties={f"p{i}": 1e125 for i in range(250)}))
+    assert drop_reasons(dropped) == ["event_too_large"]
+    kept = map_one(segment("track", anonymousId=None, properties={f"p{i}": 1e125 for i in range(200)}))
+    assert _as_the_events_api_receives_it(kept.events[0]) <= 32 * 1024
 
 
 @pytest.mark.parametrize("user_id", ["AiUGstSDIg", 'quote"and\\backslash' * 12, "ünïcødé-用户"])
@@ -320,7 +332,9 @@ def test_the_32_kb_limit_is_the_events_json_as_sent_to_fme(user_id: str, over: i
     one byte over, whatever escapes the key needs."""
 
     def track(blob: str) -> Mapped:
-        return map_one(segment("track", userId=user_id, anonymousId=None, properties={"blob": blob}))
+        # Numbers whose JSON differs from Python's: 1.5e-7 (not 1.5e-07), 2 (not 2.0), 1e20 in full.
+        properties = {"blob": blob, "small": 1.5e-07, "whole": 2.0, "large": 1e20}
+        return map_one(segment("track", userId=user_id, anonymousId=None, properties=properties))
 
     small = track("x").events[0]
     blob = "x" * (32 * 1024 - _as_the_events_api_receives_it(small) + 1 + over)
