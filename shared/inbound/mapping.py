@@ -19,7 +19,6 @@ from math import isfinite
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import to_json
 
 from shared.config import EVENT_TYPE_ID_PATTERN, InboundConfig
 from shared.inbound.messages import SegmentMessage, compact_json
@@ -155,27 +154,25 @@ def event_json_size(
     timestamp: int,
     properties: dict[str, Scalar],
 ) -> int:
-    """Bytes of the event's JSON as the Events API receives it: its numbers as delivery reads them
-    back from DynamoDB, serialised as delivery serialises them (pydantic-core, compact UTF-8)."""
-    event = {
-        "eventTypeId": type_id,
-        "trafficTypeName": traffic_type,
-        "key": key,
-        "value": _as_delivered(value),
-        "timestamp": timestamp,
-        "environmentName": environment,
-        "properties": {name: _as_delivered(v) for name, v in properties.items()},
-    }
-    return len(to_json(event))
+    """Bytes of the event's JSON as the Events API receives it: the event delivery builds from the
+    stored item (its numbers read back from DynamoDB), serialised as delivery serialises it."""
+    # Imported here: only events near the limit are measured, and ingest need not load them otherwise.
+    from shared.delivery.fme_client import FmeEvent
+    from shared.delivery.records import plain
 
+    def stored(number: Any) -> Any:  # what DynamoDB gives back for a float attribute_value wrote
+        return Decimal(repr(number)) if isinstance(number, float) else number
 
-def _as_delivered(value: Any) -> Any:
-    """A number as ``shared.delivery.records.plain`` reads it back: a whole number as an int."""
-    if isinstance(value, float):
-        exact = Decimal(repr(value))
-        if exact == exact.to_integral_value():
-            return int(exact)
-    return value
+    event = FmeEvent(
+        eventTypeId=type_id,
+        trafficTypeName=traffic_type,
+        key=key,
+        value=plain(stored(value)),
+        timestamp=timestamp,
+        environmentName=environment,
+        properties=plain({name: stored(v) for name, v in properties.items()}),
+    )
+    return len(event.model_dump_json().encode())
 
 
 def _has_exponent_floats(value: int | float | None, properties: dict[str, Scalar]) -> bool:
