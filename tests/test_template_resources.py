@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
 
@@ -62,3 +63,40 @@ def test_tracing_is_opt_in() -> None:
     assert Stack(name="s", parameters=template_parameters()).resolve(disabled) == "true"
     active = Stack(name="s", parameters=template_parameters({"Tracing": "Active"}))
     assert active.resolve(disabled) == "false"
+
+
+def _failure_queues(resources: dict[str, Any]) -> set[str]:
+    """Queues that failures land in: SQS dead-letter targets and the stream sources' on-failure queues."""
+    found = set()
+    for resource in resources.values():
+        redrive = resource.get("Properties", {}).get("RedrivePolicy")
+        if redrive:
+            found.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+        for source in resource.get("Properties", {}).get("Events", {}).values():
+            on_failure = source.get("Properties", {}).get("DestinationConfig", {}).get("OnFailure")
+            if on_failure:
+                found.add(on_failure["Destination"]["Fn::GetAtt"][0])
+    return found
+
+
+def test_every_queue_that_failures_land_in_has_an_alarm() -> None:
+    resources = load_template()["Resources"]
+    failure_queues = _failure_queues(resources)
+    assert {
+        "ImpressionsDeadLetterQueue",
+        "LastTreatmentsDeadLetterQueue",
+        "DeliveryFailureQueue",
+        "AudiencesDeadLetterQueue",
+    } <= failure_queues
+    alarmed = {}
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource["Properties"]
+        [dimension] = props["Dimensions"]
+        alarmed[dimension["Value"]["Fn::GetAtt"][0]] = name
+        # Fires on the first message, and an empty queue (no data points) is not an alarm.
+        assert (props["Namespace"], props["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+        assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert props["TreatMissingData"] == "notBreaching"
+    assert failure_queues <= set(alarmed), failure_queues - set(alarmed)
