@@ -69,10 +69,13 @@ def test_the_function_may_do_only_what_delivery_needs(stack: Stack) -> None:
         ":parameter/fme-segment-bridge/dev/inbound/*"
     )
     assert by_sid["FmeKeys"]["Action"] == "secretsmanager:GetSecretValue"
-    # Only the FME keys secrets, not the webhook secrets beside them.
-    assert stack.resolve(by_sid["FmeKeys"]["Resource"]).endswith(
-        ":secret:/fme-segment-bridge/dev/inbound/*/fme-??????"
-    )
+    # Only the FME keys secrets, not the webhook secrets beside them: by ARN (six random characters
+    # appended) and by bare name, by which IAM authorises a secret that does not exist, so that a
+    # missing one is ResourceNotFoundException (a refusal with the reason), not AccessDenied (retried).
+    assert [stack.resolve(r) for r in by_sid["FmeKeys"]["Resource"]] == [
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:/fme-segment-bridge/dev/inbound/*/fme-??????",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:/fme-segment-bridge/dev/inbound/*/fme",
+    ]
     for statement in statements():
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert not any(a.endswith("*") for a in actions)
