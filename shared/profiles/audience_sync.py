@@ -287,6 +287,8 @@ def _referenced(audiences: Iterable[AudienceConfig]) -> _Referenced:
 
 def _matters(change: StoredChange, referenced: _Referenced) -> bool:
     if change.table == "events":
+        if not change.new:  # removed by a user deletion (the stream has new images only): no type known
+            return bool(referenced.events)
         return change.new.get("eventTypeId") in referenced.events
     if change.table == "identities":
         old = change.old.get("attributes") or {}

@@ -209,6 +209,27 @@ def test_a_treatment_change_is_a_trigger_and_an_unrelated_one_is_not(
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
 
 
+def test_a_user_deletion_exits_the_audience_through_the_removed_events(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    event_item = setup_member(env)
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+    # What the webhook's delete leaves: no events (nor, here, anything else the rule reads once its
+    # `performed` part fails). The events stream carries new images only, so a removal has just keys.
+    table(env, "EventsTable").delete_item(Key={"pk": event_item["pk"], "sk": event_item["sk"]})
+    removal = stream_event(env, "EventsTable", None, old=event_item, sequence=2)
+    stream = removal["Records"][0]["dynamodb"]
+    del stream["OldImage"]
+    stream["StreamViewType"] = "NEW_IMAGE"
+
+    audiences_app.lambda_handler(removal, lambda_context)
+
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (False, 2)
+
+
 def test_an_unreferenced_event_type_evaluates_nothing(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
