@@ -90,6 +90,9 @@ class Stack:
             if fn == "Fn::If":
                 cond, yes, no = arg
                 return self.resolve(yes if self.condition(template["Conditions"][cond]) else no)
+            if fn == "Fn::Not":
+                (inner,) = arg
+                return not self.condition(inner)
             if fn == "Fn::Equals":
                 left, right = (self.resolve(v) for v in arg)
                 return str(left) == str(right)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import boto3
@@ -99,4 +100,22 @@ def test_every_queue_that_failures_land_in_has_an_alarm() -> None:
         assert (props["Namespace"], props["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
         assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
         assert props["TreatMissingData"] == "notBreaching"
+        # Someone is told when AlarmTopicArn is given.
+        assert props["AlarmActions"] == {
+            "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }
     assert failure_queues <= set(alarmed), failure_queues - set(alarmed)
+
+
+def test_alarms_notify_the_topic_only_when_one_is_given() -> None:
+    template = load_template()
+    parameter = template["Parameters"]["AlarmTopicArn"]
+    assert parameter["Default"] == ""
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.match("")
+    assert pattern.match("arn:aws:sns:eu-west-1:123456789012:ops-alerts")
+    assert not pattern.match("ops-alerts")
+    notify = template["Conditions"]["NotifyAlarms"]
+    assert not Stack(name="s", parameters=template_parameters()).condition(notify)
+    topic = "arn:aws:sns:eu-west-1:123456789012:ops"
+    assert Stack(name="s", parameters=template_parameters({"AlarmTopicArn": topic})).condition(notify)
