@@ -23,6 +23,19 @@ def actions(logical: str) -> set[str]:
     return found
 
 
+def resources(logical: str) -> list[str]:
+    """The plain ``!Sub`` strings a function's policies name (GetAtt resources left out)."""
+    found = []
+    for policy in resource(logical)["Properties"]["Policies"]:
+        for statement in policy["Statement"]:
+            listed = statement["Resource"]
+            for item in listed if isinstance(listed, list) else [listed]:
+                sub = item.get("Fn::Sub") if isinstance(item, dict) else None
+                if isinstance(sub, str):
+                    found.append(sub)
+    return found
+
+
 def test_the_profile_api_is_a_get_route_on_the_http_api() -> None:
     props = resource("ProfilesFunction")["Properties"]
     assert props["Handler"] == "functions.profiles.app.lambda_handler"
@@ -92,3 +105,7 @@ def test_the_recheck_runs_on_a_schedule_with_the_same_narrow_permissions() -> No
     for logical in ("AudiencesFunction", "AudienceRecheckFunction"):
         assert not any(a.endswith("*") for a in actions(logical))
         assert "dynamodb:DeleteItem" not in actions(logical)
+    # Only the sweep looks up who is due for a re-check.
+    index = "${ProfilesTable.Arn}/index/RecheckIndex"
+    assert index in resources("AudienceRecheckFunction")
+    assert index not in resources("AudiencesFunction")
