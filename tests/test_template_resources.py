@@ -119,3 +119,14 @@ def test_alarms_notify_the_topic_only_when_one_is_given() -> None:
     assert not Stack(name="s", parameters=template_parameters()).condition(notify)
     topic = "arn:aws:sns:eu-west-1:123456789012:ops"
     assert Stack(name="s", parameters=template_parameters({"AlarmTopicArn": topic})).condition(notify)
+
+
+def test_every_function_logs_to_one_group_kept_log_retention_days() -> None:
+    template = load_template()
+    assert template["Globals"]["Function"]["LoggingConfig"] == {"LogGroup": {"Ref": "FunctionLogs"}}
+    assert not any("LoggingConfig" in props for props in functions().values())  # none opts out
+    group = template["Resources"]["FunctionLogs"]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
+    assert template["Outputs"]["FunctionLogGroupName"]["Value"] == {"Ref": "FunctionLogs"}
