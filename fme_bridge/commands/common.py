@@ -19,6 +19,15 @@ class CliError(Exception):
     """A failure the user can act on; printed as one line, exit status 1."""
 
 
+def print_stored_document(raw: str) -> None:
+    """A stored config or audience: as indented JSON, or as it is when it is not JSON (the validity
+    check printed after it says so)."""
+    try:
+        out.print_json(raw)
+    except ValueError:
+        out.print(raw, markup=False, soft_wrap=True)
+
+
 def target(ctx: typer.Context) -> Target:
     """The bridge the root options selected (``fme_bridge.cli`` puts it on the context)."""
     root = ctx.find_root()

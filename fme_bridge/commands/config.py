@@ -19,7 +19,7 @@ import typer
 from pydantic import BaseModel
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, read_json, read_text, target
+from fme_bridge.commands.common import CliError, out, print_stored_document, read_json, read_text, target
 from fme_bridge.target import Target
 from shared.config import ConfigInvalid, FmeKeys, InboundConfig, OutboundConfig, parse_config
 
@@ -178,7 +178,7 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
         raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
     except ssm.exceptions.ParameterNotFound:
         raise CliError(f"no {kind.item} {name!r} under {tgt.prefix}") from None
-    out.print_json(raw)
+    print_stored_document(raw)
     try:
         parse_config(kind.model, raw, full)
     except ConfigInvalid as exc:

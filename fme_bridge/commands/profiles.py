@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, read_json, target
+from fme_bridge.commands.common import CliError, out, print_stored_document, read_json, target
 from fme_bridge.target import Target
 from shared import aws
 from shared.config import ConfigInvalid, OutboundConfig, parse_config
@@ -114,7 +114,7 @@ def audience_get(ctx: typer.Context, name: str) -> None:
     tgt = target(ctx)
     full = _parameter(tgt, name)
     raw = _stored_audience(tgt, name)
-    out.print_json(raw)
+    print_stored_document(raw)
     try:
         parse_audience(raw, full)
     except ConfigInvalid as exc:

@@ -196,3 +196,15 @@ def test_connection_names_cannot_escape_the_prefix(cli: Cli, tmp_path: Path) -> 
     result = put_inbound(cli, tmp_path, name="../x")
     assert result.exit_code == 1
     assert "use letters, digits" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_get_of_a_document_that_is_not_json_shows_it_and_says_why(cli: Cli, kind: str) -> None:
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"{PREFIX}/{kind}/notjson", Value="hello {", Type="String"
+    )
+    result = cli("config", kind, "get", "notjson")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "hello {" in result.stdout
+    assert "invalid:" in result.stdout

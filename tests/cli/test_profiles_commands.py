@@ -129,3 +129,14 @@ def test_profile_shows_what_the_api_answers(cli: Cli, stack: Stack, monkeypatch:
     missing = cli("profile", "Production", "user", "nobody")
     assert missing.exit_code == 1
     assert "no profile for user 'nobody' in Production" in missing.output
+
+
+def test_get_of_an_audience_that_is_not_json_shows_it_and_says_why(cli: Cli) -> None:
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"{PREFIX}/audiences/notjson", Value="hello {", Type="String"
+    )
+    result = cli("config", "audience", "get", "notjson")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "hello {" in result.stdout
+    assert "invalid:" in result.stdout
