@@ -26,6 +26,7 @@ from fme_bridge.local.stack import LocalStack
 
 CONNECTION_ID = "demo"
 WEBHOOK_SECRET = "demo-webhook-secret"  # a local, public demo value
+PROFILES_SECRET = "demo-profiles-secret"  # the profile API's bearer secret, as public
 OUTBOUND_NAME = "demo"
 WRITE_KEY = "demo-write-key"
 # Keys of the demo connection's delivery into the local FME sink (local, public demo values).
@@ -206,7 +207,8 @@ def inbound_config(stack: LocalStack) -> dict[str, Any]:
 
 
 def seed(stack: LocalStack) -> None:
-    """The demo connection, outbound config and their secrets (a config edit takes effect in seconds)."""
+    """The demo connection, outbound config, their secrets and the profile API's secret (a config
+    edit takes effect in seconds)."""
     prefix = stack.config_prefix
     ssm, secrets = stack.client("ssm"), stack.client("secretsmanager")
     endpoint = stack.sink.endpoint if stack.sink is not None else "http://127.0.0.1:3001/v1"
@@ -216,6 +218,7 @@ def seed(stack: LocalStack) -> None:
     ]
     if stack.fme_sink is not None:
         documents.append((f"{prefix}/inbound/{CONNECTION_ID}/fme", None, json.dumps(FME_KEYS)))
+    documents.append((f"{prefix}/profiles", None, PROFILES_SECRET))
     for name, document, secret in documents:
         if document is None:
             _put_secret(secrets, name, secret)
@@ -246,7 +249,8 @@ def run_demo(stack: LocalStack, console: Console) -> None:
     console.print(
         f"seeded inbound connection [bold]{CONNECTION_ID}[/bold] "
         f"(webhook secret [bold]{WEBHOOK_SECRET}[/bold]) "
-        f"and outbound config [bold]{OUTBOUND_NAME}[/bold] → the local Segment sink"
+        f"and outbound config [bold]{OUTBOUND_NAME}[/bold] → the local Segment sink; "
+        f"profile API secret [bold]{PROFILES_SECRET}[/bold]"
     )
     now_ms = int(time.time() * 1000)
     webhook = f"{stack.api_url}/segment/{CONNECTION_ID}"
@@ -445,6 +449,11 @@ def print_summary(stack: LocalStack, console: Console) -> None:
     )
     console.print(
         f"  AWS_ENDPOINT_URL={stack.aws_endpoint} {cli} profile {ENVIRONMENT} user {USER_ID}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"  curl -s {stack.api_url}/profiles/{ENVIRONMENT}/user/{USER_ID} "
+        f"-H 'Authorization: Bearer {PROFILES_SECRET}'",
         soft_wrap=True,
     )
     if stack.fme_sink is not None:

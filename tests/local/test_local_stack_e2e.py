@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -308,6 +309,11 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
         assert "Serving." in output, output
         # Still serving after the demo: the webhook answers.
         assert httpx.get(f"http://127.0.0.1:{port}/_local/info", timeout=5).status_code == 200
+        # The profile API hint works as printed: the demo seeded the secret it shows.
+        [hint] = [line for line in lines if "/profiles/" in line and "curl" in line]
+        url, bearer = re.search(r"(http://\S+/profiles/\S+) -H 'Authorization: (Bearer \S+)'", hint).groups()
+        answer = httpx.get(url, headers={"Authorization": bearer}, timeout=10)
+        assert answer.status_code == 200, answer.text
     finally:
         process.send_signal(signal.SIGINT)
         try:
