@@ -57,8 +57,12 @@ def read_json(path: Path) -> Any:
         raise CliError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_json_values(path: Path) -> list[Any]:
-    """A JSON document (an array is its elements) or JSON Lines; errors name the line."""
+def read_json_values(path: Path) -> list[tuple[str, Any]]:
+    """A JSON document (an array is its elements) or JSON Lines, each value with where it is.
+
+    Where is ``file item N`` (from 1) in a document and ``file:LINE`` in JSON Lines (blank lines
+    counted), as invalid JSON on a line is reported.
+    """
     text = read_text(path)
     stripped = text.strip()
     if not stripped:
@@ -68,13 +72,16 @@ def read_json_values(path: Path) -> list[Any]:
     except ValueError:
         document = None
     else:
-        return document if isinstance(document, list) else [document]
+        elements = document if isinstance(document, list) else [document]
+        return [(f"{path} item {index}", value) for index, value in enumerate(elements, start=1)]
     values = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (reading translated "\r\n" and "\r"): str.splitlines() would also
+    # end one at a U+2028 that JSON allows inside a string.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            values.append(json.loads(line))
+            values.append((f"{path}:{number}", json.loads(line)))
         except ValueError as exc:
             raise CliError(f"{path}:{number}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
     return values

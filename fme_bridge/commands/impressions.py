@@ -59,8 +59,7 @@ def send_impressions(
     file: Annotated[Path, typer.Argument(help="JSON (one value or an array) or JSON Lines; - for stdin.")],
 ) -> None:
     """Send impressions to the queue as they are: each JSON value (array element, line) is one message."""
-    values = read_json_values(file)
-    bodies = [_check_message(v, f"{file} item {i}") for i, v in enumerate(values, start=1)]
+    bodies = [_check_message(value, where) for where, value in read_json_values(file)]
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
     sent = _send(tgt.client("sqs"), queue_url, bodies, lambda _n: None)
@@ -142,10 +141,9 @@ def replay(
     ] = 500,
 ) -> None:
     """Replay a backfill file into the queue, batched into envelopes."""
-    values = read_json_values(file)
     items = []
-    for index, value in enumerate(values, start=1):
-        for env, tt, impression in impressions_of(value, f"{file} item {index}"):
+    for where, value in read_json_values(file):
+        for env, tt, impression in impressions_of(value, where):
             items.append((env or environment, tt or traffic_type, impression))
     if not items:
         raise CliError(f"{file}: no impressions")

@@ -65,8 +65,33 @@ def test_a_bad_line_sends_nothing(cli: Cli, stack: Stack, tmp_path: Path) -> Non
     jsonl.write_text(f'{good}\n{{"hello": "world"}}\n')
     result = cli("send-impressions", str(jsonl))
     assert result.exit_code == 1
-    assert "item 2: not an impression" in result.stderr
+    assert f"{jsonl}:2: not an impression" in result.stderr
     assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def test_a_bad_value_in_json_lines_is_named_by_its_line_blank_lines_counted(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    jsonl = tmp_path / "blank.jsonl"
+    good = load_event("impression_listener_js.json")
+    jsonl.write_text(f'{json.dumps(good)}\n\n{json.dumps(good)}\n   \n{{"hello": "world"}}\n')
+    for command in ("send-impressions", "replay"):
+        result = cli(command, str(jsonl))
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"error: {jsonl}:5: not an impression"), result.stderr
+    # U+2028 may stand in a JSON string; it ends no line.
+    odd = json.dumps({**good, "hostname": "a\u2028b"}, ensure_ascii=False)
+    jsonl.write_text(f'{odd}\n{{"hello": "world"}}\n', encoding="utf-8")
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {jsonl}:2: not an impression"), result.stderr
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+    array = tmp_path / "impressions.json"
+    array.write_text(json.dumps([good, {"hello": "world"}], indent=2))
+    result = cli("send-impressions", str(array))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {array} item 2: not an impression"), result.stderr
 
 
 def webhook_impression(n: int, environment: str) -> dict[str, Any]:
