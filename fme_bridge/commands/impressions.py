@@ -1,8 +1,9 @@
 """``fme-bridge send-impressions`` and ``fme-bridge replay``: impressions into the impressions queue.
 
-Both read the whole file and check every item before sending anything. Replaying twice is safe:
-the impressions function derives each Segment ``messageId`` from the impression itself, so Segment
-drops the duplicates.
+Both read the whole file and check every item before sending anything, down to each impression
+having the environment the impressions function needs (it dead-letters one without as
+``no_environment``). Replaying twice is safe: the impressions function derives each Segment
+``messageId`` from the impression itself, so Segment drops the duplicates.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fme_bridge.commands.common import CliError, out, read_json_values, target
+from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, parse_body
 
 # SQS's limits: 256 KiB per message and per SendMessageBatch call, 10 entries per call.
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -59,27 +61,45 @@ def send_impressions(
     file: Annotated[Path, typer.Argument(help="JSON (one value or an array) or JSON Lines; - for stdin.")],
 ) -> None:
     """Send impressions to the queue as they are: each JSON value (array element, line) is one message."""
-    bodies = [_check_message(value, where) for where, value in read_json_values(file)]
+    located = [(where, _check_message(value, where)) for where, value in read_json_values(file)]
+    missing = [
+        _item_at(where, shape, index)
+        for where, body in located
+        for shape, index in _without_environment(body)
+    ]
+    if missing:
+        raise CliError(
+            _no_environment(
+                missing,
+                "set environmentName or environmentId on them or their envelope, or use replay --environment",
+            )
+        )
+    bodies = [body for _, body in located]
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
     sent = _send(tgt.client("sqs"), queue_url, bodies, lambda _n: None)
     out.print(f"[green]sent[/green] {sent} message(s) to {queue_url}")
 
 
-def impressions_of(value: Any, where: str) -> Iterable[tuple[str | None, str | None, dict[str, Any]]]:
-    """(environmentName, trafficType, impression) for each impression in a backfill item."""
+# An envelope's head: environmentName, environmentId, trafficType (None: absent).
+Head = tuple[str | None, str | None, str | None]
+_HEAD_FIELDS = ("environmentName", "environmentId", "trafficType")
+
+
+def impressions_of(value: Any, where: str) -> Iterable[tuple[str, Head, dict[str, Any]]]:
+    """(where, head, impression) for each impression in a backfill item.
+
+    An impression's own environmentName / environmentId / trafficType win over its envelope's unless
+    empty, as the impressions function reads them.
+    """
     shape = shape_of(value)
     if shape == "envelope":
         for index, inner in enumerate(value["impressions"]):
             if shape_of(inner) not in ("webhook", "listener"):
                 raise CliError(f"{where} impressions[{index}]: not an impression")
-            yield (
-                inner.get("environmentName", value.get("environmentName")),
-                inner.get("trafficType", value.get("trafficType")),
-                inner,
-            )
+            yield f"{where} impressions[{index}]", _head(inner, value), inner
     elif shape in ("webhook", "listener"):
-        yield value.get("environmentName"), value.get("trafficType"), value
+        yield where, _head(value, {}), value
     elif isinstance(value, list):
         for index, inner in enumerate(value):
             yield from impressions_of(inner, f"{where}[{index}]")
@@ -87,37 +107,69 @@ def impressions_of(value: Any, where: str) -> Iterable[tuple[str | None, str | N
         raise CliError(f"{where}: not an impression or an envelope (docs/outbound.md)")
 
 
-def envelopes(
-    items: list[tuple[str | None, str | None, dict[str, Any]]], per_message: int
-) -> list[tuple[str, int]]:
-    """Envelope bodies (with their impression counts) grouping impressions by environment and traffic type."""
-    groups: dict[tuple[str | None, str | None], list[dict[str, Any]]] = {}
-    for environment, traffic_type, impression in items:
-        groups.setdefault((environment, traffic_type), []).append(impression)
-    bodies: list[tuple[str, int]] = []
-    for (environment, traffic_type), impressions in groups.items():
-        head: dict[str, Any] = {}
-        if environment is not None:
-            head["environmentName"] = environment
-        if traffic_type is not None:
-            head["trafficType"] = traffic_type
+def _head(impression: dict[str, Any], envelope: dict[str, Any]) -> Head:
+    """The head fields for ``impression``: its own unless empty, else its envelope's.
+
+    As the impressions function reads them; an impression's empty environment is none (copied to the
+    head, it would count as one).
+    """
+    name, environment_id, traffic_type = (impression.get(f) or envelope.get(f) for f in _HEAD_FIELDS)
+    return name, environment_id, traffic_type
+
+
+def envelopes(items: list[tuple[Head, dict[str, Any]]], per_message: int) -> list[tuple[str, list[int]]]:
+    """Envelope bodies grouping impressions by environment and traffic type.
+
+    Each comes with the indexes (into ``items``) of the impressions it holds, in order.
+    """
+    groups: dict[Head, list[int]] = {}
+    for position, (head_fields, _) in enumerate(items):
+        groups.setdefault(head_fields, []).append(position)
+    bodies: list[tuple[str, list[int]]] = []
+    for head_fields, positions in groups.items():
+        head = {name: v for name, v in zip(_HEAD_FIELDS, head_fields, strict=True) if v is not None}
         chunk: list[str] = []
+        held: list[int] = []
         size = 0
         overhead = len(json.dumps({**head, "impressions": []}))
-        for impression in impressions:
-            encoded = json.dumps(impression, separators=(",", ":"))
+        for position in positions:
+            encoded = json.dumps(items[position][1], separators=(",", ":"))
             if overhead + len(encoded) + 1 > MAX_MESSAGE_BYTES:
                 raise CliError(f"an impression of {len(encoded)} bytes does not fit in an SQS message")
             if chunk and (
                 len(chunk) >= per_message or overhead + size + len(encoded) + 1 > MAX_MESSAGE_BYTES
             ):
-                bodies.append((_envelope(head, chunk), len(chunk)))
-                chunk, size = [], 0
+                bodies.append((_envelope(head, chunk), held))
+                chunk, held, size = [], [], 0
             chunk.append(encoded)
+            held.append(position)
             size += len(encoded) + 1
         if chunk:
-            bodies.append((_envelope(head, chunk), len(chunk)))
+            bodies.append((_envelope(head, chunk), held))
     return bodies
+
+
+def _without_environment(body: str) -> list[tuple[str, int]]:
+    """(shape, item index) of each impression in ``body`` the impressions function would dead-letter
+    as ``no_environment``, as its own parser decides."""
+    try:
+        parsed = parse_body(body)
+    except BodyError:  # unreadable as a whole: not a missing environment
+        return []
+    return [(parsed.shape, error.index) for error in parsed.errors if error.code == NO_ENVIRONMENT]
+
+
+def _item_at(where: str, shape: str, index: int) -> str:
+    """Where item ``index`` of a message body of ``shape`` is, named as :func:`impressions_of` names it."""
+    if shape == "webhook_list":
+        return f"{where}[{index}]"
+    if shape == "envelope":
+        return f"{where} impressions[{index}]"
+    return where
+
+
+def _no_environment(missing: list[str], remedy: str) -> str:
+    return f"no environment on {len(missing)} impression(s), the first at {missing[0]}: {remedy}"
 
 
 def _envelope(head: dict[str, Any], encoded_impressions: list[str]) -> str:
@@ -141,13 +193,22 @@ def replay(
     ] = 500,
 ) -> None:
     """Replay a backfill file into the queue, batched into envelopes."""
-    items = []
-    for where, value in read_json_values(file):
-        for env, tt, impression in impressions_of(value, where):
-            items.append((env or environment, tt or traffic_type, impression))
-    if not items:
+    located = [entry for where, value in read_json_values(file) for entry in impressions_of(value, where)]
+    if not located:
         raise CliError(f"{file}: no impressions")
+    items = [
+        ((name or environment, environment_id, traffic or traffic_type), impression)
+        for _, (name, environment_id, traffic), impression in located
+    ]
     bodies = envelopes(items, per_message)
+    missing = sorted(held[index] for body, held in bodies for _, index in _without_environment(body))
+    if missing:
+        raise CliError(
+            _no_environment(
+                [located[position][0] for position in missing],
+                "pass --environment, or set environmentName or environmentId in the file",
+            )
+        )
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
     with Progress(
@@ -163,7 +224,7 @@ def replay(
             tgt.client("sqs"),
             queue_url,
             [b for b, _ in bodies],
-            lambda body_index: progress.advance(task, bodies[body_index][1]),
+            lambda body_index: progress.advance(task, len(bodies[body_index][1])),
         )
     out.print(f"[green]replayed[/green] {len(items)} impression(s) in {sent} message(s) to {queue_url}")
 

@@ -136,6 +136,92 @@ def test_replay_batches_a_backfill_into_envelopes_per_environment(
     assert replayed == sorted(impressions, key=json.dumps)
 
 
+def without_environment(impression: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in impression.items() if k not in ("environmentName", "environmentId")}
+
+
+def test_replay_of_impressions_without_an_environment_sends_nothing(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    impressions = [webhook_impression(0, "Production"), without_environment(webhook_impression(1, "x"))]
+    impressions += [{**webhook_impression(2, "x"), "environmentName": None, "environmentId": ""}]
+    backfill = tmp_path / "backfill.jsonl"
+    backfill.write_text(
+        f"{json.dumps(impressions[0])}\n\n{json.dumps(impressions[1])}\n{json.dumps(impressions[2])}\n"
+    )
+
+    result = cli("replay", str(backfill), "--per-message", "500")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: no environment on 2 impression(s), the first at {backfill}:3: pass --environment, "
+        "or set environmentName or environmentId in the file\n"
+    )
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+    result = cli("replay", str(backfill), "--environment", "Staging")
+    assert result.exit_code == 0, result.output
+    bodies = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
+    assert sorted((b["environmentName"], len(b["impressions"])) for b in bodies) == [
+        ("Production", 1),
+        ("Staging", 2),
+    ]
+
+
+def test_replay_keeps_the_environment_an_envelope_gives_its_impressions(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    # An impression's empty environmentId gives way to its envelope's, as the impressions function reads it.
+    inner = [
+        without_environment(webhook_impression(0, "x")),
+        {**without_environment(webhook_impression(1, "x")), "environmentId": ""},
+    ]
+    backfill = tmp_path / "backfill.json"
+    backfill.write_text(
+        json.dumps({"environmentId": "id-Production", "trafficType": "user", "impressions": inner})
+    )
+
+    result = cli("replay", str(backfill))
+    assert result.exit_code == 0, result.output
+    [body] = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
+    assert body == {"environmentId": "id-Production", "trafficType": "user", "impressions": inner}
+
+    backfill.write_text(json.dumps({"trafficType": "user", "impressions": inner}))
+    result = cli("replay", str(backfill))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: no environment on 2 impression(s), the first at {backfill} item 1 impressions[0]: "
+    ), result.stderr
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def test_send_impressions_without_an_environment_sends_nothing(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    listener = load_event("impression_listener_js.json")
+    jsonl = tmp_path / "impressions.jsonl"
+    values = [
+        listener,
+        {"environmentName": "Production", "impressions": [without_environment(listener)]},
+        [webhook_impression(0, "Production"), without_environment(webhook_impression(1, "x"))],
+        {"impressions": [webhook_impression(2, "Production"), without_environment(listener)]},
+        without_environment(listener),
+    ]
+    jsonl.write_text("\n".join(json.dumps(v) for v in values) + "\n")
+
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: no environment on 3 impression(s), the first at {jsonl}:3[1]: set environmentName or "
+        "environmentId on them or their envelope, or use replay --environment\n"
+    )
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+    jsonl.write_text("\n".join(json.dumps(v) for v in values[:2]) + "\n")
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 0, result.output
+    assert len(drain(stack.queues["ImpressionsQueue"])) == 2
+
+
 def test_replay_of_an_unreadable_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     result = cli("replay", str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 1
@@ -144,8 +230,8 @@ def test_replay_of_an_unreadable_file_is_one_line(cli: Cli, tmp_path: Path) -> N
 
 def test_envelopes_stay_under_the_sqs_message_limit() -> None:
     big = {"key": "k", "split": "s", "treatment": "on", "time": 1, "label": "x" * 20_000}
-    bodies = envelopes([("Production", "user", big)] * 40, per_message=500)
-    assert sum(count for _, count in bodies) == 40
+    bodies = envelopes([(("Production", None, "user"), big)] * 40, per_message=500)
+    assert sorted(i for _, held in bodies for i in held) == list(range(40))
     assert len(bodies) > 1
     assert all(len(body.encode()) <= MAX_MESSAGE_BYTES for body, _ in bodies)
 
