@@ -49,6 +49,13 @@ def read_text(path: Path) -> str:
         raise CliError(f"cannot read {path}: {reason}") from None
 
 
+def one_stdin(**options: Path | None) -> None:
+    """At most one of a command's file options (keyword: option name) may be ``-``: stdin reads once."""
+    if sum(1 for path in options.values() if path is not None and str(path) == "-") > 1:
+        names = " / ".join(f"--{name.replace('_', '-')}" for name in options)
+        raise CliError(f"only one of {names} can read stdin (-)")
+
+
 def read_json(path: Path) -> Any:
     text = read_text(path)
     try:

@@ -19,7 +19,15 @@ import typer
 from pydantic import BaseModel
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, print_stored_document, read_json, read_text, target
+from fme_bridge.commands.common import (
+    CliError,
+    one_stdin,
+    out,
+    print_stored_document,
+    read_json,
+    read_text,
+    target,
+)
 from fme_bridge.target import Target
 from shared.config import ConfigInvalid, FmeKeys, InboundConfig, OutboundConfig, parse_config
 
@@ -59,10 +67,12 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="File holding the webhook secret (- for stdin); rotates it.")
         ] = None,
         fme_keys_file: Annotated[
-            Path | None, typer.Option(help='JSON {"sdkKey": …, "adminKey": …} for delivery into FME.')
+            Path | None,
+            typer.Option(help='JSON {"sdkKey": …, "adminKey": …} for delivery into FME (- for stdin).'),
         ] = None,
     ) -> None:
         """Validate and write an inbound connection (and its secret)."""
+        one_stdin(file=file, secret_file=secret_file, fme_keys_file=fme_keys_file)
         secrets = {}
         if secret_file is not None:
             secrets[""] = _read_secret(secret_file, INBOUND.secret_label)
@@ -92,6 +102,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Validate and write an outbound config (and its write key)."""
+        one_stdin(file=file, write_key_file=write_key_file)
         secrets = {"": _read_secret(write_key_file, OUTBOUND.secret_label)} if write_key_file else {}
         _put(target(ctx), OUTBOUND, name, file, secrets)
 

@@ -152,6 +152,33 @@ def test_an_unreadable_config_file_is_one_line(cli: Cli, tmp_path: Path) -> None
     assert secret("outbound/eu") is None
 
 
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        (
+            ["inbound", "put", "shop", "-f", "-", "--secret-file", "-"],
+            "--file / --secret-file / --fme-keys-file",
+        ),
+        (
+            ["inbound", "put", "shop", "-f", "c.json", "--secret-file", "-", "--fme-keys-file", "-"],
+            "--file / --secret-file / --fme-keys-file",
+        ),
+        (["outbound", "put", "eu", "--file", "-", "--write-key-file", "-"], "--file / --write-key-file"),
+    ],
+)
+def test_only_one_file_option_can_read_stdin(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], options: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "c.json", INBOUND)
+    result = cli("config", *args, input=json.dumps(INBOUND))
+    assert result.exit_code == 1
+    assert result.stderr == f"error: only one of {options} can read stdin (-)\n"
+    assert parameter("inbound/shop") is None
+    assert secret("inbound/shop") is None
+    assert secret("outbound/eu") is None
+
+
 def test_outbound_put_validates_with_the_functions_model(cli: Cli, tmp_path: Path) -> None:
     result = put_outbound(cli, tmp_path, document={**OUTBOUND, "defaultTrafficType": "account"})
     assert result.exit_code == 1
