@@ -97,9 +97,10 @@ def impressions_of(value: Any, where: str) -> Iterable[tuple[str, Head, dict[str
         for index, inner in enumerate(value["impressions"]):
             if shape_of(inner) not in ("webhook", "listener"):
                 raise CliError(f"{where} impressions[{index}]: not an impression")
-            yield f"{where} impressions[{index}]", _head(inner, value), inner
+            inner_where = f"{where} impressions[{index}]"
+            yield inner_where, _head(inner, value, inner_where), inner
     elif shape in ("webhook", "listener"):
-        yield where, _head(value, {}), value
+        yield where, _head(value, {}, where), value
     elif isinstance(value, list):
         for index, inner in enumerate(value):
             yield from impressions_of(inner, f"{where}[{index}]")
@@ -107,13 +108,17 @@ def impressions_of(value: Any, where: str) -> Iterable[tuple[str, Head, dict[str
         raise CliError(f"{where}: not an impression or an envelope (docs/outbound.md)")
 
 
-def _head(impression: dict[str, Any], envelope: dict[str, Any]) -> Head:
+def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> Head:
     """The head fields for ``impression``: its own unless empty, else its envelope's.
 
     As the impressions function reads them; an impression's empty environment is none (copied to the
-    head, it would count as one).
+    head, it would count as one). An object or array there is an error: the function refuses it too.
     """
     name, environment_id, traffic_type = (impression.get(f) or envelope.get(f) for f in _HEAD_FIELDS)
+    for field, value in zip(_HEAD_FIELDS, (name, environment_id, traffic_type), strict=True):
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "an array"
+            raise CliError(f"{where}: {field} must be a string, not {kind}")
     return name, environment_id, traffic_type
 
 

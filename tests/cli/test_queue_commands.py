@@ -167,6 +167,18 @@ def test_replay_of_impressions_without_an_environment_sends_nothing(
     ]
 
 
+def test_replay_of_an_environment_that_is_not_a_string_is_one_line(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    backfill = tmp_path / "backfill.jsonl"
+    backfill.write_text(json.dumps({**webhook_impression(0, "x"), "environmentName": ["Production"]}) + "\n")
+    result = cli("replay", str(backfill))
+    assert result.exit_code == 1
+    expected = f"error: {backfill} item 1: environmentName must be a string, not an array"
+    assert result.stderr.strip() == expected
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
 def test_replay_keeps_the_environment_an_envelope_gives_its_impressions(
     cli: Cli, stack: Stack, tmp_path: Path
 ) -> None:
