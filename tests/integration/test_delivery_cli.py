@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import boto3
@@ -134,6 +135,20 @@ def test_redrive_with_an_empty_queue_says_so(
     result = cli("delivery", "redrive")
     assert result.exit_code == 0
     assert "nothing to re-send" in result.output
+
+
+def test_redrive_of_an_unknown_connection_is_an_error(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    connect(sink)
+
+    unknown = cli("delivery", "redrive", "--connection", "nope")
+
+    assert unknown.exit_code == 1
+    assert unknown.stderr.strip() == f"error: no connection 'nope' under {os.environ['CONFIG_PREFIX']}"
+    known = cli("delivery", "redrive", "--connection", "webshop")
+    assert known.exit_code == 0, known.output
+    assert "nothing to re-send for webshop" in known.output
 
 
 @pytest.mark.parametrize("command", ["status", "redrive"])
