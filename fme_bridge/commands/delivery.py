@@ -6,7 +6,8 @@ the last error (from the delivery log), and how many messages wait in the failur
 misconfigured connection, an FME outage longer than the stream's retries): refused items are
 re-sent, events FME already acknowledged are skipped, and stream batches Lambda gave up on are read
 again from the stream (while it still holds them: 24 hours). A message stays in the queue until
-everything in it is delivered.
+everything in it is delivered. What it delivers is counted in the same per-connection status the
+function keeps (refused items move to delivered), so ``status`` shows it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fme_bridge.target import Target
 from shared import config
 from shared.delivery.delivery_log import ConnectionStatus, DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
-from shared.delivery.service import ConnectionDelivery, Delivery, resolve_connection
+from shared.delivery.service import ConnectionDelivery, Delivery, now_ms, resolve_connection
 from shared.http_retry import Deadline
 
 FAILURE_QUEUE = "DeliveryFailureQueue"
@@ -198,6 +199,7 @@ def redrive(
     streams = tgt.session.client(
         "dynamodbstreams", endpoint_url=tgt.endpoint_url, config=Config(account_id_endpoint_mode="disabled")
     )
+    started = now_ms()  # errors recorded from here on (for messages this run keeps) are not cleared
     seen: set[str] = set()
     done = kept = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
@@ -223,7 +225,9 @@ def redrive(
                 leave_visible.append(message)
                 continue
             result = asyncio.run(
-                delivery.redrive(body, Deadline.after(_REDRIVE_SECONDS_PER_MESSAGE), streams=streams)
+                delivery.redrive(
+                    body, Deadline.after(_REDRIVE_SECONDS_PER_MESSAGE), streams=streams, started_at=started
+                )
             )
             kind = str(body.get("kind") or ("stream batch" if "DDBStreamBatchInfo" in body else "?"))
             if result.done:

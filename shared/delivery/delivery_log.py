@@ -8,7 +8,9 @@ answers, it records the answer. Items:
 - ``pk = ack#{digest of the event's pk and sk}``, ``sk = event``: ``state`` (``delivered`` or
   ``refused``), ``at``, ``reason``, ``expiresAt``;
 - ``pk = connection``, ``sk = {connectionId}``: counters, ``lastDeliveredAt``, ``lastLatencyMs``,
-  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows.
+  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows. The function and
+  ``fme-bridge delivery redrive`` both keep them: what a redrive delivers moves from refused to
+  delivered, and clears the error it was about.
 
 Acknowledgements expire after :data:`ACK_RETENTION_SECONDS`, longer than a record can stay in the
 stream (24 h) or a message in the failure queue (14 days), so every path that can resend an event
@@ -17,6 +19,7 @@ still finds its acknowledgement. The digest keeps user keys out of this table (u
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,8 +112,14 @@ class DeliveryLog:
         latency_ms: int | None = None,
         retrying_since: int | None = None,
         error: str | None = None,
+        ends_retrying: bool = True,
     ) -> None:
-        """Add this batch's counts; ``retrying_since`` set means some records are still being retried."""
+        """Add this batch's counts; ``retrying_since`` set means some records are still being retried.
+
+        A negative count takes back: refused items a redrive delivers move from refused to delivered.
+        ``ends_retrying`` False: what was delivered does not come from the stream (a redrive of refused
+        items), so it says nothing about records the stream is retrying.
+        """
         sets = ["updatedAt = :now"]
         values: dict[str, Any] = {":now": now_ms}
         adds = []
@@ -133,7 +142,7 @@ class DeliveryLog:
         if retrying_since is not None:
             sets.append("retryingSince = if_not_exists(retryingSince, :since)")
             values[":since"] = retrying_since
-        elif events_delivered or identities_delivered:
+        elif ends_retrying and (events_delivered or identities_delivered):
             removes.append("retryingSince")
         if error:
             sets.append("lastError = :error, lastErrorAt = :now")
@@ -148,6 +157,21 @@ class DeliveryLog:
             UpdateExpression=expression,
             ExpressionAttributeValues=values,
         )
+
+    def clear_error(self, connection_id: str, older_than_ms: int) -> None:
+        """Forget the connection's last error if it is older than ``older_than_ms``.
+
+        For a redrive that delivered what the error was about; an error recorded since (by the
+        function, or by the same redrive for a message it kept) stays.
+        """
+        # The condition fails when there is no error, or a newer one: nothing to clear.
+        with contextlib.suppress(self._table.meta.client.exceptions.ConditionalCheckFailedException):
+            self._table.update_item(
+                Key={"pk": _STATUS_PK, "sk": connection_id},
+                UpdateExpression="REMOVE lastError, lastErrorAt",
+                ConditionExpression="lastErrorAt < :before",
+                ExpressionAttributeValues={":before": older_than_ms},
+            )
 
     def statuses(self) -> list[ConnectionStatus]:
         items: list[dict[str, Any]] = []

@@ -137,6 +137,12 @@ class _ConnectionTally:
     latency_ms: int | None = None
     retrying_since: int | None = None
     error: str | None = None
+    # Delivered items came from the stream: the connection is no longer behind (not so for a redrive
+    # of refused items).
+    ends_retrying: bool = True
+    # A redrive delivered everything of the connection it tried: its last error, if older than this,
+    # is cleared.
+    resolves_errors_before: int | None = None
 
     def retrying(self, since: int | None) -> None:
         since = since if since is not None else now_ms()
@@ -185,6 +191,14 @@ class Delivery:
 
     async def deliver(self, records: Sequence[dict[str, Any]], deadline: Deadline) -> DeliveryReport:
         """Deliver one stream batch (Lambda's ``event["Records"]``)."""
+        return await self._deliver(records, deadline)
+
+    async def _deliver(
+        self,
+        records: Sequence[dict[str, Any]],
+        deadline: Deadline,
+        resolves_errors_before: int | None = None,
+    ) -> DeliveryReport:
         report = DeliveryReport()
         events: list[DynamoDBRecord] = []
         identities: list[DynamoDBRecord] = []
@@ -206,6 +220,10 @@ class Delivery:
                 await self._deliver_events(events, client, report, tallies)
             if identities:
                 await self._deliver_identities(identities, client, report, tallies)
+        if resolves_errors_before is not None:
+            for tally in tallies.values():
+                if tally.error is None and tally.retrying_since is None:
+                    tally.resolves_errors_before = resolves_errors_before
         self._update_statuses(tallies)
         return report
 
@@ -257,7 +275,10 @@ class Delivery:
                     latency_ms=tally.latency_ms,
                     retrying_since=tally.retrying_since,
                     error=tally.error,
+                    ends_retrying=tally.ends_retrying,
                 )
+                if tally.error is None and tally.resolves_errors_before is not None:
+                    self.log.clear_error(connection_id, tally.resolves_errors_before)
             except Exception:  # the status is for operators; delivery itself already happened
                 logger.exception("could not update delivery status", connection_id=connection_id)
 
@@ -493,6 +514,7 @@ class Delivery:
                     status=status,
                     items=[
                         {
+                            "ackId": c.ack_id,
                             "trafficType": traffic_type,
                             "environment": environment,
                             "identity": c.identity.model_dump(),
@@ -512,12 +534,28 @@ class Delivery:
 
     # -- redrive ----------------------------------------------------------------------------------
 
-    async def redrive(self, body: dict[str, Any], deadline: Deadline, streams: Any = None) -> RedriveResult:
-        """Send again what one failure-queue message holds; ``done`` means the message can go."""
+    async def redrive(
+        self,
+        body: dict[str, Any],
+        deadline: Deadline,
+        streams: Any = None,
+        started_at: int | None = None,
+    ) -> RedriveResult:
+        """Send again what one failure-queue message holds; ``done`` means the message can go.
+
+        What FME now accepts is recorded in the connection's status like the function's deliveries
+        (refused items move to delivered). A message delivered entirely clears the connection's last
+        error if it is older than ``started_at`` (when the redrive run started; now by default), so
+        an error recorded since, for a message kept by the same run, stays; a kept message records
+        why as the last error.
+        """
+        started = started_at if started_at is not None else self._clock()
         if "DDBStreamBatchInfo" in body:
-            return await self._redrive_stream_batch(body["DDBStreamBatchInfo"], deadline, streams)
+            return await self._redrive_stream_batch(body["DDBStreamBatchInfo"], deadline, streams, started)
         kind, connection_id = body.get("kind"), str(body.get("connectionId") or "")
         items = [i for i in body.get("items") or [] if isinstance(i, dict)]
+        if kind not in ("events", "identities"):
+            return RedriveResult(problems=[f"unknown message kind {kind!r}"])
         try:
             connection = self._resolve(connection_id)
         except ConfigTemporarilyUnavailable as exc:
@@ -525,14 +563,25 @@ class Delivery:
         if not connection.enabled:
             return RedriveResult(problems=[f"delivery is not enabled for connection {connection_id!r}"])
         if connection.problem or connection.keys is None or connection.settings is None:
-            return RedriveResult(problems=[connection.problem or "delivery is not configured"])
-        async with self._http() as http:
-            client = FmeClient(http, deadline)
-            if kind == "events":
-                return await self._redrive_events(connection, items, client)
-            if kind == "identities":
-                return await self._redrive_identities(connection, items, client)
-        return RedriveResult(problems=[f"unknown message kind {kind!r}"])
+            result = RedriveResult(problems=[connection.problem or "delivery is not configured"])
+        else:
+            async with self._http() as http:
+                client = FmeClient(http, deadline)
+                if kind == "events":
+                    result = await self._redrive_events(connection, items, client)
+                else:
+                    result = await self._redrive_identities(connection, items, client)
+        tally = _ConnectionTally(ends_retrying=False)
+        if kind == "events":
+            tally.events_delivered, tally.events_refused = result.resent, -result.resent
+        else:
+            tally.identities_delivered, tally.identities_refused = result.resent, -result.resent
+        if result.done:
+            tally.resolves_errors_before = started
+        else:
+            tally.error = "; ".join(result.problems)
+        self._update_statuses({connection_id: tally})
+        return result
 
     async def _redrive_events(
         self, connection: ConnectionDelivery, items: list[dict[str, Any]], client: FmeClient
@@ -572,23 +621,36 @@ class Delivery:
         for n, item in enumerate(items):
             try:
                 identity = FmeIdentity.model_validate(item["identity"])
-                groups[(str(item["trafficType"]), str(item["environment"]))].append((str(n), identity))
+                # Messages written before identity items carried their ackId: a position, not logged.
+                item_id = str(item.get("ackId") or f"#{n}")
+                groups[(str(item["trafficType"]), str(item["environment"]))].append((item_id, identity))
             except (KeyError, ValueError):
                 result.problems.append("an item is not a deliverable identity")
+        # A message kept earlier with some identities saved: those are not saved (nor counted) again.
+        settled = self.log.settled(i for pairs in groups.values() for i, _ in pairs if not i.startswith("#"))
+        delivered = {a for a, state in settled.items() if state == DELIVERED}
+        result.already_delivered = len(delivered)
         for (traffic_type, environment), pairs in groups.items():
+            pending = [(item_id, identity) for item_id, identity in pairs if item_id not in delivered]
+            if not pending:
+                continue
             outcomes = await client.save_identities(
                 str(connection.settings.identitiesEndpoint),
                 connection.keys.adminKey,
                 traffic_type,
                 environment,
-                pairs,
+                pending,
             )
-            result.resent += sum(1 for o in outcomes if o.outcome is Outcome.DELIVERED)
+            acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
+            logged = [a for a in acked if not a.startswith("#")]
+            if logged:
+                self.log.record(logged, DELIVERED, self._clock())
+            result.resent += len(acked)
             result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
         return result
 
     async def _redrive_stream_batch(
-        self, info: dict[str, Any], deadline: Deadline, streams: Any
+        self, info: dict[str, Any], deadline: Deadline, streams: Any, started: int
     ) -> RedriveResult:
         """Lambda gave a stream batch up: read its records again and deliver them (24 h stream retention)."""
         if streams is None:
@@ -611,7 +673,7 @@ class Delivery:
                 iterator = page.get("NextShardIterator")
         except Exception as exc:  # trimmed (older than 24 h), or the stream is gone
             return RedriveResult(problems=[f"the batch can no longer be read from the stream: {exc}"])
-        report = await self.deliver(records, deadline)
+        report = await self._deliver(records, deadline, resolves_errors_before=started)
         delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
         problems = [f"{len(report.retry)} record(s) still failing"] if report.retry else []
         return RedriveResult(

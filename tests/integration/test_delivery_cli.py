@@ -22,6 +22,7 @@ from tests.delivery_support import (
     dynamodb_json,
     event_item,
     failure_messages,
+    identity_item,
     invoke,
     stream_event,
     stream_record,
@@ -81,6 +82,82 @@ def test_redrive_resends_refused_events_once_the_key_is_fixed(
     # The event is now acknowledged: the stream retrying the batch does not send it again.
     invoke(stream_event(record), lambda_context)
     assert len(sink.events) == 1
+
+
+def connection_status(connection_id: str = "webshop") -> dict[str, Any]:
+    result = cli("delivery", "status", "--json")
+    assert result.exit_code == 0, result.output
+    [status] = [c for c in json.loads(result.output)["connections"] if c["connection_id"] == connection_id]
+    return dict(status)
+
+
+def test_status_counts_what_redrive_delivered(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item("u1"))), lambda_context)
+    before = connection_status()
+    assert (before["events_delivered"], before["events_refused"]) == (0, 1)
+    assert "HTTP 401" in before["last_error"]
+    assert before["last_delivered_at"] is None
+
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+    assert cli("delivery", "redrive").exit_code == 0
+
+    after = connection_status()
+    assert (after["events_delivered"], after["events_refused"]) == (1, 0)
+    assert after["last_delivered_at"] is not None
+    assert after["last_error"] is None
+    assert after["last_error_at"] is None
+    assert after["failureMessages"] == 0
+    table = cli("delivery", "status").output
+    assert "1 / 0" in table
+    assert "HTTP 401" not in table
+
+
+def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["EventsTable"]
+    invoke(stream_event(stream_record(table, event_item("x" * 251))), lambda_context)
+    sink.fail_next(1, 401)
+    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)
+    assert connection_status()["events_refused"] == 2
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 1
+    status = connection_status()
+    assert (status["events_delivered"], status["events_refused"]) == (1, 1)
+    assert "key is longer than 250" in status["last_error"]
+    assert status["failureMessages"] == 1
+
+
+def test_redrive_counts_each_identity_it_saves_once(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    sink.refuse_identity("u2", 400, "attribute limit reached")
+    sink.refuse_identity("u3", 400, "attribute limit reached")
+    table = stack.tables["IdentitiesTable"]
+    records = [
+        stream_record(table, identity_item(k, {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+        for k in ("u2", "u3")
+    ]
+    invoke(stream_event(*records), lambda_context)
+    assert connection_status()["identities_refused"] == 2
+
+    del sink.refused_identity_keys["u2"]
+    assert cli("delivery", "redrive").exit_code == 1  # u3 is still refused: the message stays
+    del sink.refused_identity_keys["u3"]
+    assert cli("delivery", "redrive").exit_code == 0
+
+    assert [u.key for u in sink.identity_updates] == ["u2", "u3"]  # u2 was not saved again
+    status = connection_status()
+    assert (status["identities_delivered"], status["identities_refused"]) == (2, 0)
+    assert status["last_error"] is None
+    assert failure_messages(stack) == []
 
 
 def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
