@@ -67,6 +67,20 @@ def lag(status: ConnectionStatus, now_ms: int) -> str:
     return "up to date"
 
 
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def _status_json(status: ConnectionStatus, now_ms: int, failure_messages: int) -> dict[str, Any]:
+    """One connection in ``status --json``: camelCase keys, as in the delivery log and the other commands."""
+    return {
+        **{_camel(name): value for name, value in vars(status).items()},
+        "lag": lag(status, now_ms),
+        "failureMessages": failure_messages,
+    }
+
+
 def _failure_counts(tgt: Target) -> tuple[int, dict[str, int]]:
     """Messages in the failure queue: the total, and per connection among those peeked at."""
     sqs = tgt.client("sqs")
@@ -103,12 +117,7 @@ def status(
             json.dumps(
                 {
                     "connections": [
-                        {
-                            **vars(s),
-                            "lag": lag(s, now_ms),
-                            "failureMessages": failures.get(s.connection_id, 0),
-                        }
-                        for s in statuses
+                        _status_json(s, now_ms, failures.get(s.connection_id, 0)) for s in statuses
                     ],
                     "failureQueueMessages": total,
                 }

@@ -49,12 +49,28 @@ def test_status_shows_delivered_refused_and_queued_per_connection(
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     [connection] = document["connections"]
-    assert connection["connection_id"] == "webshop"
-    assert connection["events_delivered"] == 1
-    assert connection["events_refused"] == 1
+    assert connection["connectionId"] == "webshop"
+    assert connection["eventsDelivered"] == 1
+    assert connection["eventsRefused"] == 1
     assert connection["failureMessages"] == 1
-    assert "key is longer than 250" in connection["last_error"]
+    assert "key is longer than 250" in connection["lastError"]
     assert document["failureQueueMessages"] == 1
+    # camelCase throughout, as the bridge's other JSON outputs
+    assert set(connection) == {
+        "connectionId",
+        "eventsDelivered",
+        "eventsRefused",
+        "identitiesDelivered",
+        "identitiesRefused",
+        "skipped",
+        "lastDeliveredAt",
+        "lastLatencyMs",
+        "retryingSince",
+        "lastError",
+        "lastErrorAt",
+        "lag",
+        "failureMessages",
+    }
 
     table_output = cli("delivery", "status")
     assert table_output.exit_code == 0
@@ -87,7 +103,7 @@ def test_redrive_resends_refused_events_once_the_key_is_fixed(
 def connection_status(connection_id: str = "webshop") -> dict[str, Any]:
     result = cli("delivery", "status", "--json")
     assert result.exit_code == 0, result.output
-    [status] = [c for c in json.loads(result.output)["connections"] if c["connection_id"] == connection_id]
+    [status] = [c for c in json.loads(result.output)["connections"] if c["connectionId"] == connection_id]
     return dict(status)
 
 
@@ -97,18 +113,18 @@ def test_status_counts_what_redrive_delivered(
     connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
     invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item("u1"))), lambda_context)
     before = connection_status()
-    assert (before["events_delivered"], before["events_refused"]) == (0, 1)
-    assert "HTTP 401" in before["last_error"]
-    assert before["last_delivered_at"] is None
+    assert (before["eventsDelivered"], before["eventsRefused"]) == (0, 1)
+    assert "HTTP 401" in before["lastError"]
+    assert before["lastDeliveredAt"] is None
 
     put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
     assert cli("delivery", "redrive").exit_code == 0
 
     after = connection_status()
-    assert (after["events_delivered"], after["events_refused"]) == (1, 0)
-    assert after["last_delivered_at"] is not None
-    assert after["last_error"] is None
-    assert after["last_error_at"] is None
+    assert (after["eventsDelivered"], after["eventsRefused"]) == (1, 0)
+    assert after["lastDeliveredAt"] is not None
+    assert after["lastError"] is None
+    assert after["lastErrorAt"] is None
     assert after["failureMessages"] == 0
     table = cli("delivery", "status").output
     assert "1 / 0" in table
@@ -123,14 +139,14 @@ def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
     invoke(stream_event(stream_record(table, event_item("x" * 251))), lambda_context)
     sink.fail_next(1, 401)
     invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)
-    assert connection_status()["events_refused"] == 2
+    assert connection_status()["eventsRefused"] == 2
 
     result = cli("delivery", "redrive")
 
     assert result.exit_code == 1
     status = connection_status()
-    assert (status["events_delivered"], status["events_refused"]) == (1, 1)
-    assert "key is longer than 250" in status["last_error"]
+    assert (status["eventsDelivered"], status["eventsRefused"]) == (1, 1)
+    assert "key is longer than 250" in status["lastError"]
     assert status["failureMessages"] == 1
 
 
@@ -146,7 +162,7 @@ def test_redrive_counts_each_identity_it_saves_once(
         for k in ("u2", "u3")
     ]
     invoke(stream_event(*records), lambda_context)
-    assert connection_status()["identities_refused"] == 2
+    assert connection_status()["identitiesRefused"] == 2
 
     del sink.refused_identity_keys["u2"]
     assert cli("delivery", "redrive").exit_code == 1  # u3 is still refused: the message stays
@@ -155,8 +171,8 @@ def test_redrive_counts_each_identity_it_saves_once(
 
     assert [u.key for u in sink.identity_updates] == ["u2", "u3"]  # u2 was not saved again
     status = connection_status()
-    assert (status["identities_delivered"], status["identities_refused"]) == (2, 0)
-    assert status["last_error"] is None
+    assert (status["identitiesDelivered"], status["identitiesRefused"]) == (2, 0)
+    assert status["lastError"] is None
     assert failure_messages(stack) == []
 
 

@@ -279,8 +279,8 @@ def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
     )
 
     status = json.loads(running.cli("delivery", "status", "--json").stdout)
-    [connection] = [c for c in status["connections"] if c["connection_id"] == "fme"]
-    assert connection["events_delivered"] == 1
+    [connection] = [c for c in status["connections"] if c["connectionId"] == "fme"]
+    assert connection["eventsDelivered"] == 1
 
 
 def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None:
