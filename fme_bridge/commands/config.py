@@ -30,6 +30,7 @@ from fme_bridge.commands.common import (
 )
 from fme_bridge.target import Target
 from shared.config import ConfigInvalid, FmeKeys, InboundConfig, OutboundConfig, parse_config
+from shared.inbound.auth import CONNECTION_ID
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,14 @@ def _read_secret(path: Path, label: str) -> str:
 
 
 def _check_name(kind: ConfigKind, name: str) -> None:
+    if kind is INBOUND:
+        # What the webhook accepts in its URL: any other id would be refused on every call.
+        if not CONNECTION_ID.fullmatch(name):
+            raise CliError(
+                f"{kind.item} name {name!r}: start with a letter or digit; then letters, digits, '-', '_' "
+                "and '.'; at most 128 characters"
+            )
+        return
     if not name or "/" in name or not all(c.isalnum() or c in "-_." for c in name):
         raise CliError(f"{kind.item} name {name!r}: use letters, digits, '-', '_' and '.'")
 

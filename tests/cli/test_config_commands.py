@@ -219,10 +219,17 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
     assert any("broken" in line and "no" in line for line in lines)
 
 
-def test_connection_names_cannot_escape_the_prefix(cli: Cli, tmp_path: Path) -> None:
-    result = put_inbound(cli, tmp_path, name="../x")
+@pytest.mark.parametrize("name", ["../x", "_prod", ".x", "a" * 129, "shop/eu"])
+def test_a_connection_id_the_webhook_would_refuse_is_not_written(cli: Cli, tmp_path: Path, name: str) -> None:
+    result = put_inbound(cli, tmp_path, name=name)
     assert result.exit_code == 1
-    assert "use letters, digits" in result.stderr
+    assert "start with a letter or digit" in result.stderr
+    parameters = boto3.client("ssm", region_name=REGION).get_parameters_by_path(Path=f"{PREFIX}/inbound")
+    assert parameters["Parameters"] == []
+
+
+def test_a_connection_id_of_128_characters_is_written(cli: Cli, tmp_path: Path) -> None:
+    assert put_inbound(cli, tmp_path, name="a" * 128).exit_code == 0
 
 
 @pytest.mark.parametrize("kind", ["inbound", "outbound"])
