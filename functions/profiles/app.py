@@ -51,14 +51,20 @@ def authenticate(authorization: str | None) -> None:
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized
     given = presented.strip().encode()
-    if not secret_accepts(secret_name(), lambda secret: hmac.compare_digest(given, secret.encode())):
+
+    def matches(secret: str) -> bool:
+        # Stored with a trailing newline (a file written by an editor), as the webhook secrets may be.
+        key = secret.strip().encode()
+        return bool(key) and hmac.compare_digest(given, key)
+
+    if not secret_accepts(secret_name(), matches):
         raise Unauthorized  # a wrong secret, or none set up: nobody can be let in
 
 
 def _limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_EVENTS_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_EVENTS_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_EVENTS_LIMIT:  # "²" is a digit
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_EVENTS_LIMIT}")
     return int(raw)
 

@@ -33,7 +33,7 @@ EVENT_FIELDS = (
     "receivedAt",
 )
 _MAX_IN_OPERANDS = 99  # DynamoDB allows 100 values in IN; one more is the key
-_EVENT_SK = re.compile(r"^\d{13}#.{1,200}$")
+_EVENT_SK = re.compile(r"\d{13}#.{1,200}", re.DOTALL)  # a messageId may hold any character
 
 
 class InvalidCursor(ValueError):
@@ -66,7 +66,7 @@ def decode_cursor(cursor: str) -> str:
         sk = json.loads(base64.urlsafe_b64decode(padded.encode()))["sk"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidCursor("cursor is not one this API returned") from None
-    if not isinstance(sk, str) or not _EVENT_SK.match(sk):
+    if not isinstance(sk, str) or not _EVENT_SK.fullmatch(sk):
         raise InvalidCursor("cursor is not one this API returned")
     return sk
 

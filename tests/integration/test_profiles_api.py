@@ -213,6 +213,24 @@ def test_events_page_newest_first_with_an_opaque_cursor(api: Stack, lambda_conte
     assert pages == 3
 
 
+def test_a_cursor_after_a_message_id_holding_a_newline_pages_on(api: Stack, lambda_context: Any) -> None:
+    for i in range(3):
+        store_event(api, 1_000 + i, f"m{i}\nx")
+    first = call(lambda_context, query={"limit": "2"})[1]
+    status, second, _ = call(lambda_context, query={"limit": "2", "cursor": first["next"]})
+    assert status == 200, second
+    assert [e["messageId"] for e in second["events"]] == ["m0\nx"]
+
+
+def test_a_secret_stored_with_a_trailing_newline_is_the_secret(api: Stack, lambda_context: Any) -> None:
+    store_identity(api)
+    put_secret("profiles", "the-secret\n")
+    from shared import config
+
+    config.clear_caches()
+    assert call(lambda_context, authorization="Bearer the-secret")[0] == 200
+
+
 def test_an_exact_last_page_has_no_next_cursor(api: Stack, lambda_context: Any) -> None:
     for i in range(4):
         store_event(api, 1_000 + i, f"m{i}")
@@ -228,6 +246,7 @@ def test_an_exact_last_page_has_no_next_cursor(api: Stack, lambda_context: Any) 
         ({"limit": "0"}, "limit"),
         ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "²"}, "limit"),  # a digit to str.isdigit, not to int()
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "eyJzayI6ICJ4In0"}, "cursor"),  # {"sk": "x"}: well-formed, not ours
     ],
