@@ -21,7 +21,16 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared import aws
 
@@ -32,6 +41,18 @@ SegmentIdField = Literal["userId", "anonymousId"]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
 # An FME traffic type or environment name: what FME's own UI accepts.
 TrafficTypeName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}$")]
+
+
+def _no_hash(value: str) -> str:
+    if "#" in value:
+        raise ValueError(
+            "must not contain '#': it separates environment, traffic type and key in stored keys"
+        )
+    return value
+
+
+# An FME environment as a config names it; "#" would make a stored profile's key ambiguous.
+EnvironmentName = Annotated[NonEmpty, AfterValidator(_no_hash)]
 # A dotted path into a Segment message, e.g. ``event`` or ``properties.eventName``; names may hold
 # anything but a dot (``properties.Order Total``: Segment does not restrict property names).
 FieldPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=200)]
@@ -78,7 +99,7 @@ class DeliveryConfig(_Model):
 
 
 class InboundConfig(_Model):
-    environment: NonEmpty
+    environment: EnvironmentName
     identities: list[IdentityMapping] = Field(min_length=1)
     enableIdentify: bool = True
     enableTrack: bool = True

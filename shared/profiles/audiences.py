@@ -34,7 +34,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.config import NonEmpty, TrafficTypeName, parse_config
+from shared.config import EnvironmentName, NonEmpty, TrafficTypeName, parse_config
 
 DAY_MS = 86_400_000
 MAX_DEPTH = 8
@@ -145,7 +145,7 @@ def _shape(rule: BaseModel, depth: int = 1) -> tuple[int, int]:
 
 
 class AudienceConfig(_Model):
-    environment: NonEmpty
+    environment: EnvironmentName
     trafficType: TrafficTypeName
     rule: Rule
     sync: list[NonEmpty] = Field(default_factory=list)

@@ -95,6 +95,7 @@ def test_malformed_rules_are_rejected_naming_the_problem(rule: object, message: 
     ("document", "message"),
     [
         ({**DOCUMENTED_AUDIENCE, "trafficType": "bad type"}, "trafficType: String should match pattern"),
+        ({**DOCUMENTED_AUDIENCE, "environment": "Prod#EU"}, "environment: must not contain '#'"),
         ({**DOCUMENTED_AUDIENCE, "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
         ({k: v for k, v in DOCUMENTED_AUDIENCE.items() if k != "rule"}, "rule: Field required"),
         ({**DOCUMENTED_AUDIENCE, "syncs": []}, "syncs: Extra inputs are not permitted"),

@@ -40,6 +40,7 @@ MINIMAL_INBOUND = {"environment": "P", "identities": [{"segmentId": "userId", "t
             "identities.0.segmentId",
         ),
         ({**MINIMAL_INBOUND, "enableTrak": True}, "enableTrak"),
+        ({**MINIMAL_INBOUND, "environment": "Prod#EU"}, "environment: Value error, must not contain '#'"),
         ({**MINIMAL_INBOUND, "valueField": "properties..revenue"}, "valueField"),
         (
             {**MINIMAL_INBOUND, "eventTypeIdField": "event "},
