@@ -16,6 +16,7 @@ back with one outcome: delivered, refused (permanent, with the reason) or still 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from shared.http_retry import FME_POLICY, Deadline, Outcome, RetryPolicy, SendResult, send_with_retry
+
+logger = logging.getLogger(__name__)
 
 # The Split SDKs flush at most 5,000 events per bulk request and keep at most 5 MB queued; the
 # bridge stays well inside both so that one slow request never eats a whole Lambda invocation.
@@ -240,18 +243,32 @@ async def _in_chunks(
 
 
 def _failed_identities(response: httpx.Response) -> dict[str, tuple[int, str]]:
-    """``{key: (status, message)}`` of the identities a Save Identities answer lists as failed."""
+    """``{key: (status, message)}`` of the identities a Save Identities answer lists as failed.
+
+    A success whose body cannot be read, or a failure entry naming no key, leaves the identities
+    counted as saved (the request succeeded; nothing says which one failed), with a warning.
+    """
     try:
         body = response.json()
     except ValueError:
+        logger.warning(
+            "a Save Identities answer (HTTP %s) is not JSON: its identities count as saved",
+            response.status_code,
+        )
         return {}
     failed: dict[str, tuple[int, str]] = {}
+    unattributed = 0
     for entry in body.get("failed") or [] if isinstance(body, dict) else []:
-        if not isinstance(entry, dict):
-            continue
-        obj = entry.get("object") if isinstance(entry.get("object"), dict) else {}
+        obj = entry.get("object") if isinstance(entry, dict) else None
         key = obj.get("key") if isinstance(obj, dict) else None
-        if isinstance(key, str):
-            status = entry.get("status")
-            failed[key] = (int(status) if isinstance(status, int) else 400, str(entry.get("message") or ""))
+        if not isinstance(key, str):
+            unattributed += 1
+            continue
+        status = entry.get("status")
+        failed[key] = (int(status) if isinstance(status, int) else 400, str(entry.get("message") or ""))
+    if unattributed:
+        logger.warning(
+            "%d failed entries of a Save Identities answer name no key: their identities count as saved",
+            unattributed,
+        )
     return failed

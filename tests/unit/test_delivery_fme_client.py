@@ -182,3 +182,23 @@ def test_server_errors_until_the_deadline_are_transient() -> None:
     assert len(requests) > 1
     assert outcomes[0].outcome is Outcome.TRANSIENT
     assert outcomes[0].status == 503
+
+
+@pytest.mark.parametrize(
+    ("answer", "warning"),
+    [
+        (httpx.Response(200, text="<html>ok</html>"), "is not JSON"),
+        (httpx.Response(200, json={"failed": [{"status": 400, "message": "bad"}]}), "name no key"),
+    ],
+)
+def test_an_answer_that_names_no_failed_identity_counts_them_saved_with_a_warning(
+    answer: httpx.Response, warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcomes, _ = run(
+        lambda r: answer,
+        lambda c: c.save_identities(
+            "http://fme", "k", "user", "Production", [("a", FmeIdentity(key="u1", values={"a": "b"}))]
+        ),
+    )
+    assert [o.outcome for o in outcomes] == [Outcome.DELIVERED]
+    assert any(warning in r.getMessage() for r in caplog.records if r.levelname == "WARNING"), caplog.text
