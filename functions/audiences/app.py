@@ -80,6 +80,8 @@ def publish(report: SyncReport, log: Logger, sink: Metrics) -> None:
         ("AudienceEntries", report.entered),
         ("AudienceExits", report.exited),
         ("AudienceIdentifiesSent", report.sent),
+        ("AudienceMembershipsStored", report.stored),
+        ("AudienceMembershipConflicts", report.conflicts),
         ("AudienceProfilesFailed", len(report.failed)),
         ("AudienceSyncNotSent", len(report.not_sent)),
     ):

@@ -286,3 +286,27 @@ def test_an_invalid_audience_does_not_stop_the_valid_ones(
     put_config("audiences/broken", {"environment": "Production", "trafficType": "user", "rule": {"nope": {}}})
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
+def test_every_count_of_the_report_is_published_as_a_metric() -> None:
+    from shared.profiles.audience_sync import SyncReport
+
+    report = SyncReport(evaluated=5, entered=2, exited=1, stored=3, conflicts=1, sent=3, not_sent=["x"])
+    report.failed.add(PK)
+    published: dict[str, int] = {}
+
+    class Sink:
+        def add_metric(self, name: str, unit: Any, value: int) -> None:
+            published[name] = value
+
+    audiences_app.publish(report, audiences_app.logger, Sink())
+    assert published == {
+        "AudienceProfilesEvaluated": 5,
+        "AudienceEntries": 2,
+        "AudienceExits": 1,
+        "AudienceIdentifiesSent": 3,
+        "AudienceMembershipsStored": 3,
+        "AudienceMembershipConflicts": 1,
+        "AudienceProfilesFailed": 1,
+        "AudienceSyncNotSent": 1,
+    }
