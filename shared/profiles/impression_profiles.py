@@ -72,12 +72,19 @@ class LastTreatmentSync:
         self.destinations = destinations
         self.report = ProfileStepReport()
         self._seen: list[tuple[int, Impression]] = []
+        self._skipped_before = recorder.skipped
+
+    @property
+    def skipped(self) -> int:
+        """Writes this invocation left out: the container had already written something as new."""
+        return self.recorder.skipped - self._skipped_before
 
     def publish(self, metrics: Any) -> None:
         """Add this invocation's counts to a Powertools ``Metrics``."""
         report = self.report
         for name, value in (
             ("LastTreatmentWrites", report.writes),
+            ("LastTreatmentWritesSkipped", self.skipped),
             ("LastTreatmentChanges", report.changed),
             ("ComputedTraitIdentifiesSent", report.identifies_sent),
             ("ComputedTraitIdentifiesRefused", report.identifies_refused),

@@ -280,7 +280,12 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     assert {m["messageId"] for m in identifies(sink)} == first_ids
     # Delivered now: the container remembers, and a third delivery writes nothing.
     failed, step = run(5000)
-    assert (failed, step.report.writes) == ({}, 0)
+    assert (failed, step.report.writes, step.skipped) == ({}, 0, 2)
+    metrics: dict[str, int] = {}
+    step.publish(
+        type("Metrics", (), {"add_metric": lambda _, name, unit, value: metrics.update({name: value})})()
+    )
+    assert (metrics["LastTreatmentWrites"], metrics["LastTreatmentWritesSkipped"]) == (0, 2)
 
 
 def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
