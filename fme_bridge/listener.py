@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 # Envelopes under 64 KiB: SQS bills each 64 KiB chunk of a message as one request.
 DEFAULT_ENVELOPE_BYTES = 60_000
 # What the SDKs report when IP addresses are disabled or unknown.
-# As shared.outbound.impressions.NO_VALUE (not imported: this module runs in the application).
+# As shared.outbound.impressions.NO_VALUE, not imported from there: that module loads pydantic and
+# msgspec, which the application this listener runs in need not have.
 _NO_VALUE = {"NA", "unknown", ""}
 
 

@@ -4,8 +4,9 @@ Resolution, first match wins:
 - the config prefix: ``--prefix`` / ``CONFIG_PREFIX``; else the ``ConfigPrefix`` output of
   ``--stack-name``; else, against a local endpoint, the local stack's ``/fme-segment-bridge/local``;
 - a queue or table (by the template's logical id): its environment variable (``IMPRESSIONS_QUEUE_URL``,
-  ``EVENTS_TABLE``, … — the names the functions use where they exist); else the stack's outputs
-  (``<LogicalId>Url`` / ``<LogicalId>Name``); else, against a local endpoint, the local stack's names.
+  ``EVENTS_TABLE``, … — the names the functions use, except the dead-letter queues' ``*_DLQ_URL``);
+  else the stack's outputs (``<LogicalId>Url`` / ``<LogicalId>Name``); else, against a local
+  endpoint, the local stack's names.
 Credentials and region are boto3's own (environment, profile, SSO…); against a loopback endpoint
 without credentials, placeholder ones are used (the local AWS does not check them).
 """

@@ -89,7 +89,7 @@ class EventsTable(Table):
         )
 
     def put_new(self, items: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
-        """Write the items whose key is not stored yet; returns the (pk, sk) of those that were."""
+        """Write the items whose key is not stored yet; returns the (pk, sk) of those already stored."""
         written = put_if_absent(self.client, self.name, items)
         return {
             (item["pk"]["S"], item["sk"]["S"]) for item, new in zip(items, written, strict=True) if not new

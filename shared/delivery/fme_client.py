@@ -9,7 +9,7 @@
   succeed for some identities and fail for others.
 
 Requests are bounded in count and bytes, sent through :func:`shared.http_retry.send_with_retry`
-with :data:`FME_POLICY` (429 with the rate-limit reset headers, 5xx, timeouts), and each item comes
+with :data:`FME_POLICY` (429 with the rate-limit reset headers, 408, 5xx, timeouts), and each item comes
 back with one outcome: delivered, refused (permanent, with the reason) or still failing (transient).
 """
 
@@ -37,7 +37,7 @@ MAX_EVENTS_PER_REQUEST = 1000
 MAX_EVENT_BYTES_PER_REQUEST = 1_000_000
 MAX_IDENTITIES_PER_REQUEST = 100
 MAX_IDENTITY_BYTES_PER_REQUEST = 500_000
-# Requests in flight at once per invocation (different connections and chunks).
+# Requests in flight at once per client: the chunks of one connection's events or identities.
 MAX_CONCURRENT_REQUESTS = 4
 
 # FME attribute ids: a letter, then letters, digits, ``-`` and ``_`` (Admin API, Save Identities).

@@ -1,7 +1,6 @@
 """One invocation's work: configs, one HTTP client, delivery, dead letters — the handler's one call.
 
-Kept apart from the handler so that the local stack's SQS poller, the benchmarks and the tests run
-exactly what Lambda runs.
+Kept apart from the handler, which adds only the SQS event's unpacking, its metrics and its logs.
 """
 
 from __future__ import annotations

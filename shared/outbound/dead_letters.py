@@ -20,8 +20,9 @@ from shared.outbound.delivery import DeadLetter
 from shared.sqs_batches import batch_calls
 
 MAX_CALL_BYTES = 256 * 1024  # per SendMessageBatch call: bodies and message attributes together
-# A reason lists every failed impression of the message; past this it is cut (with a count of the
-# rest): SQS counts attributes into a message's 256 KiB.
+# A reason (the failed impressions' reasons, already cut to shared.outbound.delivery's
+# MAX_REASON_CHARS, or a retried message's last reason) is cut past this, saying how many characters
+# were left out: SQS counts attributes into a message's 256 KiB.
 MAX_REASON_CHARS = 4000
 RETRIES_EXHAUSTED = "retries_exhausted"
 

@@ -33,7 +33,6 @@ CONTEXT: dict[str, Any] = {"library": {"name": LIBRARY_NAME, "version": __versio
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1000  # the decimal reading of "500 KB": within either reading
 MAX_BATCH_MESSAGES = 2500
-MESSAGE_ID_MAX_LENGTH = 100
 
 
 class _StandardProperties(msgspec.Struct):
