@@ -40,7 +40,8 @@ DEFAULT_CACHE_SECONDS = 120
 SegmentIdField = Literal["userId", "anonymousId"]
 NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
 # An FME traffic type or environment name: what FME's own UI accepts.
-TrafficTypeName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}$")]
+TRAFFIC_TYPE_NAME_PATTERN = r"[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}"
+TrafficTypeName = Annotated[str, Field(pattern=f"^{TRAFFIC_TYPE_NAME_PATTERN}$")]
 
 
 def _no_hash(value: str) -> str:

@@ -20,11 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import EVENT_TYPE_ID_PATTERN, InboundConfig
+from shared.config import EVENT_TYPE_ID_PATTERN, TRAFFIC_TYPE_NAME_PATTERN, InboundConfig
 from shared.inbound.messages import SegmentMessage, compact_json
 
 EVENT_TYPE_ID = re.compile(EVENT_TYPE_ID_PATTERN)
-TRAFFIC_TYPE_NAME = re.compile(r"[a-zA-Z0-9][-_a-zA-Z0-9]{0,79}")
+TRAFFIC_TYPE_NAME = re.compile(TRAFFIC_TYPE_NAME_PATTERN)
 MAX_KEY_LENGTH = 250
 MAX_ATTRIBUTE_STRING = 255
 MAX_PROPERTIES = 300

@@ -34,7 +34,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.config import EnvironmentName, NonEmpty, TrafficTypeName, parse_config
+from shared.config import EVENT_TYPE_ID_PATTERN, EnvironmentName, NonEmpty, TrafficTypeName, parse_config
 
 DAY_MS = 86_400_000
 MAX_DEPTH = 8
@@ -42,7 +42,7 @@ MAX_LEAVES = 50
 RULE_KINDS = ("all", "any", "not", "performed", "treatment", "attribute")
 # An audience name becomes a Segment trait key and an SSM parameter name.
 AUDIENCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-EventTypeId = Annotated[str, Field(pattern=r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")]
+EventTypeId = Annotated[str, Field(pattern=f"^{EVENT_TYPE_ID_PATTERN}$")]
 
 
 def _scalar(value: Any) -> Any:
