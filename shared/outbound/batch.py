@@ -83,9 +83,12 @@ def process_batch(
         report = DeliveryReport(retry={i: str(exc) for i in range(len(messages))})
     else:
         for bad in configs.invalid:
+            # In the message itself: this module's standard logger does not print extra fields.
             logger.error(
-                "outbound config invalid: the impressions it may be meant for are retried until it is fixed",
-                extra={"config": bad.name, "problem": bad.reason},
+                "outbound config %s invalid: the impressions it may be meant for are retried until it is "
+                "fixed: %s",
+                bad.name,
+                bad.reason,
             )
         report = http_session.run(_deliver(messages, configs, remaining_ms, observers, settings))
     if max_receives is not None:

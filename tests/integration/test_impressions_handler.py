@@ -434,12 +434,20 @@ def test_an_invalid_config_for_every_environment_retries_all_but_stops_no_valid_
 
 
 def test_an_invalid_config_retries_only_the_environments_it_names(
-    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+    production: dict[str, Any],
+    sink: SegmentSink,
+    context: Any,
+    stack: Stack,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     put_config("outbound/staging", {"environments": ["Staging"], "identities": {"user": "userID"}})
     prod, staging = webhook(key="p1"), webhook(key="s1", environmentName="Staging", environmentId="stg")
     sqs_event = event(json.dumps(prod), json.dumps(staging))
     response = app.lambda_handler(sqs_event, context)
+    # The log names the config and its problem in the message itself, whatever prints it.
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "shared.outbound.batch"]
+    assert "outbound config staging invalid" in logged
+    assert "identities.user: Input should be" in logged
     # Staging matches no valid config: retried rather than dead-lettered as no_matching_config.
     assert failures(response) == {sqs_event["Records"][1]["messageId"]}
     assert [m["userId"] for m in sink.messages] == ["p1"]
