@@ -11,6 +11,7 @@ caller can report a batch item failure (transient, SQS or the stream retries) or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import random
 import ssl
@@ -69,6 +70,8 @@ class SendResult:
     reason: str = ""  # a short, secret-free description of the last failure
     attempts: int = 0
     response: httpx.Response | None = None
+    # Seconds the server asked to wait before the next attempt, when that did not fit the time left.
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ async def send_with_retry(
             delay = policy.server_delay(response)
         wait = max(delay or 0.0, policy.backoff(attempt, rng))
         if wait >= deadline.seconds_left():
+            if delay is not None and delay >= deadline.seconds_left():
+                last = dataclasses.replace(last, wait_s=delay)
             break
         await deadline.sleep(wait)
     return last

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -49,14 +50,35 @@ def delivery() -> Delivery:
     )
 
 
+def hold_before_retry(wait_s: float, deadline: Deadline) -> None:
+    """FME asked for a wait longer than the invocation has left (a rate limit's reset of minutes).
+
+    Lambda retries a stream batch at once, so handing the records back now would spend the
+    ``MaximumRetryAttempts`` in seconds and send the batch to the failure queue: the invocation
+    waits out as much of the wait as its time allows first (less the deadline's margin).
+    """
+    seconds = min(wait_s, deadline.seconds_left())
+    if seconds > 0:
+        logger.info(
+            "waiting before the stream retries: FME asked to", extra={"wait_s": wait_s, "waiting_s": seconds}
+        )
+        _sleep(seconds)
+
+
+_sleep = time.sleep
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
-    report = http_session.run(delivery().deliver(records, Deadline(remaining_time_ms(context))))
+    deadline = Deadline(remaining_time_ms(context))
+    report = http_session.run(delivery().deliver(records, deadline))
     for name, count in sorted(report.counts.items()):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+    if report.retry and report.wait_s is not None:
+        hold_before_retry(report.wait_s, deadline)
 
     def record_handler(record: DynamoDBRecord) -> None:
         if record.dynamodb is not None and record.dynamodb.sequence_number in report.retry:

@@ -81,6 +81,7 @@ class ItemOutcome(Generic[T]):
     outcome: Outcome
     status: int | None = None
     reason: str = ""
+    wait_s: float | None = None  # the wait FME asked for that did not fit the time left
 
 
 def chunks(encoded: Sequence[bytes], max_items: int, max_bytes: int) -> Iterator[range]:
@@ -152,7 +153,7 @@ class FmeClient:
             )
             return left + right
         return [
-            ItemOutcome(item_id, event, result.outcome, result.status, result.reason)
+            ItemOutcome(item_id, event, result.outcome, result.status, result.reason, result.wait_s)
             for item_id, event in events
         ]
 
@@ -188,7 +189,7 @@ class FmeClient:
         result = await self._post(url, admin_key, _json_array(encoded))
         if result.outcome is not Outcome.DELIVERED or result.response is None:
             return [
-                ItemOutcome(item_id, identity, result.outcome, result.status, result.reason)
+                ItemOutcome(item_id, identity, result.outcome, result.status, result.reason, result.wait_s)
                 for item_id, identity in identities
             ]
         failed = _failed_identities(result.response)

@@ -121,10 +121,16 @@ class DeliveryReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     retry: set[str] = field(default_factory=set)
+    # The longest wait FME asked for (a rate limit's reset) that did not fit the invocation.
+    wait_s: float | None = None
 
     def count(self, name: str, amount: int = 1) -> None:
         if amount:
             self.counts[name] += amount
+
+    def asked_to_wait(self, seconds: float | None) -> None:
+        if seconds is not None and (self.wait_s is None or seconds > self.wait_s):
+            self.wait_s = seconds
 
 
 @dataclass
@@ -377,6 +383,7 @@ class Delivery:
         for o in transient:
             item = by_sequence[o.item_id]
             report.retry.add(item.sequence_number)
+            report.asked_to_wait(o.wait_s)
             tally.retrying(item.received_at)
             tally.error = o.reason
         report.count("EventsRetrying", len(transient))
@@ -502,6 +509,7 @@ class Delivery:
                 elif o.outcome is Outcome.TRANSIENT:
                     report.count("IdentitiesRetrying")
                     report.retry.update(sequences[change.identity_key])
+                    report.asked_to_wait(o.wait_s)
                     tally.retrying(change.updated_at)
                     tally.error = o.reason
                 else:

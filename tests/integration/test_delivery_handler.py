@@ -16,6 +16,7 @@ from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
     connect,
+    delivery_app,
     event_item,
     events_table,
     failed_ids,
@@ -106,6 +107,33 @@ def test_rate_limit_and_server_errors_are_retried_within_the_invocation(
 
     assert [r.status for r in sink.requests] == [429, 500, 202]
     assert len(sink.events) == 1
+
+
+def test_a_rate_limit_longer_than_the_invocation_is_waited_out_before_the_stream_retries(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lambda retries a stream batch at once: a reset of minutes would use up the retries in seconds."""
+    connect(sink)
+    slept: list[float] = []
+    monkeypatch.setattr(delivery_app(), "_sleep", slept.append)
+    sink.rate_limit_next(1, reset_seconds=1000)
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    response = invoke(stream_event(record), lambda_context, seconds=20)
+
+    assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
+    [waited] = slept
+    assert 15 < waited <= 20 - 1.5  # the rest of the invocation, less the deadline's margin
+
+    # A failure that asks for no wait (a server error past the retries) is handed back at once.
+    slept.clear()
+    sink.fail_next(50, 503)
+    assert failed_ids(invoke(stream_event(record), lambda_context, seconds=3))
+    assert slept == []
 
 
 def test_a_timed_out_request_is_retried(
