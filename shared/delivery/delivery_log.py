@@ -159,17 +159,19 @@ class DeliveryLog:
         )
 
     def clear_error(self, connection_id: str, older_than_ms: int) -> None:
-        """Forget the connection's last error if it is older than ``older_than_ms``.
+        """Forget the connection's last error if it is older than ``older_than_ms`` and the function
+        is not retrying records of the connection.
 
         For a redrive that delivered what the error was about; an error recorded since (by the
-        function, or by the same redrive for a message it kept) stays.
+        function, or by the same redrive for a message it kept) stays, and so does the error of
+        records the stream is retrying right now (a rate limit, an outage): it is still live.
         """
-        # The condition fails when there is no error, or a newer one: nothing to clear.
+        # The condition fails when there is no error, a newer one, or retries under way.
         with contextlib.suppress(self._table.meta.client.exceptions.ConditionalCheckFailedException):
             self._table.update_item(
                 Key={"pk": _STATUS_PK, "sk": connection_id},
                 UpdateExpression="REMOVE lastError, lastErrorAt",
-                ConditionExpression="lastErrorAt < :before",
+                ConditionExpression="lastErrorAt < :before AND attribute_not_exists(retryingSince)",
                 ExpressionAttributeValues={":before": older_than_ms},
             )
 

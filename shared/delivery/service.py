@@ -20,6 +20,7 @@ local. Acknowledged identity versions are logged like events, so a retried batch
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,7 @@ from shared.delivery.records import (
     IdentityChange,
     MalformedItem,
     StoredEvent,
+    ack_id,
     identity_change,
     plain,
     stored_event,
@@ -626,16 +628,17 @@ class Delivery:
         if connection.keys.adminKey is None:
             return RedriveResult(problems=["the connection's FME keys have no adminKey"])
         groups: dict[tuple[str, str], list[tuple[str, FmeIdentity]]] = defaultdict(list)
-        for n, item in enumerate(items):
+        for item in items:
             try:
                 identity = FmeIdentity.model_validate(item["identity"])
-                # Messages written before identity items carried their ackId: a position, not logged.
-                item_id = str(item.get("ackId") or f"#{n}")
+                # Messages written before identity items carried their ackId get one from the item
+                # itself: stable from one redrive to the next, so a part-saved message is not re-counted.
+                item_id = str(item.get("ackId") or _item_ack_id(item))
                 groups[(str(item["trafficType"]), str(item["environment"]))].append((item_id, identity))
             except (KeyError, ValueError):
                 result.problems.append("an item is not a deliverable identity")
         # A message kept earlier with some identities saved: those are not saved (nor counted) again.
-        settled = self.log.settled(i for pairs in groups.values() for i, _ in pairs if not i.startswith("#"))
+        settled = self.log.settled(i for pairs in groups.values() for i, _ in pairs)
         delivered = {a for a, state in settled.items() if state == DELIVERED}
         result.already_delivered = len(delivered)
         for (traffic_type, environment), pairs in groups.items():
@@ -650,9 +653,8 @@ class Delivery:
                 pending,
             )
             acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
-            logged = [a for a in acked if not a.startswith("#")]
-            if logged:
-                self.log.record(logged, DELIVERED, self._clock())
+            if acked:
+                self.log.record(acked, DELIVERED, self._clock())
             result.resent += len(acked)
             result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
         return result
@@ -698,3 +700,8 @@ class RedriveResult:
     @property
     def done(self) -> bool:
         return not self.problems
+
+
+def _item_ack_id(item: dict[str, Any]) -> str:
+    """A delivery-log id for a refused identity item that carries none (written by an older version)."""
+    return ack_id("refused-item", json.dumps(item, sort_keys=True, separators=(",", ":"), default=str))

@@ -19,6 +19,7 @@ from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
     connect,
+    delivery_app,
     dynamodb_json,
     event_item,
     failure_messages,
@@ -131,6 +132,30 @@ def test_status_counts_what_redrive_delivered(
     assert "HTTP 401" not in table
 
 
+def test_a_redrive_leaves_the_error_of_records_the_stream_is_retrying(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    table = stack.tables["EventsTable"]
+    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)  # refused: 401
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+    monkeypatch.setattr(delivery_app(), "_sleep", lambda _seconds: None)
+    sink.rate_limit_next(1, reset_seconds=600)
+    invoke(stream_event(stream_record(table, event_item("u2"))), lambda_context, seconds=5)
+    assert "HTTP 429" in connection_status()["lastError"]
+
+    assert cli("delivery", "redrive").exit_code == 0  # u1 delivered now
+
+    status = connection_status()
+    assert (status["eventsDelivered"], status["eventsRefused"]) == (1, 0)
+    assert status["retryingSince"] is not None
+    assert "HTTP 429" in status["lastError"]  # still live: u2 waits for the stream's retry
+
+
 def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
@@ -150,8 +175,9 @@ def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
     assert status["failureMessages"] == 1
 
 
+@pytest.mark.parametrize("written_with_ack_ids", [True, False])
 def test_redrive_counts_each_identity_it_saves_once(
-    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, written_with_ack_ids: bool
 ) -> None:
     connect(sink)
     sink.refuse_identity("u2", 400, "attribute limit reached")
@@ -163,6 +189,18 @@ def test_redrive_counts_each_identity_it_saves_once(
     ]
     invoke(stream_event(*records), lambda_context)
     assert connection_status()["identitiesRefused"] == 2
+    if not written_with_ack_ids:  # as a version that did not give identity items an ackId wrote it
+        sqs, url = boto3.client("sqs", region_name="us-east-1"), stack.queues["DeliveryFailureQueue"]
+        [message] = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        body = json.loads(message["Body"])
+        for item in body["items"]:
+            del item["ackId"]
+        sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps(body),
+            MessageAttributes=message.get("MessageAttributes") or {},
+        )
 
     del sink.refused_identity_keys["u2"]
     assert cli("delivery", "redrive").exit_code == 1  # u3 is still refused: the message stays
