@@ -93,3 +93,16 @@ def test_acknowledgements_expire_and_the_failure_queue_keeps_messages_two_weeks(
     log = resources()["DeliveryLogTable"]["Properties"]
     assert log["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert resources()["DeliveryFailureQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
+
+
+def test_the_function_knows_how_long_the_streams_retries_span() -> None:
+    """functions/delivery/app.py holds a rate limit's wait only if the retries can outlast it."""
+    from tests.delivery_support import delivery_app  # imports it as the other tests do
+
+    props = resources()["DeliveryFunction"]["Properties"]
+    spans = {
+        int(e["Properties"]["MaximumRetryAttempts"]) * int(props["Timeout"])
+        for e in props["Events"].values()
+        if e["Type"] == "DynamoDB"
+    }
+    assert spans == {delivery_app().STREAM_RETRY_SECONDS}

@@ -66,6 +66,10 @@ def hold_before_retry(wait_s: float, deadline: Deadline) -> None:
 
 
 _sleep = time.sleep
+# What the stream's retries span when each waits out its invocation (template.yaml: the event
+# sources' MaximumRetryAttempts 10 times the function's Timeout 60). A longer wait ends in the failure
+# queue whatever is held, so it is not held: the shard's other records move on sooner.
+STREAM_RETRY_SECONDS = 10 * 60
 
 
 @logger.inject_lambda_context
@@ -77,7 +81,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     report = http_session.run(delivery().deliver(records, deadline))
     for name, count in sorted(report.counts.items()):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    if report.retry and report.wait_s is not None:
+    if report.retry and report.wait_s is not None and report.wait_s <= STREAM_RETRY_SECONDS:
         hold_before_retry(report.wait_s, deadline)
 
     def record_handler(record: DynamoDBRecord) -> None:
