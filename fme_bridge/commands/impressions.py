@@ -112,12 +112,13 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
     """The head fields for ``impression``: its own unless empty, else its envelope's.
 
     As the impressions function reads them; an impression's empty environment is none (copied to the
-    head, it would count as one). An object or array there is an error: the function refuses it too.
+    head, it would count as one). An object, array or boolean there is an error: the function refuses
+    it too (a number it reads as text).
     """
     name, environment_id, traffic_type = (impression.get(f) or envelope.get(f) for f in _HEAD_FIELDS)
     for field, value in zip(_HEAD_FIELDS, (name, environment_id, traffic_type), strict=True):
-        if isinstance(value, (dict, list)):
-            kind = "an object" if isinstance(value, dict) else "an array"
+        if isinstance(value, (dict, list, bool)):
+            kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
             raise CliError(f"{where}: {field} must be a string, not {kind}")
     return name, environment_id, traffic_type
 

@@ -176,6 +176,11 @@ def test_replay_of_an_environment_that_is_not_a_string_is_one_line(
     assert result.exit_code == 1
     expected = f"error: {backfill} item 1: environmentName must be a string, not an array"
     assert result.stderr.strip() == expected
+    backfill.write_text(json.dumps({**webhook_impression(0, "x"), "environmentName": True}) + "\n")
+    result = cli("replay", str(backfill))
+    assert (
+        result.stderr.strip() == f"error: {backfill} item 1: environmentName must be a string, not a boolean"
+    )
     assert drain(stack.queues["ImpressionsQueue"]) == []
 
 
