@@ -211,12 +211,13 @@ def write_last_treatments(
 # Whole profile
 
 
-def profile_items(pk: str) -> list[dict[str, Any]]:
+def profile_items(pk: str, consistent: bool = False) -> list[dict[str, Any]]:
     """Every item of one identity (treatments and audience memberships)."""
     request = {
         "TableName": table_name(),
         "KeyConditionExpression": "pk = :pk",
         "ExpressionAttributeValues": typed({":pk": pk}),
+        "ConsistentRead": consistent,
     }
     return [python_item(item) for item in query_items(aws.client("dynamodb"), request)]
 

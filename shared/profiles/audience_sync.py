@@ -142,9 +142,10 @@ class AudienceEvaluator:
         audiences = self.audiences.for_profile(environment, traffic_type)
         if not audiences:
             return []
-        items = profile_items(pk)
+        # Strongly consistent reads: the change that triggered this may be a moment old.
+        items = profile_items(pk, consistent=True)
         stored = memberships_of(items)
-        identity = sources.identity_item(pk) or {}
+        identity = sources.identity_item(pk, consistent=True) or {}
         needs = event_needs(audiences.values())
         facts = ProfileFacts(
             attributes=identity.get("attributes") or {},

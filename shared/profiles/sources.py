@@ -44,8 +44,10 @@ class InvalidCursor(ValueError):
 # of its own, and a cold start pays for every client it creates.
 
 
-def identity_item(pk: str) -> dict[str, Any] | None:
-    response = aws.client("dynamodb").get_item(TableName=aws.env("IDENTITIES_TABLE"), Key=typed({"pk": pk}))
+def identity_item(pk: str, consistent: bool = False) -> dict[str, Any] | None:
+    response = aws.client("dynamodb").get_item(
+        TableName=aws.env("IDENTITIES_TABLE"), Key=typed({"pk": pk}), ConsistentRead=consistent
+    )
     item = response.get("Item")
     return python_item(item) if item else None
 
@@ -109,7 +111,11 @@ def has_events(pk: str) -> bool:
 
 
 def event_times(pk: str, since_ms: int, event_types: Iterable[str]) -> dict[str, list[int]]:
-    """Timestamps of a user's events of the given types since ``since_ms``, by event type."""
+    """Timestamps of a user's events of the given types since ``since_ms``, by event type.
+
+    Strongly consistent: audiences are evaluated right after a change, which an eventually
+    consistent read could miss (an exit with no later change to find it again).
+    """
     types = sorted(set(event_types))
     out: dict[str, list[int]] = defaultdict(list)
     if not types:
@@ -121,6 +127,7 @@ def event_times(pk: str, since_ms: int, event_types: Iterable[str]) -> dict[str,
         "KeyConditionExpression": "pk = :pk AND sk >= :since",
         "ExpressionAttributeNames": {"#ts": "timestamp"},
         "ProjectionExpression": "eventTypeId, #ts",
+        "ConsistentRead": True,
     }
     if len(types) <= _MAX_IN_OPERANDS:
         # The filter saves transfer and memory, not read capacity (documented in docs/profiles.md).

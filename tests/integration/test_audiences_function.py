@@ -310,3 +310,28 @@ def test_every_count_of_the_report_is_published_as_a_metric() -> None:
         "AudienceProfilesFailed": 1,
         "AudienceSyncNotSent": 1,
     }
+
+
+def test_an_evaluation_reads_what_it_decides_on_strongly_consistent(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    from shared import aws
+
+    reads: list[tuple[str, str, Any]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        reads.append((model.name, params["TableName"], params.get("ConsistentRead")))
+
+    events = aws.client("dynamodb").meta.events
+    events.register("provide-client-params.dynamodb.*", record)
+    try:
+        audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    finally:
+        events.unregister("provide-client-params.dynamodb.*", record)
+    decided_on = {(op, table) for op, table, _ in reads if op in ("Query", "GetItem")}
+    assert decided_on == {
+        ("Query", env.tables["ProfilesTable"]),
+        ("GetItem", env.tables["IdentitiesTable"]),
+        ("Query", env.tables["EventsTable"]),
+    }
+    assert all(consistent for op, _, consistent in reads if op in ("Query", "GetItem")), reads
