@@ -580,7 +580,9 @@ class Delivery:
                 if kind == "events":
                     result = await self._redrive_events(connection, items, client)
                 else:
-                    result = await self._redrive_identities(connection, items, client)
+                    result = await self._redrive_identities(
+                        connection, items, client, legacy_scope=f"{connection_id}\x1f{body.get('failedAt')}"
+                    )
         tally = _ConnectionTally(ends_retrying=False)
         if kind == "events":
             tally.events_delivered, tally.events_refused = result.resent, -result.resent
@@ -620,7 +622,11 @@ class Delivery:
         return result
 
     async def _redrive_identities(
-        self, connection: ConnectionDelivery, items: list[dict[str, Any]], client: FmeClient
+        self,
+        connection: ConnectionDelivery,
+        items: list[dict[str, Any]],
+        client: FmeClient,
+        legacy_scope: str = "",
     ) -> RedriveResult:
         assert connection.keys is not None
         assert connection.settings is not None
@@ -633,7 +639,7 @@ class Delivery:
                 identity = FmeIdentity.model_validate(item["identity"])
                 # Messages written before identity items carried their ackId get one from the item
                 # itself: stable from one redrive to the next, so a part-saved message is not re-counted.
-                item_id = str(item.get("ackId") or _item_ack_id(item))
+                item_id = str(item.get("ackId") or _item_ack_id(item, legacy_scope))
                 groups[(str(item["trafficType"]), str(item["environment"]))].append((item_id, identity))
             except (KeyError, ValueError):
                 result.problems.append("an item is not a deliverable identity")
@@ -702,6 +708,11 @@ class RedriveResult:
         return not self.problems
 
 
-def _item_ack_id(item: dict[str, Any]) -> str:
-    """A delivery-log id for a refused identity item that carries none (written by an older version)."""
-    return ack_id("refused-item", json.dumps(item, sort_keys=True, separators=(",", ":"), default=str))
+def _item_ack_id(item: dict[str, Any], scope: str) -> str:
+    """A delivery-log id for a refused identity item that carries none (written by an older version).
+
+    ``scope`` is the message's connection and refusal time: the same identity and values refused for
+    another connection, or again later, is another item.
+    """
+    payload = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
+    return ack_id(f"refused-item\x1f{scope}", payload)

@@ -214,6 +214,36 @@ def test_redrive_counts_each_identity_it_saves_once(
     assert failure_messages(stack) == []
 
 
+def test_identities_refused_for_two_connections_in_messages_without_ack_ids_are_both_redriven(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    """As a version that gave identity items no ackId wrote them: the same identity and values,
+    refused for two connections, are two items to deliver, not one delivered twice over."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    for connection_id in ("webshop", "app"):
+        connect(sink, connection_id=connection_id)
+        body = {
+            "kind": "identities",
+            "connectionId": connection_id,
+            "reason": "HTTP 400: attribute limit reached",
+            "status": 400,
+            "failedAt": 1_795_483_041_109,
+            "items": [
+                {
+                    "trafficType": "user",
+                    "environment": "Production",
+                    "identity": {"key": "u1", "values": {"plan": "pro"}},
+                }
+            ],
+        }
+        sqs.send_message(QueueUrl=stack.queues["DeliveryFailureQueue"], MessageBody=json.dumps(body))
+
+    assert cli("delivery", "redrive").exit_code == 0
+
+    assert [u.key for u in sink.identity_updates] == ["u1", "u1"]
+    assert failure_messages(stack) == []
+
+
 def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
