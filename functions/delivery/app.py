@@ -81,8 +81,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     report = http_session.run(delivery().deliver(records, deadline))
     for name, count in sorted(report.counts.items()):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    if report.retry and report.wait_s is not None and report.wait_s <= STREAM_RETRY_SECONDS:
-        hold_before_retry(report.wait_s, deadline)
+    # A wait longer than the stream's retries can span ends in the failure queue whatever is held:
+    # only the others (another connection's shorter rate limit) are waited for.
+    waits = [seconds for seconds in report.waits_s if seconds <= STREAM_RETRY_SECONDS]
+    if report.retry and waits:
+        hold_before_retry(max(waits), deadline)
 
     def record_handler(record: DynamoDBRecord) -> None:
         if record.dynamodb is not None and record.dynamodb.sequence_number in report.retry:

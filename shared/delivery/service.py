@@ -123,16 +123,16 @@ class DeliveryReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     retry: set[str] = field(default_factory=set)
-    # The longest wait FME asked for (a rate limit's reset) that did not fit the invocation.
-    wait_s: float | None = None
+    # The waits FME asked for (rate limits' resets) that did not fit the invocation.
+    waits_s: list[float] = field(default_factory=list)
 
     def count(self, name: str, amount: int = 1) -> None:
         if amount:
             self.counts[name] += amount
 
     def asked_to_wait(self, seconds: float | None) -> None:
-        if seconds is not None and (self.wait_s is None or seconds > self.wait_s):
-            self.wait_s = seconds
+        if seconds is not None:
+            self.waits_s.append(seconds)
 
 
 @dataclass

@@ -135,6 +135,15 @@ def test_a_rate_limit_longer_than_the_invocation_is_waited_out_before_the_stream
     assert failed_ids(invoke(stream_event(record), lambda_context, seconds=20))
     assert slept == []
 
+    # ... but it does not stop the hold for another connection's shorter one in the same batch.
+    connect(sink, connection_id="app")
+    other = stream_record(events_table(stack), {**event_item("u2"), "connectionId": "app"})
+    sink.rate_limit_next(1, reset_seconds=3600)
+    sink.rate_limit_next(1, reset_seconds=120)
+    assert len(failed_ids(invoke(stream_event(record, other), lambda_context, seconds=20))) == 2
+    [waited] = slept
+    assert 15 < waited <= 20 - 1.5
+
     # A failure that asks for no wait (a server error past the retries) is handed back at once.
     slept.clear()
     sink.fail_next(50, 503)
