@@ -115,11 +115,12 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
     head, it would count as one). An object, array or boolean there is an error: the function refuses
     it too (a number it reads as text).
     """
+    for field in _HEAD_FIELDS:
+        for value in (impression.get(field), envelope.get(field)):  # false and {} too, before "or"
+            if isinstance(value, (dict, list, bool)):
+                kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
+                raise CliError(f"{where}: {field} must be a string, not {kind}")
     name, environment_id, traffic_type = (impression.get(f) or envelope.get(f) for f in _HEAD_FIELDS)
-    for field, value in zip(_HEAD_FIELDS, (name, environment_id, traffic_type), strict=True):
-        if isinstance(value, (dict, list, bool)):
-            kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
-            raise CliError(f"{where}: {field} must be a string, not {kind}")
     return name, environment_id, traffic_type
 
 

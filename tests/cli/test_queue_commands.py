@@ -176,11 +176,11 @@ def test_replay_of_an_environment_that_is_not_a_string_is_one_line(
     assert result.exit_code == 1
     expected = f"error: {backfill} item 1: environmentName must be a string, not an array"
     assert result.stderr.strip() == expected
-    backfill.write_text(json.dumps({**webhook_impression(0, "x"), "environmentName": True}) + "\n")
-    result = cli("replay", str(backfill))
-    assert (
-        result.stderr.strip() == f"error: {backfill} item 1: environmentName must be a string, not a boolean"
-    )
+    for value in (True, False):  # false too, though an empty value gives way to the envelope's
+        backfill.write_text(json.dumps({**webhook_impression(0, "x"), "environmentName": value}) + "\n")
+        result = cli("replay", str(backfill))
+        expected = f"error: {backfill} item 1: environmentName must be a string, not a boolean"
+        assert result.stderr.strip() == expected
     assert drain(stack.queues["ImpressionsQueue"]) == []
 
 
