@@ -150,7 +150,7 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     _check_name(kind, name)
     raw = read_json(file)
     full = f"{tgt.prefix}/{kind.name}/{name}"
-    parse_config(kind.model, raw, str(file))  # ConfigInvalid names the field; nothing written yet
+    parsed = parse_config(kind.model, raw, str(file))  # ConfigInvalid names the field; nothing written yet
     secretsmanager = tgt.client("secretsmanager")
     if "" not in secrets and not _secret_exists(secretsmanager, full):
         flag = "--secret-file" if kind is INBOUND else "--write-key-file"
@@ -162,6 +162,15 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     )
     rotated = " and its secret" if "" in secrets else ""
     out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
+    delivery = getattr(parsed, "delivery", None)
+    enabled_without_keys = delivery is not None and delivery.enabled and "/fme" not in secrets
+    if enabled_without_keys and not _secret_exists(secretsmanager, full + "/fme"):
+        out.print(
+            f"[yellow]warning:[/yellow] delivery into FME is enabled but {full}/fme holds no FME "
+            "keys: its events and identities are refused (to the failure queue) until "
+            "--fme-keys-file sets them",
+            soft_wrap=True,
+        )
 
 
 def _secret_exists(client: Any, name: str) -> bool:

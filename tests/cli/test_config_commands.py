@@ -242,3 +242,20 @@ def test_get_of_a_document_that_is_not_json_shows_it_and_says_why(cli: Cli, kind
     assert "Traceback" not in result.output
     assert "hello {" in result.stdout
     assert "invalid:" in result.stdout
+
+
+def test_enabling_delivery_without_fme_keys_writes_and_warns(cli: Cli, tmp_path: Path) -> None:
+    document = {**INBOUND, "delivery": {"enabled": True}}
+    result = put_inbound(cli, tmp_path, document=document)
+    assert result.exit_code == 0, result.output
+    assert "warning: delivery into FME is enabled" in result.stdout
+    assert f"{PREFIX}/inbound/shop/fme holds no FME keys" in result.stdout
+
+    keys = write(tmp_path, "keys.json", {"sdkKey": "s", "adminKey": "a"})
+    with_keys = cli(
+        "config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", document), "--fme-keys-file", keys
+    )
+    assert with_keys.exit_code == 0, with_keys.output
+    assert "warning" not in with_keys.stdout
+    again = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", document))
+    assert "warning" not in again.stdout  # the keys are there now
