@@ -223,7 +223,8 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
     paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
     parameters = [p for page in paginator.paginate(Path=path, Recursive=False) for p in page["Parameters"]]
     headers = ["environment", "identities"] if kind is INBOUND else ["environments", "endpoint"]
-    table = Table(kind.item, *headers, "valid", title=f"{kind.name} ({path})")
+    table = Table(kind.item, *headers, "valid", kind.secret_label, title=f"{kind.name} ({path})")
+    secretsmanager = tgt.client("secretsmanager")
     for parameter in sorted(parameters, key=lambda p: p["Name"]):
         short = parameter["Name"].rsplit("/", 1)[-1]
         try:
@@ -232,8 +233,10 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
             valid = "[green]yes[/green]"
         except (ValueError, ConfigInvalid):
             document, valid = {}, "[red]no[/red]"
+        # A valid config without its secret does not work either (401s, or impressions retried).
+        secret = "set" if _secret_exists(secretsmanager, parameter["Name"]) else "[red]not set[/red]"
         table.add_row(
-            short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid
+            short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid, secret
         )
     if not parameters:
         out.print(f"no {kind.name} configs under {tgt.prefix}")

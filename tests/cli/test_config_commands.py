@@ -217,6 +217,9 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
     assert any("shop" in line and "Production" in line and "yes" in line for line in lines)
     assert any("blog" in line for line in lines)
     assert any("broken" in line and "no" in line for line in lines)
+    # A config whose secret is gone is flagged: it cannot work whatever it says.
+    assert any("shop" in line and "not set" not in line for line in lines)
+    assert any("broken" in line and "not set" in line for line in lines)
 
 
 @pytest.mark.parametrize("name", ["../x", "_prod", ".x", "a" * 129, "shop/eu"])
