@@ -16,7 +16,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from botocore.config import Config
@@ -28,8 +28,12 @@ from fme_bridge.target import Target
 from shared import config
 from shared.delivery.delivery_log import ConnectionStatus, DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
-from shared.delivery.service import ConnectionDelivery, Delivery, now_ms, resolve_connection
 from shared.http_retry import Deadline
+
+if TYPE_CHECKING:
+    # Imported where used: the local stack loads this module before the delivery function's
+    # environment is set, and the service's Powertools child logger takes its service name from it.
+    from shared.delivery.service import ConnectionDelivery
 
 FAILURE_QUEUE = "DeliveryFailureQueue"
 LOG_TABLE = "DeliveryLogTable"
@@ -156,6 +160,8 @@ def status(
 
 def _resolver(tgt: Target) -> Any:
     """Connection settings read through the CLI's own clients (its endpoint, region and prefix)."""
+    from shared.delivery.service import resolve_connection
+
     ssm, secrets = tgt.client("ssm"), tgt.client("secretsmanager")
 
     def fetch(call: Any, name: str) -> str:
@@ -191,6 +197,8 @@ def redrive(
     connection: Annotated[str | None, typer.Option(help="Only this connection's messages.")] = None,
 ) -> None:
     """Re-send the failure queue's messages to FME; delivered messages leave the queue."""
+    from shared.delivery.service import Delivery, now_ms
+
     tgt = target(ctx)
     if connection is not None:
         _require_connection(tgt, connection)
