@@ -101,7 +101,14 @@ class _Failures:
         self.items: dict[int, dict[int, tuple[str, str]]] = {}
 
     def item(self, record: int, item: int, code: str, reason: str) -> None:
-        self.items.setdefault(record, {}).setdefault(item, (code, reason))
+        """The first failure of an impression decides its code; the reasons of its other
+        destinations failing the same way are added (too large for two configs names both)."""
+        failed = self.items.setdefault(record, {})
+        known = failed.get(item)
+        if known is None:
+            failed[item] = (code, reason)
+        elif known[0] == code and reason not in known[1]:
+            failed[item] = (code, f"{known[1]}; {reason}")
 
 
 @dataclass(slots=True)
