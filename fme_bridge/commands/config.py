@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from rich.table import Table
 
@@ -164,7 +165,8 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
     delivery = getattr(parsed, "delivery", None)
     enabled_without_keys = delivery is not None and delivery.enabled and "/fme" not in secrets
-    if enabled_without_keys and not _secret_exists(secretsmanager, full + "/fme"):
+    # Written already: a check this caller may not make (no DescribeSecret) is no reason to fail.
+    if enabled_without_keys and _secret_exists(secretsmanager, full + "/fme", unknown=True) is False:
         out.print(
             f"[yellow]warning:[/yellow] delivery into FME is enabled but {full}/fme holds no FME "
             "keys: its events and identities are refused (to the failure queue) until "
@@ -173,11 +175,16 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
         )
 
 
-def _secret_exists(client: Any, name: str) -> bool:
+def _secret_exists(client: Any, name: str, unknown: bool = False) -> bool | None:
+    """Whether the secret exists; with ``unknown``, None when this caller may not tell (AccessDenied)."""
     try:
         client.describe_secret(SecretId=name)
     except client.exceptions.ResourceNotFoundException:
         return False
+    except ClientError:
+        if unknown:
+            return None
+        raise
     return True
 
 
@@ -234,7 +241,8 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
         except (ValueError, ConfigInvalid):
             document, valid = {}, "[red]no[/red]"
         # A valid config without its secret does not work either (401s, or impressions retried).
-        secret = "set" if _secret_exists(secretsmanager, parameter["Name"]) else "[red]not set[/red]"
+        exists = _secret_exists(secretsmanager, parameter["Name"], unknown=True)
+        secret = {True: "set", False: "[red]not set[/red]", None: "?"}[exists]
         table.add_row(
             short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid, secret
         )

@@ -107,7 +107,7 @@ class _Failures:
         known = failed.get(item)
         if known is None:
             failed[item] = (code, reason)
-        elif known[0] == code and reason not in known[1]:
+        elif known[0] == code and reason not in known[1].split("; "):
             failed[item] = (code, f"{known[1]}; {reason}")
 
 

@@ -218,8 +218,35 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
     assert any("blog" in line for line in lines)
     assert any("broken" in line and "no" in line for line in lines)
     # A config whose secret is gone is flagged: it cannot work whatever it says.
-    assert any("shop" in line and "not set" not in line for line in lines)
+    [shop] = [line for line in lines if "shop" in line]
+    assert "not set" not in shop
+    assert "set" in shop
     assert any("broken" in line and "not set" in line for line in lines)
+
+
+def test_list_and_put_go_on_without_permission_to_describe_secrets(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    put_inbound(cli, tmp_path, name="shop")
+    make_api_call = BaseClient._make_api_call
+
+    def denied(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "DescribeSecret":
+            error = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
+            raise ClientError(error, operation)
+        return make_api_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", denied)
+    listed = cli("config", "inbound", "list")
+    assert listed.exit_code == 0, listed.output
+    [shop] = [line for line in listed.stdout.splitlines() if "shop" in line]
+    assert "?" in shop
+    document = {**INBOUND, "delivery": {"enabled": True}}
+    written = put_inbound(cli, tmp_path, name="shop", document=document)
+    assert written.exit_code == 0, written.output  # written; whether keys exist cannot be told
 
 
 @pytest.mark.parametrize("name", ["../x", "_prod", ".x", "a" * 129, "shop/eu"])

@@ -307,14 +307,15 @@ def test_permanent_errors_are_dead_lettered_with_their_reason(
 def test_an_impression_too_large_for_two_configs_names_both(
     production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
 ) -> None:
-    put_config("outbound/backup", {**production})
-    put_secret("outbound/backup", PROD_KEY)
+    # Named so that one reason is the tail of the other: each is listed all the same.
+    put_config("outbound/eu-production", {**production})
+    put_secret("outbound/eu-production", PROD_KEY)
     response = app.lambda_handler(event(json.dumps(webhook(properties={"blob": "x" * 33_000}))), context)
     assert response == {"batchItemFailures": []}
     [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
     assert letter["errorCode"] == "message_too_large"
-    assert "backup: message is" in letter["reason"]
-    assert "production: message is" in letter["reason"]
+    reasons = letter["reason"].removeprefix("impression 0: message_too_large: ").split("; ")
+    assert [r.split(":")[0] for r in reasons] == ["eu-production", "production"], letter["reason"]
 
 
 def test_only_the_failed_impressions_of_an_envelope_are_dead_lettered(
