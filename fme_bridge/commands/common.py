@@ -28,6 +28,15 @@ def print_stored_document(raw: str) -> None:
         out.print(raw, markup=False, soft_wrap=True)
 
 
+def stored_parameter(tgt: Target, folder: str, item: str, name: str) -> str:
+    """The config ``{prefix}/{folder}/{name}`` as stored; a missing one is one line naming the ``item``."""
+    ssm = tgt.client("ssm")
+    try:
+        return str(ssm.get_parameter(Name=f"{tgt.prefix}/{folder}/{name}")["Parameter"]["Value"])
+    except ssm.exceptions.ParameterNotFound:
+        raise CliError(f"no {item} {name!r} under {tgt.prefix}") from None
+
+
 def target(ctx: typer.Context) -> Target:
     """The bridge the root options selected (``fme_bridge.cli`` puts it on the context)."""
     root = ctx.find_root()

@@ -27,6 +27,7 @@ from fme_bridge.commands.common import (
     print_stored_document,
     read_json,
     read_text,
+    stored_parameter,
     target,
 )
 from fme_bridge.target import Target
@@ -209,11 +210,7 @@ def _secret_status(client: Any, name: str) -> str:
 
 def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str] | None = None) -> None:
     full = f"{tgt.prefix}/{kind.name}/{name}"
-    ssm = tgt.client("ssm")
-    try:
-        raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
-        raise CliError(f"no {kind.item} {name!r} under {tgt.prefix}") from None
+    raw = stored_parameter(tgt, kind.name, kind.item, name)
     print_stored_document(raw)
     try:
         parse_config(kind.model, raw, full)

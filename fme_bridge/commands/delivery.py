@@ -22,7 +22,7 @@ import typer
 from botocore.config import Config
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, target
+from fme_bridge.commands.common import out, stored_parameter, target
 from fme_bridge.commands.dlq import _make_visible, _receive_all
 from fme_bridge.target import Target
 from shared import config
@@ -182,15 +182,6 @@ def _resolver(tgt: Target) -> Any:
     return resolve
 
 
-def _require_connection(tgt: Target, connection_id: str) -> None:
-    """An unknown connection is an error, as for ``config inbound get``: its messages cannot be re-sent."""
-    ssm = tgt.client("ssm")
-    try:
-        ssm.get_parameter(Name=f"{tgt.prefix}/inbound/{connection_id}")
-    except ssm.exceptions.ParameterNotFound:
-        raise CliError(f"no connection {connection_id!r} under {tgt.prefix}") from None
-
-
 def redrive(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(min=1, help="Re-send at most this many messages.")] = None,
@@ -200,8 +191,8 @@ def redrive(
     from shared.delivery.service import Delivery, now_ms
 
     tgt = target(ctx)
-    if connection is not None:
-        _require_connection(tgt, connection)
+    if connection is not None:  # an unknown one is an error, as for config inbound get
+        stored_parameter(tgt, "inbound", "connection", connection)
     sqs = tgt.client("sqs")
     url = tgt.queue_url(FAILURE_QUEUE)
     os.environ["CONFIG_PREFIX"] = tgt.prefix  # connection names are built under the target's prefix

@@ -20,7 +20,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, print_stored_document, read_json, target
+from fme_bridge.commands.common import (
+    CliError,
+    out,
+    print_stored_document,
+    read_json,
+    stored_parameter,
+    target,
+)
 from fme_bridge.target import Target
 from shared import aws
 from shared.config import ConfigInvalid, OutboundConfig, parse_config
@@ -102,11 +109,7 @@ def _check_name(name: str) -> None:
 
 
 def _stored_audience(tgt: Target, name: str) -> str:
-    ssm = tgt.client("ssm")
-    try:
-        return str(ssm.get_parameter(Name=_parameter(tgt, name))["Parameter"]["Value"])
-    except ssm.exceptions.ParameterNotFound:
-        raise CliError(f"no audience {name!r} under {tgt.prefix}") from None
+    return stored_parameter(tgt, "audiences", "audience", name)
 
 
 def audience_get(ctx: typer.Context, name: str) -> None:
