@@ -607,19 +607,28 @@ class Delivery:
                 events[str(item["ackId"])] = FmeEvent.model_validate(item["event"])
             except (KeyError, ValueError):
                 result.problems.append("an item is not a deliverable event (a malformed stored item)")
-        delivered = {a for a, state in self.log.settled(events).items() if state == DELIVERED}
-        result.already_delivered = len(delivered)
+        delivered = self._already_delivered(events, result)
         pending = [(ack, event) for ack, event in events.items() if ack not in delivered]
         if pending:
             outcomes = await client.send_events(
                 str(connection.settings.eventsEndpoint), connection.keys.sdkKey, pending
             )
-            acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
-            if acked:
-                self.log.record(acked, DELIVERED, self._clock())
-            result.resent = len(acked)
-            result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
+            self._resent(outcomes, result)
         return result
+
+    def _already_delivered(self, ack_ids: Iterable[str], result: RedriveResult) -> set[str]:
+        """The items a kept message holds that an earlier redrive delivered: not sent, nor counted, again."""
+        delivered = {a for a, state in self.log.settled(ack_ids).items() if state == DELIVERED}
+        result.already_delivered = len(delivered)
+        return delivered
+
+    def _resent(self, outcomes: Sequence[ItemOutcome[Any]], result: RedriveResult) -> None:
+        """Log what FME accepted (so a kept message does not send it again) and count it; note the rest."""
+        acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
+        if acked:
+            self.log.record(acked, DELIVERED, self._clock())
+        result.resent += len(acked)
+        result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
 
     async def _redrive_identities(
         self,
@@ -643,10 +652,7 @@ class Delivery:
                 groups[(str(item["trafficType"]), str(item["environment"]))].append((item_id, identity))
             except (KeyError, ValueError):
                 result.problems.append("an item is not a deliverable identity")
-        # A message kept earlier with some identities saved: those are not saved (nor counted) again.
-        settled = self.log.settled(i for pairs in groups.values() for i, _ in pairs)
-        delivered = {a for a, state in settled.items() if state == DELIVERED}
-        result.already_delivered = len(delivered)
+        delivered = self._already_delivered((i for pairs in groups.values() for i, _ in pairs), result)
         for (traffic_type, environment), pairs in groups.items():
             pending = [(item_id, identity) for item_id, identity in pairs if item_id not in delivered]
             if not pending:
@@ -658,11 +664,7 @@ class Delivery:
                 environment,
                 pending,
             )
-            acked = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
-            if acked:
-                self.log.record(acked, DELIVERED, self._clock())
-            result.resent += len(acked)
-            result.problems.extend(sorted({o.reason for o in outcomes if o.outcome is not Outcome.DELIVERED}))
+            self._resent(outcomes, result)
         return result
 
     async def _redrive_stream_batch(
