@@ -98,17 +98,15 @@ class _Failures:
     def __init__(self) -> None:
         self.transient: dict[int, str] = {}
         self.whole: dict[int, tuple[str, str]] = {}
-        self.items: dict[int, dict[int, tuple[str, str]]] = {}
+        self.items: dict[int, dict[int, tuple[str, list[str]]]] = {}
 
     def item(self, record: int, item: int, code: str, reason: str) -> None:
         """The first failure of an impression decides its code; the reasons of its other
         destinations failing the same way are added (too large for two configs names both)."""
         failed = self.items.setdefault(record, {})
-        known = failed.get(item)
-        if known is None:
-            failed[item] = (code, reason)
-        elif known[0] == code and reason not in known[1].split("; "):
-            failed[item] = (code, f"{known[1]}; {reason}")
+        code_first, reasons = failed.setdefault(item, (code, []))
+        if code == code_first and reason not in reasons:
+            reasons.append(reason)
 
 
 @dataclass(slots=True)
@@ -295,7 +293,7 @@ def _conclude(messages: Sequence[QueuedMessage], failures: _Failures, report: De
         codes = tuple(dict.fromkeys(items[i][0] for i in indexes))
         for code, _ in items.values():
             report.permanent[code] += 1
-        reason = "; ".join(f"impression {i}: {items[i][0]}: {items[i][1]}" for i in indexes)
+        reason = "; ".join(f"impression {i}: {items[i][0]}: {'; '.join(items[i][1])}" for i in indexes)
         if len(reason) > MAX_REASON_CHARS:
             reason = reason[: MAX_REASON_CHARS - 1] + "…"
         message = messages[record]
