@@ -96,6 +96,12 @@ def clear_caches() -> None:
     _refused_against.clear()
 
 
+def secret_bytes(secret: str) -> bytes:
+    """A stored secret as credentials are compared with it: without the whitespace around it (a
+    secret written from a file an editor saved ends in a newline). Empty means no secret."""
+    return secret.strip().encode()
+
+
 def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
     """Whether ``matches`` accepts the current or the previous (``AWSPREVIOUS``) version of the secret.
 

@@ -17,7 +17,7 @@ from shared import config
 from shared.config import ConfigUnavailable
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
-from shared.secret_versions import secret_accepts
+from shared.secret_versions import secret_accepts, secret_bytes
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -53,8 +53,7 @@ def authenticate(authorization: str | None) -> None:
     given = presented.strip().encode()
 
     def matches(secret: str) -> bool:
-        # Stored with a trailing newline (a file written by an editor), as the webhook secrets may be.
-        key = secret.strip().encode()
+        key = secret_bytes(secret)  # as the webhook's secrets are compared
         return bool(key) and hmac.compare_digest(given, key)
 
     if not secret_accepts(secret_name(), matches):

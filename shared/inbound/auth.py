@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from shared import config
 from shared.inbound.messages import compact_json, first_element_text
-from shared.secret_versions import secret_accepts
+from shared.secret_versions import secret_accepts, secret_bytes
 
 # SSM parameter names allow these; "/" is excluded so an id cannot reach another config's secret.
 CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -83,7 +83,7 @@ class Credentials:
         return bool(self.tokens or self.signature)
 
     def match(self, secret: str) -> bool:
-        key = secret.strip().encode()
+        key = secret_bytes(secret)
         if not key:
             return False
         matched = False
