@@ -75,9 +75,15 @@ def test_least_privilege() -> None:
     assert statements["LastTreatmentsToTheirQueue"]["Resource"] == {
         "Fn::GetAtt": ["LastTreatmentsQueue", "Arn"]
     }
+    # ... unless the stack leaves them out (LastTreatments=Disabled, its default Enabled).
     assert function()["Environment"]["Variables"]["LAST_TREATMENTS_QUEUE_URL"] == {
-        "Ref": "LastTreatmentsQueue"
+        "Fn::If": ["ForwardLastTreatments", {"Ref": "LastTreatmentsQueue"}, ""]
     }
+    template = load_template()
+    assert template["Conditions"]["ForwardLastTreatments"] == {
+        "Fn::Equals": [{"Ref": "LastTreatments"}, "Enabled"]
+    }
+    assert template["Parameters"]["LastTreatments"]["Default"] == "Enabled"
     assert statements["PermanentFailuresToDeadLetterQueue"]["Resource"] == {
         "Fn::GetAtt": ["ImpressionsDeadLetterQueue", "Arn"]
     }

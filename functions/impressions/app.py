@@ -52,17 +52,20 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     messages = [
         QueuedMessage(r["messageId"], r.get("body") or "", receive_count(r)) for r in event.get("Records", [])
     ]
-    # Last treatments are recorded by their own function (docs/profiles.md): only forwarded here.
-    profiles = LastTreatmentForwarder(aws.env("LAST_TREATMENTS_QUEUE_URL"))
+    # Last treatments are recorded by their own function (docs/profiles.md): only forwarded here,
+    # unless the stack leaves them out (LastTreatments=Disabled: no queue URL).
+    queue_url = aws.env("LAST_TREATMENTS_QUEUE_URL")
+    profiles = LastTreatmentForwarder(queue_url) if queue_url else None
     outcome = process_batch(
         messages,
         remaining_time_ms(context),
         aws.env("DEAD_LETTER_QUEUE_URL"),
-        observers=[profiles],
+        observers=[profiles] if profiles else [],
         max_receives=max_receives(),
     )
     _record_metrics(outcome)
-    profiles.publish(metrics)
+    if profiles:
+        profiles.publish(metrics)
     log_dead_letters(logger, outcome.sent_letters)
     if outcome.retry:
         logger.warning("messages to retry", extra={"retry": outcome.retry})

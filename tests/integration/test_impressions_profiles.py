@@ -4,6 +4,7 @@ through its function as the event source mapping would."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -188,6 +189,30 @@ def test_without_computed_traits_the_last_treatment_is_still_kept(
     assert handle(event(json.dumps(impression("f", "on", T0))), context) == {"batchItemFailures": []}
     assert identifies(sink) == []
     assert stored_treatments()["f"]["treatment"] == "on"
+
+
+def test_a_stack_without_last_treatments_sends_the_track_calls_and_forwards_nothing(
+    production: dict[str, Any],
+    stack: Stack,
+    sink: SegmentSink,
+    context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The environment template.yaml gives the function with LastTreatments=Disabled.
+    disabled = dataclasses.replace(stack, parameters={**stack.parameters, "LastTreatments": "Disabled"})
+    env = disabled.function_environment("ImpressionsFunction")
+    assert env["LAST_TREATMENTS_QUEUE_URL"] == ""
+    monkeypatch.setenv("LAST_TREATMENTS_QUEUE_URL", env["LAST_TREATMENTS_QUEUE_URL"])
+
+    response = impressions_app.lambda_handler(event(json.dumps(impression("f", "on", T0))), context)
+
+    assert response == {"batchItemFailures": []}
+    assert [m["type"] for m in sink.messages] == ["track"]
+    queue = receive_event(
+        stack.queues["LastTreatmentsQueue"], "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue"
+    )
+    assert queue["Records"] == []
+    assert stored_treatments() == {}
 
 
 HISTORY = st.lists(
