@@ -1,11 +1,14 @@
 """Measurement 1 — impressions → Segment: the real handler vs the official client vs the wire limit.
 
-All three send the same track messages to the same Segment-compatible server (``bench.sink_process``,
+All of them send the same track messages to the same Segment-compatible server (``bench.sink_process``,
 its own process) over loopback, each from a fresh process of its own:
 
 - **handler**: ``functions.impressions.app.lambda_handler`` on SQS events of 10 messages (envelopes,
   webhook arrays and single impressions, mixed), configs and write key from SSM / Secrets Manager
-  in a moto server (cached after the first invocation, as in Lambda);
+  in a moto server (cached after the first invocation, as in Lambda); it forwards last treatments
+  to their queue in the moto server, as the stack does by default;
+- **handler without last treatments**: the same, with the environment of a stack deployed with
+  ``LastTreatments=Disabled`` (no target: what recording last treatments costs the handler);
 - **official**: ``segment-analytics-python`` (``segment.analytics.Client``, default settings except
   a queue large enough that nothing is dropped), ``track`` per message then ``flush``;
 - **wire**: the same messages pre-serialised into 500 KB batch bodies, POSTed one after another by
@@ -16,6 +19,7 @@ Usage as a worker: ``python -m bench.impressions {handler|official|wire} INPUT R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -23,11 +27,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import profiling, workloads
 from bench.servers import MotoServer, SinkServer, child_env, put_secret
 from shared.profiles.forwarding import decode_body, encode_bodies
+
+if TYPE_CHECKING:
+    from fme_bridge.template import Stack
 
 BATCH_LIMIT_BYTES = 500 * 1000
 LAST_TREATMENT_SAMPLE = 500
@@ -294,6 +301,16 @@ def setup_aws(moto: MotoServer, sink: SinkServer, stack_name: str) -> Any:
     return stack
 
 
+WITHOUT_LAST_TREATMENTS = "handler_without_last_treatments"
+# Interleaved in this order, reversed every other round.
+CONTENDERS = ("wire", "handler", WITHOUT_LAST_TREATMENTS, "official")
+
+
+def without_last_treatments(stack: Stack) -> Stack:
+    """The stack as deployed with ``LastTreatments=Disabled``."""
+    return dataclasses.replace(stack, parameters={**stack.parameters, "LastTreatments": "Disabled"})
+
+
 def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: Any = print) -> dict[str, Any]:
     stack = setup_aws(moto, sink, f"bench-impressions-{int(time.time())}")
     function_env = stack.function_environment("ImpressionsFunction")
@@ -311,15 +328,19 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
         (work / "batches.bin").write_bytes(b"\n".join(batches))
 
         handler_env = child_env(**function_env, AWS_ENDPOINT_URL=moto.endpoint)
+        # Beside the target: the same handler on a stack deployed with LastTreatments=Disabled.
+        without_env = child_env(
+            **without_last_treatments(stack).function_environment("ImpressionsFunction"),
+            AWS_ENDPOINT_URL=moto.endpoint,
+        )
         plain_env = child_env()
-        runs: dict[str, list[dict[str, Any]]] = {"handler": [], "official": [], "wire": []}
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CONTENDERS}
 
         def measure(kind: str) -> None:
             sink.reset()
-            if kind == "handler":
-                result = _run_worker(
-                    kind, [str(work / "bodies.jsonl"), str(work / "warmup.jsonl")], handler_env
-                )
+            if kind in ("handler", WITHOUT_LAST_TREATMENTS):
+                env = handler_env if kind == "handler" else without_env
+                result = _run_worker("handler", [str(work / "bodies.jsonl"), str(work / "warmup.jsonl")], env)
             elif kind == "official":
                 result = _run_worker(kind, [str(work / "messages.jsonl"), sink.url], plain_env)
             else:
@@ -341,8 +362,7 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
 
         # Each contender runs ``repeats`` times, interleaved (the order reversed every other round) so
         # that a slow spell of this shared machine does not favour one side; the fastest run counts.
-        trio = ["wire", "handler", "official"]
-        order = [kind for r in range(repeats) for kind in (trio if r % 2 == 0 else trio[::-1])]
+        order = [kind for r in range(repeats) for kind in (CONTENDERS if r % 2 == 0 else CONTENDERS[::-1])]
         for kind in order:
             measure(kind)
 
@@ -382,7 +402,7 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
 
     minimum_requests = math.ceil(message_bytes / BATCH_LIMIT_BYTES)
     contenders = {}
-    for kind in ("handler", "official", "wire"):
+    for kind in CONTENDERS:
         r = best(kind)
         contenders[kind] = {
             **r,
@@ -396,6 +416,7 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
     handler, official, wire = contenders["handler"], contenders["official"], contenders["wire"]
     vs_official = handler["impressions_per_second"] / official["impressions_per_second"]
     vs_wire = handler["impressions_per_second"] / wire["impressions_per_second"]
+    without = contenders[WITHOUT_LAST_TREATMENTS]
     return {
         "impressions": total,
         "last_treatments": last_treatments,
@@ -409,6 +430,11 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
             "handler_vs_wire": vs_wire,
             # CPU seconds for the same messages: what a shared, busy machine distorts least.
             "handler_vs_official_cpu": official["cpu_seconds"] / handler["cpu_seconds"],
+            # The price of recording last treatments: no target, the stack's default records them.
+            "without_last_treatments_vs_official": without["impressions_per_second"]
+            / official["impressions_per_second"],
+            "without_last_treatments_vs_handler": without["impressions_per_second"]
+            / handler["impressions_per_second"],
         },
         "targets": {
             "handler_vs_official": {"value": vs_official, "target": ">= 5", "met": vs_official >= 5},

@@ -31,6 +31,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         t.add_column(column, justify="right" if column != "contender" else "left")
     names = {
         "handler": "bridge impressions handler",
+        "handler_without_last_treatments": "  … with LastTreatments=Disabled",
         "official": "segment-analytics-python",
         "wire": "wire limit (500 KB bodies)",
     }
@@ -53,6 +54,11 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         f"{_mark(imp['targets']['handler_vs_wire']['met'])})  ·  peak RSS "
         f"{imp['contenders']['handler']['peak_rss_mb']} MB (≤ 256: {_mark(imp['targets']['peak_rss_mb']['met'])})"
     )
+    if "without_last_treatments_vs_official" in r:
+        console.print(
+            f"with LastTreatments=Disabled: {r['without_last_treatments_vs_official']:.2f}× the official client, "
+            f"{r['without_last_treatments_vs_handler']:.2f}× the default handler (no target)"
+        )
 
     t = Table(title="Webhook ingest (moto DynamoDB in its own process)")
     for column in (
@@ -151,9 +157,15 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     imp = results["impressions"]["contenders"]
-    labels = ["bridge\nhandler", "segment-analytics-\npython", "wire limit\n(500 KB posts)"]
-    values = [imp[k]["impressions_per_second"] for k in ("handler", "official", "wire")]
-    bars = axes[0].bar(labels, values, color=["#2b8a3e", "#868e96", "#1c7ed6"])
+    shown = {
+        "handler": ("bridge\nhandler", "#2b8a3e"),
+        "handler_without_last_treatments": ("without last\ntreatments", "#8ce99a"),
+        "official": ("segment-analytics-\npython", "#868e96"),
+        "wire": ("wire limit\n(500 KB posts)", "#1c7ed6"),
+    }
+    kinds = [k for k in shown if k in imp]
+    values = [imp[k]["impressions_per_second"] for k in kinds]
+    bars = axes[0].bar([shown[k][0] for k in kinds], values, color=[shown[k][1] for k in kinds])
     axes[0].bar_label(bars, labels=[f"{v:,.0f}" for v in values])
     axes[0].set_title("Impressions → Segment, impressions/s")
     ratios = results["impressions"]["ratios"]

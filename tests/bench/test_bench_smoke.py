@@ -40,10 +40,12 @@ def test_every_contender_delivers_every_impression(smoke: tuple[dict[str, Any], 
         assert positive(contender["impressions_per_second"])
         assert contender["requests"] >= imp["minimum_requests"]
     assert imp["contenders"]["handler"]["batch_item_failures"] == 0
+    assert imp["contenders"]["handler_without_last_treatments"]["batch_item_failures"] == 0
     assert positive(imp["contenders"]["handler"]["peak_rss_mb"])
     assert all(positive(r) for r in imp["ratios"].values())
-    # Every impression has a user of its own: each run forwards one last treatment per impression
-    # (warm-up included), and the last-treatments function records a message of them.
+    # Every impression has a user of its own: each run of the default handler forwards one last
+    # treatment per impression (warm-up included), the runs without last treatments none, and the
+    # last-treatments function records a message of them.
     warm_up = sum(len(parse_body(body).impressions) for body in workloads.warmup_bodies())
     last = imp["last_treatments"]
     assert last["forwarded_rows_per_run"] == imp["impressions"] + warm_up
