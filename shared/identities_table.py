@@ -38,7 +38,7 @@ class IdentitiesTable(Table):
             self.name,
             keys,
             # ``attributes`` is a DynamoDB reserved word.
-            projection="pk, #attributes, attributeTimestamps, #version",
+            projection="pk, #attributes, attributeTimestamps, untimedMessageIds, #version",
             names={"#attributes": "attributes", "#version": "version"},
             consistent=True,
             sleep=self.sleep,
@@ -50,6 +50,7 @@ class IdentitiesTable(Table):
             identities[values["pk"]] = StoredIdentity(
                 attributes=values.get("attributes", {}),
                 attributeTimestamps={k: int(v) for k, v in values.get("attributeTimestamps", {}).items()},
+                untimedMessageIds={k: int(v) for k, v in values.get("untimedMessageIds", {}).items()},
                 version=int(values.get("version", 0)),
             )
         return identities
@@ -105,6 +106,8 @@ class IdentitiesTable(Table):
                 "version": {"N": str(version)},
             },
         }
+        if identity.untimedMessageIds:
+            put["Item"]["untimedMessageIds"] = attribute_value(identity.untimedMessageIds)
         if identity.expected_version is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:

@@ -20,6 +20,7 @@ from shared.events_table import EventsTable, event_item, event_sk, identity_pk, 
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
 from shared.inbound.mapping import (
+    UNTIMED_WINDOW_MS,
     DropReason,
     IdentityUpdate,
     Mapped,
@@ -34,9 +35,6 @@ DEFAULT_MAX_BODY_BYTES = 5_000_000
 # write each with a conditional PutItem, side by side: no more requests than a BatchGetItem and a
 # BatchWriteItem, in one round trip. Larger bodies check existence first and write in batches.
 CONDITIONAL_PUT_EVENTS = 2
-# How far back a message that carries no time (its event keyed by the time of receipt) is looked
-# for by its messageId, so that a redelivery stores nothing new.
-UNTIMED_WINDOW_MS = 48 * 3_600_000
 # Optimistic identity writes: attempts before giving up with a 503 (Segment retries the request).
 IDENTITY_ATTEMPTS = 5
 
@@ -235,7 +233,7 @@ def store_identities(
         stored = table.get_many(pending)
         merged: dict[str, MergedIdentity] = {}
         for pk in pending:
-            result = merge_identity(stored.get(pk), by_pk[pk])
+            result = merge_identity(stored.get(pk), by_pk[pk], now_ms)
             if result is not None and result.too_large():
                 too_large.extend(by_pk[pk])
                 result = None

@@ -34,6 +34,11 @@ MAX_EVENT_BYTES = 32 * 1024
 MAX_IDENTITY_BYTES = 350 * 1024
 # Becomes part of the event's sort key (1 KB at most in DynamoDB); Segment's own ids are ~40 chars.
 MAX_MESSAGE_ID_LENGTH = 200
+# How far back a message that carries no time is known by its messageId, so that a redelivery
+# stores nothing new: its events are looked for among the identity's events, its traits in the
+# identity's list of the untimed messages applied (at most this many, the newest: 20 KB at most).
+UNTIMED_WINDOW_MS = 48 * 3_600_000
+MAX_UNTIMED_MESSAGE_IDS = 100
 # What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
 _EVENT_ENVELOPE_BYTES = 160
 # The estimate from the constant above is generous for the field names but does not count the escapes
@@ -102,6 +107,9 @@ class IdentityUpdate(BaseModel):
     key: str
     attributes: dict[str, Any]
     timestamp: int
+    messageId: str = ""
+    # The message carried no time: ``timestamp`` is the time of receipt, which a redelivery changes.
+    untimed: bool = False
 
 
 class Deletion(BaseModel):
@@ -344,7 +352,7 @@ class _Mapper:
             if not identities:
                 self.drop(index, DropReason.NO_IDENTITY)
                 return
-            self.identify(index, message, identities, message.traits or {}, skip=None)
+            self.identify(index, message, message_id, identities, message.traits or {}, skip=None)
         elif kind == "group":
             if not config.enableIdentify:
                 self.ignore(index, IgnoreReason.IDENTIFY_DISABLED)
@@ -354,7 +362,7 @@ class _Mapper:
             if not pairs:
                 self.ignore(index, IgnoreReason.GROUP_WITHOUT_SPLIT)
                 return
-            self.identify(index, message, pairs, traits, skip="split")
+            self.identify(index, message, message_id, pairs, traits, skip="split")
         elif kind == "delete":
             if not message.userId:
                 self.drop(index, DropReason.MISSING_USER_ID)
@@ -427,13 +435,14 @@ class _Mapper:
         self,
         index: int,
         message: SegmentMessage,
+        message_id: str,
         targets: Sequence[tuple[Any, Any]],
         traits: dict[str, Any],
         skip: str | None,
     ) -> None:
         attributes, cut = normalize_attributes(traits, skip=skip)
         self.out.strings_cut += cut
-        timestamp = message.timestamp_ms(self.now_ms)
+        sent = message.sent_time_ms()
         for traffic_type, key in self.valid_targets(index, targets):
             self.out.identities.append(
                 IdentityUpdate(
@@ -442,7 +451,9 @@ class _Mapper:
                     trafficTypeName=traffic_type,
                     key=key,
                     attributes=attributes,
-                    timestamp=timestamp,
+                    timestamp=self.now_ms if sent is None else sent,
+                    messageId=message_id,
+                    untimed=sent is None,
                 )
             )
 
@@ -465,6 +476,8 @@ class StoredIdentity(BaseModel):
 
     attributes: dict[str, Any] = Field(default_factory=dict)
     attributeTimestamps: dict[str, int] = Field(default_factory=dict)
+    untimedMessageIds: dict[str, int] = Field(default_factory=dict)
+    """The messageIds of the untimed messages applied lately, with their times of receipt."""
     version: int = 0
 
 
@@ -477,6 +490,7 @@ class MergedIdentity(BaseModel):
     key: str
     attributes: dict[str, Any]
     attributeTimestamps: dict[str, int]
+    untimedMessageIds: dict[str, int] = Field(default_factory=dict)
     expected_version: int | None
     """The version read (None: the identity did not exist); the write is conditional on it."""
     effective: set[int]
@@ -485,7 +499,7 @@ class MergedIdentity(BaseModel):
     @functools.cached_property
     def size_bytes(self) -> int:
         """The attributes and their times as compact UTF-8 JSON: a little more than DynamoDB counts."""
-        document = [self.attributes, self.attributeTimestamps]  # stored numbers are Decimal
+        document = [self.attributes, self.attributeTimestamps, self.untimedMessageIds]  # numbers: Decimal
         return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
     def too_large(self) -> bool:
@@ -499,22 +513,46 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def merge_identity(stored: StoredIdentity | None, updates: Sequence[IdentityUpdate]) -> MergedIdentity | None:
+def merge_identity(
+    stored: StoredIdentity | None, updates: Sequence[IdentityUpdate], now_ms: int
+) -> MergedIdentity | None:
     """Apply updates to what is stored, the newer message timestamp winning per attribute.
 
     Returns None when nothing changes (a redelivered or older message). On equal timestamps the
     later message of the body wins. A removed attribute keeps its timestamp, so an older message
     cannot bring it back.
+
+    A message without any time is stamped with its time of receipt (``now_ms``), which a redelivery
+    changes: the identity remembers its ``messageId`` for :data:`UNTIMED_WINDOW_MS` (the newest
+    :data:`MAX_UNTIMED_MESSAGE_IDS`), and a redelivery within that window changes nothing, even when
+    newer messages changed the identity in between.
     """
-    if not updates:
+    remembered = {
+        message_id: at
+        for message_id, at in (stored.untimedMessageIds if stored else {}).items()
+        if at > now_ms - UNTIMED_WINDOW_MS
+    }
+    fresh = []
+    for update in updates:
+        if update.untimed:
+            if update.messageId in remembered:
+                continue  # applied before: a redelivery
+            remembered[update.messageId] = now_ms
+        fresh.append(update)
+    if not fresh:
         return None
+    if len(remembered) > MAX_UNTIMED_MESSAGE_IDS:
+        newest = sorted(remembered.items(), key=lambda item: item[1])[-MAX_UNTIMED_MESSAGE_IDS:]
+        remembered = dict(newest)
     attributes = dict(stored.attributes) if stored else {}
     stamps = dict(stored.attributeTimestamps) if stored else {}
     effective: set[int] = set()
-    changed = stored is None
+    # An untimed message is remembered even when it changes no attribute: redelivered after a
+    # newer message, it would otherwise win as the newest.
+    changed = stored is None or any(update.untimed for update in fresh)
     if stored is None:
-        effective.add(updates[0].index)
-    for update in sorted(updates, key=lambda u: u.timestamp):
+        effective.add(fresh[0].index)
+    for update in sorted(fresh, key=lambda u: u.timestamp):
         for name, value in update.attributes.items():
             previous_stamp = stamps.get(name)
             if previous_stamp is not None and previous_stamp > update.timestamp:
@@ -531,13 +569,14 @@ def merge_identity(stored: StoredIdentity | None, updates: Sequence[IdentityUpda
                 effective.add(update.index)
     if not changed:
         return None
-    first = updates[0]
+    first = fresh[0]
     return MergedIdentity(
         environment=first.environment,
         trafficTypeName=first.trafficTypeName,
         key=first.key,
         attributes=attributes,
         attributeTimestamps=stamps,
+        untimedMessageIds=remembered,
         expected_version=stored.version if stored else None,
         effective=effective,
     )

@@ -149,6 +149,41 @@ def test_redelivered_identify_is_a_duplicate(webhook: Webhook) -> None:
     assert (answer.body["stored"], answer.body["duplicate"], answer.body["identities"]) == (0, 1, 0)
 
 
+def test_an_untimed_identify_redelivered_after_a_newer_one_is_a_duplicate_and_changes_nothing(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stamped with its time of receipt, it would otherwise win over the newer message on its retry."""
+    untimed = segment_message(
+        "identify",
+        anonymousId=None,
+        traits={"plan": "free"},
+        timestamp=None,
+        originalTimestamp=None,
+        receivedAt=None,
+        sentAt=None,
+    )
+    clock = [1_795_483_041_109_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    assert webhook.post(untimed).body["stored"] == 1
+    again = webhook.post(untimed)
+    assert (again.body["stored"], again.body["duplicate"], again.body["identities"]) == (0, 1, 0)
+    newer = segment_message(
+        "identify",
+        anonymousId=None,
+        messageId="newer",
+        traits={"plan": "pro"},
+        timestamp="2026-11-24T01:30:00Z",
+    )
+    assert webhook.post(newer).body["stored"] == 1
+    clock[0] += 3_600_000_000_000  # Segment retries an hour later
+    retried = webhook.post(untimed)
+    assert (retried.body["stored"], retried.body["duplicate"]) == (0, 1)
+    identity = webhook.identity("user", untimed["userId"])
+    assert identity is not None
+    assert identity["attributes"]["plan"] == "pro"
+    assert identity["untimedMessageIds"] == {untimed["messageId"]: 1_795_483_041_109}
+
+
 # ---------------------------------------------------------------------------------------------
 # Events in time order
 

@@ -10,6 +10,8 @@ import pytest
 from shared.config import InboundConfig
 from shared.inbound.mapping import (
     MAX_PROPERTIES,
+    MAX_UNTIMED_MESSAGE_IDS,
+    UNTIMED_WINDOW_MS,
     DropReason,
     IdentityUpdate,
     IgnoreReason,
@@ -504,8 +506,22 @@ def update(index: int, timestamp: int, **attributes: Any) -> IdentityUpdate:
     )
 
 
+def untimed(index: int, message_id: str, received: int, **attributes: Any) -> IdentityUpdate:
+    """An update of a message that carries no time: stamped with its time of receipt."""
+    return IdentityUpdate(
+        index=index,
+        environment="Production",
+        trafficTypeName="user",
+        key="u1",
+        attributes=attributes,
+        timestamp=received,
+        messageId=message_id,
+        untimed=True,
+    )
+
+
 def test_merge_into_nothing_creates_the_identity() -> None:
-    merged = merge_identity(None, [update(0, 100, plan="pro")])
+    merged = merge_identity(None, [update(0, 100, plan="pro")], now_ms=0)
     assert merged is not None
     assert merged.attributes == {"plan": "pro"}
     assert merged.attributeTimestamps == {"plan": 100}
@@ -516,7 +532,7 @@ def test_newer_message_wins_per_attribute() -> None:
     stored = StoredIdentity(
         attributes={"plan": "pro", "seats": 3}, attributeTimestamps={"plan": 200, "seats": 50}, version=4
     )
-    merged = merge_identity(stored, [update(0, 100, plan="free", seats=5)])
+    merged = merge_identity(stored, [update(0, 100, plan="free", seats=5)], now_ms=0)
     assert merged is not None
     assert merged.attributes == {"plan": "pro", "seats": 5}  # plan is older than stored, seats newer
     assert merged.expected_version == 4
@@ -524,25 +540,29 @@ def test_newer_message_wins_per_attribute() -> None:
 
 
 def test_out_of_order_updates_in_one_body() -> None:
-    merged = merge_identity(None, [update(0, 300, plan="enterprise"), update(1, 100, plan="free", seats=1)])
+    merged = merge_identity(
+        None, [update(0, 300, plan="enterprise"), update(1, 100, plan="free", seats=1)], now_ms=0
+    )
     assert merged is not None
     assert merged.attributes == {"plan": "enterprise", "seats": 1}
 
 
 def test_redelivered_update_changes_nothing() -> None:
     stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 100}, version=1)
-    assert merge_identity(stored, [update(0, 100, plan="pro")]) is None
+    assert merge_identity(stored, [update(0, 100, plan="pro")], now_ms=0) is None
 
 
 def test_null_trait_removes_the_attribute_and_keeps_its_time() -> None:
     stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 100}, version=1)
-    merged = merge_identity(stored, [update(0, 200, plan=None)])
+    merged = merge_identity(stored, [update(0, 200, plan=None)], now_ms=0)
     assert merged is not None
     assert merged.attributes == {}
     assert merged.attributeTimestamps == {"plan": 200}
     assert (
         merge_identity(
-            StoredIdentity(attributes={}, attributeTimestamps={"plan": 200}), [update(1, 150, plan="x")]
+            StoredIdentity(attributes={}, attributeTimestamps={"plan": 200}),
+            [update(1, 150, plan="x")],
+            now_ms=0,
         )
         is None
     )
@@ -550,9 +570,69 @@ def test_null_trait_removes_the_attribute_and_keeps_its_time() -> None:
 
 def test_type_change_is_a_change() -> None:
     stored = StoredIdentity(attributes={"beta": 1}, attributeTimestamps={"beta": 100}, version=1)
-    merged = merge_identity(stored, [update(0, 100, beta=True)])
+    merged = merge_identity(stored, [update(0, 100, beta=True)], now_ms=0)
     assert merged is not None
     assert merged.attributes == {"beta": True}
+
+
+def test_an_untimed_message_is_remembered_and_its_redelivery_changes_nothing() -> None:
+    first = merge_identity(None, [untimed(0, "m-1", 1_000, plan="free")], now_ms=1_000)
+    assert first is not None
+    assert first.untimedMessageIds == {"m-1": 1_000}
+    stored = StoredIdentity(
+        attributes=first.attributes,
+        attributeTimestamps=first.attributeTimestamps,
+        untimedMessageIds=first.untimedMessageIds,
+        version=1,
+    )
+    # A newer message changes the plan; the untimed one, sent again later, must not win as newest.
+    newer = merge_identity(stored, [update(0, 2_000, plan="pro")], now_ms=2_500)
+    assert newer is not None
+    assert newer.untimedMessageIds == {"m-1": 1_000}  # carried over
+    stored = StoredIdentity(
+        attributes=newer.attributes,
+        attributeTimestamps=newer.attributeTimestamps,
+        untimedMessageIds=newer.untimedMessageIds,
+        version=2,
+    )
+    assert merge_identity(stored, [untimed(0, "m-1", 3_000, plan="free")], now_ms=3_000) is None
+    # Another untimed message is news.
+    other = merge_identity(stored, [untimed(0, "m-2", 3_000, plan="free")], now_ms=3_000)
+    assert other is not None
+    assert other.attributes == {"plan": "free"}
+    assert other.untimedMessageIds == {"m-1": 1_000, "m-2": 3_000}
+
+
+def test_an_untimed_message_that_changes_nothing_is_remembered_all_the_same() -> None:
+    # The stored plan is from a message stamped later than this one's receipt (a client's clock).
+    stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 5_000}, version=1)
+    merged = merge_identity(stored, [untimed(0, "m-1", 1_000, plan="free")], now_ms=1_000)
+    assert merged is not None  # written, so that its redelivery after a newer message is known
+    assert merged.untimedMessageIds == {"m-1": 1_000}
+    assert merged.attributes == {"plan": "pro"}
+    assert merged.effective == set()  # but it stored nothing new: reported as a duplicate
+
+
+def test_an_untimed_message_twice_in_one_body_counts_once() -> None:
+    merged = merge_identity(
+        None, [untimed(0, "m-1", 1_000, plan="free"), untimed(1, "m-1", 1_000, plan="free")], now_ms=1_000
+    )
+    assert merged is not None
+    assert merged.effective == {0}
+
+
+def test_untimed_message_ids_are_kept_for_the_window_and_at_most_the_newest_hundred() -> None:
+    now = 10 * UNTIMED_WINDOW_MS
+    remembered = {f"old-{i}": now - UNTIMED_WINDOW_MS for i in range(3)}  # just out of the window
+    remembered |= {f"m-{i:03d}": now - UNTIMED_WINDOW_MS + 1 + i for i in range(MAX_UNTIMED_MESSAGE_IDS)}
+    stored = StoredIdentity(untimedMessageIds=remembered, version=1)
+    assert merge_identity(stored, [untimed(0, "old-0", now, plan="x")], now_ms=now) is not None  # forgotten
+    merged = merge_identity(stored, [untimed(0, "new", now, plan="x")], now_ms=now)
+    assert merged is not None
+    assert len(merged.untimedMessageIds) == MAX_UNTIMED_MESSAGE_IDS
+    assert "new" in merged.untimedMessageIds
+    assert "m-000" not in merged.untimedMessageIds  # the oldest made room
+    assert not any(message_id.startswith("old-") for message_id in merged.untimedMessageIds)
 
 
 def test_an_identity_is_too_large_by_its_utf8_bytes_not_its_escaped_json() -> None:
