@@ -5,6 +5,8 @@ version (rotation):
 - ``Authorization: <secret>``, ``Authorization: Bearer <secret>``, Basic auth with the secret as user name;
 - ``X-Signature``: hex HMAC-SHA1 keyed with the secret, over the raw body (classic Webhooks) or, for
   an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
+  An object body of up to :data:`RESERIALIZED_BODY_BYTES` may also be signed as ``JSON.stringify``
+  writes it, which is how Segment's documentation checks the signature of a classic webhook.
 
 How the two versions are cached and read again (a rotation is accepted at once) is
 :mod:`shared.secret_versions`, which the profile API shares.
@@ -32,6 +34,9 @@ from shared.secret_versions import secret_accepts, secret_bytes
 
 # SSM parameter names allow these; "/" is excluded so an id cannot reach another config's secret.
 CONNECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A classic webhook carries one message (a few KB): an object body up to this size is also parsed
+# before authentication, to check a signature over its compact form. Larger ones are signed raw.
+RESERIALIZED_BODY_BYTES = 64 * 1024
 
 
 class Unauthorized(Exception):
@@ -59,13 +64,17 @@ def presented_tokens(headers: Mapping[str, str]) -> list[bytes]:
 
 
 def signed_payloads(body: bytes) -> list[bytes]:
-    """What an X-Signature may have been computed over: the body, or an array body's first element."""
+    """What an X-Signature may have been computed over: the body (also compact, when it is a small
+    object), or an array body's first element."""
     payloads = [body]
     first = first_element_text(body)
     if first is not None:
         payloads.append(first)
         with contextlib.suppress(ValueError, RecursionError):
             payloads.append(compact_json(json.loads(first)))
+    elif len(body) <= RESERIALIZED_BODY_BYTES and body.lstrip().startswith(b"{"):
+        with contextlib.suppress(ValueError, RecursionError):
+            payloads.append(compact_json(json.loads(body)))
     return payloads
 
 

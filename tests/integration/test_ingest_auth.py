@@ -50,6 +50,17 @@ def test_classic_webhook_signature_over_the_raw_body(webhook: Webhook) -> None:
     assert webhook.post(body, headers={"x-signature": signature(SECRET, body)}).status == 200
 
 
+def test_classic_webhook_signature_as_segments_documentation_checks_it(webhook: Webhook) -> None:
+    # HMAC-SHA1 over JSON.stringify(req.body): the compact form, whatever spacing the body has.
+    message = segment_message("identify", traits={"name": "Zoë", "plan": "pro"})
+    compact = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    spaced = json.dumps(message, indent=2).encode()
+    assert webhook.post(spaced, headers={"x-signature": signature(SECRET, compact)}).status == 200
+    # The signature still covers the content: another message under it is refused.
+    other = json.dumps({**message, "traits": {"plan": "enterprise"}}, indent=2).encode()
+    assert webhook.post(other, headers={"x-signature": signature(SECRET, compact)}).status == 401
+
+
 def test_actions_batch_signature_over_the_first_element(webhook: Webhook) -> None:
     messages = [segment_message("track"), segment_message("page")]
     body = json.dumps(messages, separators=(",", ":")).encode()
