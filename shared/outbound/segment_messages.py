@@ -118,7 +118,7 @@ _MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 def iso_timestamp(epoch_ms: int) -> str:
-    """``1795483041109`` → ``"2026-11-24T22:37:21.109Z"`` (UTC, milliseconds)."""
+    """``1795483041109`` → ``"2026-11-24T01:17:21.109Z"`` (UTC, milliseconds)."""
     seconds, millis = divmod(epoch_ms, 1000)
     # Impressions of one batch mostly share their second: each second is formatted once.
     return _second(seconds) + _MILLIS[millis]
