@@ -85,8 +85,19 @@ _deserializer = TypeDeserializer()
 
 
 def plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An attribute-value item as Python values (numbers as Decimal)."""
+    """An attribute-value item as Python values (numbers as Decimal, see :func:`to_python`)."""
     return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def to_python(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; integers become int, the rest float (sets become lists)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [to_python(v) for v in value]
+    return value
 
 
 def query_items(client: Any, request: Mapping[str, Any]) -> Iterator[Item]:

@@ -15,13 +15,12 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from shared import aws
-from shared.dynamodb import TimeLeft, batch_write, query_items
+from shared.dynamodb import TimeLeft, batch_write, query_items, to_python
 
 TREATMENT_PREFIX = "treatment#"
 _MAX_RANKED_VERSION = 10**20 - 2
@@ -39,17 +38,6 @@ def profile_pk(environment: str, traffic_type: str, key: str) -> str:
 
 def table_name() -> str:
     return aws.env("PROFILES_TABLE")
-
-
-def to_python(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; integers become int, the rest float."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: to_python(v) for k, v in value.items()}
-    if isinstance(value, list | set | tuple):
-        return [to_python(v) for v in value]
-    return value
 
 
 def typed(values: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from boto3.dynamodb.conditions import Key
 from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out, target
+from shared.dynamodb import to_python
 
 EnvironmentOpt = Annotated[str, typer.Option("--environment", "-e", help="FME environment name.")]
 TrafficTypeOpt = Annotated[str, typer.Option("--traffic-type", "-t", help="FME traffic type.")]
@@ -28,17 +29,6 @@ def register(app: typer.Typer) -> None:
 
 def partition_key(environment: str, traffic_type: str, key: str) -> str:
     return f"{environment}#{traffic_type}#{key}"
-
-
-def plain(value: Any) -> Any:
-    """DynamoDB's Decimals as ints or floats, for printing."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | set):
-        return [plain(v) for v in value]
-    return value
 
 
 def _time(epoch_ms: Any) -> str:
@@ -62,7 +52,7 @@ def events(
         ScanIndexForward=False,
         Limit=limit,
     )["Items"]
-    items = [plain(i) for i in items]
+    items = [to_python(i) for i in items]
     if as_json:
         out.print_json(json.dumps(items))
         return
@@ -94,7 +84,7 @@ def identity(
     item = table.get_item(Key={"pk": partition_key(environment, traffic_type, key)}).get("Item")
     if item is None:
         raise CliError(f"no identity stored for {traffic_type} {key!r} in {environment}")
-    item = plain(item)
+    item = to_python(item)
     if as_json:
         out.print_json(json.dumps(item))
         return

@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from shared.dynamodb import to_python
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.profiles.audience_sync import (
@@ -29,7 +30,6 @@ from shared.profiles.audience_sync import (
     profiles_to_evaluate,
 )
 from shared.profiles.identify_sender import IdentifySender
-from shared.profiles_table import to_python
 from shared.tracing import lambda_tracer
 
 # Ready by the first request to Segment / FME: built while the cold start goes on.
