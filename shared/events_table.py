@@ -15,14 +15,11 @@ from typing import Any
 
 from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent, query_items, run_parallel
 from shared.inbound.mapping import FmeEvent
+from shared.profiles_table import profile_pk
 
 DEFAULT_RETENTION_DAYS = 90
 # Events of one identity read, newest first, when looking for a message that carries no time.
 MAX_LOOKUP_EVENTS = 10_000
-
-
-def identity_pk(environment: str, traffic_type: str, key: str) -> str:
-    return f"{environment}#{traffic_type}#{key}"
 
 
 def event_sk(timestamp: int, message_id: str) -> str:
@@ -45,7 +42,7 @@ def event_item(event: FmeEvent, connection_id: str, received_at: int, expires_at
         else:
             properties[name] = {"NULL": True}
     item: dict[str, Any] = {
-        "pk": {"S": identity_pk(event.environment, event.trafficTypeName, event.key)},
+        "pk": {"S": profile_pk(event.environment, event.trafficTypeName, event.key)},
         "sk": {"S": event_sk(event.timestamp, event.messageId)},
         "environment": {"S": event.environment},
         "trafficTypeName": {"S": event.trafficTypeName},
@@ -146,7 +143,7 @@ class EventsTable(Table):
         request: dict[str, Any] = {
             "TableName": self.name,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": identity_pk(environment, traffic_type, key)}},
+            "ExpressionAttributeValues": {":pk": {"S": profile_pk(environment, traffic_type, key)}},
             "ScanIndexForward": not newest_first,
         }
         events: list[dict[str, Any]] = []

@@ -16,8 +16,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.dynamodb import MAX_WORKERS, Table, attribute_value, batch_get, batch_write, plain, run_parallel
-from shared.events_table import identity_pk
 from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
+from shared.profiles_table import profile_pk
 
 TRANSACTION_LIMIT = 100
 # Up to this many identities, one conditional PutItem each, all at once on the request's threads: one
@@ -72,7 +72,7 @@ class IdentitiesTable(Table):
                 except ClientError as exc:
                     if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                         raise
-                    return identity_pk(identity.environment, identity.trafficTypeName, identity.key)
+                    return profile_pk(identity.environment, identity.trafficTypeName, identity.key)
                 return None
 
             return {pk for pk in run_parallel(put, list(identities)) if pk is not None}
@@ -85,7 +85,7 @@ class IdentitiesTable(Table):
                 code = exc.response.get("Error", {}).get("Code")
                 if code not in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                     raise
-                retry.update(identity_pk(i.environment, i.trafficTypeName, i.key) for i in batch)
+                retry.update(profile_pk(i.environment, i.trafficTypeName, i.key) for i in batch)
         return retry
 
     def _conditional_put(
@@ -95,7 +95,7 @@ class IdentitiesTable(Table):
         put: dict[str, Any] = {
             "TableName": self.name,
             "Item": {
-                "pk": {"S": identity_pk(identity.environment, identity.trafficTypeName, identity.key)},
+                "pk": {"S": profile_pk(identity.environment, identity.trafficTypeName, identity.key)},
                 "environment": {"S": identity.environment},
                 "trafficTypeName": {"S": identity.trafficTypeName},
                 "key": {"S": identity.key},
@@ -125,7 +125,7 @@ class IdentitiesTable(Table):
         """One identity as Python values, or None."""
         response = self.client.get_item(
             TableName=self.name,
-            Key={"pk": {"S": identity_pk(environment, traffic_type, key)}},
+            Key={"pk": {"S": profile_pk(environment, traffic_type, key)}},
             ConsistentRead=True,
         )
         item = response.get("Item")

@@ -33,7 +33,22 @@ _deserializer = TypeDeserializer()
 
 
 def profile_pk(environment: str, traffic_type: str, key: str) -> str:
+    """The ``pk`` of an identity's items, here and in EventsTable and IdentitiesTable (one identity key)."""
     return f"{environment}#{traffic_type}#{key}"
+
+
+def profile_pk_prefix(environment: str, traffic_type: str) -> str:
+    """What every :func:`profile_pk` of the environment and traffic type begins with."""
+    return f"{environment}#{traffic_type}#"
+
+
+def split_profile_pk(pk: str) -> tuple[str, str, str]:
+    """The environment, traffic type and key of a :func:`profile_pk`; ValueError for another key."""
+    parts = pk.split("#", 2)
+    if len(parts) != 3:
+        raise ValueError(f"{pk!r} is not an identity key")
+    environment, traffic_type, key = parts
+    return environment, traffic_type, key
 
 
 def table_name() -> str:
@@ -303,7 +318,7 @@ def put_membership(membership: Membership, expected_transitions: int | None) -> 
     sparse RecheckIndex that the scheduled sweep reads; without it the item is off the index.
     """
     client = aws.client("dynamodb")
-    environment, traffic_type, key = membership.pk.split("#", 2)
+    environment, traffic_type, key = split_profile_pk(membership.pk)
     item: dict[str, Any] = {
         "pk": membership.pk,
         "sk": membership.sk,

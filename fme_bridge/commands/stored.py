@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out, target
 from shared.dynamodb import to_python
+from shared.profiles_table import profile_pk
 
 EnvironmentOpt = Annotated[str, typer.Option("--environment", "-e", help="FME environment name.")]
 TrafficTypeOpt = Annotated[str, typer.Option("--traffic-type", "-t", help="FME traffic type.")]
@@ -25,10 +26,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stored items as
 def register(app: typer.Typer) -> None:
     app.command("events")(events)
     app.command("identity")(identity)
-
-
-def partition_key(environment: str, traffic_type: str, key: str) -> str:
-    return f"{environment}#{traffic_type}#{key}"
 
 
 def _time(epoch_ms: Any) -> str:
@@ -48,7 +45,7 @@ def events(
     """Show a user's stored events, newest first."""
     table = target(ctx).table("EventsTable")
     items = table.query(
-        KeyConditionExpression=Key("pk").eq(partition_key(environment, traffic_type, key)),
+        KeyConditionExpression=Key("pk").eq(profile_pk(environment, traffic_type, key)),
         ScanIndexForward=False,
         Limit=limit,
     )["Items"]
@@ -81,7 +78,7 @@ def identity(
 ) -> None:
     """Show a user's stored identity attributes."""
     table = target(ctx).table("IdentitiesTable")
-    item = table.get_item(Key={"pk": partition_key(environment, traffic_type, key)}).get("Item")
+    item = table.get_item(Key={"pk": profile_pk(environment, traffic_type, key)}).get("Item")
     if item is None:
         raise CliError(f"no identity stored for {traffic_type} {key!r} in {environment}")
     item = to_python(item)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fme_bridge.local.stack import LocalStack
+from shared.profiles_table import profile_pk
 
 CONNECTION_ID = "demo"
 WEBHOOK_SECRET = "demo-webhook-secret"  # a local, public demo value
@@ -297,7 +298,7 @@ def last_treatments(stack: LocalStack) -> list[tuple[str, str, dict[str, Any]]]:
     found: list[tuple[str, str, dict[str, Any]]] = []
     for traffic_type, key in PROFILE_IDENTITIES:
         items = table.query(
-            KeyConditionExpression=Key("pk").eq(f"{ENVIRONMENT}#{traffic_type}#{key}")
+            KeyConditionExpression=Key("pk").eq(profile_pk(ENVIRONMENT, traffic_type, key))
             & Key("sk").begins_with("treatment#")
         )["Items"]
         found.extend((traffic_type, key, item) for item in items)
@@ -324,7 +325,7 @@ def stored_events(stack: LocalStack, traffic_type: str, key: str) -> list[dict[s
     assert stack.stack is not None
     table = stack.resource_table("EventsTable")
     return list(
-        table.query(KeyConditionExpression=Key("pk").eq(f"{ENVIRONMENT}#{traffic_type}#{key}"))["Items"]
+        table.query(KeyConditionExpression=Key("pk").eq(profile_pk(ENVIRONMENT, traffic_type, key)))["Items"]
     )
 
 
@@ -394,7 +395,7 @@ def print_summary(stack: LocalStack, console: Console) -> None:
     identities = Table("trafficType", "key", "attributes", title="stored identities", title_justify="left")
     table = stack.resource_table("IdentitiesTable")
     for traffic_type, key in (("user", USER_ID), ("anonymous", ANONYMOUS_ID), ("account", "initech")):
-        item = table.get_item(Key={"pk": f"{ENVIRONMENT}#{traffic_type}#{key}"}).get("Item")
+        item = table.get_item(Key={"pk": profile_pk(ENVIRONMENT, traffic_type, key)}).get("Item")
         if item:
             attributes = ", ".join(f"{k}={v}" for k, v in sorted((item.get("attributes") or {}).items()))
             identities.add_row(traffic_type, key, attributes)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from shared import config, profiles_table
 from shared.dynamodb import StoreUnavailable, TimeLeft
-from shared.events_table import EventsTable, event_item, event_sk, identity_pk, retention_days
+from shared.events_table import EventsTable, event_item, event_sk, retention_days
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
 from shared.inbound.mapping import (
@@ -29,6 +29,7 @@ from shared.inbound.mapping import (
     merge_identity,
 )
 from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
+from shared.profiles_table import profile_pk
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
 # Bodies with at most this many events (a classic Webhooks message with one or two mapped identities)
@@ -125,7 +126,7 @@ def store(
     expires_at = now_ms // 1000 + retention_days() * 86_400
     candidates: dict[tuple[str, str], int] = {}
     items = {}
-    keyed = [(identity_pk(e.environment, e.trafficTypeName, e.key), e) for e in mapped.events]
+    keyed = [(profile_pk(e.environment, e.trafficTypeName, e.key), e) for e in mapped.events]
     # Events of messages that carry no time are keyed by the time of receipt, which a redelivery
     # changes: they are looked for by messageId.
     untimed = [(pk, event.messageId) for pk, event in keyed if event.untimed]
@@ -167,7 +168,7 @@ def store(
         # One request per identity: a body may delete the same user twice, and BatchWriteItem
         # refuses a request that names a key twice.
         pks = list(
-            dict.fromkeys(identity_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions)
+            dict.fromkeys(profile_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions)
         )
         for pk in pks:
             keys = events_table.keys_of(pk)
@@ -221,7 +222,7 @@ def store_identities(
     """
     by_pk: dict[str, list[IdentityUpdate]] = defaultdict(list)
     for update in updates:
-        by_pk[identity_pk(update.environment, update.trafficTypeName, update.key)].append(update)
+        by_pk[profile_pk(update.environment, update.trafficTypeName, update.key)].append(update)
     effective_by_pk: dict[str, set[int]] = {}
     too_large: list[IdentityUpdate] = []
     pending = list(by_pk)

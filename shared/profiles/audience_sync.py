@@ -38,6 +38,7 @@ from shared.profiles_table import (
     memberships_of,
     profile_items,
     put_membership,
+    split_profile_pk,
     treatments_of,
 )
 
@@ -81,11 +82,6 @@ def load_audiences() -> AudienceSet:
         except ConfigInvalid as exc:
             found.invalid[name] = str(exc)
     return found
-
-
-def split_pk(pk: str) -> tuple[str, str, str]:
-    environment, traffic_type, key = pk.split("#", 2)
-    return environment, traffic_type, key
 
 
 @dataclass
@@ -138,7 +134,7 @@ class AudienceEvaluator:
         self.outbound = outbound
 
     def _decide(self, pk: str, now_ms: int) -> list[_Decision]:
-        environment, traffic_type, _ = split_pk(pk)
+        environment, traffic_type, _ = split_profile_pk(pk)
         audiences = self.audiences.for_profile(environment, traffic_type)
         if not audiences:
             return []
@@ -170,7 +166,7 @@ class AudienceEvaluator:
         for decision in decisions:
             if not decision.transition:
                 continue
-            _, traffic_type, key = split_pk(decision.pk)
+            _, traffic_type, key = split_profile_pk(decision.pk)
             for config_name in self.audiences.audiences[decision.audience].sync:
                 try:
                     outbound = self.outbound(config_name)
@@ -309,7 +305,7 @@ def profiles_to_evaluate(changes: Iterable[StoredChange], audiences: AudienceSet
         if change.pk in out:
             continue
         try:
-            environment, traffic_type, _ = split_pk(change.pk)
+            environment, traffic_type, _ = split_profile_pk(change.pk)
         except ValueError:
             continue
         slot = (environment, traffic_type)

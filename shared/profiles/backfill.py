@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from shared import aws
 from shared.profiles.audience_sync import PROFILES_PER_ROUND, AudienceEvaluator, SyncReport
+from shared.profiles_table import profile_pk_prefix
 
 # Environment variables of the tables whose items are keyed by identity (``pk`` = env#type#key).
 IDENTITY_TABLES = ("EVENTS_TABLE", "IDENTITIES_TABLE", "PROFILES_TABLE")
@@ -30,7 +31,7 @@ def stored_identities(
     """Each identity key (``pk``) of the environment and traffic type found in the tables, once."""
     client = aws.client("dynamodb")
     paginator = client.get_paginator("scan")
-    prefix = f"{environment}#{traffic_type}#"
+    prefix = profile_pk_prefix(environment, traffic_type)
     seen: set[str] = set()
     for table in tables if tables is not None else [aws.env(name) for name in IDENTITY_TABLES]:
         pages = paginator.paginate(
