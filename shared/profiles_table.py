@@ -1,7 +1,8 @@
 """Data access for ProfilesTable: last treatments and audience memberships per identity.
 
-Item keys (docs/data-model.md): ``pk = {environment}#{trafficTypeName}#{key}`` and
-``sk = treatment#{split}`` or ``audience#{name}``. One ``Query`` on ``pk`` returns a whole profile.
+Item keys (docs/data-model.md): ``pk = {environment}#{trafficTypeName}#{key}`` (escaped when a name
+holds "#", see :func:`profile_pk`) and ``sk = treatment#{split}`` or ``audience#{name}``. One
+``Query`` on ``pk`` returns a whole profile.
 
 Last treatments are written with conditional ``UpdateItem`` calls, because BatchWriteItem cannot carry
 a condition and TransactWriteItems fails as a whole when one condition fails (and costs twice the
@@ -33,19 +34,41 @@ _deserializer = TypeDeserializer()
 
 
 def profile_pk(environment: str, traffic_type: str, key: str) -> str:
-    """The ``pk`` of an identity's items, here and in EventsTable and IdentitiesTable (one identity key)."""
+    """The ``pk`` of an identity's items, here and in EventsTable and IdentitiesTable (one identity key).
+
+    An environment or traffic type with "#" would make the "#"-joined key ambiguous ("a#b" + "c" and
+    "a" + "b#c" both give "a#b#c#…"): such an identity's parts are escaped and joined by "/" instead.
+    That key holds no "#", which every "#"-joined key does, so no name without "#" changes key or
+    shares one.
+    """
+    if "#" in environment or "#" in traffic_type:
+        return "/".join(_escaped(part) for part in (environment, traffic_type, key))
     return f"{environment}#{traffic_type}#{key}"
 
 
+def _escaped(part: str) -> str:
+    return part.replace("%", "%25").replace("#", "%23").replace("/", "%2F")
+
+
+def _unescaped(part: str) -> str:
+    return part.replace("%2F", "/").replace("%23", "#").replace("%25", "%")  # "%" last: it began the others
+
+
 def profile_pk_prefix(environment: str, traffic_type: str) -> str:
-    """What every :func:`profile_pk` of the environment and traffic type begins with."""
+    """What every :func:`profile_pk` of the environment and traffic type begins with, and no other.
+
+    Only for names without "#" (all that configs accept): a prefix of escaped parts would also begin
+    keys of other names.
+    """
+    if "#" in environment or "#" in traffic_type:
+        raise ValueError("no key prefix for an environment or traffic type with '#'")
     return f"{environment}#{traffic_type}#"
 
 
 def split_profile_pk(pk: str) -> tuple[str, str, str]:
     """The environment, traffic type and key of a :func:`profile_pk`; ValueError for another key."""
-    parts = pk.split("#", 2)
-    if len(parts) != 3:
+    parts = pk.split("#", 2) if "#" in pk else [_unescaped(part) for part in pk.split("/")]
+    if len(parts) != 3 or profile_pk(*parts) != pk:
         raise ValueError(f"{pk!r} is not an identity key")
     environment, traffic_type, key = parts
     return environment, traffic_type, key

@@ -81,6 +81,20 @@ def test_a_redelivered_winning_impression_still_reports_its_change(profiles: Sta
     assert computed_trait_identifies([first], OUTBOUND) == computed_trait_identifies([replay], OUTBOUND)
 
 
+def test_identities_whose_names_hold_hashes_keep_their_own_last_treatments(profiles: Stack) -> None:
+    """Environment "a#b" with traffic type "c", and "a" with "b#c": once one profile, now two."""
+    first = write_last_treatment(LastTreatment("a#b", "c", "k", "f", "on", 1_000))
+    second = write_last_treatment(LastTreatment("a", "b#c", "k", "f", "off", 1_000))
+    assert (first.changed, second.changed) == (True, True)
+    for environment, traffic_type, treatment in (("a#b", "c", "on"), ("a", "b#c", "off")):
+        [item] = profile_items(profile_pk(environment, traffic_type, "k"))
+        assert (item["environment"], item["trafficTypeName"], item["treatment"]) == (
+            environment,
+            traffic_type,
+            treatment,
+        )
+
+
 def test_no_read_before_write(profiles: Stack) -> None:
     calls: list[str] = []
     # The client is created once per process; the writes below go through this very instance.
