@@ -18,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fme_bridge.commands.common import CliError, out, read_json_values, target
 from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, parse_body
+from shared.sqs_batches import batch_calls
 
-# SQS's limits: 256 KiB per message and per SendMessageBatch call, 10 entries per call.
+# SQS's limit: 256 KiB per message (its limits per SendMessageBatch call: shared.sqs_batches).
 MAX_MESSAGE_BYTES = 256 * 1024
-MAX_BATCH_ENTRIES = 10
 QUEUE = "ImpressionsQueue"
 
 
@@ -239,13 +239,7 @@ def replay(
 def _send(sqs: Any, queue_url: str, bodies: list[str], on_sent: Callable[[int], None]) -> int:
     """SendMessageBatch in chunks; failures are one error naming how far it got."""
     sent = 0
-    batch: list[int] = []
-    batch_bytes = 0
-
-    def flush() -> None:
-        nonlocal sent, batch, batch_bytes
-        if not batch:
-            return
+    for batch in batch_calls(range(len(bodies)), lambda index: len(bodies[index].encode())):
         entries = [{"Id": str(i), "MessageBody": bodies[i]} for i in batch]
         result = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         failed = result.get("Failed") or []
@@ -258,13 +252,4 @@ def _send(sqs: Any, queue_url: str, bodies: list[str], on_sent: Callable[[int], 
         for index in batch:
             on_sent(index)
         sent += len(batch)
-        batch, batch_bytes = [], 0
-
-    for index, body in enumerate(bodies):
-        size = len(body.encode())
-        if len(batch) >= MAX_BATCH_ENTRIES or batch_bytes + size > MAX_MESSAGE_BYTES:
-            flush()
-        batch.append(index)
-        batch_bytes += size
-    flush()
     return sent

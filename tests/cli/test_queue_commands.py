@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 
-from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, envelopes
+from fme_bridge.commands.common import CliError
+from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, _send, envelopes
 from fme_bridge.template import Stack
 from shared.outbound.dead_letters import send_dead_letters
 from shared.outbound.delivery import DeadLetter
@@ -317,3 +319,31 @@ def test_the_last_treatments_dead_letter_queue_is_shown_and_redriven_to_its_own_
     assert [json.loads(m["Body"]) for m in drain(stack.queues["LastTreatmentsQueue"])] == [{"n": 1}]
     assert drain(stack.queues["ImpressionsQueue"]) == []
     assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 1
+
+
+class BatchSqs:
+    """SendMessageBatch calls as the bodies they carried; the ``refuse``-th call fails its last entry."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.refuse = refuse
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        self.calls.append([entry["MessageBody"] for entry in Entries])
+        if len(self.calls) == self.refuse:
+            return {"Failed": [{"Id": Entries[-1]["Id"], "Code": "Throttled", "Message": "slow down"}]}
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries]}
+
+
+def test_messages_go_ten_to_a_call_and_a_call_within_sqs_size_limit() -> None:
+    big = "b" * (MAX_MESSAGE_BYTES - 10)
+    bodies = ["s"] * 12 + [big, big]
+    sqs, sent_indexes = BatchSqs(), []
+    assert _send(sqs, "queue", bodies, sent_indexes.append) == 14
+    assert [len(call) for call in sqs.calls] == [10, 3, 1]
+    assert sent_indexes == list(range(14))
+
+
+def test_a_refused_message_stops_the_sending_and_says_how_far_it_got() -> None:
+    with pytest.raises(CliError, match=r"SQS refused 1 message\(s\) \(Throttled: slow down\); 13 of 14 sent"):
+        _send(BatchSqs(refuse=2), "queue", ["s"] * 14, lambda index: None)
