@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
 import traceback
 import uuid
@@ -24,9 +23,9 @@ from typing import Any
 
 from rich.markup import escape
 
+from fme_bridge.local.poller import Poller
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.template import Stack, function_events
-from shared import http_session
 
 # How long one receive call waits for messages; bounds how quickly the poller notices a stop.
 _POLL_SECONDS = 1
@@ -136,38 +135,23 @@ def failed_message_ids(response: Any, records: list[dict[str, Any]]) -> set[str]
     return failed
 
 
-class SqsPoller(threading.Thread):
+class SqsPoller(Poller):
     """Polls one queue and invokes one function, until :meth:`stop`."""
 
+    idle_seconds = 0.0  # the receive call waited for messages already (_POLL_SECONDS)
+
     def __init__(self, mapping: SqsMapping, sqs: Any, log: Callable[[str], None] | None = None) -> None:
-        super().__init__(name=f"sqs-{mapping.function.logical_id}", daemon=True)
+        super().__init__(f"sqs-{mapping.function.logical_id}", log)
         self.mapping = mapping
         self.sqs = sqs
-        self.log = log or (lambda _message: None)
         self.region = sqs.meta.region_name
-        self._stopping = threading.Event()
-        self.invocations = 0
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        try:
-            self._poll()
-        finally:  # the handlers' HTTP clients and loop last as long as this thread (shared.http_session)
-            http_session.close()
-
-    def _poll(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                batch = self.collect_batch()
-                if batch:
-                    self.deliver(batch)
-            except Exception as exc:  # the local AWS going away at shutdown, or a hiccup: keep polling
-                if self._stopping.is_set():
-                    return
-                self.log(f"[yellow]{self.name}: {exc}[/yellow]")
-                self._stopping.wait(1)
+    def poll_once(self) -> bool:
+        """One batch, delivered; False when the queue had none."""
+        batch = self.collect_batch()
+        if batch:
+            self.deliver(batch)
+        return bool(batch)
 
     def collect_batch(self) -> list[dict[str, Any]]:
         """Receive until the batch is full or the batching window (from the first message) closes."""

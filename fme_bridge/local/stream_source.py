@@ -15,7 +15,6 @@ Records keep their order; a failing batch holds back the records behind it, as o
 from __future__ import annotations
 
 import json
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,11 +25,10 @@ from typing import Any
 from moto.events.models import EventPattern
 from rich.markup import escape
 
+from fme_bridge.local.poller import Poller
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.template import Stack, function_events
-from shared import http_session
 
-_IDLE_SECONDS = 0.2
 _RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
 
 
@@ -111,8 +109,10 @@ def first_failed_index(response: Any, records: list[dict[str, Any]]) -> int | No
     return min(indexes)
 
 
-class StreamPoller(threading.Thread):
+class StreamPoller(Poller):
     """Reads one table's stream (a single shard locally) and invokes one function, until :meth:`stop`."""
+
+    idle_seconds = 0.2
 
     def __init__(
         self,
@@ -122,26 +122,20 @@ class StreamPoller(threading.Thread):
         sqs: Any,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(name=f"stream-{mapping.function.logical_id}", daemon=True)
+        super().__init__(f"stream-{mapping.function.logical_id}", log)
         self.mapping = mapping
         self.streams = streams
         self.sqs = sqs
-        self.log = log or (lambda _message: None)
         self.stream_arn = dynamodb.describe_table(TableName=mapping.table_name)["Table"]["LatestStreamArn"]
         self._shard_id = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"][
             "Shards"
         ][0]["ShardId"]
-        self._stopping = threading.Event()
         # Taken now, so that LATEST means "written after the stack started", not "after this thread ran".
         self._iterator = self._new_iterator(mapping.starting_position)
         self._pending: list[dict[str, Any]] = []  # read from the stream, not yet checkpointed
         self._attempts = 0
         self._batch_limit = mapping.batch_size
         self._window_opened: float | None = None  # when the oldest pending record was read
-        self.invocations = 0
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     def _new_iterator(self, kind: str, sequence_number: str | None = None) -> str:
         kwargs: dict[str, Any] = {
@@ -152,23 +146,6 @@ class StreamPoller(threading.Thread):
         if sequence_number is not None:
             kwargs["SequenceNumber"] = sequence_number
         return str(self.streams.get_shard_iterator(**kwargs)["ShardIterator"])
-
-    def run(self) -> None:
-        try:
-            self._poll()
-        finally:  # the handlers' HTTP clients and loop last as long as this thread (shared.http_session)
-            http_session.close()
-
-    def _poll(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                if not self.poll_once():
-                    self._stopping.wait(_IDLE_SECONDS)
-            except Exception as exc:  # the local AWS going away at shutdown, or a hiccup: keep polling
-                if self._stopping.is_set():
-                    return
-                self.log(f"[yellow]{self.name}: {exc}[/yellow]")
-                self._stopping.wait(1)
 
     def poll_once(self) -> bool:
         """Read and process what the stream holds; False when there was nothing to do."""
