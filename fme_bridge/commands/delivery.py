@@ -23,7 +23,7 @@ from botocore.config import Config
 from rich.table import Table
 
 from fme_bridge.commands.common import out, stored_parameter, target
-from fme_bridge.commands.dlq import _make_visible, _receive_all
+from fme_bridge.commands.queue_messages import make_visible, peeked, queue_depth, receive_all
 from fme_bridge.target import Target
 from shared import config
 from shared.delivery.delivery_log import ConnectionStatus, DeliveryLog
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 FAILURE_QUEUE = "DeliveryFailureQueue"
 LOG_TABLE = "DeliveryLogTable"
-_PEEK_VISIBILITY_SECONDS = 30
 # Time one message's re-send may take (retries included).
 _REDRIVE_SECONDS_PER_MESSAGE = 30
 
@@ -89,21 +88,13 @@ def _failure_counts(tgt: Target) -> tuple[int, dict[str, int]]:
     """Messages in the failure queue: the total, and per connection among those peeked at."""
     sqs = tgt.client("sqs")
     url = tgt.queue_url(FAILURE_QUEUE)
-    total = int(
-        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"][
-            "ApproximateNumberOfMessages"
-        ]
-    )
+    total = queue_depth(sqs, url)
     per_connection: dict[str, int] = {}
-    messages = _receive_all(sqs, url, min(total, 200), _PEEK_VISIBILITY_SECONDS) if total else []
-    try:
+    with peeked(sqs, url, min(total, 200)) as messages:
         for message in messages:
             attributes = message.get("MessageAttributes") or {}
             connection = (attributes.get("connectionId") or {}).get("StringValue") or "(stream batch)"
             per_connection[connection] = per_connection.get(connection, 0) + 1
-    finally:
-        if messages:
-            _make_visible(sqs, url, messages)
     return total, per_connection
 
 
@@ -212,11 +203,11 @@ def redrive(
     done = kept = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
     while limit is None or done + kept < limit:
-        received = _receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
+        received = receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
         batch = [m for m in received if m["MessageId"] not in seen]
         again = [m for m in received if m["MessageId"] in seen]
         if again:  # kept earlier in this run: leave them for the next one
-            _make_visible(sqs, url, again)
+            make_visible(sqs, url, again)
         if not batch:
             break
         leave_visible = []
@@ -255,7 +246,7 @@ def redrive(
                 verdict,
             )
         if leave_visible:
-            _make_visible(sqs, url, leave_visible)
+            make_visible(sqs, url, leave_visible)
     if done + kept == 0:
         out.print("the failure queue has nothing to re-send" + (f" for {connection}" if connection else ""))
         return

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from fme_bridge.commands.common import out, target
+from fme_bridge.commands.queue_messages import peeked, queue_depth, receive_all
 
 
 class Queue(StrEnum):
@@ -30,8 +31,6 @@ QUEUES = {
     Queue.last_treatments: ("LastTreatmentsDeadLetterQueue", "LastTreatmentsQueue"),
 }
 QueueOption = Annotated[Queue, typer.Option("--queue", help="Which dead-letter queue.")]
-# While `dlq show` looks at messages they are hidden from other readers; it shows them again after.
-_PEEK_VISIBILITY_SECONDS = 30
 
 
 def register(app: typer.Typer) -> None:
@@ -62,36 +61,6 @@ def failure_reason(message: dict[str, Any]) -> str:
     return "retries exhausted (moved by SQS after maxReceiveCount receives; no reason recorded)"
 
 
-def _receive_all(sqs: Any, queue_url: str, limit: int, visibility: int) -> list[dict[str, Any]]:
-    messages: dict[str, dict[str, Any]] = {}
-    while len(messages) < limit:
-        batch = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=min(10, limit - len(messages)),
-            VisibilityTimeout=visibility,
-            WaitTimeSeconds=0,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not batch:
-            break
-        for message in batch:
-            messages.setdefault(message["MessageId"], message)
-    return list(messages.values())
-
-
-def _make_visible(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
-    for start in range(0, len(messages), 10):
-        chunk = messages[start : start + 10]
-        sqs.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                for i, m in enumerate(chunk)
-            ],
-        )
-
-
 def show(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many messages.")] = 50,
@@ -102,8 +71,7 @@ def show(
     tgt = target(ctx)
     sqs = tgt.client("sqs")
     queue_url = tgt.queue_url(QUEUES[queue][0])
-    messages = _receive_all(sqs, queue_url, limit, _PEEK_VISIBILITY_SECONDS)
-    try:
+    with peeked(sqs, queue_url, limit) as messages:
         if as_json:
             out.print_json(
                 json.dumps(
@@ -136,8 +104,6 @@ def show(
                 body if len(body) < 120 else body[:117] + "…",
             )
         out.print(table)
-    finally:
-        _make_visible(sqs, queue_url, messages)
 
 
 def redrive(
@@ -150,11 +116,7 @@ def redrive(
     sqs = tgt.client("sqs")
     dead_letters, source = QUEUES[queue]
     dlq_url, source_url = tgt.queue_url(dead_letters), tgt.queue_url(source)
-    total = int(
-        sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])[
-            "Attributes"
-        ]["ApproximateNumberOfMessages"]
-    )
+    total = queue_depth(sqs, dlq_url)
     wanted = min(total, limit) if limit else total
     moved = 0
     seen: set[str] = set()
@@ -163,7 +125,7 @@ def redrive(
         while moved < wanted:
             batch = [
                 m
-                for m in _receive_all(sqs, dlq_url, min(10, wanted - moved), visibility=60)
+                for m in receive_all(sqs, dlq_url, min(10, wanted - moved), visibility=60)
                 if m["MessageId"] not in seen
             ]
             if not batch:

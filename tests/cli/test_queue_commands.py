@@ -11,6 +11,7 @@ import pytest
 
 from fme_bridge.commands.common import CliError
 from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, _send, envelopes
+from fme_bridge.commands.queue_messages import peeked, queue_depth
 from fme_bridge.template import Stack
 from shared.outbound.dead_letters import send_dead_letters
 from shared.outbound.delivery import DeadLetter
@@ -289,6 +290,25 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
     assert table.exit_code == 0, table.output
     assert "dead-letter queue: 2 message(s)" in table.stdout
     assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 2  # still there, visible again
+
+
+def test_peeked_messages_are_visible_again_even_when_the_look_fails(stack: Stack) -> None:
+    url = stack.queues["ImpressionsDeadLetterQueue"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    for n in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=str(n))
+    assert queue_depth(sqs, url) == 12
+    seen: list[int] = []
+
+    def look() -> None:
+        with peeked(sqs, url, 11) as messages:
+            seen.append(len(messages))
+            raise RuntimeError("the command failed")
+
+    with pytest.raises(RuntimeError, match="the command failed"):
+        look()
+    assert seen == [11]
+    assert sorted(int(m["Body"]) for m in drain(url)) == list(range(12))
 
 
 def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, stack: Stack) -> None:
