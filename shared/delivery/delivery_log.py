@@ -20,12 +20,13 @@ still finds its acknowledgement. The digest keeps user keys out of this table (u
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
+
+from shared import dynamodb
 
 ACK_RETENTION_SECONDS = 15 * 24 * 3600
 DELIVERED = "delivered"
@@ -65,29 +66,16 @@ class DeliveryLog:
 
     def settled(self, ack_ids: Iterable[str]) -> dict[str, str]:
         """``{ack id: state}`` of the events FME already acknowledged or refused."""
-        wanted = list(dict.fromkeys(ack_ids))
-        found: dict[str, str] = {}
-        client = self._table.meta.client
-        name = self._table.name
-        for start in range(0, len(wanted), 100):
-            request: dict[str, Any] = {
-                name: {
-                    "Keys": [{"pk": _ack_pk(a), "sk": _ACK_SK} for a in wanted[start : start + 100]],
-                    "ProjectionExpression": "pk, #s",
-                    "ExpressionAttributeNames": {"#s": "state"},
-                }
-            }
-            for attempt in range(8):
-                answer = client.batch_get_item(RequestItems=request)
-                for item in answer.get("Responses", {}).get(name, []):
-                    found[str(item["pk"]).removeprefix("ack#")] = str(item.get("state"))
-                request = answer.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-            else:
-                raise RuntimeError("delivery log: keys left unprocessed after retries")
-        return found
+        keys = [{"pk": _ack_pk(a), "sk": _ACK_SK} for a in dict.fromkeys(ack_ids)]
+        # The resource's client takes and gives plain values, as the Table resource does.
+        items = dynamodb.batch_get(
+            self._table.meta.client,
+            self._table.name,
+            keys,
+            projection="pk, #s",
+            names={"#s": "state"},
+        )
+        return {str(item["pk"]).removeprefix("ack#"): str(item.get("state")) for item in items}
 
     def record(self, ack_ids: Iterable[str], state: str, at_ms: int, reason: str | None = None) -> None:
         expires = at_ms // 1000 + ACK_RETENTION_SECONDS

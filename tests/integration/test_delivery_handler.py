@@ -430,6 +430,23 @@ def test_delivery_status_is_recorded_per_connection(
     assert status.retrying_since is None
 
 
+def test_the_delivery_log_finds_acknowledgements_beyond_one_batch_get(
+    delivery_env: dict[str, str], stack: Stack
+) -> None:
+    """BatchGetItem takes 100 keys: a stream batch of more events is looked up in several requests."""
+    from shared import aws
+    from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
+
+    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
+    delivered = [f"d{i:03d}" for i in range(180)]
+    log.record(delivered, DELIVERED, 1_764_061_200_000)
+    log.record(["r1"], REFUSED, 1_764_061_200_000, "HTTP 401")
+
+    settled = log.settled([*delivered, "r1", "new", "d000"])
+
+    assert settled == {**dict.fromkeys(delivered, DELIVERED), "r1": REFUSED}
+
+
 def test_a_retried_identity_batch_does_not_save_the_same_version_again(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
