@@ -198,7 +198,8 @@ def redrive(
     streams = tgt.session.client(
         "dynamodbstreams", endpoint_url=tgt.endpoint_url, config=Config(account_id_endpoint_mode="disabled")
     )
-    started = now_ms()  # errors recorded from here on (for messages this run keeps) are not cleared
+    # An error recorded without what it is about (by an earlier version) is cleared only if older.
+    started = now_ms()
     seen: set[str] = set()
     done = kept = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")

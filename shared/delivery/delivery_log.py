@@ -8,9 +8,11 @@ answers, it records the answer. Items:
 - ``pk = ack#{digest of the event's pk and sk}``, ``sk = event``: ``state`` (``delivered`` or
   ``refused``), ``at``, ``reason``, ``expiresAt``;
 - ``pk = connection``, ``sk = {connectionId}``: counters, ``lastDeliveredAt``, ``lastLatencyMs``,
-  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows. The function and
+  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows — and
+  ``lastErrorAbout``, what the last error is about: the failure ids of the failure-queue messages
+  of a refusal, or the stream record the function is retrying. The function and
   ``fme-bridge delivery redrive`` both keep them: what a redrive delivers moves from refused to
-  delivered, and clears the error it was about.
+  delivered, and clears the last error only when the error is about what it delivered.
 
 Acknowledgements expire after :data:`ACK_RETENTION_SECONDS`, longer than a record can stay in the
 stream (24 h) or a message in the failure queue (14 days), so every path that can resend an event
@@ -20,7 +22,7 @@ still finds its acknowledgement. The digest keeps user keys out of this table (u
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +102,13 @@ class DeliveryLog:
         latency_ms: int | None = None,
         retrying_since: int | None = None,
         error: str | None = None,
+        error_about: Collection[str] = (),
         ends_retrying: bool = True,
     ) -> None:
         """Add this batch's counts; ``retrying_since`` set means some records are still being retried.
+
+        ``error_about``: what ``error`` is about (see :meth:`clear_error`); none, nothing a redrive can
+        resolve.
 
         A negative count takes back: refused items a redrive delivers move from refused to delivered.
         ``ends_retrying`` False: what was delivered does not come from the stream (a redrive of refused
@@ -135,6 +141,11 @@ class DeliveryLog:
         if error:
             sets.append("lastError = :error, lastErrorAt = :now")
             values[":error"] = error[:500]
+            if error_about:
+                sets.append("lastErrorAbout = :about")
+                values[":about"] = set(error_about)
+            else:
+                removes.append("lastErrorAbout")
         expression = "SET " + ", ".join(sets)
         if adds:
             expression += " ADD " + ", ".join(adds)
@@ -146,21 +157,45 @@ class DeliveryLog:
             ExpressionAttributeValues=values,
         )
 
-    def clear_error(self, connection_id: str, older_than_ms: int) -> None:
-        """Forget the connection's last error if it is older than ``older_than_ms`` and the function
-        is not retrying records of the connection.
+    def clear_error(self, connection_id: str, resolved: Collection[str], older_than_ms: int) -> None:
+        """Forget what of the connection's last error a redrive resolved: ``resolved`` names what it
+        delivered entirely (failure ids of messages, stream records).
 
-        For a redrive that delivered what the error was about; an error recorded since (by the
-        function, or by the same redrive for a message it kept) stays, and so does the error of
-        records the stream is retrying right now (a rate limit, an outage): it is still live.
+        The error goes once everything it is about is delivered (a refusal split into several
+        messages waits for each), and never while the function is retrying records of the
+        connection (a rate limit, an outage: it is still live). An error about something else (a
+        message still in the queue, or kept by the same redrive) stays. An error recorded without
+        what it is about (by an earlier version) goes if it is older than ``older_than_ms``.
         """
-        # The condition fails when there is no error, a newer one, or retries under way.
+        item = self._table.get_item(Key={"pk": _STATUS_PK, "sk": connection_id}, ConsistentRead=True).get(
+            "Item"
+        )
+        if not item or "lastError" not in item or "retryingSince" in item:
+            return
+        about = {str(a) for a in item.get("lastErrorAbout") or ()}
+        values: dict[str, Any] = {":error": item["lastError"], ":at": item["lastErrorAt"]}
+        # Each condition fails when a newer error was recorded meanwhile, or retries started.
+        condition = "lastError = :error AND lastErrorAt = :at AND attribute_not_exists(retryingSince)"
+        if not about:
+            if int(item["lastErrorAt"]) >= older_than_ms:
+                return
+            update = "REMOVE lastError, lastErrorAt"
+            condition += " AND attribute_not_exists(lastErrorAbout)"
+        else:
+            done = about & set(resolved)
+            if not done:
+                return
+            if done == about:
+                update = "REMOVE lastError, lastErrorAt, lastErrorAbout"
+            else:  # the error stays for the refusal's other messages, still in the queue
+                update = "DELETE lastErrorAbout :done"
+                values[":done"] = done
         with contextlib.suppress(self._table.meta.client.exceptions.ConditionalCheckFailedException):
             self._table.update_item(
                 Key={"pk": _STATUS_PK, "sk": connection_id},
-                UpdateExpression="REMOVE lastError, lastErrorAt",
-                ConditionExpression="lastErrorAt < :before AND attribute_not_exists(retryingSince)",
-                ExpressionAttributeValues={":before": older_than_ms},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
 
     def statuses(self) -> list[ConnectionStatus]:

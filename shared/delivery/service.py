@@ -145,16 +145,28 @@ class _ConnectionTally:
     latency_ms: int | None = None
     retrying_since: int | None = None
     error: str | None = None
+    # What the error is about: the failure ids of the messages that keep refused items, or the
+    # stream record being retried. A redrive clears the error only once it delivered those.
+    error_about: tuple[str, ...] = ()
     # Delivered items came from the stream: the connection is no longer behind (not so for a redrive
     # of refused items).
     ends_retrying: bool = True
-    # A redrive delivered everything of the connection it tried: its last error, if older than this,
-    # is cleared.
-    resolves_errors_before: int | None = None
+    # A redrive delivered everything of the connection it tried: these messages or stream records.
+    # The last error goes if it is about them (DeliveryLog.clear_error).
+    resolved: frozenset[str] | None = None
+    resolved_since: int = 0
 
     def retrying(self, since: int | None) -> None:
         since = since if since is not None else now_ms()
         self.retrying_since = since if self.retrying_since is None else min(self.retrying_since, since)
+
+    def failed(self, reason: str, about: Iterable[str]) -> None:
+        self.error, self.error_about = reason, tuple(about)
+
+
+def record_key(sequence_number: str) -> str:
+    """What an error of a stream record the function retries is about (its sequence number)."""
+    return f"record {sequence_number}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +217,7 @@ class Delivery:
         self,
         records: Sequence[dict[str, Any]],
         deadline: Deadline,
-        resolves_errors_before: int | None = None,
+        redrive_started: int | None = None,
     ) -> DeliveryReport:
         report = DeliveryReport()
         events: list[DynamoDBRecord] = []
@@ -228,10 +240,13 @@ class Delivery:
                 await self._deliver_events(events, client, report, tallies)
             if identities:
                 await self._deliver_identities(identities, client, report, tallies)
-        if resolves_errors_before is not None:
+        if redrive_started is not None:  # a redrive of a stream batch: its records are what it resolves
+            resolved = frozenset(
+                record_key(str(r.get("dynamodb", {}).get("SequenceNumber"))) for r in records
+            )
             for tally in tallies.values():
                 if tally.error is None and tally.retrying_since is None:
-                    tally.resolves_errors_before = resolves_errors_before
+                    tally.resolved, tally.resolved_since = resolved, redrive_started
         self._update_statuses(tallies)
         return report
 
@@ -251,14 +266,17 @@ class Delivery:
                 resolved[connection_id] = None
         return resolved
 
-    def _refuse(self, refusal: Refusal, sequence_numbers: Iterable[str], report: DeliveryReport) -> bool:
-        """Keep refused items in the failure queue; False (records retried) when SQS fails."""
+    def _refuse(
+        self, refusal: Refusal, sequence_numbers: Iterable[str], report: DeliveryReport
+    ) -> list[str] | None:
+        """Keep refused items in the failure queue: the messages' failure ids, or None (records
+        retried) when SQS fails."""
         try:
-            self.failures.send(refusal, self._clock())
+            failure_ids = self.failures.send(refusal, self._clock())
         except Exception:
             logger.exception("failure queue unavailable", connection_id=refusal.connection_id)
             report.retry.update(sequence_numbers)
-            return False
+            return None
         logger.warning(
             "FME refused items",
             connection_id=refusal.connection_id,
@@ -266,7 +284,7 @@ class Delivery:
             count=len(refusal.items),
             reason=refusal.reason,
         )
-        return True
+        return failure_ids
 
     def _update_statuses(self, tallies: dict[str, _ConnectionTally]) -> None:
         now = self._clock()
@@ -283,10 +301,11 @@ class Delivery:
                     latency_ms=tally.latency_ms,
                     retrying_since=tally.retrying_since,
                     error=tally.error,
+                    error_about=tally.error_about,
                     ends_retrying=tally.ends_retrying,
                 )
-                if tally.error is None and tally.resolves_errors_before is not None:
-                    self.log.clear_error(connection_id, tally.resolves_errors_before)
+                if tally.error is None and tally.resolved is not None:
+                    self.log.clear_error(connection_id, tally.resolved, tally.resolved_since)
             except Exception:  # the status is for operators; delivery itself already happened
                 logger.exception("could not update delivery status", connection_id=connection_id)
 
@@ -387,7 +406,7 @@ class Delivery:
             report.retry.add(item.sequence_number)
             report.asked_to_wait(o.wait_s)
             tally.retrying(item.received_at)
-            tally.error = o.reason
+            tally.failed(o.reason, [record_key(item.sequence_number)])
         report.count("EventsRetrying", len(transient))
 
         for (reason, status), group in refused.items():
@@ -398,7 +417,8 @@ class Delivery:
                 status=status,
                 items=[{"ackId": item.ack_id, "event": item.event.model_dump()} for item in group],
             )
-            if not self._refuse(refusal, (item.sequence_number for item in group), report):
+            failure_ids = self._refuse(refusal, (item.sequence_number for item in group), report)
+            if failure_ids is None:
                 continue
             try:
                 self.log.record([item.ack_id for item in group], REFUSED, now, reason)
@@ -406,7 +426,7 @@ class Delivery:
                 logger.exception("could not record refused events", count=len(group))
             report.count("EventsRefused", len(group))
             tally.events_refused += len(group)
-            tally.error = reason
+            tally.failed(reason, failure_ids)
 
     def _refuse_malformed(self, record: DynamoDBRecord, reason: str, report: DeliveryReport) -> None:
         stream = record.dynamodb
@@ -414,7 +434,7 @@ class Delivery:
         connection_id = str(image.get("connectionId") or "unknown")
         sequence = stream.sequence_number if stream is not None and stream.sequence_number else ""
         refusal = Refusal("events", connection_id, f"malformed item: {reason}", None, [{"item": image}])
-        if self._refuse(refusal, [sequence] if sequence else [], report):
+        if self._refuse(refusal, [sequence] if sequence else [], report) is not None:
             report.count("EventsRefused")
 
     # -- identities -------------------------------------------------------------------------------
@@ -513,7 +533,7 @@ class Delivery:
                     report.retry.update(sequences[change.identity_key])
                     report.asked_to_wait(o.wait_s)
                     tally.retrying(change.updated_at)
-                    tally.error = o.reason
+                    tally.failed(o.reason, [record_key(change.sequence_number)])
                 else:
                     refused[(o.reason, o.status)].append(change)
             for (reason, status), group in refused.items():
@@ -533,14 +553,15 @@ class Delivery:
                     ],
                 )
                 sequence_numbers = [s for c in group for s in sequences[c.identity_key]]
-                if self._refuse(refusal, sequence_numbers, report):
+                failure_ids = self._refuse(refusal, sequence_numbers, report)
+                if failure_ids is not None:
                     try:
                         self.log.record([c.ack_id for c in group], REFUSED, self._clock(), reason)
                     except Exception:  # the failure queue has them; a retry would only add a second message
                         logger.exception("could not record refused identities", count=len(group))
                     report.count("IdentitiesRefused", len(group))
                     tally.identities_refused += len(group)
-                    tally.error = reason
+                    tally.failed(reason, failure_ids)
 
     # -- redrive ----------------------------------------------------------------------------------
 
@@ -555,9 +576,10 @@ class Delivery:
 
         What FME now accepts is recorded in the connection's status like the function's deliveries
         (refused items move to delivered). A message delivered entirely clears the connection's last
-        error if it is older than ``started_at`` (when the redrive run started; now by default), so
-        an error recorded since, for a message kept by the same run, stays; a kept message records
-        why as the last error.
+        error if the error is about that message (its failure id; for a stream batch, its records):
+        an error about another message, still in the queue or kept by the same run, stays. A kept
+        message records why as the last error, about itself. ``started_at`` (when the redrive run
+        started; now by default) bounds what an error recorded without what it is about may clear.
         """
         started = started_at if started_at is not None else self._clock()
         if "DDBStreamBatchInfo" in body:
@@ -588,10 +610,12 @@ class Delivery:
             tally.events_delivered, tally.events_refused = result.resent, -result.resent
         else:
             tally.identities_delivered, tally.identities_refused = result.resent, -result.resent
+        # Messages written before they carried a failure id resolve only errors recorded without one.
+        about = [str(body["failureId"])] if body.get("failureId") else []
         if result.done:
-            tally.resolves_errors_before = started
+            tally.resolved, tally.resolved_since = frozenset(about), started
         else:
-            tally.error = "; ".join(result.problems)
+            tally.failed("; ".join(result.problems), about)
         self._update_statuses({connection_id: tally})
         return result
 
@@ -691,7 +715,7 @@ class Delivery:
                 iterator = page.get("NextShardIterator")
         except Exception as exc:  # trimmed (older than 24 h), or the stream is gone
             return RedriveResult(problems=[f"the batch can no longer be read from the stream: {exc}"])
-        report = await self._deliver(records, deadline, resolves_errors_before=started)
+        report = await self._deliver(records, deadline, redrive_started=started)
         delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
         problems = [f"{len(report.retry)} record(s) still failing"] if report.retry else []
         return RedriveResult(

@@ -156,6 +156,24 @@ def test_a_redrive_leaves_the_error_of_records_the_stream_is_retrying(
     assert "HTTP 429" in status["lastError"]  # still live: u2 waits for the stream's retry
 
 
+def test_a_redrive_leaves_the_error_of_a_message_it_did_not_deliver(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["EventsTable"]
+    sink.fail_next(1, 401)
+    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)  # message A
+    invoke(stream_event(stream_record(table, event_item("x" * 251))), lambda_context)  # message B
+    assert "key is longer than 250" in connection_status()["lastError"]
+
+    assert cli("delivery", "redrive", "--limit", "1").exit_code == 0  # A delivered, B not tried
+
+    status = connection_status()
+    assert (status["eventsDelivered"], status["eventsRefused"]) == (1, 1)
+    assert "key is longer than 250" in status["lastError"]  # about B, which still waits
+    assert status["failureMessages"] == 1
+
+
 def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:

@@ -447,6 +447,35 @@ def test_the_delivery_log_finds_acknowledgements_beyond_one_batch_get(
     assert settled == {**dict.fromkeys(delivered, DELIVERED), "r1": REFUSED}
 
 
+def test_a_redrive_clears_the_last_error_once_it_delivered_all_the_error_is_about(
+    delivery_env: dict[str, str], stack: Stack
+) -> None:
+    from shared import aws
+    from shared.delivery.delivery_log import DeliveryLog
+
+    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
+
+    def last_error() -> str | None:
+        [status] = log.statuses()
+        return status.last_error
+
+    # A refusal split into two messages.
+    log.update_status("webshop", 1_000, events_refused=2, error="HTTP 400: bad", error_about=["f.1", "f.2"])
+    log.clear_error("webshop", {"g.1"}, older_than_ms=5_000)  # another message
+    assert last_error() == "HTTP 400: bad"
+    log.clear_error("webshop", {"f.1"}, older_than_ms=5_000)
+    assert last_error() == "HTTP 400: bad"  # f.2 still waits
+    log.clear_error("webshop", {"f.2"}, older_than_ms=5_000)
+    assert last_error() is None
+
+    # As an earlier version recorded it: without what it is about, it goes if older than the redrive.
+    log.update_status("webshop", 6_000, error="HTTP 401")
+    log.clear_error("webshop", {"h.1"}, older_than_ms=6_000)
+    assert last_error() == "HTTP 401"
+    log.clear_error("webshop", set(), older_than_ms=6_001)
+    assert last_error() is None
+
+
 def test_a_retried_identity_batch_does_not_save_the_same_version_again(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:

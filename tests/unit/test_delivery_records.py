@@ -153,7 +153,9 @@ def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() ->
     items = [
         {"ackId": str(i), "event": {"key": f"u{i}", "properties": {"pad": "x" * 30_000}}} for i in range(20)
     ]
-    bodies = messages(Refusal("events", "webshop", "HTTP 400: bad", 400, items), failed_at=1)
+    refusal = Refusal("events", "webshop", "HTTP 400: bad", 400, items)
+    pairs = messages(refusal, failed_at=1)
+    bodies = [body for _, body in pairs]
     assert len(bodies) > 1
     assert all(len(b.encode()) <= MAX_MESSAGE_BYTES for b in bodies)
     import json
@@ -163,3 +165,6 @@ def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() ->
     assert {(d["kind"], d["connectionId"], d["reason"], d["status"]) for d in decoded} == {
         ("events", "webshop", "HTTP 400: bad", 400)
     }
+    # Each message has its own failure id, as its body says.
+    assert [d["failureId"] for d in decoded] == [failure_id for failure_id, _ in pairs]
+    assert len({failure_id for failure_id, _ in pairs}) == len(pairs)
