@@ -52,7 +52,11 @@ def test_dead_letters_are_visible() -> None:
     env = function()["Environment"]["Variables"]
     assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "ImpressionsDeadLetterQueue"}
     alarm = resources()["ImpressionsDeadLetterAlarm"]["Properties"]
-    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "QueueName"]}
+    # Each metric of the alarm's expression is the DLQ's (test_template_resources checks the rest).
+    for query in alarm["Metrics"]:
+        if "MetricStat" in query:
+            [dimension] = query["MetricStat"]["Metric"]["Dimensions"]
+            assert dimension["Value"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "QueueName"]}
     assert alarm["Threshold"] == 1
 
 

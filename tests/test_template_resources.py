@@ -66,13 +66,20 @@ def test_tracing_is_opt_in() -> None:
     assert active.resolve(disabled) == "false"
 
 
-def _failure_queues(resources: dict[str, Any]) -> set[str]:
-    """Queues that failures land in: SQS dead-letter targets and the stream sources' on-failure queues."""
+def _dead_letter_targets(resources: dict[str, Any]) -> set[str]:
+    """Queues SQS moves messages into after maxReceiveCount (a source queue's RedrivePolicy)."""
     found = set()
     for resource in resources.values():
         redrive = resource.get("Properties", {}).get("RedrivePolicy")
         if redrive:
             found.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+    return found
+
+
+def _failure_queues(resources: dict[str, Any]) -> set[str]:
+    """Queues that failures land in: SQS dead-letter targets and the stream sources' on-failure queues."""
+    found = _dead_letter_targets(resources)
+    for resource in resources.values():
         for source in resource.get("Properties", {}).get("Events", {}).values():
             on_failure = source.get("Properties", {}).get("DestinationConfig", {}).get("OnFailure")
             if on_failure:
@@ -80,25 +87,59 @@ def _failure_queues(resources: dict[str, Any]) -> set[str]:
     return found
 
 
-def test_every_queue_that_failures_land_in_has_an_alarm() -> None:
+def _alarm_metrics(props: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """``{id: (queue, metric name, statistic)}`` of an alarm on one metric or on a math expression."""
+    if "Metrics" not in props:
+        [dimension] = props["Dimensions"]
+        assert props["Namespace"] == "AWS/SQS"
+        queue = dimension["Value"]["Fn::GetAtt"][0]
+        return {"": (queue, props["MetricName"], props["Statistic"])}
+    found = {}
+    for query in props["Metrics"]:
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            assert metric["Namespace"] == "AWS/SQS"
+            [dimension] = metric["Dimensions"]
+            queue = dimension["Value"]["Fn::GetAtt"][0]
+            found[query["Id"]] = (queue, metric["MetricName"], query["MetricStat"]["Stat"])
+    return found
+
+
+def test_every_queue_that_failures_land_in_has_an_alarm_that_each_new_failure_sets_off() -> None:
+    """An alarm notifies when it goes into ALARM. On the count of messages waiting, it would stay
+    there while one waits, and the failures after it would not notify; on the messages that arrived
+    in the period, it goes back to OK after a quiet period, and each new failure notifies again."""
     resources = load_template()["Resources"]
     failure_queues = _failure_queues(resources)
+    moved_into = _dead_letter_targets(resources)
     assert {
         "ImpressionsDeadLetterQueue",
         "LastTreatmentsDeadLetterQueue",
         "DeliveryFailureQueue",
         "AudiencesDeadLetterQueue",
     } <= failure_queues
+    assert {"ImpressionsDeadLetterQueue", "LastTreatmentsDeadLetterQueue"} <= moved_into
     alarmed = {}
     for name, resource in resources.items():
         if resource["Type"] != "AWS::CloudWatch::Alarm":
             continue
         props = resource["Properties"]
-        [dimension] = props["Dimensions"]
-        alarmed[dimension["Value"]["Fn::GetAtt"][0]] = name
-        # Fires on the first message, and an empty queue (no data points) is not an alarm.
-        assert (props["Namespace"], props["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+        metrics = _alarm_metrics(props)
+        [queue] = {queue for queue, _, _ in metrics.values()}
+        alarmed[queue] = name
+        # NumberOfMessagesSent counts SendMessage calls: the functions' own and Lambda's on-failure
+        # records. It does not count what SQS moves into a dead-letter queue after maxReceiveCount.
+        assert (queue, "NumberOfMessagesSent", "Sum") in metrics.values(), name
+        if queue in moved_into:
+            [expression] = [q["Expression"] for q in props["Metrics"] if q.get("ReturnData")]
+            [visible] = [i for i, m in metrics.items() if m[1] == "ApproximateNumberOfMessagesVisible"]
+            assert metrics[visible][2] == "Maximum"
+            assert f"DIFF(FILL(FILL({visible}, REPEAT), 0)) > 0" in expression, name  # the count rose
+        else:
+            assert set(metrics) == {""}, name  # the metric alone
+        # Fires on the first message of a period; no data points (an idle queue) is not an alarm.
         assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert props["EvaluationPeriods"] == 1
         assert props["TreatMissingData"] == "notBreaching"
         # Someone is told when AlarmTopicArn is given.
         assert props["AlarmActions"] == {
