@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -28,6 +29,7 @@ from fme_bridge.target import Target
 from shared import config
 from shared.delivery.delivery_log import ConnectionStatus, DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
+from shared.delivery.records import held_back, read_stream_batch
 from shared.http_retry import Deadline
 
 if TYPE_CHECKING:
@@ -61,9 +63,16 @@ def _ago(ms: int | None, now_ms: int) -> str:
     return f"{seconds // 3600}h ago"
 
 
-def lag(status: ConnectionStatus, now_ms: int) -> str:
-    """How far behind delivery is: since when records have been retried, else the last latency."""
+def lag(status: ConnectionStatus, now_ms: int, given_up_until: int | None = None) -> str:
+    """How far behind delivery is: since when records have been retried, else the last latency.
+
+    ``given_up_until``: the latest record of the connection in the stream batches Lambda gave up
+    on (in the failure queue). Records it was behind on that are among them are no longer retried:
+    they wait for ``redrive``.
+    """
     if status.retrying_since is not None:
+        if given_up_until is not None and status.retrying_since <= given_up_until:
+            return "given up, in the failure queue"
         return f"behind since {_ago(status.retrying_since, now_ms)}"
     if status.last_latency_ms is not None:
         return f"up to date ({status.last_latency_ms / 1000:.1f}s latency)"
@@ -75,27 +84,69 @@ def _camel(name: str) -> str:
     return first + "".join(part.capitalize() for part in rest)
 
 
-def _status_json(status: ConnectionStatus, now_ms: int, failure_messages: int) -> dict[str, Any]:
+def _status_json(status: ConnectionStatus, now_ms: int, failures: FailureCounts) -> dict[str, Any]:
     """One connection in ``status --json``: camelCase keys, as in the delivery log and the other commands."""
     return {
         **{_camel(name): value for name, value in vars(status).items()},
-        "lag": lag(status, now_ms),
-        "failureMessages": failure_messages,
+        "lag": lag(status, now_ms, failures.given_up_until.get(status.connection_id)),
+        "failureMessages": failures.per_connection.get(status.connection_id, 0),
     }
 
 
-def _failure_counts(tgt: Target) -> tuple[int, dict[str, int]]:
-    """Messages in the failure queue: the total, and per connection among those peeked at."""
+def _streams(tgt: Target) -> Any:
+    # Regional endpoint: DynamoDB's account-based endpoints do not serve the Streams API.
+    return tgt.session.client(
+        "dynamodbstreams", endpoint_url=tgt.endpoint_url, config=Config(account_id_endpoint_mode="disabled")
+    )
+
+
+@dataclass
+class FailureCounts:
+    """Messages in the failure queue: the total, and per connection among those peeked at (a stream
+    batch Lambda gave up on counts for each connection among its records, read again from the
+    stream; ``(stream batch)`` once the stream no longer holds them), with the latest record of each
+    connection in those batches."""
+
+    total: int = 0
+    per_connection: dict[str, int] = field(default_factory=dict)
+    given_up_until: dict[str, int] = field(default_factory=dict)
+
+    def add(self, connection_id: str) -> None:
+        self.per_connection[connection_id] = self.per_connection.get(connection_id, 0) + 1
+
+    def add_stream_batch(self, records: list[dict[str, Any]]) -> None:
+        latest: dict[str, int] = {}
+        for record in records:
+            held = held_back(record)
+            if held is not None:
+                latest[held[0]] = max(latest.get(held[0], held[1]), held[1])
+        for connection_id, at in latest.items():
+            self.add(connection_id)
+            self.given_up_until[connection_id] = max(self.given_up_until.get(connection_id, at), at)
+        if not latest:
+            self.add("(stream batch)")
+
+
+def _failure_counts(tgt: Target) -> FailureCounts:
+    """What waits in the failure queue (:class:`FailureCounts`)."""
     sqs = tgt.client("sqs")
     url = tgt.queue_url(FAILURE_QUEUE)
     total = queue_depth(sqs, url)
-    per_connection: dict[str, int] = {}
+    counts = FailureCounts(total)
     with peeked(sqs, url, min(total, 200)) as messages:
         for message in messages:
             attributes = message.get("MessageAttributes") or {}
-            connection = (attributes.get("connectionId") or {}).get("StringValue") or "(stream batch)"
-            per_connection[connection] = per_connection.get(connection, 0) + 1
-    return total, per_connection
+            connection = (attributes.get("connectionId") or {}).get("StringValue")
+            if connection:
+                counts.add(connection)
+                continue
+            try:
+                info = json.loads(message["Body"])["DDBStreamBatchInfo"]
+                records = read_stream_batch(_streams(tgt), info)
+            except Exception:  # not a stream batch, or the stream no longer holds it (24 h)
+                records = []
+            counts.add_stream_batch(records)
+    return counts
 
 
 def status(
@@ -105,15 +156,14 @@ def status(
     """Per connection: delivered, refused, lag, last error, and messages in the failure queue."""
     tgt = target(ctx)
     statuses = DeliveryLog(tgt.table(LOG_TABLE)).statuses()
-    total, failures = _failure_counts(tgt)
+    counts = _failure_counts(tgt)
+    total, failures = counts.total, counts.per_connection
     now_ms = int(time.time() * 1000)
     if as_json:
         out.print_json(
             json.dumps(
                 {
-                    "connections": [
-                        _status_json(s, now_ms, failures.get(s.connection_id, 0)) for s in statuses
-                    ],
+                    "connections": [_status_json(s, now_ms, counts) for s in statuses],
                     "failureQueueMessages": total,
                 }
             )
@@ -138,7 +188,7 @@ def status(
             f"{s.identities_delivered} / {s.identities_refused}",
             str(s.skipped),
             _ago(s.last_delivered_at, now_ms),
-            lag(s, now_ms),
+            lag(s, now_ms, counts.given_up_until.get(s.connection_id)),
             str(failures.get(s.connection_id, 0)),
             f"{s.last_error} ({_ago(s.last_error_at, now_ms)})" if s.last_error else "",
         )
@@ -194,10 +244,7 @@ def redrive(
         failures=FailureQueue(sqs, url),
         resolve=_resolver(tgt),
     )
-    # Regional endpoint: DynamoDB's account-based endpoints do not serve the Streams API.
-    streams = tgt.session.client(
-        "dynamodbstreams", endpoint_url=tgt.endpoint_url, config=Config(account_id_endpoint_mode="disabled")
-    )
+    streams = _streams(tgt)
     # An error recorded without what it is about (by an earlier version) is cleared only if older.
     started = now_ms()
     seen: set[str] = set()

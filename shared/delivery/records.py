@@ -189,3 +189,37 @@ def identity_change(record: DynamoDBRecord) -> IdentityChange | None:
         identity=FmeIdentity(key=_text(new, "key"), values=current.values),
         dropped_attributes=current.dropped,
     )
+
+
+def read_stream_batch(streams: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of a stream batch Lambda gave up on, read again from the stream (a
+    ``dynamodbstreams`` client; ``info``: the on-failure record's ``DDBStreamBatchInfo``), shaped as
+    Lambda delivers them. Raises when the stream no longer holds them (24 h) or is gone."""
+    arn, end = str(info["streamArn"]), int(info["endSequenceNumber"])
+    iterator = streams.get_shard_iterator(
+        StreamArn=arn,
+        ShardId=info["shardId"],
+        ShardIteratorType="AT_SEQUENCE_NUMBER",
+        SequenceNumber=info["startSequenceNumber"],
+    )["ShardIterator"]
+    records: list[dict[str, Any]] = []
+    while iterator:
+        page = streams.get_records(ShardIterator=iterator, Limit=1000)
+        batch = [r for r in page.get("Records", []) if int(r["dynamodb"]["SequenceNumber"]) <= end]
+        records.extend({**r, "eventSourceARN": arn} for r in batch)
+        if not page.get("Records") or len(batch) < len(page["Records"]):
+            break
+        iterator = page.get("NextShardIterator")
+    return records
+
+
+def held_back(record: dict[str, Any]) -> tuple[str, int] | None:
+    """The connection of a stream record (events or identities table) and the time its status
+    counts it behind from (``receivedAt`` of an event, ``updatedAt`` of an identity); None if the
+    record has neither."""
+    image = DynamoDBRecord(record).dynamodb
+    item = plain(image.new_image) if image is not None and image.new_image else {}
+    connection_id, at = item.get("connectionId"), item.get("receivedAt", item.get("updatedAt"))
+    if not isinstance(connection_id, str) or not isinstance(at, int) or isinstance(at, bool):
+        return None
+    return connection_id, at

@@ -46,6 +46,7 @@ from shared.delivery.records import (
     ack_id,
     identity_change,
     plain,
+    read_stream_batch,
     stored_event,
     table_of,
 )
@@ -697,22 +698,8 @@ class Delivery:
         """Lambda gave a stream batch up: read its records again and deliver them (24 h stream retention)."""
         if streams is None:
             return RedriveResult(problems=["no DynamoDB Streams client to read the batch from"])
-        arn, end = str(info["streamArn"]), int(info["endSequenceNumber"])
         try:
-            iterator = streams.get_shard_iterator(
-                StreamArn=arn,
-                ShardId=info["shardId"],
-                ShardIteratorType="AT_SEQUENCE_NUMBER",
-                SequenceNumber=info["startSequenceNumber"],
-            )["ShardIterator"]
-            records: list[dict[str, Any]] = []
-            while iterator:
-                page = streams.get_records(ShardIterator=iterator, Limit=1000)
-                batch = [r for r in page.get("Records", []) if int(r["dynamodb"]["SequenceNumber"]) <= end]
-                records.extend({**r, "eventSourceARN": arn} for r in batch)
-                if not page.get("Records") or len(batch) < len(page["Records"]):
-                    break
-                iterator = page.get("NextShardIterator")
+            records = read_stream_batch(streams, info)
         except Exception as exc:  # trimmed (older than 24 h), or the stream is gone
             return RedriveResult(problems=[f"the batch can no longer be read from the stream: {exc}"])
         report = await self._deliver(records, deadline, redrive_started=started)

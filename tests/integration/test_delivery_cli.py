@@ -262,13 +262,12 @@ def test_identities_refused_for_two_connections_in_messages_without_ack_ids_are_
     assert failure_messages(stack) == []
 
 
-def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
-    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
-) -> None:
-    connect(sink)
+def give_up_on(stack: Stack, item: dict[str, Any]) -> None:
+    """Store ``item`` in the events table, and send what Lambda sends to the on-failure destination
+    when the stream batch holding it exhausts its retries."""
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     table = stack.tables["EventsTable"]
-    ddb.put_item(TableName=table, Item=dynamodb_json(event_item("u7")))
+    ddb.put_item(TableName=table, Item=dynamodb_json(item))
     arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
     streams = boto3.client(
         "dynamodbstreams", region_name="us-east-1", config=Config(account_id_endpoint_mode="disabled")
@@ -277,9 +276,9 @@ def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
     iterator = streams.get_shard_iterator(
         StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
     )
-    [record] = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
-    sequence = record["dynamodb"]["SequenceNumber"]
-    # What Lambda sends to the on-failure destination when a batch exhausts its retries.
+    sequence = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"][-1]["dynamodb"][
+        "SequenceNumber"
+    ]
     boto3.client("sqs", region_name="us-east-1").send_message(
         QueueUrl=stack.queues["DeliveryFailureQueue"],
         MessageBody=json.dumps(
@@ -301,11 +300,43 @@ def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
         ),
     )
 
+
+def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    give_up_on(stack, event_item("u7"))
+
     result = cli("delivery", "redrive")
 
     assert result.exit_code == 0, result.output
     assert [e.event["key"] for e in sink.events] == ["u7"]
     assert failure_messages(stack) == []
+
+
+def test_status_shows_a_stream_batch_lambda_gave_up_on_as_failed_for_its_connection(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    connect(sink, connection_id="app")
+    item = event_item("u7")
+    sink.fail_next(1000, 502)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], item)), lambda_context, seconds=1.8)
+    assert connection_status()["lag"].startswith("behind since")
+    # Newer records of another connection the stream is still retrying.
+    later = event_item("u8", connection_id="app", received_at=item["receivedAt"] + 60_000)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], later)), lambda_context, seconds=1.8)
+
+    give_up_on(stack, item)  # the stream's retries of u7 ran out
+
+    status = connection_status()
+    assert status["lag"] == "given up, in the failure queue"
+    assert status["failureMessages"] == 1
+    assert connection_status("app")["lag"].startswith("behind since")
+    assert connection_status("app")["failureMessages"] == 0
+    table = cli("delivery", "status").output
+    assert "given" in table  # the lag column, wrapped
+    assert "(stream batch)" not in table
 
 
 def test_redrive_with_an_empty_queue_says_so(
