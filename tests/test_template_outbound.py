@@ -51,13 +51,12 @@ def test_queue_visibility_is_at_least_six_times_the_timeout_and_redrives_to_the_
 def test_dead_letters_are_visible() -> None:
     env = function()["Environment"]["Variables"]
     assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "ImpressionsDeadLetterQueue"}
-    alarm = resources()["ImpressionsDeadLetterAlarm"]["Properties"]
-    # Each metric of the alarm's expression is the DLQ's (test_template_resources checks the rest).
-    for query in alarm["Metrics"]:
-        if "MetricStat" in query:
-            [dimension] = query["MetricStat"]["Metric"]["Dimensions"]
-            assert dimension["Value"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "QueueName"]}
-    assert alarm["Threshold"] == 1
+    # Both alarms watch the DLQ (test_template_resources checks the rest).
+    for name in ("ImpressionsDeadLetterAlarm", "ImpressionsDeadLetterWaitingAlarm"):
+        alarm = resources()[name]["Properties"]
+        [dimension] = alarm["Dimensions"]
+        assert dimension["Value"] == {"Fn::GetAtt": ["ImpressionsDeadLetterQueue", "QueueName"]}
+        assert alarm["Threshold"] == 1
 
 
 def test_least_privilege() -> None:
