@@ -508,16 +508,7 @@ def update(index: int, timestamp: int, **attributes: Any) -> IdentityUpdate:
 
 def untimed(index: int, message_id: str, received: int, **attributes: Any) -> IdentityUpdate:
     """An update of a message that carries no time: stamped with its time of receipt."""
-    return IdentityUpdate(
-        index=index,
-        environment="Production",
-        trafficTypeName="user",
-        key="u1",
-        attributes=attributes,
-        timestamp=received,
-        messageId=message_id,
-        untimed=True,
-    )
+    return update(index, received, **attributes).model_copy(update={"messageId": message_id, "untimed": True})
 
 
 def test_merge_into_nothing_creates_the_identity() -> None:
