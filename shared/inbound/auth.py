@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -64,18 +65,23 @@ def presented_tokens(headers: Mapping[str, str]) -> list[bytes]:
 
 
 def signed_payloads(body: bytes) -> list[bytes]:
-    """What an X-Signature may have been computed over: the body (also compact, when it is a small
-    object), or an array body's first element."""
+    """What an X-Signature may have been computed over: the body, or an array body's first element."""
     payloads = [body]
     first = first_element_text(body)
     if first is not None:
         payloads.append(first)
         with contextlib.suppress(ValueError, RecursionError):
             payloads.append(compact_json(json.loads(first)))
-    elif len(body) <= RESERIALIZED_BODY_BYTES and body.lstrip().startswith(b"{"):
-        with contextlib.suppress(ValueError, RecursionError):
-            payloads.append(compact_json(json.loads(body)))
     return payloads
+
+
+def compact_body(body: bytes) -> bytes | None:
+    """A small object body as ``JSON.stringify`` writes it, or None."""
+    if len(body) > RESERIALIZED_BODY_BYTES or not body.lstrip().startswith(b"{"):
+        return None
+    with contextlib.suppress(ValueError, RecursionError):
+        return compact_json(json.loads(body))
+    return None
 
 
 class Credentials:
@@ -86,6 +92,7 @@ class Credentials:
         signature = (headers.get("x-signature") or "").strip().lower()
         self.signature = signature.encode() if signature else b""
         self.payloads = signed_payloads(body) if self.signature else []
+        self._body = body
 
     @property
     def present(self) -> bool:
@@ -99,9 +106,21 @@ class Credentials:
         for token in self.tokens:
             matched |= hmac.compare_digest(token, key)
         for payload in self.payloads:
-            digest = hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
-            matched |= hmac.compare_digest(digest, self.signature)
+            matched |= self._signs(key, payload)
+        if self.signature and not matched:
+            # Only then is the body parsed again: a signature over the body as sent is the rule.
+            compact = self._compact_body
+            if compact is not None:
+                matched = self._signs(key, compact)
         return matched
+
+    def _signs(self, key: bytes, payload: bytes) -> bool:
+        digest = hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
+        return hmac.compare_digest(digest, self.signature)
+
+    @functools.cached_property
+    def _compact_body(self) -> bytes | None:
+        return compact_body(self._body)
 
 
 def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) -> None:

@@ -212,7 +212,6 @@ def test_a_stack_without_last_treatments_sends_the_track_calls_and_forwards_noth
         stack.queues["LastTreatmentsQueue"], "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue"
     )
     assert queue["Records"] == []
-    assert stored_treatments() == {}
 
 
 HISTORY = st.lists(
