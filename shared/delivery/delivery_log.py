@@ -35,6 +35,12 @@ DELIVERED = "delivered"
 REFUSED = "refused"
 _ACK_SK = "event"
 _STATUS_PK = "connection"
+_RECORD = "record "
+
+
+def record_key(sequence_number: str) -> str:
+    """What an error of a stream record the function retries is about (its sequence number)."""
+    return f"{_RECORD}{sequence_number}"
 
 
 def _ack_pk(ack_id: str) -> str:
@@ -112,7 +118,9 @@ class DeliveryLog:
 
         A negative count takes back: refused items a redrive delivers move from refused to delivered.
         ``ends_retrying`` False: what was delivered does not come from the stream (a redrive of refused
-        items), so it says nothing about records the stream is retrying.
+        items), so it says nothing about records the stream is retrying. Otherwise, delivering with
+        nothing left to retry ends the retries, and with them a last error about stream records only
+        (a rate limit, an outage): the stream delivered what it retried.
         """
         sets = ["updatedAt = :now"]
         values: dict[str, Any] = {":now": now_ms}
@@ -136,7 +144,8 @@ class DeliveryLog:
         if retrying_since is not None:
             sets.append("retryingSince = if_not_exists(retryingSince, :since)")
             values[":since"] = retrying_since
-        elif ends_retrying and (events_delivered or identities_delivered):
+        ends = retrying_since is None and ends_retrying and bool(events_delivered or identities_delivered)
+        if ends:
             removes.append("retryingSince")
         if error:
             sets.append("lastError = :error, lastErrorAt = :now")
@@ -151,11 +160,31 @@ class DeliveryLog:
             expression += " ADD " + ", ".join(adds)
         if removes:
             expression += " REMOVE " + ", ".join(removes)
-        self._table.update_item(
+        item = self._table.update_item(
             Key={"pk": _STATUS_PK, "sk": connection_id},
             UpdateExpression=expression,
             ExpressionAttributeValues=values,
-        )
+            ReturnValues="ALL_NEW" if ends and not error else "NONE",
+        ).get("Attributes")
+        if item:
+            self._clear_retried_error(connection_id, item)
+
+    def _clear_retried_error(self, connection_id: str, item: dict[str, Any]) -> None:
+        """Retries ended: forget a last error about stream records only, unless a newer one came since."""
+        about = {str(a) for a in item.get("lastErrorAbout") or ()}
+        if "lastError" not in item or "retryingSince" in item:
+            return
+        if not about or not all(a.startswith(_RECORD) for a in about):
+            return
+        with contextlib.suppress(self._table.meta.client.exceptions.ConditionalCheckFailedException):
+            self._table.update_item(
+                Key={"pk": _STATUS_PK, "sk": connection_id},
+                UpdateExpression="REMOVE lastError, lastErrorAt, lastErrorAbout",
+                ConditionExpression=(
+                    "lastError = :error AND lastErrorAt = :at AND attribute_not_exists(retryingSince)"
+                ),
+                ExpressionAttributeValues={":error": item["lastError"], ":at": item["lastErrorAt"]},
+            )
 
     def clear_error(self, connection_id: str, resolved: Collection[str], older_than_ms: int) -> None:
         """Forget what of the connection's last error a redrive resolved: ``resolved`` names what it

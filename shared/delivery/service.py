@@ -36,7 +36,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from shared import config, http_session
 from shared.config import DeliveryConfig, FmeKeys
-from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
+from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog, record_key
 from shared.delivery.failure_queue import FailureQueue, Refusal
 from shared.delivery.fme_client import FmeClient, FmeEvent, FmeIdentity, ItemOutcome
 from shared.delivery.records import (
@@ -163,11 +163,6 @@ class _ConnectionTally:
 
     def failed(self, reason: str, about: Iterable[str]) -> None:
         self.error, self.error_about = reason, tuple(about)
-
-
-def record_key(sequence_number: str) -> str:
-    """What an error of a stream record the function retries is about (its sequence number)."""
-    return f"record {sequence_number}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,6 +156,30 @@ def test_a_redrive_leaves_the_error_of_records_the_stream_is_retrying(
     assert "HTTP 429" in status["lastError"]  # still live: u2 waits for the stream's retry
 
 
+def test_the_stream_delivering_the_records_it_retried_clears_their_error(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["EventsTable"]
+    sink.fail_next(1, 401)
+    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)  # refused: queued
+    sink.fail_next(1000, 502)
+    u2 = stream_record(table, event_item("u2"))
+    invoke(stream_event(u2), lambda_context, seconds=1.8)
+    assert "HTTP 502" in connection_status()["lastError"]
+    sink.clear_faults()
+    invoke(stream_event(u2), lambda_context, seconds=10)  # the stream's retry gets through
+
+    assert cli("delivery", "redrive").exit_code == 0  # u1 delivered now
+
+    status = connection_status()
+    assert (status["eventsDelivered"], status["eventsRefused"]) == (2, 0)
+    assert status["lag"].startswith("up to date")
+    assert status["failureMessages"] == 0
+    assert status["lastError"] is None
+    assert status["lastErrorAt"] is None
+
+
 def test_a_redrive_leaves_the_error_of_a_message_it_did_not_deliver(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:

@@ -476,6 +476,32 @@ def test_a_redrive_clears_the_last_error_once_it_delivered_all_the_error_is_abou
     assert last_error() is None
 
 
+def test_delivering_with_nothing_left_to_retry_clears_an_error_about_stream_records_only(
+    delivery_env: dict[str, str], stack: Stack
+) -> None:
+    from shared import aws
+    from shared.delivery.delivery_log import DeliveryLog, record_key
+
+    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
+
+    def last_error() -> str | None:
+        [status] = log.statuses()
+        return status.last_error
+
+    log.update_status("webshop", 1_000, retrying_since=900, error="HTTP 502", error_about=[record_key("1")])
+    log.update_status("webshop", 2_000, events_delivered=1, retrying_since=1_500)  # still retrying
+    assert last_error() == "HTTP 502"
+    log.update_status("webshop", 3_000, events_delivered=1, ends_retrying=False)  # a redrive of refused items
+    assert last_error() == "HTTP 502"
+    log.update_status("webshop", 4_000, events_delivered=1)
+    assert last_error() is None
+
+    # An error about a refusal waits for its redrive.
+    log.update_status("webshop", 5_000, events_refused=1, error="HTTP 401", error_about=["f.1"])
+    log.update_status("webshop", 6_000, events_delivered=1)
+    assert last_error() == "HTTP 401"
+
+
 def test_a_retried_identity_batch_does_not_save_the_same_version_again(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
