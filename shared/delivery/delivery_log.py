@@ -10,7 +10,7 @@ answers, it records the answer. Items:
 - ``pk = connection``, ``sk = {connectionId}``: counters, ``lastDeliveredAt``, ``lastLatencyMs``,
   ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows — and
   ``lastErrorAbout``, what the last error is about: the failure ids of the failure-queue messages
-  of a refusal, or the stream record the function is retrying. The function and
+  of a refusal, or the stream records the function is retrying. The function and
   ``fme-bridge delivery redrive`` both keep them: what a redrive delivers moves from refused to
   delivered, and clears the last error only when the error is about what it delivered.
 

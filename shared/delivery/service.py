@@ -147,7 +147,7 @@ class _ConnectionTally:
     retrying_since: int | None = None
     error: str | None = None
     # What the error is about: the failure ids of the messages that keep refused items, or the
-    # stream record being retried. A redrive clears the error only once it delivered those.
+    # stream records being retried. A redrive clears the error only once it delivered those.
     error_about: tuple[str, ...] = ()
     # Delivered items came from the stream: the connection is no longer behind (not so for a redrive
     # of refused items).
@@ -156,6 +156,8 @@ class _ConnectionTally:
     # The last error goes if it is about them (DeliveryLog.clear_error).
     resolved: frozenset[str] | None = None
     resolved_since: int = 0
+    # The stream records of the batch handed back to the stream after a transient error.
+    retried_records: list[str] = field(default_factory=list)
 
     def retrying(self, since: int | None) -> None:
         since = since if since is not None else now_ms()
@@ -163,6 +165,11 @@ class _ConnectionTally:
 
     def failed(self, reason: str, about: Iterable[str]) -> None:
         self.error, self.error_about = reason, tuple(about)
+
+    def failed_transiently(self, reason: str, sequence_numbers: Iterable[str]) -> None:
+        """Records go back to the stream: the error is about each record of the batch retried so far."""
+        self.retried_records.extend(record_key(s) for s in sequence_numbers)
+        self.failed(reason, dict.fromkeys(self.retried_records))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +409,7 @@ class Delivery:
             report.retry.add(item.sequence_number)
             report.asked_to_wait(o.wait_s)
             tally.retrying(item.received_at)
-            tally.failed(o.reason, [record_key(item.sequence_number)])
+            tally.failed_transiently(o.reason, [item.sequence_number])
         report.count("EventsRetrying", len(transient))
 
         for (reason, status), group in refused.items():
@@ -529,7 +536,7 @@ class Delivery:
                     report.retry.update(sequences[change.identity_key])
                     report.asked_to_wait(o.wait_s)
                     tally.retrying(change.updated_at)
-                    tally.failed(o.reason, [record_key(change.sequence_number)])
+                    tally.failed_transiently(o.reason, sequences[change.identity_key])
                 else:
                     refused[(o.reason, o.status)].append(change)
             for (reason, status), group in refused.items():

@@ -502,6 +502,24 @@ def test_delivering_with_nothing_left_to_retry_clears_an_error_about_stream_reco
     assert last_error() == "HTTP 401"
 
 
+def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    from shared import aws
+
+    connect(sink)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
+    ]
+    sink.fail_next(1000, 503)
+    invoke(stream_event(*records), lambda_context, seconds=1.8)
+
+    table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
+    status = table.get_item(Key={"pk": "connection", "sk": "webshop"})["Item"]
+    assert "HTTP 503" in status["lastError"]
+    assert status["lastErrorAbout"] == {f"record {r['dynamodb']['SequenceNumber']}" for r in records}
+
+
 def test_a_retried_identity_batch_does_not_save_the_same_version_again(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
