@@ -68,10 +68,12 @@ def lag(status: ConnectionStatus, now_ms: int, given_up_until: int | None = None
 
     ``given_up_until``: the latest record of the connection in the stream batches Lambda gave up
     on (in the failure queue). Records it was behind on that are among them are no longer retried:
-    they wait for ``redrive``.
+    they wait for ``redrive``. Unless the stream is retrying newer records of the connection: it is
+    still behind.
     """
     if status.retrying_since is not None:
-        if given_up_until is not None and status.retrying_since <= given_up_until:
+        newest = status.retrying_newest if status.retrying_newest is not None else status.retrying_since
+        if given_up_until is not None and newest <= given_up_until:
             return "given up, in the failure queue"
         return f"behind since {_ago(status.retrying_since, now_ms)}"
     if status.last_latency_ms is not None:

@@ -8,7 +8,8 @@ answers, it records the answer. Items:
 - ``pk = ack#{digest of the event's pk and sk}``, ``sk = event``: ``state`` (``delivered`` or
   ``refused``), ``at``, ``reason``, ``expiresAt``;
 - ``pk = connection``, ``sk = {connectionId}``: counters, ``lastDeliveredAt``, ``lastLatencyMs``,
-  ``retryingSince``, ``lastError`` — what ``fme-bridge delivery status`` shows — and
+  ``retryingSince`` and ``retryingNewest`` (the oldest and the newest record being retried),
+  ``lastError`` — what ``fme-bridge delivery status`` shows — and
   ``lastErrorAbout``, what the last error is about: the failure ids of the failure-queue messages
   of a refusal, or the stream records the function is retrying. The function and
   ``fme-bridge delivery redrive`` both keep them: what a redrive delivers moves from refused to
@@ -58,6 +59,7 @@ class ConnectionStatus:
     last_delivered_at: int | None = None
     last_latency_ms: int | None = None
     retrying_since: int | None = None
+    retrying_newest: int | None = None
     last_error: str | None = None
     last_error_at: int | None = None
 
@@ -107,11 +109,16 @@ class DeliveryLog:
         skipped: int = 0,
         latency_ms: int | None = None,
         retrying_since: int | None = None,
+        retrying_newest: int | None = None,
         error: str | None = None,
         error_about: Collection[str] = (),
         ends_retrying: bool = True,
     ) -> None:
         """Add this batch's counts; ``retrying_since`` set means some records are still being retried.
+
+        ``retrying_since`` is kept from the first retry until the retries end; ``retrying_newest``
+        (the newest record retried, ``retrying_since`` by default) is the latest batch's: it tells
+        whether records newer than those of a batch Lambda gave up on are still being retried.
 
         ``error_about``: what ``error`` is about (see :meth:`clear_error`); none, nothing a redrive can
         resolve.
@@ -142,11 +149,12 @@ class DeliveryLog:
             sets.append("lastLatencyMs = :latency")
             values[":latency"] = latency_ms
         if retrying_since is not None:
-            sets.append("retryingSince = if_not_exists(retryingSince, :since)")
+            sets.append("retryingSince = if_not_exists(retryingSince, :since), retryingNewest = :newest")
             values[":since"] = retrying_since
+            values[":newest"] = retrying_newest if retrying_newest is not None else retrying_since
         ends = retrying_since is None and ends_retrying and bool(events_delivered or identities_delivered)
         if ends:
-            removes.append("retryingSince")
+            removes.extend(["retryingSince", "retryingNewest"])
         if error:
             sets.append("lastError = :error, lastErrorAt = :now")
             values[":error"] = error[:500]
@@ -247,6 +255,7 @@ class DeliveryLog:
                 last_delivered_at=_int(item.get("lastDeliveredAt")),
                 last_latency_ms=_int(item.get("lastLatencyMs")),
                 retrying_since=_int(item.get("retryingSince")),
+                retrying_newest=_int(item.get("retryingNewest")),
                 last_error=item.get("lastError"),
                 last_error_at=_int(item.get("lastErrorAt")),
             )

@@ -145,6 +145,7 @@ class _ConnectionTally:
     skipped: int = 0
     latency_ms: int | None = None
     retrying_since: int | None = None
+    retrying_newest: int | None = None
     error: str | None = None
     # What the error is about: the failure ids of the messages that keep refused items, or the
     # stream records being retried. A redrive clears the error only once it delivered those.
@@ -162,6 +163,7 @@ class _ConnectionTally:
     def retrying(self, since: int | None) -> None:
         since = since if since is not None else now_ms()
         self.retrying_since = since if self.retrying_since is None else min(self.retrying_since, since)
+        self.retrying_newest = since if self.retrying_newest is None else max(self.retrying_newest, since)
 
     def failed(self, reason: str, about: Iterable[str]) -> None:
         self.error, self.error_about = reason, tuple(about)
@@ -303,6 +305,7 @@ class Delivery:
                     skipped=tally.skipped,
                     latency_ms=tally.latency_ms,
                     retrying_since=tally.retrying_since,
+                    retrying_newest=tally.retrying_newest,
                     error=tally.error,
                     error_about=tally.error_about,
                     ends_retrying=tally.ends_retrying,

@@ -67,6 +67,7 @@ def test_status_shows_delivered_refused_and_queued_per_connection(
         "lastDeliveredAt",
         "lastLatencyMs",
         "retryingSince",
+        "retryingNewest",
         "lastError",
         "lastErrorAt",
         "lag",
@@ -361,6 +362,26 @@ def test_status_shows_a_stream_batch_lambda_gave_up_on_as_failed_for_its_connect
     table = cli("delivery", "status").output
     assert "given" in table  # the lag column, wrapped
     assert "(stream batch)" not in table
+
+
+def test_status_shows_a_connection_behind_while_newer_records_than_a_given_up_batch_are_retried(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["EventsTable"]
+    item = event_item("u7")
+    sink.fail_next(1000, 502)
+    invoke(stream_event(stream_record(table, item)), lambda_context, seconds=1.8)
+    give_up_on(stack, item)  # the stream's retries of u7 ran out
+    assert connection_status()["lag"] == "given up, in the failure queue"
+
+    # A newer record of the same connection, still failing: the stream is retrying it.
+    later = event_item("u8", received_at=item["receivedAt"] + 60_000)
+    invoke(stream_event(stream_record(table, later)), lambda_context, seconds=1.8)
+
+    status = connection_status()
+    assert status["lag"].startswith("behind since")
+    assert status["failureMessages"] == 1
 
 
 def test_redrive_with_an_empty_queue_says_so(
