@@ -135,6 +135,7 @@ def _failure_counts(tgt: Target) -> FailureCounts:
     url = tgt.queue_url(FAILURE_QUEUE)
     total = queue_depth(sqs, url)
     counts = FailureCounts(total)
+    streams = None  # one client for every stream batch, made for the first
     with peeked(sqs, url, min(total, 200)) as messages:
         for message in messages:
             attributes = message.get("MessageAttributes") or {}
@@ -144,7 +145,8 @@ def _failure_counts(tgt: Target) -> FailureCounts:
                 continue
             try:
                 info = json.loads(message["Body"])["DDBStreamBatchInfo"]
-                records = read_stream_batch(_streams(tgt), info)
+                streams = streams or _streams(tgt)
+                records = read_stream_batch(streams, info)
             except Exception:  # not a stream batch, or the stream no longer holds it (24 h)
                 records = []
             counts.add_stream_batch(records)

@@ -384,6 +384,29 @@ def test_status_shows_a_connection_behind_while_newer_records_than_a_given_up_ba
     assert status["failureMessages"] == 1
 
 
+def test_status_reads_the_stream_batches_it_counts_with_one_streams_client(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fme_bridge.commands import delivery
+
+    connect(sink)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item("u1"))), lambda_context)
+    for key in ("u7", "u8", "u9"):
+        give_up_on(stack, event_item(key))
+    made: list[Any] = []
+    streams = delivery._streams
+    monkeypatch.setattr(delivery, "_streams", lambda tgt: made.append(streams(tgt)) or made[-1])
+
+    status = connection_status()
+
+    assert status["failureMessages"] == 3
+    assert len(made) == 1
+
+
 def test_redrive_with_an_empty_queue_says_so(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink
 ) -> None:
