@@ -25,6 +25,7 @@ from tests.delivery_support import (
     failure_messages,
     identity_item,
     invoke,
+    stream_arn,
     stream_event,
     stream_record,
 )
@@ -405,6 +406,30 @@ def test_status_reads_the_stream_batches_it_counts_with_one_streams_client(
 
     assert status["failureMessages"] == 3
     assert len(made) == 1
+
+
+def test_status_shows_a_stream_batch_the_stream_no_longer_holds_on_a_line_of_its_own(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item("u1"))), lambda_context)
+    info = {
+        "shardId": "shardId-00000001764061200000-trimmed",
+        "startSequenceNumber": "100",
+        "endSequenceNumber": "100",
+        "batchSize": 1,
+        "streamArn": stream_arn(stack.tables["EventsTable"]),
+    }
+    boto3.client("sqs", region_name="us-east-1").send_message(
+        QueueUrl=stack.queues["DeliveryFailureQueue"], MessageBody=json.dumps({"DDBStreamBatchInfo": info})
+    )
+
+    assert connection_status()["failureMessages"] == 0
+    document = json.loads(cli("delivery", "status", "--json").output)
+    assert document["failureQueueMessages"] == 1
+    table = cli("delivery", "status").output
+    assert "failure queue: 1 message(s) of (stream batch)" in table
+    assert "failure queue: 1 message(s) in all" in table
 
 
 def test_redrive_with_an_empty_queue_says_so(
