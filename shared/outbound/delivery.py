@@ -59,12 +59,18 @@ class QueuedMessage:
 class ImpressionObserver(Protocol):
     """Sees the impressions of each SQS message right after parsing.
 
-    ``finish`` runs once all messages are parsed, on a helper thread while the track messages are
-    built and sent; it returns the messages (by index) whose impressions it could not handle, with a
-    reason: those are retried like a failed send.
+    Once all messages are parsed, ``prepare`` runs on the event loop's thread: the observer's CPU
+    work, which on a helper thread would contend for the GIL with the building of the track
+    messages (the forward of last treatments: 3 to 11 % less wall clock in four of five alternating
+    A/B rounds of 100,000 impressions, 5 % more in the fifth).
+    ``finish`` then runs on a helper thread while the track messages are built and sent: the
+    observer's waiting (a request). It returns the messages (by index) whose impressions it could
+    not handle, with a reason: those are retried like a failed send.
     """
 
     def observe(self, record: int, impressions: Sequence[Impression]) -> None: ...
+
+    def prepare(self) -> None: ...
 
     def finish(self) -> Mapping[int, str]: ...
 
@@ -166,6 +172,8 @@ async def deliver(
     # Every message is parsed first, so that the observers finish on helper threads (forwarding the
     # last treatments, say) while the track messages are built and sent rather than after them.
     parsed_messages = _parse_all(messages, failures, report, observers)
+    for observer in observers:
+        observer.prepare()
     finishing = [asyncio.create_task(asyncio.to_thread(observer.finish)) for observer in observers]
     await asyncio.sleep(0)  # the helper threads start now
 

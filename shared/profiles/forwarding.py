@@ -200,29 +200,49 @@ class LastTreatmentForwarder:
         self.oversized = 0  # impressions too large to forward at all (left out, logged)
         self._records: set[int] = set()
         self._impressions: list[Impression] = []
+        self._bodies: list[str] = []
+        self._left_out: list[Impression] = []
+        self._error: str | None = None
+        self._newest = 0
+        self._prepared = False
 
     def observe(self, record: int, impressions: Sequence[Impression]) -> None:
         if impressions:
             self._records.add(record)
             self._impressions.extend(impressions)
 
-    def finish(self) -> Mapping[int, str]:
-        if not self._impressions:
-            return {}
-        left_out: list[Impression] = []
+    def prepare(self) -> None:
+        """The newest impression per slot, encoded: the CPU part, on the caller's thread."""
+        self._prepared = True
         try:
             newest = newest_per_slot(self._impressions)
-            failures = send_bodies(self.queue_url, encode_bodies(newest, oversized=left_out.append))
+            self._bodies = encode_bodies(newest, oversized=self._left_out.append)
+            self._newest = len(newest)
         except Exception:  # a bug here must not lose the batch: its messages are retried
-            logger.exception("forwarding last treatments failed")
-            failures = ["last treatments not forwarded"]
+            logger.exception("preparing the last treatments failed")
+            self._error = "last treatments not forwarded"
+
+    def finish(self) -> Mapping[int, str]:
+        """Send what :meth:`prepare` encoded (prepared now if it was not); the records to retry if
+        that failed."""
+        if not self._impressions:
+            return {}
+        if not self._prepared:
+            self.prepare()
+        failures = [self._error] if self._error else []
+        if not failures:
+            try:
+                failures = send_bodies(self.queue_url, self._bodies)
+            except Exception:  # a bug here must not lose the batch: its messages are retried
+                logger.exception("forwarding last treatments failed")
+                failures = ["last treatments not forwarded"]
         if failures:
             # Which impressions were in the failed message is not worth tracking: forwarding them
             # all again is idempotent, and so are the track calls of the retried messages.
             logger.warning("forwarding last treatments failed: %s", failures[0])
             return dict.fromkeys(self._records, f"profiles: {failures[0]}")
         # Counted once, when the batch succeeds: a retried batch leaves them out again.
-        self.forwarded, self.oversized = len(newest) - len(left_out), len(left_out)
+        self.forwarded, self.oversized = self._newest - len(self._left_out), len(self._left_out)
         return {}
 
     def publish(self, metrics: Any) -> None:

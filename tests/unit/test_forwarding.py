@@ -197,6 +197,7 @@ def test_an_sqs_failure_retries_every_message_that_had_impressions(monkeypatch: 
     forwarder.observe(0, [imp()])
     forwarder.observe(1, [])
     forwarder.observe(2, [imp("u2")])
+    forwarder.prepare()
     with Stubber(sqs) as stub:
         stub.add_client_error("send_message_batch", "ServiceUnavailable", http_status_code=503)
         failed = forwarder.finish()
@@ -212,6 +213,7 @@ def test_a_partly_failed_call_retries_them_too(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
     forwarder = LastTreatmentForwarder("https://q")
     forwarder.observe(3, [imp(), imp("u2")])
+    forwarder.prepare()
     with Stubber(sqs) as stub:
         stub.add_response(
             "send_message_batch",
@@ -221,7 +223,24 @@ def test_a_partly_failed_call_retries_them_too(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_nothing_observed_sends_nothing() -> None:
-    assert LastTreatmentForwarder("https://unused").finish() == {}
+    forwarder = LastTreatmentForwarder("https://unused")
+    forwarder.prepare()
+    assert forwarder.finish() == {}
+
+
+def test_a_failure_while_preparing_retries_every_message_that_had_impressions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(forwarding, "encode_bodies", broken)
+    monkeypatch.setattr(forwarding, "send_bodies", lambda *args: pytest.fail("nothing to send"))
+    forwarder = LastTreatmentForwarder("https://q")
+    forwarder.observe(4, [imp()])
+    forwarder.prepare()  # the event loop's thread: it must not raise
+    assert forwarder.finish() == {4: "profiles: last treatments not forwarded"}
+    assert forwarder.forwarded == 0
 
 
 def test_an_impression_too_large_for_any_message_is_left_out_and_counted() -> None:
