@@ -159,9 +159,9 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     imp = results["impressions"]["contenders"]
     shown = {
         "handler": ("bridge\nhandler", "#2b8a3e"),
-        "handler_without_last_treatments": ("without last\ntreatments", "#8ce99a"),
-        "official": ("segment-analytics-\npython", "#868e96"),
-        "wire": ("wire limit\n(500 KB posts)", "#1c7ed6"),
+        "handler_without_last_treatments": ("no last\ntreatments", "#8ce99a"),
+        "official": ("official\nclient", "#868e96"),
+        "wire": ("wire\nlimit", "#1c7ed6"),
     }
     kinds = [k for k in shown if k in imp]
     values = [imp[k]["impressions_per_second"] for k in kinds]
