@@ -447,59 +447,56 @@ def test_the_delivery_log_finds_acknowledgements_beyond_one_batch_get(
     assert settled == {**dict.fromkeys(delivered, DELIVERED), "r1": REFUSED}
 
 
-def test_a_redrive_clears_the_last_error_once_it_delivered_all_the_error_is_about(
-    delivery_env: dict[str, str], stack: Stack
-) -> None:
+@pytest.fixture
+def delivery_log(delivery_env: dict[str, str], stack: Stack) -> Any:
     from shared import aws
     from shared.delivery.delivery_log import DeliveryLog
 
-    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
+    return DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
 
-    def last_error() -> str | None:
-        [status] = log.statuses()
-        return status.last_error
 
+def last_error(log: Any) -> str | None:
+    [status] = log.statuses()
+    return status.last_error
+
+
+def test_a_redrive_clears_the_last_error_once_it_delivered_all_the_error_is_about(delivery_log: Any) -> None:
+    log = delivery_log
     # A refusal split into two messages.
     log.update_status("webshop", 1_000, events_refused=2, error="HTTP 400: bad", error_about=["f.1", "f.2"])
     log.clear_error("webshop", {"g.1"}, older_than_ms=5_000)  # another message
-    assert last_error() == "HTTP 400: bad"
+    assert last_error(log) == "HTTP 400: bad"
     log.clear_error("webshop", {"f.1"}, older_than_ms=5_000)
-    assert last_error() == "HTTP 400: bad"  # f.2 still waits
+    assert last_error(log) == "HTTP 400: bad"  # f.2 still waits
     log.clear_error("webshop", {"f.2"}, older_than_ms=5_000)
-    assert last_error() is None
+    assert last_error(log) is None
 
     # As an earlier version recorded it: without what it is about, it goes if older than the redrive.
     log.update_status("webshop", 6_000, error="HTTP 401")
     log.clear_error("webshop", {"h.1"}, older_than_ms=6_000)
-    assert last_error() == "HTTP 401"
+    assert last_error(log) == "HTTP 401"
     log.clear_error("webshop", set(), older_than_ms=6_001)
-    assert last_error() is None
+    assert last_error(log) is None
 
 
 def test_delivering_with_nothing_left_to_retry_clears_an_error_about_stream_records_only(
-    delivery_env: dict[str, str], stack: Stack
+    delivery_log: Any,
 ) -> None:
-    from shared import aws
-    from shared.delivery.delivery_log import DeliveryLog, record_key
+    from shared.delivery.delivery_log import record_key
 
-    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
-
-    def last_error() -> str | None:
-        [status] = log.statuses()
-        return status.last_error
-
+    log = delivery_log
     log.update_status("webshop", 1_000, retrying_since=900, error="HTTP 502", error_about=[record_key("1")])
     log.update_status("webshop", 2_000, events_delivered=1, retrying_since=1_500)  # still retrying
-    assert last_error() == "HTTP 502"
+    assert last_error(log) == "HTTP 502"
     log.update_status("webshop", 3_000, events_delivered=1, ends_retrying=False)  # a redrive of refused items
-    assert last_error() == "HTTP 502"
+    assert last_error(log) == "HTTP 502"
     log.update_status("webshop", 4_000, events_delivered=1)
-    assert last_error() is None
+    assert last_error(log) is None
 
     # An error about a refusal waits for its redrive.
     log.update_status("webshop", 5_000, events_refused=1, error="HTTP 401", error_about=["f.1"])
     log.update_status("webshop", 6_000, events_delivered=1)
-    assert last_error() == "HTTP 401"
+    assert last_error(log) == "HTTP 401"
 
 
 def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
