@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fme_bridge.commands.common import out, target
 from fme_bridge.commands.queue_messages import peeked, queue_depth, receive_all
+from shared.sqs_batches import batch_calls
 
 
 class Queue(StrEnum):
@@ -130,33 +131,54 @@ def redrive(
             ]
             if not batch:
                 break
-            # Sent first, deleted after: a failure in between duplicates a message, never loses one.
-            result = sqs.send_message_batch(
-                QueueUrl=source_url,
-                Entries=[
-                    {
-                        "Id": str(i),
-                        "MessageBody": m["Body"],
-                        **({"MessageAttributes": _resendable(m)} if _resendable(m) else {}),
-                    }
-                    for i, m in enumerate(batch)
-                ],
-            )
-            ok = {int(entry["Id"]) for entry in result.get("Successful", [])}
-            done = [m for i, m in enumerate(batch) if i in ok]
-            if done:
-                sqs.delete_message_batch(
-                    QueueUrl=dlq_url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
-                )
             seen.update(m["MessageId"] for m in batch)
-            moved += len(done)
-            progress.advance(task, len(done))
-            if len(done) < len(batch):
-                failed = result.get("Failed", [{}])[0]
-                out.print(f"[red]{len(batch) - len(done)} message(s) not moved: {failed.get('Code')}[/red]")
-                raise typer.Exit(1)
+            # Ten large dead letters exceed what one SendMessageBatch carries: packed by size.
+            for call in batch_calls(batch, _resent_bytes):
+                done, failure = _move(sqs, dlq_url, source_url, call)
+                moved += len(done)
+                progress.advance(task, len(done))
+                if failure:
+                    out.print(f"[red]{len(call) - len(done)} message(s) not moved: {failure}[/red]")
+                    raise typer.Exit(1)
     out.print(f"[green]moved[/green] {moved} message(s) back to {source_url}")
+
+
+def _move(
+    sqs: Any, dlq_url: str, source_url: str, messages: list[dict[str, Any]]
+) -> tuple[list[Any], str | None]:
+    """Send the messages to their queue, then delete those sent from the dead-letter queue: a failure
+    in between duplicates a message, never loses one. Returns those moved and the first failure."""
+    result = sqs.send_message_batch(
+        QueueUrl=source_url,
+        Entries=[
+            {
+                "Id": str(i),
+                "MessageBody": m["Body"],
+                **({"MessageAttributes": _resendable(m)} if _resendable(m) else {}),
+            }
+            for i, m in enumerate(messages)
+        ],
+    )
+    ok = {int(entry["Id"]) for entry in result.get("Successful", [])}
+    done = [m for i, m in enumerate(messages) if i in ok]
+    if done:
+        sqs.delete_message_batch(
+            QueueUrl=dlq_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+        )
+    if len(done) == len(messages):
+        return done, None
+    return done, str(result.get("Failed", [{}])[0].get("Code"))
+
+
+def _resent_bytes(message: dict[str, Any]) -> int:
+    """What a message counts towards SendMessageBatch's limit: its body and resent attributes."""
+    size = len(message["Body"].encode())
+    for name, value in _resendable(message).items():
+        size += len(name.encode()) + len(value.get("DataType", "").encode())
+        raw = value.get("StringValue") or value.get("BinaryValue") or ""
+        size += len(raw if isinstance(raw, bytes) else raw.encode())
+    return size
 
 
 def _resendable(message: dict[str, Any]) -> dict[str, Any]:

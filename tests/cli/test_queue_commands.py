@@ -323,6 +323,21 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, 
     assert all(not (m.get("MessageAttributes") or {}) for m in moved)
 
 
+def test_dlq_redrive_of_large_dead_letters_sends_them_in_calls_within_sqs_limit(
+    cli: Cli, stack: Stack
+) -> None:
+    # Ten of them would be 2 MB in one SendMessageBatch, over SQS's limit for a call.
+    for n in range(10):
+        dead_letter(stack, json.dumps({"n": n, "pad": "x" * 200_000}), "impression 0: segment_rejected")
+    result = cli("dlq", "redrive")
+    assert result.exit_code == 0, result.output
+    assert "moved 10 message(s)" in result.stdout
+    assert drain(stack.queues["ImpressionsDeadLetterQueue"]) == []
+    assert sorted(json.loads(m["Body"])["n"] for m in drain(stack.queues["ImpressionsQueue"])) == list(
+        range(10)
+    )
+
+
 def test_the_last_treatments_dead_letter_queue_is_shown_and_redriven_to_its_own_queue(
     cli: Cli, stack: Stack
 ) -> None:
