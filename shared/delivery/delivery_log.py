@@ -175,24 +175,11 @@ class DeliveryLog:
             ReturnValues="ALL_NEW" if ends and not error else "NONE",
         ).get("Attributes")
         if item:
-            self._clear_retried_error(connection_id, item)
-
-    def _clear_retried_error(self, connection_id: str, item: dict[str, Any]) -> None:
-        """Retries ended: forget a last error about stream records only, unless a newer one came since."""
-        about = {str(a) for a in item.get("lastErrorAbout") or ()}
-        if "lastError" not in item or "retryingSince" in item:
-            return
-        if not about or not all(a.startswith(_RECORD) for a in about):
-            return
-        with contextlib.suppress(self._table.meta.client.exceptions.ConditionalCheckFailedException):
-            self._table.update_item(
-                Key={"pk": _STATUS_PK, "sk": connection_id},
-                UpdateExpression="REMOVE lastError, lastErrorAt, lastErrorAbout",
-                ConditionExpression=(
-                    "lastError = :error AND lastErrorAt = :at AND attribute_not_exists(retryingSince)"
-                ),
-                ExpressionAttributeValues={":error": item["lastError"], ":at": item["lastErrorAt"]},
-            )
+            # The retries ended: a last error about stream records only went with them (unless a
+            # newer one came since: _forget's condition).
+            about = _about(item)
+            if about and all(a.startswith(_RECORD) for a in about):
+                self._forget(connection_id, item, about, older_than_ms=0)
 
     def clear_error(self, connection_id: str, resolved: Collection[str], older_than_ms: int) -> None:
         """Forget what of the connection's last error a redrive resolved: ``resolved`` names what it
@@ -207,9 +194,16 @@ class DeliveryLog:
         item = self._table.get_item(Key={"pk": _STATUS_PK, "sk": connection_id}, ConsistentRead=True).get(
             "Item"
         )
-        if not item or "lastError" not in item or "retryingSince" in item:
+        if item:
+            self._forget(connection_id, item, resolved, older_than_ms)
+
+    def _forget(
+        self, connection_id: str, item: dict[str, Any], resolved: Collection[str], older_than_ms: int
+    ) -> None:
+        """:meth:`clear_error` on the status ``item`` just read."""
+        if "lastError" not in item or "retryingSince" in item:
             return
-        about = {str(a) for a in item.get("lastErrorAbout") or ()}
+        about = _about(item)
         values: dict[str, Any] = {":error": item["lastError"], ":at": item["lastErrorAt"]}
         # Each condition fails when a newer error was recorded meanwhile, or retries started.
         condition = "lastError = :error AND lastErrorAt = :at AND attribute_not_exists(retryingSince)"
@@ -261,3 +255,8 @@ class DeliveryLog:
             )
             for item in items
         ]
+
+
+def _about(item: dict[str, Any]) -> set[str]:
+    """What the status item's last error is about (``lastErrorAbout``)."""
+    return {str(a) for a in item.get("lastErrorAbout") or ()}
