@@ -114,8 +114,59 @@ def _body_shape(value: Any) -> str | None:
     if isinstance(value, dict):
         if "impressions" in value:
             return "envelope"
-        return "listener" if "impression" in value else "webhook"
+        return "listener" if "impression" in value or "Impression" in value else "webhook"
     return None
+
+
+# What other SDKs hand their impression listeners, serialised as they come, in the listener shape's
+# names (docs/outbound.md): Go's ``ILObject`` (``Impression``, ``Attributes``, ``InstanceID``,
+# ``SDKLanguageVersion``, the impression in the one-letter names of go-split-commons or as Go's field
+# names), Python's ``Impression`` named tuple (``_asdict()``, or ``json.dumps`` of it: a list in
+# field order), and the impression alone, unwrapped, as .NET's and Android's ``KeyImpression`` (.NET's
+# ``Feature`` is ``[JsonIgnore]``d: its senders add the flag themselves).
+_LISTENER_NAMES = {
+    "Impression": "impression",
+    "Attributes": "attributes",
+    "InstanceID": "instance-id",
+    "SDKLanguageVersion": "sdkLanguageVersion",
+}
+_IMPRESSION_NAMES = {
+    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey"), "keyName"),
+    **dict.fromkeys(("f", "Feature", "FeatureName", "featureName", "feature_name"), "feature"),
+    **dict.fromkeys(("t", "Treatment"), "treatment"),
+    **dict.fromkeys(("m", "Time"), "time"),
+    **dict.fromkeys(("b", "BucketingKey", "bucketing_key"), "bucketingKey"),
+    **dict.fromkeys(("r", "Label"), "label"),
+    **dict.fromkeys(("c", "ChangeNumber", "change_number"), "changeNumber"),
+    "Properties": "properties",
+}
+_PYTHON_FIELDS = (
+    "matching_key", "feature_name", "treatment", "label", "change_number", "bucketing_key", "time",
+    "previous_time", "properties",
+)  # fmt: skip
+_CONTEXT_FIELDS = ("environmentName", "environmentId", "trafficType")
+
+
+def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """``raw`` in the listener shape's names, or None if it is not another SDK's spelling of it."""
+    data: Any
+    if "impression" in raw or "Impression" in raw:
+        item = {_LISTENER_NAMES.get(name, name): value for name, value in raw.items()}
+        data = item["impression"]
+        if isinstance(data, list) and len(data) <= len(_PYTHON_FIELDS):
+            data = dict(zip(_PYTHON_FIELDS, data, strict=False))
+        if not isinstance(data, dict):
+            return None
+    elif ("keyName" in raw or "KeyName" in raw) and "key" not in raw and "split" not in raw:
+        data = raw
+        item = {name: raw[name] for name in _CONTEXT_FIELDS if name in raw}
+    else:
+        return None
+    renamed = {_IMPRESSION_NAMES.get(name, name): value for name, value in data.items()}
+    if renamed.get("bucketingKey") == "":  # Go's zero value: no bucketing key
+        renamed["bucketingKey"] = None
+    item["impression"] = renamed
+    return item
 
 
 # A struct rather than a dataclass: built once per impression, it is constructed in C (under half
@@ -309,6 +360,9 @@ def _add_validated(parsed: ParsedBody, shape: str, index: int, raw: Any, context
         reason = f"{where or '(document)'}: must be an impression object, not {type(raw).__name__}"
         parsed.errors.append(ItemError(index, INVALID_IMPRESSION, reason))
         return
+    listener = _listener_spelling(raw)
+    if listener is not None:
+        raw = listener
     model = ListenerImpression if "impression" in raw else WebhookImpression
     try:
         item = model.model_validate(raw)

@@ -231,6 +231,33 @@ def test_python_sdk_listener_names_and_placeholders_for_disabled_ip_addresses(
     assert (by_key["user-8"]["machineName"], by_key["user-8"]["machineIp"]) == (None, None)
 
 
+def test_listener_objects_of_the_go_python_and_dotnet_sdks_reach_segment(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    bodies = ["impression_listener_go.json", "impression_listener_python.json", "impression_dotnet.json"]
+    dotnet = load_event("impression_dotnet.json") | {"trafficType": "user"}
+    response = app.lambda_handler(
+        event(*(json.dumps(load_event(name)) for name in bodies[:2]), json.dumps(dotnet)), context
+    )
+
+    assert response == {"batchItemFailures": []}
+    by_key = {m["userId"]: m for m in sink.messages}
+    go = by_key["5a1e2f90-6825-11e8-9f57-0acd31e5aef0"]
+    assert go["timestamp"] == "2026-11-24T01:17:40.000Z"
+    assert {
+        k: go["properties"][k] for k in ("split", "treatment", "splitVersionNumber", "sdk", "machineName")
+    } == {
+        "split": "new_checkout",
+        "treatment": "on",
+        "splitVersionNumber": 1795482000000,
+        "sdk": "go",
+        "machineName": "ip-10-0-3-9",
+    }
+    python = by_key["6b2f3a01-6825-11e8-9f57-0acd31e5aef0"]["properties"]
+    assert (python["treatment"], python["sdkVersion"], python["page"]) == ("off", "10.5.1", "cart")
+    assert by_key["7c3a4b12-6825-11e8-9f57-0acd31e5aef0"]["properties"]["treatment"] == "on"
+
+
 def test_nan_and_infinity_in_properties_go_to_segment_as_null(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:

@@ -74,6 +74,90 @@ def test_listener_with_ip_addresses_disabled() -> None:
     assert impression.machine_name is None
 
 
+def test_listener_object_from_the_go_sdk() -> None:
+    # Go's ILObject as encoding/json writes it: its field names, go-split-commons' one-letter ones.
+    parsed = parse_body(json.dumps(load_event("impression_listener_go.json")))
+    assert parsed.shape == "listener"
+    assert parsed.errors == []
+    [(_, impression)] = parsed.impressions
+    assert (impression.key, impression.split, impression.treatment) == (
+        "5a1e2f90-6825-11e8-9f57-0acd31e5aef0",
+        "new_checkout",
+        "on",
+    )
+    assert (impression.time, impression.label) == (1795483060000, "default rule")
+    assert impression.split_version_number == 1795482000000
+    assert impression.bucketing_key is None  # Go's "" is no bucketing key
+    assert (impression.sdk, impression.sdk_version) == ("go", "6.7.0")
+    assert impression.machine_name == "ip-10-0-3-9"
+    assert (impression.environment_name, impression.traffic_type) == ("Production", "user")
+
+
+def test_listener_object_from_the_python_sdk() -> None:
+    # json.dumps of what splitio-client hands a listener: the Impression named tuple is a list.
+    parsed = parse_body(json.dumps(load_event("impression_listener_python.json")))
+    assert parsed.errors == []
+    [(_, impression)] = parsed.impressions
+    assert (impression.key, impression.split, impression.treatment, impression.time) == (
+        "6b2f3a01-6825-11e8-9f57-0acd31e5aef0",
+        "new_checkout",
+        "off",
+        1795483070000,
+    )
+    assert impression.split_version_number == 1795482000000
+    assert (impression.sdk, impression.sdk_version, impression.machine_name) == (
+        "python",
+        "10.5.1",
+        "worker-2",
+    )
+    assert impression.properties == {"page": "cart"}
+    # ... and its _asdict(), by field name.
+    fields = (
+        "matching_key feature_name treatment label change_number bucketing_key time previous_time properties"
+    )
+    as_dict = load_event("impression_listener_python.json")
+    as_dict["impression"] = dict(zip(fields.split(), as_dict["impression"], strict=True))
+    assert parse_body(json.dumps(as_dict)).impressions == parsed.impressions
+
+
+def test_impression_alone_from_the_dotnet_sdk() -> None:
+    # A KeyImpression unwrapped, in .NET's property names, the flag added beside them.
+    body = load_event("impression_dotnet.json")
+    [(_, impression)] = parse_body(json.dumps(body)).impressions
+    assert (impression.key, impression.split, impression.treatment) == (
+        "7c3a4b12-6825-11e8-9f57-0acd31e5aef0",
+        "new_checkout",
+        "on",
+    )
+    assert (impression.split_version_number, impression.traffic_type) == (1795482000000, "account")
+    # Newtonsoft leaves Feature out: without the flag, the item is refused and says why.
+    del body["Feature"]
+    parsed = parse_body(json.dumps(body))
+    assert parsed.impressions == []
+    [error] = parsed.errors
+    assert error.code == INVALID_IMPRESSION
+    assert "impression.feature" in error.reason
+
+
+def test_other_sdk_spellings_mix_with_the_others_in_an_envelope() -> None:
+    go = load_event("impression_listener_go.json")
+    webhook = load_event("impressions_webhook.json")[0]
+    body = {"environmentName": "Staging", "impressions": [go, webhook, load_event("impression_dotnet.json")]}
+    parsed = parse_body(json.dumps(body))
+    assert parsed.errors == []
+    assert [(i, imp.split) for i, imp in parsed.impressions] == [
+        (0, "new_checkout"),
+        (1, "new_checkout"),
+        (2, "new_checkout"),
+    ]
+    # Each item's own environment wins over the envelope's, whatever its spelling.
+    assert [imp.environment_name for _, imp in parsed.impressions] == [
+        "Production",
+        "Production",
+        "Production",
+    ]
+
+
 def test_envelope_gives_its_environment_and_traffic_type_to_both_shapes() -> None:
     parsed = parse_body(json.dumps(load_event("impressions_envelope.json")))
     assert parsed.shape == "envelope"
