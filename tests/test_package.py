@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import subprocess
 import sys
@@ -114,6 +116,38 @@ def test_only_the_models_of_the_services_the_functions_call_are_kept(tmp_path: P
     kept = {p.name for p in (tmp_path / "botocore" / "data").iterdir()}
     assert kept == {"dynamodb", "ssm", "xray", "endpoints.json", "partitions.json", "_retry.json"}
     assert {p.name for p in (tmp_path / "boto3" / "data").iterdir()} == {"dynamodb"}
+
+
+def test_only_the_endpoints_of_the_services_the_functions_call_are_kept(tmp_path: Path) -> None:
+    data = tmp_path / "botocore" / "data"
+    # A kept service's endpoints are named by its model's endpoint prefix, not its directory.
+    for service, prefix, version in (
+        ("dynamodb", "dynamodb", "2012-08-10"),
+        ("cloudwatch", "monitoring", "2010-08-01"),
+    ):
+        model = data / service / version / "service-2.json.gz"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(gzip.compress(json.dumps({"metadata": {"endpointPrefix": prefix}}).encode()))
+    services = {"dynamodb": {"endpoints": {}}, "monitoring": {}, "s3": {}, "streams.dynamodb": {}}
+    partitions = [
+        {
+            "partition": name,
+            "regions": {"r-1": {}},
+            "defaults": {"hostname": "{service}.{region}"},
+            "services": services,
+        }
+        for name in ("aws", "aws-cn")
+    ]
+    (data / "endpoints.json").write_text(json.dumps({"partitions": partitions, "version": 3}))
+
+    package.prune_service_models(tmp_path, keep={"dynamodb", "cloudwatch"})
+
+    pruned = json.loads((data / "endpoints.json").read_text())
+    assert pruned["version"] == 3
+    assert [p["partition"] for p in pruned["partitions"]] == ["aws", "aws-cn"]
+    for partition in pruned["partitions"]:
+        assert partition["services"] == {"dynamodb": {"endpoints": {}}, "monitoring": {}}
+        assert partition["regions"] == {"r-1": {}}  # everything but the other services stays
 
 
 def test_every_aws_client_the_code_creates_is_of_a_kept_service() -> None:
