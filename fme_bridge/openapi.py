@@ -110,7 +110,14 @@ def document() -> dict[str, Any]:
                     "summary": "One identity's attributes, last treatments, audiences and events.",
                     "security": [{"bearer": []}],
                     "parameters": [
-                        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                        {
+                            "name": name,
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "Percent-encoded twice: API Gateway decodes the path once "
+                            "to match the route and each segment once more.",
+                        }
                         for name in ("environment", "trafficType", "key")
                     ]
                     + [

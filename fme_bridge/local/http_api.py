@@ -3,7 +3,9 @@
 Routes come from the ``HttpApi`` events of template.yaml, so a route added there is served here
 without changes. Requests become the events API Gateway builds (``routeKey``, ``rawPath``,
 ``rawQueryString``, lower-cased ``headers``, ``cookies``, ``pathParameters``, ``requestContext.http``,
-``body`` / ``isBase64Encoded``) and handler results become responses by the 2.0 rules.
+``body`` / ``isBase64Encoded``) and handler results become responses by the 2.0 rules. Paths are
+decoded as an HTTP API decodes them: once to match the route (the ``rawPath`` the function sees),
+and each path parameter once more (a ``/`` inside a parameter is sent as ``%252F``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from rich.markup import escape
 
@@ -102,6 +104,7 @@ class HttpResponse:
 def build_event(request: HttpRequest, route: Route, path_parameters: dict[str, str]) -> dict[str, Any]:
     """The API Gateway HTTP API payload 2.0 event for ``request`` matched to ``route``."""
     split = urlsplit(request.target)
+    path = unquote(split.path)
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in request.headers:
@@ -117,7 +120,7 @@ def build_event(request: HttpRequest, route: Route, path_parameters: dict[str, s
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route.route_key,
-        "rawPath": split.path,
+        "rawPath": path,
         "rawQueryString": split.query,
         "headers": headers,
         "requestContext": {
@@ -127,7 +130,7 @@ def build_event(request: HttpRequest, route: Route, path_parameters: dict[str, s
             "domainPrefix": headers.get("host", "localhost").split(".")[0],
             "http": {
                 "method": request.method,
-                "path": split.path,
+                "path": path,
                 "protocol": request.protocol,
                 "sourceIp": request.source_ip,
                 "userAgent": headers.get("user-agent", ""),
@@ -209,9 +212,10 @@ class HttpApi:
         if request.method == "GET" and path in self.extra_routes:
             return _json_response(200, self.extra_routes[path]()), "local"
         for route in self.routes:
-            parameters = route.match(request.method, path)
+            parameters = route.match(request.method, unquote(path))
             if parameters is None:
                 continue
+            parameters = {name: unquote(value) for name, value in parameters.items()}
             if len(request.body) > API_GATEWAY_MAX_BODY:
                 return _json_response(413, {"message": "Request Entity Too Large"}), route.route_key
             event = build_event(request, route, parameters)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
@@ -103,8 +103,30 @@ def _unavailable(exc: Exception) -> Response:
     return _json(503, {"error": "temporarily unavailable, retry later"})
 
 
+_PATH_PARAMETERS = ("environment", "trafficType", "key")
+
+
+def _routed_on_path_parameters(event: dict[str, Any]) -> dict[str, Any]:
+    """The event, its path rebuilt from the path parameters API Gateway matched.
+
+    Those are what the caller asked for: an HTTP API decodes the path once to match the route and
+    each parameter once more (a key holding ``/`` is asked for as ``%252F``). The path it hands
+    over is the once-decoded one, where a ``#`` or ``?`` of a key no longer matches the resolver's
+    route, and an encoded ``%`` would be decoded again; so the route is matched on the parameters,
+    each encoded, and :func:`get_profile` decodes them back to exactly API Gateway's values.
+    """
+    parameters = event.get("pathParameters") or {}
+    values = [parameters.get(name) for name in _PATH_PARAMETERS]
+    if not all(isinstance(value, str) and value for value in values):
+        return event  # not as API Gateway routes GET /profiles/...: the resolver answers 404
+    stage = (event.get("requestContext") or {}).get("stage") or "$default"
+    prefix = "" if stage == "$default" else f"/{stage}"
+    path = prefix + "/profiles/" + "/".join(quote(str(value), safe="") for value in values)
+    return {**event, "rawPath": path}
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return app.resolve(_routed_on_path_parameters(event), context)

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from fme_bridge.template import Stack
-from shared.profiles_table import LastTreatment, Membership, put_membership, write_last_treatment
+from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
 from tests.conftest import load_event, put_secret
 
 SECRET = "profiles-secret-value"
@@ -48,6 +48,38 @@ def call(
         event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
     response = app.lambda_handler(event, lambda_context)
     return response["statusCode"], json.loads(response["body"]), response.get("headers", {})
+
+
+@pytest.mark.parametrize("key", ["org#42", "tenant/7", "a%41b", "x/y#z%25", "q?x=1", "ünï cödé"])
+@pytest.mark.parametrize("asked", ["encoded twice", "encoded once"])
+def test_a_key_is_found_whatever_characters_it_holds(
+    api: Stack, lambda_context: Any, key: str, asked: str
+) -> None:
+    from functions.profiles import app
+
+    identities = boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["IdentitiesTable"])
+    identities.put_item(
+        Item={
+            "pk": profile_pk("Production", "user", key),
+            "environment": "Production",
+            "trafficTypeName": "user",
+            "key": key,
+            "attributes": {"plan": "pro"},
+            "updatedAt": 1,
+        }
+    )
+    # As API Gateway hands it over: the path decoded once, the parameter decoded once more. A client
+    # that encodes only once (fine for '#', '?' and non-ASCII) leaves a path decoded all the way.
+    event = copy.deepcopy(load_event("profiles_get.json"))
+    segment = quote(key, safe="") if asked == "encoded twice" else key
+    event["rawPath"] = event["requestContext"]["http"]["path"] = f"/profiles/Production/user/{segment}"
+    event["pathParameters"]["key"] = key
+    event["headers"]["authorization"] = f"Bearer {SECRET}"
+
+    response = app.lambda_handler(event, lambda_context)
+
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"])["key"] == key
 
 
 def store_event(stack: Stack, timestamp: int, message_id: str, event_type: str = "checkout") -> None:

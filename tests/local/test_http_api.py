@@ -174,6 +174,21 @@ def test_template_routes_are_served_over_http(served: tuple[str, dict[str, EchoH
     assert handlers["ProfilesFunction"].events[0]["pathParameters"]["key"] == "u1"
 
 
+def test_paths_are_decoded_as_an_http_api_decodes_them(served: tuple[str, dict[str, EchoHandler]]) -> None:
+    url, handlers = served
+    # Once to match the route, each parameter once more: a slash inside a key is sent as %252F.
+    assert httpx.get(f"{url}/profiles/Production/user/tenant%252F7%2523a").json() == {"found": True}
+    event = handlers["ProfilesFunction"].events[-1]
+    assert event["pathParameters"]["key"] == "tenant/7#a"
+    assert (
+        event["rawPath"]
+        == event["requestContext"]["http"]["path"]
+        == "/profiles/Production/user/tenant%2F7%23a"
+    )
+    # Encoded once, the slash splits the path: no route matches, as at API Gateway.
+    assert httpx.get(f"{url}/profiles/Production/user/tenant%2F7").status_code == 404
+
+
 def test_unknown_routes_and_failed_invocations_answer_like_api_gateway(
     served: tuple[str, dict[str, EchoHandler]],
 ) -> None:
