@@ -38,7 +38,7 @@ class IdentitiesTable(Table):
             self.name,
             keys,
             # ``attributes`` is a DynamoDB reserved word.
-            projection="pk, #attributes, attributeTimestamps, untimedMessageIds, #version",
+            projection="pk, #attributes, attributeTimestamps, untimedMessageIds, timedMessageIds, #version",
             names={"#attributes": "attributes", "#version": "version"},
             consistent=True,
             sleep=self.sleep,
@@ -51,6 +51,7 @@ class IdentitiesTable(Table):
                 attributes=values.get("attributes", {}),
                 attributeTimestamps={k: int(v) for k, v in values.get("attributeTimestamps", {}).items()},
                 untimedMessageIds={k: int(v) for k, v in values.get("untimedMessageIds", {}).items()},
+                timedMessageIds={int(k): list(v) for k, v in values.get("timedMessageIds", {}).items()},
                 version=int(values.get("version", 0)),
             )
         return identities
@@ -108,6 +109,9 @@ class IdentitiesTable(Table):
         }
         if identity.untimedMessageIds:
             put["Item"]["untimedMessageIds"] = attribute_value(identity.untimedMessageIds)
+        if identity.timedMessageIds:
+            timed = {str(stamp): ids for stamp, ids in identity.timedMessageIds.items()}
+            put["Item"]["timedMessageIds"] = attribute_value(timed)
         if identity.expected_version is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:

@@ -39,6 +39,8 @@ MAX_MESSAGE_ID_LENGTH = 200
 # identity's list of the untimed messages applied (at most this many, the newest: 20 KB at most).
 UNTIMED_WINDOW_MS = 48 * 3_600_000
 MAX_UNTIMED_MESSAGE_IDS = 100
+# Timed identifies and groups that share a millisecond: the messageIds kept per timestamp.
+MAX_TIED_MESSAGE_IDS = 20
 # What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
 _EVENT_ENVELOPE_BYTES = 160
 # The estimate from the constant above is generous for the field names but does not count the escapes
@@ -478,6 +480,8 @@ class StoredIdentity(BaseModel):
     attributeTimestamps: dict[str, int] = Field(default_factory=dict)
     untimedMessageIds: dict[str, int] = Field(default_factory=dict)
     """The messageIds of the untimed messages applied lately, with their times of receipt."""
+    timedMessageIds: dict[int, list[str]] = Field(default_factory=dict)
+    """Per timestamp that is an attribute's current one, the messageIds of the messages applied at it."""
     version: int = 0
 
 
@@ -491,6 +495,7 @@ class MergedIdentity(BaseModel):
     attributes: dict[str, Any]
     attributeTimestamps: dict[str, int]
     untimedMessageIds: dict[str, int] = Field(default_factory=dict)
+    timedMessageIds: dict[int, list[str]] = Field(default_factory=dict)
     expected_version: int | None
     """The version read (None: the identity did not exist); the write is conditional on it."""
     effective: set[int]
@@ -499,7 +504,8 @@ class MergedIdentity(BaseModel):
     @functools.cached_property
     def size_bytes(self) -> int:
         """The attributes and their times as compact UTF-8 JSON: a little more than DynamoDB counts."""
-        document = [self.attributes, self.attributeTimestamps, self.untimedMessageIds]  # numbers: Decimal
+        document = [self.attributes, self.attributeTimestamps, self.untimedMessageIds, self.timedMessageIds]
+        # (numbers: Decimal)
         return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
     def too_large(self) -> bool:
@@ -526,6 +532,12 @@ def merge_identity(
     changes: the identity remembers its ``messageId`` for :data:`UNTIMED_WINDOW_MS` (the newest
     :data:`MAX_UNTIMED_MESSAGE_IDS`), and a redelivery within that window changes nothing, even when
     newer messages changed the identity in between.
+
+    Two messages of the same millisecond (an identify called twice in a row) tie: the later one
+    wins. So that a redelivery of the earlier one cannot win the tie again and undo the later one,
+    the identity remembers which messages were applied at each timestamp that is still an
+    attribute's (``timedMessageIds``, at most :data:`MAX_TIED_MESSAGE_IDS` each): one of them
+    arriving again changes nothing.
     """
     remembered = {
         message_id: at
@@ -546,6 +558,7 @@ def merge_identity(
         remembered = dict(newest)
     attributes = dict(stored.attributes) if stored else {}
     stamps = dict(stored.attributeTimestamps) if stored else {}
+    applied = {stamp: list(ids) for stamp, ids in (stored.timedMessageIds if stored else {}).items()}
     effective: set[int] = set()
     # An untimed message is remembered even when it changes no attribute: redelivered after a
     # newer message, it would otherwise win as the newest.
@@ -553,10 +566,15 @@ def merge_identity(
     if stored is None:
         effective.add(fresh[0].index)
     for update in sorted(fresh, key=lambda u: u.timestamp):
+        timed_id = "" if update.untimed else update.messageId
+        if timed_id and timed_id in applied.get(update.timestamp, ()):
+            continue  # applied at this timestamp before: a redelivery must not win a tie again
+        holds_a_stamp = False
         for name, value in update.attributes.items():
             previous_stamp = stamps.get(name)
             if previous_stamp is not None and previous_stamp > update.timestamp:
                 continue
+            holds_a_stamp = True
             if value is None:
                 value_changed = name in attributes
                 attributes.pop(name, None)
@@ -567,8 +585,17 @@ def merge_identity(
                 stamps[name] = update.timestamp
                 changed = True
                 effective.add(update.index)
+        if timed_id and holds_a_stamp:
+            # Remembered even when it changed nothing: a later message of the same millisecond may.
+            ids = applied.setdefault(update.timestamp, [])
+            ids.append(timed_id)
+            del ids[:-MAX_TIED_MESSAGE_IDS]
+            changed = True
+            effective.add(update.index)
     if not changed:
         return None
+    current = set(stamps.values())
+    applied = {stamp: ids for stamp, ids in applied.items() if stamp in current}
     first = fresh[0]
     return MergedIdentity(
         environment=first.environment,
@@ -577,6 +604,7 @@ def merge_identity(
         attributes=attributes,
         attributeTimestamps=stamps,
         untimedMessageIds=remembered,
+        timedMessageIds=applied,
         expected_version=stored.version if stored else None,
         effective=effective,
     )

@@ -149,6 +149,27 @@ def test_redelivered_identify_is_a_duplicate(webhook: Webhook) -> None:
     assert (answer.body["stored"], answer.body["duplicate"], answer.body["identities"]) == (0, 1, 0)
 
 
+def test_an_identify_redelivered_after_a_later_one_of_its_millisecond_changes_nothing(
+    webhook: Webhook,
+) -> None:
+    """Two identifies called in a row share a timestamp: the later one wins, and stays the winner."""
+    at = "2026-11-24T01:00:00.000Z"
+    first = segment_message(
+        "identify", anonymousId=None, messageId="A", traits={"plan": "free"}, timestamp=at
+    )
+    second = segment_message(
+        "identify", anonymousId=None, messageId="B", traits={"plan": "pro"}, timestamp=at
+    )
+    assert webhook.post(first).body["stored"] == 1
+    assert webhook.post(second).body["stored"] == 1
+    assert webhook.identity("user", first["userId"])["attributes"]["plan"] == "pro"
+
+    again = webhook.post(first)  # Segment sends A again: its first answer was lost
+
+    assert (again.body["stored"], again.body["duplicate"], again.body["identities"]) == (0, 1, 0)
+    assert webhook.identity("user", first["userId"])["attributes"]["plan"] == "pro"
+
+
 def test_an_untimed_identify_redelivered_after_a_newer_one_is_a_duplicate_and_changes_nothing(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
