@@ -144,27 +144,38 @@ _PYTHON_FIELDS = (
     "matching_key", "feature_name", "treatment", "label", "change_number", "bucketing_key", "time",
     "previous_time", "properties",
 )  # fmt: skip
+# The named tuple's fields up to ``time`` are always there; ``previous_time`` and ``properties`` came later.
+_PYTHON_REQUIRED = 7
 _CONTEXT_FIELDS = ("environmentName", "environmentId", "trafficType")
 
 
 def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
     """``raw`` in the listener shape's names, or None if it is not another SDK's spelling of it."""
+    item: dict[str, Any]
     data: Any
-    if "impression" in raw or "Impression" in raw:
+    translated = False
+    if "Impression" in raw and "impression" not in raw:
         item = {_LISTENER_NAMES.get(name, name): value for name, value in raw.items()}
-        data = item["impression"]
-        if isinstance(data, list) and len(data) <= len(_PYTHON_FIELDS):
-            data = dict(zip(_PYTHON_FIELDS, data, strict=False))
-        if not isinstance(data, dict):
-            return None
+        data, translated = item["impression"], True
+    elif "impression" in raw:
+        item, data = dict(raw), raw["impression"]
     elif ("keyName" in raw or "KeyName" in raw) and "key" not in raw and "split" not in raw:
-        data = raw
         item = {name: raw[name] for name in _CONTEXT_FIELDS if name in raw}
+        data, translated = raw, True
     else:
         return None
-    renamed = {_IMPRESSION_NAMES.get(name, name): value for name, value in data.items()}
-    if renamed.get("bucketingKey") == "":  # Go's zero value: no bucketing key
-        renamed["bucketingKey"] = None
+    if isinstance(data, list) and _PYTHON_REQUIRED <= len(data) <= len(_PYTHON_FIELDS):
+        data, translated = dict(zip(_PYTHON_FIELDS, data, strict=False)), True
+    if not isinstance(data, dict):
+        return None
+    renamed = {}
+    for name, value in data.items():
+        canonical = _IMPRESSION_NAMES.get(name, name)
+        translated = translated or canonical != name
+        # Go's zero value: no bucketing key.
+        renamed[canonical] = None if value == "" and name in ("b", "BucketingKey") else value
+    if not translated:
+        return None
     item["impression"] = renamed
     return item
 
