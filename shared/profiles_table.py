@@ -11,6 +11,7 @@ capacity). The calls of one batch run concurrently on the thread-safe low-level 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -132,16 +133,26 @@ class WriteOutcome:
 
     ``applied``: this impression is now the stored last treatment (or already was: a replay).
     ``previous``: the treatment it replaced (None for the first one), when ``applied``.
+    ``unsynced``: the stored last treatment's identify is still owed to Segment (see
+    :func:`mark_unsynced`); ``record`` is then the stored one, which may be newer than the impression.
     """
 
     record: LastTreatment
     applied: bool
     previous: str | None = None
     replay: bool = False
+    unsynced: bool = False
 
     @property
     def changed(self) -> bool:
-        return self.applied and self.previous != self.record.treatment
+        return self.applied and (self.unsynced or self.previous != self.record.treatment)
+
+
+# Set on a last treatment whose change did not reach Segment (its identify failed transiently), and
+# removed once an identify of it did: until then every write to it, and every retry, reports it as
+# a change. Without it, a newer impression of the same treatment, recorded while the failed message
+# waited for its retry, would find nothing changed, and the retry would find itself outdated.
+UNSYNCED = "identifyPending"
 
 
 _NEWER = "attribute_not_exists(pk) OR #time < :time OR (#time = :time AND #rank < :rank)"
@@ -208,12 +219,67 @@ def write_last_treatment(record: LastTreatment, now_ms: int | None = None) -> Wr
         response = client.update_item(**request)
     except client.exceptions.ConditionalCheckFailedException as exc:
         current = python_item(exc.response.get("Item") or {})
+        unsynced = bool(current.get(UNSYNCED))
         same = current.get("time") == record.time and current.get("rank") == record.rank
         if same:  # a redelivery of the impression that is stored: report what it changed then
-            return WriteOutcome(record, True, current.get("previousTreatment") or None, replay=True)
+            previous = current.get("previousTreatment") or None
+            return WriteOutcome(record, True, previous, replay=True, unsynced=unsynced)
+        if unsynced:  # outdated, but what is stored still has to reach Segment
+            return WriteOutcome(
+                _stored(current), True, current.get("previousTreatment") or None, unsynced=True
+            )
         return WriteOutcome(record, applied=False)
     old = python_item(response.get("Attributes") or {})
-    return WriteOutcome(record, True, old.get("treatment"))
+    return WriteOutcome(record, True, old.get("treatment"), unsynced=bool(old.get(UNSYNCED)))
+
+
+def _stored(item: dict[str, Any]) -> LastTreatment:
+    return LastTreatment(
+        environment=item["environment"],
+        traffic_type=item["trafficTypeName"],
+        key=item["key"],
+        split=item["split"],
+        treatment=item["treatment"],
+        time=item["time"],
+        split_version=item.get("splitVersionNumber"),
+        label=item.get("label"),
+    )
+
+
+def mark_unsynced(records: Sequence[LastTreatment]) -> None:
+    """Note that the stored last treatments of these flags still owe Segment an identify.
+
+    Whatever is stored now is marked, even when a newer impression replaced ``record`` meanwhile: that
+    one's write found nothing changed, and it is what Segment has to receive.
+    """
+    client = aws.client("dynamodb")
+    for record in records:
+        # Deleted meanwhile (a Segment user deletion): nothing is owed.
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            client.update_item(
+                TableName=table_name(),
+                Key=typed({"pk": record.pk, "sk": record.sk}),
+                UpdateExpression="SET #pending = :true",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#pending": UNSYNCED},
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
+
+
+def mark_synced(records: Sequence[LastTreatment]) -> None:
+    """Note that Segment received the identify of these last treatments, if they are still the stored ones."""
+    client = aws.client("dynamodb")
+    for record in records:
+        # A newer one was written since: its own write saw the note and reports it.
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            client.update_item(
+                TableName=table_name(),
+                Key=typed({"pk": record.pk, "sk": record.sk}),
+                UpdateExpression="REMOVE #pending",
+                ConditionExpression="#time = :time AND #rank = :rank",
+                ExpressionAttributeNames={"#pending": UNSYNCED, "#time": "time", "#rank": "rank"},
+                ExpressionAttributeValues=typed({":time": record.time, ":rank": record.rank}),
+            )
 
 
 def write_last_treatments(

@@ -26,7 +26,7 @@ from shared.outbound.segment_messages import traffic_type_of
 from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles.identify_sender import IdentifySender
 from shared.profiles.last_treatment import LastTreatmentRecorder
-from shared.profiles_table import LastTreatment, WriteOutcome
+from shared.profiles_table import LastTreatment, WriteOutcome, mark_synced, mark_unsynced
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +143,37 @@ class LastTreatmentSync:
         report.changed = len(changed)
 
         failed_slots = self._send_identifies(router.destinations, changed, by_destination)
+        self._note_sync(changed, outcomes, failed_slots)
         self.recorder.remember([o for o in outcomes if (o.record.pk, o.record.split) not in failed_slots])
         for slot, reason in failed_slots.items():
             for record_index in sources[slot]:
                 report.failed.setdefault(record_index, reason)
         return dict(report.failed)
+
+    @staticmethod
+    def _note_sync(
+        changed: Sequence[WriteOutcome], outcomes: Sequence[WriteOutcome], failed_slots: Mapping[Slot, str]
+    ) -> None:
+        """Note on the items a change Segment did not receive, so that no later write of the flag can
+        pass it over, and drop the note of one whose identify has now been delivered.
+
+        A note that cannot be written is logged: the failed records are retried anyway (a redelivery
+        of the stored impression reports its change again), and a note left behind costs only one
+        identify sent twice, which Segment deduplicates.
+        """
+        owed = [o.record for o in changed if (o.record.pk, o.record.split) in failed_slots]
+        paid = [
+            o.record for o in outcomes if o.unsynced and (o.record.pk, o.record.split) not in failed_slots
+        ]
+        for note, records in ((mark_unsynced, owed), (mark_synced, paid)):
+            if not records:
+                continue
+            try:
+                note(records)
+            except (ClientError, BotoCoreError) as exc:
+                logger.warning(
+                    "%s of %d last treatments failed: %s", note.__name__, len(records), type(exc).__name__
+                )
 
     def _send_identifies(
         self,

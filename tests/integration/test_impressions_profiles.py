@@ -312,6 +312,78 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     assert (metrics["LastTreatmentWrites"], metrics["LastTreatmentWritesSkipped"]) == (0, 2)
 
 
+def forwarded_by(sqs_event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The impressions function on ``sqs_event``; the last-treatments message it forwarded, unhandled."""
+    impressions_app.lambda_handler(sqs_event, context)
+    forwarded = receive_event(
+        aws.env("LAST_TREATMENTS_QUEUE_URL"), "arn:aws:sqs:us-east-1:123456789012:LastTreatmentsQueue"
+    )
+    assert forwarded["Records"]
+    return forwarded
+
+
+def countdown(context: Any, seconds: float) -> Any:
+    end = time.monotonic() + seconds
+    context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+    return context
+
+
+def pending(split: str = "new_checkout") -> bool:
+    [item] = [i for i in profile_items(f"Production#user#{USER}") if i.get("split") == split]
+    return bool(item.get("identifyPending"))
+
+
+@pytest.mark.parametrize("newer", ["the same treatment", "nothing"])
+def test_a_change_segment_missed_reaches_it_when_segment_is_back(
+    production: dict[str, Any], sink: SegmentSink, context: Any, newer: str
+) -> None:
+    """The change's identify fails; before SQS retries it, the user may see the flag again."""
+    handle(event(json.dumps(impression("new_checkout", "on", T0))), context)
+    forwarded = forwarded_by(event(json.dumps(impression("new_checkout", "off", T0 + 1000))), context)
+    sink.fail_fraction(1.0, 503)
+    failed = last_treatments_app.lambda_handler(forwarded, countdown(context, 2.0))  # 0.5 s kept back
+    sink.fail_fraction(0)
+    countdown(context, 30.0)
+    assert failed["batchItemFailures"]  # retried by SQS
+    assert stored_treatments()["new_checkout"]["treatment"] == "off"
+    assert pending()
+
+    if newer == "the same treatment":  # while Segment is back and the retry waits: not a change by itself
+        handle(event(json.dumps(impression("new_checkout", "off", T0 + 2000))), context)
+        assert [m["traits"]["new_checkout"] for m in identifies(sink)] == ["on", "off"]
+        assert not pending()
+    for record in forwarded["Records"]:
+        record["attributes"]["ApproximateReceiveCount"] = "2"
+    retried = last_treatments_app.lambda_handler(forwarded, context)
+
+    assert retried == {"batchItemFailures": []}
+    assert [m["traits"]["new_checkout"] for m in identifies(sink)][-1] == "off"
+    assert not pending()
+    # Delivered once per change: the retry of an outdated message sends nothing more.
+    assert [m["traits"]["new_checkout"] for m in identifies(sink)] == ["on", "off"]
+
+
+def test_a_change_segment_missed_is_noted_on_what_is_stored_even_if_newer(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """A newer impression of the same treatment was written between the change and its failed identify."""
+    from shared.profiles_table import LastTreatment, mark_unsynced, write_last_treatment
+
+    def record(treatment: str, at: int) -> LastTreatment:
+        return LastTreatment("Production", "user", USER, "new_checkout", treatment, at, 1795482000000)
+
+    assert write_last_treatment(record("on", T0)).changed
+    change = write_last_treatment(record("off", T0 + 1000))
+    newer = write_last_treatment(record("off", T0 + 2000))
+    assert change.changed
+    assert not newer.changed
+    mark_unsynced([change.record])  # its identify failed
+
+    retry = write_last_treatment(record("off", T0 + 1000))
+
+    assert (retry.changed, retry.unsynced, retry.record) == (True, True, record("off", T0 + 2000))
+
+
 def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
     production: dict[str, Any],
 ) -> None:
