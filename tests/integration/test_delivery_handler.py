@@ -509,8 +509,9 @@ def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
         stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
     ]
     sink.fail_next(1000, 503)
-    # The deadline keeps 1.5 s back: a second more leaves room for attempts on a busy machine too.
-    invoke(stream_event(*records), lambda_context, seconds=2.5)
+    # The deadline keeps 1.5 s back, and a first invocation creates its SSM and Secrets Manager
+    # clients (up to a second here, loading their models): 2.5 s more leave room for attempts.
+    invoke(stream_event(*records), lambda_context, seconds=4.0)
 
     table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
     status = table.get_item(Key={"pk": "connection", "sk": "webshop"})["Item"]
