@@ -116,6 +116,12 @@ def event_item(
     return item
 
 
+def store(table_name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """Put ``item`` in the table (moto), as the record of it implies; returns it."""
+    boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=table_name, Item=dynamodb_json(item))
+    return item
+
+
 def identity_item(
     key: str,
     attributes: dict[str, Any],

@@ -247,12 +247,13 @@ def redrive(
         log=DeliveryLog(tgt.table(LOG_TABLE)),
         failures=FailureQueue(sqs, url),
         resolve=_resolver(tgt),
+        dynamodb=tgt.client("dynamodb"),
     )
     streams = _streams(tgt)
     # An error recorded without what it is about (by an earlier version) is cleared only if older.
     started = now_ms()
     seen: set[str] = set()
-    done = kept = 0
+    done = kept = gone = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
     while limit is None or done + kept < limit:
         received = receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
@@ -281,6 +282,7 @@ def redrive(
                 )
             )
             kind = str(body.get("kind") or ("stream batch" if "DDBStreamBatchInfo" in body else "?"))
+            gone += result.superseded
             if result.done:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                 done += 1
@@ -304,5 +306,7 @@ def redrive(
         return
     out.print(rows)
     out.print(f"{done} message(s) delivered and removed, {kept} kept")
+    if gone:
+        out.print(f"{gone} identity(ies) deleted since, or left without values: not sent")
     if kept:
         raise typer.Exit(1)

@@ -34,7 +34,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 
-from shared import config, http_session
+from shared import aws, config, http_session
 from shared.config import DeliveryConfig, FmeKeys
 from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog, record_key
 from shared.delivery.failure_queue import FailureQueue, Refusal
@@ -45,12 +45,16 @@ from shared.delivery.records import (
     StoredEvent,
     ack_id,
     identity_change,
+    identity_values,
     plain,
     read_stream_batch,
     stored_event,
     table_of,
 )
+from shared.dynamodb import batch_get
+from shared.dynamodb import plain as python_values
 from shared.http_retry import Deadline, Outcome, tls_context
+from shared.profiles_table import profile_pk
 
 logger = Logger(child=True)
 
@@ -192,9 +196,11 @@ class Delivery:
         clock: Callable[[], int] = now_ms,
         transport: httpx.AsyncBaseTransport | None = None,
         http_timeout: float = 10.0,
+        dynamodb: Any = None,
     ) -> None:
         self.events_table = events_table
         self.identities_table = identities_table
+        self._dynamodb = dynamodb  # for a redrive's look at the identities table (shared.aws's by default)
         self.log = log
         self.failures = failures
         self._resolve = resolve
@@ -244,7 +250,9 @@ class Delivery:
             if events:
                 await self._deliver_events(events, client, report, tallies)
             if identities:
-                await self._deliver_identities(identities, client, report, tallies)
+                await self._deliver_identities(
+                    identities, client, report, tallies, as_stored_now=redrive_started is not None
+                )
         if redrive_started is not None:  # a redrive of a stream batch: its records are what it resolves
             resolved = frozenset(
                 record_key(str(r.get("dynamodb", {}).get("SequenceNumber"))) for r in records
@@ -451,7 +459,10 @@ class Delivery:
         client: FmeClient,
         report: DeliveryReport,
         tallies: dict[str, _ConnectionTally],
+        as_stored_now: bool = False,
     ) -> None:
+        """``as_stored_now``: send each identity as the table holds it now (a redrive, see
+        :meth:`_stored_now`)."""
         # Several changes of one identity in a batch: its latest values are sent once.
         latest: dict[tuple[str, str, str, str], IdentityChange] = {}
         sequences: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
@@ -508,6 +519,10 @@ class Delivery:
             tally = tallies[connection_id]
             by_id = {change.ack_id: change for change in changes}
             pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
+            if as_stored_now:
+                pairs = self._stored_now(traffic_type, environment, pairs, report)
+                if not pairs:
+                    continue
             if connection.problem or connection.keys is None or connection.settings is None:
                 outcomes = [
                     ItemOutcome(item_id, identity, Outcome.PERMANENT, None, connection.problem or "")
@@ -568,6 +583,45 @@ class Delivery:
                     report.count("IdentitiesRefused", len(group))
                     tally.identities_refused += len(group)
                     tally.failed(reason, failure_ids)
+
+    def _stored_now(
+        self,
+        traffic_type: str,
+        environment: str,
+        pairs: Sequence[tuple[str, FmeIdentity]],
+        report: DeliveryReport | None = None,
+    ) -> list[tuple[str, FmeIdentity]]:
+        """The identities of ``pairs`` as the identities table holds them now, for a redrive.
+
+        FME's Save Identities overwrites every value: an identity version refused a while ago, sent as
+        it was, would take back what newer versions saved since. The values stored now are sent
+        instead (a version still on its way through the stream would only send them again). An
+        identity deleted since, or left without an attribute FME takes, is not sent at all.
+        """
+        if not pairs:
+            return []
+        client = self._dynamodb if self._dynamodb is not None else aws.client("dynamodb")
+        keys = {profile_pk(environment, traffic_type, identity.key) for _, identity in pairs}
+        found = batch_get(
+            client,
+            self.identities_table,
+            [{"pk": {"S": pk}} for pk in sorted(keys)],
+            projection="pk, #attributes",
+            names={"#attributes": "attributes"},
+            consistent=True,
+        )
+        now = {
+            str(item["pk"]["S"]): identity_values(python_values(item).get("attributes")).values
+            for item in found
+        }
+        current = []
+        for item_id, identity in pairs:
+            values = now.get(profile_pk(environment, traffic_type, identity.key))
+            if values:
+                current.append((item_id, FmeIdentity(key=identity.key, values=values)))
+            elif report is not None:
+                report.count("IdentitiesSuperseded")
+        return current
 
     # -- redrive ----------------------------------------------------------------------------------
 
@@ -685,6 +739,9 @@ class Delivery:
         delivered = self._already_delivered((i for pairs in groups.values() for i, _ in pairs), result)
         for (traffic_type, environment), pairs in groups.items():
             pending = [(item_id, identity) for item_id, identity in pairs if item_id not in delivered]
+            refused_versions = len(pending)
+            pending = self._stored_now(traffic_type, environment, pending)
+            result.superseded += refused_versions - len(pending)
             if not pending:
                 continue
             outcomes = await client.save_identities(
@@ -719,6 +776,7 @@ class Delivery:
 class RedriveResult:
     resent: int = 0
     already_delivered: int = 0
+    superseded: int = 0  # identities deleted since, or left without values: nothing to send
     problems: list[str] = field(default_factory=list)
 
     @property

@@ -25,6 +25,7 @@ from tests.delivery_support import (
     failure_messages,
     identity_item,
     invoke,
+    store,
     stream_arn,
     stream_event,
     stream_record,
@@ -228,7 +229,12 @@ def test_redrive_counts_each_identity_it_saves_once(
     sink.refuse_identity("u3", 400, "attribute limit reached")
     table = stack.tables["IdentitiesTable"]
     records = [
-        stream_record(table, identity_item(k, {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+        stream_record(
+            table,
+            store(table, identity_item(k, {"plan": "pro"})),
+            view="NEW_AND_OLD_IMAGES",
+            key_names=("pk",),
+        )
         for k in ("u2", "u3")
     ]
     invoke(stream_event(*records), lambda_context)
@@ -264,6 +270,7 @@ def test_identities_refused_for_two_connections_in_messages_without_ack_ids_are_
     """As a version that gave identity items no ackId wrote them: the same identity and values,
     refused for two connections, are two items to deliver, not one delivered twice over."""
     sqs = boto3.client("sqs", region_name="us-east-1")
+    store(stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"}))
     for connection_id in ("webshop", "app"):
         connect(sink, connection_id=connection_id)
         body = {
@@ -288,11 +295,12 @@ def test_identities_refused_for_two_connections_in_messages_without_ack_ids_are_
     assert failure_messages(stack) == []
 
 
-def give_up_on(stack: Stack, item: dict[str, Any]) -> None:
-    """Store ``item`` in the events table, and send what Lambda sends to the on-failure destination
-    when the stream batch holding it exhausts its retries."""
+def give_up_on(stack: Stack, item: dict[str, Any], table_id: str = "EventsTable", record: int = -1) -> None:
+    """Store ``item`` in the table, and send what Lambda sends to the on-failure destination when the
+    stream batch holding the table's ``record``-th stream record (the item's, by default) exhausts
+    its retries."""
     ddb = boto3.client("dynamodb", region_name="us-east-1")
-    table = stack.tables["EventsTable"]
+    table = stack.tables[table_id]
     ddb.put_item(TableName=table, Item=dynamodb_json(item))
     arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
     streams = boto3.client(
@@ -302,7 +310,7 @@ def give_up_on(stack: Stack, item: dict[str, Any]) -> None:
     iterator = streams.get_shard_iterator(
         StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
     )
-    sequence = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"][-1]["dynamodb"][
+    sequence = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"][record]["dynamodb"][
         "SequenceNumber"
     ]
     boto3.client("sqs", region_name="us-east-1").send_message(
@@ -430,6 +438,66 @@ def test_status_shows_a_stream_batch_the_stream_no_longer_holds_on_a_line_of_its
     table = cli("delivery", "status").output
     assert "failure queue: 1 message(s) of (stream batch)" in table
     assert "failure queue: 1 message(s) in all" in table
+
+
+def refuse_then_change(stack: Stack, sink: FmeSink, lambda_context: Any) -> None:
+    """FME refuses the first version of u1 (plan free); the second (plan pro) is saved after the fix."""
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    old = store(table, identity_item("u1", {"plan": "free"}, updated_at=1764061200000))
+    sink.fail_next(1, 403, path_contains="identities")
+    invoke(
+        stream_event(stream_record(table, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))), lambda_context
+    )
+    new = store(table, identity_item("u1", {"plan": "pro"}, updated_at=1764061300000))
+    record = stream_record(table, new, old=old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+    invoke(stream_event(record), lambda_context)
+    assert [u.values for u in sink.identity_updates] == [{"plan": "pro"}]
+
+
+def test_redrive_sends_an_identity_as_it_is_now_not_as_fme_refused_it(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    """Save Identities overwrites every value: the refused, older version must not undo the newer."""
+    refuse_then_change(stack, sink, lambda_context)
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert [u.values for u in sink.identity_updates] == [{"plan": "pro"}, {"plan": "pro"}]
+    assert failure_messages(stack) == []
+
+
+def test_redrive_does_not_send_an_identity_deleted_since(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    refuse_then_change(stack, sink, lambda_context)
+    boto3.client("dynamodb", region_name="us-east-1").delete_item(
+        TableName=stack.tables["IdentitiesTable"], Key={"pk": {"S": "Production#user#u1"}}
+    )
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert "1 identity(ies) deleted since, or left without values: not sent" in result.output
+    assert [u.values for u in sink.identity_updates] == [{"plan": "pro"}]  # nothing more
+    assert failure_messages(stack) == []
+
+
+def test_a_redriven_stream_batch_sends_identities_as_they_are_now(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    store(table, identity_item("u5", {"plan": "free"}, updated_at=1764061200000))
+    # Lambda gave up on the batch of the first version; the second is stored by now.
+    give_up_on(stack, identity_item("u5", {"plan": "pro"}, updated_at=1764061300000), "IdentitiesTable", 0)
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert [(u.key, u.values) for u in sink.identity_updates] == [("u5", {"plan": "pro"})]
+    assert failure_messages(stack) == []
 
 
 def test_redrive_with_an_empty_queue_says_so(
