@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -246,40 +246,60 @@ def _stored(item: dict[str, Any]) -> LastTreatment:
     )
 
 
-def mark_unsynced(records: Sequence[LastTreatment]) -> None:
+def mark_unsynced(records: Sequence[LastTreatment], time_left: Callable[[], bool] = lambda: True) -> None:
     """Note that the stored last treatments of these flags still owe Segment an identify.
 
     Whatever is stored now is marked, even when a newer impression replaced ``record`` meanwhile: that
-    one's write found nothing changed, and it is what Segment has to receive.
+    one's write found nothing changed, and it is what Segment has to receive. Concurrent, like the
+    writes; a note not begun while ``time_left()`` holds is not made (the retry reports the change).
     """
-    client = aws.client("dynamodb")
-    for record in records:
-        # Deleted meanwhile (a Segment user deletion): nothing is owed.
-        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
-            client.update_item(
-                TableName=table_name(),
-                Key=typed({"pk": record.pk, "sk": record.sk}),
-                UpdateExpression="SET #pending = :true",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#pending": UNSYNCED},
-                ExpressionAttributeValues={":true": {"BOOL": True}},
-            )
+    _note(records, time_left, "SET #pending = :true", "attribute_exists(pk)", {":true": {"BOOL": True}})
 
 
-def mark_synced(records: Sequence[LastTreatment]) -> None:
-    """Note that Segment received the identify of these last treatments, if they are still the stored ones."""
+def mark_synced(records: Sequence[LastTreatment], time_left: Callable[[], bool] = lambda: True) -> None:
+    """Note that Segment received the identify of these last treatments, if they are still the stored ones.
+
+    A newer one written since keeps the note: its own write saw it and reports it.
+    """
+    _note(records, time_left, "REMOVE #pending", "#time = :time AND #rank = :rank", None)
+
+
+def _note(
+    records: Sequence[LastTreatment],
+    time_left: Callable[[], bool],
+    update: str,
+    condition: str,
+    values: dict[str, Any] | None,
+) -> None:
     client = aws.client("dynamodb")
-    for record in records:
-        # A newer one was written since: its own write saw the note and reports it.
+
+    def note(record: LastTreatment) -> None:
+        if not time_left():
+            return
+        names = {"#pending": UNSYNCED}
+        request: dict[str, Any] = {
+            "TableName": table_name(),
+            "Key": typed({"pk": record.pk, "sk": record.sk}),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+        }
+        if values is None:  # conditional on the record being the stored one
+            names |= {"#time": "time", "#rank": "rank"}
+            request["ExpressionAttributeValues"] = typed({":time": record.time, ":rank": record.rank})
+        else:
+            request["ExpressionAttributeValues"] = values
+        request["ExpressionAttributeNames"] = names
+        # Deleted meanwhile (a Segment user deletion), or replaced: nothing to note.
         with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
-            client.update_item(
-                TableName=table_name(),
-                Key=typed({"pk": record.pk, "sk": record.sk}),
-                UpdateExpression="REMOVE #pending",
-                ConditionExpression="#time = :time AND #rank = :rank",
-                ExpressionAttributeNames={"#pending": UNSYNCED, "#time": "time", "#rank": "rank"},
-                ExpressionAttributeValues=typed({":time": record.time, ":rank": record.rank}),
-            )
+            client.update_item(**request)
+
+    if len(records) <= 1:
+        for record in records:
+            note(record)
+        return
+    with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(records))) as pool:
+        for future in [pool.submit(note, record) for record in records]:
+            future.result()
 
 
 def write_last_treatments(

@@ -72,6 +72,7 @@ class LastTreatmentSync:
         self.destinations = destinations
         self.report = ProfileStepReport()
         self._seen: list[tuple[int, Impression]] = []
+        self._retried: set[int] = set()
         self._skipped_before = recorder.skipped
 
     @property
@@ -91,8 +92,11 @@ class LastTreatmentSync:
         ):
             metrics.add_metric(name=name, unit="Count", value=value)
 
-    def observe(self, record: int, impressions: Sequence[Impression]) -> None:
+    def observe(self, record: int, impressions: Sequence[Impression], retried: bool = False) -> None:
+        """``retried``: the message was received before (its change may still be owed to Segment)."""
         self._seen.extend((record, impression) for impression in impressions)
+        if retried:
+            self._retried.add(record)
 
     def finish(self) -> Mapping[int, str]:
         try:
@@ -113,6 +117,7 @@ class LastTreatmentSync:
         router = Router(configs.destinations, configs.invalid)
 
         records: list[LastTreatment] = []
+        uncached: set[Slot] = set()
         sources: dict[Slot, set[int]] = defaultdict(set)
         by_destination: dict[str, set[Slot]] = defaultdict(set)
         for record_index, impression in self._seen:
@@ -129,10 +134,12 @@ class LastTreatmentSync:
                 lt = _record_of(impression, destination)
                 records.append(lt)
                 sources[(lt.pk, lt.split)].add(record_index)
+                if record_index in self._retried:
+                    uncached.add((lt.pk, lt.split))
                 by_destination[destination.name].add((lt.pk, lt.split))
 
         try:
-            outcomes = self.recorder.record(records)
+            outcomes = self.recorder.record(records, uncached=uncached)
         except (ClientError, BotoCoreError) as exc:
             logger.warning("recording last treatments failed: %s", type(exc).__name__)
             return self._fail(
@@ -143,16 +150,24 @@ class LastTreatmentSync:
         report.changed = len(changed)
 
         failed_slots = self._send_identifies(router.destinations, changed, by_destination)
-        self._note_sync(changed, outcomes, failed_slots)
+        self._note_sync(changed, outcomes, failed_slots, self._time_for_notes)
         self.recorder.remember([o for o in outcomes if (o.record.pk, o.record.split) not in failed_slots])
         for slot, reason in failed_slots.items():
             for record_index in sources[slot]:
                 report.failed.setdefault(record_index, reason)
         return dict(report.failed)
 
+    def _time_for_notes(self) -> bool:
+        # The identifies may have used the time down to the margin: the notes take part of it, and
+        # leave the rest for the response (a note left unwritten is made again by the retry).
+        return self.remaining_ms() > self.margin_ms // 3
+
     @staticmethod
     def _note_sync(
-        changed: Sequence[WriteOutcome], outcomes: Sequence[WriteOutcome], failed_slots: Mapping[Slot, str]
+        changed: Sequence[WriteOutcome],
+        outcomes: Sequence[WriteOutcome],
+        failed_slots: Mapping[Slot, str],
+        time_left: Callable[[], bool],
     ) -> None:
         """Note on the items a change Segment did not receive, so that no later write of the flag can
         pass it over, and drop the note of one whose identify has now been delivered.
@@ -169,7 +184,7 @@ class LastTreatmentSync:
             if not records:
                 continue
             try:
-                note(records)
+                note(records, time_left)
             except (ClientError, BotoCoreError) as exc:
                 logger.warning(
                     "%s of %d last treatments failed: %s", note.__name__, len(records), type(exc).__name__

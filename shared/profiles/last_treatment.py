@@ -16,7 +16,7 @@ Three things keep the cost per impression low:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from shared.profiles_table import LastTreatment, WriteOutcome, write_last_treatments
 
@@ -46,11 +46,21 @@ class LastTreatmentRecorder:
         seen = self._written.get((record.pk, record.split))
         return seen is not None and record.order <= seen
 
-    def record(self, records: Iterable[LastTreatment], now_ms: int | None = None) -> list[WriteOutcome]:
-        """Write what may be newer than the stored last treatments; outcomes of the writes made."""
+    def record(
+        self,
+        records: Iterable[LastTreatment],
+        now_ms: int | None = None,
+        uncached: Collection[tuple[str, str]] = (),
+    ) -> list[WriteOutcome]:
+        """Write what may be newer than the stored last treatments; outcomes of the writes made.
+
+        ``uncached``: (pk, split) slots written whatever the cache says: those of retried messages,
+        whose change may still be owed to Segment (``identifyPending``, marked after another
+        container cached a newer write of the flag that found nothing changed).
+        """
         pending = []
         for record in newest_per_flag(records):
-            if self._known(record):
+            if (record.pk, record.split) not in uncached and self._known(record):
                 self.skipped += 1
             else:
                 pending.append(record)

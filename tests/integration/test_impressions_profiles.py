@@ -382,6 +382,57 @@ def test_a_change_segment_missed_is_noted_on_what_is_stored_even_if_newer(
     retry = write_last_treatment(record("off", T0 + 1000))
 
     assert (retry.changed, retry.unsynced, retry.record) == (True, True, record("off", T0 + 2000))
+    # Notes not begun in time are not made: the response must not wait for them.
+    from shared.profiles_table import mark_synced
+
+    mark_synced([retry.record], time_left=lambda: False)
+    assert pending()
+    mark_synced([retry.record])
+    assert not pending()
+
+
+def test_the_retry_of_a_change_segment_missed_is_not_skipped_by_another_containers_cache(
+    production: dict[str, Any], sink: SegmentSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Container B records a newer impression of the same treatment between container A's change and
+    A's note that Segment missed it: B finds nothing changed and caches it; A's retry lands on B."""
+    from shared.profiles import impression_profiles
+
+    destination = Destination("production", OutboundConfig.model_validate(production))
+    container_a, container_b = LastTreatmentRecorder(), LastTreatmentRecorder()
+
+    def step(
+        recorder: LastTreatmentRecorder, treatment: str, at: int, retried: bool = False
+    ) -> dict[int, str]:
+        end = time.monotonic() + 3.0
+        sync = LastTreatmentSync(
+            recorder,
+            lambda: int((end - time.monotonic()) * 1000),
+            margin_ms=500,
+            destinations=lambda: OutboundConfigs([destination]),
+        )
+        body = json.dumps([impression("new_checkout", treatment, at)])
+        sync.observe(0, [i for _, i in parse_body(body).impressions], retried=retried)
+        return sync.run()
+
+    assert step(container_a, "on", T0) == {}
+    note_owed = impression_profiles.mark_unsynced
+
+    def b_first(*args: Any) -> None:
+        sink.fail_fraction(0)
+        assert step(container_b, "off", T0 + 2000) == {}  # not a change, as far as B can tell
+        note_owed(*args)
+
+    monkeypatch.setattr(impression_profiles, "mark_unsynced", b_first)
+    sink.fail_fraction(1.0, 503)
+    assert step(container_a, "off", T0 + 1000)  # Segment missed the change: retried
+    assert pending()
+    assert [m["traits"]["new_checkout"] for m in identifies(sink)] == ["on"]
+
+    assert step(container_b, "off", T0 + 1000, retried=True) == {}
+
+    assert [m["traits"]["new_checkout"] for m in identifies(sink)] == ["on", "off"]
+    assert not pending()
 
 
 def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
