@@ -39,8 +39,10 @@ MAX_MESSAGE_ID_LENGTH = 200
 # identity's list of the untimed messages applied (at most this many, the newest: 20 KB at most).
 UNTIMED_WINDOW_MS = 48 * 3_600_000
 MAX_UNTIMED_MESSAGE_IDS = 100
-# Timed identifies and groups that share a millisecond: the messageIds kept per timestamp.
+# Timed identifies and groups that share a millisecond: the messages kept per timestamp, and the
+# timestamps kept (the newest; a redelivery of an older message finds newer values in its way anyway).
 MAX_TIED_MESSAGE_IDS = 20
+MAX_TIED_TIMESTAMPS = 20
 # What an FME event adds around its properties when sent: field names, quotes, value, timestamp.
 _EVENT_ENVELOPE_BYTES = 160
 # The estimate from the constant above is generous for the field names but does not count the escapes
@@ -519,6 +521,12 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def applied_id(message_id: str) -> str:
+    """How ``timedMessageIds`` holds a messageId: 16 hex digits of a digest (messageIds run to 200
+    characters, and an identity item carries one per timestamp an attribute keeps)."""
+    return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
+
+
 def merge_identity(
     stored: StoredIdentity | None, updates: Sequence[IdentityUpdate], now_ms: int
 ) -> MergedIdentity | None:
@@ -536,8 +544,8 @@ def merge_identity(
     Two messages of the same millisecond (an identify called twice in a row) tie: the later one
     wins. So that a redelivery of the earlier one cannot win the tie again and undo the later one,
     the identity remembers which messages were applied at each timestamp that is still an
-    attribute's (``timedMessageIds``, at most :data:`MAX_TIED_MESSAGE_IDS` each): one of them
-    arriving again changes nothing.
+    attribute's (``timedMessageIds``: digests, at most :data:`MAX_TIED_MESSAGE_IDS` each, for the
+    newest :data:`MAX_TIED_TIMESTAMPS` timestamps): one of them arriving again changes nothing.
     """
     remembered = {
         message_id: at
@@ -566,7 +574,7 @@ def merge_identity(
     if stored is None:
         effective.add(fresh[0].index)
     for update in sorted(fresh, key=lambda u: u.timestamp):
-        timed_id = "" if update.untimed else update.messageId
+        timed_id = "" if update.untimed or not update.messageId else applied_id(update.messageId)
         if timed_id and timed_id in applied.get(update.timestamp, ()):
             continue  # applied at this timestamp before: a redelivery must not win a tie again
         holds_a_stamp = False
@@ -595,7 +603,8 @@ def merge_identity(
     if not changed:
         return None
     current = set(stamps.values())
-    applied = {stamp: ids for stamp, ids in applied.items() if stamp in current}
+    kept = sorted(stamp for stamp in applied if stamp in current)[-MAX_TIED_TIMESTAMPS:]
+    applied = {stamp: applied[stamp] for stamp in kept}
     first = fresh[0]
     return MergedIdentity(
         environment=first.environment,

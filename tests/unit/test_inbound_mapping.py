@@ -11,6 +11,7 @@ from shared.config import InboundConfig
 from shared.inbound.mapping import (
     MAX_PROPERTIES,
     MAX_TIED_MESSAGE_IDS,
+    MAX_TIED_TIMESTAMPS,
     MAX_UNTIMED_MESSAGE_IDS,
     UNTIMED_WINDOW_MS,
     DropReason,
@@ -19,6 +20,7 @@ from shared.inbound.mapping import (
     Mapped,
     MergedIdentity,
     StoredIdentity,
+    applied_id,
     map_messages,
     merge_identity,
 )
@@ -627,6 +629,10 @@ def test_untimed_message_ids_are_kept_for_the_window_and_at_most_the_newest_hund
     assert not any(message_id.startswith("old-") for message_id in merged.untimedMessageIds)
 
 
+def ids(*message_ids: str) -> list[str]:
+    return [applied_id(message_id) for message_id in message_ids]
+
+
 def timed(index: int, message_id: str, timestamp: int, **attributes: Any) -> IdentityUpdate:
     return update(index, timestamp, **attributes).model_copy(update={"messageId": message_id})
 
@@ -646,12 +652,12 @@ def kept(merged: MergedIdentity | None, version: int) -> StoredIdentity:
 def test_a_message_redelivered_after_a_later_one_of_its_millisecond_changes_nothing() -> None:
     first = merge_identity(None, [timed(0, "A", 100, plan="free", seats=1)], now_ms=0)
     assert first is not None
-    assert first.timedMessageIds == {100: ["A"]}
+    assert first.timedMessageIds == {100: ids("A")}
     # Called twice in a row: the same millisecond, and the later message wins the tie.
     second = merge_identity(kept(first, 1), [timed(0, "B", 100, plan="pro")], now_ms=0)
     assert second is not None
     assert second.attributes == {"plan": "pro", "seats": 1}
-    assert second.timedMessageIds == {100: ["A", "B"]}
+    assert second.timedMessageIds == {100: ids("A", "B")}
     # A, redelivered, must not win it back.
     assert merge_identity(kept(second, 2), [timed(0, "A", 100, plan="free", seats=1)], now_ms=0) is None
     assert merge_identity(kept(second, 2), [timed(0, "B", 100, plan="pro")], now_ms=0) is None
@@ -666,7 +672,7 @@ def test_a_message_of_a_tie_that_changes_nothing_is_remembered_all_the_same() ->
     first = kept(merge_identity(None, [timed(0, "A", 100, plan="free")], now_ms=0), 1)
     same = merge_identity(first, [timed(0, "B", 100, plan="free")], now_ms=0)
     assert same is not None
-    assert same.timedMessageIds == {100: ["A", "B"]}
+    assert same.timedMessageIds == {100: ids("A", "B")}
     changed = kept(merge_identity(kept(same, 2), [timed(0, "C", 100, plan="pro")], now_ms=0), 3)
     assert merge_identity(changed, [timed(0, "B", 100, plan="free")], now_ms=0) is None
 
@@ -675,13 +681,25 @@ def test_tied_message_ids_are_kept_only_while_their_time_is_an_attributes() -> N
     first = kept(merge_identity(None, [timed(0, "A", 100, plan="free", seats=1)], now_ms=0), 1)
     partly = merge_identity(first, [timed(0, "D", 200, plan="pro")], now_ms=0)
     assert partly is not None
-    assert partly.timedMessageIds == {100: ["A"], 200: ["D"]}  # seats is still A's
+    assert partly.timedMessageIds == {100: ids("A"), 200: ids("D")}  # seats is still A's
     wholly = merge_identity(kept(partly, 2), [timed(0, "E", 300, plan="x", seats=2)], now_ms=0)
     assert wholly is not None
-    assert wholly.timedMessageIds == {300: ["E"]}
+    assert wholly.timedMessageIds == {300: ids("E")}
     # An older message that no attribute keeps is not remembered (sent again, it changes nothing).
     older = merge_identity(kept(wholly, 3), [timed(0, "F", 50, plan="y", seats=9)], now_ms=0)
     assert older is None
+
+
+def test_tied_message_ids_are_kept_for_the_newest_few_times_only() -> None:
+    # One trait per identify, each at its own time: every time stays an attribute's.
+    stored = kept(merge_identity(None, [timed(0, "m-000", 1000, t0=0)], now_ms=0), 1)
+    for i in range(1, MAX_TIED_TIMESTAMPS + 10):
+        stored = kept(
+            merge_identity(stored, [timed(0, f"m-{i:03d}", 1000 + i, **{f"t{i}": i})], now_ms=0), i + 1
+        )
+    assert len(stored.attributeTimestamps) == MAX_TIED_TIMESTAMPS + 10
+    assert sorted(stored.timedMessageIds) == list(range(1010, 1010 + MAX_TIED_TIMESTAMPS))
+    assert all(len(digest) == 16 for digests in stored.timedMessageIds.values() for digest in digests)
 
 
 def test_tied_message_ids_are_at_most_the_newest_few_per_time() -> None:
@@ -690,7 +708,7 @@ def test_tied_message_ids_are_at_most_the_newest_few_per_time() -> None:
         stored = kept(merge_identity(stored, [timed(0, f"m-{i:02d}", 100, n=i)], now_ms=0), i + 1)
     ids = stored.timedMessageIds[100]
     assert len(ids) == MAX_TIED_MESSAGE_IDS
-    assert ids[-1] == f"m-{MAX_TIED_MESSAGE_IDS + 4:02d}"
+    assert ids[-1] == applied_id(f"m-{MAX_TIED_MESSAGE_IDS + 4:02d}")
 
 
 def test_an_identity_is_too_large_by_its_utf8_bytes_not_its_escaped_json() -> None:
