@@ -768,7 +768,10 @@ class Delivery:
         delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
         problems = [f"{len(report.retry)} record(s) still failing"] if report.retry else []
         return RedriveResult(
-            resent=delivered, already_delivered=report.counts["EventsAlreadyDelivered"], problems=problems
+            resent=delivered,
+            already_delivered=report.counts["EventsAlreadyDelivered"],
+            superseded=report.counts["IdentitiesSuperseded"],
+            problems=problems,
         )
 
 

@@ -122,8 +122,8 @@ def _body_shape(value: Any) -> str | None:
 # names (docs/outbound.md): Go's ``ILObject`` (``Impression``, ``Attributes``, ``InstanceID``,
 # ``SDKLanguageVersion``, the impression in the one-letter names of go-split-commons or as Go's field
 # names), Python's ``Impression`` named tuple (``_asdict()``, or ``json.dumps`` of it: a list in
-# field order), and the impression alone, unwrapped, as .NET's and Android's ``KeyImpression`` (.NET's
-# ``Feature`` is ``[JsonIgnore]``d: its senders add the flag themselves).
+# field order), and the impression alone, unwrapped, as .NET's ``KeyImpression`` (its ``Feature`` is
+# ``[JsonIgnore]``d: its senders add the flag themselves).
 _LISTENER_NAMES = {
     "Impression": "impression",
     "Attributes": "attributes",

@@ -500,6 +500,22 @@ def test_a_redriven_stream_batch_sends_identities_as_they_are_now(
     assert failure_messages(stack) == []
 
 
+def test_a_redriven_stream_batch_does_not_send_an_identity_deleted_since(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    connect(sink)
+    give_up_on(stack, identity_item("u6", {"plan": "free"}), "IdentitiesTable")
+    boto3.client("dynamodb", region_name="us-east-1").delete_item(
+        TableName=stack.tables["IdentitiesTable"], Key={"pk": {"S": "Production#user#u6"}}
+    )
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert "1 identity(ies) deleted since, or left without values: not sent" in result.output
+    assert sink.identity_updates == []
+
+
 def test_redrive_with_an_empty_queue_says_so(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink
 ) -> None:
