@@ -60,7 +60,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
             letters.append(DeadLetter(index, record["messageId"], body, (INVALID_BODY,), str(exc), 0))
             continue
         rows[index] = len(impressions)
-        step.observe(index, impressions, retried=receive_count(record) > 1)
+        step.observe(index, impressions)
     failed: dict[str, str] = {}
     last_receive = max_receives()
     for index, reason in step.finish().items():

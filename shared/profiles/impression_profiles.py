@@ -72,12 +72,11 @@ class LastTreatmentSync:
         self.destinations = destinations
         self.report = ProfileStepReport()
         self._seen: list[tuple[int, Impression]] = []
-        self._retried: set[int] = set()
         self._skipped_before = recorder.skipped
 
     @property
     def skipped(self) -> int:
-        """Writes this invocation left out: the container had already written something as new."""
+        """Writes this invocation left out: the container had written and synced the same impression."""
         return self.recorder.skipped - self._skipped_before
 
     def publish(self, metrics: Any) -> None:
@@ -92,11 +91,8 @@ class LastTreatmentSync:
         ):
             metrics.add_metric(name=name, unit="Count", value=value)
 
-    def observe(self, record: int, impressions: Sequence[Impression], retried: bool = False) -> None:
-        """``retried``: the message was received before (its change may still be owed to Segment)."""
+    def observe(self, record: int, impressions: Sequence[Impression]) -> None:
         self._seen.extend((record, impression) for impression in impressions)
-        if retried:
-            self._retried.add(record)
 
     def finish(self) -> Mapping[int, str]:
         try:
@@ -117,7 +113,6 @@ class LastTreatmentSync:
         router = Router(configs.destinations, configs.invalid)
 
         records: list[LastTreatment] = []
-        uncached: set[Slot] = set()
         sources: dict[Slot, set[int]] = defaultdict(set)
         by_destination: dict[str, set[Slot]] = defaultdict(set)
         for record_index, impression in self._seen:
@@ -134,12 +129,10 @@ class LastTreatmentSync:
                 lt = _record_of(impression, destination)
                 records.append(lt)
                 sources[(lt.pk, lt.split)].add(record_index)
-                if record_index in self._retried:
-                    uncached.add((lt.pk, lt.split))
                 by_destination[destination.name].add((lt.pk, lt.split))
 
         try:
-            outcomes = self.recorder.record(records, uncached=uncached)
+            outcomes = self.recorder.record(records)
         except (ClientError, BotoCoreError) as exc:
             logger.warning("recording last treatments failed: %s", type(exc).__name__)
             return self._fail(

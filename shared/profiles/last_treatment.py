@@ -8,15 +8,17 @@ Three things keep the cost per impression low:
    newest impression by time (ties broken by split version, then treatment), so delivery order never
    matters; ``ReturnValues=ALL_OLD`` (return values cost no capacity) tells whether it changed.
 3. A bounded in-container cache remembers the newest impression already written *and synced* per
-   (identity, flag); an impression that is not newer than it is skipped without a call — it could only
-   fail the condition or replay a finished write (SQS redeliveries, the same impression sent to
-   several outbound configs, SDKs re-sending).
+   (identity, flag); the same impression again is skipped without a call — it could only replay a
+   finished write (SQS redeliveries, SDKs re-sending). An older one is written, and fails the
+   condition: what is stored may still owe Segment a change (``identifyPending``, marked after this
+   container wrote and cached it), and that write is what finds it — the retry of the message whose
+   identify failed is such an older impression.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from shared.profiles_table import LastTreatment, WriteOutcome, write_last_treatments
 
@@ -44,23 +46,13 @@ class LastTreatmentRecorder:
 
     def _known(self, record: LastTreatment) -> bool:
         seen = self._written.get((record.pk, record.split))
-        return seen is not None and record.order <= seen
+        return seen is not None and record.order == seen
 
-    def record(
-        self,
-        records: Iterable[LastTreatment],
-        now_ms: int | None = None,
-        uncached: Collection[tuple[str, str]] = (),
-    ) -> list[WriteOutcome]:
-        """Write what may be newer than the stored last treatments; outcomes of the writes made.
-
-        ``uncached``: (pk, split) slots written whatever the cache says: those of retried messages,
-        whose change may still be owed to Segment (``identifyPending``, marked after another
-        container cached a newer write of the flag that found nothing changed).
-        """
+    def record(self, records: Iterable[LastTreatment], now_ms: int | None = None) -> list[WriteOutcome]:
+        """Write what is not known to be written and synced already; outcomes of the writes made."""
         pending = []
         for record in newest_per_flag(records):
-            if (record.pk, record.split) not in uncached and self._known(record):
+            if self._known(record):
                 self.skipped += 1
             else:
                 pending.append(record)

@@ -131,6 +131,9 @@ def test_the_cache_skips_what_was_already_written_and_synced(profiles: Stack) ->
     recorder.remember(outcomes)
     assert recorder.record([seen("u1", "f", "on", 1_000), seen("u1", "f", "off", 500)]) == []
     assert recorder.skipped == 1  # the batch collapsed to one record first
+    # An older one is written (and fails the condition): what is stored may owe Segment a change.
+    [older] = recorder.record([seen("u1", "f", "off", 500)])
+    assert (older.applied, older.changed) == (False, False)
     newer = recorder.record([seen("u1", "f", "off", 2_000)])
     assert [o.changed for o in newer] == [True]
 
