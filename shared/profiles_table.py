@@ -22,7 +22,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from shared import aws
-from shared.dynamodb import TimeLeft, batch_write, query_items, to_python
+from shared.dynamodb import TimeLeft, batch_write, query_items, run_parallel, to_python
 
 TREATMENT_PREFIX = "treatment#"
 _MAX_RANKED_VERSION = 10**20 - 2
@@ -250,10 +250,19 @@ def mark_unsynced(records: Sequence[LastTreatment], time_left: Callable[[], bool
     """Note that the stored last treatments of these flags still owe Segment an identify.
 
     Whatever is stored now is marked, even when a newer impression replaced ``record`` meanwhile: that
-    one's write found nothing changed, and it is what Segment has to receive. Concurrent, like the
-    writes; a note not begun while ``time_left()`` holds is not made (the retry reports the change).
+    one's write found nothing changed, and it is what Segment has to receive. A note not begun while
+    ``time_left()`` holds is not made (the retry reports the change).
     """
-    _note(records, time_left, "SET #pending = :true", "attribute_exists(pk)", {":true": {"BOOL": True}})
+
+    def request(_: LastTreatment) -> dict[str, Any]:
+        return {
+            "UpdateExpression": "SET #pending = :true",
+            "ConditionExpression": "attribute_exists(pk)",  # not if deleted meanwhile (a Segment delete)
+            "ExpressionAttributeNames": {"#pending": UNSYNCED},
+            "ExpressionAttributeValues": {":true": {"BOOL": True}},
+        }
+
+    _note(records, request, time_left)
 
 
 def mark_synced(records: Sequence[LastTreatment], time_left: Callable[[], bool] = lambda: True) -> None:
@@ -261,45 +270,35 @@ def mark_synced(records: Sequence[LastTreatment], time_left: Callable[[], bool] 
 
     A newer one written since keeps the note: its own write saw it and reports it.
     """
-    _note(records, time_left, "REMOVE #pending", "#time = :time AND #rank = :rank", None)
+
+    def request(record: LastTreatment) -> dict[str, Any]:
+        return {
+            "UpdateExpression": "REMOVE #pending",
+            "ConditionExpression": "#time = :time AND #rank = :rank",
+            "ExpressionAttributeNames": {"#pending": UNSYNCED, "#time": "time", "#rank": "rank"},
+            "ExpressionAttributeValues": typed({":time": record.time, ":rank": record.rank}),
+        }
+
+    _note(records, request, time_left)
 
 
 def _note(
     records: Sequence[LastTreatment],
+    request: Callable[[LastTreatment], dict[str, Any]],
     time_left: Callable[[], bool],
-    update: str,
-    condition: str,
-    values: dict[str, Any] | None,
 ) -> None:
+    """One conditional ``UpdateItem`` per record, side by side; a failed condition is no error."""
     client = aws.client("dynamodb")
 
     def note(record: LastTreatment) -> None:
         if not time_left():
             return
-        names = {"#pending": UNSYNCED}
-        request: dict[str, Any] = {
-            "TableName": table_name(),
-            "Key": typed({"pk": record.pk, "sk": record.sk}),
-            "UpdateExpression": update,
-            "ConditionExpression": condition,
-        }
-        if values is None:  # conditional on the record being the stored one
-            names |= {"#time": "time", "#rank": "rank"}
-            request["ExpressionAttributeValues"] = typed({":time": record.time, ":rank": record.rank})
-        else:
-            request["ExpressionAttributeValues"] = values
-        request["ExpressionAttributeNames"] = names
-        # Deleted meanwhile (a Segment user deletion), or replaced: nothing to note.
         with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
-            client.update_item(**request)
+            client.update_item(
+                TableName=table_name(), Key=typed({"pk": record.pk, "sk": record.sk}), **request(record)
+            )
 
-    if len(records) <= 1:
-        for record in records:
-            note(record)
-        return
-    with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(records))) as pool:
-        for future in [pool.submit(note, record) for record in records]:
-            future.result()
+    run_parallel(note, records)
 
 
 def write_last_treatments(
