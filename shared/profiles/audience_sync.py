@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import config as config_store
-from shared.config import ConfigError, ConfigInvalid, OutboundConfig
+from shared.config import ConfigError, ConfigInvalid, ConfigUnavailable, OutboundConfig
 from shared.http_retry import Outcome
 from shared.outbound.destinations import Destination
 from shared.profiles import sources
@@ -23,6 +23,7 @@ from shared.profiles.audiences import (
     AUDIENCE_NAME_PATTERN,
     AttributeRule,
     AudienceConfig,
+    Evaluation,
     PerformedRule,
     ProfileFacts,
     TreatmentRule,
@@ -122,6 +123,9 @@ class _Decision:
         return self.transition or self.before.recheck_at != self.after.recheck_at
 
 
+NOT_A_MEMBER = Evaluation(member=False)
+
+
 class AudienceEvaluator:
     def __init__(
         self,
@@ -141,16 +145,24 @@ class AudienceEvaluator:
         # Strongly consistent reads: the change that triggered this may be a moment old.
         items = profile_items(pk, consistent=True)
         stored = memberships_of(items)
-        identity = sources.identity_item(pk, consistent=True) or {}
+        identity = sources.identity_item(pk, consistent=True)
         needs = event_needs(audiences.values())
         facts = ProfileFacts(
-            attributes=identity.get("attributes") or {},
+            attributes=(identity or {}).get("attributes") or {},
             treatments={split: t["treatment"] for split, t in treatments_of(items).items()},
             event_times=sources.event_times(pk, needs.since(now_ms), needs.event_types),
         )
+        # Nothing stored at all: deleted (a Segment user deletion), or never seen. Such a profile is
+        # in no audience, whatever its rules say of a profile with no attributes ("not plan = free").
+        gone = (
+            identity is None
+            and not facts.treatments
+            and not any(facts.event_times.values())
+            and not sources.has_events(pk, consistent=True)
+        )
         decisions = []
         for name, audience in sorted(audiences.items()):
-            result = evaluate(audience, facts, now_ms)
+            result = NOT_A_MEMBER if gone else evaluate(audience, facts, now_ms)
             before = stored.get(name)
             was_member = before is not None and before.member
             transitions = (before.transitions if before else 0) + (was_member != result.member)
@@ -170,6 +182,10 @@ class AudienceEvaluator:
             for config_name in self.audiences.audiences[decision.audience].sync:
                 try:
                     outbound = self.outbound(config_name)
+                except ConfigUnavailable as exc:  # SSM failing: the stream record is retried, not lost
+                    logger.warning("outbound config %s unavailable: %s", config_name, exc)
+                    report.failed.add(decision.pk)
+                    continue
                 except ConfigError as exc:
                     report.not_sent.append(f"audience {decision.audience}: outbound {config_name}: {exc}")
                     continue

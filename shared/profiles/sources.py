@@ -99,13 +99,14 @@ def events_page(pk: str, limit: int, cursor: str | None = None) -> EventPage:
     return EventPage([{k: i[k] for k in EVENT_FIELDS if k in i} for i in shown], next_cursor)
 
 
-def has_events(pk: str) -> bool:
+def has_events(pk: str, consistent: bool = False) -> bool:
     page = aws.client("dynamodb").query(
         TableName=aws.env("EVENTS_TABLE"),
         KeyConditionExpression="pk = :pk",
         ExpressionAttributeValues=typed({":pk": pk}),
         Limit=1,
         ProjectionExpression="pk",
+        ConsistentRead=consistent,
     )
     return bool(page.get("Items"))
 

@@ -13,6 +13,8 @@ from boto3.dynamodb.types import TypeSerializer
 
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
+from shared import config as config_store
+from shared.config import ConfigUnavailable
 from shared.profiles.audiences import DAY_MS
 from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
 from tests.conftest import load_event, put_config, put_secret
@@ -335,3 +337,81 @@ def test_an_evaluation_reads_what_it_decides_on_strongly_consistent(
         ("Query", env.tables["EventsTable"]),
     }
     assert all(consistent for op, _, consistent in reads if op in ("Query", "GetItem")), reads
+
+
+def _membership(name: str) -> dict[str, Any] | None:
+    from shared.profiles_table import profile_items
+
+    return next((i for i in profile_items(PK) if i["sk"] == f"audience#{name}"), None)
+
+
+NOT_FREE = {
+    "environment": "Production",
+    "trafficType": "user",
+    "rule": {"not": {"attribute": {"name": "plan", "equals": "free"}}},
+    "sync": ["segment-prod"],
+}
+
+
+def test_segment_user_deletion_never_enters_a_deleted_user_into_an_audience(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """A `not` rule holds for a profile with no attributes; a deleted user must not enter on that."""
+    put_config("audiences/not_free", NOT_FREE)
+    config_store.clear_caches()
+    free = put_identity(env, "free")
+    # identity written: plan=free -> not a member, nothing sent
+    audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", free), lambda_context)
+    assert segment.messages == []
+    # Segment `delete`: the webhook removes the identity (IdentitiesTable REMOVE)
+    table(env, "IdentitiesTable").delete_item(Key={"pk": PK})
+    audiences_app.lambda_handler(
+        stream_event(env, "IdentitiesTable", None, old=free, sequence=2), lambda_context
+    )
+    assert [m["traits"] for m in segment.messages if "not_free" in m["traits"]] == []
+    assert _membership("not_free") is None
+
+
+def test_segment_user_deletion_exits_a_member_of_a_not_rule_audience(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """plan=pro is a member of "not plan = free"; deleted, it exits."""
+    put_config("audiences/not_free", NOT_FREE)
+    config_store.clear_caches()
+    pro = put_identity(env, "pro")
+    audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", pro), lambda_context)
+    assert [m["traits"] for m in segment.messages if "not_free" in m["traits"]] == [{"not_free": True}]
+    table(env, "IdentitiesTable").delete_item(Key={"pk": PK})
+    audiences_app.lambda_handler(
+        stream_event(env, "IdentitiesTable", None, old=pro, sequence=2), lambda_context
+    )
+    stored = _membership("not_free")
+    assert stored is not None
+    assert stored["member"] is False
+    assert [m["traits"] for m in segment.messages if "not_free" in m["traits"]] == [
+        {"not_free": True},
+        {"not_free": False},
+    ]
+
+
+def test_a_transient_ssm_failure_reading_the_sync_config_does_not_lose_the_entry(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSM throttled while the `sync` outbound config loads: the record is retried, nothing stored."""
+    real = config_store.get_parameter
+
+    def flaky(name: str) -> str:
+        if "/outbound/" in name:
+            raise ConfigUnavailable(f"{name}: ThrottlingException")
+        return real(name)
+
+    monkeypatch.setattr(config_store, "get_parameter", flaky)
+    event_item = setup_member(env)
+    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+    assert response["batchItemFailures"] != []
+    assert _membership("checkout_fans") is None
+    assert segment.messages == []
+    # Once SSM answers again, the retry of the record sends the entry.
+    monkeypatch.setattr(config_store, "get_parameter", real)
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
