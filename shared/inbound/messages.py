@@ -259,11 +259,6 @@ class SegmentMessage(BaseModel):
                 return parsed
         return None
 
-    def timestamp_ms(self, now_ms: int) -> int:
-        """Event time: the time the message carries, else now."""
-        sent = self.sent_time_ms()
-        return now_ms if sent is None else sent
-
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
