@@ -520,7 +520,9 @@ class Delivery:
             by_id = {change.ack_id: change for change in changes}
             pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
             if as_stored_now:
-                pairs = self._stored_now(traffic_type, environment, pairs, report)
+                stored = self._stored_now(traffic_type, environment, pairs)
+                report.count("IdentitiesSuperseded", len(pairs) - len(stored))
+                pairs = stored
                 if not pairs:
                     continue
             if connection.problem or connection.keys is None or connection.settings is None:
@@ -585,11 +587,7 @@ class Delivery:
                     tally.failed(reason, failure_ids)
 
     def _stored_now(
-        self,
-        traffic_type: str,
-        environment: str,
-        pairs: Sequence[tuple[str, FmeIdentity]],
-        report: DeliveryReport | None = None,
+        self, traffic_type: str, environment: str, pairs: Sequence[tuple[str, FmeIdentity]]
     ) -> list[tuple[str, FmeIdentity]]:
         """The identities of ``pairs`` as the identities table holds them now, for a redrive.
 
@@ -601,11 +599,11 @@ class Delivery:
         if not pairs:
             return []
         client = self._dynamodb if self._dynamodb is not None else aws.client("dynamodb")
-        keys = {profile_pk(environment, traffic_type, identity.key) for _, identity in pairs}
+        pk_of = {identity.key: profile_pk(environment, traffic_type, identity.key) for _, identity in pairs}
         found = batch_get(
             client,
             self.identities_table,
-            [{"pk": {"S": pk}} for pk in sorted(keys)],
+            [{"pk": {"S": pk}} for pk in sorted(set(pk_of.values()))],
             projection="pk, #attributes",
             names={"#attributes": "attributes"},
             consistent=True,
@@ -614,14 +612,11 @@ class Delivery:
             str(item["pk"]["S"]): identity_values(python_values(item).get("attributes")).values
             for item in found
         }
-        current = []
-        for item_id, identity in pairs:
-            values = now.get(profile_pk(environment, traffic_type, identity.key))
-            if values:
-                current.append((item_id, FmeIdentity(key=identity.key, values=values)))
-            elif report is not None:
-                report.count("IdentitiesSuperseded")
-        return current
+        return [
+            (item_id, FmeIdentity(key=identity.key, values=now[pk_of[identity.key]]))
+            for item_id, identity in pairs
+            if now.get(pk_of[identity.key])
+        ]
 
     # -- redrive ----------------------------------------------------------------------------------
 
@@ -739,9 +734,9 @@ class Delivery:
         delivered = self._already_delivered((i for pairs in groups.values() for i, _ in pairs), result)
         for (traffic_type, environment), pairs in groups.items():
             pending = [(item_id, identity) for item_id, identity in pairs if item_id not in delivered]
-            refused_versions = len(pending)
-            pending = self._stored_now(traffic_type, environment, pending)
-            result.superseded += refused_versions - len(pending)
+            stored = self._stored_now(traffic_type, environment, pending)
+            result.superseded += len(pending) - len(stored)
+            pending = stored
             if not pending:
                 continue
             outcomes = await client.save_identities(
