@@ -220,14 +220,12 @@ def write_last_treatment(record: LastTreatment, now_ms: int | None = None) -> Wr
     except client.exceptions.ConditionalCheckFailedException as exc:
         current = python_item(exc.response.get("Item") or {})
         unsynced = bool(current.get(UNSYNCED))
+        previous = current.get("previousTreatment") or None
         same = current.get("time") == record.time and current.get("rank") == record.rank
         if same:  # a redelivery of the impression that is stored: report what it changed then
-            previous = current.get("previousTreatment") or None
             return WriteOutcome(record, True, previous, replay=True, unsynced=unsynced)
         if unsynced:  # outdated, but what is stored still has to reach Segment
-            return WriteOutcome(
-                _stored(current), True, current.get("previousTreatment") or None, unsynced=True
-            )
+            return WriteOutcome(_stored(current), True, previous, unsynced=True)
         return WriteOutcome(record, applied=False)
     old = python_item(response.get("Attributes") or {})
     return WriteOutcome(record, True, old.get("treatment"), unsynced=bool(old.get(UNSYNCED)))

@@ -506,8 +506,8 @@ class MergedIdentity(BaseModel):
     @functools.cached_property
     def size_bytes(self) -> int:
         """The attributes and their times as compact UTF-8 JSON: a little more than DynamoDB counts."""
+        # Stored numbers are Decimal.
         document = [self.attributes, self.attributeTimestamps, self.untimedMessageIds, self.timedMessageIds]
-        # (numbers: Decimal)
         return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
     def too_large(self) -> bool:
