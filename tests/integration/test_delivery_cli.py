@@ -104,6 +104,12 @@ def test_redrive_resends_refused_events_once_the_key_is_fixed(
     assert len(sink.events) == 1
 
 
+def refused(stack: Stack, sink: FmeSink, lambda_context: Any, key: str = "u1") -> None:
+    """An event of ``key`` that FME refuses (401): it waits in the failure queue for a redrive."""
+    sink.fail_next(1, 401)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item(key))), lambda_context)
+
+
 def connection_status(connection_id: str = "webshop") -> dict[str, Any]:
     result = cli("delivery", "status", "--json")
     assert result.exit_code == 0, result.output
@@ -164,8 +170,7 @@ def test_the_stream_delivering_the_records_it_retried_clears_their_error(
 ) -> None:
     connect(sink)
     table = stack.tables["EventsTable"]
-    sink.fail_next(1, 401)
-    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)  # refused: queued
+    refused(stack, sink, lambda_context)
     sink.fail_next(1000, 502)
     u2 = stream_record(table, event_item("u2"))
     invoke(stream_event(u2), lambda_context, seconds=1.8)
@@ -188,8 +193,7 @@ def test_a_redrive_leaves_the_error_of_a_message_it_did_not_deliver(
 ) -> None:
     connect(sink)
     table = stack.tables["EventsTable"]
-    sink.fail_next(1, 401)
-    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)  # message A
+    refused(stack, sink, lambda_context)  # message A
     invoke(stream_event(stream_record(table, event_item("x" * 251))), lambda_context)  # message B
     assert "key is longer than 250" in connection_status()["lastError"]
 
@@ -207,8 +211,7 @@ def test_a_message_redrive_keeps_records_its_reason_as_the_last_error(
     connect(sink)
     table = stack.tables["EventsTable"]
     invoke(stream_event(stream_record(table, event_item("x" * 251))), lambda_context)
-    sink.fail_next(1, 401)
-    invoke(stream_event(stream_record(table, event_item("u1"))), lambda_context)
+    refused(stack, sink, lambda_context)
     assert connection_status()["eventsRefused"] == 2
 
     result = cli("delivery", "redrive")

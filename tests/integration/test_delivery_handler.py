@@ -76,14 +76,19 @@ def test_a_retried_batch_sends_only_what_fme_has_not_acknowledged(
     assert sorted(e.event["key"] for e in sink.events) == ["u1", "u2"]
 
 
+def failing_batch(stack: Stack, sink: FmeSink) -> list[dict[str, Any]]:
+    """Three events' stream records, for a connection whose FME answers 503 until the faults are cleared."""
+    connect(sink)
+    sink.fail_next(1000, 503)
+    return [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
+    ]
+
+
 def test_events_still_failing_at_the_deadline_are_batch_item_failures_and_sent_once_later(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
-    connect(sink)
-    records = [
-        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
-    ]
-    sink.fail_next(1000, 503)
+    records = failing_batch(stack, sink)
 
     response = invoke(stream_event(*records), lambda_context, seconds=1.8)
 
@@ -504,11 +509,7 @@ def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
 ) -> None:
     from shared import aws
 
-    connect(sink)
-    records = [
-        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
-    ]
-    sink.fail_next(1000, 503)
+    records = failing_batch(stack, sink)
     # The deadline keeps 1.5 s back, and a first invocation creates its SSM and Secrets Manager
     # clients (up to a second here, loading their models): 2.5 s more leave room for attempts.
     invoke(stream_event(*records), lambda_context, seconds=4.0)
