@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "template.yaml"
+# What ``Ref AWS::NoValue`` resolves to: the list item or property holding it is left out.
+NO_VALUE: Any = object()
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -66,11 +68,16 @@ class Stack:
         raise KeyError(f"{logical_id} is not a local resource")
 
     def resolve(self, value: Any) -> Any:
-        """Evaluate the intrinsic functions the template uses in environments and outputs."""
+        """Evaluate the intrinsic functions the template uses in environments, outputs and policies.
+
+        ``Ref AWS::NoValue`` removes the list item or property it stands for, as CloudFormation does.
+        """
         template = load_template()
         if isinstance(value, dict) and len(value) == 1:
             ((fn, arg),) = value.items()
             if fn == "Ref":
+                if arg == "AWS::NoValue":
+                    return NO_VALUE
                 if arg in self.parameters:
                     return self.parameters[arg]
                 return {
@@ -113,9 +120,10 @@ class Stack:
                 sep, items = arg
                 return sep.join(str(self.resolve(i)) for i in items)
         if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
+            resolved = {k: self.resolve(v) for k, v in value.items()}
+            return {k: v for k, v in resolved.items() if v is not NO_VALUE}
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [v for v in (self.resolve(item) for item in value) if v is not NO_VALUE]
         return value
 
     def condition(self, expr: Any) -> bool:

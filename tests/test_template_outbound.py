@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fme_bridge.template import load_template
+from fme_bridge.template import Stack, load_template, template_parameters
 
 
 def resources() -> dict[str, Any]:
@@ -61,7 +61,12 @@ def test_dead_letters_are_visible() -> None:
 
 def test_least_privilege() -> None:
     [policy] = function()["Policies"]
-    statements = {s["Sid"]: s for s in policy["Statement"]}
+    # Forwarding last treatments is granted only where the stack forwards them.
+    [[condition, forward, otherwise]] = [s["Fn::If"] for s in policy["Statement"] if "Fn::If" in s]
+    assert condition == "ForwardLastTreatments"
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    statements = {s["Sid"]: s for s in policy["Statement"] if "Fn::If" not in s}
+    statements[forward["Sid"]] = forward
     assert all(s["Effect"] == "Allow" for s in statements.values())
     actions = sorted(
         a
@@ -97,6 +102,17 @@ def test_least_privilege() -> None:
     assert secret.endswith(":secret:${Prefix}/outbound/*")
     for statement in statements.values():
         assert statement["Resource"] != "*"
+
+
+def test_a_stack_without_last_treatments_cannot_send_to_their_queue() -> None:
+    queues = ("ImpressionsDeadLetterQueue", "LastTreatmentsQueue")
+    arns = {name: f"arn:aws:sqs:us-east-1:123456789012:{name}" for name in queues}
+    for setting, granted in (("Enabled", True), ("Disabled", False)):
+        stack = Stack("t", template_parameters({"LastTreatments": setting}), queue_arns=arns)
+        [policy] = stack.resolve(function()["Policies"])
+        queues_granted = {s["Resource"] for s in policy["Statement"] if s["Action"] == "sqs:SendMessage"}
+        assert (arns["LastTreatmentsQueue"] in queues_granted) is granted, setting
+        assert arns["ImpressionsDeadLetterQueue"] in queues_granted
 
 
 def test_last_treatments_function_reads_its_queue_with_partial_failures_and_a_dead_letter_queue() -> None:

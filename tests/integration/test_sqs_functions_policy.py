@@ -31,7 +31,7 @@ RawCall = tuple[str, str, dict[str, Any]]  # (service, operation, parameters)
 def statements(stack: Stack, function: str) -> list[tuple[set[str], list[str]]]:
     """The function's Allow statements as (actions, resource ARN patterns), intrinsics resolved."""
     out = []
-    for policy in load_template()["Resources"][function]["Properties"]["Policies"]:
+    for policy in stack.resolve(load_template()["Resources"][function]["Properties"]["Policies"]):
         for statement in policy["Statement"]:
             assert statement["Effect"] == "Allow", statement
             actions, resources = statement["Action"], statement["Resource"]

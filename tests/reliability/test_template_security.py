@@ -42,12 +42,21 @@ def test_data_is_encrypted_at_rest_and_recoverable() -> None:
         assert properties.get("SqsManagedSseEnabled") is True or properties.get("KmsMasterKeyId"), name
 
 
+def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The policy's statements, those granted under a condition (``Fn::If``) in either case."""
+    out = []
+    for statement in policy.get("Statement", []):
+        branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+        out += [branch for branch in branches if branch != {"Ref": "AWS::NoValue"}]
+    return out
+
+
 def test_policies_name_their_resources() -> None:
     """Least privilege: no wildcard action, no ``*`` resource, no service-wide managed policy."""
     for name, function in resources("AWS::Serverless::Function").items():
         for policy in function["Properties"].get("Policies", []):
             assert isinstance(policy, dict), f"{name}: managed policy {policy!r}"
-            for statement in policy.get("Statement", []):
+            for statement in _statements(policy):
                 actions = (
                     statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 )
