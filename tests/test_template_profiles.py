@@ -49,7 +49,11 @@ def test_the_profile_api_is_a_get_route_on_the_http_api() -> None:
         "dynamodb:Query",
         "secretsmanager:GetSecretValue",
     }
-    secret_statement = resource("ProfilesFunction")["Properties"]["Policies"][0]["Statement"][1]
+    [secret_statement] = [
+        s
+        for s in resource("ProfilesFunction")["Properties"]["Policies"][0]["Statement"]
+        if s["Action"] == "secretsmanager:GetSecretValue"
+    ]
     # By ARN, and by the bare name IAM authorises a missing secret by: no secret is a 401, not a 503.
     assert [r["Fn::Sub"][0].rsplit(":secret:", 1)[1] for r in secret_statement["Resource"]] == [
         "${Prefix}/profiles-??????",

@@ -10,6 +10,7 @@ import pytest
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
 from tests.delivery_support import ADMIN_KEY, SDK_KEY, delivery_app
+from tests.integration.policy_support import RawCall, recording_calls
 
 
 @pytest.fixture
@@ -29,3 +30,9 @@ def delivery_env(
     app.delivery.cache_clear()
     yield values
     app.delivery.cache_clear()
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[RawCall]:
+    """Every AWS call made through botocore from now on, from any thread: (service, operation, params)."""
+    return recording_calls(monkeypatch)

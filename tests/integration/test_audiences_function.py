@@ -13,11 +13,13 @@ from boto3.dynamodb.types import TypeSerializer
 
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
+from shared import aws
 from shared import config as config_store
 from shared.config import ConfigUnavailable
 from shared.profiles.audiences import DAY_MS
 from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
 from tests.conftest import load_event, put_config, put_secret
+from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 # Handler modules are imported once the function environment is set (Powertools reads it at import).
 audiences_app: Any = None
@@ -399,3 +401,33 @@ def test_a_transient_ssm_failure_reading_the_sync_config_does_not_lose_the_entry
     monkeypatch.setattr(config_store, "get_parameter", real)
     audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
+def test_the_audience_functions_make_exactly_the_calls_their_policies_allow(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, calls: list[RawCall]
+) -> None:
+    # An entry through the stream function, then the exit through the scheduled re-check.
+    event_item = setup_member(env)
+    calls.clear()
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+    stream_calls = authorised_as(calls)
+    config_store.clear_caches()  # another container: configs and write keys are read again
+    aws.reset_clients()
+    clock[0] = NOW + 6 * DAY_MS + 1
+    calls.clear()
+    assert sweep.lambda_handler({}, lambda_context)["exited"] == 1
+    recheck_calls = authorised_as(calls)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+
+    stream_allowed = statements(env, "AudiencesFunction")
+    recheck_allowed = statements(env, "AudienceRecheckFunction")
+    assert unauthorised(stream_calls, stream_allowed) == []
+    assert unauthorised(recheck_calls, recheck_allowed) == []
+    # All of it is used; the stream function's failure destination by Lambda itself, with its role.
+    assert unused(stream_calls, stream_allowed) == [
+        (
+            "sqs:SendMessage",
+            f"arn:aws:sqs:us-east-1:123456789012:{env.queues['AudiencesDeadLetterQueue'].rsplit('/', 1)[-1]}",
+        )
+    ]
+    assert unused(recheck_calls, recheck_allowed) == []

@@ -15,6 +15,7 @@ import pytest
 from fme_bridge.template import Stack
 from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
 from tests.conftest import load_event, put_secret
+from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 SECRET = "profiles-secret-value"
 PK = "Production#user#user-123"
@@ -299,3 +300,24 @@ def test_a_failing_dependency_is_503_without_a_stack_trace(
     status, body, _ = call(lambda_context)
     assert status == 503
     assert "Traceback" not in json.dumps(body)
+
+
+def test_the_profile_api_makes_exactly_the_calls_its_policy_allows(
+    api: Stack, lambda_context: Any, calls: list[RawCall]
+) -> None:
+    store_identity(api)
+    write_last_treatment(
+        LastTreatment("Production", "user", "user-123", "new_checkout", "on", 1_795_483_041_109)
+    )
+    store_event(api, 1_795_483_000_000, "m-old")
+    calls.clear()
+    assert call(lambda_context)[0] == 200
+    assert call(lambda_context, key="nobody")[0] == 404
+    assert call(lambda_context, authorization="Bearer wrong")[0] == 401
+    used = authorised_as(calls)
+
+    allowed = statements(api, "ProfilesFunction")
+    assert unauthorised(used, allowed) == []
+    # All of it is used; the secret's bare name only authorises asking for a secret that does not exist.
+    bare_name = "arn:aws:secretsmanager:us-east-1:123456789012:secret:/fme-segment-bridge/dev/profiles"
+    assert unused(used, allowed) == [("secretsmanager:GetSecretValue", bare_name)]
