@@ -84,19 +84,29 @@ def attribute_value(value: Any) -> dict[str, Any]:
 _deserializer = TypeDeserializer()
 
 
-def plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An attribute-value item as Python values (numbers as Decimal, see :func:`to_python`)."""
+def deserialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An attribute-value item as boto3's Python values (numbers as Decimal, see :func:`python_item`)."""
     return {name: _deserializer.deserialize(value) for name, value in item.items()}
 
 
+def python_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An attribute-value item as JSON values (:func:`to_python`)."""
+    return {name: to_python(_deserializer.deserialize(value)) for name, value in item.items()}
+
+
 def to_python(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; integers become int, the rest float (sets become lists)."""
+    """boto3's Python values of DynamoDB as JSON values: ``Decimal`` → int or float, sets → sorted
+    lists, binary → text."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
-        return {k: to_python(v) for k, v in value.items()}
-    if isinstance(value, list | set | tuple):
+        return {str(k): to_python(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
         return [to_python(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(to_python(v) for v in value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
     return value
 
 

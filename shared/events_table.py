@@ -13,7 +13,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from shared.dynamodb import Table, batch_get, batch_write, plain, put_if_absent, query_items, run_parallel
+from shared.dynamodb import (
+    Table,
+    batch_get,
+    batch_write,
+    deserialize_item,
+    put_if_absent,
+    query_items,
+    run_parallel,
+)
 from shared.inbound.mapping import FmeEvent
 from shared.profiles_table import profile_pk
 
@@ -151,7 +159,7 @@ class EventsTable(Table):
             if limit is not None:
                 request["Limit"] = limit - len(events)
             page = self.client.query(**request)
-            events.extend(plain(item) for item in page.get("Items", []))
+            events.extend(deserialize_item(item) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page or (limit is not None and len(events) >= limit):
                 return events
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -15,7 +15,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.dynamodb import MAX_WORKERS, Table, attribute_value, batch_get, batch_write, plain, run_parallel
+from shared.dynamodb import (
+    MAX_WORKERS,
+    Table,
+    attribute_value,
+    batch_get,
+    batch_write,
+    deserialize_item,
+    run_parallel,
+)
 from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
 from shared.profiles_table import profile_pk
 
@@ -46,7 +54,7 @@ class IdentitiesTable(Table):
         )
         identities = {}
         for item in found:
-            values = plain(item)
+            values = deserialize_item(item)
             identities[values["pk"]] = StoredIdentity(
                 attributes=values.get("attributes", {}),
                 attributeTimestamps={k: int(v) for k, v in values.get("attributeTimestamps", {}).items()},
@@ -133,7 +141,7 @@ class IdentitiesTable(Table):
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return plain(item) if item else None
+        return deserialize_item(item) if item else None
 
 
 def transactions(identities: Sequence[MergedIdentity]) -> list[list[MergedIdentity]]:

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
 
 from shared import aws
-from shared.dynamodb import TimeLeft, batch_write, query_items, run_parallel, to_python
+from shared.dynamodb import TimeLeft, batch_write, python_item, query_items, run_parallel
 
 TREATMENT_PREFIX = "treatment#"
 _MAX_RANKED_VERSION = 10**20 - 2
@@ -31,7 +31,6 @@ AUDIENCE_PREFIX = "audience#"
 WRITE_CONCURRENCY = 10
 
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def profile_pk(environment: str, traffic_type: str, key: str) -> str:
@@ -82,11 +81,6 @@ def table_name() -> str:
 def typed(values: dict[str, Any]) -> dict[str, Any]:
     """Python values as DynamoDB attribute values."""
     return {k: _serializer.serialize(v) for k, v in values.items()}
-
-
-def python_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An attribute-value item as Python values (numbers as int or float, see :func:`to_python`)."""
-    return {k: to_python(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,25 +18,11 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 )
 
 from shared.delivery.fme_client import ATTRIBUTE_ID, FmeEvent, FmeIdentity
+from shared.dynamodb import to_python
 
 
 class MalformedItem(ValueError):
     """A stream image that lacks what delivery needs; the message says what."""
-
-
-def plain(value: Any) -> Any:
-    """DynamoDB's Python values as JSON values: ``Decimal`` → int or float, sets → sorted lists."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted(plain(v) for v in value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
 
 
 def table_of(event_source_arn: str | None) -> str | None:
@@ -93,10 +79,10 @@ def stored_event(record: DynamoDBRecord) -> StoredEvent:
         eventTypeId=_text(image, "eventTypeId"),
         trafficTypeName=_text(image, "trafficTypeName"),
         key=_text(image, "key"),
-        value=plain(value),
+        value=to_python(value),
         timestamp=_millis(image, "timestamp"),
         environmentName=_text(image, "environment"),
-        properties=plain(properties) if isinstance(properties, dict) else {},
+        properties=to_python(properties) if isinstance(properties, dict) else {},
     )
     received = image.get("receivedAt")
     return StoredEvent(
@@ -110,7 +96,7 @@ def stored_event(record: DynamoDBRecord) -> StoredEvent:
 
 def attribute_value(value: Any) -> str | None:
     """An identity attribute as FME stores it: a string (``true``/``false`` for booleans)."""
-    value = plain(value)
+    value = to_python(value)
     if value is None:
         return None
     if isinstance(value, bool):
@@ -218,7 +204,7 @@ def held_back(record: dict[str, Any]) -> tuple[str, int] | None:
     counts it behind from (``receivedAt`` of an event, ``updatedAt`` of an identity); None if the
     record has neither."""
     image = DynamoDBRecord(record).dynamodb
-    item = plain(image.new_image) if image is not None and image.new_image else {}
+    item = to_python(image.new_image) if image is not None and image.new_image else {}
     connection_id, at = item.get("connectionId"), item.get("receivedAt", item.get("updatedAt"))
     if not isinstance(connection_id, str) or not isinstance(at, int) or isinstance(at, bool):
         return None

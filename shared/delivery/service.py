@@ -46,13 +46,11 @@ from shared.delivery.records import (
     ack_id,
     identity_change,
     identity_values,
-    plain,
     read_stream_batch,
     stored_event,
     table_of,
 )
-from shared.dynamodb import batch_get
-from shared.dynamodb import plain as python_values
+from shared.dynamodb import batch_get, deserialize_item, to_python
 from shared.http_retry import Deadline, Outcome, tls_context
 from shared.profiles_table import profile_pk
 
@@ -444,7 +442,7 @@ class Delivery:
 
     def _refuse_malformed(self, record: DynamoDBRecord, reason: str, report: DeliveryReport) -> None:
         stream = record.dynamodb
-        image = plain(stream.new_image) if stream is not None else {}
+        image = to_python(stream.new_image) if stream is not None else {}
         connection_id = str(image.get("connectionId") or "unknown")
         sequence = stream.sequence_number if stream is not None and stream.sequence_number else ""
         refusal = Refusal("events", connection_id, f"malformed item: {reason}", None, [{"item": image}])
@@ -609,7 +607,7 @@ class Delivery:
             consistent=True,
         )
         now = {
-            str(item["pk"]["S"]): identity_values(python_values(item).get("attributes")).values
+            str(item["pk"]["S"]): identity_values(deserialize_item(item).get("attributes")).values
             for item in found
         }
         return [

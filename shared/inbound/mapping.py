@@ -170,7 +170,7 @@ def event_json_size(
     stored item (its numbers read back from DynamoDB), serialised as delivery serialises it."""
     # Imported here: only events near the limit are measured, and ingest need not load them otherwise.
     from shared.delivery.fme_client import FmeEvent
-    from shared.delivery.records import plain
+    from shared.dynamodb import to_python
 
     def stored(number: Any) -> Any:  # what DynamoDB gives back for a float attribute_value wrote
         return Decimal(repr(number)) if isinstance(number, float) else number
@@ -179,10 +179,10 @@ def event_json_size(
         eventTypeId=type_id,
         trafficTypeName=traffic_type,
         key=key,
-        value=plain(stored(value)),
+        value=to_python(stored(value)),
         timestamp=timestamp,
         environmentName=environment,
-        properties=plain({name: stored(v) for name, v in properties.items()}),
+        properties=to_python({name: stored(v) for name, v in properties.items()}),
     )
     return len(event.model_dump_json().encode())
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import aws
-from shared.dynamodb import plain
-from shared.profiles_table import python_item, typed
+from shared.dynamodb import deserialize_item, python_item
+from shared.profiles_table import typed
 
 EVENT_FIELDS = (
     "environment",
@@ -139,7 +139,7 @@ def event_times(pk: str, since_ms: int, event_types: Iterable[str]) -> dict[str,
     wanted = set(types)
     while True:
         page = client.query(**request)
-        for item in map(plain, page.get("Items", [])):
+        for item in map(deserialize_item, page.get("Items", [])):
             if item["eventTypeId"] in wanted:
                 out[str(item["eventTypeId"])].append(int(item["timestamp"]))
         if "LastEvaluatedKey" not in page:

@@ -14,10 +14,10 @@ from shared.delivery.records import (
     attribute_value,
     identity_change,
     identity_values,
-    plain,
     stored_event,
     table_of,
 )
+from shared.dynamodb import to_python
 from tests.delivery_support import event_item, identity_item, stream_record
 
 
@@ -64,12 +64,12 @@ def test_ack_ids_hold_no_user_key_and_differ_per_event() -> None:
     assert len(a) == 40
 
 
-def test_plain_turns_dynamodb_numbers_into_json_numbers() -> None:
-    assert plain({"a": Decimal("3"), "b": Decimal("2.5"), "c": [Decimal("1")], "d": {"x"}}) == {
+def test_to_python_turns_dynamodb_numbers_into_json_numbers() -> None:
+    assert to_python({"a": Decimal("3"), "b": Decimal("2.5"), "c": [Decimal("1")], "d": {"y", "x"}}) == {
         "a": 3,
         "b": 2.5,
         "c": [1],
-        "d": ["x"],
+        "d": ["x", "y"],
     }
 
 

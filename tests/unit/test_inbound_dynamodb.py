@@ -55,7 +55,7 @@ def test_attribute_values_round_trip() -> None:
     encoded = dynamodb.attribute_value(value)
     assert encoded["M"]["b"] == {"BOOL": True}
     assert encoded["M"]["i"] == {"N": "3"}
-    assert dynamodb.plain({"v": encoded}) == {
+    assert dynamodb.deserialize_item({"v": encoded}) == {
         "v": {**value, "i": Decimal(3), "f": Decimal("1.5"), "l": [Decimal(1), "a"]}
     }
     with pytest.raises(TypeError):

@@ -305,9 +305,9 @@ def test_event_just_under_32_kb_is_kept() -> None:
 def _as_the_events_api_receives_it(event: Any) -> int:
     """Bytes of the JSON delivery sends for one event, after its round trip through DynamoDB."""
     from shared.delivery.fme_client import FmeEvent as SentEvent
-    from shared.delivery.records import plain as delivered
     from shared.dynamodb import attribute_value
-    from shared.dynamodb import plain as stored
+    from shared.dynamodb import deserialize_item as stored
+    from shared.dynamodb import to_python as delivered
 
     item = stored({"value": attribute_value(event.value), "properties": attribute_value(event.properties)})
     sent = SentEvent(
