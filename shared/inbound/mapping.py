@@ -568,6 +568,7 @@ def merge_identity(
     stamps = dict(stored.attributeTimestamps) if stored else {}
     applied = {stamp: list(ids) for stamp, ids in (stored.timedMessageIds if stored else {}).items()}
     effective: set[int] = set()
+    remembered_at: dict[int, set[int]] = {}
     # An untimed message is remembered even when it changes no attribute: redelivered after a
     # newer message, it would otherwise win as the newest.
     changed = stored is None or any(update.untimed for update in fresh)
@@ -598,13 +599,18 @@ def merge_identity(
             ids = applied.setdefault(update.timestamp, [])
             ids.append(timed_id)
             del ids[:-MAX_TIED_MESSAGE_IDS]
-            changed = True
-            effective.add(update.index)
-    if not changed:
-        return None
+            remembered_at.setdefault(update.index, set()).add(update.timestamp)
     current = set(stamps.values())
     kept = sorted(stamp for stamp in applied if stamp in current)[-MAX_TIED_TIMESTAMPS:]
     applied = {stamp: applied[stamp] for stamp in kept}
+    for index, at in remembered_at.items():
+        # Remembering a message is a change only where the memory is kept: at a timestamp that the
+        # pruning above drops (not among the newest kept), it would write the identity for nothing.
+        if not at.isdisjoint(kept):
+            changed = True
+            effective.add(index)
+    if not changed:
+        return None
     first = fresh[0]
     return MergedIdentity(
         environment=first.environment,

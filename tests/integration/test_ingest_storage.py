@@ -149,6 +149,24 @@ def test_redelivered_identify_is_a_duplicate(webhook: Webhook) -> None:
     assert (answer.body["stored"], answer.body["duplicate"], answer.body["identities"]) == (0, 1, 0)
 
 
+def test_an_identify_redelivered_after_many_newer_ones_is_a_duplicate(webhook: Webhook) -> None:
+    # A server-side source sets one trait per identify, 25 over time; the first comes again.
+    messages = [
+        segment_message(
+            "identify",
+            messageId=f"m{i}",
+            anonymousId=None,
+            traits={f"t{i}": i},
+            timestamp=f"2015-02-23T10:00:{i:02d}.{i:03d}Z",
+        )
+        for i in range(25)
+    ]
+    for message in messages:
+        webhook.post(message)
+    again = webhook.post(messages[0]).body
+    assert (again["duplicate"], again["identities"]) == (1, 0), again
+
+
 def test_an_identify_redelivered_after_a_later_one_of_its_millisecond_changes_nothing(
     webhook: Webhook,
 ) -> None:
