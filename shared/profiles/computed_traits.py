@@ -19,9 +19,11 @@ LIBRARY = {"name": "fme-segment-bridge", "version": __version__}
 
 
 def iso_time(epoch_ms: int) -> str:
-    return (
-        datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    # Whole seconds and milliseconds apart: epoch_ms / 1000 as a float loses the last millisecond
+    # of times past 2242 (as the track calls' timestamps, shared.outbound.segment_messages, do not).
+    seconds, millis = divmod(epoch_ms, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=millis * 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def message_id(kind: str, *parts: object) -> str:

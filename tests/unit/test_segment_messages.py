@@ -97,3 +97,10 @@ def test_encoding_is_compact_utf8() -> None:
     encoded = encode(track_message(impression, CONFIG, "userId"))
     assert b'"userId":"jos\xc3\xa9"' in encoded
     assert b", " not in encoded
+
+
+@pytest.mark.parametrize("at", [0, 1_795_483_041_109, 8_591_284_457_574, 253_402_300_799_999])
+def test_an_identify_has_the_track_calls_timestamp_to_the_millisecond(at: int) -> None:
+    from shared.profiles.computed_traits import iso_time
+
+    assert iso_time(at) == iso_timestamp(at)
