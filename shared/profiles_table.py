@@ -25,6 +25,9 @@ from shared import aws
 from shared.dynamodb import TimeLeft, batch_write, python_item, query_items, run_parallel
 
 TREATMENT_PREFIX = "treatment#"
+# DynamoDB's key size limits (UTF-8 bytes): a longer pk or sk is refused with a ValidationException.
+MAX_PK_BYTES = 2048
+MAX_SK_BYTES = 1024
 _MAX_RANKED_VERSION = 10**20 - 2
 AUDIENCE_PREFIX = "audience#"
 # botocore keeps ten pooled connections per client by default; more threads would only queue.
@@ -107,6 +110,11 @@ class LastTreatment:
     @property
     def sk(self) -> str:
         return TREATMENT_PREFIX + self.split
+
+    @property
+    def storable(self) -> bool:
+        """Whether DynamoDB can hold its keys (a key or flag name of kilobytes cannot)."""
+        return len(self.pk.encode()) <= MAX_PK_BYTES and len(self.sk.encode()) <= MAX_SK_BYTES
 
     @property
     def rank(self) -> str:

@@ -127,6 +127,15 @@ class LastTreatmentSync:
                 continue  # a permanent error of the track path already
             for destination, _ in routes:
                 lt = _record_of(impression, destination)
+                if not lt.storable:
+                    # Refused by DynamoDB on every retry, it would fail the writes of the whole
+                    # message: left out and logged, as an impression too large to forward is.
+                    logger.warning(
+                        "last treatment of %s / %s not recorded: key over DynamoDB's size limit",
+                        lt.key[:80],
+                        lt.split[:80],
+                    )
+                    continue
                 records.append(lt)
                 sources[(lt.pk, lt.split)].add(record_index)
                 by_destination[destination.name].add((lt.pk, lt.split))

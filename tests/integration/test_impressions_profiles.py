@@ -160,6 +160,19 @@ def test_identify_only_on_change(production: dict[str, Any], sink: SegmentSink, 
     assert stored_treatments()["f"]["time"] == T0 + 2000
 
 
+def test_a_key_too_long_for_dynamodb_does_not_hold_back_the_other_last_treatments(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    # Over DynamoDB's 2,048-byte partition key: its track call goes out, its last treatment cannot
+    # be stored, and the other user's is recorded and synced rather than retried with it forever.
+    long_key = "k" * 2100
+    sqs_event = event(json.dumps([impression("f", "on", T0), impression("f", "on", T0, key=long_key)]))
+    assert handle(sqs_event, context) == {"batchItemFailures": []}
+    assert len([m for m in sink.messages if m["type"] == "track"]) == 2
+    assert stored_treatments()["f"]["treatment"] == "on"
+    assert [m["userId"] for m in identifies(sink)] == [USER]
+
+
 def test_anonymous_traffic_and_a_custom_trait_name(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
