@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from shared import __version__
 from shared.config import OutboundConfig
+from shared.outbound.segment_messages import iso_timestamp
 from shared.profiles_table import WriteOutcome
 
 LIBRARY = {"name": "fme-segment-bridge", "version": __version__}
-
-
-def iso_time(epoch_ms: int) -> str:
-    # Whole seconds and milliseconds apart: epoch_ms / 1000 as a float loses the last millisecond
-    # of times past 2242 (as the track calls' timestamps, shared.outbound.segment_messages, do not).
-    seconds, millis = divmod(epoch_ms, 1000)
-    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=millis * 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def message_id(kind: str, *parts: object) -> str:
@@ -39,7 +31,7 @@ def identify_message(
         "type": "identify",
         id_field: key,
         "traits": traits,
-        "timestamp": iso_time(timestamp_ms),
+        "timestamp": iso_timestamp(timestamp_ms),
         "messageId": message_id,
         "context": {"library": dict(LIBRARY)},
     }

@@ -101,6 +101,6 @@ def test_encoding_is_compact_utf8() -> None:
 
 @pytest.mark.parametrize("at", [0, 1_795_483_041_109, 8_591_284_457_574, 253_402_300_799_999])
 def test_an_identify_has_the_track_calls_timestamp_to_the_millisecond(at: int) -> None:
-    from shared.profiles.computed_traits import iso_time
+    from shared.profiles.computed_traits import identify_message
 
-    assert iso_time(at) == iso_timestamp(at)
+    assert identify_message("userId", "u", {"t": "on"}, at, "m")["timestamp"] == iso_timestamp(at)
