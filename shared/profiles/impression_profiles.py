@@ -40,6 +40,7 @@ class ProfileStepReport:
     changed: int = 0
     identifies_sent: int = 0
     identifies_refused: int = 0
+    too_large: int = 0  # last treatments whose key DynamoDB cannot hold: left out, logged
     failed: dict[int, str] = field(default_factory=dict)  # SQS record index -> transient reason
 
 
@@ -90,6 +91,8 @@ class LastTreatmentSync:
             ("ComputedTraitIdentifiesRefused", report.identifies_refused),
         ):
             metrics.add_metric(name=name, unit="Count", value=value)
+        if report.too_large:
+            metrics.add_metric(name="LastTreatmentsTooLarge", unit="Count", value=report.too_large)
 
     def observe(self, record: int, impressions: Sequence[Impression]) -> None:
         self._seen.extend((record, impression) for impression in impressions)
@@ -129,7 +132,8 @@ class LastTreatmentSync:
                 lt = _record_of(impression, destination)
                 if not lt.storable:
                     # Refused by DynamoDB on every retry, it would fail the writes of the whole
-                    # message: left out and logged, as an impression too large to forward is.
+                    # message: left out, logged and counted, as an impression too large to forward is.
+                    report.too_large += 1
                     logger.warning(
                         "last treatment of %s / %s not recorded: key over DynamoDB's size limit",
                         lt.key[:80],

@@ -161,7 +161,7 @@ def test_identify_only_on_change(production: dict[str, Any], sink: SegmentSink, 
 
 
 def test_a_key_too_long_for_dynamodb_does_not_hold_back_the_other_last_treatments(
-    production: dict[str, Any], sink: SegmentSink, context: Any
+    production: dict[str, Any], sink: SegmentSink, context: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Over DynamoDB's 2,048-byte partition key: its track call goes out, its last treatment cannot
     # be stored, and the other user's is recorded and synced rather than retried with it forever.
@@ -171,6 +171,13 @@ def test_a_key_too_long_for_dynamodb_does_not_hold_back_the_other_last_treatment
     assert len([m for m in sink.messages if m["type"] == "track"]) == 2
     assert stored_treatments()["f"]["treatment"] == "on"
     assert [m["userId"] for m in identifies(sink)] == [USER]
+    # Left out, but counted where an operator looks: the last-treatments function's metrics.
+    [emf] = [
+        line
+        for line in map(json.loads, (x for x in capsys.readouterr().out.splitlines() if '"_aws"' in x))
+        if "LastTreatmentWrites" in line
+    ]
+    assert (emf["LastTreatmentsTooLarge"], emf["LastTreatmentWrites"]) == ([1.0], [1.0])
 
 
 def test_anonymous_traffic_and_a_custom_trait_name(
