@@ -180,6 +180,59 @@ class _ConnectionTally:
 # Delivery
 
 
+IdentityKey = tuple[str, str, str, str]  # connection, environment, traffic type, key (IdentityChange)
+
+
+def _latest_identity_changes(
+    records: Iterable[DynamoDBRecord], report: DeliveryReport
+) -> tuple[dict[IdentityKey, IdentityChange], dict[IdentityKey, list[str]]]:
+    """The latest change of each identity in ``records`` (several changes of one identity in a batch
+    are sent once, with its latest values), and the sequence numbers of all of its records."""
+    latest: dict[IdentityKey, IdentityChange] = {}
+    sequences: dict[IdentityKey, list[str]] = defaultdict(list)
+    for record in records:
+        try:
+            change = identity_change(record)
+        except MalformedItem as exc:
+            logger.warning("identity item cannot be delivered", reason=str(exc))
+            report.count("IdentitiesMalformed")
+            continue
+        if change is None:
+            report.count("IdentitiesUnchanged")
+            continue
+        if change.dropped_attributes:
+            report.count("IdentityAttributesDropped", len(change.dropped_attributes))
+        latest[change.identity_key] = change
+        sequences[change.identity_key].append(change.sequence_number)
+    return latest, sequences
+
+
+def _identity_groups(
+    latest: dict[IdentityKey, IdentityChange],
+    sequences: dict[IdentityKey, list[str]],
+    connections: dict[str, ConnectionDelivery | None],
+    report: DeliveryReport,
+    tallies: dict[str, _ConnectionTally],
+) -> dict[tuple[str, str, str], list[IdentityChange]]:
+    """The changes to send, by (connection, traffic type, environment): those of connections
+    without delivery or without an Admin API key are counted and skipped, and those of connections
+    whose config could not be read are handed back to the stream."""
+    groups: dict[tuple[str, str, str], list[IdentityChange]] = defaultdict(list)
+    for key, change in latest.items():
+        connection = connections[change.connection_id]
+        if connection is None:
+            report.retry.update(sequences[key])
+        elif not connection.enabled:
+            report.count("IdentitiesSkippedDeliveryOff")
+            tallies[change.connection_id].skipped += 1
+        elif connection.keys is not None and connection.keys.adminKey is None and not connection.problem:
+            report.count("IdentitiesSkippedNoAdminKey")
+            tallies[change.connection_id].skipped += 1
+        else:
+            groups[(change.connection_id, change.traffic_type, change.environment)].append(change)
+    return groups
+
+
 class Delivery:
     """Delivers stream batches; collaborators are passed in so tests use real fakes (moto, loopback)."""
 
@@ -461,60 +514,15 @@ class Delivery:
     ) -> None:
         """``as_stored_now``: send each identity as the table holds it now (a redrive, see
         :meth:`_stored_now`)."""
-        # Several changes of one identity in a batch: its latest values are sent once.
-        latest: dict[tuple[str, str, str, str], IdentityChange] = {}
-        sequences: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
-        for record in records:
-            try:
-                change = identity_change(record)
-            except MalformedItem as exc:
-                logger.warning("identity item cannot be delivered", reason=str(exc))
-                report.count("IdentitiesMalformed")
-                continue
-            if change is None:
-                report.count("IdentitiesUnchanged")
-                continue
-            if change.dropped_attributes:
-                report.count("IdentityAttributesDropped", len(change.dropped_attributes))
-            latest[change.identity_key] = change
-            sequences[change.identity_key].append(change.sequence_number)
+        latest, sequences = _latest_identity_changes(records, report)
         connections = self._connections((c.connection_id for c in latest.values()), report)
-
-        groups: dict[tuple[str, str, str], list[IdentityChange]] = defaultdict(list)
-        for key, change in latest.items():
-            connection = connections[change.connection_id]
-            if connection is None:
-                report.retry.update(sequences[key])
-            elif not connection.enabled:
-                report.count("IdentitiesSkippedDeliveryOff")
-                tallies[change.connection_id].skipped += 1
-            elif connection.keys is not None and connection.keys.adminKey is None and not connection.problem:
-                report.count("IdentitiesSkippedNoAdminKey")
-                tallies[change.connection_id].skipped += 1
-            else:
-                groups[(change.connection_id, change.traffic_type, change.environment)].append(change)
-
-        if groups:
-            # A retried stream batch re-sends only the identity versions FME has not acknowledged.
-            try:
-                settled = self.log.settled(c.ack_id for changes in groups.values() for c in changes)
-            except Exception:
-                logger.exception("delivery log unavailable")
-                for changes in groups.values():
-                    for change in changes:
-                        report.retry.update(sequences[change.identity_key])
-                return
-            for group_key, changes in list(groups.items()):
-                fresh = [c for c in changes if c.ack_id not in settled]
-                report.count("IdentitiesAlreadyDelivered", len(changes) - len(fresh))
-                groups[group_key] = fresh
-
+        groups = _identity_groups(latest, sequences, connections, report, tallies)
+        if not self._drop_settled_identities(groups, sequences, report):
+            return
         for (connection_id, traffic_type, environment), changes in groups.items():
-            if not changes:
-                continue
             connection = connections[connection_id]
-            assert connection is not None
-            tally = tallies[connection_id]
+            if not changes or connection is None:
+                continue
             by_id = {change.ack_id: change for change in changes}
             pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
             if as_stored_now:
@@ -537,52 +545,95 @@ class Delivery:
                     environment,
                     pairs,
                 )
-            refused: dict[tuple[str, int | None], list[IdentityChange]] = defaultdict(list)
-            acknowledged = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
-            if acknowledged:
-                try:
-                    self.log.record(acknowledged, DELIVERED, self._clock())
-                except Exception:  # FME has them; a resend would only repeat the same values
-                    logger.exception("could not record acknowledged identities", count=len(acknowledged))
-            for o in outcomes:
-                change = by_id[o.item_id]
-                if o.outcome is Outcome.DELIVERED:
-                    report.count("IdentitiesDelivered")
-                    tally.identities_delivered += 1
-                elif o.outcome is Outcome.TRANSIENT:
-                    report.count("IdentitiesRetrying")
+            self._settle_identities(
+                connection_id, traffic_type, environment, outcomes, by_id, sequences, report, tallies
+            )
+
+    def _drop_settled_identities(
+        self,
+        groups: dict[tuple[str, str, str], list[IdentityChange]],
+        sequences: dict[IdentityKey, list[str]],
+        report: DeliveryReport,
+    ) -> bool:
+        """Leave out of ``groups`` the identity versions FME acknowledged (or refused) before: a
+        retried stream batch re-sends only the others. False if the delivery log cannot be read
+        (every identity is then handed back to the stream)."""
+        if not groups:
+            return True
+        try:
+            settled = self.log.settled(c.ack_id for changes in groups.values() for c in changes)
+        except Exception:
+            logger.exception("delivery log unavailable")
+            for changes in groups.values():
+                for change in changes:
                     report.retry.update(sequences[change.identity_key])
-                    report.asked_to_wait(o.wait_s)
-                    tally.retrying(change.updated_at)
-                    tally.failed_transiently(o.reason, sequences[change.identity_key])
-                else:
-                    refused[(o.reason, o.status)].append(change)
-            for (reason, status), group in refused.items():
-                refusal = Refusal(
-                    kind="identities",
-                    connection_id=connection_id,
-                    reason=reason,
-                    status=status,
-                    items=[
-                        {
-                            "ackId": c.ack_id,
-                            "trafficType": traffic_type,
-                            "environment": environment,
-                            "identity": c.identity.model_dump(),
-                        }
-                        for c in group
-                    ],
-                )
-                sequence_numbers = [s for c in group for s in sequences[c.identity_key]]
-                failure_ids = self._refuse(refusal, sequence_numbers, report)
-                if failure_ids is not None:
-                    try:
-                        self.log.record([c.ack_id for c in group], REFUSED, self._clock(), reason)
-                    except Exception:  # the failure queue has them; a retry would only add a second message
-                        logger.exception("could not record refused identities", count=len(group))
-                    report.count("IdentitiesRefused", len(group))
-                    tally.identities_refused += len(group)
-                    tally.failed(reason, failure_ids)
+            return False
+        for group_key, changes in groups.items():
+            fresh = [c for c in changes if c.ack_id not in settled]
+            report.count("IdentitiesAlreadyDelivered", len(changes) - len(fresh))
+            groups[group_key] = fresh
+        return True
+
+    def _settle_identities(
+        self,
+        connection_id: str,
+        traffic_type: str,
+        environment: str,
+        outcomes: Sequence[ItemOutcome[FmeIdentity]],
+        by_id: dict[str, IdentityChange],
+        sequences: dict[IdentityKey, list[str]],
+        report: DeliveryReport,
+        tallies: dict[str, _ConnectionTally],
+    ) -> None:
+        """Record what FME acknowledged, hand back what may succeed later, refuse the rest."""
+        tally = tallies[connection_id]
+        refused: dict[tuple[str, int | None], list[IdentityChange]] = defaultdict(list)
+        acknowledged = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
+        if acknowledged:
+            try:
+                self.log.record(acknowledged, DELIVERED, self._clock())
+            except Exception:  # FME has them; a resend would only repeat the same values
+                logger.exception("could not record acknowledged identities", count=len(acknowledged))
+        for o in outcomes:
+            change = by_id[o.item_id]
+            if o.outcome is Outcome.DELIVERED:
+                report.count("IdentitiesDelivered")
+                tally.identities_delivered += 1
+            elif o.outcome is Outcome.TRANSIENT:
+                report.count("IdentitiesRetrying")
+                report.retry.update(sequences[change.identity_key])
+                report.asked_to_wait(o.wait_s)
+                tally.retrying(change.updated_at)
+                tally.failed_transiently(o.reason, sequences[change.identity_key])
+            else:
+                refused[(o.reason, o.status)].append(change)
+        for (reason, status), group in refused.items():
+            refusal = Refusal(
+                kind="identities",
+                connection_id=connection_id,
+                reason=reason,
+                status=status,
+                items=[
+                    {
+                        "ackId": c.ack_id,
+                        "trafficType": traffic_type,
+                        "environment": environment,
+                        "identity": c.identity.model_dump(),
+                    }
+                    for c in group
+                ],
+            )
+            sequence_numbers = [s for c in group for s in sequences[c.identity_key]]
+            failure_ids = self._refuse(refusal, sequence_numbers, report)
+            if failure_ids is None:
+                continue
+            try:
+                self.log.record([c.ack_id for c in group], REFUSED, self._clock(), reason)
+            except Exception:  # the failure queue has them; a retry would only add a second message
+                logger.exception("could not record refused identities", count=len(group))
+            report.count("IdentitiesRefused", len(group))
+            tally.identities_refused += len(group)
+            tally.failed(reason, failure_ids)
 
     def _stored_now(
         self, traffic_type: str, environment: str, pairs: Sequence[tuple[str, FmeIdentity]]
