@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -21,7 +21,9 @@ from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
 from shared.inbound.mapping import (
     UNTIMED_WINDOW_MS,
+    Deletion,
     DropReason,
+    FmeEvent,
     IdentityUpdate,
     Mapped,
     MergedIdentity,
@@ -117,16 +119,67 @@ def store(
     events_table: EventsTable,
     identities_table: IdentitiesTable,
 ) -> IngestReport:
+    stored, duplicate, events_written = _store_events(mapped.events, connection_id, now_ms, events_table)
+
+    # Identities: merged per identity, written conditionally on the version read.
+    changed_identities, effective, too_large = store_identities(
+        mapped.identities, identities_table, connection_id, now_ms
+    )
+    left_out = {id(update) for update in too_large}
+    for update in mapped.identities:
+        if id(update) not in left_out:
+            (stored if update.index in effective else duplicate).add(update.index)
+
+    # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
+    _delete_users(mapped.deletions, events_table, identities_table)
+
+    drops = [
+        DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
+    ]
+    too_large_reason = DropReason.IDENTITY_TOO_LARGE.value
+    drops.extend(
+        DropReport(index=u.index, reason=too_large_reason, trafficType=u.trafficTypeName) for u in too_large
+    )
+    drops.sort(key=lambda d: d.index)
+    report = IngestReport(
+        received=mapped.received,
+        events=events_written,
+        identities=changed_identities,
+        truncated={"strings": mapped.strings_cut, "properties": mapped.properties_trimmed},
+        drops=drops,
+    )
+    deleted = {deletion.index for deletion in mapped.deletions}
+    dropped = {drop.index for drop in drops}
+    for index in range(mapped.received):
+        if index in deleted:
+            report.deleted += 1
+        elif index in stored:
+            report.stored += 1
+        elif index in duplicate:
+            report.duplicate += 1
+        elif index in dropped:
+            report.dropped += 1
+        else:
+            report.ignored += 1
+    return report
+
+
+def _store_events(
+    events: Sequence[FmeEvent], connection_id: str, now_ms: int, events_table: EventsTable
+) -> tuple[set[int], set[int], int]:
+    """Write the events not stored yet; the message indices stored and found duplicate, and the
+    number of events written.
+
+    A few (a classic webhook's message) go out as conditional puts, which find what already exists
+    in the same round trip; for more, one BatchGetItem per 100 keys tells what exists and only the
+    rest is written, 25 per BatchWriteItem.
+    """
     stored: set[int] = set()
     duplicate: set[int] = set()
-
-    # Events: a few (a classic webhook's message) go out as conditional puts, which find what
-    # already exists in the same round trip; for more, one BatchGetItem per 100 keys tells what
-    # exists and only the rest is written, 25 per BatchWriteItem.
     expires_at = now_ms // 1000 + retention_days() * 86_400
     candidates: dict[tuple[str, str], int] = {}
     items = {}
-    keyed = [(profile_pk(e.environment, e.trafficTypeName, e.key), e) for e in mapped.events]
+    keyed = [(profile_pk(e.environment, e.trafficTypeName, e.key), e) for e in events]
     # Events of messages that carry no time are keyed by the time of receipt, which a redelivery
     # changes: they are looked for by messageId.
     untimed = [(pk, event.messageId) for pk, event in keyed if event.untimed]
@@ -152,61 +205,26 @@ def store(
         events_table.put([event_item(items[key], connection_id, now_ms, expires_at) for key in new_keys])
     for key, index in candidates.items():
         (duplicate if key in existing else stored).add(index)
+    return stored, duplicate, len(new_keys)
 
-    # Identities: merged per identity, written conditionally on the version read.
-    changed_identities, effective, too_large = store_identities(
-        mapped.identities, identities_table, connection_id, now_ms
-    )
-    left_out = {id(update) for update in too_large}
-    for update in mapped.identities:
-        if id(update) not in left_out:
-            (stored if update.index in effective else duplicate).add(update.index)
 
-    # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
-    deleted = {deletion.index for deletion in mapped.deletions}
-    if mapped.deletions:
-        # One request per identity: a body may delete the same user twice, and BatchWriteItem
-        # refuses a request that names a key twice.
-        pks = list(
-            dict.fromkeys(profile_pk(d.environment, d.trafficTypeName, d.key) for d in mapped.deletions)
-        )
-        for pk in pks:
-            keys = events_table.keys_of(pk)
-            if keys:
-                events_table.delete(keys)
-            # The flags the user saw go too (ProfilesTable shares the key); audience memberships are
-            # exited by the deletion's stream records, which tell Segment.
-            profiles_table.delete_last_treatments(pk, events_table.time_left)
-        identities_table.delete(pks)
-
-    drops = [
-        DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
-    ]
-    too_large_reason = DropReason.IDENTITY_TOO_LARGE.value
-    drops.extend(
-        DropReport(index=u.index, reason=too_large_reason, trafficType=u.trafficTypeName) for u in too_large
-    )
-    drops.sort(key=lambda d: d.index)
-    dropped = {drop.index for drop in drops}
-    report = IngestReport(
-        received=mapped.received,
-        events=len(new_keys),
-        identities=changed_identities,
-        truncated={"strings": mapped.strings_cut, "properties": mapped.properties_trimmed},
-        drops=drops,
-    )
-    for index in range(mapped.received):
-        if index in deleted:
-            report.deleted += 1
-        elif index in stored:
-            report.stored += 1
-        elif index in duplicate:
-            report.duplicate += 1
-        elif index in dropped:
-            report.dropped += 1
-        else:
-            report.ignored += 1
-    return report
+def _delete_users(
+    deletions: Sequence[Deletion], events_table: EventsTable, identities_table: IdentitiesTable
+) -> None:
+    """Delete each user's events, last treatments and identity."""
+    if not deletions:
+        return
+    # One request per identity: a body may delete the same user twice, and BatchWriteItem refuses a
+    # request that names a key twice.
+    pks = list(dict.fromkeys(profile_pk(d.environment, d.trafficTypeName, d.key) for d in deletions))
+    for pk in pks:
+        keys = events_table.keys_of(pk)
+        if keys:
+            events_table.delete(keys)
+        # The flags the user saw go too (ProfilesTable shares the key); audience memberships are
+        # exited by the deletion's stream records, which tell Segment.
+        profiles_table.delete_last_treatments(pk, events_table.time_left)
+    identities_table.delete(pks)
 
 
 def store_identities(
