@@ -97,6 +97,20 @@ def test_rotation_accepts_current_and_previous_secret(webhook: Webhook) -> None:
     assert webhook.post(segment_message("track"), headers={"authorization": f"Bearer {SECRET}"}).status == 401
 
 
+def test_the_previous_secret_keeps_working_for_every_request_during_a_rotation(
+    webhook: Webhook, clock: list[float]
+) -> None:
+    """Segment keeps sending the old secret until it is updated: each of its requests is accepted."""
+    put_secret(f"inbound/{CONNECTION}", "whsec-rotated-2b3c4d")
+    old = {"authorization": f"Bearer {SECRET}"}
+    for number in range(3):
+        answer = webhook.post(segment_message("track", messageId=f"old-{number}"), headers=old)
+        assert answer.status == 200, number
+    rotated = {"authorization": "Bearer whsec-rotated-2b3c4d"}
+    assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
+    assert webhook.post(segment_message("track", messageId="old-3"), headers=old).status == 200
+
+
 def test_a_rotation_is_accepted_at_once_by_a_warm_container(webhook: Webhook, clock: list[float]) -> None:
     """Both versions are cached for minutes; the new secret must not be refused meanwhile."""
     bearer = {"authorization": f"Bearer {SECRET}"}

@@ -76,6 +76,26 @@ def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
     ]
 
 
+def test_a_message_without_a_time_redelivered_a_day_later_stores_nothing_new(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idempotent on messageId for 24 hours at least, for events and for traits."""
+    no_time = {"timestamp": None, "originalTimestamp": None, "receivedAt": None, "sentAt": None}
+    track = segment_message("track", anonymousId=None, **no_time)
+    identify = segment_message("identify", anonymousId=None, traits={"plan": "free"}, **no_time)
+    clock = [1_795_483_041_109_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    first = webhook.post([track, identify])
+    clock[0] += 24 * 3_600_000_000_000  # a day later
+    again = webhook.post([track, identify])
+    assert (first.body["stored"], first.body["duplicate"]) == (2, 0)
+    assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (0, 2, 0)
+    assert len(webhook.stored_events("user", track["userId"])) == 1
+    identity = webhook.identity("user", identify["userId"])
+    assert identity is not None
+    assert identity["updatedAt"] == Decimal(1_795_483_041_109)
+
+
 def test_batch_retried_after_half_succeeding_loses_nothing_and_duplicates_nothing(webhook: Webhook) -> None:
     batch = tracks(60)
     webhook.post(batch[:25])  # the part that got through before the failure
@@ -287,6 +307,8 @@ def test_identify_then_newer_and_older_traits(webhook: Webhook) -> None:
     assert identity["attributes"]["name"] == "Peter Gibbons"
     assert json.loads(identity["attributes"]["address"])["city"] == "San Francisco"
     assert set(identity) >= {"environment", "trafficTypeName", "key", "attributes", "updatedAt"}
+    assert isinstance(identity["updatedAt"], Decimal)
+    assert identity["updatedAt"] > Decimal(1_700_000_000_000)  # epoch ms of receipt
     assert identity["environment"] == "Production"
     assert identity["trafficTypeName"] == "user"
 

@@ -40,3 +40,17 @@ def test_track_is_stored_once_per_mapped_identity(webhook: Webhook) -> None:
     retention = int(webhook.env["EVENT_RETENTION_DAYS"])
     assert event["expiresAt"] == event["receivedAt"] // 1000 + retention * 86_400
     assert anonymous_events[0]["trafficTypeName"] == "anonymous"
+
+
+def test_named_page_and_screen_are_stored_with_their_segment_type(webhook: Webhook) -> None:
+    page = segment_message("page", anonymousId=None, name="signup", messageId="page-1")
+    screen = segment_message("screen", anonymousId=None, name="signup", messageId="screen-1")
+    answer = webhook.post([page, screen])
+
+    assert (answer.status, answer.body["stored"]) == (200, 2)
+    by_id = {e["messageId"]: e for e in webhook.stored_events("user", "97980cfea0067")}
+    assert (by_id["page-1"]["eventTypeId"], by_id["page-1"]["segmentType"]) == ("view_signup_page", "page")
+    assert (by_id["screen-1"]["eventTypeId"], by_id["screen-1"]["segmentType"]) == (
+        "view_signup_screen",
+        "screen",
+    )

@@ -25,6 +25,8 @@ def test_inbound_defaults_match_the_contract() -> None:
     assert cfg.pageEventTypeId == "view_{name}_page"
     assert cfg.screenEventTypeId == "view_{name}_screen"
     assert cfg.delivery.enabled is False
+    assert cfg.delivery.eventsEndpoint.unicode_string() == "https://events.split.io/api"
+    assert cfg.delivery.identitiesEndpoint.unicode_string() == "https://api.split.io/internal/api/v2"
 
 
 MINIMAL_INBOUND = {"environment": "P", "identities": [{"segmentId": "userId", "trafficType": "user"}]}

@@ -77,6 +77,13 @@ def test_signature_of_first_element_keeps_non_ascii_as_javascript_does() -> None
     assert Credentials({"x-signature": sign(first)}, body).match(SECRET)
 
 
+def test_signature_of_first_element_is_over_its_text_as_sent() -> None:
+    # JSON.stringify writes 1e-7 where Python writes 1e-07: the element's own bytes are what was signed.
+    first = b'{"type":"track","event":"Tiny","userId":"u1","properties":{"rate":1e-7}}'
+    body = b"[" + first + b',{"type":"track","event":"Other","userId":"u2"}]'
+    assert Credentials({"x-signature": sign(first)}, body).match(SECRET)
+
+
 def test_no_credentials_and_empty_secret_never_match() -> None:
     assert not Credentials({}, BODY).present
     assert not Credentials({"authorization": ""}, BODY).match("")

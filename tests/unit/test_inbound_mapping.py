@@ -458,6 +458,13 @@ def test_delete_targets_the_user_in_every_mapped_traffic_type() -> None:
     }
 
 
+def test_delete_of_a_key_longer_than_250_characters_is_dropped() -> None:
+    mapped = map_one(segment("delete", userId="u" * 251))
+    assert drop_reasons(mapped) == ["invalid_key"]
+    assert mapped.deletions == []
+    assert [d.key for d in map_one(segment("delete", userId="u" * 250)).deletions] == ["u" * 250] * 2
+
+
 def test_delete_without_user_id_is_dropped() -> None:
     message = segment("delete")
     del message["userId"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fme_bridge.template import load_template
+from shared.inbound.ingest import DEFAULT_MAX_BODY_BYTES
 
 RESOURCES = load_template()["Resources"]
 INGEST = RESOURCES["IngestFunction"]["Properties"]
@@ -46,6 +47,11 @@ def test_limits_fit_segment_and_lambda() -> None:
     variables = INGEST["Environment"]["Variables"]
     assert variables["MAX_BODY_BYTES"] == {"Ref": "MaxBodyBytes"}
     assert variables["EVENT_RETENTION_DAYS"] == {"Ref": "EventRetentionDays"}
+
+
+def test_the_body_limit_without_its_variable_is_the_templates_default() -> None:
+    default = load_template()["Parameters"]["MaxBodyBytes"]["Default"]
+    assert DEFAULT_MAX_BODY_BYTES == default < 6 * 1024 * 1024
 
 
 def test_dynamodb_permissions_are_exactly_what_ingest_uses_per_table() -> None:
