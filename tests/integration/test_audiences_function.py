@@ -197,6 +197,55 @@ def test_exit_when_an_attribute_changes(
     assert (stored["member"], stored["transitions"]) == (False, 2)
 
 
+def test_entry_and_exit_reach_every_outbound_config_the_audience_syncs_to(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    with SegmentSink(write_keys={"MARKETING_KEY"}) as marketing:
+        put_config(
+            "outbound/segment-marketing",
+            {
+                "environments": ["Production"],
+                "identities": {"user": "userId"},
+                "endpoint": marketing.endpoint,
+            },
+        )
+        put_secret("outbound/segment-marketing", "MARKETING_KEY")
+        put_config("audiences/checkout_fans", {**AUDIENCE, "sync": ["segment-prod", "segment-marketing"]})
+        config_store.clear_caches()
+
+        audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+        old = put_identity(env, "pro")
+        new = put_identity(env, "free")
+        audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", new, old), lambda_context)
+
+        for sink in (segment, marketing):
+            assert [(m["userId"], m["traits"]) for m in sink.messages] == [
+                ("user-123", {"checkout_fans": True}),
+                ("user-123", {"checkout_fans": False}),
+            ]
+        assert {r.write_key for r in marketing.requests} == {"MARKETING_KEY"}
+
+
+def test_an_audience_of_one_environment_leaves_another_environments_profiles_alone(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    # Everything the Production audience asks for, but in Staging: no member, nothing sent.
+    staging = "Staging#user#user-123"
+    identity = {**put_identity(env, "pro"), "pk": staging, "environment": "Staging"}
+    table(env, "IdentitiesTable").delete_item(Key={"pk": PK})
+    table(env, "IdentitiesTable").put_item(Item=identity)
+    write_last_treatment(LastTreatment("Staging", "user", "user-123", "new_checkout", "on", NOW - 10))
+    event_item = {**put_event(env, NOW - DAY_MS), "pk": staging, "environment": "Staging"}
+    table(env, "EventsTable").delete_item(Key={"pk": PK, "sk": event_item["sk"]})
+    table(env, "EventsTable").put_item(Item=event_item)
+
+    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert segment.requests == []
+    assert [i for i in profile_items(staging) if i["sk"].startswith("audience#")] == []
+
+
 def test_a_treatment_change_is_a_trigger_and_an_unrelated_one_is_not(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:

@@ -272,6 +272,25 @@ def test_nan_and_infinity_in_properties_go_to_segment_as_null(
     assert (by_key["user-nan"]["score"], by_key["user-nan"]["limit"]) == (None, None)
 
 
+def test_the_identity_field_carries_the_key_never_the_bucketing_key(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    body = json.dumps(
+        [
+            webhook(key="user-9", bucketingKey="bucket-9"),
+            webhook(key="visitor-3", bucketingKey="bucket-3", trafficType="anonymous"),
+        ]
+    )
+    response = app.lambda_handler(event(body), context)
+
+    assert response == {"batchItemFailures": []}
+    user, visitor = sorted(sink.messages, key=lambda m: m["properties"]["key"])
+    assert (user["userId"], user["properties"]["bucketingKey"]) == ("user-9", "bucket-9")
+    assert "anonymousId" not in user
+    assert (visitor["anonymousId"], visitor["properties"]["bucketingKey"]) == ("visitor-3", "bucket-3")
+    assert "userId" not in visitor
+
+
 def test_redelivered_message_yields_the_same_message_ids(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
@@ -449,6 +468,36 @@ def test_only_messages_whose_impressions_failed_are_reported(
         assert failures(response) == {"staging-only", "both"}
         assert len(failing.requests) > 1  # retried until the deadline, then given back to SQS
         assert failing.messages == []
+
+
+def test_a_retried_message_dead_letters_its_permanent_part_once_the_rest_is_delivered(
+    production: dict[str, Any], sink: SegmentSink, lambda_context: Any, stack: Stack
+) -> None:
+    dlq = stack.queues["ImpressionsDeadLetterQueue"]
+    body = json.dumps([webhook(key="p1"), webhook(key="lost", environmentName="Nowhere", environmentId="x")])
+    sink.fail_fraction(1.0, 503)
+    end = time.monotonic() + 2.0
+    lambda_context.get_remaining_time_in_millis = lambda: int((end - time.monotonic()) * 1000)
+
+    response = app.lambda_handler(event_with_id(body, "mixed"), lambda_context)
+
+    # Retried whole: dead-lettering its permanent part now would do it again on every receive.
+    assert failures(response) == {"mixed"}
+    assert sqs_events.dead_letters(dlq) == []
+
+    sink.fail_fraction(0.0)
+    end = time.monotonic() + 6.0
+    response = app.lambda_handler(event_with_id(body, "mixed", receive_count=2), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    assert [m["properties"]["key"] for m in sink.messages] == ["p1"]
+    [letter] = sqs_events.dead_letters(dlq)
+    assert letter["errorCode"] == "no_matching_config"
+    assert [i["key"] for i in json.loads(letter["body"])] == ["lost"]
+
+
+def event_with_id(body: str, message_id: str, receive_count: int = 1) -> dict[str, Any]:
+    return {"Records": [sqs_events.record(body, message_id, receive_count=receive_count)]}
 
 
 def test_missing_write_key_is_retried_not_dead_lettered(

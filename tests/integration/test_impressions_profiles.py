@@ -201,6 +201,18 @@ def test_anonymous_traffic_and_a_custom_trait_name(
     assert stored_treatments("anon-1", "anonymous")["f"]["treatment"] == "v2"
 
 
+def test_without_a_trait_name_the_trait_is_the_flag_name(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    put_config("outbound/production", {**production, "computedTraits": {"enabled": True}})
+    config.clear_caches()
+    assert handle(event(json.dumps([impression("new_checkout", "off", T0)])), context) == {
+        "batchItemFailures": []
+    }
+    [identify] = identifies(sink)
+    assert identify["traits"] == {"new_checkout": "off"}
+
+
 def test_without_computed_traits_the_last_treatment_is_still_kept(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:

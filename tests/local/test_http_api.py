@@ -62,6 +62,7 @@ def test_event_has_the_shape_of_api_gateways_payload_2_0(stack: Stack) -> None:
     assert set(event["requestContext"]) == set(sample["requestContext"])
     assert set(event["requestContext"]["http"]) == set(sample["requestContext"]["http"])
     for name in (
+        "version",
         "rawQueryString",
         "cookies",
         "queryStringParameters",

@@ -229,6 +229,21 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
     )
 
 
+def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> None:
+    # The local AWS has no authentication: --host may only name a loopback address.
+    port, aws_port, sink_port, fme_port = free_ports(4)
+    result = subprocess.run(
+        local_command(port, aws_port, sink_port, fme_port, "--host", "0.0.0.0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: --host 0.0.0.0 is not a loopback address; the local stack listens on loopback only"
+    )
+
+
 def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
     running: RunningStack, tmp_path: Path
 ) -> None:

@@ -93,6 +93,28 @@ def test_backoff_grows_and_is_capped() -> None:
     assert ceilings[-1] == SEGMENT_POLICY.max_delay
 
 
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    rng = random.Random(3)
+    samples = {attempt: [SEGMENT_POLICY.backoff(attempt, rng) for _ in range(200)] for attempt in (1, 3, 5)}
+    for attempt, waits in samples.items():
+        ceiling = min(SEGMENT_POLICY.max_delay, SEGMENT_POLICY.base_delay * 2**attempt)
+        # Full jitter: spread over [0, ceiling], not the ceiling itself.
+        assert len(set(waits)) == len(waits)
+        assert min(waits) < ceiling / 4
+        assert max(waits) > ceiling * 3 / 4
+    # Exponential: the longest wait of a later attempt is beyond what an earlier one can wait.
+    assert max(samples[3]) > SEGMENT_POLICY.base_delay * 2**1
+    assert max(samples[5]) > SEGMENT_POLICY.base_delay * 2**3
+
+
+def test_retries_wait_longer_and_longer() -> None:
+    result, calls, slept = run([httpx.Response(503)] * 6 + [httpx.Response(200)], seconds=120)
+    assert result.outcome is Outcome.DELIVERED
+    assert len(calls) == 7
+    # Each wait is drawn under a ceiling that doubles: the later waits go past the first ceilings.
+    assert max(slept[3:]) > SEGMENT_POLICY.base_delay * 2**2
+
+
 def test_fme_waits_for_the_longest_of_its_reset_headers() -> None:
     # FME sends one reset header per exhausted quota; the client must wait for the largest.
     response = httpx.Response(

@@ -7,6 +7,7 @@ import base64
 import json
 
 import httpx
+import pytest
 
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.segment_client import BatchPacker, SegmentBatch, SegmentClient, basic_auth
@@ -35,6 +36,19 @@ def test_batches_fill_up_to_the_byte_limit_and_never_over() -> None:
     parsed = json.loads(bodies[0])
     assert parsed["sentAt"] == "2026-01-01T00:00:00.000Z"
     assert len(parsed["batch"]) == len(batches[0])
+
+
+@pytest.mark.parametrize("first", [250_000, 249_990, 499_000])
+def test_the_request_body_with_its_batch_and_sent_at_stays_within_the_byte_limit(first: int) -> None:
+    # Messages whose bytes and commas alone come to just under or exactly 500,000: what the body adds
+    # around them ({"batch":[ ... ],"sentAt":"..."}) must be counted too.
+    second = 500_000 - first - 1
+    messages = [b'"' + b"x" * (size - 2) + b'"' for size in (first, second, 10)]
+    batches = pack(messages)
+    bodies = [b.body("2026-01-01T00:00:00.000Z") for b in batches]
+    assert all(len(body) <= 500_000 for body in bodies)
+    assert sum(len(b) for b in batches) == 3
+    assert [len(json.loads(body)["batch"]) for body in bodies] == [len(b) for b in batches]
 
 
 def test_batch_remembers_where_each_message_came_from() -> None:

@@ -1,0 +1,57 @@
+"""The computed-trait identifies one outbound config gets for a batch of last-treatment writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.config import OutboundConfig
+from shared.profiles.computed_traits import computed_trait_identifies
+from shared.profiles_table import LastTreatment, WriteOutcome
+
+T0 = 1_795_483_041_109
+
+
+def config(**computed_traits: Any) -> OutboundConfig:
+    return OutboundConfig.model_validate(
+        {
+            "environments": ["Production"],
+            "identities": {"user": "userId", "anonymous": "anonymousId"},
+            "computedTraits": computed_traits,
+        }
+    )
+
+
+def written(key: str, treatment: str, previous: str | None, traffic_type: str = "user") -> WriteOutcome:
+    record = LastTreatment("Production", traffic_type, key, "new_checkout", treatment, T0, 17)
+    return WriteOutcome(record, applied=True, previous=previous)
+
+
+def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> None:
+    outcomes = [
+        written("user-1", "on", None),
+        written("user-2", "on", "off"),
+        written("visitor-1", "v2", "v1", traffic_type="anonymous"),
+    ]
+    messages = computed_trait_identifies(outcomes, config(enabled=True))
+    assert [(m.get("userId"), m.get("anonymousId"), m["traits"]) for m in messages] == [
+        ("user-1", None, {"new_checkout": "on"}),
+        ("user-2", None, {"new_checkout": "on"}),
+        (None, "visitor-1", {"new_checkout": "v2"}),
+    ]
+
+
+def test_an_unchanged_treatment_sends_nothing() -> None:
+    same = written("user-1", "on", "on")
+    older = WriteOutcome(same.record, applied=False)
+    assert computed_trait_identifies([same, older], config(enabled=True)) == []
+
+
+def test_a_config_without_computed_traits_enabled_sends_nothing() -> None:
+    outcome = written("user-1", "on", None)
+    assert computed_trait_identifies([outcome], config()) == []
+    assert computed_trait_identifies([outcome], config(enabled=False, traitName="fme_{split}")) == []
+
+
+def test_a_traffic_type_the_config_does_not_map_sends_nothing() -> None:
+    outcome = written("account-1", "on", None, traffic_type="account")
+    assert computed_trait_identifies([outcome], config(enabled=True)) == []
