@@ -32,7 +32,7 @@ BENCH_MODULES = ("__init__.py", "bare_handler.py", "floor_handler.py", "cold_pro
 def _stamp() -> str:
     digest = hashlib.sha256(package.REQUIREMENTS.read_bytes()).hexdigest()
     services = ",".join(sorted(package.AWS_SERVICES))
-    return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode models+endpoints:{services}"
+    return f"{sys.version_info.major}.{sys.version_info.minor} {digest} bytecode models+endpoints+unpacked:{services}"
 
 
 def ensure(directory: Path = DIRECTORY, log: object = print) -> Path:

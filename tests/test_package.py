@@ -150,6 +150,20 @@ def test_only_the_endpoints_of_the_services_the_functions_call_are_kept(tmp_path
         assert partition["regions"] == {"r-1": {}}  # everything but the other services stays
 
 
+def test_the_kept_models_are_unpacked_and_botocore_loads_them(tmp_path: Path) -> None:
+    from botocore.loaders import JSONFileLoader
+
+    model = tmp_path / "botocore" / "data" / "ssm" / "2014-11-06" / "service-2.json.gz"
+    model.parent.mkdir(parents=True)
+    document = {"metadata": {"endpointPrefix": "ssm"}, "operations": {"GetParameter": {}}}
+    model.write_bytes(gzip.compress(json.dumps(document).encode()))
+
+    package.prune_service_models(tmp_path)
+
+    assert [p.name for p in model.parent.iterdir()] == ["service-2.json"]
+    assert JSONFileLoader().load_file(str(model.parent / "service-2")) == document
+
+
 def test_every_aws_client_the_code_creates_is_of_a_kept_service() -> None:
     sources = [path for code in package.CODE for path in (ROOT / code).rglob("*.py")]
     called = {
