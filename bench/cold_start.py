@@ -27,7 +27,7 @@ BARE = "bench.bare_handler"
 FLOOR = "bench.floor_handler"
 
 
-def first_events(sink_endpoint: str) -> dict[str, dict[str, Any]]:
+def first_events() -> dict[str, dict[str, Any]]:
     """A realistic first event per function logical id (functions not listed get no event)."""
     message = workloads.segment_messages(1, "cold")[0]
     body = json.dumps(message, separators=(",", ":")).encode()
@@ -214,7 +214,7 @@ def run(
         if res["Type"] == "AWS::Serverless::Function" and (not only or logical in only)
     }
     stack = _stack(moto, sink)
-    events = first_events(sink.endpoint)
+    events = first_events()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         python, pythonpath, sources_path = [sys.executable], "", ""

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +169,3 @@ def put_secret(secrets: Any, name: str, value: str) -> None:
         secrets.create_secret(Name=name, SecretString=value)
     except secrets.exceptions.ResourceExistsException:
         secrets.put_secret_value(SecretId=name, SecretString=value)
-
-
-@contextlib.contextmanager
-def peers(write_keys: list[str]) -> Iterator[tuple[MotoServer, SinkServer]]:
-    with MotoServer() as moto, SinkServer(write_keys) as sink:
-        yield moto, sink

@@ -164,10 +164,6 @@ class FmeSink:
         with self._lock:
             self._faults.clear()
 
-    def pending_faults(self) -> int:
-        with self._lock:
-            return len(self._faults)
-
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
             for i, fault in enumerate(self._faults):

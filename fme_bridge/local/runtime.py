@@ -61,7 +61,6 @@ class LocalFunction:
         self,
         stack: Stack,
         logical_id: str,
-        extra_environment: dict[str, str] | None = None,
         handler: Handler | None = None,
     ) -> None:
         self.logical_id = logical_id
@@ -73,7 +72,6 @@ class LocalFunction:
         self.environment = {
             "AWS_LAMBDA_FUNCTION_NAME": self.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-            **(extra_environment or {}),
             **stack.function_environment(logical_id),
         }
         self._handler = handler

@@ -29,8 +29,9 @@ MAX_KEY_LENGTH = 250
 MAX_ATTRIBUTE_STRING = 255
 MAX_PROPERTIES = 300
 MAX_EVENT_BYTES = 32 * 1024
-# An identity's attributes and their times, as compact JSON (a little more than DynamoDB counts):
-# DynamoDB refuses items over 400 KB, and would refuse every identity written in the same transaction.
+# An identity's attributes, their times and the messageIds it remembers, as compact JSON (a little
+# more than DynamoDB counts): DynamoDB refuses items over 400 KB, and would refuse every identity
+# written in the same transaction.
 MAX_IDENTITY_BYTES = 350 * 1024
 # Becomes part of the event's sort key (1 KB at most in DynamoDB); Segment's own ids are ~40 chars.
 MAX_MESSAGE_ID_LENGTH = 200
@@ -505,7 +506,8 @@ class MergedIdentity(BaseModel):
 
     @functools.cached_property
     def size_bytes(self) -> int:
-        """The attributes and their times as compact UTF-8 JSON: a little more than DynamoDB counts."""
+        """The attributes, their times and the remembered messageIds as compact UTF-8 JSON: a little
+        more than DynamoDB counts."""
         # Stored numbers are Decimal.
         document = [self.attributes, self.attributeTimestamps, self.untimedMessageIds, self.timedMessageIds]
         return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode())
