@@ -520,9 +520,10 @@ class Delivery:
         if not self._drop_settled_identities(groups, sequences, report):
             return
         for (connection_id, traffic_type, environment), changes in groups.items():
-            connection = connections[connection_id]
-            if not changes or connection is None:
+            if not changes:
                 continue
+            connection = connections[connection_id]
+            assert connection is not None  # groups hold only connections that could be read
             by_id = {change.ack_id: change for change in changes}
             pairs: list[tuple[str, FmeIdentity]] = [(item_id, c.identity) for item_id, c in by_id.items()]
             if as_stored_now:
@@ -545,8 +546,9 @@ class Delivery:
                     environment,
                     pairs,
                 )
+            tally = tallies[connection_id]
             self._settle_identities(
-                connection_id, traffic_type, environment, outcomes, by_id, sequences, report, tallies
+                connection_id, traffic_type, environment, outcomes, by_id, sequences, report, tally
             )
 
     def _drop_settled_identities(
@@ -583,10 +585,9 @@ class Delivery:
         by_id: dict[str, IdentityChange],
         sequences: dict[IdentityKey, list[str]],
         report: DeliveryReport,
-        tallies: dict[str, _ConnectionTally],
+        tally: _ConnectionTally,
     ) -> None:
         """Record what FME acknowledged, hand back what may succeed later, refuse the rest."""
-        tally = tallies[connection_id]
         refused: dict[tuple[str, int | None], list[IdentityChange]] = defaultdict(list)
         acknowledged = [o.item_id for o in outcomes if o.outcome is Outcome.DELIVERED]
         if acknowledged:
