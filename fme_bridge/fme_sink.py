@@ -22,9 +22,11 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
+
+from fme_bridge.loopback_server import LoopbackServer
 
 EVENT_TYPE_ID = re.compile(r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")
 ATTRIBUTE_ID = re.compile(r"^[a-zA-Z][-_a-zA-Z0-9]*$")
@@ -83,8 +85,7 @@ class FmeSink:
         self.refused_identity_keys: dict[str, tuple[int, str]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = LoopbackServer((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------

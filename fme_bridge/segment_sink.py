@@ -29,8 +29,10 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from fme_bridge.loopback_server import LoopbackServer
 
 MAX_REQUEST_BYTES = 500 * 1000
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -93,7 +95,7 @@ class SegmentSink:
         self._message_keys: list[str] = []
         self._faults: list[Fault] = []
         self._fault_fraction: tuple[float, Fault, random.Random] | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -101,8 +103,7 @@ class SegmentSink:
     def start(self) -> SegmentSink:
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer((self._host, self._port), _handler_for(self))
-        server.daemon_threads = True
+        server = LoopbackServer((self._host, self._port), _handler_for(self))
         server.block_on_close = False  # a hanging (fault-injected) request must not hold up stop()
         self._server = server
         # A short poll interval keeps stop() quick.

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from rich.markup import escape
 
 from fme_bridge.local.runtime import LocalFunction
+from fme_bridge.loopback_server import LoopbackServer
 from fme_bridge.template import Stack, function_events
 
 # API Gateway HTTP API quota; a synchronous Lambda invocation payload is capped at 6 MB.
@@ -269,9 +270,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         """Requests are logged by :class:`HttpApi` (with route and timing) instead."""
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ApiServer(LoopbackServer):
     def __init__(self, address: tuple[str, int], api: HttpApi) -> None:
         self.api = api
         super().__init__(address, _RequestHandler)
