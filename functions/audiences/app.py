@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Powertools' batch utility is imported before the bridge's modules load pydantic: with pydantic
+# loaded, its types import every event model of Powertools' parser, tens of milliseconds of each
+# cold start (tests/unit/test_import_weight.py).
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
