@@ -29,7 +29,7 @@ FULL = {
     "singles": 5000,
     "batches": 50,
     "batch_size": 1000,
-    "cold_repeats": 3,
+    "cold_repeats": 5,
 }
 SMOKE = {"impressions": 300, "repeats": 1, "singles": 5, "batches": 1, "batch_size": 20, "cold_repeats": 1}
 # The smoke run starts the two busiest functions cold; the full run starts every function.

@@ -194,7 +194,7 @@ def _stack(moto: Any, sink: Any) -> Any:
 def run(
     moto: Any,
     sink: Any,
-    repeats: int = 3,
+    repeats: int = 5,
     log: Any = print,
     import_profile: bool = True,
     only: tuple[str, ...] = (),
