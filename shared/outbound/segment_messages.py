@@ -68,7 +68,7 @@ def _track_struct(identity: str) -> type[msgspec.Struct]:
             ("timestamp", str),
             ("messageId", str),
             ("properties", _StandardProperties | dict[str, Any]),
-            ("context", dict[str, Any]),
+            ("context", msgspec.Raw),
         ],
         tag_field="type",
         tag="track",
@@ -163,6 +163,9 @@ def track_message(impression: Impression, config: OutboundConfig, identity: str)
 
 
 _ENCODER = msgspec.json.Encoder()
+# The same for every message: serialised once (encoding the nested dict was about a fifth of
+# msgspec's time per track message).
+_CONTEXT_JSON = msgspec.Raw(_ENCODER.encode(CONTEXT))
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -178,9 +181,9 @@ def encode(message: dict[str, Any]) -> bytes:
 class TrackEncoder:
     """``encode(track_message(impression, config, identity))`` for one config and identity field, cheaper.
 
-    The end of the messageId's digest input, which every message of the pair shares, is prepared
-    once, and the message is a struct rather than a dict. Byte for byte what :func:`track_message`
-    and :func:`encode` give.
+    The end of the messageId's digest input, which every message of the pair shares, and the
+    serialised ``context`` are prepared once, and the message is a struct rather than a dict. Byte
+    for byte what :func:`track_message` and :func:`encode` give.
     """
 
     def __init__(self, config: OutboundConfig, identity: str) -> None:
@@ -197,6 +200,6 @@ class TrackEncoder:
             iso_timestamp(impression.time),
             _message_id(impression, self._id_suffix),
             properties,
-            CONTEXT,
+            _CONTEXT_JSON,
         )
         return _ENCODER.encode(track)
