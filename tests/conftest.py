@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from moto import mock_aws
 from fme_bridge.template import Stack, create_stack
 from shared import aws, config, http_session, secret_versions
 
+ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).parent / "events"
 REGION = "us-east-1"
 
@@ -88,6 +91,23 @@ def lambda_context() -> Any:
 
 def load_event(name: str) -> Any:
     return json.loads((EVENTS_DIR / name).read_text())
+
+
+def after_fresh_import(module: str, expression: str, **environment: str) -> Any:
+    """``expression`` (JSON) in a fresh interpreter on this checkout once it imported ``module`` (as
+    ``m``): what an import loads, as a function starts. The Lambda and Powertools settings of this
+    process are left out; ``environment`` sets them."""
+    code = (
+        "import importlib, json, sys\n"
+        f"m = importlib.import_module({module!r})\n"
+        f"print(json.dumps({expression}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "LAMBDA_", "AWS_SAM"))}
+    env.update(PYTHONPATH=str(ROOT), AWS_DEFAULT_REGION=REGION, **environment)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def put_config(name: str, document: dict[str, Any]) -> None:

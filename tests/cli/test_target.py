@@ -9,6 +9,7 @@ import pytest
 from moto import mock_aws
 
 from fme_bridge.target import Target, TargetError
+from tests.conftest import after_fresh_import
 
 REGION = "us-east-1"
 
@@ -64,9 +65,4 @@ def test_without_any_hint_the_error_says_what_to_pass(monkeypatch: pytest.Monkey
 def test_loading_the_cli_leaves_the_delivery_service_to_the_function() -> None:
     """The local stack loads the CLI before it sets the delivery function's environment: the service's
     Powertools child logger must be created under the function's service name, not before it."""
-    import subprocess
-    import sys
-
-    code = "import sys, fme_bridge.cli; print('shared.delivery.service' in sys.modules)"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "False"
+    assert after_fresh_import("fme_bridge.cli", "'shared.delivery.service' in sys.modules") is False

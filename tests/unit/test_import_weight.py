@@ -3,25 +3,12 @@ nothing it does at import (bench/README.md, "Cold start")."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from fme_bridge.template import load_template
+from fme_bridge.template import functions
+from tests.conftest import after_fresh_import
 
-ROOT = Path(__file__).resolve().parents[2]
-
-HANDLER_MODULES = sorted(
-    {
-        resource["Properties"]["Handler"].rsplit(".", 1)[0]
-        for resource in load_template()["Resources"].values()
-        if resource["Type"] == "AWS::Serverless::Function"
-    }
-)
+HANDLER_MODULES = sorted({props["Handler"].rsplit(".", 1)[0] for props in functions().values()})
 
 NOT_AT_IMPORT = {
     # Powertools' batch types import all of its parser's pydantic event models when pydantic is
@@ -37,23 +24,12 @@ NOT_AT_IMPORT = {
 
 
 def _loaded(module: str) -> list[str]:
-    code = (
-        "import importlib, json, sys\n"
-        f"importlib.import_module({module!r})\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "LAMBDA_", "AWS_SAM"))}
     # As a function starts in Lambda with the template's defaults.
-    env.update(
-        PYTHONPATH=str(ROOT),
-        AWS_DEFAULT_REGION="us-east-1",
-        LAMBDA_TASK_ROOT="/var/task",
-        POWERTOOLS_TRACE_DISABLED="true",
+    return list(
+        after_fresh_import(
+            module, "sorted(sys.modules)", LAMBDA_TASK_ROOT="/var/task", POWERTOOLS_TRACE_DISABLED="true"
+        )
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return list(json.loads(completed.stdout.strip().splitlines()[-1]))
 
 
 def test_every_function_of_the_template_is_checked() -> None:

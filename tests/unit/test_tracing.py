@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_lambda_powertools import Tracer
 
 from shared import tracing
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import after_fresh_import
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +23,11 @@ def _fresh_tracer_config() -> Iterator[None]:
 
 def _loaded_after_import(module: str, **environment: str) -> dict[str, Any]:
     """Import ``module`` in a fresh interpreter; which X-Ray modules did it load, what is its provider."""
-    code = (
-        "import importlib, json, sys\n"
-        f"m = importlib.import_module({module!r})\n"
-        "print(json.dumps({'xray_core': 'aws_xray_sdk.core' in sys.modules,"
-        " 'provider': type(m.tracer.provider).__name__, 'disabled': bool(m.tracer.disabled)}))\n"
+    expression = (
+        "{'xray_core': 'aws_xray_sdk.core' in sys.modules,"
+        " 'provider': type(m.tracer.provider).__name__, 'disabled': bool(m.tracer.disabled)}"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "LAMBDA_", "AWS_SAM"))}
-    env.update(PYTHONPATH=str(ROOT), AWS_DEFAULT_REGION="us-east-1", **environment)
-    completed = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
-    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+    return dict(after_fresh_import(module, expression, **environment))
 
 
 @pytest.mark.parametrize(
