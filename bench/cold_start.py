@@ -206,12 +206,12 @@ def run(
     skips the traced starts, ``without_bytecode=False`` the starts from sources alone (all three for
     the smoke test)."""
     from bench.servers import child_env
-    from fme_bridge.template import load_template
+    from fme_bridge import template
 
     functions = {
-        logical: res["Properties"]["Handler"].rsplit(".", 1)[0]
-        for logical, res in load_template()["Resources"].items()
-        if res["Type"] == "AWS::Serverless::Function" and (not only or logical in only)
+        logical: props["Handler"].rsplit(".", 1)[0]
+        for logical, props in template.functions().items()
+        if not only or logical in only
     }
     stack = _stack(moto, sink)
     events = first_events()
