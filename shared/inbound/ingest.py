@@ -119,19 +119,21 @@ def store(
     events_table: EventsTable,
     identities_table: IdentitiesTable,
 ) -> IngestReport:
-    stored, duplicate, events_written = _store_events(mapped.events, connection_id, now_ms, events_table)
+    # The body takes effect in order: a user's deletion removes what was stored for them before it,
+    # this body's earlier messages included, and keeps what follows it. So deletions run first.
+    _delete_users(mapped.deletions, events_table, identities_table)
+    events, updates, superseded = _after_deletions(mapped)
+    stored, duplicate, events_written = _store_events(events, connection_id, now_ms, events_table)
+    stored.update(superseded)
 
     # Identities: merged per identity, written conditionally on the version read.
     changed_identities, effective, too_large = store_identities(
-        mapped.identities, identities_table, connection_id, now_ms
+        updates, identities_table, connection_id, now_ms
     )
     left_out = {id(update) for update in too_large}
-    for update in mapped.identities:
+    for update in updates:
         if id(update) not in left_out:
             (stored if update.index in effective else duplicate).add(update.index)
-
-    # Deletions last, so a body that tracks and then deletes a user leaves nothing behind.
-    _delete_users(mapped.deletions, events_table, identities_table)
 
     drops = [
         DropReport(index=d.index, reason=d.reason.value, trafficType=d.trafficType) for d in mapped.drops
@@ -162,6 +164,29 @@ def store(
         else:
             report.ignored += 1
     return report
+
+
+def _after_deletions(mapped: Mapped) -> tuple[list[FmeEvent], list[IdentityUpdate], set[int]]:
+    """The events and identity updates to write once the body's deletions have run, and the messages
+    left unwritten: of a deleted user, what precedes their last deletion, which would go with it.
+    Those count as stored (and deleted), as they would have one request earlier."""
+    if not mapped.deletions:
+        return mapped.events, mapped.identities, set()
+    last_deletion: dict[str, int] = {}
+    for deletion in mapped.deletions:
+        pk = profile_pk(deletion.environment, deletion.trafficTypeName, deletion.key)
+        last_deletion[pk] = max(deletion.index, last_deletion.get(pk, -1))
+
+    def superseded(item: FmeEvent | IdentityUpdate) -> bool:
+        return item.index < last_deletion.get(
+            profile_pk(item.environment, item.trafficTypeName, item.key), -1
+        )
+
+    events = [event for event in mapped.events if not superseded(event)]
+    updates = [update for update in mapped.identities if not superseded(update)]
+    left_out = {event.index for event in mapped.events if superseded(event)}
+    left_out.update(update.index for update in mapped.identities if superseded(update))
+    return events, updates, left_out
 
 
 def _store_events(

@@ -463,6 +463,50 @@ def test_delete_removes_the_flags_the_user_saw_and_leaves_audiences_to_exit(webh
     assert set(profiles_table.memberships_of(profiles_table.profile_items(pk))) == {"fans"}
 
 
+def test_a_body_takes_effect_in_order_around_a_deletion(webhook: Webhook) -> None:
+    """What precedes a user's deletion in the body goes with it; what follows it is kept."""
+    user = "97980cfea0067"
+    webhook.post(segment_message("track", userId=user, anonymousId=None, messageId="earlier-request"))
+    answer = webhook.post(
+        [
+            segment_message("track", userId=user, anonymousId="anon-1", messageId="before"),
+            segment_message("identify", userId=user, anonymousId=None, traits={"plan": "basic"}),
+            segment_message("delete", userId=user),
+            segment_message("track", userId=user, anonymousId=None, messageId="after"),
+            segment_message("identify", userId=user, anonymousId=None, messageId="id-2", traits={"seats": 3}),
+            segment_message("track", userId="someone-else", anonymousId=None, messageId="other"),
+        ]
+    )
+    assert answer.status == 200
+    assert {k: answer.body[k] for k in ("received", "stored", "duplicate", "deleted")} == {
+        "received": 6,
+        "stored": 5,
+        "duplicate": 0,
+        "deleted": 1,
+    }
+    assert [e["messageId"] for e in webhook.stored_events("user", user)] == ["after"]
+    # the anonymous identity of the message before the deletion is another identity: kept
+    assert [e["messageId"] for e in webhook.stored_events("anonymous", "anon-1")] == ["before"]
+    identity = webhook.identity("user", user)
+    assert identity is not None
+    assert identity["attributes"] == {"seats": 3}
+    assert [e["messageId"] for e in webhook.stored_events("user", "someone-else")] == ["other"]
+
+
+def test_a_body_that_tracks_and_then_deletes_a_user_leaves_nothing_of_them(webhook: Webhook) -> None:
+    user = "97980cfea0067"
+    answer = webhook.post(
+        [
+            segment_message("identify", userId=user, anonymousId=None),
+            *tracks(3, user=user),
+            segment_message("delete", userId=user),
+        ]
+    )
+    assert (answer.body["stored"], answer.body["deleted"], answer.body["events"]) == (4, 1, 0)
+    assert webhook.stored_events("user", user) == []
+    assert webhook.identity("user", user) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Batching: requests per stored event
 
