@@ -227,7 +227,7 @@ def track_messages(bodies: list[str]) -> list[bytes]:
             routes = router.routes(impression)
             assert not isinstance(routes, str), routes
             for destination, identity in routes:
-                out.append(encode(track_message(impression, destination.config, identity)))
+                out.append(encode(track_message(impression, destination.config, identity, destination.name)))
     return out
 
 

@@ -147,7 +147,7 @@ class _Lanes:
         lane = self._by_route.get((destination.name, identity))
         if lane is None:
             packer = self.packers.setdefault(destination.name, BatchPacker())
-            lane = _Lane(destination, TrackEncoder(destination.config, identity), packer)
+            lane = _Lane(destination, TrackEncoder(destination.config, identity, destination.name), packer)
             self._by_route[destination.name, identity] = lane
         return lane
 

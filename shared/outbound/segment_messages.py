@@ -7,10 +7,12 @@
                     "sdk", "sdkVersion", ...custom impression properties},
      "context": {"library": {"name": "fme-segment-bridge", "version": "..."}}}
 
-``messageId`` is a hash of the impression itself (and of what makes the Segment message differ:
-the event name and the identity field), so a redelivered SQS message or a replay yields the same
-id and Segment deduplicates it. Messages are serialised once, with msgspec's JSON encoder (about
-twice as fast as pydantic-core's on these messages), and packed into batches as bytes.
+``messageId`` is a hash of the impression itself and of where and how it goes: the outbound config
+(the Segment source), the event name and the identity field. A redelivered SQS message or a replay
+yields the same id and Segment deduplicates it; the same impression sent to two configs gets two
+ids, since Segment deduplicates across all sources and workspaces. Messages are serialised once,
+with msgspec's JSON encoder (about twice as fast as pydantic-core's on these messages), and packed
+into batches as bytes.
 """
 
 from __future__ import annotations
@@ -87,18 +89,20 @@ def identity_field(impression: Impression, config: OutboundConfig) -> str | None
     return config.identities.get(traffic_type_of(impression, config))
 
 
-def message_id(impression: Impression, event_name: str, identity: str) -> str:
-    """Deterministic, 36 characters: the same impression always yields the same id."""
-    return _message_id(impression, _message_id_suffix(event_name, identity))
+def message_id(impression: Impression, event_name: str, identity: str, destination: str) -> str:
+    """Deterministic, 36 characters: the same impression to the same outbound config (``destination``,
+    its name) always yields the same id."""
+    return _message_id(impression, _message_id_suffix(event_name, identity, destination))
 
 
-def _message_id_suffix(event_name: str, identity: str) -> str:
-    return f"\x1f{event_name}\x1f{identity}"
+def _message_id_suffix(event_name: str, identity: str, destination: str) -> str:
+    return f"\x1f{event_name}\x1f{identity}\x1f{destination}"
 
 
 def _message_id(impression: Impression, suffix: str) -> str:
     # The digest input is fixed: a change would give a redelivered impression another id (and Segment
-    # a duplicate). Fields joined by \x1f, then the event name and identity field (``suffix``).
+    # a duplicate). Fields joined by \x1f, then the event name, identity field and outbound config's
+    # name (``suffix``).
     version = impression.split_version_number
     text = (
         f"{impression.environment_name or impression.environment_id or ''}\x1f{impression.split}"
@@ -150,13 +154,15 @@ def _properties(impression: Impression) -> dict[str, Any]:
     return properties
 
 
-def track_message(impression: Impression, config: OutboundConfig, identity: str) -> dict[str, Any]:
+def track_message(
+    impression: Impression, config: OutboundConfig, identity: str, destination: str
+) -> dict[str, Any]:
     return {
         "type": "track",
         "event": config.eventName,
         identity: impression.key,
         "timestamp": iso_timestamp(impression.time),
-        "messageId": message_id(impression, config.eventName, identity),
+        "messageId": message_id(impression, config.eventName, identity, destination),
         "properties": _properties(impression),
         "context": CONTEXT,
     }
@@ -179,17 +185,18 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 class TrackEncoder:
-    """``encode(track_message(impression, config, identity))`` for one config and identity field, cheaper.
+    """``encode(track_message(impression, config, identity, destination))`` for one outbound config
+    (``destination`` is its name) and identity field, cheaper.
 
     The end of the messageId's digest input, which every message of the pair shares, and the
     serialised ``context`` are prepared once, and the message is a struct rather than a dict. Byte
     for byte what :func:`track_message` and :func:`encode` give.
     """
 
-    def __init__(self, config: OutboundConfig, identity: str) -> None:
+    def __init__(self, config: OutboundConfig, identity: str, destination: str) -> None:
         self.identity = identity
         self._event = config.eventName
-        self._id_suffix = _message_id_suffix(config.eventName, identity)
+        self._id_suffix = _message_id_suffix(config.eventName, identity, destination)
         self._track = _TRACK_STRUCTS[identity]
 
     def encode(self, impression: Impression) -> bytes:

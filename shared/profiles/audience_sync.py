@@ -203,7 +203,12 @@ class AudienceEvaluator:
                     {decision.audience: after.member},
                     now_ms,
                     message_id(
-                        "fme-audience", decision.audience, decision.pk, after.member, after.transitions
+                        "fme-audience",
+                        decision.audience,
+                        decision.pk,
+                        after.member,
+                        after.transitions,
+                        config_name,
                     ),
                 )
                 batches.setdefault(config_name, (Destination(config_name, outbound), []))[1].append(message)

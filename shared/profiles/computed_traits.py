@@ -1,7 +1,8 @@
 """Segment ``identify`` calls for computed traits (last treatment per flag) and audience membership.
 
-Both are sent only when something changed, and carry a ``messageId`` derived from the change itself:
-a retried or replayed change produces the same id, which Segment deduplicates.
+Both are sent only when something changed, and carry a ``messageId`` derived from the change itself
+and the outbound config it goes to: a retried or replayed change produces the same id, which Segment
+deduplicates, and the same change sent to two configs two ids (Segment deduplicates across sources).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def trait_name(template: str, split: str) -> str:
 
 
 def computed_trait_identifies(
-    outcomes: Iterable[WriteOutcome], config: OutboundConfig
+    outcomes: Iterable[WriteOutcome], config: OutboundConfig, destination: str
 ) -> list[dict[str, Any]]:
     """One identify per changed last treatment of a traffic type this config maps; none if disabled.
+    ``destination`` is the config's name.
 
     The identity mapping is the track calls' one: ``config.identities[trafficType]`` is the Segment
     field (``userId`` / ``anonymousId``) that carries the key.
@@ -75,6 +77,7 @@ def computed_trait_identifies(
                     record.treatment,
                     record.time,
                     record.rank,
+                    destination,
                 ),
             )
         )

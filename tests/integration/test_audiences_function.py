@@ -224,6 +224,10 @@ def test_entry_and_exit_reach_every_outbound_config_the_audience_syncs_to(
                 ("user-123", {"checkout_fans": False}),
             ]
         assert {r.write_key for r in marketing.requests} == {"MARKETING_KEY"}
+        # Segment deduplicates messageIds across all sources: each config gets its own.
+        ids = [{m["messageId"] for m in sink.messages} for sink in (segment, marketing)]
+        assert len(ids[0]) == len(ids[1]) == 2
+        assert not ids[0] & ids[1]
 
 
 def test_an_audience_of_one_environment_leaves_another_environments_profiles_alone(

@@ -200,6 +200,27 @@ def test_three_shapes_mixed_in_one_batch(
     assert {m["properties"]["sdk"] for m in staging} == {"python", "go"}
 
 
+def test_each_matching_config_gets_its_own_message_id(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """Segment deduplicates messageIds across all sources and workspaces: with one id, the second
+    source would drop the impression. A redelivery keeps each config's id."""
+    put_config("outbound/everything", {**production, "environments": ["*"]})
+    put_secret("outbound/everything", ALL_KEY)
+    body = json.dumps(webhook())
+    for _ in range(2):
+        assert app.lambda_handler(event(body), context) == {"batchItemFailures": []}
+
+    first, again = sink.messages_for(PROD_KEY)
+    [everything, everything_again] = sink.messages_for(ALL_KEY)
+    assert first["messageId"] == again["messageId"]
+    assert everything["messageId"] == everything_again["messageId"]
+    assert everything["messageId"] != first["messageId"]
+    assert {k: v for k, v in everything.items() if k != "messageId"} == {
+        k: v for k, v in first.items() if k != "messageId"
+    }
+
+
 def test_python_sdk_listener_names_and_placeholders_for_disabled_ip_addresses(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:

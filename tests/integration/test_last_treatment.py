@@ -78,7 +78,9 @@ def test_a_redelivered_winning_impression_still_reports_its_change(profiles: Sta
     assert first.changed
     assert (replay.replay, replay.changed, replay.previous) == (True, True, "on")
     # ... and produces the same identify, which Segment deduplicates by messageId.
-    assert computed_trait_identifies([first], OUTBOUND) == computed_trait_identifies([replay], OUTBOUND)
+    assert computed_trait_identifies([first], OUTBOUND, "segment") == computed_trait_identifies(
+        [replay], OUTBOUND, "segment"
+    )
 
 
 def test_identities_whose_names_hold_hashes_keep_their_own_last_treatments(profiles: Stack) -> None:
@@ -177,7 +179,7 @@ def test_any_delivery_order_ends_with_the_same_last_treatments_and_traits(
     sent_ids: list[str] = []
     for start in range(0, len(shuffled), batch_size):
         outcomes = recorder.record(shuffled[start : start + batch_size])
-        for message in computed_trait_identifies(outcomes, OUTBOUND):
+        for message in computed_trait_identifies(outcomes, OUTBOUND, "segment"):
             traits.setdefault(message["userId"], {}).update(message["traits"])
             sent_ids.append(message["messageId"])
         recorder.remember(outcomes)

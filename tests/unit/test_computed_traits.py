@@ -32,7 +32,7 @@ def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> 
         written("user-2", "on", "off"),
         written("visitor-1", "v2", "v1", traffic_type="anonymous"),
     ]
-    messages = computed_trait_identifies(outcomes, config(enabled=True))
+    messages = computed_trait_identifies(outcomes, config(enabled=True), "segment")
     assert [(m.get("userId"), m.get("anonymousId"), m["traits"]) for m in messages] == [
         ("user-1", None, {"new_checkout": "on"}),
         ("user-2", None, {"new_checkout": "on"}),
@@ -43,15 +43,30 @@ def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> 
 def test_an_unchanged_treatment_sends_nothing() -> None:
     same = written("user-1", "on", "on")
     older = WriteOutcome(same.record, applied=False)
-    assert computed_trait_identifies([same, older], config(enabled=True)) == []
+    assert computed_trait_identifies([same, older], config(enabled=True), "segment") == []
 
 
 def test_a_config_without_computed_traits_enabled_sends_nothing() -> None:
     outcome = written("user-1", "on", None)
-    assert computed_trait_identifies([outcome], config()) == []
-    assert computed_trait_identifies([outcome], config(enabled=False, traitName="fme_{split}")) == []
+    assert computed_trait_identifies([outcome], config(), "segment") == []
+    assert (
+        computed_trait_identifies([outcome], config(enabled=False, traitName="fme_{split}"), "segment") == []
+    )
 
 
 def test_a_traffic_type_the_config_does_not_map_sends_nothing() -> None:
     outcome = written("account-1", "on", None, traffic_type="account")
-    assert computed_trait_identifies([outcome], config(enabled=True)) == []
+    assert computed_trait_identifies([outcome], config(enabled=True), "segment") == []
+
+
+def test_the_same_change_gets_another_message_id_for_each_outbound_config() -> None:
+    """Segment deduplicates messageIds across all sources: two configs sharing one would lose one."""
+    outcome = written("user-1", "on", None)
+    [first] = computed_trait_identifies([outcome], config(enabled=True), "production")
+    [again] = computed_trait_identifies([outcome], config(enabled=True), "production")
+    [other] = computed_trait_identifies([outcome], config(enabled=True), "all-environments")
+    assert first["messageId"] == again["messageId"]
+    assert other["messageId"] != first["messageId"]
+    assert {k: v for k, v in other.items() if k != "messageId"} == {
+        k: v for k, v in first.items() if k != "messageId"
+    }

@@ -41,8 +41,8 @@ def test_timestamp_is_iso_8601_utc_with_milliseconds() -> None:
 
 
 def test_message_id_is_deterministic_and_short() -> None:
-    first = message_id(IMPRESSION, "get_treatment", "userId")
-    assert first == message_id(msgspec.structs.replace(IMPRESSION), "get_treatment", "userId")
+    first = message_id(IMPRESSION, "get_treatment", "userId", "segment")
+    assert first == message_id(msgspec.structs.replace(IMPRESSION), "get_treatment", "userId", "segment")
     assert len(first) <= 100
     assert first.startswith("fme-")
 
@@ -61,15 +61,17 @@ def test_message_id_is_deterministic_and_short() -> None:
     ],
 )
 def test_message_id_differs_when_the_impression_differs(change: dict[str, object]) -> None:
-    assert message_id(msgspec.structs.replace(IMPRESSION, **change), "get_treatment", "userId") != message_id(
-        IMPRESSION, "get_treatment", "userId"
-    )
+    assert message_id(
+        msgspec.structs.replace(IMPRESSION, **change), "get_treatment", "userId", "segment"
+    ) != message_id(IMPRESSION, "get_treatment", "userId", "segment")
 
 
-def test_message_id_differs_per_event_name_and_identity() -> None:
-    base = message_id(IMPRESSION, "get_treatment", "userId")
-    assert message_id(IMPRESSION, "other_event", "userId") != base
-    assert message_id(IMPRESSION, "get_treatment", "anonymousId") != base
+def test_message_id_differs_per_event_name_identity_and_outbound_config() -> None:
+    base = message_id(IMPRESSION, "get_treatment", "userId", "segment")
+    assert message_id(IMPRESSION, "other_event", "userId", "segment") != base
+    assert message_id(IMPRESSION, "get_treatment", "anonymousId", "segment") != base
+    # Segment deduplicates messageIds across all sources: two configs sharing one would lose one.
+    assert message_id(IMPRESSION, "get_treatment", "userId", "all-environments") != base
 
 
 def test_identity_follows_traffic_type_and_default() -> None:
@@ -83,7 +85,7 @@ def test_identity_follows_traffic_type_and_default() -> None:
 
 def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
     impression = msgspec.structs.replace(IMPRESSION, properties={"treatment": "forged", "page": "cart"})
-    message = track_message(impression, CONFIG, "userId")
+    message = track_message(impression, CONFIG, "userId", "segment")
     assert list(message) == ["type", "event", "userId", "timestamp", "messageId", "properties", "context"]
     assert list(message["properties"])[: len(STANDARD_PROPERTIES)] == list(STANDARD_PROPERTIES)
     assert message["properties"]["treatment"] == "on"
@@ -94,7 +96,7 @@ def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
 
 def test_encoding_is_compact_utf8() -> None:
     impression = msgspec.structs.replace(IMPRESSION, key="josé")
-    encoded = encode(track_message(impression, CONFIG, "userId"))
+    encoded = encode(track_message(impression, CONFIG, "userId", "segment"))
     assert b'"userId":"jos\xc3\xa9"' in encoded
     assert b", " not in encoded
 

