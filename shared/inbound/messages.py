@@ -274,8 +274,11 @@ def to_epoch_ms(value: Any) -> int | None:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         millis = (parsed - _EPOCH) // _ONE_MS
-    elif isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value):
-        # Ten-digit numbers are epoch seconds; thirteen-digit ones epoch milliseconds.
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # Ten-digit numbers are epoch seconds; thirteen-digit ones epoch milliseconds. An integer of
+        # any size is compared as it is: converted to a float, one past 1e308 would raise.
+        millis = value * 1000 if abs(value) < 100_000_000_000 else value
+    elif isinstance(value, float) and isfinite(value):
         millis = int(value * 1000) if abs(value) < 100_000_000_000 else int(value)
     if millis is None or not 0 <= millis <= _MAX_EPOCH_MS:
         return None

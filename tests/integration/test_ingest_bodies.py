@@ -171,6 +171,19 @@ def test_an_integer_too_long_for_python_loses_nothing(webhook: Webhook) -> None:
     assert "plain" in stored
 
 
+def test_a_timestamp_integer_past_any_float_falls_through_and_loses_nothing(webhook: Webhook) -> None:
+    huge = "1" + "0" * 400
+    bad = json.dumps(segment_message("track", messageId="huge", timestamp="T", originalTimestamp="O"))
+    bad = bad.replace('"T"', huge).replace('"O"', huge)
+    plain = json.dumps(segment_message("track", messageId="plain"))
+    answer = webhook.post(f"[{bad},{plain}]".encode())
+    assert answer.status == 200, answer.body
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 0)
+    stored = {e["messageId"]: e for e in webhook.stored_events("user", "AiUGstSDIg")}
+    assert stored["huge"]["timestamp"] == 1449947461266  # receivedAt, the next in line
+    assert "plain" in stored
+
+
 def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
     webhook.post([segment_message("track", event=None), segment_message("track", userId="u" * 300)])
     metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]

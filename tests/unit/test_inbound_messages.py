@@ -95,6 +95,11 @@ def test_compact_json_matches_javascript_json_stringify() -> None:
         (True, None),
         (-5, None),
         ("1900-01-01T00:00:00Z", None),
+        (1424730535.5, 1424730535500),
+        (10**400, None),  # past any float: out of range, not an OverflowError
+        (-(10**400), None),
+        (float("inf"), None),
+        (float("nan"), None),
     ],
 )
 def test_to_epoch_ms(value: object, expected: int | None) -> None:
