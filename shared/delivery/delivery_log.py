@@ -77,13 +77,16 @@ class DeliveryLog:
     def settled(self, ack_ids: Iterable[str]) -> dict[str, str]:
         """``{ack id: state}`` of the events FME already acknowledged or refused."""
         keys = [{"pk": _ack_pk(a), "sk": _ACK_SK} for a in dict.fromkeys(ack_ids)]
-        # The resource's client takes and gives plain values, as the Table resource does.
+        # The resource's client takes and gives plain values, as the Table resource does. Strongly
+        # consistent: Lambda retries a failed stream batch at once, and an acknowledgement written
+        # moments before must be seen, or FME (which does not deduplicate) gets the event again.
         items = dynamodb.batch_get(
             self._table.meta.client,
             self._table.name,
             keys,
             projection="pk, #s",
             names={"#s": "state"},
+            consistent=True,
         )
         return {str(item["pk"]).removeprefix("ack#"): str(item.get("state")) for item in items}
 

@@ -442,14 +442,22 @@ def test_the_delivery_log_finds_acknowledgements_beyond_one_batch_get(
     from shared import aws
     from shared.delivery.delivery_log import DELIVERED, REFUSED, DeliveryLog
 
-    log = DeliveryLog(aws.dynamodb_table(stack.tables["DeliveryLogTable"]))
+    table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
+    log = DeliveryLog(table)
     delivered = [f"d{i:03d}" for i in range(180)]
     log.record(delivered, DELIVERED, 1_764_061_200_000)
     log.record(["r1"], REFUSED, 1_764_061_200_000, "HTTP 401")
 
+    requests: list[dict[str, Any]] = []
+    table.meta.client.meta.events.register(
+        "provide-client-params.dynamodb.BatchGetItem", lambda params, **_: requests.append(params)
+    )
     settled = log.settled([*delivered, "r1", "new", "d000"])
 
     assert settled == {**dict.fromkeys(delivered, DELIVERED), "r1": REFUSED}
+    # Read consistently: the retry of a stream batch follows the acknowledgements' write at once.
+    assert len(requests) == 2
+    assert all(t["ConsistentRead"] for r in requests for t in r["RequestItems"].values())
 
 
 @pytest.fixture
