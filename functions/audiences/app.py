@@ -101,6 +101,8 @@ def evaluator(context: LambdaContext) -> AudienceEvaluator:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if not event.get("Records"):  # not what a stream sends, but a hand invocation may (Powertools refuses it)
+        return {"batchItemFailures": []}
     audiences = evaluator(context)
     # One stream batch comes from one shard: sequence numbers identify its records.
     changes: dict[str | None, StoredChange] = {}

@@ -80,6 +80,8 @@ STREAM_RETRY_SECONDS = 10 * 60
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
+    if not records:  # not what a stream sends, but a hand invocation may (Powertools refuses it)
+        return {"batchItemFailures": []}
     deadline = Deadline(remaining_time_ms(context))
     report = http_session.run(delivery().deliver(records, deadline))
     for name, count in sorted(report.counts.items()):

@@ -183,6 +183,14 @@ def test_entry_is_sent_once_as_an_identify_and_stored(
     assert len(segment.requests) == 1
 
 
+def test_an_event_without_records_is_answered_with_no_failures(
+    env: Stack, segment: SegmentSink, lambda_context: Any
+) -> None:
+    assert audiences_app.lambda_handler({"Records": []}, lambda_context) == {"batchItemFailures": []}
+    assert audiences_app.lambda_handler({}, lambda_context) == {"batchItemFailures": []}
+    assert segment.messages == []
+
+
 def test_exit_when_an_attribute_changes(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:

@@ -61,6 +61,15 @@ def test_sample_insert_reaches_fme_as_the_exact_events_bulk_payload(
     }
 
 
+def test_an_event_without_records_is_answered_with_no_failures(
+    delivery_env: dict[str, str], sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    assert invoke({"Records": []}, lambda_context) == {"batchItemFailures": []}
+    assert invoke({}, lambda_context) == {"batchItemFailures": []}
+    assert sink.requests == []
+
+
 def test_a_retried_batch_sends_only_what_fme_has_not_acknowledged(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
