@@ -293,7 +293,8 @@ def _fetch(kind: str, name: str, fresh: bool = False, **sdk_options: Any) -> str
         value = _provider(kind).get(name, max_age=cache_seconds(), force_fetch=fresh, **sdk_options)
     except parameters.exceptions.GetParameterError as exc:
         code = _aws_error_code(exc)
-        if code in _NOT_FOUND_CODES:
+        # A secret scheduled for deletion answers InvalidRequestException: for the bridge it is gone.
+        if code in _NOT_FOUND_CODES or (kind != "ssm" and code == "InvalidRequestException"):
             raise ConfigNotFound(name) from None
         raise ConfigUnavailable(f"{name}: {code or 'error'}") from None
     if isinstance(value, bytes):

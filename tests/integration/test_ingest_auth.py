@@ -212,3 +212,18 @@ def test_secret_without_config_is_an_unknown_connection(webhook: Webhook) -> Non
     answer = webhook.post(segment_message("track"), connection="half-configured")
     assert answer.status == 401
     assert answer.body == webhook.post(segment_message("track"), connection="nothing-at-all").body
+
+
+def test_a_connection_whose_secret_is_scheduled_for_deletion_is_an_unknown_connection(
+    webhook: Webhook,
+) -> None:
+    """Secrets Manager keeps a deleted secret for its recovery window and refuses to read it
+    (InvalidRequestException): the connection is gone, not unavailable (a 503 Segment would retry)."""
+    boto3.client("secretsmanager", region_name=REGION).delete_secret(
+        SecretId=config.inbound_name(CONNECTION), RecoveryWindowInDays=7
+    )
+    secret_versions.clear_caches()
+    right = webhook.post(segment_message("track"))
+    unknown = webhook.post(segment_message("track"), connection="nothing-at-all")
+    assert right.status == unknown.status == 401
+    assert (right.body, right.headers) == (unknown.body, unknown.headers)
