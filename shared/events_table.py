@@ -1,8 +1,9 @@
 """EventsTable: one item per FME event (docs/data-model.md).
 
-``pk = {environment}#{trafficTypeName}#{key}``, ``sk = {timestamp:013d}#{messageId}``: a user's events
-are one Query in time order, and a redelivered message maps to the same key, which is what makes
-storing idempotent on ``messageId``.
+``pk = {environment}#{trafficTypeName}#{key}``, ``sk = {timestamp:013d}#{messageId}#{segmentType}``: a
+user's events are one Query in time order, and a redelivered message maps to the same key, which is
+what makes storing idempotent on ``messageId``. The Segment type is part of the key because Segment's
+own spec examples give one messageId (and time, and user) to a page, a screen and a track call.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ DEFAULT_RETENTION_DAYS = 90
 MAX_LOOKUP_EVENTS = 10_000
 
 
-def event_sk(timestamp: int, message_id: str) -> str:
-    return f"{timestamp:013d}#{message_id}"
+def event_sk(timestamp: int, message_id: str, segment_type: str) -> str:
+    return f"{timestamp:013d}#{message_id}#{segment_type}"
 
 
 def event_item(event: FmeEvent, connection_id: str, received_at: int, expires_at: int) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def event_item(event: FmeEvent, connection_id: str, received_at: int, expires_at
             properties[name] = {"NULL": True}
     item: dict[str, Any] = {
         "pk": {"S": profile_pk(event.environment, event.trafficTypeName, event.key)},
-        "sk": {"S": event_sk(event.timestamp, event.messageId)},
+        "sk": {"S": event_sk(event.timestamp, event.messageId, event.segmentType)},
         "environment": {"S": event.environment},
         "trafficTypeName": {"S": event.trafficTypeName},
         "key": {"S": event.key},
@@ -100,30 +101,36 @@ class EventsTable(Table):
             (item["pk"]["S"], item["sk"]["S"]) for item, new in zip(items, written, strict=True) if not new
         }
 
-    def stored_messages(self, pairs: Iterable[tuple[str, str]], since_ms: int) -> set[tuple[str, str]]:
-        """Which (pk, messageId) pairs have an event stored at ``since_ms`` or later.
+    def stored_messages(
+        self, messages: Iterable[tuple[str, str, str]], since_ms: int
+    ) -> set[tuple[str, str, str]]:
+        """Which (pk, messageId, segmentType) have an event stored at ``since_ms`` or later.
 
         For messages that carry no time, whose key holds the time of receipt: one Query per identity
         (side by side), newest first, of at most :data:`MAX_LOOKUP_EVENTS` events; a message beyond
         that many newer events of its identity is not found.
         """
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for pk, message_id in pairs:
-            wanted[pk].add(message_id)
+        wanted: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for pk, message_id, segment_type in messages:
+            wanted[pk].add((message_id, segment_type))
         pks = sorted(wanted)
-        found = run_parallel(lambda pk: self._message_ids(pk, since_ms), pks)
-        return {(pk, m) for pk, ids in zip(pks, found, strict=True) for m in wanted[pk] & ids}
+        found = run_parallel(lambda pk: self._messages(pk, since_ms), pks)
+        return {(pk, *m) for pk, stored in zip(pks, found, strict=True) for m in wanted[pk] & stored}
 
-    def _message_ids(self, pk: str, since_ms: int) -> set[str]:
+    def _messages(self, pk: str, since_ms: int) -> set[tuple[str, str]]:
         request = {
             "TableName": self.name,
             "KeyConditionExpression": "pk = :pk AND sk >= :since",
             "ExpressionAttributeValues": {":pk": {"S": pk}, ":since": {"S": f"{max(0, since_ms):013d}"}},
-            "ProjectionExpression": "messageId",
+            "ProjectionExpression": "messageId, segmentType",
             "ScanIndexForward": False,
         }
         items = itertools.islice(query_items(self.client, request), MAX_LOOKUP_EVENTS)
-        return {item["messageId"]["S"] for item in items if "messageId" in item}
+        return {
+            (item["messageId"]["S"], item["segmentType"]["S"])
+            for item in items
+            if "messageId" in item and "segmentType" in item
+        }
 
     def keys_of(self, pk: str) -> list[tuple[str, str]]:
         """Every (pk, sk) of one identity's events."""

@@ -206,12 +206,12 @@ def _store_events(
     items = {}
     keyed = [(profile_pk(e.environment, e.trafficTypeName, e.key), e) for e in events]
     # Events of messages that carry no time are keyed by the time of receipt, which a redelivery
-    # changes: they are looked for by messageId.
-    untimed = [(pk, event.messageId) for pk, event in keyed if event.untimed]
+    # changes: they are looked for by messageId (and type).
+    untimed = [(pk, event.messageId, event.segmentType) for pk, event in keyed if event.untimed]
     redelivered = events_table.stored_messages(untimed, now_ms - UNTIMED_WINDOW_MS) if untimed else set()
     for pk, event in keyed:
-        key = (pk, event_sk(event.timestamp, event.messageId))
-        if event.untimed and (pk, event.messageId) in redelivered:
+        key = (pk, event_sk(event.timestamp, event.messageId, event.segmentType))
+        if event.untimed and (pk, event.messageId, event.segmentType) in redelivered:
             duplicate.add(event.index)
             continue
         if key in candidates:

@@ -41,6 +41,41 @@ def test_every_segment_spec_example_in_one_array(webhook: Webhook) -> None:
     assert webhook.identity("account", "4d3405a0-9ca5-11e5-9706-16a11fb02dec") is not None
 
 
+def test_segment_spec_examples_sharing_one_message_id_are_each_stored(webhook: Webhook) -> None:
+    """Segment's page and screen examples (and its common-fields track example) carry the same
+    messageId, time and user: they are different messages all the same. A redelivery of each is
+    still a duplicate."""
+    shared_id = {"messageId": "022bb90c-bbac-11e4-8dfc-aa07a5b093db", "timestamp": "2015-02-23T22:28:55.111Z"}
+    track = segment_message("track", **shared_id, userId="97980cfea0067", event="Registered")
+    page, screen = segment_message("page"), segment_message("screen")
+    assert {page["messageId"], screen["messageId"]} == {shared_id["messageId"]}
+
+    first = webhook.post(page)
+    rest = webhook.post([screen, track])
+    again = webhook.post([page, screen, track])
+    assert (first.body["stored"], rest.body["stored"], rest.body["duplicate"]) == (1, 2, 0)
+    assert (again.body["stored"], again.body["duplicate"]) == (0, 3)
+    assert sorted(e["eventTypeId"] for e in webhook.stored_events("user", "97980cfea0067")) == [
+        "Registered",
+        "view_Home_page",
+        "view_Home_screen",
+    ]
+
+
+def test_untimed_messages_sharing_one_message_id_are_each_stored_and_each_found_again(
+    webhook: Webhook,
+) -> None:
+    untimed = {"timestamp": None, "originalTimestamp": None, "receivedAt": None, "sentAt": None}
+    page = segment_message("page", anonymousId=None, **untimed)
+    screen = segment_message("screen", anonymousId=None, **untimed)
+    assert page["messageId"] == screen["messageId"]
+    first = webhook.post([page, screen])
+    again = webhook.post([screen, page])
+    assert (first.body["stored"], first.body["duplicate"]) == (2, 0)
+    assert (again.body["stored"], again.body["duplicate"]) == (0, 2)
+    assert len(webhook.stored_events("user", "97980cfea0067")) == 2
+
+
 def test_batch_envelope_body(webhook: Webhook) -> None:
     answer = webhook.post({"batch": [segment_message("track")], "context": {}})
     assert answer.status == 200
