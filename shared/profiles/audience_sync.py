@@ -286,13 +286,21 @@ class _Referenced:
     events: frozenset[str]
     splits: frozenset[str]
     attributes: frozenset[str]
+    # Some audience takes in a profile that holds nothing (its rule asks for what is absent: ``not``).
+    takes_empty_profiles: bool = False
+
+
+_EMPTY_PROFILE = ProfileFacts()
 
 
 def _referenced(audiences: Iterable[AudienceConfig]) -> _Referenced:
     events: set[str] = set()
     splits: set[str] = set()
     attributes: set[str] = set()
+    takes_empty = False
     for audience in audiences:
+        # Nothing stored: no event in any window, so the time does not matter.
+        takes_empty = takes_empty or evaluate(audience, _EMPTY_PROFILE, 0).member
         for leaf in audience.leaves():
             if isinstance(leaf, PerformedRule):
                 events.add(leaf.performed.event)
@@ -300,10 +308,14 @@ def _referenced(audiences: Iterable[AudienceConfig]) -> _Referenced:
                 splits.add(leaf.treatment.split)
             elif isinstance(leaf, AttributeRule):
                 attributes.add(leaf.attribute.name)
-    return _Referenced(frozenset(events), frozenset(splits), frozenset(attributes))
+    return _Referenced(frozenset(events), frozenset(splits), frozenset(attributes), takes_empty)
 
 
 def _matters(change: StoredChange, referenced: _Referenced) -> bool:
+    if referenced.takes_empty_profiles and not change.old and change.table in ("identities", "profiles"):
+        # A new identity, or its first last treatment of a flag: a profile that is a member before
+        # anything a rule names changes (``not`` a free plan) enters when it first appears.
+        return True
     if change.table == "events":
         if not change.new:  # removed by a user deletion (the stream has new images only): no type known
             return bool(referenced.events)

@@ -191,6 +191,32 @@ def test_an_event_without_records_is_answered_with_no_failures(
     assert segment.messages == []
 
 
+def test_a_new_profile_enters_an_audience_that_asks_only_for_what_it_lacks(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Nothing the rule names changes when such a profile appears: it is evaluated all the same."""
+    put_config(
+        "audiences/not_free",
+        {**AUDIENCE, "rule": {"not": {"attribute": {"name": "plan", "equals": "free"}}}},
+    )
+    config_store.clear_caches()
+    newcomer = {**put_identity(env, "pro"), "attributes": {"email": "a@example.com"}}
+    free = {**newcomer, "pk": "Production#user#user-456", "key": "user-456", "attributes": {"plan": "free"}}
+    for item in (newcomer, free):
+        table(env, "IdentitiesTable").put_item(Item=item)
+        response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", item), lambda_context)
+        assert response == {"batchItemFailures": []}
+    # A new user's first impression counts as its appearance as well.
+    write_last_treatment(LastTreatment("Production", "user", "user-789", "any_flag", "on", NOW - 10))
+    [treatment] = profile_items("Production#user#user-789")
+    audiences_app.lambda_handler(stream_event(env, "ProfilesTable", treatment), lambda_context)
+
+    assert sorted((m["userId"], m["traits"]) for m in segment.messages) == [
+        ("user-123", {"not_free": True}),
+        ("user-789", {"not_free": True}),
+    ]
+
+
 def test_exit_when_an_attribute_changes(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
