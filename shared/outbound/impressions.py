@@ -71,6 +71,9 @@ class WebhookImpression(_Input):
     sdkVersion: str | None = None
     properties: Properties = None
     trafficType: str | None = None
+    # The Java SDK's ``Impression`` accessors name these two; label / splitVersionNumber win.
+    appliedRule: str | None = None
+    changeNumber: int | None = None
 
 
 class ListenerImpressionData(_Input):
@@ -122,8 +125,10 @@ def _body_shape(value: Any) -> str | None:
 # names (docs/outbound.md): Go's ``ILObject`` (``Impression``, ``Attributes``, ``InstanceID``,
 # ``SDKLanguageVersion``, the impression in the one-letter names of go-split-commons or as Go's field
 # names), Python's ``Impression`` named tuple (``_asdict()``, or ``json.dumps`` of it: a list in
-# field order), and the impression alone, unwrapped, as .NET's ``KeyImpression`` (its ``Feature`` is
-# ``[JsonIgnore]``d: its senders add the flag themselves).
+# field order), Ruby's impression router hash (``split_name``, ``matching_key``, ``treatment`` a hash
+# of ``treatment``, ``label``, ``change_number``), and the impression alone, unwrapped, as .NET's
+# ``KeyImpression`` (its ``Feature`` is ``[JsonIgnore]``d: its senders add the flag themselves) or
+# Java's ``Impression`` serialised field by field (``_key``, ``_split``, ``_appliedRule``, …).
 _LISTENER_NAMES = {
     "Impression": "impression",
     "Attributes": "attributes",
@@ -131,15 +136,25 @@ _LISTENER_NAMES = {
     "SDKLanguageVersion": "sdkLanguageVersion",
 }
 _IMPRESSION_NAMES = {
-    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey"), "keyName"),
-    **dict.fromkeys(("f", "Feature", "FeatureName", "featureName", "feature_name"), "feature"),
-    **dict.fromkeys(("t", "Treatment"), "treatment"),
-    **dict.fromkeys(("m", "Time"), "time"),
-    **dict.fromkeys(("b", "BucketingKey", "bucketing_key"), "bucketingKey"),
-    **dict.fromkeys(("r", "Label"), "label"),
-    **dict.fromkeys(("c", "ChangeNumber", "change_number"), "changeNumber"),
-    "Properties": "properties",
+    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey", "_key"), "keyName"),
+    **dict.fromkeys(
+        ("f", "Feature", "FeatureName", "featureName", "feature_name", "_split", "_featureFlag"), "feature"
+    ),
+    **dict.fromkeys(("t", "Treatment", "_treatment"), "treatment"),
+    **dict.fromkeys(("m", "Time", "_time"), "time"),
+    **dict.fromkeys(("b", "BucketingKey", "bucketing_key", "_bucketingKey"), "bucketingKey"),
+    **dict.fromkeys(("r", "Label", "_appliedRule", "appliedRule"), "label"),
+    **dict.fromkeys(("c", "ChangeNumber", "change_number", "_changeNumber"), "changeNumber"),
+    **dict.fromkeys(("Properties", "_properties"), "properties"),
 }
+# Ruby's router hash: the impression's own fields, its treatment a hash of three.
+_RUBY_NAMES = {
+    "split_name": "feature",
+    "matching_key": "keyName",
+    "bucketing_key": "bucketingKey",
+    "time": "time",
+}
+_RUBY_TREATMENT_NAMES = {"treatment": "treatment", "label": "label", "change_number": "changeNumber"}
 _PYTHON_FIELDS = (
     "matching_key", "feature_name", "treatment", "label", "change_number", "bucketing_key", "time",
     "previous_time", "properties",
@@ -159,7 +174,18 @@ def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
         data, translated = item["impression"], True
     elif "impression" in raw:
         item, data = dict(raw), raw["impression"]
-    elif ("keyName" in raw or "KeyName" in raw) and "key" not in raw and "split" not in raw:
+    elif "split_name" in raw and "matching_key" in raw:
+        item = {name: raw[name] for name in (*_CONTEXT_FIELDS, "attributes") if name in raw}
+        data = {canonical: raw[name] for name, canonical in _RUBY_NAMES.items() if name in raw}
+        treatment = raw.get("treatment")
+        if isinstance(treatment, dict):
+            data.update((c, treatment[n]) for n, c in _RUBY_TREATMENT_NAMES.items() if n in treatment)
+        elif "treatment" in raw:
+            data["treatment"] = treatment
+        if "properties" in raw:
+            data["properties"] = raw["properties"]
+        translated = True
+    elif ("keyName" in raw or "KeyName" in raw or "_key" in raw) and "key" not in raw and "split" not in raw:
         item = {name: raw[name] for name in _CONTEXT_FIELDS if name in raw}
         data, translated = raw, True
     else:
@@ -275,6 +301,8 @@ class _PlainItem(msgspec.Struct):
     sdk: str | None = None
     sdkVersion: str | None = None
     properties: _PlainProperties = None
+    appliedRule: str | None = None
+    changeNumber: int | None = None
     # The listener shape (``"impression": null`` is not one: the model refuses it).
     impression: _PlainListenerData | msgspec.UnsetType = msgspec.UNSET
     attributes: dict[str, Any] | None = None
@@ -426,8 +454,8 @@ def _webhook(item: Any, context: _Context) -> Impression:
         item.environmentName or context.environment_name,
         item.trafficType or context.traffic_type,
         item.bucketingKey,
-        item.label,
-        item.splitVersionNumber,
+        item.label if item.label is not None else item.appliedRule,
+        item.splitVersionNumber if item.splitVersionNumber is not None else item.changeNumber,
         item.machineIp,
         item.machineName,
         item.sdk,

@@ -279,6 +279,55 @@ def test_listener_objects_of_the_go_python_and_dotnet_sdks_reach_segment(
     assert by_key["7c3a4b12-6825-11e8-9f57-0acd31e5aef0"]["properties"]["treatment"] == "on"
 
 
+def test_listener_objects_of_the_ruby_and_java_sdks_reach_segment(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """Ruby's impression router hash, and Java's ``Impression`` serialised field by field (Gson) or
+    by its accessor names."""
+    java_accessors = {
+        "key": "af6d7e45-6825-11e8-9f57-0acd31e5aef0",
+        "bucketingKey": None,
+        "split": "new_checkout",
+        "treatment": "on",
+        "time": 1795483070000,
+        "appliedRule": "in segment beta_testers",
+        "changeNumber": 1795482000000,
+        "environmentName": "Production",
+    }
+    bodies = [load_event("impression_listener_ruby.json"), load_event("impression_listener_java.json")]
+    response = app.lambda_handler(event(*(json.dumps(b) for b in [*bodies, java_accessors])), context)
+
+    assert response == {"batchItemFailures": []}
+    by_key = {m["userId"]: m for m in sink.messages}
+    fields = ("split", "treatment", "label", "splitVersionNumber", "bucketingKey")
+    ruby = by_key["8d4b5c23-6825-11e8-9f57-0acd31e5aef0"]
+    assert ruby["timestamp"] == "2026-11-24T01:17:30.000Z"
+    assert [ruby["properties"][k] for k in fields] == [
+        "new_checkout",
+        "on",
+        "in segment beta_testers",
+        1795482000000,
+        None,
+    ]
+    java = by_key["9e5c6d34-6825-11e8-9f57-0acd31e5aef0"]
+    assert java["timestamp"] == "2026-11-24T01:17:40.000Z"
+    assert [java["properties"][k] for k in fields] == [
+        "new_checkout",
+        "off",
+        "default rule",
+        1795482000000,
+        "account-7",
+    ]
+    accessors = by_key["af6d7e45-6825-11e8-9f57-0acd31e5aef0"]["properties"]
+    assert [accessors[k] for k in fields] == [
+        "new_checkout",
+        "on",
+        "in segment beta_testers",
+        1795482000000,
+        None,
+    ]
+
+
 def test_nan_and_infinity_in_properties_go_to_segment_as_null(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
