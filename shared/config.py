@@ -229,7 +229,8 @@ def parse_config(
 
 
 def config_prefix() -> str:
-    return os.environ.get("CONFIG_PREFIX", DEFAULT_CONFIG_PREFIX).rstrip("/")
+    # Empty is the template parameter's own default ("the default prefix"), never a prefix of "".
+    return (os.environ.get("CONFIG_PREFIX") or DEFAULT_CONFIG_PREFIX).rstrip("/")
 
 
 def cache_seconds() -> int:

@@ -146,3 +146,22 @@ def test_unavailable_ssm_is_not_reported_as_missing(function_env, monkeypatch) -
     boto3.setup_default_session()
     with pytest.raises(config.ConfigUnavailable):
         config.load_inbound("c1")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "/fme-segment-bridge/local"),
+        ("", "/fme-segment-bridge/local"),
+        ("/fme-segment-bridge/prod/", "/fme-segment-bridge/prod"),
+        ("/team-a/bridge", "/team-a/bridge"),
+    ],
+)
+def test_config_prefix_from_the_environment(
+    value: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CONFIG_PREFIX", raising=False)
+    else:
+        monkeypatch.setenv("CONFIG_PREFIX", value)
+    assert config.config_prefix() == expected
