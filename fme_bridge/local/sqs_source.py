@@ -1,7 +1,8 @@
 """An SQS event source mapping, as Lambda runs it, for the queues template.yaml attaches to functions.
 
 Batches of up to ``BatchSize`` messages, gathered for at most ``MaximumBatchingWindowInSeconds``,
-are handed to the function as a real-shaped SQS event. Afterwards, as Lambda does:
+are handed to the function as a real-shaped SQS event, within Lambda's 6 MB invocation payload
+(a message that would pass it waits for the next batch). Afterwards, as Lambda does:
 - the function returned normally → every message is deleted, except, with
   ``ReportBatchItemFailures``, those named in ``batchItemFailures``;
 - the function raised → nothing is deleted.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 import traceback
 import uuid
@@ -29,6 +31,9 @@ from fme_bridge.template import Stack, function_events
 
 # How long one receive call waits for messages; bounds how quickly the poller notices a stop.
 _POLL_SECONDS = 1
+# Lambda's limit on a synchronous invocation's payload, which closes an SQS batch early.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+_EVENT_ENVELOPE_BYTES = len('{"Records": []}')
 
 
 @dataclass
@@ -135,6 +140,10 @@ def failed_message_ids(response: Any, records: list[dict[str, Any]]) -> set[str]
     return failed
 
 
+def _record_bytes(record: dict[str, Any]) -> int:
+    return len(json.dumps(record, ensure_ascii=False).encode())
+
+
 class SqsPoller(Poller):
     """Polls one queue and invokes one function, until :meth:`stop`."""
 
@@ -145,6 +154,7 @@ class SqsPoller(Poller):
         self.mapping = mapping
         self.sqs = sqs
         self.region = sqs.meta.region_name
+        self._next_batch: list[dict[str, Any]] = []  # received, but past the last batch's payload
 
     def poll_once(self) -> bool:
         """One batch, delivered; False when the queue had none."""
@@ -154,11 +164,13 @@ class SqsPoller(Poller):
         return bool(batch)
 
     def collect_batch(self) -> list[dict[str, Any]]:
-        """Receive until the batch is full or the batching window (from the first message) closes."""
+        """Receive until the batch is full (``BatchSize`` or 6 MB of payload) or the batching window
+        (from the first message) closes."""
         mapping = self.mapping
-        messages: list[dict[str, Any]] = []
-        window_closes: float | None = None
-        while len(messages) < mapping.batch_size and not self._stopping.is_set():
+        records, self._next_batch = self._next_batch, []
+        size = _EVENT_ENVELOPE_BYTES + sum(_record_bytes(r) for r in records)
+        window_closes: float | None = time.monotonic() + mapping.batching_window_s if records else None
+        while len(records) < mapping.batch_size and not self._next_batch and not self._stopping.is_set():
             if window_closes is not None and time.monotonic() >= window_closes:
                 break
             wait = _POLL_SECONDS
@@ -166,19 +178,25 @@ class SqsPoller(Poller):
                 wait = max(0, min(_POLL_SECONDS, int(window_closes - time.monotonic())))
             received = self.sqs.receive_message(
                 QueueUrl=mapping.queue_url,
-                MaxNumberOfMessages=min(10, mapping.batch_size - len(messages)),
+                MaxNumberOfMessages=min(10, mapping.batch_size - len(records)),
                 WaitTimeSeconds=wait,
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             if not received and window_closes is None:
                 return []
-            messages.extend(received)
+            for message in received:
+                record = to_event_record(message, mapping.queue_arn, self.region)
+                size += _record_bytes(record) + 2  # and its separator
+                if self._next_batch or (records and size > MAX_PAYLOAD_BYTES):
+                    self._next_batch.append(record)
+                else:
+                    records.append(record)
             if window_closes is None:
                 window_closes = time.monotonic() + mapping.batching_window_s
             if not received and wait == 0:
                 time.sleep(min(0.2, max(0.0, window_closes - time.monotonic())))
-        return [to_event_record(m, mapping.queue_arn, self.region) for m in messages]
+        return records
 
     def deliver(self, records: list[dict[str, Any]]) -> set[str]:
         """Invoke the function with ``records``; delete what succeeded. Returns the failed message ids."""

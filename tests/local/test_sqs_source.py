@@ -10,7 +10,13 @@ import pytest
 
 from fme_bridge.local import sqs_source
 from fme_bridge.local.runtime import LocalFunction
-from fme_bridge.local.sqs_source import SqsMapping, SqsPoller, failed_message_ids, mappings_from_template
+from fme_bridge.local.sqs_source import (
+    MAX_PAYLOAD_BYTES,
+    SqsMapping,
+    SqsPoller,
+    failed_message_ids,
+    mappings_from_template,
+)
 from fme_bridge.template import Stack, load_template
 
 REGION = "us-east-1"
@@ -113,6 +119,23 @@ def test_batch_fills_up_to_batch_size(stack: Stack) -> None:
         sqs.send_message(QueueUrl=stack.queues["ImpressionsQueue"], MessageBody=json.dumps({"n": n}))
     poller = poller_for(stack, RecordingHandler(), batch_size=12, batching_window_s=0.5)
     assert len(poller.collect_batch()) == 12
+
+
+def test_a_batch_closes_at_lambdas_6_mb_payload_and_the_rest_goes_in_the_next(stack: Stack) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    large = json.dumps({"blob": "x" * 240_000})
+    for _ in range(30):  # 7.2 MB in all
+        sqs.send_message(QueueUrl=stack.queues["ImpressionsQueue"], MessageBody=large)
+    handler = RecordingHandler()
+    poller = poller_for(stack, handler, batch_size=100, batching_window_s=0.5)
+    while poller.poll_once():
+        pass
+
+    sizes = [len(json.dumps(event).encode()) for event in handler.events]
+    assert len(handler.events) == 2
+    assert all(size <= MAX_PAYLOAD_BYTES for size in sizes), sizes
+    assert sum(len(event["Records"]) for event in handler.events) == 30
+    assert queue_depth(stack.queues["ImpressionsQueue"]) == 0
 
 
 def test_partial_batch_response_deletes_only_the_successful_messages(stack: Stack) -> None:
