@@ -220,7 +220,8 @@ class HttpApi:
             if len(request.body) > API_GATEWAY_MAX_BODY:
                 return _json_response(413, {"message": "Request Entity Too Large"}), route.route_key
             event = build_event(request, route, parameters)
-            if len(json.dumps(event)) > LAMBDA_MAX_PAYLOAD:
+            # The payload as Lambda counts it: UTF-8 bytes, non-ASCII text unescaped.
+            if len(json.dumps(event, ensure_ascii=False).encode()) > LAMBDA_MAX_PAYLOAD:
                 return _json_response(
                     413, {"message": "Request too large: a Lambda request payload is limited to 6 MB"}
                 ), route.route_key

@@ -202,6 +202,18 @@ def test_unknown_routes_and_failed_invocations_answer_like_api_gateway(
     assert httpx.get(f"{url}/_local/info").json() == {"ok": True}
 
 
+def test_the_6_mb_payload_limit_counts_utf_8_bytes(served: tuple[str, dict[str, EchoHandler]]) -> None:
+    """Non-ASCII text counts its UTF-8 bytes, as Lambda counts them, not the \\uXXXX escapes."""
+    url, handlers = served
+    body = json.dumps({"text": "漢" * 1_100_000}, ensure_ascii=False).encode()  # 3.3 MB
+    assert httpx.post(f"{url}/segment/conn-1", content=body).status_code == 200
+    assert len(handlers["IngestFunction"].events) == 1
+    too_large = json.dumps({"text": "漢" * 2_200_000}, ensure_ascii=False).encode()  # 6.6 MB
+    answer = httpx.post(f"{url}/segment/conn-1", content=too_large)
+    assert answer.status_code == 413
+    assert "6 MB" in answer.json()["message"]
+
+
 def test_the_function_runs_with_its_template_environment(stack: Stack) -> None:
     seen: dict[str, str] = {}
 
