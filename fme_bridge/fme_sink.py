@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
 
-from fme_bridge.loopback_server import LoopbackServer
+from fme_bridge.loopback_server import LoopbackServer, url_host
 
 EVENT_TYPE_ID = re.compile(r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")
 ATTRIBUTE_ID = re.compile(r"^[a-zA-Z][-_a-zA-Z0-9]*$")
@@ -93,7 +93,7 @@ class FmeSink:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{url_host(str(host))}:{port}"
 
     @property
     def events_endpoint(self) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from fme_bridge.loopback_server import LoopbackServer
+from fme_bridge.loopback_server import LoopbackServer, url_host
 
 MAX_REQUEST_BYTES = 500 * 1000
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -137,7 +137,7 @@ class SegmentSink:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        return f"http://{url_host(self._host)}:{self.port}"
 
     @property
     def endpoint(self) -> str:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fme_bridge.commands.common import CliError, out
 from fme_bridge.fme_sink import FmeSink
-from fme_bridge.local.stack import LocalSettings, LocalStack, NotLoopback, PortInUse
+from fme_bridge.local.stack import InvalidPort, LocalSettings, LocalStack, NotLoopback, PortInUse
 from fme_bridge.segment_sink import SegmentSink
 
 
@@ -75,7 +75,7 @@ def local(
         signal.signal(signum, lambda *_: stopping.set())
     try:
         stack.start()
-    except (PortInUse, NotLoopback) as exc:
+    except (PortInUse, NotLoopback, InvalidPort) as exc:
         stack.stop()
         raise CliError(str(exc)) from None
 

@@ -20,6 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from fme_bridge.local import http_api, sqs_source, stream_source
 from fme_bridge.local.runtime import LocalFunction
+from fme_bridge.loopback_server import url_host
 from fme_bridge.template import Stack, create_stack
 
 STACK_NAME = "fme-segment-bridge-local"
@@ -41,6 +42,10 @@ class PortInUse(Exception):
 
 class NotLoopback(Exception):
     """The stack's AWS has no authentication, so it only listens on loopback."""
+
+
+class InvalidPort(Exception):
+    """A port flag outside 1 to 65535."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,8 @@ class LocalStack:
         self.sink_factory = sink_factory
         self.fme_sink_factory = fme_sink_factory
         self.fme_sink: Any = None
-        self.aws_endpoint = f"http://{_url_host(settings.host)}:{settings.aws_port}"
-        self.api_url = f"http://{_url_host(settings.host)}:{settings.port}"
+        self.aws_endpoint = f"http://{url_host(settings.host)}:{settings.aws_port}"
+        self.api_url = f"http://{url_host(settings.host)}:{settings.port}"
         self.stack: Stack | None = None
         self.sink: Any = None
         self._moto: ThreadedMotoServer | None = None
@@ -112,6 +117,9 @@ class LocalStack:
             ports.append((s.sink_port, "--sink-port"))
         if self.fme_sink_factory is not None:
             ports.append((s.fme_port, "--fme-port"))
+        for port, flag in ports:
+            if not 0 < port < 65536:
+                raise InvalidPort(f"{flag} {port}: a port is a number from 1 to 65535")
         if len({p for p, _ in ports}) < len(ports):
             raise PortInUse(f"{', '.join(flag for _, flag in ports)} must differ")
         for port, flag in ports:
@@ -267,7 +275,3 @@ class LocalStack:
             "queueUrls": dict(self.stack.queues),
             "tableNames": dict(self.stack.tables),
         }
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

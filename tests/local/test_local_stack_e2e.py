@@ -229,6 +229,15 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
     )
 
 
+def test_a_port_out_of_range_is_one_line_and_a_non_zero_exit() -> None:
+    aws_port, sink_port, fme_port = free_ports(3)
+    result = subprocess.run(
+        local_command(70000, aws_port, sink_port, fme_port), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --port 70000: a port is a number from 1 to 65535"
+
+
 def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> None:
     # The local AWS has no authentication: --host may only name a loopback address.
     port, aws_port, sink_port, fme_port = free_ports(4)

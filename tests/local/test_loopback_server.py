@@ -72,3 +72,12 @@ def test_other_errors_of_a_request_are_still_printed(capfd: pytest.CaptureFixtur
     err = capfd.readouterr().err
     assert "ValueError: a handler's own bug" in err
     assert "BrokenPipeError" not in err
+
+
+def test_the_sinks_serve_an_ipv6_loopback_with_its_address_in_brackets() -> None:
+    with SegmentSink(write_keys={"wk"}, host="::1") as sink:
+        assert sink.endpoint.startswith("http://[::1]:")
+        response = httpx.post(f"{sink.endpoint}/batch", json={"batch": []}, auth=("wk", ""))
+        assert response.status_code == 200
+    with FmeSink(host="::1") as fme:
+        assert fme.url.startswith("http://[::1]:")
