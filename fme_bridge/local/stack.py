@@ -18,7 +18,8 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
-from fme_bridge.local import http_api, sqs_source, stream_source
+from fme_bridge.local import http_api, schedule_source, sqs_source, stream_source
+from fme_bridge.local.poller import Poller
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.loopback_server import url_host
 from fme_bridge.template import Stack, create_stack
@@ -102,7 +103,7 @@ class LocalStack:
         self.sink: Any = None
         self._moto: ThreadedMotoServer | None = None
         self._api_server: http_api.ApiServer | None = None
-        self._pollers: list[sqs_source.SqsPoller | stream_source.StreamPoller] = []
+        self._pollers: list[Poller] = []
         self._functions: dict[str, LocalFunction] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -166,6 +167,10 @@ class LocalStack:
                     self.client("sqs"),
                     self.log,
                 )
+            )
+        for schedule in schedule_source.mappings_from_template(stack, self.function):
+            self._pollers.append(
+                schedule_source.SchedulePoller(schedule, stack.region, stack.account, self.log)
             )
         for poller in self._pollers:
             poller.start()

@@ -1,0 +1,59 @@
+"""Scheduled functions run locally on their rate, as EventBridge runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fme_bridge.local.runtime import LocalFunction
+from fme_bridge.local.schedule_source import SchedulePoller, mappings_from_template, rate_seconds
+from fme_bridge.template import Stack
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        self.events.append(event)
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("expression", "seconds"),
+    [
+        ("rate(15 minutes)", 900),
+        ("rate(1 minute)", 60),
+        ("rate(2 hours)", 7200),
+        ("rate(1 day)", 86400),
+        ("cron(0 12 * * ? *)", None),
+        ("rate(minutes)", None),
+    ],
+)
+def test_rate_expressions(expression: str, seconds: int | None) -> None:
+    assert rate_seconds(expression) == seconds
+
+
+def test_the_audience_recheck_runs_every_fifteen_minutes_after_the_start(stack: Stack) -> None:
+    handler = RecordingHandler()
+    [mapping] = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))
+    assert (mapping.function.logical_id, mapping.period_s) == ("AudienceRecheckFunction", 900)
+
+    now = [1000.0]
+    poller = SchedulePoller(mapping, stack.region, stack.account, clock=lambda: now[0])
+    assert poller.poll_once() is False  # not at the start
+    now[0] += 899
+    assert poller.poll_once() is False
+    now[0] += 1
+    assert poller.poll_once() is True
+    assert poller.poll_once() is False  # once per period
+    now[0] += 900
+    assert poller.poll_once() is True
+
+    assert len(handler.events) == 2
+    event = handler.events[0]
+    assert event["detail-type"] == "Scheduled Event"
+    assert event["resources"] == [
+        f"arn:aws:scheduler:{stack.region}:{stack.account}:schedule/default/AudienceRecheckFunction-Every15Minutes"
+    ]
