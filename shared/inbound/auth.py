@@ -6,7 +6,9 @@ version (rotation):
 - ``X-Signature``: hex HMAC-SHA1 keyed with the secret, over the raw body (classic Webhooks) or, for
   an array body, over its first element as ``JSON.stringify`` writes it (Webhooks (Actions) batches).
   An object body of up to :data:`RESERIALIZED_BODY_BYTES` may also be signed as ``JSON.stringify``
-  writes it, which is how Segment's documentation checks the signature of a classic webhook.
+  writes it, which is how Segment's documentation checks the signature of a classic webhook;
+- ``X-Segment-Signature``: the same HMAC over the whole body, which Webhooks (Actions) sends instead
+  of ``X-Signature`` with its "Use X-Segment-Signature Header" setting.
 
 How the two versions are cached and read again (a rotation is accepted at once) is
 :mod:`shared.secret_versions`, which the profile API shares.
@@ -89,14 +91,14 @@ class Credentials:
 
     def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
         self.tokens = presented_tokens(headers)
-        signature = (headers.get("x-signature") or "").strip().lower()
-        self.signature = signature.encode() if signature else b""
+        self.signature = _hex_header(headers, "x-signature")
         self.payloads = signed_payloads(body) if self.signature else []
+        self.body_signature = _hex_header(headers, "x-segment-signature")
         self._body = body
 
     @property
     def present(self) -> bool:
-        return bool(self.tokens or self.signature)
+        return bool(self.tokens or self.signature or self.body_signature)
 
     def match(self, secret: str) -> bool:
         key = secret_bytes(secret)
@@ -106,21 +108,29 @@ class Credentials:
         for token in self.tokens:
             matched |= hmac.compare_digest(token, key)
         for payload in self.payloads:
-            matched |= self._signs(key, payload)
-        if self.signature and not matched:
+            matched |= _signs(key, payload, self.signature)
+        if self.body_signature:
+            matched |= _signs(key, self._body, self.body_signature)
+        if (self.signature or self.body_signature) and not matched:
             # Only then is the body parsed again: a signature over the body as sent is the rule.
             compact = self._compact_body
             if compact is not None:
-                matched = self._signs(key, compact)
+                for signature in (self.signature, self.body_signature):
+                    matched |= bool(signature) and _signs(key, compact, signature)
         return matched
-
-    def _signs(self, key: bytes, payload: bytes) -> bool:
-        digest = hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
-        return hmac.compare_digest(digest, self.signature)
 
     @functools.cached_property
     def _compact_body(self) -> bytes | None:
         return compact_body(self._body)
+
+
+def _hex_header(headers: Mapping[str, str], name: str) -> bytes:
+    return (headers.get(name) or "").strip().lower().encode()
+
+
+def _signs(key: bytes, payload: bytes, signature: bytes) -> bool:
+    digest = hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
+    return hmac.compare_digest(digest, signature)
 
 
 def authenticate(connection_id: str, headers: Mapping[str, str], body: bytes) -> None:

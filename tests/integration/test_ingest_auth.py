@@ -70,6 +70,20 @@ def test_actions_batch_signature_over_the_first_element(webhook: Webhook) -> Non
     assert answer.body["stored"] == 2
 
 
+def test_actions_x_segment_signature_over_the_whole_body(webhook: Webhook) -> None:
+    """Webhooks (Actions) with "Use X-Segment-Signature Header" signs the whole body it sends."""
+    messages = [segment_message("track"), segment_message("page")]
+    body = json.dumps(messages, separators=(",", ":")).encode()
+    first = json.dumps(messages[0], separators=(",", ":")).encode()
+    batch = webhook.post(body, headers={"X-Segment-Signature": signature(SECRET, body)})
+    assert (batch.status, batch.body["stored"]) == (200, 2)
+    single = json.dumps(messages[0], separators=(",", ":")).encode()
+    assert webhook.post(single, headers={"X-Segment-Signature": signature(SECRET, single)}).status == 200
+    # Only the whole body: the first element alone is X-Signature's rule, not this header's.
+    assert webhook.post(body, headers={"X-Segment-Signature": signature(SECRET, first)}).status == 401
+    assert webhook.post(body, headers={"X-Segment-Signature": signature("wrong", body)}).status == 401
+
+
 def test_wrong_secret_and_unknown_connection_get_the_same_401(webhook: Webhook) -> None:
     wrong = webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"})
     unknown = webhook.post(segment_message("track"), connection="no-such-connection")
