@@ -64,7 +64,7 @@ def _items(message: dict[str, Any], connection: str, now_ms: int, expires_at: in
         items.append(
             {
                 "pk": {"S": f"Production#{traffic_type}#{key}"},
-                "sk": {"S": f"{stamp:013d}#{message['messageId']}#{kind}"},
+                "sk": {"S": f"{stamp:013d}#{message['messageId']}" + ("" if kind == "track" else f"#{kind}")},
                 "environment": {"S": "Production"},
                 "trafficTypeName": {"S": traffic_type},
                 "key": {"S": key},

@@ -1,9 +1,11 @@
 """EventsTable: one item per FME event (docs/data-model.md).
 
-``pk = {environment}#{trafficTypeName}#{key}``, ``sk = {timestamp:013d}#{messageId}#{segmentType}``: a
-user's events are one Query in time order, and a redelivered message maps to the same key, which is
-what makes storing idempotent on ``messageId``. The Segment type is part of the key because Segment's
-own spec examples give one messageId (and time, and user) to a page, a screen and a track call.
+``pk = {environment}#{trafficTypeName}#{key}``, ``sk = {timestamp:013d}#{messageId}`` for a track
+call and ``{timestamp:013d}#{messageId}#{segmentType}`` for a page or screen call: a user's events are
+one Query in time order, and a redelivered message maps to the same key, which is what makes storing
+idempotent on ``messageId``. The type is in the key because Segment's own spec examples give one
+messageId (and time, and user) to a track, a page and a screen call; a track call keeps the key that
+versions before it had, so that a retry across an upgrade is still found.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ MAX_LOOKUP_EVENTS = 10_000
 
 
 def event_sk(timestamp: int, message_id: str, segment_type: str) -> str:
+    if segment_type == "track":
+        return f"{timestamp:013d}#{message_id}"
     return f"{timestamp:013d}#{message_id}#{segment_type}"
 
 

@@ -98,7 +98,7 @@ def event_item(
     message_id = message_id or f"msg-{key}-{event_type_id}-{timestamp}"
     item: dict[str, Any] = {
         "pk": f"{environment}#{traffic_type}#{key}",
-        "sk": f"{timestamp:013d}#{message_id}#track",
+        "sk": f"{timestamp:013d}#{message_id}",
         "environment": environment,
         "trafficTypeName": traffic_type,
         "key": key,

@@ -1,7 +1,7 @@
 """Reads of the inbound tables a profile is built from: identity attributes and stored events.
 
 Both tables share the profile key ``{environment}#{trafficTypeName}#{key}``; events sort by
-``{timestamp:013d}#{messageId}#{segmentType}`` (docs/data-model.md), so a user's events in a time
+``{timestamp:013d}#{messageId}…`` (docs/data-model.md), so a user's events in a time
 range, newest first, are one ``Query`` without a scan.
 """
 

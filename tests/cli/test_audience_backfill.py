@@ -63,7 +63,7 @@ def put_event(stack: Stack, environment: str, key: str, event_type: str = "check
     table(stack, "EventsTable").put_item(
         Item={
             "pk": f"{environment}#user#{key}",
-            "sk": f"{now:013d}#m-{key}#track",
+            "sk": f"{now:013d}#m-{key}",
             "environment": environment,
             "trafficTypeName": "user",
             "key": key,

@@ -19,7 +19,7 @@ REGION = "us-east-1"
 def put_event(stack: Stack, key: str, event_type: str, timestamp: int, value: Decimal | None = None) -> None:
     item = {
         "pk": f"Production#user#{key}",
-        "sk": f"{timestamp:013d}#m-{timestamp}#track",
+        "sk": f"{timestamp:013d}#m-{timestamp}",
         "environment": "Production",
         "trafficTypeName": "user",
         "key": key,

@@ -106,7 +106,7 @@ def put_identity(stack: Stack, plan: str) -> dict[str, Any]:
 def put_event(stack: Stack, timestamp: int, event_type: str = "checkout") -> dict[str, Any]:
     item = {
         "pk": PK,
-        "sk": f"{timestamp:013d}#m-{timestamp}#track",
+        "sk": f"{timestamp:013d}#m-{timestamp}",
         "environment": "Production",
         "trafficTypeName": "user",
         "key": "user-123",

@@ -52,6 +52,17 @@ def test_redelivered_message_is_a_duplicate_and_stores_nothing_new(webhook: Webh
     assert webhook.count_events() == 2
 
 
+def test_a_track_event_keeps_the_key_earlier_versions_gave_it(webhook: Webhook) -> None:
+    """A retry that crosses an upgrade must find what the earlier version stored."""
+    message = segment_message("track", anonymousId=None)
+    webhook.post(message)
+    [stored] = webhook.stored_events("user", "AiUGstSDIg")
+    client = boto3.client("dynamodb", region_name=REGION)
+    [item] = client.scan(TableName=webhook.env["EVENTS_TABLE"])["Items"]
+    assert item["sk"]["S"] == f"{int(stored['timestamp']):013d}#{message['messageId']}"
+    assert webhook.post(message).body["duplicate"] == 1
+
+
 def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -87,7 +87,7 @@ def store_event(stack: Stack, timestamp: int, message_id: str, event_type: str =
     boto3.resource("dynamodb", region_name="us-east-1").Table(stack.tables["EventsTable"]).put_item(
         Item={
             "pk": PK,
-            "sk": f"{timestamp:013d}#{message_id}#track",
+            "sk": f"{timestamp:013d}#{message_id}",
             "environment": "Production",
             "trafficTypeName": "user",
             "key": "user-123",
