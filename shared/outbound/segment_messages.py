@@ -100,9 +100,9 @@ def _message_id_suffix(event_name: str, identity: str, destination: str) -> str:
 
 
 def _message_id(impression: Impression, suffix: str) -> str:
-    # The digest input is fixed: a change would give a redelivered impression another id (and Segment
-    # a duplicate). Fields joined by \x1f, then the event name, identity field and outbound config's
-    # name (``suffix``).
+    # The digest input is fixed: a change gives a redelivered impression another id (and Segment a
+    # duplicate). Fields joined by \x1f, then the event name, identity field and outbound config's
+    # name (``suffix``; the name joined it once, docs/outbound.md, upgrading).
     version = impression.split_version_number
     text = (
         f"{impression.environment_name or impression.environment_id or ''}\x1f{impression.split}"
