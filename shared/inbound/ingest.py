@@ -169,7 +169,7 @@ def store(
 def _after_deletions(mapped: Mapped) -> tuple[list[FmeEvent], list[IdentityUpdate], set[int]]:
     """The events and identity updates to write once the body's deletions have run, and the messages
     left unwritten: of a deleted user, what precedes their last deletion, which would go with it.
-    Those count as stored (and deleted), as they would have one request earlier."""
+    Those count as stored (and deleted); never written, they do not reach FME either."""
     if not mapped.deletions:
         return mapped.events, mapped.identities, set()
     last_deletion: dict[str, int] = {}
