@@ -229,8 +229,8 @@ def parse_config(
 
 
 def config_prefix() -> str:
-    # Empty is the template parameter's own default ("the default prefix"), never a prefix of "".
-    return (os.environ.get("CONFIG_PREFIX") or DEFAULT_CONFIG_PREFIX).rstrip("/")
+    # An empty (or "/") prefix would put every config at the root: it means the default prefix.
+    return os.environ.get("CONFIG_PREFIX", "").rstrip("/") or DEFAULT_CONFIG_PREFIX
 
 
 def cache_seconds() -> int:

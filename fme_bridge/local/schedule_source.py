@@ -21,7 +21,7 @@ from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.template import Stack, function_events
 
 _SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
-_RATE = re.compile(r"rate\(\s*(\d+)\s+(minute|hour|day)s?\s*\)")
+_RATE = re.compile(r"rate\(\s*([1-9]\d*)\s+(minute|hour|day)s?\s*\)")  # EventBridge: at least 1
 
 
 def rate_seconds(expression: str) -> int | None:
@@ -35,32 +35,37 @@ class ScheduleMapping:
     function: LocalFunction
     name: str  # the event's key under the function's Events
     period_s: float
+    kind: str = "ScheduleV2"
 
 
 def mappings_from_template(stack: Stack, function: Callable[[str], LocalFunction]) -> list[ScheduleMapping]:
     mappings = []
-    for kind in ("Schedule", "ScheduleV2"):
+    for kind in ("Schedule", "ScheduleV2"):  # an EventBridge rule, an EventBridge Scheduler schedule
         for event in function_events(kind):
             period = rate_seconds(str(event.properties.get("ScheduleExpression", "")))
             enabled = event.properties.get("State", "ENABLED") == "ENABLED" and event.properties.get(
                 "Enabled", True
             )
             if period is not None and enabled:
-                mappings.append(ScheduleMapping(function(event.function), event.name, period))
+                mappings.append(ScheduleMapping(function(event.function), event.name, period, kind))
     return mappings
 
 
-def scheduled_event(region: str, account: str, rule: str) -> dict[str, Any]:
-    """What EventBridge hands a scheduled target."""
+def scheduled_event(region: str, account: str, rule: str, kind: str = "ScheduleV2") -> dict[str, Any]:
+    """What EventBridge hands a scheduled target: from a Scheduler schedule (``ScheduleV2``) or a rule."""
+    if kind == "ScheduleV2":
+        source, resource = "aws.scheduler", f"arn:aws:scheduler:{region}:{account}:schedule/default/{rule}"
+    else:
+        source, resource = "aws.events", f"arn:aws:events:{region}:{account}:rule/{rule}"
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
         "detail-type": "Scheduled Event",
-        "source": "aws.scheduler",
+        "source": source,
         "account": account,
         "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": region,
-        "resources": [f"arn:aws:scheduler:{region}:{account}:schedule/default/{rule}"],
+        "resources": [resource],
         "detail": {},
     }
 
@@ -88,10 +93,15 @@ class SchedulePoller(Poller):
         """The scheduled run, if it is due; False when it is not."""
         if self._clock() < self.next_run:
             return False
-        self.next_run += self.mapping.period_s
+        # The next scheduled time still ahead: runs missed meanwhile are not made up back to back.
+        now = self._clock()
+        while self.next_run <= now:
+            self.next_run += self.mapping.period_s
         self.invocations += 1
         logical = self.mapping.function.logical_id
-        event = scheduled_event(self.region, self.account, f"{logical}-{self.mapping.name}")
+        event = scheduled_event(
+            self.region, self.account, f"{logical}-{self.mapping.name}", self.mapping.kind
+        )
         try:
             self.mapping.function.invoke(event)
         except Exception:  # EventBridge's retry policy here is none: the next period runs it again

@@ -168,7 +168,7 @@ class SqsPoller(Poller):
         (from the first message) closes."""
         mapping = self.mapping
         records, self._next_batch = self._next_batch, []
-        size = _EVENT_ENVELOPE_BYTES + sum(_record_bytes(r) for r in records)
+        size = _EVENT_ENVELOPE_BYTES + sum(_record_bytes(r) + 2 for r in records)
         window_closes: float | None = time.monotonic() + mapping.batching_window_s if records else None
         while len(records) < mapping.batch_size and not self._next_batch and not self._stopping.is_set():
             if window_closes is not None and time.monotonic() >= window_closes:

@@ -74,6 +74,16 @@ def test_other_errors_of_a_request_are_still_printed(capfd: pytest.CaptureFixtur
     assert "BrokenPipeError" not in err
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_the_sinks_serve_an_ipv6_loopback_with_its_address_in_brackets() -> None:
     with SegmentSink(write_keys={"wk"}, host="::1") as sink:
         assert sink.endpoint.startswith("http://[::1]:")

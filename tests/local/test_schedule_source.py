@@ -29,6 +29,7 @@ class RecordingHandler:
         ("rate(1 day)", 86400),
         ("cron(0 12 * * ? *)", None),
         ("rate(minutes)", None),
+        ("rate(0 minutes)", None),
     ],
 )
 def test_rate_expressions(expression: str, seconds: int | None) -> None:
@@ -51,7 +52,13 @@ def test_the_audience_recheck_runs_every_fifteen_minutes_after_the_start(stack: 
     now[0] += 900
     assert poller.poll_once() is True
 
-    assert len(handler.events) == 2
+    now[0] += 5000  # the runs it missed meanwhile: one run, then the next scheduled time
+    assert poller.poll_once() is True
+    assert poller.poll_once() is False
+    now[0] = 1000 + 900 * 9  # start + nine periods
+    assert poller.poll_once() is True
+
+    assert len(handler.events) == 4
     event = handler.events[0]
     assert event["detail-type"] == "Scheduled Event"
     assert event["resources"] == [

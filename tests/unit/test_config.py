@@ -155,6 +155,7 @@ def test_unavailable_ssm_is_not_reported_as_missing(function_env, monkeypatch) -
         ("", "/fme-segment-bridge/local"),
         ("/fme-segment-bridge/prod/", "/fme-segment-bridge/prod"),
         ("/team-a/bridge", "/team-a/bridge"),
+        ("/", "/fme-segment-bridge/local"),
     ],
 )
 def test_config_prefix_from_the_environment(
