@@ -324,10 +324,17 @@ def _handler_for(sink: FmeSink) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port}: a port is a number from 0 to 65535")
+    return port
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--port", type=_port, default=8089)
     parser.add_argument("--sdk-key", action="append", help="accepted server-side SDK key (default: any)")
     parser.add_argument("--admin-key", action="append", help="accepted Admin API key (default: any)")
     args = parser.parse_args(argv)

@@ -91,3 +91,12 @@ def test_the_sinks_serve_an_ipv6_loopback_with_its_address_in_brackets() -> None
         assert response.status_code == 200
     with FmeSink(host="::1") as fme:
         assert fme.url.startswith("http://[::1]:")
+
+
+def test_the_standalone_fme_sink_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from fme_bridge import fme_sink
+
+    with pytest.raises(SystemExit) as exited:
+        fme_sink.main(["--port", "70000"])
+    assert exited.value.code == 2
+    assert "--port: 70000: a port is a number from 0 to 65535" in capsys.readouterr().err
