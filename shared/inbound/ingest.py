@@ -177,15 +177,17 @@ def _after_deletions(mapped: Mapped) -> tuple[list[FmeEvent], list[IdentityUpdat
         pk = profile_pk(deletion.environment, deletion.trafficTypeName, deletion.key)
         last_deletion[pk] = max(deletion.index, last_deletion.get(pk, -1))
 
-    def superseded(item: FmeEvent | IdentityUpdate) -> bool:
-        return item.index < last_deletion.get(
-            profile_pk(item.environment, item.trafficTypeName, item.key), -1
-        )
+    left_out: set[int] = set()
 
-    events = [event for event in mapped.events if not superseded(event)]
-    updates = [update for update in mapped.identities if not superseded(update)]
-    left_out = {event.index for event in mapped.events if superseded(event)}
-    left_out.update(update.index for update in mapped.identities if superseded(update))
+    def kept(item: FmeEvent | IdentityUpdate) -> bool:
+        pk = profile_pk(item.environment, item.trafficTypeName, item.key)
+        if item.index < last_deletion.get(pk, -1):
+            left_out.add(item.index)
+            return False
+        return True
+
+    events = [event for event in mapped.events if kept(event)]
+    updates = [update for update in mapped.identities if kept(update)]
     return events, updates, left_out
 
 
