@@ -91,10 +91,10 @@ class SchedulePoller(Poller):
 
     def poll_once(self) -> bool:
         """The scheduled run, if it is due; False when it is not."""
-        if self._clock() < self.next_run:
+        now = self._clock()
+        if now < self.next_run:
             return False
         # The next scheduled time still ahead: runs missed meanwhile are not made up back to back.
-        now = self._clock()
         while self.next_run <= now:
             self.next_run += self.mapping.period_s
         self.invocations += 1
