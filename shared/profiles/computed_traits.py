@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shared import __version__
-from shared.config import OutboundConfig
+from shared.outbound.destinations import Destination
 from shared.outbound.segment_messages import iso_timestamp
 from shared.profiles_table import WriteOutcome
 
@@ -43,14 +43,15 @@ def trait_name(template: str, split: str) -> str:
 
 
 def computed_trait_identifies(
-    outcomes: Iterable[WriteOutcome], config: OutboundConfig, destination: str
+    outcomes: Iterable[WriteOutcome], destination: Destination
 ) -> list[dict[str, Any]]:
-    """One identify per changed last treatment of a traffic type this config maps; none if disabled.
-    ``destination`` is the config's name.
+    """One identify per changed last treatment of a traffic type the destination's config maps; none
+    if disabled.
 
     The identity mapping is the track calls' one: ``config.identities[trafficType]`` is the Segment
     field (``userId`` / ``anonymousId``) that carries the key.
     """
+    config = destination.config
     if not config.computedTraits.enabled:
         return []
     messages = []
@@ -77,7 +78,7 @@ def computed_trait_identifies(
                     record.treatment,
                     record.time,
                     record.rank,
-                    destination,
+                    destination.name,
                 ),
             )
         )

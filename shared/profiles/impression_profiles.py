@@ -208,7 +208,7 @@ class LastTreatmentSync:
             if not destination.config.computedTraits.enabled:
                 continue
             mine = [o for o in changed if (o.record.pk, o.record.split) in by_destination[destination.name]]
-            messages = computed_trait_identifies(mine, destination.config, destination.name)
+            messages = computed_trait_identifies(mine, destination)
             if messages:
                 batches[destination.name] = (destination, messages)
                 slots_of[destination.name] = [(o.record.pk, o.record.split) for o in mine]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fme_bridge.template import Stack
 from shared import aws
 from shared.config import OutboundConfig
+from shared.outbound.destinations import Destination
 from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles.last_treatment import LastTreatmentRecorder, newest_per_flag
 from shared.profiles_table import LastTreatment, profile_items, profile_pk, write_last_treatment
@@ -78,8 +79,8 @@ def test_a_redelivered_winning_impression_still_reports_its_change(profiles: Sta
     assert first.changed
     assert (replay.replay, replay.changed, replay.previous) == (True, True, "on")
     # ... and produces the same identify, which Segment deduplicates by messageId.
-    assert computed_trait_identifies([first], OUTBOUND, "segment") == computed_trait_identifies(
-        [replay], OUTBOUND, "segment"
+    assert computed_trait_identifies([first], Destination("segment", OUTBOUND)) == computed_trait_identifies(
+        [replay], Destination("segment", OUTBOUND)
     )
 
 
@@ -179,7 +180,7 @@ def test_any_delivery_order_ends_with_the_same_last_treatments_and_traits(
     sent_ids: list[str] = []
     for start in range(0, len(shuffled), batch_size):
         outcomes = recorder.record(shuffled[start : start + batch_size])
-        for message in computed_trait_identifies(outcomes, OUTBOUND, "segment"):
+        for message in computed_trait_identifies(outcomes, Destination("segment", OUTBOUND)):
             traits.setdefault(message["userId"], {}).update(message["traits"])
             sent_ids.append(message["messageId"])
         recorder.remember(outcomes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.config import OutboundConfig
+from shared.outbound.destinations import Destination
 from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles_table import LastTreatment, WriteOutcome
 
@@ -32,7 +33,7 @@ def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> 
         written("user-2", "on", "off"),
         written("visitor-1", "v2", "v1", traffic_type="anonymous"),
     ]
-    messages = computed_trait_identifies(outcomes, config(enabled=True), "segment")
+    messages = computed_trait_identifies(outcomes, Destination("segment", config(enabled=True)))
     assert [(m.get("userId"), m.get("anonymousId"), m["traits"]) for m in messages] == [
         ("user-1", None, {"new_checkout": "on"}),
         ("user-2", None, {"new_checkout": "on"}),
@@ -43,28 +44,31 @@ def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> 
 def test_an_unchanged_treatment_sends_nothing() -> None:
     same = written("user-1", "on", "on")
     older = WriteOutcome(same.record, applied=False)
-    assert computed_trait_identifies([same, older], config(enabled=True), "segment") == []
+    assert computed_trait_identifies([same, older], Destination("segment", config(enabled=True))) == []
 
 
 def test_a_config_without_computed_traits_enabled_sends_nothing() -> None:
     outcome = written("user-1", "on", None)
-    assert computed_trait_identifies([outcome], config(), "segment") == []
+    assert computed_trait_identifies([outcome], Destination("segment", config())) == []
     assert (
-        computed_trait_identifies([outcome], config(enabled=False, traitName="fme_{split}"), "segment") == []
+        computed_trait_identifies(
+            [outcome], Destination("segment", config(enabled=False, traitName="fme_{split}"))
+        )
+        == []
     )
 
 
 def test_a_traffic_type_the_config_does_not_map_sends_nothing() -> None:
     outcome = written("account-1", "on", None, traffic_type="account")
-    assert computed_trait_identifies([outcome], config(enabled=True), "segment") == []
+    assert computed_trait_identifies([outcome], Destination("segment", config(enabled=True))) == []
 
 
 def test_the_same_change_gets_another_message_id_for_each_outbound_config() -> None:
     """Segment deduplicates messageIds across all sources: two configs sharing one would lose one."""
     outcome = written("user-1", "on", None)
-    [first] = computed_trait_identifies([outcome], config(enabled=True), "production")
-    [again] = computed_trait_identifies([outcome], config(enabled=True), "production")
-    [other] = computed_trait_identifies([outcome], config(enabled=True), "all-environments")
+    [first] = computed_trait_identifies([outcome], Destination("production", config(enabled=True)))
+    [again] = computed_trait_identifies([outcome], Destination("production", config(enabled=True)))
+    [other] = computed_trait_identifies([outcome], Destination("all-environments", config(enabled=True)))
     assert first["messageId"] == again["messageId"]
     assert other["messageId"] != first["messageId"]
     assert {k: v for k, v in other.items() if k != "messageId"} == {
