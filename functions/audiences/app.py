@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared.dynamodb import to_python
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
+from shared.metrics import lambda_metrics
 from shared.profiles.audience_sync import (
     AudienceEvaluator,
     StoredChange,
@@ -38,7 +39,7 @@ from shared.tracing import lambda_tracer
 # Ready by the first request to Segment / FME: built while the cold start goes on.
 prepare_tls_context()
 logger = Logger()
-metrics = Metrics()
+metrics = lambda_metrics()
 tracer = lambda_tracer()
 # A batch whose every profile failed is reported like any partial failure, not raised.
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.audiences import app as stream_app
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
+from shared.metrics import lambda_metrics
 from shared.profiles.audience_sync import PROFILES_PER_ROUND, SyncReport
 from shared.profiles_table import due_for_recheck
 from shared.tracing import lambda_tracer
@@ -24,7 +25,7 @@ from shared.tracing import lambda_tracer
 # Ready by the first request to Segment / FME: built while the cold start goes on.
 prepare_tls_context()
 logger = Logger()
-metrics = Metrics()
+metrics = lambda_metrics()
 tracer = lambda_tracer()
 
 # Stop starting rounds when less than this is left: a round must finish its sends and stores.

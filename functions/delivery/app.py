@@ -15,7 +15,7 @@ from typing import Any
 # Powertools' batch utility is imported before the bridge's modules load pydantic: with pydantic
 # loaded, its types import every event model of Powertools' parser, tens of milliseconds of each
 # cold start (tests/unit/test_import_weight.py).
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -27,12 +27,13 @@ from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
 from shared.http_retry import Deadline, prepare_tls_context
 from shared.lambda_context import remaining_time_ms
+from shared.metrics import lambda_metrics
 from shared.tracing import lambda_tracer
 
 # Ready by the first request to Segment / FME: built while the cold start goes on.
 prepare_tls_context()
 logger = Logger()
-metrics = Metrics()
+metrics = lambda_metrics()
 tracer = lambda_tracer()
 # Records still failing are reported, never raised: the function itself does not fail for them.
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)

@@ -7,10 +7,9 @@ undelivered. Permanent failures were dead-lettered with their reason and count a
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -18,6 +17,7 @@ from shared import aws
 from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
+from shared.metrics import lambda_metrics
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.dead_letters import log_dead_letters
 from shared.outbound.delivery import QueuedMessage
@@ -29,8 +29,7 @@ from shared.tracing import lambda_tracer
 prepare_tls_context()
 logger = Logger()
 tracer = lambda_tracer()
-# The template sets the namespace; the default keeps an import before that environment usable.
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
+metrics = lambda_metrics()
 
 
 def _record_metrics(outcome: BatchOutcome) -> None:

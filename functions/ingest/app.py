@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
@@ -24,10 +24,11 @@ from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
 from shared.inbound.messages import BadRequest, PayloadTooLarge
+from shared.metrics import lambda_metrics
 from shared.tracing import lambda_tracer
 
 logger = Logger()
-metrics = Metrics()
+metrics = lambda_metrics()
 tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
 

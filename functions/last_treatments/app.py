@@ -11,10 +11,9 @@ that is not in the forwarding format goes there at once (``invalid_body``).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -22,6 +21,7 @@ from shared import aws
 from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
 from shared.lambda_context import remaining_time_ms
+from shared.metrics import lambda_metrics
 from shared.outbound.dead_letters import log_dead_letters, retries_exhausted, send_dead_letters
 from shared.outbound.delivery import DeadLetter
 from shared.profiles.forwarding import ForwardedBodyError, decode_body
@@ -34,7 +34,7 @@ from shared.tracing import lambda_tracer
 prepare_tls_context()
 logger = Logger()
 tracer = lambda_tracer()
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FmeSegmentBridge"))
+metrics = lambda_metrics()
 INVALID_BODY = "invalid_body"
 # Lives as long as the container: remembers last treatments already written and synced.
 last_treatments = LastTreatmentRecorder()

@@ -6,7 +6,7 @@ import hmac
 from typing import Any
 from urllib.parse import quote, unquote
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -15,13 +15,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import config
 from shared.config import ConfigUnavailable
+from shared.metrics import lambda_metrics
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
 from shared.secret_versions import secret_accepts, secret_bytes
 from shared.tracing import lambda_tracer
 
 logger = Logger()
-metrics = Metrics()
+metrics = lambda_metrics()
 tracer = lambda_tracer()
 app = APIGatewayHttpResolver()
 
