@@ -304,7 +304,8 @@ def _fetch(kind: str, name: str, fresh: bool = False, **sdk_options: Any) -> str
 
 
 def get_parameter(name: str) -> str:
-    return _fetch("ssm", name)
+    # A SecureString config is read decrypted; decryption changes nothing for a String.
+    return _fetch("ssm", name, decrypt=True)
 
 
 def get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
@@ -329,7 +330,7 @@ def list_parameters(kind: str) -> dict[str, str]:
     """All parameters below ``{prefix}/{kind}/`` as ``{short name: raw value}`` (cached)."""
     path = f"{config_prefix()}/{kind}"
     try:
-        values = _provider("ssm").get_multiple(path, max_age=cache_seconds(), recursive=False)
+        values = _provider("ssm").get_multiple(path, max_age=cache_seconds(), recursive=False, decrypt=True)
     except parameters.exceptions.GetParameterError as exc:
         raise ConfigUnavailable(f"{path}: {_aws_error_code(exc) or 'error'}") from None
     return {str(k).rsplit("/", 1)[-1]: str(v) for k, v in values.items()}

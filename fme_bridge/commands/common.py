@@ -32,7 +32,9 @@ def stored_parameter(tgt: Target, folder: str, item: str, name: str) -> str:
     """The config ``{prefix}/{folder}/{name}`` as stored; a missing one is one line naming the ``item``."""
     ssm = tgt.client("ssm")
     try:
-        return str(ssm.get_parameter(Name=f"{tgt.prefix}/{folder}/{name}")["Parameter"]["Value"])
+        return str(
+            ssm.get_parameter(Name=f"{tgt.prefix}/{folder}/{name}", WithDecryption=True)["Parameter"]["Value"]
+        )
     except ssm.exceptions.ParameterNotFound:
         raise CliError(f"no {item} {name!r} under {tgt.prefix}") from None
 

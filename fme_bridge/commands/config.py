@@ -225,7 +225,11 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
 def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
     path = f"{tgt.prefix}/{kind.name}"
     paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
-    parameters = [p for page in paginator.paginate(Path=path, Recursive=False) for p in page["Parameters"]]
+    parameters = [
+        p
+        for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True)
+        for p in page["Parameters"]
+    ]
     headers = ["environment", "identities"] if kind is INBOUND else ["environments", "endpoint"]
     table = Table(kind.item, *headers, "valid", kind.secret_label, title=f"{kind.name} ({path})")
     secretsmanager = tgt.client("secretsmanager")

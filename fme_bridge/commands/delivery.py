@@ -218,7 +218,9 @@ def _resolver(tgt: Target) -> Any:
     def resolve(connection_id: str) -> ConnectionDelivery:
         return resolve_connection(
             connection_id,
-            get_parameter=lambda name: fetch(lambda n: ssm.get_parameter(Name=n)["Parameter"]["Value"], name),
+            get_parameter=lambda name: fetch(
+                lambda n: ssm.get_parameter(Name=n, WithDecryption=True)["Parameter"]["Value"], name
+            ),
             get_secret=lambda name: fetch(
                 lambda n: secrets.get_secret_value(SecretId=n)["SecretString"], name
             ),

@@ -67,7 +67,7 @@ def _check_sync_targets(tgt: Target, audience: AudienceConfig, source: str) -> N
     for name in audience.sync:
         full = f"{tgt.prefix}/outbound/{name}"
         try:
-            raw = ssm.get_parameter(Name=full)["Parameter"]["Value"]
+            raw = ssm.get_parameter(Name=full, WithDecryption=True)["Parameter"]["Value"]
         except ssm.exceptions.ParameterNotFound:
             raise CliError(f"{source}: sync: no outbound config {name!r} under {tgt.prefix}") from None
         outbound = parse_config(OutboundConfig, raw, full)
@@ -129,7 +129,11 @@ def audience_list(ctx: typer.Context) -> None:
     tgt = target(ctx)
     path = f"{tgt.prefix}/audiences"
     paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
-    parameters = [p for page in paginator.paginate(Path=path, Recursive=False) for p in page["Parameters"]]
+    parameters = [
+        p
+        for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True)
+        for p in page["Parameters"]
+    ]
     if not parameters:
         out.print(f"no audiences under {tgt.prefix}")
         return

@@ -289,3 +289,16 @@ def test_enabling_delivery_without_fme_keys_writes_and_warns(cli: Cli, tmp_path:
     assert "warning" not in with_keys.stdout
     again = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", document))
     assert "warning" not in again.stdout  # the keys are there now
+
+
+def test_get_and_list_read_secure_string_configs_decrypted(cli: Cli) -> None:
+    document = {"environment": "Production", "identities": [{"segmentId": "userId", "trafficType": "user"}]}
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"{PREFIX}/inbound/vault", Value=json.dumps(document), Type="SecureString"
+    )
+    shown = cli("config", "inbound", "get", "vault")
+    assert shown.exit_code == 0, shown.output
+    assert '"Production"' in shown.stdout
+    listed = cli("config", "inbound", "list")
+    [vault] = [line for line in listed.stdout.splitlines() if "vault" in line]
+    assert "Production" in vault

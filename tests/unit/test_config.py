@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 
@@ -166,3 +168,19 @@ def test_config_prefix_from_the_environment(
     else:
         monkeypatch.setenv("CONFIG_PREFIX", value)
     assert config.config_prefix() == expected
+
+
+def test_secure_string_configs_are_read_decrypted(function_env) -> None:
+    function_env("IngestFunction")
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    documents = {
+        "inbound/c1": MINIMAL_INBOUND,
+        "outbound/o1": {"environments": ["P"], "identities": {"user": "userId"}},
+        "audiences/a1": {"environment": "P"},
+    }
+    for name, document in documents.items():
+        full = f"{config.config_prefix()}/{name}"
+        ssm.put_parameter(Name=full, Value=json.dumps(document), Type="SecureString")
+    assert config.load_inbound("c1").environment == "P"
+    assert config.load_outbound("o1").environments == ["P"]
+    assert json.loads(config.list_parameters("audiences")["a1"]) == {"environment": "P"}
