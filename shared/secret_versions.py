@@ -2,12 +2,14 @@
 
 Accepted: the current version and, only when that does not match, the ``AWSPREVIOUS`` one. Both are
 cached (``CONFIG_CACHE_SECONDS``), each on its own clock. Credentials that do not match the cached
-current version have both versions read again, at most every ``SECRET_REFRESH_SECONDS`` per secret; in
-between, the cached previous version is tried, and read again at once when the current version has
-changed since the last refusal (a rotation seen through an expired cache). A secret rotated a moment
-ago is thus accepted at once, not when the cache expires. A secret that does not exist is remembered
-as such for as long, and costs the same two reads, so the reads do not tell a name that exists from
-one that does not.
+current version have both versions read again, so a secret rotated (or created) a moment ago is
+accepted at once, not when the cache expires. Those reads draw on a budget per secret: a burst of
+:data:`SECRET_REFRESH_BURST`, then one every :data:`SECRET_REFRESH_SECONDS`, so that wrong
+credentials cannot turn into a flood of Secrets Manager calls. With the budget spent, the cached
+previous version is tried, and read again at once when the current version has changed since the
+last refusal (a rotation seen through an expired cache). A secret that does not exist is remembered
+as such, and costs the same reads from the same budget, so the reads do not tell a name that exists
+from one that does not.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from collections.abc import Callable
 from shared import config
 
 # Credentials that match neither cached version may be those of a rotation made since: both versions
-# are then read again, at most this often per secret, so that bad credentials cannot turn into a
-# flood of Secrets Manager calls.
+# are then read again, up to this many times in a row per secret, then once per
+# SECRET_REFRESH_SECONDS, so that bad credentials cannot turn into a flood of Secrets Manager calls.
+SECRET_REFRESH_BURST = 20
 SECRET_REFRESH_SECONDS = 10.0
 # A secret found missing is remembered as long as one that exists goes unread after wrong
 # credentials (no oracle in the reads).
@@ -85,14 +88,40 @@ class _RecentNames:
             self._expiry.clear()
 
 
+class _RefreshBudget:
+    """Reads past the cache each secret may still make: a token bucket per name (bounded)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # name: (tokens, when counted)
+        self._lock = threading.Lock()
+
+    def take(self, name: str) -> bool:
+        """Spend one read of ``name``'s budget: False when there is none left."""
+        with self._lock:
+            now = self.clock()
+            tokens, counted = self._buckets.get(name, (SECRET_REFRESH_BURST, now))
+            tokens = min(SECRET_REFRESH_BURST, tokens + (now - counted) / SECRET_REFRESH_SECONDS)
+            if tokens < 1:
+                self._buckets[name] = (tokens, now)
+                return False
+            if len(self._buckets) >= MAX_REMEMBERED_NAMES and name not in self._buckets:
+                self._buckets.clear()  # every secret starts again with a full budget
+            self._buckets[name] = (tokens - 1, now)
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+
 unknown_secrets = _RecentNames(negative_cache_seconds)
-# Secrets read again past the cache lately: :data:`SECRET_REFRESH_SECONDS` apart at least.
-recent_refreshes = _RecentNames(lambda: SECRET_REFRESH_SECONDS)
+refresh_budget = _RefreshBudget()
 
 
 def clear_caches() -> None:
     unknown_secrets.clear()
-    recent_refreshes.clear()
+    refresh_budget.clear()
     _refused_against.clear()
 
 
@@ -110,10 +139,12 @@ def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
     :class:`shared.config.ConfigUnavailable` propagates.
     """
     if name in unknown_secrets:
-        return False
+        # Created since it was found missing? Read again as often as an existing secret would be.
+        return refresh_budget.take(name) and _matches_fresh(name, matches)
     try:
         current = config.get_secret(name)
     except config.ConfigNotFound:
+        refresh_budget.take(name)  # as the wrong credentials of a secret that exists would
         _remember_unknown(name)
         return False
     if matches(current):
@@ -121,7 +152,7 @@ def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
     # After a rotation, the cached previous version may be older than it: read again at once.
     if _rotated_since_seen(name, current) and _matches_previous(name, matches, fresh=True):
         return True
-    if recent_refreshes.claim(name):
+    if refresh_budget.take(name):
         # The secret may have been rotated since either version was cached (they expire apart).
         return _matches_fresh(name, matches)
     return _matches_previous(name, matches)
@@ -139,9 +170,8 @@ def _rotated_since_seen(name: str, current: str) -> bool:
 
 
 def _remember_unknown(name: str) -> None:
-    """An unknown connection costs the two reads that wrong credentials for a known one cost every
-    ``SECRET_REFRESH_SECONDS``, once per ``NEGATIVE_CACHE_SECONDS`` (the same): the number of Secrets
-    Manager reads does not tell connections that exist from those that do not."""
+    """An unknown secret costs the two reads that wrong credentials for a known one cost: the number
+    of Secrets Manager reads does not tell connections that exist from those that do not."""
     unknown_secrets.add(name)
     with contextlib.suppress(config.ConfigNotFound):
         config.get_secret(name, previous=True, fresh=True)
@@ -167,5 +197,6 @@ def _matches_fresh(name: str, matches: Callable[[str], bool]) -> bool:
     except config.ConfigNotFound:
         _remember_unknown(name)
         return False
+    unknown_secrets.discard(name)  # created since it was found missing
     previous = _matches_previous(name, matches, fresh=True)  # read whatever matches: both are stale
     return matches(current) or previous

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from shared import aws, config, secret_versions
-from tests.conftest import REGION, put_secret
+from tests.conftest import REGION, put_config, put_secret
 from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message, signature
 
 
@@ -24,7 +24,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Secrets cached for minutes, as deployed; the clock of their re-reads (and of unknown ids)."""
     monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
     now = [1000.0]
-    monkeypatch.setattr(secret_versions.recent_refreshes, "clock", lambda: now[0])
+    monkeypatch.setattr(secret_versions.refresh_budget, "clock", lambda: now[0])
     monkeypatch.setattr(secret_versions.unknown_secrets, "clock", lambda: now[0])
     return now
 
@@ -135,7 +135,6 @@ def test_a_rotation_is_accepted_at_once_by_a_warm_container(webhook: Webhook, cl
     assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
     assert webhook.post(segment_message("track", messageId="old"), headers=bearer).status == 200
 
-    clock[0] += secret_versions.SECRET_REFRESH_SECONDS  # secrets are read again at most this often
     put_secret(f"inbound/{CONNECTION}", "whsec-third-7a8b9c")  # SECRET is now two versions old
     third = {"authorization": "Bearer whsec-third-7a8b9c"}
     assert webhook.post(segment_message("track", messageId="third"), headers=third).status == 200
@@ -149,7 +148,6 @@ def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request
     # A stray bad request before any rotation: AWSPREVIOUS is found missing, and remembered so.
     assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
     put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")
-    clock[0] += secret_versions.SECRET_REFRESH_SECONDS
     rotated = {"authorization": "Bearer whsec-rotated-4d5e6f"}
     assert webhook.post(segment_message("track", messageId="new"), headers=rotated).status == 200
     # Segment, not yet updated, still sends the old secret: AWSPREVIOUS now.
@@ -172,8 +170,9 @@ def test_a_rotation_seen_through_an_expired_current_version_reads_the_previous_o
 def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
     webhook: Webhook, clock: list[float]
 ) -> None:
-    """Both versions read again at most every few seconds for a connection that exists, as often as
-    an unknown one is looked up: the Secrets Manager reads do not tell the two apart."""
+    """Both versions read again for wrong credentials while the secret's budget lasts (a burst, then
+    once every few seconds), for a connection that exists as for an unknown one: the Secrets Manager
+    reads do not tell the two apart, and a flood of wrong credentials is not a flood of reads."""
     reads: list[str] = []
     aws.client("secretsmanager").meta.events.register(
         "before-parameter-build.secrets-manager.GetSecretValue",
@@ -181,33 +180,68 @@ def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
     )
     prefix = webhook.env["CONFIG_PREFIX"]
     wrong = {"authorization": "Bearer nope"}
-    for connection in (CONNECTION, "made-up"):  # first contact: cold caches
-        assert webhook.post(segment_message("track"), headers=wrong, connection=connection).status == 401
-    for _ in range(3):
-        clock[0] += secret_versions.SECRET_REFRESH_SECONDS
+
+    def reads_of(posts: int) -> dict[str, int]:
         reads.clear()
-        for _ in range(4):
+        for _ in range(posts):
             for connection in (CONNECTION, "made-up"):
                 answer = webhook.post(segment_message("track"), headers=wrong, connection=connection)
                 assert answer.status == 401
-        assert sorted(reads) == sorted([f"{prefix}/inbound/{CONNECTION}", f"{prefix}/inbound/made-up"] * 2)
+        return {
+            connection: reads.count(f"{prefix}/inbound/{connection}")
+            for connection in (CONNECTION, "made-up")
+        }
+
+    reads_of(1)  # first contact: cold caches
+    burst = secret_versions.SECRET_REFRESH_BURST
+    assert reads_of(burst + 5) == {CONNECTION: 2 * (burst - 1), "made-up": 2 * (burst - 1)}
+    for _ in range(3):
+        clock[0] += secret_versions.SECRET_REFRESH_SECONDS
+        assert reads_of(4) == {CONNECTION: 2, "made-up": 2}
+
+
+def test_a_double_rotation_in_quick_succession_keeps_exactly_the_two_newest_secrets(
+    webhook: Webhook, clock: list[float]
+) -> None:
+    first = {"authorization": f"Bearer {SECRET}"}
+    assert webhook.post(segment_message("track", messageId="first"), headers=first).status == 200
+    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
+    put_secret(f"inbound/{CONNECTION}", "whsec-second-5e6f")
+    second = {"authorization": "Bearer whsec-second-5e6f"}
+    assert webhook.post(segment_message("track", messageId="second"), headers=second).status == 200
+    put_secret(f"inbound/{CONNECTION}", "whsec-third-7a8b")  # the clock has not moved: no waiting
+    third = {"authorization": "Bearer whsec-third-7a8b"}
+    assert webhook.post(segment_message("track", messageId="third"), headers=third).status == 200
+    assert webhook.post(segment_message("track", messageId="second-2"), headers=second).status == 200
+    assert webhook.post(segment_message("track", messageId="first-2"), headers=first).status == 401
+
+
+def test_a_connection_whose_secret_is_created_after_a_refusal_is_accepted_at_once(
+    webhook: Webhook, clock: list[float]
+) -> None:
+    late = {"authorization": "Bearer whsec-late-9f8e"}
+    assert webhook.post(segment_message("track"), headers=late, connection="late").status == 401
+    put_secret("inbound/late", "whsec-late-9f8e")
+    put_config(
+        "inbound/late",
+        {"environment": "Production", "identities": [{"segmentId": "userId", "trafficType": "user"}]},
+    )
+    assert webhook.post(segment_message("track"), headers=late, connection="late").status == 200
 
 
 def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, clock: list[float]
 ) -> None:
-    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
     lookups: list[str] = []
-    real_get_secret = config.get_secret
-
-    def counting_get_secret(name: str, previous: bool = False, fresh: bool = False) -> str:
-        lookups.append(name)
-        return real_get_secret(name, previous, fresh)
-
-    monkeypatch.setattr(config, "get_secret", counting_get_secret)
-    for _ in range(5):
+    aws.client("secretsmanager").meta.events.register(
+        "before-parameter-build.secrets-manager.GetSecretValue",
+        lambda params, **_: lookups.append(params["SecretId"]),
+    )
+    burst = secret_versions.SECRET_REFRESH_BURST
+    for _ in range(burst + 10):
         assert webhook.post(segment_message("track"), connection="made-up").status == 401
-    assert len(lookups) == 2  # the current and the previous version, once (as for a known connection)
+    # The current and the previous version on first contact, then again while the budget lasts.
+    assert len(lookups) == 2 * burst
 
 
 def test_connection_ids_that_could_reach_other_secrets_are_refused(webhook: Webhook) -> None:

@@ -146,6 +146,17 @@ def test_without_the_secret_nobody_gets_in(
     assert call(lambda_context)[0] == 401
 
 
+def test_a_secret_created_after_a_refusal_works_at_once(
+    stack: Stack, function_env: Callable[[str], Any], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "120")
+    function_env("ProfilesFunction")
+    store_identity(stack)
+    assert call(lambda_context)[0] == 401
+    put_secret("profiles", SECRET)
+    assert call(lambda_context)[0] == 200
+
+
 def test_the_previous_secret_works_during_rotation(api: Stack, lambda_context: Any) -> None:
     store_identity(api)
     put_secret("profiles", "the-new-secret")
