@@ -20,6 +20,7 @@ or reports them with their index and reason, while the good items beside them st
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -128,7 +129,8 @@ def _body_shape(value: Any) -> str | None:
 # field order), Ruby's impression router hash (``split_name``, ``matching_key``, ``treatment`` a hash
 # of ``treatment``, ``label``, ``change_number``), and the impression alone, unwrapped, as .NET's
 # ``KeyImpression`` (its ``Feature`` is ``[JsonIgnore]``d: its senders add the flag themselves) or
-# Java's ``Impression`` serialised field by field (``_key``, ``_split``, ``_appliedRule``, …).
+# Java's ``Impression`` serialised field by field (``_key``, ``_split``, ``_appliedRule``, …). PHP's
+# listener data is the listener shape but for the matching key, which its ``Impression`` names ``id``.
 _LISTENER_NAMES = {
     "Impression": "impression",
     "Attributes": "attributes",
@@ -136,7 +138,7 @@ _LISTENER_NAMES = {
     "SDKLanguageVersion": "sdkLanguageVersion",
 }
 _IMPRESSION_NAMES = {
-    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey", "_key"), "keyName"),
+    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey", "_key", "id"), "keyName"),
     **dict.fromkeys(
         ("f", "Feature", "FeatureName", "featureName", "feature_name", "_split", "_featureFlag"), "feature"
     ),
@@ -197,6 +199,8 @@ def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
     renamed = {}
     for name, value in data.items():
         canonical = _IMPRESSION_NAMES.get(name, name)
+        if canonical != name and canonical in data:
+            continue  # the listener shape's own name wins over another SDK's
         translated = translated or canonical != name
         # Go's zero value: no bucketing key.
         renamed[canonical] = None if value == "" and name in ("b", "BucketingKey") else value
@@ -469,8 +473,11 @@ def _listener(item: Any, data: Any, context: _Context) -> Impression:
     sdk, sdk_version = split_sdk_language_version(
         language_version if language_version is not None else item.sdk_language_version
     )
-    hostname = item.hostname if item.hostname is not None else item.instance_id
-    ip = item.ip
+    hostname, ip = item.hostname, item.ip
+    if hostname is None:
+        hostname = item.instance_id
+        if ip is None and type(hostname) is str and _is_ip_address(hostname):
+            hostname, ip = None, hostname  # PHP's instance-id is the host's IP address
     return Impression(
         data.keyName,
         data.feature,
@@ -488,6 +495,15 @@ def _listener(item: Any, data: Any, context: _Context) -> Impression:
         sdk_version,
         None if data.properties is None else _properties(data.properties),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 # A handful of SDK versions per batch: each is split once.

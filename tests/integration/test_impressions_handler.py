@@ -332,6 +332,31 @@ def test_listener_objects_of_the_ruby_and_java_sdks_reach_segment(
     )
 
 
+def test_the_php_sdks_listener_data_reaches_segment(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """PHP's ``Impression`` names the matching key ``id``, and its ``instance-id`` is the host's IP."""
+    php = load_event("impression_listener_php.json")
+    both_names = {**php, "impression": {**php["impression"], "keyName": "user-php", "id": "not-the-key"}}
+    response = app.lambda_handler(event(json.dumps(php), json.dumps(both_names)), context)
+
+    assert response == {"batchItemFailures": []}
+    by_key = {m["userId"]: m for m in sink.messages}
+    assert set(by_key) == {"b07e8f56-6825-11e8-9f57-0acd31e5aef0", "user-php"}
+    message = by_key["b07e8f56-6825-11e8-9f57-0acd31e5aef0"]
+    assert message["timestamp"] == "2026-11-24T01:17:40.000Z"
+    fields = ("split", "treatment", "splitVersionNumber", "machineIp", "machineName", "sdk", "sdkVersion")
+    assert {k: message["properties"][k] for k in fields} == {
+        "split": "new_checkout",
+        "treatment": "on",
+        "splitVersionNumber": 1795482000000,
+        "machineIp": "10.0.4.2",
+        "machineName": None,
+        "sdk": "php",
+        "sdkVersion": "7.3.0",
+    }
+
+
 def test_nan_and_infinity_in_properties_go_to_segment_as_null(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
