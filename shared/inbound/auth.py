@@ -73,17 +73,26 @@ def signed_payloads(body: bytes) -> list[bytes]:
     if first is not None:
         payloads.append(first)
         with contextlib.suppress(ValueError, RecursionError):
-            payloads.append(compact_json(json.loads(first)))
+            payloads.extend(compact_forms(json.loads(first)))
     return payloads
 
 
-def compact_body(body: bytes) -> bytes | None:
-    """A small object body as ``JSON.stringify`` writes it, or None."""
+def compact_forms(value: object) -> list[bytes]:
+    """``value`` serialised compactly: as ``JSON.stringify`` writes it and, when that holds non-ASCII
+    characters, with them escaped as well (``\\u00e9``: what ``json.dumps`` writes by default)."""
+    compact = compact_json(value)
+    if compact.isascii():
+        return [compact]
+    return [compact, json.dumps(value, separators=(",", ":")).encode()]
+
+
+def compact_body(body: bytes) -> list[bytes]:
+    """A small object body's compact forms (:func:`compact_forms`); none for any other body."""
     if len(body) > RESERIALIZED_BODY_BYTES or not body.lstrip().startswith(b"{"):
-        return None
+        return []
     with contextlib.suppress(ValueError, RecursionError):
-        return compact_json(json.loads(body))
-    return None
+        return compact_forms(json.loads(body))
+    return []
 
 
 class Credentials:
@@ -113,14 +122,13 @@ class Credentials:
             matched |= _signs(key, self._body, self.body_signature)
         if (self.signature or self.body_signature) and not matched:
             # Only then is the body parsed again: a signature over the body as sent is the rule.
-            compact = self._compact_body
-            if compact is not None:
+            for compact in self._compact_body:
                 for signature in (self.signature, self.body_signature):
                     matched |= bool(signature) and _signs(key, compact, signature)
         return matched
 
     @functools.cached_property
-    def _compact_body(self) -> bytes | None:
+    def _compact_body(self) -> list[bytes]:
         return compact_body(self._body)
 
 

@@ -270,7 +270,10 @@ def to_epoch_ms(value: Any) -> int | None:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            return None
+            try:  # RFC 3339 allows a lowercase "t" and "z", which fromisoformat refuses
+                parsed = datetime.fromisoformat(value.upper())
+            except ValueError:
+                return None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         millis = (parsed - _EPOCH) // _ONE_MS

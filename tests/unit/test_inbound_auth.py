@@ -77,6 +77,21 @@ def test_signature_of_first_element_keeps_non_ascii_as_javascript_does() -> None
     assert Credentials({"x-signature": sign(first)}, body).match(SECRET)
 
 
+def test_signature_over_a_compact_form_with_non_ascii_escaped() -> None:
+    """``json.dumps(..., separators=(",", ":"))``: compact, with ``\\u``-escapes (Python's default)."""
+    messages = [
+        {"type": "track", "event": "Café Visited", "userId": "zoë"},
+        {"type": "track", "userId": "u2"},
+    ]
+    body = json.dumps(messages, ensure_ascii=False).encode()  # non-ASCII as is on the wire
+    escaped_first = json.dumps(messages[0], separators=(",", ":")).encode()
+    assert Credentials({"x-signature": sign(escaped_first)}, body).match(SECRET)
+    single = json.dumps(messages[0], indent=2, ensure_ascii=False).encode()  # a classic webhook's object body
+    assert Credentials({"x-signature": sign(escaped_first)}, single).match(SECRET)
+    assert Credentials({"x-segment-signature": sign(escaped_first)}, single).match(SECRET)
+    assert not Credentials({"x-signature": sign(escaped_first, "other")}, body).match(SECRET)
+
+
 def test_signature_of_first_element_is_over_its_text_as_sent() -> None:
     # JSON.stringify writes 1e-7 where Python writes 1e-07: the element's own bytes are what was signed.
     first = b'{"type":"track","event":"Tiny","userId":"u1","properties":{"rate":1e-7}}'
