@@ -38,7 +38,11 @@ def load_profile(
         "key": key,
         "attributes": (identity or {}).get("attributes") or {},
         "treatments": treatments_of(items),
-        "audiences": {name: m.member for name, m in sorted(memberships_of(items).items())},
+        # Audiences the identity is in or has left; not those it was only evaluated for (kept for
+        # the scheduled re-check of a withinDays rule).
+        "audiences": {
+            name: m.member for name, m in sorted(memberships_of(items).items()) if m.member or m.transitions
+        },
         "events": page.events,
         "next": page.next_cursor,
     }

@@ -188,6 +188,7 @@ def test_the_profile_has_exactly_the_documented_shape(api: Stack, lambda_context
     )
     put_membership(Membership(PK, "checkout_fans", True, 1, 1_795_483_050_000), None)
     put_membership(Membership(PK, "trial_users", False, 2, 1_795_483_050_000), None)  # entered, then left
+    put_membership(Membership(PK, "lapsed", False, 0, 1_795_483_050_000, 1_795_500_000_000), None)  # never in
     store_event(api, 1_795_483_000_000, "m-old")
     store_event(api, 1_795_483_100_000, "m-new", "view_signup_page")
 
