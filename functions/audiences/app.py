@@ -34,6 +34,7 @@ from shared.profiles.audience_sync import (
     profiles_to_evaluate,
 )
 from shared.profiles.identify_sender import IdentifySender
+from shared.profiles_table import AUDIENCE_PREFIX, TREATMENT_PREFIX
 from shared.tracing import lambda_tracer
 
 # Ready by the first request to Segment / FME: built while the cold start goes on.
@@ -52,14 +53,22 @@ class ProfileNotSynced(Exception):
     """This record's profile could not be evaluated or synced; the stream retries it."""
 
 
-def _table_kind(event_source_arn: str | None) -> str:
+def _table_kind(event_source_arn: str | None, keys: dict[str, Any]) -> str:
+    """Which table a record comes from: the one its stream ARN names, else the one its keys fit (an
+    identity has no sort key; a last treatment's or membership's has its prefix)."""
     table = (event_source_arn or "").partition(":table/")[2].split("/", 1)[0]
     kinds = {
         os.environ.get("EVENTS_TABLE"): "events",
         os.environ.get("IDENTITIES_TABLE"): "identities",
         os.environ.get("PROFILES_TABLE"): "profiles",
     }
-    return kinds.get(table, "unknown")
+    kind = kinds.get(table) if table else None
+    if kind is not None:
+        return kind
+    sk = keys.get("sk")
+    if sk is None:
+        return "identities"
+    return "profiles" if str(sk).startswith((TREATMENT_PREFIX, AUDIENCE_PREFIX)) else "events"
 
 
 def stored_change(record: DynamoDBRecord) -> StoredChange | None:
@@ -71,7 +80,7 @@ def stored_change(record: DynamoDBRecord) -> StoredChange | None:
     if not isinstance(pk, str):
         return None
     return StoredChange(
-        table=_table_kind(record.event_source_arn),
+        table=_table_kind(record.event_source_arn, keys),
         pk=pk,
         old=to_python(stream.old_image or {}),
         new=to_python(stream.new_image or {}),

@@ -286,7 +286,7 @@ class Delivery:
         identities: list[DynamoDBRecord] = []
         for raw in records:
             record = DynamoDBRecord(raw)
-            table = table_of(record.event_source_arn)
+            table = self._table_of(record)
             if table == self.events_table:
                 events.append(record)
             elif table == self.identities_table:
@@ -313,6 +313,17 @@ class Delivery:
                     tally.resolved, tally.resolved_since = resolved, redrive_started
         self._update_statuses(tallies)
         return report
+
+    def _table_of(self, record: DynamoDBRecord) -> str | None:
+        """The table a record comes from: the one its stream ARN names or, when that is no table of
+        the stack (a hand-built event), the one its keys fit: an event has a sort key, an identity none."""
+        table = table_of(record.event_source_arn)
+        if table in (self.events_table, self.identities_table):
+            return table
+        keys = record.dynamodb.keys if record.dynamodb is not None else None
+        if not keys or "pk" not in keys:
+            return None
+        return self.events_table if "sk" in keys else self.identities_table
 
     # -- shared steps -----------------------------------------------------------------------------
 

@@ -183,6 +183,29 @@ def test_entry_is_sent_once_as_an_identify_and_stored(
     assert len(segment.requests) == 1
 
 
+@pytest.mark.parametrize("logical", ["EventsTable", "IdentitiesTable", "ProfilesTable"])
+@pytest.mark.parametrize("source", [None, "arn:aws:dynamodb:us-east-1:123456789012:table/{logical}/stream/x"])
+def test_a_record_whose_stream_arn_names_no_table_of_the_stack_is_told_apart_by_its_keys(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, logical: str, source: str | None
+) -> None:
+    """A hand-built stream event may name no table (or the template's logical name): each table's
+    changes still reach the audiences."""
+    event_item = setup_member(env)
+    changed = {
+        "EventsTable": event_item,
+        "IdentitiesTable": table(env, "IdentitiesTable").get_item(Key={"pk": PK})["Item"],
+        "ProfilesTable": next(i for i in profile_items(PK) if i["sk"].startswith("treatment#")),
+    }[logical]
+    event = stream_event(env, logical, changed)
+    if source is None:
+        del event["Records"][0]["eventSourceARN"]
+    else:
+        event["Records"][0]["eventSourceARN"] = source.format(logical=logical)
+
+    assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
 def test_an_event_without_records_is_answered_with_no_failures(
     env: Stack, segment: SegmentSink, lambda_context: Any
 ) -> None:

@@ -61,6 +61,31 @@ def test_sample_insert_reaches_fme_as_the_exact_events_bulk_payload(
     }
 
 
+@pytest.mark.parametrize("source", [None, "arn:aws:dynamodb:us-east-1:123456789012:table/{logical}/stream/x"])
+def test_a_record_whose_stream_arn_names_no_table_of_the_stack_is_told_apart_by_its_keys(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, source: str | None
+) -> None:
+    """A hand-built stream event may name no table (or the template's logical name): an event has a
+    sort key, an identity none."""
+    connect(sink)
+    samples = {
+        "EventsTable": "dynamodb_stream_event_insert.json",
+        "IdentitiesTable": "dynamodb_stream_identity_modify.json",
+    }
+    records = []
+    for logical, sample in samples.items():
+        [record] = sample_event(sample, stack.tables[logical])["Records"]
+        if source is None:
+            del record["eventSourceARN"]
+        else:
+            record["eventSourceARN"] = source.format(logical=logical)
+        records.append(record)
+
+    assert invoke({"Records": records}, lambda_context) == {"batchItemFailures": []}
+    assert [e.event["key"] for e in sink.events] == ["41e51150-6825-11e8-9f57-0acd31e5aef0"]
+    assert [u.key for u in sink.identity_updates] == ["97980cfea0067"]
+
+
 def test_an_event_without_records_is_answered_with_no_failures(
     delivery_env: dict[str, str], sink: FmeSink, lambda_context: Any
 ) -> None:
