@@ -126,9 +126,11 @@ def test_the_previous_secret_keeps_working_for_every_request_during_a_rotation(
 
 
 def test_a_rotation_is_accepted_at_once_by_a_warm_container(webhook: Webhook, clock: list[float]) -> None:
-    """Both versions are cached for minutes; the new secret must not be refused meanwhile."""
+    """Both versions are cached for minutes; the new secret must not be refused meanwhile, however
+    soon after a refusal or another rotation (the clock does not move here)."""
     bearer = {"authorization": f"Bearer {SECRET}"}
     assert webhook.post(segment_message("track", messageId="before"), headers=bearer).status == 200
+    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
 
     put_secret(f"inbound/{CONNECTION}", "whsec-rotated-4d5e6f")  # the first rotation: no previous cached
     rotated = {"authorization": "Bearer whsec-rotated-4d5e6f"}
@@ -198,22 +200,6 @@ def test_wrong_credentials_cost_the_reads_an_unknown_connection_costs(
     for _ in range(3):
         clock[0] += secret_versions.SECRET_REFRESH_SECONDS
         assert reads_of(4) == {CONNECTION: 2, "made-up": 2}
-
-
-def test_a_double_rotation_in_quick_succession_keeps_exactly_the_two_newest_secrets(
-    webhook: Webhook, clock: list[float]
-) -> None:
-    first = {"authorization": f"Bearer {SECRET}"}
-    assert webhook.post(segment_message("track", messageId="first"), headers=first).status == 200
-    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
-    put_secret(f"inbound/{CONNECTION}", "whsec-second-5e6f")
-    second = {"authorization": "Bearer whsec-second-5e6f"}
-    assert webhook.post(segment_message("track", messageId="second"), headers=second).status == 200
-    put_secret(f"inbound/{CONNECTION}", "whsec-third-7a8b")  # the clock has not moved: no waiting
-    third = {"authorization": "Bearer whsec-third-7a8b"}
-    assert webhook.post(segment_message("track", messageId="third"), headers=third).status == 200
-    assert webhook.post(segment_message("track", messageId="second-2"), headers=second).status == 200
-    assert webhook.post(segment_message("track", messageId="first-2"), headers=first).status == 401
 
 
 def test_a_connection_whose_secret_is_created_after_a_refusal_is_accepted_at_once(
