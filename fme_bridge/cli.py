@@ -91,7 +91,14 @@ def root(
         ),
     ] = None,
 ) -> None:
-    ctx.obj = Target(endpoint_url=endpoint_url, region=region, prefix_option=prefix, stack_name=stack_name)
+    ctx.obj = Target(
+        endpoint_url=endpoint_url,
+        region=region,
+        prefix_option=prefix,
+        stack_name=stack_name,
+        # By name: Typer carries its own copy of click's ParameterSource.
+        region_given=getattr(ctx.get_parameter_source("region"), "name", None) == "COMMANDLINE",
+    )
 
 
 for _module in COMMAND_MODULES:

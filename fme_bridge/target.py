@@ -7,8 +7,10 @@ Resolution, first match wins:
   ``EVENTS_TABLE``, … — the names the functions use, except the dead-letter queues' ``*_DLQ_URL``);
   else the stack's outputs (``<LogicalId>Url`` / ``<LogicalId>Name``); else, against a local
   endpoint, the local stack's names.
-Credentials and region are boto3's own (environment, profile, SSO…); against a loopback endpoint
-without credentials, placeholder ones are used (the local AWS does not check them).
+Credentials and region are boto3's own (environment, profile, SSO…). Against a loopback endpoint
+the region is the local stack's, :data:`LOCAL_REGION`, unless ``--region`` is given (the
+environment's and the profile's name a region of AWS itself), and without credentials placeholder
+ones are used (the local AWS does not check them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from botocore.config import Config
 
 LOCAL_STACK_NAME = "fme-segment-bridge-local"
 LOCAL_CONFIG_PREFIX = "/fme-segment-bridge/local"
+LOCAL_REGION = "us-east-1"
 
 # Environment variables naming a resource directly, by logical id.
 RESOURCE_VARIABLES = {
@@ -64,6 +67,8 @@ class Target:
     region: str | None = None
     prefix_option: str | None = None
     stack_name: str | None = None
+    # Whether ``region`` was given on the command line rather than found in the environment.
+    region_given: bool = False
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -72,15 +77,14 @@ class Target:
 
     @functools.cached_property
     def session(self) -> boto3.session.Session:
-        session = boto3.session.Session(region_name=self.region)
-        if self.is_local and session.get_credentials() is None:
+        if not self.is_local:
+            return boto3.session.Session(region_name=self.region)
+        region = self.region if self.region_given and self.region else LOCAL_REGION
+        session = boto3.session.Session(region_name=region)
+        if session.get_credentials() is None:
             session = boto3.session.Session(
-                region_name=self.region or "us-east-1",
-                aws_access_key_id="local",
-                aws_secret_access_key="local",
+                region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
             )
-        elif self.is_local and session.region_name is None:
-            session = boto3.session.Session(region_name="us-east-1")
         return session
 
     def client(self, service: str) -> Any:

@@ -22,10 +22,11 @@ from fme_bridge.local import http_api, schedule_source, sqs_source, stream_sourc
 from fme_bridge.local.poller import Poller
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.loopback_server import url_host
+from fme_bridge.target import LOCAL_REGION
 from fme_bridge.template import Stack, create_stack
 
 STACK_NAME = "fme-segment-bridge-local"
-REGION = "us-east-1"
+REGION = LOCAL_REGION
 # Template parameters of the local stack: its own stage, and configs that take effect within seconds
 # (an operator edits them with `fme-bridge config …` while the stack runs).
 PARAMETERS = {"Stage": "local", "ConfigCacheSeconds": "5", "LogLevel": "WARNING"}

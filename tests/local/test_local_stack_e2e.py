@@ -211,6 +211,21 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
         assert json.loads(dlq.stdout) == []
 
 
+def test_the_cli_reaches_the_local_stack_whatever_region_the_environment_names(
+    running: RunningStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment's region is one of AWS itself; the local stack has its own (unless --region)."""
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    endpoint = ["--endpoint-url", running.info["awsEndpointUrl"]]
+    command = ["events", "nobody", "--environment", "Production"]
+    here = CliRunner().invoke(app, [*endpoint, *command])
+    assert "no events stored for user 'nobody'" in here.output  # the local stack's table was read
+    # A region given on the command line is taken at its word: the local AWS has no tables there.
+    elsewhere = CliRunner().invoke(app, [*endpoint, "--region", "eu-west-1", *command])
+    assert "ResourceNotFoundException" in elsewhere.output
+
+
 def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
     port, sink_port, fme_port = free_ports(3)
     with socket.socket() as occupant:
