@@ -77,8 +77,8 @@ build-%Function:
 deploy: build ## sam deploy --config-env $(ENV) (default dev)
 	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev)
 
-run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo
-	$(BIN)/fme-bridge local --demo
+run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo; ARGS="--port 3100" passes flags
+	$(BIN)/fme-bridge local --demo $(ARGS)
 
 # Figures of a soak run: inside .venv, which sam build does not copy into the functions.
 SOAK_FIGURES := $(VENV)/soak/figures.jsonl
