@@ -35,6 +35,7 @@ RESOURCE_VARIABLES = {
     "ImpressionsDeadLetterQueue": "IMPRESSIONS_DLQ_URL",
     "LastTreatmentsQueue": "LAST_TREATMENTS_QUEUE_URL",
     "LastTreatmentsDeadLetterQueue": "LAST_TREATMENTS_DLQ_URL",
+    "AudiencesDeadLetterQueue": "AUDIENCES_DLQ_URL",
     "EventsTable": "EVENTS_TABLE",
     "IdentitiesTable": "IDENTITIES_TABLE",
     "ProfilesTable": "PROFILES_TABLE",

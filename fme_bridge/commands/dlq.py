@@ -1,14 +1,18 @@
-"""``fme-bridge dlq show|redrive``: the impressions (or last-treatments) dead-letter queue.
+"""``fme-bridge dlq show|redrive``: the impressions, last-treatments or audiences dead-letter queue.
 
-Two kinds of messages land there: those the impressions function sends itself on a permanent error
-(the reason in a message attribute), and those SQS moves after ``maxReceiveCount`` failed receives
-(transient failures that never cleared; no reason attribute, a high receive count). The
-last-treatments dead-letter queue (``--queue last-treatments``) only has the second kind.
+Two kinds of messages land in the impressions one: those the impressions function sends itself on a
+permanent error (the reason in a message attribute), and those SQS moves after ``maxReceiveCount``
+failed receives (transient failures that never cleared; no reason attribute, a high receive count).
+The last-treatments dead-letter queue (``--queue last-treatments``) only has the second kind. The
+audiences one (``--queue audiences``) holds Lambda's descriptions of the stream batches the
+audiences function gave up on; its redrive evaluates every audience again for every stored identity
+(:func:`fme_bridge.commands.profiles.reevaluate_every_audience`), then removes them.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -16,27 +20,31 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fme_bridge.commands.common import out, target
-from fme_bridge.commands.queue_messages import peeked, queue_depth, receive_all
+from fme_bridge.commands.common import CliError, out, target
+from fme_bridge.commands.profiles import reevaluate_every_audience
+from fme_bridge.commands.queue_messages import make_visible, peeked, queue_depth, receive_all
+from fme_bridge.target import Target
 from shared.sqs_batches import batch_calls
 
 
 class Queue(StrEnum):
     impressions = "impressions"
     last_treatments = "last-treatments"
+    audiences = "audiences"
 
 
 # (dead-letter queue, the queue it is redriven to), by logical id in template.yaml
 QUEUES = {
     Queue.impressions: ("ImpressionsDeadLetterQueue", "ImpressionsQueue"),
     Queue.last_treatments: ("LastTreatmentsDeadLetterQueue", "LastTreatmentsQueue"),
+    Queue.audiences: ("AudiencesDeadLetterQueue", None),  # stream batches: evaluated again instead
 }
 QueueOption = Annotated[Queue, typer.Option("--queue", help="Which dead-letter queue.")]
 
 
 def register(app: typer.Typer) -> None:
     dlq_app = typer.Typer(
-        help="The impressions and last-treatments dead-letter queues.", no_args_is_help=True
+        help="The impressions, last-treatments and audiences dead-letter queues.", no_args_is_help=True
     )
     dlq_app.command("show")(show)
     dlq_app.command("redrive")(redrive)
@@ -58,8 +66,29 @@ def failure_reason(message: dict[str, Any]) -> str:
     reason = _attribute(message, "reason") or _attribute(message, "errorCode")
     if reason:
         return reason
+    stream_batch = _stream_batch(message)
+    if stream_batch is not None:
+        context, info = stream_batch
+        return (
+            f"{context.get('condition', 'failed')}: a stream batch of {info.get('batchSize', '?')} record(s) "
+            f"the audiences function gave up on (shard {info.get('shardId')}, sequence "
+            f"{info.get('startSequenceNumber')} to {info.get('endSequenceNumber')}, first record "
+            f"{info.get('approximateArrivalOfFirstRecord')})"
+        )
     # No count: the dead-letter queue's own receive count grows with every look at it, this one too.
     return "retries exhausted (moved by SQS after maxReceiveCount receives; no reason recorded)"
+
+
+def _stream_batch(message: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Lambda's on-failure record of a stream batch: its ``requestContext`` and ``DDBStreamBatchInfo``."""
+    try:
+        body = json.loads(message["Body"])
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("DDBStreamBatchInfo"), dict):
+        return None
+    context = body.get("requestContext")
+    return (context if isinstance(context, dict) else {}), body["DDBStreamBatchInfo"]
 
 
 def show(
@@ -112,10 +141,18 @@ def redrive(
     limit: Annotated[int | None, typer.Option(min=1, help="Move at most this many messages.")] = None,
     queue: QueueOption = Queue.impressions,
 ) -> None:
-    """Move the dead-letter queue's messages back to the queue they came from (after fixing the cause)."""
+    """Move the dead-letter queue's messages back to the queue they came from (after fixing the cause).
+
+    For the audiences queue, every audience is evaluated again for every stored identity instead
+    (entries and exits synced and stored as the functions do it), and the dead letters that were
+    there before it began are removed (--limit does not apply).
+    """
     tgt = target(ctx)
     sqs = tgt.client("sqs")
     dead_letters, source = QUEUES[queue]
+    if source is None:
+        _settle_audiences(tgt, sqs, tgt.queue_url(dead_letters))
+        return
     dlq_url, source_url = tgt.queue_url(dead_letters), tgt.queue_url(source)
     total = queue_depth(sqs, dlq_url)
     wanted = min(total, limit) if limit else total
@@ -141,6 +178,38 @@ def redrive(
                     out.print(f"[red]{len(call) - len(done)} message(s) not moved: {failure}[/red]")
                     raise typer.Exit(1)
     out.print(f"[green]moved[/green] {moved} message(s) back to {source_url}")
+
+
+def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
+    if queue_depth(sqs, dlq_url) == 0:
+        out.print(f"the dead-letter queue is empty ({dlq_url})")
+        return
+    started_ms = int(time.time() * 1000)
+    with out.status("evaluating every audience for every stored identity…"):
+        report = reevaluate_every_audience(tgt)
+    out.print(
+        f"{report.evaluated} identities evaluated: {report.entered} entered, {report.exited} left; "
+        f"identify calls sent to Segment: {report.sent}",
+        soft_wrap=True,
+    )
+    for problem in report.not_sent:
+        out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
+    if report.failed:
+        raise CliError(
+            f"{len(report.failed)} identities could not be evaluated or synced (DynamoDB or Segment "
+            "failing); the dead letters stay: run the redrive again (what was done is not done twice)"
+        )
+    # What failed before the evaluation began is settled by it; what came since waits for the next.
+    messages = receive_all(sqs, dlq_url, queue_depth(sqs, dlq_url) + 10, visibility=60)
+    settled = [m for m in messages if int(m.get("Attributes", {}).get("SentTimestamp", 0)) <= started_ms]
+    for start in range(0, len(settled), 10):
+        chunk = settled[start : start + 10]
+        sqs.delete_message_batch(
+            QueueUrl=dlq_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
+        )
+    make_visible(sqs, dlq_url, [m for m in messages if m not in settled])
+    out.print(f"[green]removed[/green] {len(settled)} dead letter(s) from {dlq_url}")
 
 
 def _move(

@@ -9,9 +9,11 @@ same code.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +34,7 @@ from fme_bridge.target import Target
 from shared import aws
 from shared.config import ConfigInvalid, OutboundConfig, parse_config
 from shared.profiles import sources
-from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet, SyncReport
+from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet, SyncReport, load_audiences
 from shared.profiles.audiences import AUDIENCE_NAME_PATTERN, AudienceConfig, parse_audience
 from shared.profiles.backfill import backfill, stored_identities
 from shared.profiles.identify_sender import IdentifySender
@@ -172,7 +174,7 @@ def audience_backfill(
     full = _parameter(tgt, name)
     audience = parse_audience(_stored_audience(tgt, name), full)
     _check_sync_targets(tgt, audience, full)
-    _point_shared_clients_at(tgt)
+    point_shared_clients_at(tgt)
     os.environ["CONFIG_PREFIX"] = tgt.prefix
     evaluator = AudienceEvaluator(
         AudienceSet({name: audience}), IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS)
@@ -205,7 +207,22 @@ def audience_backfill(
         )
 
 
-def _point_shared_clients_at(tgt: Target) -> None:
+def reevaluate_every_audience(
+    tgt: Target, on_round: Callable[[SyncReport], None] = lambda report: None
+) -> SyncReport:
+    """Every audience evaluated for every identity already stored of its environment and traffic
+    type, as a back-fill evaluates one (what a failed stream batch of the audiences functions left
+    undone is done; what is already right is left alone)."""
+    point_shared_clients_at(tgt)
+    os.environ["CONFIG_PREFIX"] = tgt.prefix
+    audiences = load_audiences()
+    evaluator = AudienceEvaluator(audiences, IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS))
+    slots = sorted({(a.environment, a.trafficType) for a in audiences.audiences.values()})
+    identities = itertools.chain.from_iterable(stored_identities(*slot) for slot in slots)
+    return backfill(evaluator, identities, lambda: int(time.time() * 1000), on_round=on_round)
+
+
+def point_shared_clients_at(tgt: Target) -> None:
     """The profile is read by the functions' own code, which finds tables and AWS through the
     environment (as in Lambda): give it the target's."""
     for logical, variable in (
@@ -244,7 +261,7 @@ def profile(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one identity's profile: attributes, last treatments, audiences and recent events."""
-    _point_shared_clients_at(target(ctx))
+    point_shared_clients_at(target(ctx))
     try:
         document = load_profile(environment, traffic_type, key, limit, cursor)
     except ProfileNotFound:

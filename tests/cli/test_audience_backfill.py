@@ -169,3 +169,72 @@ def test_an_unknown_audience_is_one_line(cli: Cli, segment: SegmentSink) -> None
     result = cli("config", "audience", "backfill", "nobody")
     assert result.exit_code == 1
     assert f"no audience 'nobody' under {PREFIX}" in result.output
+
+
+def dead_letter(shard: str) -> str:
+    """Lambda's on-failure record of a stream batch the audiences function gave up on."""
+    return json.dumps(
+        {
+            "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": 11},
+            "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+            "version": "1.0",
+            "DDBStreamBatchInfo": {
+                "shardId": shard,
+                "startSequenceNumber": "100",
+                "endSequenceNumber": "140",
+                "approximateArrivalOfFirstRecord": "2026-11-26T08:00:00Z",
+                "batchSize": 3,
+                "streamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/x",
+            },
+        }
+    )
+
+
+@pytest.fixture
+def audiences_dlq(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = stack.queues["AudiencesDeadLetterQueue"]
+    monkeypatch.setenv("AUDIENCES_DLQ_URL", url)
+    return url
+
+
+def test_the_audiences_dead_letters_are_shown_as_the_stream_batches_they_describe(
+    cli: Cli, audiences_dlq: str
+) -> None:
+    boto3.client("sqs", region_name=REGION).send_message(
+        QueueUrl=audiences_dlq, MessageBody=dead_letter("shard-1")
+    )
+    result = cli("dlq", "show", "--queue", "audiences", "--json")
+    assert result.exit_code == 0, result.output
+    [shown] = json.loads(result.stdout)
+    assert shown["reason"].startswith("RetryAttemptsExhausted: a stream batch of 3 record(s)")
+    assert "shard shard-1, sequence 100 to 140" in shown["reason"]
+
+
+def test_the_audiences_redrive_evaluates_every_audience_and_removes_the_dead_letters(
+    cli: Cli, segment: SegmentSink, stored: None, audiences_dlq: str
+) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    for shard in ("shard-1", "shard-2"):
+        sqs.send_message(QueueUrl=audiences_dlq, MessageBody=dead_letter(shard))
+    time.sleep(0.01)  # the dead letters were sent before the redrive began
+
+    result = cli("dlq", "redrive", "--queue", "audiences")
+    assert result.exit_code == 0, result.output
+    assert "3 identities evaluated: 2 entered, 0 left" in result.stdout
+    assert entered(segment) == {"buyer": {NAME: True}, "flagged": {NAME: True}}
+    assert "removed 2 dead letter(s)" in result.stdout
+    assert cli("dlq", "show", "--queue", "audiences", "--json").stdout.strip() == "[]"
+
+
+def test_an_audiences_redrive_that_could_not_sync_keeps_the_dead_letters(
+    cli: Cli, segment: SegmentSink, stored: None, audiences_dlq: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fme_bridge.commands.profiles.BACKFILL_SEND_BUDGET_MS", 2_000)
+    segment.fail_fraction(1.0, status=503)
+    boto3.client("sqs", region_name=REGION).send_message(
+        QueueUrl=audiences_dlq, MessageBody=dead_letter("shard-1")
+    )
+    result = cli("dlq", "redrive", "--queue", "audiences")
+    assert result.exit_code == 1
+    assert "the dead letters stay" in result.output
+    assert len(json.loads(cli("dlq", "show", "--queue", "audiences", "--json").stdout)) == 1
