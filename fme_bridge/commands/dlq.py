@@ -20,8 +20,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, target
-from fme_bridge.commands.profiles import reevaluate_every_audience
+from fme_bridge.commands.common import out, target
+from fme_bridge.commands.profiles import conclude, reevaluate_every_audience
 from fme_bridge.commands.queue_messages import make_visible, peeked, queue_depth, receive_all
 from fme_bridge.target import Target
 from shared.sqs_batches import batch_calls
@@ -192,13 +192,7 @@ def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
         f"identify calls sent to Segment: {report.sent}",
         soft_wrap=True,
     )
-    for problem in report.not_sent:
-        out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
-    if report.failed:
-        raise CliError(
-            f"{len(report.failed)} identities could not be evaluated or synced (DynamoDB or Segment "
-            "failing); the dead letters stay: run the redrive again (what was done is not done twice)"
-        )
+    conclude(report, "the dead letters stay: run the redrive again (what was done is not done twice)")
     # What failed before the evaluation began is settled by it; what came since waits for the next.
     messages = receive_all(sqs, dlq_url, queue_depth(sqs, dlq_url) + 10, visibility=60)
     settled = [m for m in messages if int(m.get("Attributes", {}).get("SentTimestamp", 0)) <= started_ms]

@@ -198,12 +198,18 @@ def audience_backfill(
     out.print(f"audience [bold]{name}[/bold] {where}: {progress(report)}", soft_wrap=True)
     if not dry_run:
         out.print(f"identify calls sent to Segment: {report.sent}")
+    conclude(report, "run the back-fill again: what was done is not done twice")
+
+
+def conclude(report: SyncReport, when_failed: str) -> None:
+    """The identify calls Segment refused; a :class:`CliError` (saying ``when_failed``) if some
+    identities could not be evaluated or synced."""
     for problem in report.not_sent:
         out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
     if report.failed:
         raise CliError(
             f"{len(report.failed)} identities could not be evaluated or synced (DynamoDB or Segment "
-            "failing); run the back-fill again: what was done is not done twice"
+            f"failing); {when_failed}"
         )
 
 
