@@ -35,6 +35,7 @@ from pydantic import (
 from shared import aws
 
 DEFAULT_CONFIG_PREFIX = "/fme-segment-bridge/local"
+DEFAULT_SEGMENT_ENDPOINT = "https://api.segment.io/v1"  # an outbound config's, when it names none
 DEFAULT_CACHE_SECONDS = 120
 
 SegmentIdField = Literal["userId", "anonymousId"]
@@ -160,7 +161,7 @@ class OutboundConfig(_Model):
     environments: list[NonEmpty] = Field(min_length=1)
     identities: dict[TrafficTypeName, SegmentIdField] = Field(min_length=1)
     defaultTrafficType: TrafficTypeName | None = None
-    endpoint: HttpUrl = HttpUrl("https://api.segment.io/v1")
+    endpoint: HttpUrl = HttpUrl(DEFAULT_SEGMENT_ENDPOINT)
     eventName: NonEmpty = "get_treatment"
     computedTraits: ComputedTraitsConfig = ComputedTraitsConfig()
 

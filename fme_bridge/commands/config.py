@@ -31,7 +31,14 @@ from fme_bridge.commands.common import (
     target,
 )
 from fme_bridge.target import Target
-from shared.config import ConfigInvalid, FmeKeys, InboundConfig, OutboundConfig, parse_config
+from shared.config import (
+    DEFAULT_SEGMENT_ENDPOINT,
+    ConfigInvalid,
+    FmeKeys,
+    InboundConfig,
+    OutboundConfig,
+    parse_config,
+)
 from shared.inbound.auth import CONNECTION_ID
 
 
@@ -120,7 +127,11 @@ def register(app: typer.Typer) -> None:
         _list(
             target(ctx),
             OUTBOUND,
-            lambda doc: [", ".join(doc.get("environments", [])), doc.get("endpoint", "")],
+            # A valid config without an endpoint sends to the default one.
+            lambda doc: [
+                ", ".join(doc.get("environments", [])),
+                doc.get("endpoint") or (DEFAULT_SEGMENT_ENDPOINT if doc else ""),
+            ],
         )
 
 
@@ -232,6 +243,8 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
     ]
     headers = ["environment", "identities"] if kind is INBOUND else ["environments", "endpoint"]
     table = Table(kind.item, *headers, "valid", kind.secret_label, title=f"{kind.name} ({path})")
+    for column in table.columns:
+        column.overflow = "fold"  # a narrow terminal wraps an endpoint rather than cuts it
     secretsmanager = tgt.client("secretsmanager")
     for parameter in sorted(parameters, key=lambda p: p["Name"]):
         short = parameter["Name"].rsplit("/", 1)[-1]

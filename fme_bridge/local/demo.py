@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from boto3.dynamodb.conditions import Key
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from fme_bridge.local.stack import LocalStack
 from shared.profiles_table import profile_pk
@@ -255,7 +255,9 @@ def run_demo(stack: LocalStack, console: Console) -> None:
     )
     now_ms = int(time.time() * 1000)
     webhook = f"{stack.api_url}/segment/{CONNECTION_ID}"
-    sent = Table("Segment call", "status", "answer", title="webhook calls", title_justify="left")
+    # The answer is compact JSON, without spaces to wrap at: folded, not cut, in a narrow terminal.
+    answer = Column("answer", overflow="fold")
+    sent = Table("Segment call", "status", answer, title="webhook calls", title_justify="left")
     with httpx.Client(timeout=15) as client:
         for label, body in segment_calls(now_ms):
             response = client.post(webhook, json=body, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"})

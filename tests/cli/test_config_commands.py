@@ -302,3 +302,12 @@ def test_get_and_list_read_secure_string_configs_decrypted(cli: Cli) -> None:
     listed = cli("config", "inbound", "list")
     [vault] = [line for line in listed.stdout.splitlines() if "vault" in line]
     assert "Production" in vault
+
+
+def test_outbound_list_shows_the_endpoint_a_config_sends_to(cli: Cli, tmp_path: Path) -> None:
+    without_endpoint = {k: v for k, v in OUTBOUND.items() if k != "endpoint"}
+    assert put_outbound(cli, tmp_path, without_endpoint).exit_code == 0
+    listed = cli("config", "outbound", "list")
+    # The endpoint column, wrapped in a narrow terminal, holds the default.
+    endpoint = "".join(cell.strip() for line in listed.stdout.splitlines() for cell in line.split("│")[3:4])
+    assert "https://api.segment.io/v1" in endpoint
