@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
 from shared.dynamodb import TimeLeft, batch_write, python_item, query_items, run_parallel
@@ -301,21 +302,45 @@ def _note(
     run_parallel(note, records)
 
 
+class LastTreatmentsNotWritten(Exception):
+    """Some writes failed (DynamoDB throttling past botocore's retries, a 5xx): ``written`` holds the
+    outcomes of those that succeeded (their changes still owe Segment an identify), ``unwritten`` the
+    records to write again."""
+
+    def __init__(self, written: list[WriteOutcome], unwritten: list[LastTreatment], cause: Exception) -> None:
+        super().__init__(f"{len(unwritten)} last treatments not written: {type(cause).__name__}")
+        self.written = written
+        self.unwritten = unwritten
+        self.cause = cause
+
+
 def write_last_treatments(
     records: Sequence[LastTreatment], now_ms: int | None = None, concurrency: int = WRITE_CONCURRENCY
 ) -> list[WriteOutcome]:
     """Write many last treatments concurrently; the outcomes are in the order of ``records``.
 
-    A DynamoDB error for one record is raised after all the others were attempted (the caller retries
-    the batch; the writes are idempotent).
+    A DynamoDB error for some records raises :class:`LastTreatmentsNotWritten` once all the others
+    were attempted, with the outcomes of those written: what they changed is not lost with the rest.
     """
     if not records:
         return []
     if len(records) == 1 or concurrency <= 1:
-        return [write_last_treatment(r, now_ms) for r in records]
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(records))) as pool:
-        futures = [pool.submit(write_last_treatment, r, now_ms) for r in records]
-        return [f.result() for f in futures]
+        attempts = [_attempt(r, now_ms) for r in records]
+    else:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(records))) as pool:
+            attempts = list(pool.map(lambda r: _attempt(r, now_ms), records))
+    written = [a for a in attempts if isinstance(a, WriteOutcome)]
+    failures = [(r, a) for r, a in zip(records, attempts, strict=True) if not isinstance(a, WriteOutcome)]
+    if failures:
+        raise LastTreatmentsNotWritten(written, [r for r, _ in failures], failures[0][1])
+    return written
+
+
+def _attempt(record: LastTreatment, now_ms: int | None) -> WriteOutcome | ClientError | BotoCoreError:
+    try:
+        return write_last_treatment(record, now_ms)
+    except (ClientError, BotoCoreError) as exc:
+        return exc
 
 
 # ---------------------------------------------------------------------------------------------

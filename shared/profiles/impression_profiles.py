@@ -26,7 +26,13 @@ from shared.outbound.segment_messages import traffic_type_of
 from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles.identify_sender import IdentifySender
 from shared.profiles.last_treatment import LastTreatmentRecorder
-from shared.profiles_table import LastTreatment, WriteOutcome, mark_synced, mark_unsynced
+from shared.profiles_table import (
+    LastTreatment,
+    LastTreatmentsNotWritten,
+    WriteOutcome,
+    mark_synced,
+    mark_unsynced,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +152,14 @@ class LastTreatmentSync:
 
         try:
             outcomes = self.recorder.record(records)
-        except (ClientError, BotoCoreError) as exc:
-            logger.warning("recording last treatments failed: %s", type(exc).__name__)
-            return self._fail(
-                {r for slots in sources.values() for r in slots}, "profiles: DynamoDB unavailable"
-            )
+        except LastTreatmentsNotWritten as exc:
+            # Their messages are retried; the changes of the writes that succeeded are sent now: on
+            # the retry, a newer impression of the same treatment may have hidden them.
+            logger.warning("recording last treatments failed: %s", exc)
+            outcomes = exc.written
+            for record in exc.unwritten:
+                for record_index in sources[(record.pk, record.split)]:
+                    report.failed.setdefault(record_index, "profiles: DynamoDB unavailable")
         report.writes = len(outcomes)
         changed = [o for o in outcomes if o.changed]
         report.changed = len(changed)

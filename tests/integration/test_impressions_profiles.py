@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,7 @@ from shared.profiles_table import profile_items, treatments_of
 from tests.conftest import load_event, put_config, put_secret
 from tests.integration import sqs_events
 from tests.integration.sqs_events import event, receive_event, settle
+from tests.reliability.faults import _RawBody
 
 WRITE_KEY = "wk-production"
 USER = "7f244b10-9ca5-11e5-9706-16a11fb02dec"
@@ -626,3 +628,38 @@ def test_a_batch_forwards_its_last_treatments_in_one_call_past_the_old_256_kib(
     assert sum(len(record["body"].encode()) for record in forwarded["Records"]) > 256 * 1024
     rows = [row for record in forwarded["Records"] for row in json.loads(record["body"])["groups"][0]["rows"]]
     assert sorted(row[0] for row in rows) == keys
+
+
+def test_a_change_written_beside_a_failed_write_reaches_segment_at_once(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """One message, two users: the other user's write is throttled past botocore's retries. The
+    message is retried, but this user's change is sent now: by the retry, a newer impression of the
+    same treatment may have landed and hidden it."""
+    handle(event(json.dumps(impression("new_checkout", "off", T0))), context)
+    both = event(json.dumps([impression("new_checkout", "on", T0 + 1000, key=k) for k in (USER, "other")]))
+    forwarded = forwarded_by(both, context)
+
+    def throttle_other(request: Any, **_: Any) -> Any:
+        if request.headers.get("X-Amz-Target", b"").endswith(b"UpdateItem") and b'"other"' in request.body:
+            error = {"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError", "message": "injected"}
+            return AWSResponse(request.url, 500, {}, _RawBody(json.dumps(error).encode()))
+        return None
+
+    client = aws.client("dynamodb")
+    client.meta.events.register_first("before-send.dynamodb", throttle_other)
+    try:
+        failed = last_treatments_app.lambda_handler(forwarded, context)
+    finally:
+        client.meta.events.unregister("before-send.dynamodb", throttle_other)
+
+    assert failed["batchItemFailures"]  # the other user's last treatment is retried
+    assert [(m["userId"], m["traits"]) for m in identifies(sink)] == [
+        (USER, {"new_checkout": "off"}),
+        (USER, {"new_checkout": "on"}),
+    ]
+    handle(event(json.dumps(impression("new_checkout", "on", T0 + 2000))), context)  # nothing changes
+    for record in forwarded["Records"]:
+        record["attributes"]["ApproximateReceiveCount"] = "2"
+    assert last_treatments_app.lambda_handler(forwarded, context) == {"batchItemFailures": []}
+    assert [(m["userId"], m["traits"]) for m in identifies(sink)][2:] == [("other", {"new_checkout": "on"})]
