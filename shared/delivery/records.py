@@ -150,6 +150,20 @@ class IdentityChange:
         return ack_id("identity\x1f" + "\x1f".join(self.identity_key), version)
 
 
+def refused_changes(record: DynamoDBRecord) -> list[str]:
+    """The attributes FME refuses the names of (left out) that this INSERT or MODIFY set or changed."""
+    stream = record.dynamodb
+    if stream is None or record.event_name not in (
+        DynamoDBRecordEventName.INSERT,
+        DynamoDBRecordEventName.MODIFY,
+    ):
+        return []
+    new = stream.new_image.get("attributes")
+    old = stream.old_image.get("attributes") if record.event_name is DynamoDBRecordEventName.MODIFY else None
+    new, old = (new if isinstance(new, dict) else {}), (old if isinstance(old, dict) else {})
+    return [name for name in identity_values(new).dropped if name not in old or old[name] != new[name]]
+
+
 def identity_change(record: DynamoDBRecord) -> IdentityChange | None:
     """The change a stream record carries, or None when no attribute FME would see changed."""
     stream = record.dynamodb

@@ -47,6 +47,7 @@ from shared.delivery.records import (
     identity_change,
     identity_values,
     read_stream_batch,
+    refused_changes,
     stored_event,
     table_of,
 )
@@ -199,6 +200,8 @@ def _latest_identity_changes(
             continue
         if change is None:
             report.count("IdentitiesUnchanged")
+            if dropped := refused_changes(record):  # FME sees nothing, but what it would refuse counts
+                report.count("IdentityAttributesDropped", len(dropped))
             continue
         if change.dropped_attributes:
             report.count("IdentityAttributesDropped", len(change.dropped_attributes))

@@ -264,6 +264,32 @@ def test_connections_without_delivery_keep_their_events_local(
     assert metrics["EventsSkippedDeliveryOff"] == [2.0]
 
 
+def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    inserted = identity_item("u1", {"First Name": "Ann", "$plan": "pro"})
+    renamed = identity_item("u1", {"First Name": "Bob", "$plan": "pro"}, updated_at=1764061300000)
+    touched = identity_item("u1", {"First Name": "Bob", "$plan": "pro"}, updated_at=1764061400000)
+    records = [
+        stream_record(table, inserted, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
+        stream_record(table, renamed, inserted, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
+        stream_record(table, touched, renamed, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []  # FME would see nothing
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["IdentitiesUnchanged"] == [3.0]
+    assert metrics["IdentityAttributesDropped"] == [3.0]  # both names set, one changed; none touched
+
+
 def test_delivery_on_without_keys_is_a_visible_permanent_failure(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
