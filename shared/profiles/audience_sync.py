@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared import config as config_store
@@ -110,14 +110,18 @@ class _Decision:
     audience: str
     before: Membership | None
     after: Membership
+    # Sent whatever is stored: a result settling a transition whose store lost to a concurrent one.
+    resend: bool = False
 
     @property
     def transition(self) -> bool:
         was_member = self.before is not None and self.before.member
-        return was_member != self.after.member
+        return self.resend or was_member != self.after.member
 
     @property
     def store(self) -> bool:
+        if self.resend:  # its transition count must stay taken, or a later messageId would repeat it
+            return True
         if self.before is None:
             return self.after.member or self.after.recheck_at is not None
         return self.transition or self.before.recheck_at != self.after.recheck_at
@@ -237,17 +241,37 @@ class AudienceEvaluator:
 
     def sync_profiles(self, pks: Iterable[str], now_ms: int) -> SyncReport:
         report = SyncReport()
-        decisions = self._decide_all(pks, now_ms, report)
+        lost, made = self._sync(self._decide_all(pks, now_ms, report), now_ms, report)
+        if lost or made:
+            # A transition rests on what the profile held when it was read. Another evaluation of the
+            # same profile (a change on another stream) may have run meanwhile: one that stored first
+            # made these stores lose (``lost``: Segment received them, and may hold either result),
+            # and one that read before these stores saw nothing to do (``made``). The profiles are
+            # evaluated again: a lost transition's result is sent once more, past both, and a made
+            # one's moves on if the profile moved; a change after this is its own stream record's.
+            again = self._settle(lost, now_ms, report) + self._recheck(made, now_ms, report)
+            for decision in self._sync(again, now_ms, report)[0]:
+                report.failed.add(decision.pk)  # yet another evaluation came between: retried
+        return report
+
+    def _sync(
+        self, decisions: list[_Decision], now_ms: int, report: SyncReport
+    ) -> tuple[list[_Decision], list[_Decision]]:
+        """Send the transitions and store the results: the transitions sent whose store lost to a
+        concurrent evaluation, and those sent and stored."""
         batches, decided = self._messages(decisions, now_ms, report)
+        delivered: set[tuple[str, str]] = set()
         for config_name, outcome in (self.send(batches) if batches else {}).items():
             pending = decided[config_name]
             if outcome is Outcome.DELIVERED:
                 report.sent += len(pending)
+                delivered.update((decision.pk, decision.audience) for decision in pending)
             elif outcome is Outcome.PERMANENT:
                 report.not_sent.append(f"outbound {config_name}: {len(pending)} identify calls refused")
             else:
                 report.failed.update(decision.pk for decision in pending)
 
+        lost, made = [], []
         for decision in decisions:
             if decision.pk in report.failed or not decision.store:
                 continue
@@ -255,16 +279,53 @@ class AudienceEvaluator:
                 put_membership(decision.after, decision.before.transitions if decision.before else None)
             except MembershipConflict:
                 report.conflicts += 1
+                if (decision.pk, decision.audience) in delivered:
+                    lost.append(decision)
                 continue
             except Exception:
                 logger.exception("could not store an audience membership")
                 report.failed.add(decision.pk)
                 continue
             report.stored += 1
-            if decision.transition:
+            if decision.transition and not decision.resend:
                 report.entered += decision.after.member
                 report.exited += not decision.after.member
-        return report
+                made.append(decision)
+        return lost, made
+
+    def _recheck(self, made: Iterable[_Decision], now_ms: int, report: SyncReport) -> list[_Decision]:
+        """The transitions the profiles of ``made`` call for now, of the audiences that moved."""
+        moved: dict[str, set[str]] = {}
+        for decision in made:
+            moved.setdefault(decision.pk, set()).add(decision.audience)
+        again = []
+        for pk, audiences in moved.items():
+            try:
+                fresh = self._decide(pk, now_ms)
+            except Exception:
+                logger.exception("could not evaluate audiences of a profile")
+                report.failed.add(pk)
+                continue
+            again += [d for d in fresh if d.audience in audiences and d.transition]
+        return again
+
+    def _settle(self, lost: Iterable[_Decision], now_ms: int, report: SyncReport) -> list[_Decision]:
+        """The profiles of ``lost`` evaluated again: each audience's result, to be sent and stored past
+        both the transition sent and the one stored."""
+        settled = []
+        for decision in lost:
+            try:
+                fresh = {d.audience: d for d in self._decide(decision.pk, now_ms)}.get(decision.audience)
+            except Exception:
+                logger.exception("could not evaluate audiences of a profile")
+                report.failed.add(decision.pk)
+                continue
+            if fresh is None:  # the audience is gone: nothing to settle
+                continue
+            stored = fresh.before.transitions if fresh.before else 0
+            after = replace(fresh.after, transitions=max(stored, decision.after.transitions) + 1)
+            settled.append(_Decision(decision.pk, decision.audience, fresh.before, after, resend=True))
+        return settled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,6 +206,63 @@ def test_a_record_whose_stream_arn_names_no_table_of_the_stack_is_told_apart_by_
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
 
 
+@pytest.mark.parametrize("window", [True, False])
+def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    window: bool,
+) -> None:
+    """The events stream's invocation sends an entry; while it does, the plan becomes free and the
+    identities stream's invocation evaluates it first. With a withinDays rule, that evaluation stores
+    a non-membership (kept for the re-check) and the entry's store loses; without one, it stores
+    nothing and the entry's store wins. Either way, Segment and the store must end on the result of
+    what the profile holds."""
+    if not window:
+        rule = {"all": [leaf for leaf in AUDIENCE["rule"]["all"] if "performed" not in leaf]}
+        put_config("audiences/checkout_fans", {**AUDIENCE, "rule": rule})
+    real_evaluator = audiences_app.evaluator
+    interleaved: list[dict[str, Any]] = []
+
+    def evaluator(context: Any) -> Any:
+        evaluating = real_evaluator(context)
+        send = evaluating.send
+
+        def send_while_the_plan_changes(batches: Any) -> Any:
+            if not interleaved:
+                old, new = put_identity(env, "pro"), put_identity(env, "free")
+                interleaved.append(
+                    audiences_app.lambda_handler(
+                        stream_event(env, "IdentitiesTable", new, old, sequence=2), lambda_context
+                    )
+                )
+            return send(batches)
+
+        evaluating.send = send_while_the_plan_changes
+        return evaluating
+
+    monkeypatch.setattr(audiences_app, "evaluator", evaluator)
+    event_item = setup_member(env)
+    treatment_item = next(i for i in profile_items(PK) if i["sk"].startswith("treatment#"))
+    # What the audience refers to changed: the event, or (without the events rule) the treatment.
+    trigger = (
+        stream_event(env, "EventsTable", event_item)
+        if window
+        else stream_event(env, "ProfilesTable", treatment_item)
+    )
+    response = audiences_app.lambda_handler(trigger, lambda_context)
+
+    assert response == interleaved[0] == {"batchItemFailures": []}
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is False  # the plan is free
+    assert [m["traits"] for m in segment.messages][-1] == {"checkout_fans": False}  # Segment agrees
+    ids = [m["messageId"] for m in segment.messages]
+    assert len(ids) == len(set(ids))  # the settling identify is not deduplicated away
+
+
 def test_an_event_without_records_is_answered_with_no_failures(
     env: Stack, segment: SegmentSink, lambda_context: Any
 ) -> None:
