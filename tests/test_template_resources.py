@@ -104,7 +104,7 @@ def test_every_queue_that_failures_land_in_has_an_alarm_that_each_new_failure_se
     assert {"ImpressionsDeadLetterQueue", "LastTreatmentsDeadLetterQueue"} <= _dead_letter_targets(resources)
     alarmed: dict[str, set[tuple[str, str, int, int]]] = {}
     for resource in resources.values():
-        if resource["Type"] != "AWS::CloudWatch::Alarm":
+        if resource["Type"] != "AWS::CloudWatch::Alarm" or resource["Properties"]["Namespace"] != "AWS/SQS":
             continue
         props = resource["Properties"]
         [dimension] = props["Dimensions"]
@@ -153,3 +153,18 @@ def test_every_function_logs_to_one_group_kept_log_retention_days() -> None:
     assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
     assert template["Outputs"]["FunctionLogGroupName"]["Value"] == {"Ref": "FunctionLogs"}
+
+
+def test_a_failing_audience_recheck_raises_an_alarm() -> None:
+    """The schedule does not retry it and it has no queue: its errors are what tells of a failure."""
+    resources = load_template()["Resources"]
+    [alarm] = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == "AWS/Lambda"
+    ]
+    assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("Errors", "Sum", 1)
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "AudienceRecheckFunction"}}]
+    assert alarm["AlarmActions"] == {
+        "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+    }
