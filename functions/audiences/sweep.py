@@ -59,4 +59,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         "finished": finished,
     }
     logger.info("audience re-check", extra=summary)
+    if total.failed:
+        # An error of the run (AudienceRecheckErrorsAlarm); the identities stay due for the next one.
+        raise RecheckIncomplete(f"{len(total.failed)} identities could not be evaluated or synced")
     return summary
+
+
+class RecheckIncomplete(Exception):
+    """Some identities due for a re-check could not be evaluated or synced (DynamoDB or Segment failing)."""

@@ -432,6 +432,23 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
+def test_a_recheck_that_could_not_sync_fails_and_leaves_the_identity_due(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its errors are what AudienceRecheckErrorsAlarm watches: nothing retries it, and no queue holds it."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    clock[0] = NOW + 6 * DAY_MS + 1
+    monkeypatch.setattr(sweep, "RESERVE_MS", 1_000)
+    lambda_context.remaining_ms = 2_500  # a round starts, and the 503s are not retried for long
+    segment.fail_fraction(1.0, status=503)
+    with pytest.raises(sweep.RecheckIncomplete, match="1 identities could not be evaluated or synced"):
+        sweep.lambda_handler({}, lambda_context)
+    segment.fail_fraction(0)
+    lambda_context.remaining_ms = 60_000
+    summary = sweep.lambda_handler({}, lambda_context)  # still due: the next run exits it
+    assert (summary["evaluated"], summary["exited"], summary["failed"]) == (1, 1, 0)
+
+
 def test_a_failed_send_retries_the_record_and_resends_the_same_message(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
