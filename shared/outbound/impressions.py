@@ -138,7 +138,7 @@ _LISTENER_NAMES = {
     "SDKLanguageVersion": "sdkLanguageVersion",
 }
 _IMPRESSION_NAMES = {
-    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey", "_key", "id"), "keyName"),
+    **dict.fromkeys(("k", "KeyName", "matching_key", "matchingKey", "_key"), "keyName"),
     **dict.fromkeys(
         ("f", "Feature", "FeatureName", "featureName", "feature_name", "_split", "_featureFlag"), "feature"
     ),
@@ -201,6 +201,8 @@ def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
         canonical = _IMPRESSION_NAMES.get(name, name)
         if canonical != name and canonical in data:
             continue  # the listener shape's own name wins over another SDK's
+        if name == "id" and not any(_IMPRESSION_NAMES.get(n, n) == "keyName" for n in data):
+            canonical = "keyName"  # PHP's name for the matching key, when the impression has no other
         translated = translated or canonical != name
         # Go's zero value: no bucketing key.
         renamed[canonical] = None if value == "" and name in ("b", "BucketingKey") else value

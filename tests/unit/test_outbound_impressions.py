@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -272,3 +273,17 @@ def test_subset_body_keeps_a_body_too_deep_to_take_apart_whole() -> None:
     deep = "[" * 20_000 + "]" * 20_000
     body = f'[{{"a": {deep}}}, {{"b": 2}}]'
     assert subset_body(body, [1]) == body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"KeyName": "real-user", "Feature": "f", "Treatment": "on", "Time": 1795483060000, "id": "evt-1"},
+        {"impression": {"k": "real-user", "f": "f", "t": "on", "m": 1795483060000, "id": "evt-1"}},
+        {"impression": {"keyName": "real-user", "feature": "f", "treatment": "on", "time": 1, "id": "evt-1"}},
+    ],
+)
+def test_an_id_beside_a_matching_key_is_not_taken_for_it(body: dict[str, Any]) -> None:
+    """``id`` is the matching key only in PHP's impression, which has no other name for it."""
+    parsed = parse_body(json.dumps({**body, "environmentName": "Production"}))
+    assert [impression.key for _, impression in parsed.impressions] == ["real-user"]
