@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from botocore.exceptions import ClientError
 from rich.console import Console
 
 from fme_bridge.target import Target
@@ -37,6 +38,31 @@ def stored_parameter(tgt: Target, folder: str, item: str, name: str) -> str:
         )
     except ssm.exceptions.ParameterNotFound:
         raise CliError(f"no {item} {name!r} under {tgt.prefix}") from None
+
+
+def put_document(tgt: Target, name: str, document: Any) -> None:
+    """Write a config document to SSM; one stored as a ``SecureString`` stays one, under its key."""
+    ssm = tgt.client("ssm")
+    request: dict[str, Any] = {
+        "Name": name,
+        "Value": json.dumps(document, separators=(",", ":")),
+        "Type": "String",
+        "Overwrite": True,
+    }
+    try:
+        stored = ssm.get_parameter(Name=name)["Parameter"]  # its type: the value is not needed
+    except ssm.exceptions.ParameterNotFound:
+        stored = {}
+    if stored.get("Type") == "SecureString":
+        request["Type"] = "SecureString"
+        try:  # a customer managed key, if it has one (ssm:DescribeParameters); else SSM's default
+            [described] = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])[
+                "Parameters"
+            ]
+            request["KeyId"] = described["KeyId"]
+        except (ClientError, KeyError, ValueError):
+            pass
+    ssm.put_parameter(**request)
 
 
 def target(ctx: typer.Context) -> Target:

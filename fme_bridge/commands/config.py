@@ -25,6 +25,7 @@ from fme_bridge.commands.common import (
     one_stdin,
     out,
     print_stored_document,
+    put_document,
     read_json,
     read_text,
     stored_parameter,
@@ -170,9 +171,7 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
         raise CliError(f"{kind.item} {name!r} has no {kind.secret_label} yet: pass {flag}")
     for suffix, value in secrets.items():
         _put_secret(secretsmanager, full + suffix, value)
-    tgt.client("ssm").put_parameter(
-        Name=full, Value=json.dumps(raw, separators=(",", ":")), Type="String", Overwrite=True
-    )
+    put_document(tgt, full, raw)
     rotated = " and its secret" if "" in secrets else ""
     out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
     delivery = getattr(parsed, "delivery", None)

@@ -26,6 +26,7 @@ from fme_bridge.commands.common import (
     CliError,
     out,
     print_stored_document,
+    put_document,
     read_json,
     stored_parameter,
     target,
@@ -92,9 +93,7 @@ def audience_put(
     audience = parse_audience(raw, str(file))  # ConfigInvalid names the problem; nothing written yet
     _check_sync_targets(tgt, audience, str(file))
     full = _parameter(tgt, name)
-    tgt.client("ssm").put_parameter(
-        Name=full, Value=json.dumps(raw, separators=(",", ":")), Type="String", Overwrite=True
-    )
+    put_document(tgt, full, raw)
     out.print(f"[green]wrote[/green] audience [bold]{name}[/bold] ({full})")
     out.print(
         "Stored identities are evaluated on their next change; "

@@ -311,3 +311,22 @@ def test_outbound_list_shows_the_endpoint_a_config_sends_to(cli: Cli, tmp_path: 
     # The endpoint column, wrapped in a narrow terminal, holds the default.
     endpoint = "".join(cell.strip() for line in listed.stdout.splitlines() for cell in line.split("│")[3:4])
     assert "https://api.segment.io/v1" in endpoint
+
+
+def test_a_secure_string_config_stays_one_when_it_is_written_again(cli: Cli, tmp_path: Path) -> None:
+    ssm = boto3.client("ssm", region_name=REGION)
+    ssm.put_parameter(
+        Name=f"{PREFIX}/outbound/eu", Value=json.dumps(OUTBOUND), Type="SecureString", KeyId="alias/mine"
+    )
+    assert put_outbound(cli, tmp_path, {**OUTBOUND, "environments": ["Staging"]}).exit_code == 0
+    [stored] = ssm.describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Values": [f"{PREFIX}/outbound/eu"]}]
+    )["Parameters"]
+    assert (stored["Type"], stored["KeyId"]) == ("SecureString", "alias/mine")
+    assert (
+        "Staging"
+        in ssm.get_parameter(Name=f"{PREFIX}/outbound/eu", WithDecryption=True)["Parameter"]["Value"]
+    )
+    # A new one is a plain String, as before.
+    assert put_inbound(cli, tmp_path, name="fresh").exit_code == 0
+    assert ssm.get_parameter(Name=f"{PREFIX}/inbound/fresh")["Parameter"]["Type"] == "String"
