@@ -408,6 +408,9 @@ class Membership:
     transitions: int
     evaluated_at: int
     recheck_at: int | None = None
+    # Stored before its identify was sent (a transition settling a concurrent evaluation): until the
+    # identify is known delivered, every evaluation sends it again, with the same messageId.
+    pending: bool = False
 
     @property
     def sk(self) -> str:
@@ -427,6 +430,7 @@ def memberships_of(items: Iterable[dict[str, Any]]) -> dict[str, Membership]:
                 transitions=int(item.get("transitions", 0)),
                 evaluated_at=int(item.get("evaluatedAt", 0)),
                 recheck_at=item.get("recheckAt"),
+                pending=bool(item.get(UNSYNCED)),
             )
     return out
 
@@ -463,6 +467,8 @@ def put_membership(membership: Membership, expected_transitions: int | None) -> 
         "transitions": membership.transitions,
         "evaluatedAt": membership.evaluated_at,
     }
+    if membership.pending:
+        item[UNSYNCED] = True
     if membership.recheck_at is not None:
         item["recheckAt"] = membership.recheck_at
         item["recheckPartition"] = recheck_partition(membership.audience, membership.pk)

@@ -168,6 +168,11 @@ class AudienceEvaluator:
         for name, audience in sorted(audiences.items()):
             result = NOT_A_MEMBER if gone else evaluate(audience, facts, now_ms)
             before = stored.get(name)
+            if before is not None and before.pending and before.member == result.member:
+                # Stored, not known sent: sent again (the same messageId), then stored as delivered.
+                after = Membership(pk, name, result.member, before.transitions, now_ms, result.recheck_at)
+                decisions.append(_Decision(pk, name, before, after, resend=True))
+                continue
             was_member = before is not None and before.member
             transitions = (before.transitions if before else 0) + (was_member != result.member)
             after = Membership(pk, name, result.member, transitions, now_ms, result.recheck_at)
@@ -234,7 +239,7 @@ class AudienceEvaluator:
         """What :meth:`sync_profiles` would find: entries and exits counted, nothing sent or stored."""
         report = SyncReport()
         for decision in self._decide_all(pks, now_ms, report):
-            if decision.transition:
+            if decision.transition and not decision.resend:
                 report.entered += decision.after.member
                 report.exited += not decision.after.member
         return report
@@ -310,8 +315,9 @@ class AudienceEvaluator:
         return again
 
     def _settle(self, lost: Iterable[_Decision], now_ms: int, report: SyncReport) -> list[_Decision]:
-        """The profiles of ``lost`` evaluated again: each audience's result, to be sent and stored past
-        both the transition sent and the one stored."""
+        """The profiles of ``lost`` evaluated again: each audience's result, a transition past both the
+        one sent and the one stored, stored first as owed (so that a failed send is not forgotten),
+        to be sent and then stored as delivered."""
         settled = []
         for decision in lost:
             try:
@@ -323,8 +329,20 @@ class AudienceEvaluator:
             if fresh is None:  # the audience is gone: nothing to settle
                 continue
             stored = fresh.before.transitions if fresh.before else 0
-            after = replace(fresh.after, transitions=max(stored, decision.after.transitions) + 1)
-            settled.append(_Decision(decision.pk, decision.audience, fresh.before, after, resend=True))
+            count = max(stored, decision.after.transitions) + 1
+            after = replace(fresh.after, transitions=count, pending=False)
+            owed = replace(after, pending=True)
+            try:
+                put_membership(owed, stored if fresh.before else None)
+            except MembershipConflict:  # yet another evaluation stored meanwhile: the stream retries
+                report.conflicts += 1
+                report.failed.add(decision.pk)
+                continue
+            except Exception:
+                logger.exception("could not store an audience membership")
+                report.failed.add(decision.pk)
+                continue
+            settled.append(_Decision(decision.pk, decision.audience, owed, after, resend=True))
         return settled
 
 

@@ -206,6 +206,7 @@ def test_a_record_whose_stream_arn_names_no_table_of_the_stack_is_told_apart_by_
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
 
 
+@pytest.mark.parametrize("second_send_fails", [False, True])
 @pytest.mark.parametrize("window", [True, False])
 def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
     env: Stack,
@@ -214,12 +215,13 @@ def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
     lambda_context: Any,
     monkeypatch: pytest.MonkeyPatch,
     window: bool,
+    second_send_fails: bool,
 ) -> None:
     """The events stream's invocation sends an entry; while it does, the plan becomes free and the
     identities stream's invocation evaluates it first. With a withinDays rule, that evaluation stores
     a non-membership (kept for the re-check) and the entry's store loses; without one, it stores
     nothing and the entry's store wins. Either way, Segment and the store must end on the result of
-    what the profile holds."""
+    what the profile holds, even when the identify that settles it fails and the stream retries."""
     if not window:
         rule = {"all": [leaf for leaf in AUDIENCE["rule"]["all"] if "performed" not in leaf]}
         put_config("audiences/checkout_fans", {**AUDIENCE, "rule": rule})
@@ -238,6 +240,8 @@ def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
                         stream_event(env, "IdentitiesTable", new, old, sequence=2), lambda_context
                     )
                 )
+            elif second_send_fails:
+                segment.fail_fraction(1.0, status=503)
             return send(batches)
 
         evaluating.send = send_while_the_plan_changes
@@ -252,15 +256,23 @@ def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
         if window
         else stream_event(env, "ProfilesTable", treatment_item)
     )
+    lambda_context.remaining_ms = 2_500  # a failing send is not retried for long
     response = audiences_app.lambda_handler(trigger, lambda_context)
 
-    assert response == interleaved[0] == {"batchItemFailures": []}
+    assert interleaved[0] == {"batchItemFailures": []}
+    if second_send_fails:
+        assert response["batchItemFailures"]  # retried by the stream
+        segment.fail_fraction(0)
+        monkeypatch.setattr(audiences_app, "evaluator", real_evaluator)
+        response = audiences_app.lambda_handler(trigger, lambda_context)
+    assert response == {"batchItemFailures": []}
     stored = membership(env)
     assert stored is not None
     assert stored["member"] is False  # the plan is free
     assert [m["traits"] for m in segment.messages][-1] == {"checkout_fans": False}  # Segment agrees
     ids = [m["messageId"] for m in segment.messages]
     assert len(ids) == len(set(ids))  # the settling identify is not deduplicated away
+    assert "identifyPending" not in stored  # delivered
 
 
 def test_an_event_without_records_is_answered_with_no_failures(
