@@ -264,12 +264,9 @@ def test_connections_without_delivery_keep_their_events_local(
     assert metrics["EventsSkippedDeliveryOff"] == [2.0]
 
 
+@pytest.mark.usefixtures("delivery_env")
 def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
-    delivery_env: dict[str, str],
-    stack: Stack,
-    sink: FmeSink,
-    lambda_context: Any,
-    capsys: pytest.CaptureFixture[str],
+    stack: Stack, sink: FmeSink, lambda_context: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     connect(sink)
     table = stack.tables["IdentitiesTable"]
