@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared import http_session
-from shared.config import ConfigError, ConfigNotFound
+from shared.config import ConfigError
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.destinations import Destination, WriteKeys
 
@@ -34,9 +34,9 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
         async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
             try:
                 write_key = keys.get(destination)
-            except ConfigNotFound:
-                return Outcome.PERMANENT  # no write key: nothing to retry until an operator adds one
             except ConfigError:
+                # A missing write key too, as for track calls: the operator may be adding it, and what
+                # still fails at the last retry lands where it can be redriven.
                 return Outcome.TRANSIENT
             packer = BatchPacker()
             pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fme_bridge.segment_sink import SegmentSink
-from shared.config import OutboundConfig
+from shared.config import ConfigNotFound, OutboundConfig
 from shared.http_retry import Outcome
 from shared.outbound.destinations import Destination
 from shared.profiles.identify_sender import IdentifySender
@@ -54,3 +54,18 @@ def test_a_refused_request_does_not_keep_the_others_from_being_sent(
     # Both requests were made (concurrently: either may be the one refused); the other's arrived.
     assert len(sink.requests) == 2
     assert len(sink.messages) in (500, 2_500)
+
+
+def test_a_missing_write_key_is_retried_as_a_track_calls_is(
+    sink: SegmentSink, destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator may be adding it: the changes wait (SQS or stream retries), they are not dropped."""
+
+    def missing(self: Any, destination: Destination) -> str:
+        raise ConfigNotFound(f"/p/outbound/{destination.name}")
+
+    monkeypatch.setattr("shared.outbound.destinations.WriteKeys.get", missing)
+    assert IdentifySender(lambda: 30_000)({"prod": (destination, identifies(3))}) == {
+        "prod": Outcome.TRANSIENT
+    }
+    assert sink.requests == []
