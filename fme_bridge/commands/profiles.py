@@ -34,6 +34,7 @@ from fme_bridge.commands.common import (
 from fme_bridge.target import Target
 from shared import aws
 from shared.config import ConfigInvalid, OutboundConfig, parse_config
+from shared.http_retry import Outcome
 from shared.profiles import sources
 from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet, SyncReport, load_audiences
 from shared.profiles.audiences import AUDIENCE_NAME_PATTERN, AudienceConfig, parse_audience
@@ -175,9 +176,7 @@ def audience_backfill(
     _check_sync_targets(tgt, audience, full)
     point_shared_clients_at(tgt)
     os.environ["CONFIG_PREFIX"] = tgt.prefix
-    evaluator = AudienceEvaluator(
-        AudienceSet({name: audience}), IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS)
-    )
+    evaluator = AudienceEvaluator(AudienceSet({name: audience}), backfill_sender())
     identities = stored_identities(audience.environment, audience.trafficType)
     verb = ("would enter", "would leave") if dry_run else ("entered", "left")
 
@@ -212,6 +211,11 @@ def conclude(report: SyncReport, when_failed: str) -> None:
         )
 
 
+def backfill_sender() -> IdentifySender:
+    """The audiences functions' sender (a missing write key is a config error), on the CLI's budget."""
+    return IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS, missing_write_key=Outcome.PERMANENT)
+
+
 def reevaluate_every_audience(
     tgt: Target, on_round: Callable[[SyncReport], None] = lambda report: None
 ) -> SyncReport:
@@ -221,7 +225,7 @@ def reevaluate_every_audience(
     point_shared_clients_at(tgt)
     os.environ["CONFIG_PREFIX"] = tgt.prefix
     audiences = load_audiences()
-    evaluator = AudienceEvaluator(audiences, IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS))
+    evaluator = AudienceEvaluator(audiences, backfill_sender())
     slots = sorted({(a.environment, a.trafficType) for a in audiences.audiences.values()})
     identities = itertools.chain.from_iterable(stored_identities(*slot) for slot in slots)
     return backfill(evaluator, identities, lambda: int(time.time() * 1000), on_round=on_round)

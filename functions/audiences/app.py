@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.dynamodb import to_python
-from shared.http_retry import prepare_tls_context
+from shared.http_retry import Outcome, prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.profiles.audience_sync import (
@@ -104,7 +104,10 @@ def publish(report: SyncReport, log: Logger, sink: Metrics) -> None:
 
 
 def evaluator(context: LambdaContext) -> AudienceEvaluator:
-    return AudienceEvaluator(load_audiences(), IdentifySender(remaining_time_ms(context)))
+    # An outbound config without its write key is a config error, as one missing altogether: a retry
+    # would hold up the stream (docs/profiles.md).
+    sender = IdentifySender(remaining_time_ms(context), missing_write_key=Outcome.PERMANENT)
+    return AudienceEvaluator(load_audiences(), sender)
 
 
 @logger.inject_lambda_context

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared import http_session
-from shared.config import ConfigError
+from shared.config import ConfigError, ConfigNotFound
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.destinations import Destination, WriteKeys
 
@@ -19,8 +19,15 @@ from shared.outbound.destinations import Destination, WriteKeys
 IdentifyBatches = Mapping[str, tuple[Destination, list[dict[str, Any]]]]
 
 
-async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[str, Outcome]:
-    """Send each config's messages; the outcome per config name. Never raises for HTTP failures."""
+async def send_identifies(
+    batches: IdentifyBatches, deadline: Deadline, missing_write_key: Outcome = Outcome.TRANSIENT
+) -> dict[str, Outcome]:
+    """Send each config's messages; the outcome per config name. Never raises for HTTP failures.
+
+    A config without its write key has the outcome ``missing_write_key``: by default retried, as a
+    track call is (the operator may be adding it); the audiences' stream, which a retry holds up,
+    takes it as a config error instead.
+    """
     # Imported when there is something to send: most stream batches change no audience membership,
     # and the audiences functions' cold starts need not load the HTTP client.
     from shared.outbound.segment_client import BatchPacker, SegmentClient, http_client
@@ -34,9 +41,9 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
         async def send(destination: Destination, messages: list[dict[str, Any]]) -> Outcome:
             try:
                 write_key = keys.get(destination)
+            except ConfigNotFound:
+                return missing_write_key
             except ConfigError:
-                # A missing write key too, as for track calls: the operator may be adding it, and what
-                # still fails at the last retry lands where it can be redriven.
                 return Outcome.TRANSIENT
             packer = BatchPacker()
             pending = [b for m in messages if (b := packer.add(encode(m), 0, 0)) is not None]
@@ -61,13 +68,18 @@ async def send_identifies(batches: IdentifyBatches, deadline: Deadline) -> dict[
 class IdentifySender:
     """Blocking front of :func:`send_identifies`, within the Lambda's remaining time less a margin."""
 
-    def __init__(self, remaining_ms: Callable[[], int], margin_ms: int = 1500) -> None:
+    def __init__(
+        self,
+        remaining_ms: Callable[[], int],
+        margin_ms: int = 1500,
+        missing_write_key: Outcome = Outcome.TRANSIENT,
+    ) -> None:
         self.remaining_ms = remaining_ms
         self.margin_ms = margin_ms
+        self.missing_write_key = missing_write_key
 
     def __call__(self, batches: IdentifyBatches) -> dict[str, Outcome]:
         if not batches:
             return {}
-        return http_session.run(
-            send_identifies(batches, Deadline(self.remaining_ms, margin_ms=self.margin_ms))
-        )
+        deadline = Deadline(self.remaining_ms, margin_ms=self.margin_ms)
+        return http_session.run(send_identifies(batches, deadline, self.missing_write_key))

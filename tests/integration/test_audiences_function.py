@@ -275,6 +275,23 @@ def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
     assert "identifyPending" not in stored  # delivered
 
 
+def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """A config error, as an outbound config missing altogether: counted, the membership stored."""
+    boto3.client("secretsmanager", region_name="us-east-1").delete_secret(
+        SecretId=f"{env.function_environment('AudiencesFunction')['CONFIG_PREFIX']}/outbound/segment-prod",
+        ForceDeleteWithoutRecovery=True,
+    )
+    config_store.clear_caches()
+    event = stream_event(env, "EventsTable", setup_member(env))
+    assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert segment.requests == []
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is True
+
+
 def test_an_event_without_records_is_answered_with_no_failures(
     env: Stack, segment: SegmentSink, lambda_context: Any
 ) -> None:
