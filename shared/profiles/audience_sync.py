@@ -112,6 +112,8 @@ class _Decision:
     after: Membership
     # Sent whatever is stored: a result settling a transition whose store lost to a concurrent one.
     resend: bool = False
+    # A resend that is an entry or exit of its own, against what the concurrent evaluation stored.
+    moved: bool = False
 
     @property
     def transition(self) -> bool:
@@ -255,8 +257,12 @@ class AudienceEvaluator:
             # evaluated again: a lost transition's result is sent once more, past both, and a made
             # one's moves on if the profile moved; a change after this is its own stream record's.
             again = self._settle(lost, now_ms, report) + self._recheck(made, now_ms, report)
-            for decision in self._sync(again, now_ms, report)[0]:
-                report.failed.add(decision.pk)  # yet another evaluation came between: retried
+            lost_again = self._sync(again, now_ms, report)[0]
+            if lost_again:
+                # Yet another evaluation came between: settled again, owed, and sent by the stream's
+                # retry of the record (or the next evaluation of the identity), which finds it owed.
+                self._settle(lost_again, now_ms, report)
+                report.failed.update(decision.pk for decision in lost_again)
         return report
 
     def _sync(
@@ -292,58 +298,73 @@ class AudienceEvaluator:
                 report.failed.add(decision.pk)
                 continue
             report.stored += 1
-            if decision.transition and not decision.resend:
+            if decision.transition and (decision.moved or not decision.resend):
                 report.entered += decision.after.member
                 report.exited += not decision.after.member
+            if decision.transition and not decision.resend:
                 made.append(decision)
         return lost, made
 
     def _recheck(self, made: Iterable[_Decision], now_ms: int, report: SyncReport) -> list[_Decision]:
-        """The transitions the profiles of ``made`` call for now, of the audiences that moved."""
+        """The transitions the profiles of ``made`` call for now, of the audiences that moved, owed."""
         moved: dict[str, set[str]] = {}
         for decision in made:
             moved.setdefault(decision.pk, set()).add(decision.audience)
         again = []
         for pk, audiences in moved.items():
-            try:
-                fresh = self._decide(pk, now_ms)
-            except Exception:
-                logger.exception("could not evaluate audiences of a profile")
-                report.failed.add(pk)
-                continue
-            again += [d for d in fresh if d.audience in audiences and d.transition]
+            for fresh in self._fresh(pk, now_ms, report):
+                if fresh.audience not in audiences or not fresh.transition:
+                    continue
+                if fresh.resend:  # owed already
+                    again.append(fresh)
+                elif owed := self._owe(fresh.before, fresh.after, True, now_ms, report):
+                    again.append(owed)
         return again
 
     def _settle(self, lost: Iterable[_Decision], now_ms: int, report: SyncReport) -> list[_Decision]:
-        """The profiles of ``lost`` evaluated again: each audience's result, a transition past both the
-        one sent and the one stored, stored first as owed (so that a failed send is not forgotten),
-        to be sent and then stored as delivered."""
+        """The profiles of ``lost`` evaluated again: each audience's result as a transition past both
+        the one sent and the one stored, owed."""
         settled = []
         for decision in lost:
-            try:
-                fresh = {d.audience: d for d in self._decide(decision.pk, now_ms)}.get(decision.audience)
-            except Exception:
-                logger.exception("could not evaluate audiences of a profile")
-                report.failed.add(decision.pk)
-                continue
-            if fresh is None:  # the audience is gone: nothing to settle
+            fresh = {d.audience: d for d in self._fresh(decision.pk, now_ms, report)}.get(decision.audience)
+            if fresh is None:  # not evaluated (retried), or the audience is gone: nothing to settle
                 continue
             stored = fresh.before.transitions if fresh.before else 0
-            count = max(stored, decision.after.transitions) + 1
-            after = replace(fresh.after, transitions=count, pending=False)
-            owed = replace(after, pending=True)
-            try:
-                put_membership(owed, stored if fresh.before else None)
-            except MembershipConflict:  # yet another evaluation stored meanwhile: the stream retries
-                report.conflicts += 1
-                report.failed.add(decision.pk)
-                continue
-            except Exception:
-                logger.exception("could not store an audience membership")
-                report.failed.add(decision.pk)
-                continue
-            settled.append(_Decision(decision.pk, decision.audience, owed, after, resend=True))
+            after = replace(fresh.after, transitions=max(stored, decision.after.transitions) + 1)
+            owed = self._owe(fresh.before, after, fresh.transition and not fresh.resend, now_ms, report)
+            if owed is not None:
+                settled.append(owed)
         return settled
+
+    def _fresh(self, pk: str, now_ms: int, report: SyncReport) -> list[_Decision]:
+        try:
+            return self._decide(pk, now_ms)
+        except Exception:
+            logger.exception("could not evaluate audiences of a profile")
+            report.failed.add(pk)
+            return []
+
+    @staticmethod
+    def _owe(
+        before: Membership | None, after: Membership, moved: bool, now_ms: int, report: SyncReport
+    ) -> _Decision | None:
+        """``after`` stored before it is sent, marked owed (``identifyPending``), so that a failed send
+        is not forgotten: whatever evaluates the identity next sends it again, with the same
+        messageId. It is due for the scheduled re-check at once until delivered: owed by a re-check
+        that then fails, nothing else would send it before the identity's next change."""
+        owed = replace(after, pending=True, recheck_at=now_ms)
+        try:
+            put_membership(owed, before.transitions if before else None)
+        except MembershipConflict:  # yet another evaluation stored meanwhile: retried
+            report.conflicts += 1
+            report.failed.add(after.pk)
+            return None
+        except Exception:
+            logger.exception("could not store an audience membership")
+            report.failed.add(after.pk)
+            return None
+        delivered = replace(after, pending=False)
+        return _Decision(after.pk, after.audience, owed, delivered, resend=True, moved=moved)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -18,6 +18,9 @@ from shared import config as config_store
 from shared.config import ConfigUnavailable
 from shared.profiles.audiences import DAY_MS
 from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
+
+if TYPE_CHECKING:
+    from shared.profiles.audience_sync import SyncReport
 from tests.conftest import load_event, put_config, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
@@ -273,6 +276,115 @@ def test_a_transition_that_a_concurrent_evaluation_overtakes_is_settled(
     ids = [m["messageId"] for m in segment.messages]
     assert len(ids) == len(set(ids))  # the settling identify is not deduplicated away
     assert "identifyPending" not in stored  # delivered
+
+
+def interleaving(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[Any], None]) -> list[SyncReport]:
+    """The audiences functions' evaluator, running ``steps[n]`` before its n-th send (what other
+    invocations do meanwhile); the reports of its evaluations."""
+    real_evaluator = audiences_app.evaluator
+    sends: list[int] = []
+    reports: list[SyncReport] = []
+
+    def evaluator(context: Any) -> Any:
+        evaluating = real_evaluator(context)
+        send, sync = evaluating.send, evaluating.sync_profiles
+
+        def interleaved_send(batches: Any) -> Any:
+            sends.append(1)
+            if len(sends) <= len(steps):
+                steps[len(sends) - 1](context)
+            return send(batches)
+
+        def reporting_sync(*args: Any, **kwargs: Any) -> SyncReport:
+            report = sync(*args, **kwargs)
+            reports.append(report)
+            return report
+
+        evaluating.send, evaluating.sync_profiles = interleaved_send, reporting_sync
+        return evaluating
+
+    monkeypatch.setattr(audiences_app, "evaluator", evaluator)
+    return reports
+
+
+def plan_change(env: Stack, old: str, new: str, sequence: int, handled: bool = True) -> Callable[[Any], None]:
+    def step(context: Any) -> None:
+        before, after = put_identity(env, old), put_identity(env, new)
+        if handled:
+            audiences_app.lambda_handler(
+                stream_event(env, "IdentitiesTable", after, before, sequence), context
+            )
+
+    return step
+
+
+def test_a_settling_transition_overtaken_in_turn_is_owed_and_sent_by_the_retry(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the entry is sent the plan becomes free (evaluated and stored first); while the exit
+    that settles it is sent, pro again (evaluated and stored first too)."""
+    trigger = stream_event(env, "EventsTable", setup_member(env))
+    real_evaluator = audiences_app.evaluator
+    interleaving(monkeypatch, plan_change(env, "pro", "free", 2), plan_change(env, "free", "pro", 3))
+    assert audiences_app.lambda_handler(trigger, lambda_context)["batchItemFailures"]  # retried
+    monkeypatch.setattr(audiences_app, "evaluator", real_evaluator)
+    assert audiences_app.lambda_handler(trigger, lambda_context) == {"batchItemFailures": []}
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is True  # the plan is pro
+    assert segment.messages[-1]["traits"] == {"checkout_fans": True}
+    assert "identifyPending" not in stored
+
+
+def test_an_owed_identify_the_recheck_could_not_send_is_due_for_the_next_run(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    clock[0] = NOW + 6 * DAY_MS + 1  # the checkout left the window: the re-check exits the member
+
+    def reentered(context: Any) -> None:  # while the exit is sent: a new checkout, evaluated first
+        new_event = put_event(env, clock[0] - 5)
+        audiences_app.lambda_handler(stream_event(env, "EventsTable", new_event, sequence=3), context)
+
+    def segment_fails(context: Any) -> None:  # and the entry that follows the exit is not delivered
+        segment.fail_fraction(1.0, status=503)
+
+    real_evaluator = audiences_app.evaluator
+    interleaving(monkeypatch, reentered, segment_fails)
+    monkeypatch.setattr(sweep, "RESERVE_MS", 1_000)
+    lambda_context.remaining_ms = 2_500
+    with pytest.raises(sweep.RecheckIncomplete):
+        sweep.lambda_handler({}, lambda_context)
+    owed = membership(env)
+    assert owed is not None
+    assert owed.get("identifyPending") is True
+    segment.fail_fraction(0)
+    monkeypatch.setattr(audiences_app, "evaluator", real_evaluator)
+    lambda_context.remaining_ms = 60_000
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 1  # due: sent now
+    stored = membership(env)
+    assert stored is not None
+    assert "identifyPending" not in stored
+    assert stored["member"] is True
+    assert segment.messages[-1]["traits"] == {"checkout_fans": True}
+
+
+def test_an_entry_made_by_settling_is_counted(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan becomes free (evaluated and stored first), then pro again with its record still to
+    come: the settling evaluation is the one that enters the member."""
+
+    def free_then_pro(context: Any) -> None:
+        plan_change(env, "pro", "free", 2)(context)
+        put_identity(env, "pro")
+
+    reports = interleaving(monkeypatch, free_then_pro)
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is True
+    assert sum(r.entered for r in reports) - sum(r.exited for r in reports) == 1
 
 
 def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
