@@ -60,14 +60,6 @@ class _RecentNames:
         with self._lock:
             self._remember(name)
 
-    def claim(self, name: str) -> bool:
-        """Remember ``name`` unless it is remembered already: True when it was not."""
-        with self._lock:
-            if name in self:
-                return False
-            self._remember(name)
-            return True
-
     def _remember(self, name: str) -> None:  # with the lock held
         seconds = self.seconds()
         if seconds <= 0:
