@@ -311,7 +311,6 @@ class LastTreatmentsNotWritten(Exception):
         super().__init__(f"{len(unwritten)} last treatments not written: {type(cause).__name__}")
         self.written = written
         self.unwritten = unwritten
-        self.cause = cause
 
 
 def write_last_treatments(
