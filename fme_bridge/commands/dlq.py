@@ -22,7 +22,7 @@ from rich.table import Table
 
 from fme_bridge.commands.common import out, target
 from fme_bridge.commands.profiles import conclude, reevaluate_every_audience
-from fme_bridge.commands.queue_messages import make_visible, peeked, queue_depth, receive_all
+from fme_bridge.commands.queue_messages import delete, make_visible, peeked, queue_depth, receive_all
 from fme_bridge.target import Target
 from shared.sqs_batches import batch_calls
 
@@ -194,15 +194,13 @@ def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
     )
     conclude(report, "the dead letters stay: run the redrive again (what was done is not done twice)")
     # What failed before the evaluation began is settled by it; what came since waits for the next.
-    messages = receive_all(sqs, dlq_url, queue_depth(sqs, dlq_url) + 10, visibility=60)
-    settled = [m for m in messages if int(m.get("Attributes", {}).get("SentTimestamp", 0)) <= started_ms]
-    for start in range(0, len(settled), 10):
-        chunk = settled[start : start + 10]
-        sqs.delete_message_batch(
-            QueueUrl=dlq_url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
-        )
-    make_visible(sqs, dlq_url, [m for m in messages if m not in settled])
+    settled: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    for message in receive_all(sqs, dlq_url, queue_depth(sqs, dlq_url) + 10, visibility=60):
+        sent_ms = int(message.get("Attributes", {}).get("SentTimestamp", 0))
+        (settled if sent_ms <= started_ms else waiting).append(message)
+    delete(sqs, dlq_url, settled)
+    make_visible(sqs, dlq_url, waiting)
     out.print(f"[green]removed[/green] {len(settled)} dead letter(s) from {dlq_url}")
 
 
@@ -224,11 +222,7 @@ def _move(
     )
     ok = {int(entry["Id"]) for entry in result.get("Successful", [])}
     done = [m for i, m in enumerate(messages) if i in ok]
-    if done:
-        sqs.delete_message_batch(
-            QueueUrl=dlq_url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
-        )
+    delete(sqs, dlq_url, done)
     if len(done) == len(messages):
         return done, None
     return done, str(result.get("Failed", [{}])[0].get("Code"))

@@ -48,6 +48,15 @@ def make_visible(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> No
         )
 
 
+def delete(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
+    for start in range(0, len(messages), 10):
+        chunk = messages[start : start + 10]
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
+        )
+
+
 @contextmanager
 def peeked(sqs: Any, queue_url: str, limit: int) -> Iterator[list[dict[str, Any]]]:
     """Up to ``limit`` messages to look at; visible again to other readers afterwards."""
