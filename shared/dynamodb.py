@@ -94,6 +94,13 @@ def python_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return {name: to_python(_deserializer.deserialize(value)) for name, value in item.items()}
 
 
+def table_of(event_source_arn: str | None) -> str | None:
+    """``arn:aws:dynamodb:…:table/NAME/stream/…`` → ``NAME``."""
+    if not event_source_arn or ":table/" not in event_source_arn:
+        return None
+    return event_source_arn.split(":table/", 1)[1].split("/", 1)[0]
+
+
 def to_python(value: Any) -> Any:
     """boto3's Python values of DynamoDB as JSON values: ``Decimal`` → int or float, sets → sorted
     lists, binary → text."""

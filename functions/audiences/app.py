@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from shared.dynamodb import to_python
+from shared.dynamodb import table_of, to_python
 from shared.http_retry import Outcome, prepare_tls_context
 from shared.lambda_context import remaining_time_ms
 from shared.metrics import lambda_metrics
@@ -56,7 +56,7 @@ class ProfileNotSynced(Exception):
 def _table_kind(event_source_arn: str | None, keys: dict[str, Any]) -> str:
     """Which table a record comes from: the one its stream ARN names, else the one its keys fit (an
     identity has no sort key; a last treatment's or membership's has its prefix)."""
-    table = (event_source_arn or "").partition(":table/")[2].split("/", 1)[0]
+    table = table_of(event_source_arn)
     kinds = {
         os.environ.get("EVENTS_TABLE"): "events",
         os.environ.get("IDENTITIES_TABLE"): "identities",

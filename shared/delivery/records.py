@@ -25,13 +25,6 @@ class MalformedItem(ValueError):
     """A stream image that lacks what delivery needs; the message says what."""
 
 
-def table_of(event_source_arn: str | None) -> str | None:
-    """``arn:aws:dynamodb:…:table/NAME/stream/…`` → ``NAME``."""
-    if not event_source_arn or ":table/" not in event_source_arn:
-        return None
-    return event_source_arn.split(":table/", 1)[1].split("/", 1)[0]
-
-
 def ack_id(pk: str, sk: str) -> str:
     """The delivery log's id of an event item: a digest, so the log holds no user keys."""
     return hashlib.sha256(f"{pk}\x1f{sk}".encode()).hexdigest()[:40]

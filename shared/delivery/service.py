@@ -49,9 +49,8 @@ from shared.delivery.records import (
     read_stream_batch,
     refused_changes,
     stored_event,
-    table_of,
 )
-from shared.dynamodb import batch_get, deserialize_item, to_python
+from shared.dynamodb import batch_get, deserialize_item, table_of, to_python
 from shared.http_retry import Deadline, Outcome, tls_context
 from shared.profiles_table import profile_pk
 

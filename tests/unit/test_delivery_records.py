@@ -15,9 +15,8 @@ from shared.delivery.records import (
     identity_change,
     identity_values,
     stored_event,
-    table_of,
 )
-from shared.dynamodb import to_python
+from shared.dynamodb import table_of, to_python
 from tests.delivery_support import event_item, identity_item, stream_record
 
 
