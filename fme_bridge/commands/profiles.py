@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,9 +215,7 @@ def backfill_sender() -> IdentifySender:
     return IdentifySender(lambda: BACKFILL_SEND_BUDGET_MS, missing_write_key=Outcome.PERMANENT)
 
 
-def reevaluate_every_audience(
-    tgt: Target, on_round: Callable[[SyncReport], None] = lambda report: None
-) -> SyncReport:
+def reevaluate_every_audience(tgt: Target) -> SyncReport:
     """Every audience evaluated for every identity already stored of its environment and traffic
     type, as a back-fill evaluates one (what a failed stream batch of the audiences functions left
     undone is done; what is already right is left alone)."""
@@ -228,7 +225,7 @@ def reevaluate_every_audience(
     evaluator = AudienceEvaluator(audiences, backfill_sender())
     slots = sorted({(a.environment, a.trafficType) for a in audiences.audiences.values()})
     identities = itertools.chain.from_iterable(stored_identities(*slot) for slot in slots)
-    return backfill(evaluator, identities, lambda: int(time.time() * 1000), on_round=on_round)
+    return backfill(evaluator, identities, lambda: int(time.time() * 1000))
 
 
 def point_shared_clients_at(tgt: Target) -> None:
