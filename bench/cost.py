@@ -46,13 +46,32 @@ def _lambda_cost(cpu_s: float, wait_s: float, memory_mb: int, invocations: float
     )
 
 
+def gzip_effect(results: dict[str, Any]) -> tuple[float, float] | None:
+    """What ``"gzip": true`` adds in CPU seconds per impression, and the share of the bytes it
+    leaves on the wire (measured side by side, both without last treatments); None if not measured."""
+    imp = results["impressions"]
+    contenders = imp["contenders"]
+    if "handler_gzip" not in contenders:
+        return None
+    gzip, plain = contenders["handler_gzip"], contenders["handler_without_last_treatments"]
+    added = (gzip["cpu_seconds"] - plain["cpu_seconds"]) / imp["impressions"]
+    return max(0.0, added), gzip["wire_bytes"] / gzip["bytes"]
+
+
 def impressions_per_million(
-    results: dict[str, Any], envelope_size: int = 500, batch_size: int = 100, memory_mb: int = 512
+    results: dict[str, Any],
+    envelope_size: int = 500,
+    batch_size: int = 100,
+    memory_mb: int = 512,
+    gzip: bool = False,
 ) -> dict[str, float]:
     handler = results["impressions"]["contenders"]["handler"]
     impressions = results["impressions"]["impressions"]
     cpu_per_impression = handler["cpu_seconds"] / impressions
     bytes_per_impression = results["impressions"]["message_bytes"] / impressions
+    if gzip and (effect := gzip_effect(results)) is not None:
+        cpu_per_impression += effect[0]
+        bytes_per_impression *= effect[1]
     raw_bytes_per_impression = 420  # an impression in an envelope, as JSON
     n = 1e6
     messages = n / envelope_size
@@ -69,6 +88,7 @@ def impressions_per_million(
         "last_treatments": profiles["total"],
         "total": lam + sqs + egress + profiles["total"],
         "cpu_us_per_impression": cpu_per_impression * 1e6,
+        "bytes_per_impression": bytes_per_impression,
         "invocations": invocations,
     }
 
@@ -147,6 +167,9 @@ def billion_a_day(
     bytes_per_impression = results["impressions"]["message_bytes"] / results["impressions"]["impressions"]
     per_request = math.floor(500_000 / bytes_per_impression)
     cost = impressions_per_million(results, envelope_size, batch_size, memory_mb)["total"] * 1000
+    gzip_cost = (
+        impressions_per_million(results, envelope_size, batch_size, memory_mb, gzip=True)["total"] * 1000
+    )
     return {
         "impressions_per_second": per_second,
         "peak_impressions_per_second": per_second * peak_factor,
@@ -158,6 +181,7 @@ def billion_a_day(
         "segment_requests_per_second_peak": per_second * peak_factor / per_request,
         "last_treatment_writes_per_second": per_second * LAST_TREATMENT_WRITE_SHARE,
         "cost_per_day": cost,
+        "cost_per_day_gzip": gzip_cost,
     }
 
 
@@ -175,6 +199,16 @@ def table(results: dict[str, Any]) -> str:
             f"| | {envelope} | {batch} | ${c['lambda']:.4f} | ${c['sqs']:.4f} | ${c['transfer_out']:.4f} "
             f"| ${c['last_treatments']:.4f} | **${c['total']:.4f}** |"
         )
+    if (effect := gzip_effect(results)) is not None:
+        plain, packed = impressions_per_million(results), impressions_per_million(results, gzip=True)
+        lines += [
+            "",
+            f'With `"gzip": true` in the outbound config (envelopes of 500, batches of 100): '
+            f"{effect[1]:.1%} of the bytes on the wire and {effect[0] * 1e6:.1f} µs more CPU per "
+            f"impression (measured side by side, both without last treatments), so egress "
+            f"${packed['transfer_out']:.4f} instead of ${plain['transfer_out']:.4f} and Lambda "
+            f"${packed['lambda']:.4f} instead of ${plain['lambda']:.4f} per million impressions.",
+        ]
     lt = last_treatments_per_million(results)
     lines += [
         "",
@@ -209,5 +243,6 @@ def table(results: dict[str, Any]) -> str:
         f"{b['segment_requests_per_second_peak']:,.1f} |",
         f"| last-treatment writes per second, average (DynamoDB on-demand) | {b['last_treatment_writes_per_second']:,.0f} |",
         f"| cost per day (Lambda + SQS + egress + last treatments) | ${b['cost_per_day']:,.2f} |",
+        f'| … with `"gzip": true` | ${b["cost_per_day_gzip"]:,.2f} |',
     ]
     return "\n".join(lines)

@@ -9,6 +9,8 @@ its own process) over loopback, each from a fresh process of its own:
   to their queue in the moto server, as the stack does by default;
 - **handler without last treatments**: the same, with the environment of a stack deployed with
   ``LastTreatments=Disabled`` (no target: what recording last treatments costs the handler);
+- **handler with gzip**: the same again, its outbound config with ``"gzip": true`` (no target:
+  what compressing the requests costs in CPU and saves in bytes);
 - **official**: ``segment-analytics-python`` (``segment.analytics.Client``, default settings except
   a queue large enough that nothing is dropped), ``track`` per message then ``flush``;
 - **wire**: the same messages pre-serialised into 500 KB batch bodies, POSTed one after another by
@@ -276,34 +278,45 @@ def _drain(moto: MotoServer, queue_url: str) -> list[str]:
 
 
 def setup_aws(moto: MotoServer, sink: SinkServer, stack_name: str) -> Any:
-    """The template's resources and an outbound config + write key; returns the stack."""
+    """The template's resources and the outbound configs + write keys; returns the stack."""
     from fme_bridge.template import create_stack
 
     stack = create_stack(moto.client("dynamodb"), moto.client("sqs"), stack_name)
-    env = stack.function_environment("ImpressionsFunction")
-    prefix = env["CONFIG_PREFIX"]
-    moto.client("ssm").put_parameter(
-        Name=f"{prefix}/outbound/bench",
-        Value=json.dumps({**workloads.OUTBOUND_CONFIG, "endpoint": sink.endpoint}),
-        Type="String",
-        Overwrite=True,
-    )
-    put_secret(moto.client("secretsmanager"), f"{prefix}/outbound/bench", workloads.OUTBOUND_WRITE_KEY)
-    warmup_config = {
-        **workloads.OUTBOUND_CONFIG,
-        "environments": [workloads.WARMUP_ENVIRONMENT],
-        "endpoint": sink.endpoint,
-    }
-    moto.client("ssm").put_parameter(
-        Name=f"{prefix}/outbound/warmup", Value=json.dumps(warmup_config), Type="String", Overwrite=True
-    )
-    put_secret(moto.client("secretsmanager"), f"{prefix}/outbound/warmup", workloads.WARMUP_WRITE_KEY)
+    prefix = stack.function_environment("ImpressionsFunction")["CONFIG_PREFIX"]
+    put_outbound_configs(moto, sink, prefix)
+    put_outbound_configs(moto, sink, gzip_prefix(prefix), gzip=True)
     return stack
 
 
+def gzip_prefix(prefix: str) -> str:
+    """Where the configs of the gzip contender live: the same, with ``"gzip": true``."""
+    return f"{prefix}-gzip"
+
+
+def put_outbound_configs(moto: MotoServer, sink: SinkServer, prefix: str, gzip: bool = False) -> None:
+    """The measured config and the warm-up's, with their write keys, under ``prefix``."""
+    configs = {
+        "bench": ({**workloads.OUTBOUND_CONFIG}, workloads.OUTBOUND_WRITE_KEY),
+        "warmup": (
+            {**workloads.OUTBOUND_CONFIG, "environments": [workloads.WARMUP_ENVIRONMENT]},
+            workloads.WARMUP_WRITE_KEY,
+        ),
+    }
+    for name, (document, write_key) in configs.items():
+        moto.client("ssm").put_parameter(
+            Name=f"{prefix}/outbound/{name}",
+            Value=json.dumps({**document, "endpoint": sink.endpoint, "gzip": gzip}),
+            Type="String",
+            Overwrite=True,
+        )
+        put_secret(moto.client("secretsmanager"), f"{prefix}/outbound/{name}", write_key)
+
+
 WITHOUT_LAST_TREATMENTS = "handler_without_last_treatments"
+GZIP = "handler_gzip"  # gzip, and LastTreatments=Disabled: compared with the contender above
+HANDLERS = ("handler", WITHOUT_LAST_TREATMENTS, GZIP)
 # Interleaved in this order, reversed every other round.
-CONTENDERS = ("wire", "handler", WITHOUT_LAST_TREATMENTS, "official")
+CONTENDERS = ("wire", "handler", WITHOUT_LAST_TREATMENTS, GZIP, "official")
 
 
 def without_last_treatments(stack: Stack) -> Stack:
@@ -327,20 +340,26 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
         (work / "messages.jsonl").write_bytes(b"\n".join(messages) + b"\n")
         (work / "batches.bin").write_bytes(b"\n".join(batches))
 
-        handler_env = child_env(**function_env, AWS_ENDPOINT_URL=moto.endpoint)
-        # Beside the target: the same handler on a stack deployed with LastTreatments=Disabled.
-        without_env = child_env(
-            **without_last_treatments(stack).function_environment("ImpressionsFunction"),
-            AWS_ENDPOINT_URL=moto.endpoint,
-        )
+        # Beside the target: the same handler on a stack deployed with LastTreatments=Disabled, and
+        # that stack again with requests compressed.
+        without = without_last_treatments(stack).function_environment("ImpressionsFunction")
+        handler_envs = {
+            "handler": child_env(**function_env, AWS_ENDPOINT_URL=moto.endpoint),
+            WITHOUT_LAST_TREATMENTS: child_env(**without, AWS_ENDPOINT_URL=moto.endpoint),
+            GZIP: child_env(
+                **{**without, "CONFIG_PREFIX": gzip_prefix(without["CONFIG_PREFIX"])},
+                AWS_ENDPOINT_URL=moto.endpoint,
+            ),
+        }
         plain_env = child_env()
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CONTENDERS}
 
         def measure(kind: str) -> None:
             sink.reset()
-            if kind in ("handler", WITHOUT_LAST_TREATMENTS):
-                env = handler_env if kind == "handler" else without_env
-                result = _run_worker("handler", [str(work / "bodies.jsonl"), str(work / "warmup.jsonl")], env)
+            if kind in HANDLERS:
+                result = _run_worker(
+                    "handler", [str(work / "bodies.jsonl"), str(work / "warmup.jsonl")], handler_envs[kind]
+                )
             elif kind == "official":
                 result = _run_worker(kind, [str(work / "messages.jsonl"), sink.url], plain_env)
             else:
@@ -348,7 +367,7 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
             stats = sink.stats()
             result["sink"] = {
                 **stats["by_key"].get(
-                    workloads.OUTBOUND_WRITE_KEY, {"requests": 0, "bytes": 0, "messages": 0}
+                    workloads.OUTBOUND_WRITE_KEY, {"requests": 0, "bytes": 0, "wire_bytes": 0, "messages": 0}
                 ),
                 "statuses": stats["statuses"],
                 "errors": stats["errors"],
@@ -410,13 +429,14 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
             "requests": r["sink"]["requests"],
             "messages_accepted": r["sink"]["messages"],
             "bytes": r["sink"]["bytes"],
+            "wire_bytes": r["sink"]["wire_bytes"],
             "requests_over_minimum": r["sink"]["requests"] / minimum_requests,
             "all_runs_seconds": [x["seconds"] for x in runs[kind]],
         }
     handler, official, wire = contenders["handler"], contenders["official"], contenders["wire"]
     vs_official = handler["impressions_per_second"] / official["impressions_per_second"]
     vs_wire = handler["impressions_per_second"] / wire["impressions_per_second"]
-    without = contenders[WITHOUT_LAST_TREATMENTS]
+    without, gzip = contenders[WITHOUT_LAST_TREATMENTS], contenders[GZIP]
     return {
         "impressions": total,
         "last_treatments": last_treatments,
@@ -435,6 +455,11 @@ def run(moto: MotoServer, sink: SinkServer, total: int, repeats: int = 2, log: A
             / official["impressions_per_second"],
             "without_last_treatments_vs_handler": without["impressions_per_second"]
             / handler["impressions_per_second"],
+            # What "gzip": true costs and saves (both sides with LastTreatments=Disabled).
+            "gzip_vs_without_last_treatments": gzip["impressions_per_second"]
+            / without["impressions_per_second"],
+            "gzip_cpu_vs_without_last_treatments": gzip["cpu_seconds"] / without["cpu_seconds"],
+            "gzip_wire_bytes_share": gzip["wire_bytes"] / gzip["bytes"],
         },
         "targets": {
             "handler_vs_official": {"value": vs_official, "target": ">= 5", "met": vs_official >= 5},

@@ -32,6 +32,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     names = {
         "handler": "bridge impressions handler",
         "handler_without_last_treatments": "  … with LastTreatments=Disabled",
+        "handler_gzip": "  … and gzip",
         "official": "segment-analytics-python",
         "wire": "wire limit (500 KB bodies)",
     }
@@ -58,6 +59,12 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         console.print(
             f"with LastTreatments=Disabled: {r['without_last_treatments_vs_official']:.2f}× the official client, "
             f"{r['without_last_treatments_vs_handler']:.2f}× the default handler (no target)"
+        )
+    if "gzip_vs_without_last_treatments" in r:
+        console.print(
+            f'and "gzip": true: {r["gzip_vs_without_last_treatments"]:.2f}× the impressions/s, '
+            f"{r['gzip_cpu_vs_without_last_treatments']:.2f}× the CPU, "
+            f"{r['gzip_wire_bytes_share']:.1%} of the bytes on the wire (no target)"
         )
 
     t = Table(title="Webhook ingest (moto DynamoDB in its own process)")
@@ -160,6 +167,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     shown = {
         "handler": ("bridge\nhandler", "#2b8a3e"),
         "handler_without_last_treatments": ("no last\ntreatments", "#8ce99a"),
+        "handler_gzip": ("… and\ngzip", "#b2f2bb"),
         "official": ("official\nclient", "#868e96"),
         "wire": ("wire\nlimit", "#1c7ed6"),
     }

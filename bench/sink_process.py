@@ -39,6 +39,7 @@ class CountingSink(SegmentSink):
                 counts = self.by_key.setdefault(request.write_key or "", Counter())
                 counts["requests"] += 1
                 counts["bytes"] += request.size
+                counts["wire_bytes"] += request.wire_size
                 counts["messages"] += len(request.messages)
 
     def counts(self) -> dict[str, Any]:

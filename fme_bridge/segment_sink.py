@@ -67,6 +67,7 @@ class RecordedRequest:
     messages: list[dict[str, Any]] = field(default_factory=list)
     gzipped: bool = False
     connection: str | None = None  # the client's address and port: requests on one connection share it
+    wire_size: int = 0  # the body's bytes as sent (compressed, when gzipped)
 
     @property
     def size(self) -> int:
@@ -321,7 +322,9 @@ def _handler_for(sink: SegmentSink) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             gzipped = headers.get("content-encoding", "").lower() == "gzip"
-            recorded = RecordedRequest("POST", self.path, headers, raw, None, gzipped=gzipped)
+            recorded = RecordedRequest(
+                "POST", self.path, headers, raw, None, gzipped=gzipped, wire_size=len(raw)
+            )
             recorded.connection = "{}:{}".format(*self.client_address[:2])
             route = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
             if not self.path.startswith("/v1/") or route not in (*BATCH_ROUTES, *SINGLE_CALL_TYPES):

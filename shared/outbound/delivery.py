@@ -264,7 +264,7 @@ async def _send(
         )
         return
     try:
-        result = await client.send(destination.endpoint, key, batch)
+        result = await client.send(destination.endpoint, key, batch, destination.config.gzip)
     except Exception as exc:  # a bug here must not lose the batch: it is retried
         logger.exception("sending a batch to %s failed", destination.name)
         _mark_transient(batch, f"{destination.name}: {type(exc).__name__}", report, failures)

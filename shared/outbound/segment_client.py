@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import zlib
 from array import array
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ _SUFFIX_START = b'],"sentAt":"'
 _SUFFIX_END = b'"}'
 # Bytes a batch body carries besides its messages: prefix, suffix and a 24-character sentAt.
 _ENVELOPE_BYTES = len(_PREFIX) + len(_SUFFIX_START) + 24 + len(_SUFFIX_END)
+GZIP_LEVEL = 1
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip member (header and CRC), not a bare zlib stream
 
 
 @dataclass
@@ -130,13 +133,22 @@ class SegmentClient:
         self._policy = policy
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def send(self, endpoint: str, write_key: str, batch: SegmentBatch) -> SendResult:
+    async def send(
+        self, endpoint: str, write_key: str, batch: SegmentBatch, gzip: bool = False
+    ) -> SendResult:
         url = f"{endpoint.rstrip('/')}/batch"
         headers = {"Authorization": basic_auth(write_key), "Content-Type": "application/json"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
 
         def build() -> httpx.Request:
             # sentAt is fresh on every attempt: Segment corrects timestamps by (receivedAt - sentAt).
-            return self._http.build_request("POST", url, content=batch.body(sent_at()), headers=headers)
+            body = batch.body(sent_at())
+            if gzip:
+                # The fastest level: a tenth of the bytes for track messages, where higher levels
+                # take twice the CPU for a few percent less.
+                body = zlib.compress(body, GZIP_LEVEL, wbits=_GZIP_WBITS)
+            return self._http.build_request("POST", url, content=body, headers=headers)
 
         async with self._slots:
             return await send_with_retry(self._http, build, self._policy, self._deadline)

@@ -52,7 +52,10 @@ async def send_identifies(
             # Every request is made, whatever another one's outcome: one refused request must not
             # take the messages of the others with it. The config's outcome is the worst of them.
             results = await asyncio.gather(
-                *(client.send(destination.endpoint, write_key, batch) for batch in pending)
+                *(
+                    client.send(destination.endpoint, write_key, batch, destination.config.gzip)
+                    for batch in pending
+                )
             )
             outcomes = {result.outcome for result in results}
             for worst in (Outcome.TRANSIENT, Outcome.PERMANENT):

@@ -41,6 +41,11 @@ def test_every_contender_delivers_every_impression(smoke: tuple[dict[str, Any], 
         assert contender["requests"] >= imp["minimum_requests"]
     assert imp["contenders"]["handler"]["batch_item_failures"] == 0
     assert imp["contenders"]["handler_without_last_treatments"]["batch_item_failures"] == 0
+    assert imp["contenders"]["handler_gzip"]["batch_item_failures"] == 0
+    # Compressed on the wire; every other contender sends plain JSON.
+    assert 0 < imp["ratios"]["gzip_wire_bytes_share"] < 0.5
+    plain = [c for kind, c in imp["contenders"].items() if kind != "handler_gzip"]
+    assert all(c["wire_bytes"] == c["bytes"] for c in plain)
     assert positive(imp["contenders"]["handler"]["peak_rss_mb"])
     assert all(positive(r) for r in imp["ratios"].values())
     # Every impression has a user of its own: each run of the default handler forwards one last

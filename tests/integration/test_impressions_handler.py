@@ -106,6 +106,7 @@ def test_webhook_impression_becomes_the_documented_track_call(
     assert request.path == "/v1/batch"
     assert request.headers["authorization"] == "Basic " + base64.b64encode(f"{PROD_KEY}:".encode()).decode()
     assert request.headers["content-type"] == "application/json"
+    assert not request.gzipped  # unless the config asks for it
     body = json.loads(request.body)
     assert set(body) == {"batch", "sentAt"}
     [message] = body["batch"]
@@ -714,6 +715,21 @@ def test_batches_are_packed_up_to_the_size_limit(
     assert len(full) >= 3
     assert all(s > 500_000 - message_size - 64 for s in full)
     assert len({m["messageId"] for m in sink.messages}) == 3000
+
+
+def test_a_config_with_gzip_sends_compressed_requests(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    put_config("outbound/production", {**production, "gzip": True})
+    impressions = [webhook(key=f"user-{i:05d}", time=1795483041109 + i) for i in range(1000)]
+    response = app.lambda_handler(event(json.dumps(impressions)), context)
+
+    assert response == {"batchItemFailures": []}
+    assert sink.requests
+    assert all(r.gzipped and r.status == 200 for r in sink.requests)
+    # On the wire, a small fraction of the JSON the sink inflated.
+    assert sum(r.wire_size for r in sink.requests) < sum(r.size for r in sink.requests) / 4
+    assert sorted(m["userId"] for m in sink.messages) == [f"user-{i:05d}" for i in range(1000)]
 
 
 def test_wrong_write_key_is_dead_lettered_and_never_logged(

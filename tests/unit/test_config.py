@@ -97,6 +97,9 @@ def test_outbound_default_traffic_type_must_be_mapped() -> None:
     assert cfg.endpoint_base == "https://api.segment.io/v1"
     assert cfg.eventName == "get_treatment"
     assert cfg.computedTraits.traitName == "{split}"
+    assert cfg.gzip is False
+    with pytest.raises(ConfigInvalid, match="gzip"):
+        parse_config(OutboundConfig, {**doc, "gzip": "sometimes"}, "x")
     with pytest.raises(ConfigInvalid, match="defaultTrafficType"):
         parse_config(OutboundConfig, {**doc, "defaultTrafficType": "account"}, "x")
 

@@ -43,6 +43,18 @@ def test_more_than_one_request_of_identifies_all_arrive(sink: SegmentSink, desti
     assert outcome == {"prod": Outcome.DELIVERED}
     assert len(sink.requests) == 2  # 2,500 messages at most per request
     assert len(sink.unique_messages()) == 3_000
+    assert not any(r.gzipped for r in sink.requests)
+
+
+def test_identifies_are_compressed_when_the_config_says_gzip(
+    sink: SegmentSink, destination: Destination
+) -> None:
+    config = destination.config.model_copy(update={"gzip": True})
+    outcome = IdentifySender(lambda: 30_000)({"prod": (Destination("prod", config), identifies(10))})
+    assert outcome == {"prod": Outcome.DELIVERED}
+    [request] = sink.requests
+    assert request.gzipped
+    assert len(sink.unique_messages()) == 10
 
 
 def test_a_refused_request_does_not_keep_the_others_from_being_sent(

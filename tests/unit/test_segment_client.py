@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 
 import httpx
@@ -120,6 +121,45 @@ def test_each_attempt_carries_a_fresh_sent_at() -> None:
     assert len(bodies) == 2
     assert bodies[0]["batch"] == bodies[1]["batch"] == [{"m": 1}]
     assert bodies[0]["sentAt"] != bodies[1]["sentAt"]
+
+
+def send_recorded(gzip_body: bool, status: list[int]) -> list[httpx.Request]:
+    """Send one batch of three messages, answering ``status`` in turn; the requests made."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status[len(seen) - 1])
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            deadline = Deadline.after(10)
+
+            async def no_wait(seconds: float) -> None:
+                await asyncio.sleep(0.01)
+
+            deadline.sleep = no_wait
+            [batch] = pack([b'{"m":1}', b'{"m":2}', b'{"m":"\xc3\xa9"}'])
+            await SegmentClient(http, deadline).send("http://sink/v1", "wk", batch, gzip=gzip_body)
+
+    asyncio.run(go())
+    return seen
+
+
+def test_gzip_compresses_every_attempt_and_says_so() -> None:
+    seen = send_recorded(True, [503, 200])
+    assert len(seen) == 2
+    assert all(r.headers["content-encoding"] == "gzip" for r in seen)
+    bodies = [json.loads(gzip.decompress(r.content)) for r in seen]
+    assert [b["batch"] for b in bodies] == [[{"m": 1}, {"m": 2}, {"m": "é"}]] * 2
+    assert bodies[0]["sentAt"] != bodies[1]["sentAt"]  # compressed anew, with a fresh sentAt
+    assert all(int(r.headers["content-length"]) == len(r.content) for r in seen)
+
+
+def test_without_gzip_the_body_is_plain_json() -> None:
+    [request] = send_recorded(False, [200])
+    assert "content-encoding" not in request.headers
+    assert json.loads(request.content)["batch"] == [{"m": 1}, {"m": 2}, {"m": "é"}]
 
 
 def test_an_unexpected_write_key_failure_retries_the_messages_instead_of_crashing() -> None:
