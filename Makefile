@@ -74,8 +74,11 @@ build-%Function:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set: sam build sets it"; exit 1; }
 	$(LAMBDA_PYTHON) -m fme_bridge.package "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM)
 
-deploy: build ## sam deploy --config-env $(ENV) (default dev)
-	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev)
+# PARAMS="AlarmTopicArn=arn:…" adds to the parameter_overrides samconfig.toml keeps for the
+# environment: given to sam deploy alone, --parameter-overrides would replace them all (Stage too).
+deploy: build ## sam deploy --config-env $(ENV) (default dev); PARAMS="Name=value …" adds parameters
+	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev) $(if $(PARAMS),--parameter-overrides \
+		"$$($(BIN)/python -c 'import sys, tomllib; print(tomllib.load(open("samconfig.toml", "rb"))[sys.argv[1]]["deploy"]["parameters"].get("parameter_overrides", ""))' $(or $(ENV),dev)) $(PARAMS)")
 
 run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo; ARGS="--port 3100" passes flags
 	$(BIN)/fme-bridge local --demo $(ARGS)

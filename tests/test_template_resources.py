@@ -151,6 +151,8 @@ def test_every_function_logs_to_one_group_kept_log_retention_days() -> None:
     group = template["Resources"]["FunctionLogs"]
     assert group["Type"] == "AWS::Logs::LogGroup"
     assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    access = template["Resources"]["HttpApiAccessLogs"]["Properties"]
+    assert access["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
     assert template["Outputs"]["FunctionLogGroupName"]["Value"] == {"Ref": "FunctionLogs"}
 
@@ -165,6 +167,29 @@ def test_a_failing_audience_recheck_raises_an_alarm() -> None:
     ]
     assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("Errors", "Sum", 1)
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "AudienceRecheckFunction"}}]
+    assert alarm["AlarmActions"] == {
+        "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+    }
+    # Neither the schedule nor Lambda runs a failed run again: the next run, 15 minutes later, does.
+    recheck = resources["AudienceRecheckFunction"]["Properties"]
+    assert recheck["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    [schedule] = recheck["Events"].values()
+    assert schedule["Properties"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+
+
+def test_webhook_errors_that_last_raise_an_alarm() -> None:
+    """An invalid connection config answers every webhook with a 503: Segment retries, then drops."""
+    resources = load_template()["Resources"]
+    [alarm] = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == "AWS/ApiGateway"
+    ]
+    assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("5xx", "Sum", 1)
+    assert alarm["Dimensions"] == [{"Name": "ApiId", "Value": {"Ref": "HttpApi"}}]
+    # Three periods in a row: a blip that Segment's retry covers is not an alarm.
+    assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (300, 3, 3)
+    assert alarm["TreatMissingData"] == "notBreaching"
     assert alarm["AlarmActions"] == {
         "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
     }

@@ -146,7 +146,7 @@ def _bad_request(exc: BadRequest) -> Response[str]:
 
 @app.exception_handler(PayloadTooLarge)
 def _too_large(exc: PayloadTooLarge) -> Response[str]:
-    metrics.add_metric(name="BadRequests", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="PayloadTooLarge", unit=MetricUnit.Count, value=1)
     return _json(413, {"error": "payload_too_large", "message": exc.message, "limit": exc.limit})
 
 
@@ -160,6 +160,7 @@ def _unavailable(exc: Exception) -> Response[str]:
 def _config_invalid(exc: ConfigInvalid) -> Response[str]:
     # Reached only after authentication; the details go to the log, not to the caller.
     logger.error("connection config is invalid", extra={"detail": str(exc)})
+    metrics.add_metric(name="ConfigInvalid", unit=MetricUnit.Count, value=1)
     return _service_unavailable("this connection's configuration is invalid; the operator has to fix it")
 
 

@@ -114,7 +114,7 @@ def test_bad_bodies_are_400_with_a_json_error(webhook: Webhook) -> None:
 
 
 def test_body_over_the_size_limit_is_413_naming_the_limit(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MAX_BODY_BYTES", "2048")
     big = segment_message("track", properties={"blob": "x" * 4096})
@@ -123,6 +123,9 @@ def test_body_over_the_size_limit_is_413_naming_the_limit(
     assert answer.body["limit"] == 2048
     assert "2048" in answer.body["message"]
     assert webhook.count_events() == 0
+    [metrics] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert metrics["PayloadTooLarge"] == [1.0]
+    assert "BadRequests" not in metrics  # a 400 is the sender's body; a 413 its batch settings
 
 
 def test_one_bad_message_never_loses_the_good_ones(webhook: Webhook) -> None:

@@ -654,7 +654,9 @@ def test_configuration_store_failure_is_a_503(webhook: Webhook, monkeypatch: pyt
     assert "ThrottlingException" not in json.dumps(answer.body)
 
 
-def test_invalid_connection_config_is_a_503_without_details(webhook: Webhook) -> None:
+def test_invalid_connection_config_is_a_503_without_details(
+    webhook: Webhook, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import put_config
 
     put_config("inbound/acme-production", {"environment": "Production", "identities": [], "enableTrak": True})
@@ -662,6 +664,11 @@ def test_invalid_connection_config_is_a_503_without_details(webhook: Webhook) ->
     answer = webhook.post(segment_message("track"))
     assert answer.status == 503
     assert "enableTrak" not in json.dumps(answer.body)
+    # Counted apart from an outage (the log names the field for the operator).
+    lines = capsys.readouterr().out.splitlines()
+    metrics = [json.loads(line) for line in lines if '"_aws"' in line]
+    assert [m.get("ConfigInvalid") for m in metrics] == [[1.0]]
+    assert metrics[0]["Unavailable"] == [1.0]
 
 
 def test_throttling_near_the_lambda_timeout_answers_503_in_time(webhook: Webhook) -> None:
