@@ -59,7 +59,8 @@ FileArg = Annotated[Path, typer.Option("--file", "-f", help="The config JSON (- 
 
 def register(app: typer.Typer) -> None:
     config_app = typer.Typer(
-        help="Inbound connections and outbound configs (SSM + Secrets Manager).", no_args_is_help=True
+        help="Inbound connections, outbound configs and audiences (SSM + Secrets Manager).",
+        no_args_is_help=True,
     )
     inbound_app = typer.Typer(help="Inbound connections: Segment webhook -> FME.", no_args_is_help=True)
     outbound_app = typer.Typer(help="Outbound configs: FME impressions -> Segment.", no_args_is_help=True)

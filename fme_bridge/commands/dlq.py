@@ -3,9 +3,11 @@
 Two kinds of messages land in the impressions one: those the impressions function sends itself on a
 permanent error (the reason in a message attribute), and those SQS moves after ``maxReceiveCount``
 failed receives (transient failures that never cleared; no reason attribute, a high receive count).
-The last-treatments dead-letter queue (``--queue last-treatments``) only has the second kind. The
-audiences one (``--queue audiences``) holds Lambda's descriptions of the stream batches the
-audiences function gave up on; its redrive evaluates every audience again for every stored identity
+The last-treatments dead-letter queue (``--queue last-treatments``) has both kinds too, the
+last-treatments function's own with ``errorCode`` ``invalid_body`` or ``retries_exhausted``; its
+redrive sends them back to the last-treatments queue. The audiences one (``--queue audiences``)
+holds Lambda's descriptions of the stream batches the audiences function gave up on; its redrive
+evaluates every audience again for every stored identity
 (:func:`fme_bridge.commands.profiles.reevaluate_every_audience`), then removes them.
 """
 
@@ -51,7 +53,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dlq_app, name="dlq")
 
 
-# What the impressions function records with a permanent failure (shared.outbound.dead_letters).
+# What the impressions and last-treatments functions record with a dead letter
+# (shared.outbound.dead_letters).
 FAILURE_ATTRIBUTES = ("errorCode", "reason", "sourceMessageId", "failedImpressions")
 
 

@@ -101,7 +101,16 @@ def _bad_request(exc: BadRequest) -> Response:
 @app.exception_handler(BotoCoreError)
 def _unavailable(exc: Exception) -> Response:
     logger.warning("a dependency failed", extra={"error": type(exc).__name__})
-    return _json(503, {"error": "temporarily unavailable, retry later"})
+    metrics.add_metric(name="ProfileUnavailable", unit=MetricUnit.Count, value=1)
+    return _json(503, {"error": "temporarily unavailable, retry later"}, {"Retry-After": "5"})
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    # A JSON answer, never a stack trace; the log has the traceback.
+    logger.exception("unexpected error")
+    metrics.add_metric(name="ProfileErrors", unit=MetricUnit.Count, value=1)
+    return _json(500, {"error": "internal error"})
 
 
 _PATH_PARAMETERS = ("environment", "trafficType", "key")

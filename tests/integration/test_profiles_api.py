@@ -310,9 +310,25 @@ def test_a_failing_dependency_is_503_without_a_stack_trace(
     api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EVENTS_TABLE", "no-such-table")
-    status, body, _ = call(lambda_context)
+    status, body, headers = call(lambda_context)
     assert status == 503
-    assert "Traceback" not in json.dumps(body)
+    assert headers["Retry-After"] == "5"
+    assert body == {"error": "temporarily unavailable, retry later"}
+
+
+def test_a_bug_is_a_json_500_without_a_stack_trace(
+    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.profiles import app
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("a bug")
+
+    store_identity(api)
+    monkeypatch.setattr(app, "load_profile", broken)
+    status, body, _ = call(lambda_context)
+    assert status == 500
+    assert body == {"error": "internal error"}
 
 
 def test_the_profile_api_makes_exactly_the_calls_its_policy_allows(
