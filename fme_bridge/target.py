@@ -29,18 +29,19 @@ LOCAL_STACK_NAME = "fme-segment-bridge-local"
 LOCAL_CONFIG_PREFIX = "/fme-segment-bridge/local"
 LOCAL_REGION = "us-east-1"
 
-# Environment variables naming a resource directly, by logical id.
+# Environment variables naming a resource directly, by logical id; the first is the CLI's own, the
+# others what the functions' environments call it (so a function's environment can be copied over).
 RESOURCE_VARIABLES = {
-    "ImpressionsQueue": "IMPRESSIONS_QUEUE_URL",
-    "ImpressionsDeadLetterQueue": "IMPRESSIONS_DLQ_URL",
-    "LastTreatmentsQueue": "LAST_TREATMENTS_QUEUE_URL",
-    "LastTreatmentsDeadLetterQueue": "LAST_TREATMENTS_DLQ_URL",
-    "AudiencesDeadLetterQueue": "AUDIENCES_DLQ_URL",
-    "EventsTable": "EVENTS_TABLE",
-    "IdentitiesTable": "IDENTITIES_TABLE",
-    "ProfilesTable": "PROFILES_TABLE",
-    "DeliveryLogTable": "DELIVERY_LOG_TABLE",
-    "DeliveryFailureQueue": "DELIVERY_FAILURE_QUEUE_URL",
+    "ImpressionsQueue": ("IMPRESSIONS_QUEUE_URL",),
+    "ImpressionsDeadLetterQueue": ("IMPRESSIONS_DLQ_URL", "DEAD_LETTER_QUEUE_URL"),
+    "LastTreatmentsQueue": ("LAST_TREATMENTS_QUEUE_URL",),
+    "LastTreatmentsDeadLetterQueue": ("LAST_TREATMENTS_DLQ_URL", "LAST_TREATMENTS_DEAD_LETTER_QUEUE_URL"),
+    "AudiencesDeadLetterQueue": ("AUDIENCES_DLQ_URL",),
+    "EventsTable": ("EVENTS_TABLE",),
+    "IdentitiesTable": ("IDENTITIES_TABLE",),
+    "ProfilesTable": ("PROFILES_TABLE",),
+    "DeliveryLogTable": ("DELIVERY_LOG_TABLE",),
+    "DeliveryFailureQueue": ("DELIVERY_FAILURE_QUEUE_URL",),
 }
 
 _CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=3, read_timeout=20)
@@ -113,15 +114,16 @@ class Target:
         raise TargetError("which config prefix? pass --prefix (or set CONFIG_PREFIX) or --stack-name")
 
     def _resource(self, logical_id: str, output_suffix: str) -> str:
-        variable = RESOURCE_VARIABLES.get(logical_id)
-        if variable and os.environ.get(variable):
-            return os.environ[variable]
+        variables = RESOURCE_VARIABLES.get(logical_id, ())
+        for variable in variables:
+            if os.environ.get(variable):
+                return os.environ[variable]
         output = f"{logical_id}{output_suffix}"
         if output in self.stack_outputs:
             return self.stack_outputs[output]
         if self.is_local:
             return f"{LOCAL_STACK_NAME}-{logical_id}"
-        hint = f"set {variable} or " if variable else ""
+        hint = f"set {variables[0]} or " if variables else ""
         raise TargetError(f"which {logical_id}? {hint}pass --stack-name (the bridge's CloudFormation stack)")
 
     def queue_url(self, logical_id: str) -> str:

@@ -46,6 +46,34 @@ def test_variables_win_over_stack_outputs(monkeypatch: pytest.MonkeyPatch) -> No
     assert target.prefix == "/from/option"
 
 
+@pytest.mark.parametrize(
+    ("logical_id", "cli_name", "function_name"),
+    [
+        ("ImpressionsDeadLetterQueue", "IMPRESSIONS_DLQ_URL", "DEAD_LETTER_QUEUE_URL"),
+        ("LastTreatmentsDeadLetterQueue", "LAST_TREATMENTS_DLQ_URL", "LAST_TREATMENTS_DEAD_LETTER_QUEUE_URL"),
+    ],
+)
+def test_a_dead_letter_queue_is_found_by_the_functions_name_for_it_too(
+    monkeypatch: pytest.MonkeyPatch, logical_id: str, cli_name: str, function_name: str
+) -> None:
+    """A function's environment copied into a shell is enough; the CLI's own name wins."""
+    from fme_bridge.template import load_template
+
+    [function] = [
+        r
+        for r in load_template()["Resources"].values()
+        if function_name in r["Properties"].get("Environment", {}).get("Variables", {})
+    ]
+    assert function["Properties"]["Environment"]["Variables"][function_name] == {"Ref": logical_id}
+    monkeypatch.delenv(cli_name, raising=False)
+    monkeypatch.setenv(function_name, "https://sqs.eu-west-1.amazonaws.com/1/from-function")
+    target = Target(stack_name="bridge-prod")
+    target.__dict__["stack_outputs"] = {}
+    assert target.queue_url(logical_id).endswith("/from-function")
+    monkeypatch.setenv(cli_name, "https://sqs.eu-west-1.amazonaws.com/1/from-cli")
+    assert target.queue_url(logical_id).endswith("/from-cli")
+
+
 def test_a_local_endpoint_means_the_local_stacks_names() -> None:
     target = Target(endpoint_url="http://127.0.0.1:4566")
     assert target.is_local
