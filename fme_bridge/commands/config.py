@@ -167,18 +167,30 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     full = f"{tgt.prefix}/{kind.name}/{name}"
     parsed = parse_config(kind.model, raw, str(file))  # ConfigInvalid names the field; nothing written yet
     secretsmanager = tgt.client("secretsmanager")
-    if "" not in secrets and not _secret_exists(secretsmanager, full):
+    if "" not in secrets:
         flag = "--secret-file" if kind is INBOUND else "--write-key-file"
-        raise CliError(f"{kind.item} {name!r} has no {kind.secret_label} yet: pass {flag}")
+        state = _secret_state(secretsmanager, full)
+        if state == DELETED:
+            raise CliError(
+                f"{kind.item} {name!r}: its {kind.secret_label} {full} is scheduled for deletion, and "
+                f"refused meanwhile: restore it (aws secretsmanager restore-secret --secret-id {full}) "
+                f"or pass {flag}"
+            )
+        if state == MISSING:
+            raise CliError(f"{kind.item} {name!r} has no {kind.secret_label} yet: pass {flag}")
     for suffix, value in secrets.items():
-        _put_secret(secretsmanager, full + suffix, value)
+        if _put_secret(secretsmanager, full + suffix, value):
+            out.print(f"restored {full + suffix}: it was scheduled for deletion")
     put_document(tgt, full, raw)
     rotated = " and its secret" if "" in secrets else ""
     out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
     delivery = getattr(parsed, "delivery", None)
     enabled_without_keys = delivery is not None and delivery.enabled and "/fme" not in secrets
     # Written already: a check this caller may not make (no DescribeSecret) is no reason to fail.
-    if enabled_without_keys and _secret_exists(secretsmanager, full + "/fme", unknown=True) is False:
+    if enabled_without_keys and _secret_state(secretsmanager, full + "/fme", unknown=True) in (
+        MISSING,
+        DELETED,
+    ):
         out.print(
             f"[yellow]warning:[/yellow] delivery into FME is enabled but {full}/fme holds no FME "
             "keys: its events and identities are refused (to the failure queue) until "
@@ -187,32 +199,57 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
         )
 
 
-def _secret_exists(client: Any, name: str, unknown: bool = False) -> bool | None:
-    """Whether the secret exists; with ``unknown``, None when this caller may not tell (AccessDenied)."""
+# What a secret is to the functions: there, missing, or scheduled for deletion (which they treat as
+# missing: Secrets Manager refuses to read it).
+SET, MISSING, DELETED = "set", "missing", "deleted"
+
+
+def _describe_secret(client: Any, name: str) -> dict[str, Any] | None:
     try:
-        client.describe_secret(SecretId=name)
+        return dict(client.describe_secret(SecretId=name))
     except client.exceptions.ResourceNotFoundException:
-        return False
+        return None
+
+
+def _secret_state(client: Any, name: str, unknown: bool = False) -> str | None:
+    """:data:`SET`, :data:`MISSING` or :data:`DELETED`; with ``unknown``, None when this caller may
+    not tell (AccessDenied)."""
+    try:
+        described = _describe_secret(client, name)
     except ClientError:
         if unknown:
             return None
         raise
-    return True
+    if described is None:
+        return MISSING
+    return DELETED if described.get("DeletedDate") else SET
 
 
-def _put_secret(client: Any, name: str, value: str) -> None:
-    """A new version (the current one becomes AWSPREVIOUS), or the secret itself when it is new."""
+def _put_secret(client: Any, name: str, value: str) -> bool:
+    """A new version (the current one becomes AWSPREVIOUS), or the secret itself when it is new; a
+    secret scheduled for deletion is restored first. Whether it was restored."""
+    try:
+        restored = _secret_state(client, name) == DELETED
+    except ClientError:  # not allowed to describe it: written all the same
+        restored = False
+    if restored:
+        client.restore_secret(SecretId=name)
     try:
         client.put_secret_value(SecretId=name, SecretString=value)
     except client.exceptions.ResourceNotFoundException:
         client.create_secret(Name=name, SecretString=value)
+    return restored
 
 
 def _secret_status(client: Any, name: str) -> str:
-    try:
-        described = client.describe_secret(SecretId=name)
-    except client.exceptions.ResourceNotFoundException:
+    described = _describe_secret(client, name)
+    if described is None:
         return "[red]not set[/red]"
+    if deleted := described.get("DeletedDate"):
+        return (
+            f"[red]scheduled for deletion[/red] (since {deleted:%Y-%m-%d %H:%M:%S %Z}; refused until "
+            f"restored: aws secretsmanager restore-secret --secret-id {name})"
+        )
     stages = sorted({s for stages in described.get("VersionIdsToStages", {}).values() for s in stages})
     changed = described.get("LastChangedDate")
     when = f", last changed {changed:%Y-%m-%d %H:%M:%S %Z}".rstrip() if changed else ""
@@ -255,8 +292,13 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
         except (ValueError, ConfigInvalid):
             document, valid = {}, "[red]no[/red]"
         # A valid config without its secret does not work either (401s, or impressions retried).
-        exists = _secret_exists(secretsmanager, parameter["Name"], unknown=True)
-        secret = {True: "set", False: "[red]not set[/red]", None: "?"}[exists]
+        state = _secret_state(secretsmanager, parameter["Name"], unknown=True)
+        secret = {
+            SET: "set",
+            MISSING: "[red]not set[/red]",
+            DELETED: "[red]scheduled for deletion[/red]",
+            None: "?",
+        }[state]
         table.add_row(
             short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid, secret
         )

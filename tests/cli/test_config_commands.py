@@ -224,6 +224,33 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
     assert any("broken" in line and "not set" in line for line in lines)
 
 
+def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The functions cannot read such a secret (401s, or impressions retried): "set" would mislead."""
+    put_inbound(cli, tmp_path, name="shop")
+    client = boto3.client("secretsmanager", region_name=REGION)
+    client.delete_secret(SecretId=f"{PREFIX}/inbound/shop", RecoveryWindowInDays=7)
+
+    got = cli("config", "inbound", "get", "shop")
+    assert got.exit_code == 0, got.output
+    assert "scheduled for deletion" in got.stdout
+    assert f"restore-secret --secret-id {PREFIX}/inbound/shop" in " ".join(got.stdout.split())
+    listed = cli("config", "inbound", "list")
+    [shop] = [line for line in listed.stdout.splitlines() if "shop" in line]
+    assert "scheduled" in shop
+    # Writing the config alone would leave it refused: one line saying what to do.
+    alone = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", INBOUND))
+    assert alone.exit_code == 1
+    assert "scheduled for deletion" in alone.stderr
+
+    written = put_inbound(cli, tmp_path, name="shop", secret="new-secret")
+    assert written.exit_code == 0, written.output
+    assert "restored" in written.stdout
+    assert "DeletedDate" not in client.describe_secret(SecretId=f"{PREFIX}/inbound/shop")
+    assert secret("inbound/shop") == "new-secret"
+
+
 def test_list_and_put_go_on_without_permission_to_describe_secrets(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
