@@ -61,8 +61,11 @@ $(CHECKOV_VENV)/.installed:
 security: template-lint $(CHECKOV_VENV)/.installed ## template scans: cfn-lint and checkov (skips justified in .checkov.yaml / template Metadata)
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --config-file .checkov.yaml
 
-# sam build needs python3.13 on PATH: the project venv provides it.
+# sam build needs python3.13 on PATH (the functions' runtime): the project venv provides it when
+# it was made with 3.13, else one installed elsewhere on PATH must.
 build: $(SAM_VENV)/.installed $(STAMP) ## sam build (no Docker)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" command -v python3.13 >/dev/null || { echo "sam build needs \
+	python3.13 (the functions' runtime) on PATH: install Python 3.13, then make clean build"; exit 1; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(SAM_VENV)/bin/sam build --template template.yaml
 
 # What `sam build` runs for each function (template.yaml: BuildMethod: makefile, samconfig.toml:

@@ -34,7 +34,9 @@ from pydantic import (
 
 from shared import aws
 
-DEFAULT_CONFIG_PREFIX = "/fme-segment-bridge/local"
+# The local stack's prefix (`fme-bridge local`). The template sets CONFIG_PREFIX for every function;
+# a function run without it (a test, a script) reads the local stack's configs.
+LOCAL_CONFIG_PREFIX = "/fme-segment-bridge/local"
 DEFAULT_SEGMENT_ENDPOINT = "https://api.segment.io/v1"  # an outbound config's, when it names none
 DEFAULT_CACHE_SECONDS = 120
 
@@ -234,8 +236,8 @@ def parse_config(
 
 
 def config_prefix() -> str:
-    # An empty (or "/") prefix would put every config at the root: it means the default prefix.
-    return os.environ.get("CONFIG_PREFIX", "").rstrip("/") or DEFAULT_CONFIG_PREFIX
+    # An empty (or "/") prefix would put every config at the root: it means the local stack's.
+    return os.environ.get("CONFIG_PREFIX", "").rstrip("/") or LOCAL_CONFIG_PREFIX
 
 
 def cache_seconds() -> int:
