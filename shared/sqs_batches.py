@@ -10,6 +10,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 MAX_ENTRIES = 10
+# SQS's long-standing limits: 256 KiB per message, and per SendMessageBatch call (bodies and message
+# attributes together). Queues may now allow 1 MiB, but one created before that, or with a smaller
+# MaximumMessageSize, does not.
+MAX_MESSAGE_BYTES = 256 * 1024
 MAX_CALL_BYTES = 256 * 1024
 
 

@@ -18,10 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fme_bridge.commands.common import CliError, out, read_json_values, target
 from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, parse_body
-from shared.sqs_batches import batch_calls
+from shared.sqs_batches import MAX_MESSAGE_BYTES, batch_calls
 
-# SQS's limit: 256 KiB per message (its limits per SendMessageBatch call: shared.sqs_batches).
-MAX_MESSAGE_BYTES = 256 * 1024
 QUEUE = "ImpressionsQueue"
 
 

@@ -17,9 +17,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
 from shared.outbound.delivery import DeadLetter
-from shared.sqs_batches import batch_calls
+from shared.sqs_batches import MAX_CALL_BYTES, batch_calls
 
-MAX_CALL_BYTES = 256 * 1024  # per SendMessageBatch call: bodies and message attributes together
 # A reason (the failed impressions' reasons, already cut to shared.outbound.delivery's
 # MAX_REASON_CHARS, or a retried message's last reason) is cut past this, saying how many characters
 # were left out: SQS counts attributes into a message's 256 KiB.
