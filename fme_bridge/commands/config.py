@@ -1,15 +1,18 @@
-"""``fme-bridge config inbound|outbound put|get|list``: configs and secrets (docs/inbound.md, outbound.md).
+"""``fme-bridge config inbound|outbound put|get|list|delete``: configs and secrets (docs/inbound.md,
+outbound.md).
 
 Documents are validated with the same pydantic models the functions load them with, and every input
 (config, secret files) is read and checked before anything is written. The secret goes first: a
 config that names a connection without its secret would answer 401 to every webhook call, while a
 new secret version without its config changes nothing. Writing a new secret version keeps the
 previous one as ``AWSPREVIOUS``, which the ingest function still accepts (rotation without downtime).
-Secret values are never printed.
+Deleting goes the other way: the config first, then its secrets, scheduled for deletion with a
+recovery window. Secret values are never printed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,13 @@ INBOUND = ConfigKind("inbound", InboundConfig, "connection", "webhook secret")
 OUTBOUND = ConfigKind("outbound", OutboundConfig, "outbound config", "Segment write key")
 
 FileArg = Annotated[Path, typer.Option("--file", "-f", help="The config JSON (- for stdin).")]
+RecoveryDays = Annotated[
+    int,
+    typer.Option(
+        min=7, max=30, help="Days its secrets can still be restored (aws secretsmanager restore-secret)."
+    ),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -104,6 +114,14 @@ def register(app: typer.Typer) -> None:
         """List the inbound connections."""
         _list(target(ctx), INBOUND, lambda doc: [doc.get("environment", ""), _identities(doc)])
 
+    @inbound_app.command("delete")
+    def inbound_delete(
+        ctx: typer.Context, connection_id: str, recovery_days: RecoveryDays = 7, yes: Yes = False
+    ) -> None:
+        """Delete an inbound connection: its webhook answers 401 from then on (once the functions'
+        caches expire), and its secrets are scheduled for deletion."""
+        _delete(target(ctx), INBOUND, connection_id, ("", "/fme"), recovery_days, yes)
+
     @outbound_app.command("put")
     def outbound_put(
         ctx: typer.Context,
@@ -122,6 +140,14 @@ def register(app: typer.Typer) -> None:
     def outbound_get(ctx: typer.Context, name: str) -> None:
         """Show an outbound config (its write key only as set / not set)."""
         _get(target(ctx), OUTBOUND, name)
+
+    @outbound_app.command("delete")
+    def outbound_delete(
+        ctx: typer.Context, name: str, recovery_days: RecoveryDays = 7, yes: Yes = False
+    ) -> None:
+        """Delete an outbound config: impressions that only it matched go to the dead-letter queue as
+        no_matching_config from then on, and its write key is scheduled for deletion."""
+        _delete(target(ctx), OUTBOUND, name, ("",), recovery_days, yes)
 
     @outbound_app.command("list")
     def outbound_list(ctx: typer.Context) -> None:
@@ -195,6 +221,35 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
             f"[yellow]warning:[/yellow] delivery into FME is enabled but {full}/fme holds no FME "
             "keys: its events and identities are refused (to the failure queue) until "
             "--fme-keys-file sets them",
+            soft_wrap=True,
+        )
+
+
+def _delete(
+    tgt: Target, kind: ConfigKind, name: str, suffixes: tuple[str, ...], recovery_days: int, yes: bool
+) -> None:
+    full = f"{tgt.prefix}/{kind.name}/{name}"
+    stored_parameter(tgt, kind.name, kind.item, name)  # one line if there is no such config
+    if not yes and not typer.confirm(f"delete {kind.item} {name!r} ({full}) and its secrets?"):
+        raise CliError("nothing deleted")
+    ssm = tgt.client("ssm")
+    with contextlib.suppress(ssm.exceptions.ParameterNotFound):  # deleted meanwhile: its secrets still go
+        ssm.delete_parameter(Name=full)
+    out.print(f"[green]deleted[/green] {kind.item} [bold]{name}[/bold] ({full})")
+    secretsmanager = tgt.client("secretsmanager")
+    for suffix in suffixes:
+        try:
+            deleted = secretsmanager.delete_secret(SecretId=full + suffix, RecoveryWindowInDays=recovery_days)
+        except secretsmanager.exceptions.ResourceNotFoundException:
+            continue
+        except secretsmanager.exceptions.InvalidRequestException as exc:  # already scheduled for deletion
+            out.print(f"{full + suffix}: not deleted: {exc.response['Error'].get('Message', exc)}")
+            continue
+        when = deleted.get("DeletionDate")
+        until = f" on {when:%Y-%m-%d}" if when else ""
+        out.print(
+            f"{full + suffix}: scheduled for deletion{until} "
+            f"(aws secretsmanager restore-secret --secret-id {full + suffix} undoes it until then)",
             soft_wrap=True,
         )
 

@@ -357,3 +357,40 @@ def test_a_secure_string_config_stays_one_when_it_is_written_again(cli: Cli, tmp
     # A new one is a plain String, as before.
     assert put_inbound(cli, tmp_path, name="fresh").exit_code == 0
     assert ssm.get_parameter(Name=f"{PREFIX}/inbound/fresh")["Parameter"]["Type"] == "String"
+
+
+def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli: Cli, tmp_path: Path) -> None:
+    keys = write(tmp_path, "fme.json", {"sdkKey": "sdk", "adminKey": "admin"})
+    put_inbound(cli, tmp_path, name="shop")
+    cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", INBOUND), "--fme-keys-file", keys)
+
+    result = cli("config", "inbound", "delete", "shop", "--yes", "--recovery-days", "10")
+    assert result.exit_code == 0, result.output
+    assert parameter("inbound/shop") is None
+    client = boto3.client("secretsmanager", region_name=REGION)
+    for name in (f"{PREFIX}/inbound/shop", f"{PREFIX}/inbound/shop/fme"):
+        assert "DeletedDate" in client.describe_secret(SecretId=name), name  # restorable, not gone
+        assert f"restore-secret --secret-id {name}" in " ".join(result.stdout.split())
+    assert cli("config", "inbound", "get", "shop").exit_code == 1
+    # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
+
+
+def test_deleting_an_outbound_config_asks_first(cli: Cli, tmp_path: Path) -> None:
+    put_outbound(cli, tmp_path)
+    declined = cli("config", "outbound", "delete", "eu", input="n\n")
+    assert declined.exit_code == 1
+    assert "nothing deleted" in declined.stderr
+    assert parameter("outbound/eu") is not None
+    confirmed = cli("config", "outbound", "delete", "eu", input="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert parameter("outbound/eu") is None
+    client = boto3.client("secretsmanager", region_name=REGION)
+    assert "DeletedDate" in client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")
+
+
+def test_deleting_an_unknown_config_is_one_line(cli: Cli) -> None:
+    result = cli("config", "outbound", "delete", "nope", "--yes")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: no outbound config 'nope' under {PREFIX}"
+    too_short = cli("config", "outbound", "delete", "nope", "--yes", "--recovery-days", "3")
+    assert too_short.exit_code == 2  # Secrets Manager's window is 7 to 30 days
