@@ -717,6 +717,48 @@ def test_batches_are_packed_up_to_the_size_limit(
     assert len({m["messageId"] for m in sink.messages}) == 3000
 
 
+def test_an_envelopes_traffic_type_applies_to_its_impressions_that_name_none(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    envelope = {
+        "environmentName": "Production",
+        "trafficType": "anonymous",
+        "impressions": [webhook(key="visitor-1"), webhook(key="member-1", trafficType="user")],
+    }
+    assert app.lambda_handler(event(json.dumps(envelope)), context) == {"batchItemFailures": []}
+    by_key = {m["properties"]["key"]: m for m in sink.messages}
+    assert by_key["visitor-1"]["anonymousId"] == "visitor-1"
+    assert "userId" not in by_key["visitor-1"]
+    assert by_key["member-1"]["userId"] == "member-1"  # its own wins
+
+
+def test_a_message_of_exactly_32_kib_is_sent_and_one_byte_more_is_not(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    """No message over 32 KB: 32,768 bytes is within the limit."""
+
+    def size(message: dict[str, Any]) -> int:
+        return len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+
+    # The message's size for some padding, as serialised: keys of one length, one padding property.
+    assert app.lambda_handler(
+        event(json.dumps(webhook(key="probe", properties={"pad": "x" * 30_000}))), context
+    )
+    [probe] = sink.messages
+    padding = 30_000 + 32 * 1024 - size(probe)
+    bodies = [
+        json.dumps(webhook(key="fits1", properties={"pad": "x" * padding})),
+        json.dumps(webhook(key="over1", properties={"pad": "x" * (padding + 1)})),
+    ]
+    sink.clear()
+    assert app.lambda_handler(event(*bodies), context) == {"batchItemFailures": []}
+    [fits] = sink.messages
+    assert (fits["properties"]["key"], size(fits)) == ("fits1", 32 * 1024)
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["errorCode"] == "message_too_large"
+    assert f"message is {32 * 1024 + 1} bytes" in letter["reason"]
+
+
 def test_a_config_with_gzip_sends_compressed_requests(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:

@@ -203,6 +203,23 @@ def test_anonymous_traffic_and_a_custom_trait_name(
     assert stored_treatments("anon-1", "anonymous")["f"]["treatment"] == "v2"
 
 
+def test_an_impression_naming_no_traffic_type_takes_the_configs_default_for_its_trait_too(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """The identify follows the track call's identity mapping: defaultTrafficType, here anonymous."""
+    put_config("outbound/production", {**production, "defaultTrafficType": "anonymous"})
+    config.clear_caches()
+    assert handle(event(json.dumps(impression("f", "on", T0, "visitor-9"))), context) == {
+        "batchItemFailures": []
+    }
+    [track] = [m for m in sink.messages if m["type"] == "track"]
+    [identify] = identifies(sink)
+    assert track["anonymousId"] == identify["anonymousId"] == "visitor-9"
+    assert "userId" not in identify
+    assert stored_treatments("visitor-9", "anonymous")["f"]["treatment"] == "on"
+    assert stored_treatments("visitor-9", "user") == {}
+
+
 def test_without_a_trait_name_the_trait_is_the_flag_name(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
