@@ -165,7 +165,7 @@ class OutboundConfig(_Model):
     defaultTrafficType: TrafficTypeName | None = None
     endpoint: HttpUrl = HttpUrl(DEFAULT_SEGMENT_ENDPOINT)
     eventName: NonEmpty = "get_treatment"
-    # Requests compressed (Content-Encoding: gzip): about a tenth of the bytes, for a few
+    # Requests compressed (Content-Encoding: gzip): about a sixth of the bytes, for a few
     # microseconds of CPU per message. Off by default, as in Segment's own libraries, because a
     # proxy or sink in front of Segment may not inflate bodies.
     gzip: bool = False

@@ -145,8 +145,8 @@ class SegmentClient:
             # sentAt is fresh on every attempt: Segment corrects timestamps by (receivedAt - sentAt).
             body = batch.body(sent_at())
             if gzip:
-                # The fastest level: a tenth of the bytes for track messages, where higher levels
-                # take twice the CPU for a few percent less.
+                # The fastest level: on batches of track messages, level 6 took twice the CPU
+                # for about a seventh fewer bytes.
                 body = zlib.compress(body, GZIP_LEVEL, wbits=_GZIP_WBITS)
             return self._http.build_request("POST", url, content=body, headers=headers)
 
