@@ -99,30 +99,6 @@ def test_requests_run_concurrently_with_auth_and_url() -> None:
     assert {r.headers["authorization"] for r in seen} == {basic_auth("wk")}
 
 
-def test_each_attempt_carries_a_fresh_sent_at() -> None:
-    bodies: list[dict[str, object]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
-        return httpx.Response(503 if len(bodies) == 1 else 200)
-
-    async def go() -> Outcome:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            deadline = Deadline.after(10)
-
-            async def no_wait(seconds: float) -> None:
-                await asyncio.sleep(0.01)
-
-            deadline.sleep = no_wait
-            [batch] = pack([b'{"m":1}'])
-            return (await SegmentClient(http, deadline).send("http://sink/v1", "wk", batch)).outcome
-
-    assert asyncio.run(go()) is Outcome.DELIVERED
-    assert len(bodies) == 2
-    assert bodies[0]["batch"] == bodies[1]["batch"] == [{"m": 1}]
-    assert bodies[0]["sentAt"] != bodies[1]["sentAt"]
-
-
 def send_recorded(gzip_body: bool, status: list[int]) -> list[httpx.Request]:
     """Send one batch of three messages, answering ``status`` in turn; the requests made."""
     seen: list[httpx.Request] = []
@@ -144,6 +120,14 @@ def send_recorded(gzip_body: bool, status: list[int]) -> list[httpx.Request]:
 
     asyncio.run(go())
     return seen
+
+
+def test_each_attempt_carries_a_fresh_sent_at() -> None:
+    seen = send_recorded(False, [503, 200])
+    bodies = [json.loads(r.content) for r in seen]
+    assert len(bodies) == 2
+    assert bodies[0]["batch"] == bodies[1]["batch"] == [{"m": 1}, {"m": 2}, {"m": "é"}]
+    assert bodies[0]["sentAt"] != bodies[1]["sentAt"]
 
 
 def test_gzip_compresses_every_attempt_and_says_so() -> None:
