@@ -80,8 +80,22 @@ build-%Function:
 # PARAMS="AlarmTopicArn=arn:…" adds to the parameter_overrides samconfig.toml keeps for the
 # environment: given to sam deploy alone, --parameter-overrides would replace them all (Stage too).
 deploy: build ## sam deploy --config-env $(ENV) (default dev); PARAMS="Name=value …" adds parameters
-	$(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev) $(if $(PARAMS),--parameter-overrides \
-		"$$($(BIN)/python -c 'import sys, tomllib; print(tomllib.load(open("samconfig.toml", "rb"))[sys.argv[1]]["deploy"]["parameters"].get("parameter_overrides", ""))' $(or $(ENV),dev)) $(PARAMS)")
+	@overrides="$$($(BIN)/python -c "$$SAMCONFIG_OVERRIDES" $(or $(ENV),dev))" || exit 1; \
+	set -x; $(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev) \
+		$(if $(PARAMS),--parameter-overrides "$$overrides $(PARAMS)")
+
+# The parameter_overrides of a samconfig.toml environment, as one string (a TOML list joined).
+define SAMCONFIG_OVERRIDES
+import sys, tomllib
+env = sys.argv[1]
+config = tomllib.load(open("samconfig.toml", "rb"))
+deployable = [name for name, section in config.items() if isinstance(section, dict) and "deploy" in section]
+if env not in deployable:
+    sys.exit(f"samconfig.toml has no deploy settings for ENV={env}: one of {', '.join(deployable)}")
+value = config[env]["deploy"].get("parameters", {}).get("parameter_overrides", "")
+print(" ".join(value) if isinstance(value, list) else value)
+endef
+export SAMCONFIG_OVERRIDES
 
 run: $(STAMP) ## the whole bridge locally (no AWS account, no Docker), with a demo; ARGS="--port 3100" passes flags
 	$(BIN)/fme-bridge local --demo $(ARGS)

@@ -129,7 +129,10 @@ def document() -> dict[str, Any]:
                         "400": _json("An invalid limit or cursor."),
                         "401": _json("Missing or invalid credentials."),
                         "404": _json("No such profile."),
-                        "503": _json("A dependency is failing: retry later."),
+                        "503": {
+                            **_json("A dependency is failing: retry later."),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        },
                     },
                 }
             },

@@ -31,6 +31,7 @@ LOCAL_REGION = "us-east-1"
 
 # Environment variables naming a resource directly, by logical id; the first is the CLI's own, the
 # others what the functions' environments call it (so a function's environment can be copied over).
+# Those are generic names another application may set too: they count only when no stack is named.
 RESOURCE_VARIABLES = {
     "ImpressionsQueue": ("IMPRESSIONS_QUEUE_URL",),
     "ImpressionsDeadLetterQueue": ("IMPRESSIONS_DLQ_URL", "DEAD_LETTER_QUEUE_URL"),
@@ -115,7 +116,7 @@ class Target:
 
     def _resource(self, logical_id: str, output_suffix: str) -> str:
         variables = RESOURCE_VARIABLES.get(logical_id, ())
-        for variable in variables:
+        for variable in variables if not self.stack_name else variables[:1]:
             if os.environ.get(variable):
                 return os.environ[variable]
         output = f"{logical_id}{output_suffix}"

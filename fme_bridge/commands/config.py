@@ -143,11 +143,24 @@ def register(app: typer.Typer) -> None:
 
     @outbound_app.command("delete")
     def outbound_delete(
-        ctx: typer.Context, name: str, recovery_days: RecoveryDays = 7, yes: Yes = False
+        ctx: typer.Context,
+        name: str,
+        recovery_days: RecoveryDays = 7,
+        yes: Yes = False,
+        force: Annotated[
+            bool, typer.Option(help="Delete it even though audiences sync to it (their changes go unsent).")
+        ] = False,
     ) -> None:
         """Delete an outbound config: impressions that only it matched go to the dead-letter queue as
         no_matching_config from then on, and its write key is scheduled for deletion."""
-        _delete(target(ctx), OUTBOUND, name, ("",), recovery_days, yes)
+        tgt = target(ctx)
+        if not force and (syncing := _audiences_syncing_to(tgt, name)):
+            raise CliError(
+                f"audience(s) {', '.join(syncing)} sync to outbound config {name!r}: their entries and "
+                "exits would no longer reach Segment (stored, never sent). Take it out of their sync "
+                "lists first (fme-bridge config audience put), or pass --force"
+            )
+        _delete(tgt, OUTBOUND, name, ("",), recovery_days, yes)
 
     @outbound_app.command("list")
     def outbound_list(ctx: typer.Context) -> None:
@@ -229,15 +242,28 @@ def _delete(
     tgt: Target, kind: ConfigKind, name: str, suffixes: tuple[str, ...], recovery_days: int, yes: bool
 ) -> None:
     full = f"{tgt.prefix}/{kind.name}/{name}"
-    stored_parameter(tgt, kind.name, kind.item, name)  # one line if there is no such config
-    if not yes and not typer.confirm(f"delete {kind.item} {name!r} ({full}) and its secrets?"):
-        raise CliError("nothing deleted")
     ssm = tgt.client("ssm")
-    with contextlib.suppress(ssm.exceptions.ParameterNotFound):  # deleted meanwhile: its secrets still go
-        ssm.delete_parameter(Name=full)
-    out.print(f"[green]deleted[/green] {kind.item} [bold]{name}[/bold] ({full})")
     secretsmanager = tgt.client("secretsmanager")
-    for suffix in suffixes:
+    try:
+        ssm.get_parameter(Name=full)
+        exists = True
+    except ssm.exceptions.ParameterNotFound:
+        exists = False
+    # Secrets still there (or that this caller may not describe): a delete that stopped after the
+    # config, on an error, is finished by running it again.
+    left = [s for s in suffixes if _secret_state(secretsmanager, full + s, unknown=True) in (SET, None)]
+    if not exists and not left:
+        raise CliError(f"no {kind.item} {name!r} under {tgt.prefix}")
+    question = f"delete {kind.item} {name!r} ({full}) and its secrets?"
+    if not exists:
+        question = f"{kind.item} {name!r} has no config left; delete its remaining secrets?"
+    if not yes and not typer.confirm(question):
+        raise CliError("nothing deleted")
+    if exists:
+        with contextlib.suppress(ssm.exceptions.ParameterNotFound):  # deleted meanwhile
+            ssm.delete_parameter(Name=full)
+        out.print(f"[green]deleted[/green] {kind.item} [bold]{name}[/bold] ({full})")
+    for suffix in left:
         try:
             deleted = secretsmanager.delete_secret(SecretId=full + suffix, RecoveryWindowInDays=recovery_days)
         except secretsmanager.exceptions.ResourceNotFoundException:
@@ -252,6 +278,22 @@ def _delete(
             f"(aws secretsmanager restore-secret --secret-id {full + suffix} undoes it until then)",
             soft_wrap=True,
         )
+
+
+def _audiences_syncing_to(tgt: Target, outbound_name: str) -> list[str]:
+    """The audiences whose ``sync`` names the outbound config (read as stored, valid or not)."""
+    path = f"{tgt.prefix}/audiences"
+    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
+    names = []
+    for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True):
+        for parameter in page["Parameters"]:
+            try:
+                sync = json.loads(parameter["Value"]).get("sync")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(sync, list) and outbound_name in sync:
+                names.append(parameter["Name"].rsplit("/", 1)[-1])
+    return sorted(names)
 
 
 # What a secret is to the functions: there, missing, or scheduled for deletion (which they treat as

@@ -8,6 +8,7 @@ from urllib.parse import quote, unquote
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -103,6 +104,17 @@ def _unavailable(exc: Exception) -> Response:
     logger.warning("a dependency failed", extra={"error": type(exc).__name__})
     metrics.add_metric(name="ProfileUnavailable", unit=MetricUnit.Count, value=1)
     return _json(503, {"error": "temporarily unavailable, retry later"}, {"Retry-After": "5"})
+
+
+@app.not_found
+def _not_found(_: NotFoundError) -> Response:
+    return _json(404, {"error": "not found: GET /profiles/{environment}/{trafficType}/{key}"})
+
+
+@app.exception_handler(ServiceError)
+def _service_error(exc: ServiceError) -> Response:
+    # The resolver's own answers (a method the route does not take, ...): as they are, in JSON.
+    return _json(exc.status_code, {"error": exc.msg})
 
 
 @app.exception_handler(Exception)

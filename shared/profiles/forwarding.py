@@ -35,6 +35,8 @@ FORMAT = "fme-last-treatments/1"
 # A message stays within SQS's long-standing 256 KiB, with room for a dead letter's attributes; a
 # SendMessageBatch call carries up to 1 MiB of them. Most of the forward's cost is per call, and an
 # invocation's forward is usually one call.
+# These are the forward's own, not shared.sqs_batches' 256 KiB per call: the template creates the
+# last-treatments queue, which takes 1 MiB per SendMessageBatch call.
 MAX_MESSAGE_BYTES = 240 * 1024
 MAX_CALL_BYTES = 1000 * 1024
 # Rows are about 110 bytes. A message that comes out larger than MAX_MESSAGE_BYTES (long keys or

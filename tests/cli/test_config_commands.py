@@ -394,3 +394,40 @@ def test_deleting_an_unknown_config_is_one_line(cli: Cli) -> None:
     assert result.stderr.strip() == f"error: no outbound config 'nope' under {PREFIX}"
     too_short = cli("config", "outbound", "delete", "nope", "--yes", "--recovery-days", "3")
     assert too_short.exit_code == 2  # Secrets Manager's window is 7 to 30 days
+
+
+def test_an_outbound_config_an_audience_syncs_to_is_not_deleted_without_force(
+    cli: Cli, tmp_path: Path
+) -> None:
+    put_outbound(cli, tmp_path)
+    audience = {
+        "environment": "Production",
+        "trafficType": "user",
+        "rule": {"attribute": {"name": "plan", "equals": "pro"}},
+        "sync": ["eu"],
+    }
+    written = cli("config", "audience", "put", "pro-users", "-f", write(tmp_path, "a.json", audience))
+    assert written.exit_code == 0, written.output
+
+    refused = cli("config", "outbound", "delete", "eu", "--yes")
+    assert refused.exit_code == 1
+    assert "pro-users sync to outbound config 'eu'" in " ".join(refused.stderr.split())
+    assert parameter("outbound/eu") is not None
+    forced = cli("config", "outbound", "delete", "eu", "--yes", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert parameter("outbound/eu") is None
+
+
+def test_a_delete_that_stopped_after_the_config_is_finished_by_running_it_again(
+    cli: Cli, tmp_path: Path
+) -> None:
+    put_outbound(cli, tmp_path)
+    boto3.client("ssm", region_name=REGION).delete_parameter(Name=f"{PREFIX}/outbound/eu")
+    again = cli("config", "outbound", "delete", "eu", "--yes")
+    assert again.exit_code == 0, again.output
+    client = boto3.client("secretsmanager", region_name=REGION)
+    assert "DeletedDate" in client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")
+    # Nothing left: one line, as for a name that never existed.
+    done = cli("config", "outbound", "delete", "eu", "--yes")
+    assert done.exit_code == 1
+    assert done.stderr.strip() == f"error: no outbound config 'eu' under {PREFIX}"

@@ -67,11 +67,15 @@ def test_a_dead_letter_queue_is_found_by_the_functions_name_for_it_too(
     assert function["Properties"]["Environment"]["Variables"][function_name] == {"Ref": logical_id}
     monkeypatch.delenv(cli_name, raising=False)
     monkeypatch.setenv(function_name, "https://sqs.eu-west-1.amazonaws.com/1/from-function")
-    target = Target(stack_name="bridge-prod")
-    target.__dict__["stack_outputs"] = {}
+    target = Target()
     assert target.queue_url(logical_id).endswith("/from-function")
     monkeypatch.setenv(cli_name, "https://sqs.eu-west-1.amazonaws.com/1/from-cli")
     assert target.queue_url(logical_id).endswith("/from-cli")
+    # With a stack named, its outputs win over the generic name another application may have set.
+    monkeypatch.delenv(cli_name)
+    named = Target(stack_name="bridge-prod")
+    named.__dict__["stack_outputs"] = {f"{logical_id}Url": "https://sqs.eu-west-1.amazonaws.com/1/from-stack"}
+    assert named.queue_url(logical_id).endswith("/from-stack")
 
 
 def test_a_local_endpoint_means_the_local_stacks_names() -> None:

@@ -316,6 +316,17 @@ def test_a_failing_dependency_is_503_without_a_stack_trace(
     assert body == {"error": "temporarily unavailable, retry later"}
 
 
+def test_a_path_no_route_serves_is_a_json_404(api: Stack, lambda_context: Any) -> None:
+    from functions.profiles import app
+
+    event = copy.deepcopy(load_event("profiles_get.json"))
+    event["pathParameters"] = None
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/profiles/Production"
+    response = app.lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 404
+    assert json.loads(response["body"])["error"].startswith("not found")
+
+
 def test_a_bug_is_a_json_500_without_a_stack_trace(
     api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
