@@ -40,6 +40,13 @@ def stored_parameter(tgt: Target, folder: str, item: str, name: str) -> str:
         raise CliError(f"no {item} {name!r} under {tgt.prefix}") from None
 
 
+def stored_parameters(tgt: Target, folder: str) -> list[tuple[str, str]]:
+    """Every config under ``{prefix}/{folder}`` as stored: (its full name, its value), by name."""
+    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
+    pages = paginator.paginate(Path=f"{tgt.prefix}/{folder}", Recursive=False, WithDecryption=True)
+    return sorted((p["Name"], p["Value"]) for page in pages for p in page["Parameters"])
+
+
 def put_document(tgt: Target, name: str, document: Any) -> None:
     """Write a config document to SSM; one stored as a ``SecureString`` stays one, under its key."""
     ssm = tgt.client("ssm")

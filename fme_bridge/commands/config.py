@@ -32,6 +32,7 @@ from fme_bridge.commands.common import (
     read_json,
     read_text,
     stored_parameter,
+    stored_parameters,
     target,
 )
 from fme_bridge.target import Target
@@ -282,18 +283,15 @@ def _delete(
 
 def _audiences_syncing_to(tgt: Target, outbound_name: str) -> list[str]:
     """The audiences whose ``sync`` names the outbound config (read as stored, valid or not)."""
-    path = f"{tgt.prefix}/audiences"
-    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
     names = []
-    for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True):
-        for parameter in page["Parameters"]:
-            try:
-                sync = json.loads(parameter["Value"]).get("sync")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(sync, list) and outbound_name in sync:
-                names.append(parameter["Name"].rsplit("/", 1)[-1])
-    return sorted(names)
+    for full, value in stored_parameters(tgt, "audiences"):
+        try:
+            sync = json.loads(value).get("sync")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(sync, list) and outbound_name in sync:
+            names.append(full.rsplit("/", 1)[-1])
+    return names
 
 
 # What a secret is to the functions: there, missing, or scheduled for deletion (which they treat as
@@ -369,27 +367,22 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
 
 def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
     path = f"{tgt.prefix}/{kind.name}"
-    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
-    parameters = [
-        p
-        for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True)
-        for p in page["Parameters"]
-    ]
+    parameters = stored_parameters(tgt, kind.name)
     headers = ["environment", "identities"] if kind is INBOUND else ["environments", "endpoint"]
     table = Table(kind.item, *headers, "valid", kind.secret_label, title=f"{kind.name} ({path})")
     for column in table.columns:
         column.overflow = "fold"  # a narrow terminal wraps an endpoint rather than cuts it
     secretsmanager = tgt.client("secretsmanager")
-    for parameter in sorted(parameters, key=lambda p: p["Name"]):
-        short = parameter["Name"].rsplit("/", 1)[-1]
+    for full, value in parameters:
+        short = full.rsplit("/", 1)[-1]
         try:
-            document = json.loads(parameter["Value"])
-            parse_config(kind.model, document, parameter["Name"])
+            document = json.loads(value)
+            parse_config(kind.model, document, full)
             valid = "[green]yes[/green]"
         except (ValueError, ConfigInvalid):
             document, valid = {}, "[red]no[/red]"
         # A valid config without its secret does not work either (401s, or impressions retried).
-        state = _secret_state(secretsmanager, parameter["Name"], unknown=True)
+        state = _secret_state(secretsmanager, full, unknown=True)
         secret = {
             SET: "set",
             MISSING: "[red]not set[/red]",

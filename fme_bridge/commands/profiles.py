@@ -28,6 +28,7 @@ from fme_bridge.commands.common import (
     put_document,
     read_json,
     stored_parameter,
+    stored_parameters,
     target,
 )
 from fme_bridge.target import Target
@@ -129,20 +130,15 @@ def audience_list(ctx: typer.Context) -> None:
     """List the audiences."""
     tgt = target(ctx)
     path = f"{tgt.prefix}/audiences"
-    paginator = tgt.client("ssm").get_paginator("get_parameters_by_path")
-    parameters = [
-        p
-        for page in paginator.paginate(Path=path, Recursive=False, WithDecryption=True)
-        for p in page["Parameters"]
-    ]
+    parameters = stored_parameters(tgt, "audiences")
     if not parameters:
         out.print(f"no audiences under {tgt.prefix}")
         return
     table = Table("audience", "environment", "traffic type", "sync", "valid", title=f"audiences ({path})")
-    for parameter in sorted(parameters, key=lambda p: p["Name"]):
-        short = parameter["Name"].rsplit("/", 1)[-1]
+    for full, value in parameters:
+        short = full.rsplit("/", 1)[-1]
         try:
-            audience = parse_audience(parameter["Value"], parameter["Name"])
+            audience = parse_audience(value, full)
         except ConfigInvalid:
             table.add_row(short, "", "", "", "[red]no[/red]")
             continue
