@@ -76,6 +76,19 @@ def _dead_letter_targets(resources: dict[str, Any]) -> set[str]:
     return found
 
 
+# Every alarm notifies the AlarmTopicArn topic, when one is given.
+NOTIFIES_TOPIC = {"Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+
+
+def alarms(resources: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    """The properties of the template's alarms on metrics of ``namespace``."""
+    return [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == namespace
+    ]
+
+
 def _failure_queues(resources: dict[str, Any]) -> set[str]:
     """Queues that failures land in: SQS dead-letter targets and the stream sources' on-failure queues."""
     found = _dead_letter_targets(resources)
@@ -103,10 +116,7 @@ def test_every_queue_that_failures_land_in_has_an_alarm_that_each_new_failure_se
     } <= failure_queues
     assert {"ImpressionsDeadLetterQueue", "LastTreatmentsDeadLetterQueue"} <= _dead_letter_targets(resources)
     alarmed: dict[str, set[tuple[str, str, int, int]]] = {}
-    for resource in resources.values():
-        if resource["Type"] != "AWS::CloudWatch::Alarm" or resource["Properties"]["Namespace"] != "AWS/SQS":
-            continue
-        props = resource["Properties"]
+    for props in alarms(resources, "AWS/SQS"):
         [dimension] = props["Dimensions"]
         assert props["Namespace"] == "AWS/SQS"
         queue = dimension["Value"]["Fn::GetAtt"][0]
@@ -117,9 +127,7 @@ def test_every_queue_that_failures_land_in_has_an_alarm_that_each_new_failure_se
         assert props["Period"] == 300
         assert props["TreatMissingData"] == "notBreaching"
         # Someone is told when AlarmTopicArn is given.
-        assert props["AlarmActions"] == {
-            "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
-        }
+        assert props["AlarmActions"] == NOTIFIES_TOPIC
     assert failure_queues <= set(alarmed), failure_queues - set(alarmed)
     for queue in failure_queues:
         assert alarmed[queue] == {
@@ -160,16 +168,10 @@ def test_every_function_logs_to_one_group_kept_log_retention_days() -> None:
 def test_a_failing_audience_recheck_raises_an_alarm() -> None:
     """The schedule does not retry it and it has no queue: its errors are what tells of a failure."""
     resources = load_template()["Resources"]
-    [alarm] = [
-        r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == "AWS/Lambda"
-    ]
+    [alarm] = alarms(resources, "AWS/Lambda")
     assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("Errors", "Sum", 1)
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "AudienceRecheckFunction"}}]
-    assert alarm["AlarmActions"] == {
-        "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
-    }
+    assert alarm["AlarmActions"] == NOTIFIES_TOPIC
     # Neither the schedule nor Lambda runs a failed run again: the next run, 15 minutes later, does.
     recheck = resources["AudienceRecheckFunction"]["Properties"]
     assert recheck["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
@@ -180,16 +182,10 @@ def test_a_failing_audience_recheck_raises_an_alarm() -> None:
 def test_webhook_errors_that_last_raise_an_alarm() -> None:
     """An invalid connection config answers every webhook with a 503: Segment retries, then drops."""
     resources = load_template()["Resources"]
-    [alarm] = [
-        r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"]["Namespace"] == "AWS/ApiGateway"
-    ]
+    [alarm] = alarms(resources, "AWS/ApiGateway")
     assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("5xx", "Sum", 1)
     assert alarm["Dimensions"] == [{"Name": "ApiId", "Value": {"Ref": "HttpApi"}}]
     # Three periods in a row: a blip that Segment's retry covers is not an alarm.
     assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (300, 3, 3)
     assert alarm["TreatMissingData"] == "notBreaching"
-    assert alarm["AlarmActions"] == {
-        "Fn::If": ["NotifyAlarms", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
-    }
+    assert alarm["AlarmActions"] == NOTIFIES_TOPIC
