@@ -73,7 +73,14 @@ class ConfigNotFound(ConfigError):
 
 
 class ConfigInvalid(ConfigError):
-    """The parameter exists but is not a valid document; the message names the field."""
+    """The parameter exists but is not a valid document; the message names the field.
+
+    ``problem`` is the message without the parameter's name: what a caller may be told.
+    """
+
+    def __init__(self, source: str, problem: str | None = None) -> None:
+        super().__init__(f"{source}: {problem}" if problem is not None else source)
+        self.problem = problem if problem is not None else source
 
 
 class ConfigUnavailable(ConfigError):
@@ -222,13 +229,13 @@ def parse_config(
     try:
         data = json.loads(raw) if isinstance(raw, str | bytes) else raw
     except ValueError as exc:
-        raise ConfigInvalid(f"{source}: not valid JSON ({exc})") from None
+        raise ConfigInvalid(source, f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigInvalid(f"{source}: must be a JSON object")
+        raise ConfigInvalid(source, "must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigInvalid(f"{source}: {describe(exc)}") from None
+        raise ConfigInvalid(source, describe(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

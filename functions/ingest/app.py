@@ -158,10 +158,14 @@ def _unavailable(exc: Exception) -> Response[str]:
 
 @app.exception_handler(ConfigInvalid)
 def _config_invalid(exc: ConfigInvalid) -> Response[str]:
-    # Reached only after authentication; the details go to the log, not to the caller.
+    # Reached only after authentication: the caller holds the secret and is told which fields are
+    # wrong (not the parameter's name); Segment retries the 503 until the operator fixes them.
     logger.error("connection config is invalid", extra={"detail": str(exc)})
     metrics.add_metric(name="ConfigInvalid", unit=MetricUnit.Count, value=1)
-    return _service_unavailable("this connection's configuration is invalid; the operator has to fix it")
+    return _service_unavailable(
+        f"this connection's configuration is invalid ({exc.problem}); the operator has to fix it",
+        error="config_invalid",
+    )
 
 
 @app.not_found
@@ -177,9 +181,9 @@ def _unexpected(exc: Exception) -> Response[str]:
     return _service_unavailable("internal error; retry later")
 
 
-def _service_unavailable(message: str) -> Response[str]:
+def _service_unavailable(message: str, error: str = "unavailable") -> Response[str]:
     metrics.add_metric(name="Unavailable", unit=MetricUnit.Count, value=1)
-    return _json(503, {"error": "unavailable", "message": message}, headers={"Retry-After": "5"})
+    return _json(503, {"error": error, "message": message}, headers={"Retry-After": "5"})
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

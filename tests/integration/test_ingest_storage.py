@@ -654,7 +654,7 @@ def test_configuration_store_failure_is_a_503(webhook: Webhook, monkeypatch: pyt
     assert "ThrottlingException" not in json.dumps(answer.body)
 
 
-def test_invalid_connection_config_is_a_503_without_details(
+def test_invalid_connection_config_is_a_503_naming_the_fields(
     webhook: Webhook, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.conftest import put_config
@@ -663,7 +663,11 @@ def test_invalid_connection_config_is_a_503_without_details(
     config.clear_caches()
     answer = webhook.post(segment_message("track"))
     assert answer.status == 503
-    assert "enableTrak" not in json.dumps(answer.body)
+    assert answer.body["error"] == "config_invalid"
+    # The authenticated caller learns which fields are wrong, not where the config is stored.
+    assert "identities" in answer.body["message"]
+    assert "enableTrak" in answer.body["message"]
+    assert "/inbound/" not in answer.body["message"]
     # Counted apart from an outage (the log names the field for the operator).
     lines = capsys.readouterr().out.splitlines()
     metrics = [json.loads(line) for line in lines if '"_aws"' in line]
