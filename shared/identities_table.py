@@ -3,9 +3,9 @@
 Concurrent webhook requests can update the same identity, so writes are optimistic: each item
 carries a ``version``; a write is conditional on the version that was read (or on the item not
 existing), and a request whose condition fails re-reads and merges again (see
-:func:`shared.inbound.ingest.store_identities`). A few identities are written with conditional
-PutItems side by side; more go in TransactWriteItems requests of up to 100 conditional puts — the
-only batched write DynamoDB offers with conditions, at two write units per item.
+:func:`shared.inbound.ingest.store_identities`). Each identity is one conditional PutItem, side by
+side on the request's threads: one write unit each, and a lost race refuses only its own identity.
+(TransactWriteItems would take 100 per request, at two write units each, all or nothing.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.dynamodb import (
-    MAX_WORKERS,
     Table,
     attribute_value,
     batch_get,
@@ -24,15 +23,8 @@ from shared.dynamodb import (
     deserialize_item,
     run_parallel,
 )
-from shared.inbound.mapping import MAX_IDENTITY_BYTES, MergedIdentity, StoredIdentity
+from shared.inbound.mapping import MergedIdentity, StoredIdentity
 from shared.profiles_table import profile_pk
-
-TRANSACTION_LIMIT = 100
-# Up to this many identities, one conditional PutItem each, all at once on the request's threads: one
-# round trip and one write unit per identity (a transaction costs two).
-MAX_SEPARATE_PUTS = MAX_WORKERS
-# DynamoDB refuses a transaction over 4 MB; identities may be up to MAX_IDENTITY_BYTES each.
-TRANSACTION_BYTES = 3_500_000
 
 
 class IdentitiesTable(Table):
@@ -69,33 +61,24 @@ class IdentitiesTable(Table):
     ) -> set[str]:
         """Write merged identities; returns the pks whose write did not happen (re-read and retry them).
 
-        Up to :data:`MAX_SEPARATE_PUTS` identities (an identify call, a small batch) are conditional
-        PutItems side by side, each failing alone. More go in transactions, which are all or nothing:
-        when one identity's version moved on, every identity of that transaction is returned.
+        One conditional PutItem per identity, :data:`~shared.dynamodb.MAX_WORKERS` at a time; an
+        identity whose version moved on fails alone. Once the request is out of time, the identities
+        not yet written are returned unwritten.
         """
-        if len(identities) <= MAX_SEPARATE_PUTS:
 
-            def put(identity: MergedIdentity) -> str | None:
-                try:
-                    self.client.put_item(**self._conditional_put(identity, connection_id, updated_at))
-                except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                        raise
-                    return profile_pk(identity.environment, identity.trafficTypeName, identity.key)
-                return None
-
-            return {pk for pk in run_parallel(put, list(identities)) if pk is not None}
-        retry: set[str] = set()
-        for batch in transactions(identities):
-            puts = [self._conditional_put(identity, connection_id, updated_at) for identity in batch]
+        def put(identity: MergedIdentity) -> str | None:
+            pk = profile_pk(identity.environment, identity.trafficTypeName, identity.key)
+            if self.time_left is not None and self.time_left() <= 0:
+                return pk
             try:
-                self.client.transact_write_items(TransactItems=[{"Put": put} for put in puts])
+                self.client.put_item(**self._conditional_put(identity, connection_id, updated_at))
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code not in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
-                retry.update(profile_pk(i.environment, i.trafficTypeName, i.key) for i in batch)
-        return retry
+                return pk
+            return None
+
+        return {pk for pk in run_parallel(put, list(identities)) if pk is not None}
 
     def _conditional_put(
         self, identity: MergedIdentity, connection_id: str, updated_at: int
@@ -142,20 +125,3 @@ class IdentitiesTable(Table):
         )
         item = response.get("Item")
         return deserialize_item(item) if item else None
-
-
-def transactions(identities: Sequence[MergedIdentity]) -> list[list[MergedIdentity]]:
-    """The identities in order, in transactions of at most :data:`TRANSACTION_LIMIT` items and about
-    :data:`TRANSACTION_BYTES` (sizes are counted only once they could matter)."""
-    if len(identities) * MAX_IDENTITY_BYTES <= TRANSACTION_BYTES:
-        return [list(identities)] if identities else []
-    batches: list[list[MergedIdentity]] = [[]]
-    size = 0
-    for identity in identities:
-        item_bytes = identity.size_bytes
-        if batches[-1] and (len(batches[-1]) >= TRANSACTION_LIMIT or size + item_bytes > TRANSACTION_BYTES):
-            batches.append([])
-            size = 0
-        batches[-1].append(identity)
-        size += item_bytes
-    return batches

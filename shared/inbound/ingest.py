@@ -259,8 +259,8 @@ def store_identities(
 ) -> tuple[int, set[int], list[IdentityUpdate]]:
     """Merge and write identity updates; returns the identities changed, the indices of effective
     messages, and the updates of identities left unwritten because merged they would exceed
-    :data:`~shared.inbound.mapping.MAX_IDENTITY_BYTES` (DynamoDB would refuse them, and with them
-    the transaction of every other identity: they are dropped, the rest is stored).
+    :data:`~shared.inbound.mapping.MAX_IDENTITY_BYTES` (DynamoDB would refuse them on every retry:
+    they are dropped, the rest is stored).
 
     Optimistic concurrency: read (consistent) → merge → conditional write; identities whose write
     lost a race are read and merged again, up to :data:`IDENTITY_ATTEMPTS` times.

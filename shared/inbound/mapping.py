@@ -30,8 +30,8 @@ MAX_ATTRIBUTE_STRING = 255
 MAX_PROPERTIES = 300
 MAX_EVENT_BYTES = 32 * 1024
 # An identity's attributes, their times and the messageIds it remembers, as compact JSON (a little
-# more than DynamoDB counts): DynamoDB refuses items over 400 KB, and would refuse every identity
-# written in the same transaction.
+# more than DynamoDB counts): DynamoDB refuses items over 400 KB, so such an identity is dropped
+# with a reason rather than failing its request on every retry.
 MAX_IDENTITY_BYTES = 350 * 1024
 # Becomes part of the event's sort key (1 KB at most in DynamoDB); Segment's own ids are ~40 chars.
 MAX_MESSAGE_ID_LENGTH = 200

@@ -555,31 +555,36 @@ def test_large_body_uses_batched_requests(webhook: Webhook) -> None:
     assert sum(calls.values()) / answer.body["events"] <= 0.05
 
 
-def test_a_few_identities_are_conditional_puts_and_more_are_transactions(webhook: Webhook) -> None:
-    """A transaction costs two write units per item: a few identities do not need one."""
-    from shared.identities_table import MAX_SEPARATE_PUTS
-
+def test_every_identity_is_one_conditional_put(webhook: Webhook) -> None:
+    """One write unit per identity (a transaction costs two), and a lost race refuses only its own."""
     calls: Counter[str] = Counter()
     dynamodb.client().meta.events.register(
         "before-call.dynamodb.*", lambda model, **_: calls.update([model.name])
     )
 
-    def identifies(count: int, prefix: str) -> list[dict[str, Any]]:
+    def identifies(count: int, plan: str) -> list[dict[str, Any]]:
         return [
-            segment_message("identify", messageId=f"{prefix}-{i}", userId=f"{prefix}-{i}", anonymousId=None)
+            segment_message(
+                "identify",
+                messageId=f"{plan}-{i}",
+                userId=f"user-{i}",
+                anonymousId=None,
+                traits={"plan": plan},
+            )
             for i in range(count)
         ]
 
     webhook.post(segment_message("identify", anonymousId=None, traits={"plan": "pro"}))
     assert calls == {"BatchGetItem": 1, "PutItem": 1}
     calls.clear()
-    assert webhook.post(identifies(MAX_SEPARATE_PUTS, "few")).body["stored"] == MAX_SEPARATE_PUTS
-    assert calls == {"BatchGetItem": 1, "PutItem": MAX_SEPARATE_PUTS}
+    assert webhook.post(identifies(120, "free")).body["stored"] == 120
+    assert calls == {"BatchGetItem": 2, "PutItem": 120}
+    assert (webhook.identity("user", "user-119") or {})["version"] == 1
     calls.clear()
-    assert webhook.post(identifies(MAX_SEPARATE_PUTS + 1, "more")).body["stored"] == MAX_SEPARATE_PUTS + 1
-    assert calls == {"BatchGetItem": 1, "TransactWriteItems": 1}
-    assert (webhook.identity("user", "few-0") or {})["version"] == 1
-    assert (webhook.identity("user", "more-0") or {})["version"] == 1
+    assert webhook.post(identifies(120, "team")).body["stored"] == 120
+    assert calls == {"BatchGetItem": 2, "PutItem": 120}
+    updated = webhook.identity("user", "user-119") or {}
+    assert (updated["version"], updated["attributes"]["plan"]) == (2, "team")
 
 
 def test_unprocessed_items_are_retried(webhook: Webhook) -> None:

@@ -142,3 +142,39 @@ def test_to_python_turns_stored_numbers_into_ints_and_floats() -> None:
     assert converted == {"i": 3, "f": 2.5, "l": [1, "a"], "m": {"n": 0}, "s": [4], "b": True, "none": None}
     assert [type(converted[name]) for name in ("i", "f")] == [int, float]
     assert type(converted["m"]["n"]) is int
+
+
+def merged(key: str) -> Any:
+    from shared.inbound.mapping import MergedIdentity
+
+    return MergedIdentity(
+        environment="Production",
+        trafficTypeName="user",
+        key=key,
+        attributes={"plan": "pro"},
+        attributeTimestamps={"plan": 1},
+        expected_version=None,
+        effective={0},
+    )
+
+
+def test_identities_are_put_one_by_one_and_a_lost_race_refuses_only_its_own() -> None:
+    from shared.identities_table import IdentitiesTable
+
+    client = ConditionalPuts(stored={"Production#user#b"})
+    table = IdentitiesTable("t", client=client)
+    assert table.put_conditional([merged(k) for k in "abc"], "web", 1) == {"Production#user#b"}
+    assert client.stored == {"Production#user#a", "Production#user#b", "Production#user#c"}
+    assert {call["ConditionExpression"] for call in client.calls} == {"attribute_not_exists(pk)"}
+
+
+def test_identities_left_when_time_runs_out_are_returned_unwritten() -> None:
+    from shared.identities_table import IdentitiesTable
+
+    client = ConditionalPuts()
+    table = IdentitiesTable("t", client=client, time_left=lambda: 0.0)
+    assert table.put_conditional([merged(k) for k in "ab"], "web", 1) == {
+        "Production#user#a",
+        "Production#user#b",
+    }
+    assert client.calls == []

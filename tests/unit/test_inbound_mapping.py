@@ -734,27 +734,3 @@ def test_an_identity_is_too_large_by_its_utf8_bytes_not_its_escaped_json() -> No
 
     assert not identity(150_000).too_large()  # about 300 KB in DynamoDB; 900 KB as \\u escapes
     assert identity(190_000).too_large()
-
-
-def test_identity_transactions_stay_under_dynamodbs_4_mb() -> None:
-    from shared.identities_table import TRANSACTION_BYTES, TRANSACTION_LIMIT, transactions
-
-    def identity(key: str, characters: int) -> MergedIdentity:
-        attributes = {f"a{i}": "x" * 250 for i in range(characters // 250)}
-        return MergedIdentity(
-            environment="Production",
-            trafficTypeName="user",
-            key=key,
-            attributes=attributes,
-            attributeTimestamps=dict.fromkeys(attributes, NOW),
-            expected_version=None,
-            effective={0},
-        )
-
-    large = [identity(f"l{i}", 300_000) for i in range(30)]
-    batches = transactions(large)
-    assert [i.key for batch in batches for i in batch] == [i.key for i in large]
-    assert all(sum(i.size_bytes for i in batch) <= TRANSACTION_BYTES for batch in batches)
-    assert len(batches) == 3
-    small = [identity(f"s{i}", 250) for i in range(250)]
-    assert [len(batch) for batch in transactions(small)] == [TRANSACTION_LIMIT, TRANSACTION_LIMIT, 50]
