@@ -186,8 +186,22 @@ def _service_unavailable(message: str, error: str = "unavailable") -> Response[s
     return _json(503, {"error": error, "message": message}, headers={"Retry-After": "5"})
 
 
+def _with_stage_prefix(event: dict[str, Any]) -> dict[str, Any]:
+    """The event, its path led by its stage's name when a named stage's event lacks it.
+
+    Powertools' resolver cuts a named stage's length off the front of every path, as API Gateway
+    sends them (``/prod/segment/web``); an event built with the stage but without the prefix would
+    otherwise lose ``/segm`` and answer 404.
+    """
+    stage = (event.get("requestContext") or {}).get("stage") or "$default"
+    path = event.get("rawPath") or ""
+    if stage == "$default" or path == f"/{stage}" or path.startswith(f"/{stage}/"):
+        return event
+    return {**event, "rawPath": f"/{stage}{path}"}
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return app.resolve(_with_stage_prefix(event), context)

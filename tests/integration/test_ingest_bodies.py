@@ -254,6 +254,17 @@ def test_unknown_route_is_a_404_not_an_error(webhook: Webhook) -> None:
     assert webhook.invoke(event).status == 404
 
 
+@pytest.mark.parametrize("prefixed", [True, False])
+def test_a_named_stage_routes_with_or_without_its_prefix_on_the_path(
+    webhook: Webhook, prefixed: bool
+) -> None:
+    event = webhook.event(segment_message("track"))
+    event["requestContext"]["stage"] = "prod"
+    if prefixed:  # as API Gateway sends it
+        event["rawPath"] = event["requestContext"]["http"]["path"] = "/prod" + event["rawPath"]
+    assert webhook.invoke(event).status == 200
+
+
 def test_gzip_body_from_a_segment_sdk(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
     import gzip
 
