@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared.dynamodb import table_of, to_python
 from shared.http_retry import Outcome, prepare_tls_context
-from shared.lambda_context import remaining_time_ms
+from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.profiles.audience_sync import (
     AudienceEvaluator,
@@ -110,6 +110,7 @@ def evaluator(context: LambdaContext) -> AudienceEvaluator:
     return AudienceEvaluator(load_audiences(), sender)
 
 
+@completed_context
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

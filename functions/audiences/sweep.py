@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.audiences import app as stream_app
 from shared.http_retry import prepare_tls_context
-from shared.lambda_context import remaining_time_ms
+from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.profiles.audience_sync import PROFILES_PER_ROUND, SyncReport
 from shared.profiles_table import due_for_recheck
@@ -32,6 +32,7 @@ tracer = lambda_tracer()
 RESERVE_MS = 15_000
 
 
+@completed_context
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

@@ -26,7 +26,7 @@ from shared.delivery.delivery_log import DeliveryLog
 from shared.delivery.failure_queue import FailureQueue
 from shared.delivery.service import Delivery
 from shared.http_retry import Deadline, prepare_tls_context
-from shared.lambda_context import remaining_time_ms
+from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.tracing import lambda_tracer
 
@@ -76,6 +76,7 @@ _sleep = time.sleep
 STREAM_RETRY_SECONDS = 10 * 60
 
 
+@completed_context
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared import aws
 from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
-from shared.lambda_context import remaining_time_ms
+from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.outbound.batch import BatchOutcome, process_batch
 from shared.outbound.dead_letters import log_dead_letters
@@ -44,6 +44,7 @@ def _record_metrics(outcome: BatchOutcome) -> None:
     metrics.add_metric("SqsMessagesRetried", MetricUnit.Count, len(outcome.retry))
 
 
+@completed_context
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

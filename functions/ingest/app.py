@@ -24,6 +24,7 @@ from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
 from shared.inbound.messages import BadRequest, PayloadTooLarge
+from shared.lambda_context import completed_context
 from shared.metrics import lambda_metrics
 from shared.tracing import lambda_tracer
 
@@ -200,6 +201,7 @@ def _with_stage_prefix(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "rawPath": f"/{stage}{path}"}
 
 
+@completed_context
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared import aws
 from shared.batch_response import PartialItemFailureResponse, partial_batch_response
 from shared.http_retry import prepare_tls_context
-from shared.lambda_context import remaining_time_ms
+from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.outbound.dead_letters import log_dead_letters, retries_exhausted, send_dead_letters
 from shared.outbound.delivery import DeadLetter
@@ -40,6 +40,7 @@ INVALID_BODY = "invalid_body"
 last_treatments = LastTreatmentRecorder()
 
 
+@completed_context
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)

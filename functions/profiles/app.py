@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import config
 from shared.config import ConfigUnavailable
+from shared.lambda_context import completed_context
 from shared.metrics import lambda_metrics
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
@@ -147,6 +148,7 @@ def _routed_on_path_parameters(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "rawPath": path}
 
 
+@completed_context
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
