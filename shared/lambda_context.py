@@ -18,10 +18,23 @@ _DESCRIBED_BY = ("function_name", "memory_limit_in_mb", "invoked_function_arn", 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+def context_clock(context: Any) -> Callable[[], int] | None:
+    """``context.get_remaining_time_in_millis`` when it tells a number of milliseconds (a mock's
+    does not), else None."""
+    clock = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(clock):
+        return None
+    try:
+        first = clock()
+    except Exception:
+        return None
+    return clock if isinstance(first, int | float) and not isinstance(first, bool) else None
+
+
 def remaining_time_ms(context: Any, default_budget_ms: int = DEFAULT_BUDGET_MS) -> Callable[[], int]:
     """``context.get_remaining_time_in_millis``, or a clock counting down from now."""
-    clock = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(clock):
+    clock = context_clock(context)
+    if clock is not None:
         return clock
     end = time.monotonic() + default_budget_ms / 1000
     return lambda: int((end - time.monotonic()) * 1000)

@@ -24,7 +24,7 @@ from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
 from shared.inbound.messages import BadRequest, PayloadTooLarge
-from shared.lambda_context import completed_context
+from shared.lambda_context import completed_context, context_clock
 from shared.metrics import lambda_metrics
 from shared.tracing import lambda_tracer
 
@@ -71,7 +71,7 @@ def segment_webhook(connectionId: str) -> Response[str]:
     request = WebhookRequest(connection_id=connectionId, headers=headers, body=_raw_body())
     logger.append_keys(connection_id=connectionId)
     # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
-    remaining_ms = getattr(app.lambda_context, "get_remaining_time_in_millis", None)
+    remaining_ms = context_clock(app.lambda_context)
     time_left = Deadline(remaining_ms=remaining_ms, margin_ms=1500).seconds_left if remaining_ms else None
     now_ms = time.time_ns() // 1_000_000
     running = _requests.submit(receive_webhook, request, now_ms, time_left=time_left)

@@ -8,11 +8,12 @@ import json
 import types
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from fme_bridge.template import functions
-from shared.lambda_context import PartialContext, completed_context
+from shared.lambda_context import PartialContext, completed_context, context_clock
 from tests.conftest import EVENTS_DIR
 
 
@@ -47,7 +48,9 @@ def test_a_partial_context_keeps_what_it_has() -> None:
 
 
 @pytest.mark.parametrize(("logical_id", "props"), sorted(functions().items()))
-@pytest.mark.parametrize("context", [None, types.SimpleNamespace()], ids=["none", "empty"])
+@pytest.mark.parametrize(
+    "context", [None, types.SimpleNamespace(), mock.MagicMock()], ids=["none", "empty", "mock"]
+)
 def test_every_handler_answers_without_a_complete_context(
     logical_id: str, props: dict[str, Any], context: Any, function_env: Callable[[str], dict[str, str]]
 ) -> None:
@@ -64,3 +67,11 @@ def test_every_handler_answers_without_a_complete_context(
         assert handler({}, context)["finished"] is True  # no audience to re-check
     else:
         assert handler({"Records": []}, context) == {"batchItemFailures": []}
+
+
+def test_a_clock_that_tells_no_number_is_not_used() -> None:
+    from shared.lambda_context import remaining_time_ms
+
+    assert context_clock(mock.MagicMock()) is None
+    assert context_clock(types.SimpleNamespace(get_remaining_time_in_millis=lambda: 5_000)) is not None
+    assert 0 < remaining_time_ms(mock.MagicMock())() <= 8_000
