@@ -54,7 +54,6 @@ class PartialContext:
         region = os.environ.get("AWS_REGION", "us-east-1")
         self._defaults = {
             "function_name": name,
-            "function_version": os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
             "memory_limit_in_mb": int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 128),
             "invoked_function_arn": f"arn:aws:lambda:{region}:000000000000:function:{name}",
             "aws_request_id": _request_id(),
