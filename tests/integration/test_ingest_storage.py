@@ -523,8 +523,8 @@ def test_a_body_that_tracks_and_then_deletes_a_user_leaves_nothing_of_them(webho
 
 
 def test_an_identity_too_large_for_dynamodb_is_dropped_and_the_others_are_stored(webhook: Webhook) -> None:
-    # Merged, its attributes would exceed DynamoDB's 400 KB item limit; written in one transaction
-    # with the others, it would fail them all, on every retry.
+    # Merged, its attributes would exceed DynamoDB's 400 KB item limit: DynamoDB would refuse it,
+    # and with it the request, on every retry.
     huge_traits = {f"trait_{i:04d}": "x" * 255 for i in range(1_500)}
     body = [
         segment_message("track", messageId="the-track"),
