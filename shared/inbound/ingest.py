@@ -288,6 +288,8 @@ def store_identities(
             effective_by_pk[pk] = result.effective if result else set()
         pending = sorted(table.put_conditional(list(merged.values()), connection_id, now_ms))
     else:
+        if pending and table.time_left is not None and table.time_left() <= 0:
+            raise StoreUnavailable("out of time while writing identities")
         if pending:
             raise StoreUnavailable(f"identity updates kept conflicting for {len(pending)} identities")
     effective = {index for indices in effective_by_pk.values() for index in indices}

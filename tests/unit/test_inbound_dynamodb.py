@@ -178,3 +178,39 @@ def test_identities_left_when_time_runs_out_are_returned_unwritten() -> None:
         "Production#user#b",
     }
     assert client.calls == []
+
+
+def test_identities_out_of_time_part_way_are_a_store_unavailable_and_the_retry_finishes(stack: Any) -> None:
+    """No 200 for half-written identities: the request fails, and Segment's retry writes the rest."""
+    import itertools
+
+    from shared.identities_table import IdentitiesTable
+    from shared.inbound.ingest import store_identities
+    from shared.inbound.mapping import IdentityUpdate
+
+    updates = [
+        IdentityUpdate(
+            index=i,
+            environment="Production",
+            trafficTypeName="user",
+            key=f"u-{i}",
+            attributes={"plan": "pro"},
+            timestamp=1_000,
+            messageId=f"m-{i}",
+        )
+        for i in range(60)
+    ]
+    name = stack.tables["IdentitiesTable"]
+    calls = itertools.count()
+    # The round's check, then 20 puts; then the clock has run out.
+    table = IdentitiesTable(name, time_left=lambda: 1.0 if next(calls) < 21 else 0.0)
+    with pytest.raises(dynamodb.StoreUnavailable, match="out of time"):
+        store_identities(updates, table, "web", 2_000)
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    assert client.scan(TableName=name, Select="COUNT")["Count"] == 20
+
+    changed, effective, _ = store_identities(updates, IdentitiesTable(name), "web", 3_000)
+    assert (changed, len(effective)) == (40, 40)  # the 20 written the first time are unchanged
+    items = client.scan(TableName=name)["Items"]
+    assert len(items) == 60
+    assert {item["version"]["N"] for item in items} == {"1"}
