@@ -60,6 +60,8 @@ class PartialContext:
         }
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # its own fields, and what copy and pickle look for
+            raise AttributeError(name)
         try:
             return getattr(self._original, name)
         except AttributeError:

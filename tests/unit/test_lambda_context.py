@@ -3,6 +3,7 @@ they do on Lambda instead of failing in Powertools' logger."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import types
@@ -35,6 +36,7 @@ def test_a_missing_context_is_completed_from_the_environment(monkeypatch: pytest
     assert context.aws_request_id != seen_by_handler(None).aws_request_id
     # No clock is made up: the functions fall back to their own budget (remaining_time_ms).
     assert not hasattr(context, "get_remaining_time_in_millis")
+    assert copy.deepcopy(context).function_name == "ingest"  # copies, as a logger's may
 
 
 def test_a_partial_context_keeps_what_it_has() -> None:
