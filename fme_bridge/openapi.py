@@ -100,7 +100,10 @@ def document() -> dict[str, Any]:
                             "Missing or invalid credentials, or an unknown connection (one answer)."
                         ),
                         "413": _json("The body is over the size limit, or holds over 4,000 messages."),
-                        "503": _json("DynamoDB, SSM or Secrets Manager failing: retry later."),
+                        "503": _json(
+                            "DynamoDB, SSM or Secrets Manager failing, or the connection's config does not"
+                            " validate (`config_invalid`, naming the fields): retry later."
+                        ),
                     },
                 }
             },

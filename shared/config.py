@@ -78,9 +78,9 @@ class ConfigInvalid(ConfigError):
     ``problem`` is the message without the parameter's name: what a caller may be told.
     """
 
-    def __init__(self, source: str, problem: str | None = None) -> None:
-        super().__init__(f"{source}: {problem}" if problem is not None else source)
-        self.problem = problem if problem is not None else source
+    def __init__(self, source: str, problem: str = "does not validate") -> None:
+        super().__init__(f"{source}: {problem}")
+        self.problem = problem
 
 
 class ConfigUnavailable(ConfigError):
