@@ -192,9 +192,11 @@ def _with_stage_prefix(event: dict[str, Any]) -> dict[str, Any]:
 
     Powertools' resolver cuts a named stage's length off the front of every path, as API Gateway
     sends them (``/prod/segment/web``); an event built with the stage but without the prefix would
-    otherwise lose ``/segm`` and answer 404.
+    otherwise lose ``/segm`` and answer 404. (A stage named ``segment`` cannot be told apart: its
+    paths are taken as prefixed.) The deployed API has only the ``$default`` stage.
     """
-    stage = (event.get("requestContext") or {}).get("stage") or "$default"
+    context = event.get("requestContext")
+    stage = (context.get("stage") if isinstance(context, dict) else None) or "$default"
     path = event.get("rawPath") or ""
     if stage == "$default" or path == f"/{stage}" or path.startswith(f"/{stage}/"):
         return event
