@@ -57,6 +57,22 @@ class Table:
         return cls(aws.env(cls.table_env), time_left=time_left)
 
 
+# Errors DynamoDB may not repeat: throttling and its own failures (botocore retried them already).
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 class StoreUnavailable(Exception):
     """DynamoDB kept refusing part of a request (throttling); the whole request can be retried."""
 
@@ -142,6 +158,17 @@ def _backoff(attempt: int, sleep: Sleep, time_left: TimeLeft, table: str) -> Non
     sleep(delay)
 
 
+def _transient_as_unprocessed(call: Callable[..., Any], pending: dict[str, Any], attempt: int) -> Any:
+    """``call(RequestItems=pending)``; None when DynamoDB throttled or failed it with attempts left
+    (nothing was processed, as far as the caller can tell: every item is sent again)."""
+    try:
+        return call(RequestItems=pending)
+    except ClientError as exc:
+        if error_code(exc) in TRANSIENT_ERRORS and attempt < MAX_ATTEMPTS - 1:
+            return None
+        raise
+
+
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -179,7 +206,8 @@ def batch_get(
     sleep: Sleep = time.sleep,
     time_left: TimeLeft = None,
 ) -> list[Item]:
-    """The items found for ``keys`` (any order), 100 keys per request, unprocessed keys retried."""
+    """The items found for ``keys`` (any order), 100 keys per request; unprocessed keys, and requests
+    still throttled or failed after botocore's retries, are retried with backoff."""
 
     def fetch(batch: Sequence[Key]) -> list[Item]:
         request: dict[str, Any] = {"Keys": list(batch), "ConsistentRead": consistent}
@@ -190,7 +218,10 @@ def batch_get(
         found: list[Item] = []
         pending: dict[str, Any] = {table: request}
         for attempt in range(MAX_ATTEMPTS):
-            response = client.batch_get_item(RequestItems=pending)
+            response = _transient_as_unprocessed(client.batch_get_item, pending, attempt)
+            if response is None:
+                _backoff(attempt, sleep, time_left, table)
+                continue
             found.extend(response.get("Responses", {}).get(table, []))
             pending = response.get("UnprocessedKeys") or {}
             if not pending:
@@ -209,12 +240,16 @@ def batch_write(
     sleep: Sleep = time.sleep,
     time_left: TimeLeft = None,
 ) -> None:
-    """Put / delete requests (``{"PutRequest": …}``), 25 per request, unprocessed items retried."""
+    """Put / delete requests (``{"PutRequest": …}``), 25 per request; unprocessed items, and requests
+    still throttled or failed after botocore's retries, are retried with backoff."""
 
     def write(batch: Sequence[dict[str, Any]]) -> None:
         pending: dict[str, Any] = {table: list(batch)}
         for attempt in range(MAX_ATTEMPTS):
-            response = client.batch_write_item(RequestItems=pending)
+            response = _transient_as_unprocessed(client.batch_write_item, pending, attempt)
+            if response is None:
+                _backoff(attempt, sleep, time_left, table)
+                continue
             pending = response.get("UnprocessedItems") or {}
             if not pending:
                 return

@@ -16,15 +16,21 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.dynamodb import (
+    TRANSIENT_ERRORS,
     Table,
     attribute_value,
     batch_get,
     batch_write,
     deserialize_item,
+    error_code,
     run_parallel,
 )
 from shared.inbound.mapping import MergedIdentity, StoredIdentity
 from shared.profiles_table import profile_pk
+
+# A put refused for these is written again in the next round (re-read and merged first); the
+# condition fails when another request updated the identity in between.
+WRITE_AGAIN = TRANSIENT_ERRORS | {"ConditionalCheckFailedException"}
 
 
 class IdentitiesTable(Table):
@@ -62,8 +68,10 @@ class IdentitiesTable(Table):
         """Write merged identities; returns the pks whose write did not happen (re-read and retry them).
 
         One conditional PutItem per identity, :data:`~shared.dynamodb.MAX_WORKERS` at a time; an
-        identity whose version moved on fails alone. Once the request is out of time, the identities
-        not yet written are returned unwritten.
+        identity whose version moved on fails alone, and so does one DynamoDB still throttled or
+        failed after botocore's retries (the next round reads and writes it again, rather than the
+        whole request failing for one of its many writes). Once the request is out of time, the
+        identities not yet written are returned unwritten.
         """
 
         def put(identity: MergedIdentity) -> str | None:
@@ -73,7 +81,7 @@ class IdentitiesTable(Table):
             try:
                 self.client.put_item(**self._conditional_put(identity, connection_id, updated_at))
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                if error_code(exc) not in WRITE_AGAIN:
                     raise
                 return pk
             return None

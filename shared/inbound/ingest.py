@@ -12,10 +12,11 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from shared import config, profiles_table
-from shared.dynamodb import StoreUnavailable, TimeLeft
+from shared.dynamodb import TRANSIENT_ERRORS, StoreUnavailable, TimeLeft, error_code
 from shared.events_table import EventsTable, event_item, event_sk, retention_days
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
@@ -276,7 +277,12 @@ def store_identities(
             break
         if table.time_left is not None and table.time_left() <= 0:
             raise StoreUnavailable("out of time while merging identities")
-        stored = table.get_many(pending)
+        try:
+            stored = table.get_many(pending)
+        except ClientError as exc:
+            if error_code(exc) not in TRANSIENT_ERRORS:
+                raise
+            continue  # DynamoDB still throttled or failed the read: the next round reads again
         merged: dict[str, MergedIdentity] = {}
         for pk in pending:
             result = merge_identity(stored.get(pk), by_pk[pk], now_ms)
@@ -291,6 +297,8 @@ def store_identities(
         if pending and table.time_left is not None and table.time_left() <= 0:
             raise StoreUnavailable("out of time while writing identities")
         if pending:
-            raise StoreUnavailable(f"identity updates kept conflicting for {len(pending)} identities")
+            raise StoreUnavailable(
+                f"identity writes kept conflicting or failing for {len(pending)} identities"
+            )
     effective = {index for indices in effective_by_pk.values() for index in indices}
     return sum(1 for indices in effective_by_pk.values() if indices), effective, too_large

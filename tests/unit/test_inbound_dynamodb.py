@@ -41,6 +41,45 @@ def test_writes_still_unprocessed_give_up_with_store_unavailable() -> None:
     assert len(sleeps) == dynamodb.MAX_ATTEMPTS
 
 
+class FailingFirst:
+    """Batch calls that fail with ``code`` (after botocore's own retries) ``failures`` times, then work."""
+
+    def __init__(self, code: str, failures: int) -> None:
+        self.code, self.failures, self.calls = code, failures, 0
+
+    def _call(self, operation: str) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ClientError({"Error": {"Code": self.code, "Message": "injected"}}, operation)
+
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        self._call("BatchWriteItem")
+        return {}
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        self._call("BatchGetItem")
+        return {"Responses": {"t": [{"pk": {"S": "a"}}]}}
+
+
+@pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "InternalServerError"])
+def test_batch_requests_still_throttled_or_failing_are_sent_again(code: str) -> None:
+    writes, sleeps = FailingFirst(code, 2), []
+    dynamodb.batch_write(writes, "t", [{"PutRequest": {"Item": {}}}], sleep=sleeps.append)
+    assert (writes.calls, len(sleeps)) == (3, 2)
+    reads = FailingFirst(code, 2)
+    assert dynamodb.batch_get(reads, "t", [{"pk": {"S": "a"}}], sleep=sleeps.append) == [{"pk": {"S": "a"}}]
+    assert reads.calls == 3
+
+
+def test_batch_requests_refused_or_failing_every_time_raise() -> None:
+    with pytest.raises(ClientError, match="ValidationException"):
+        dynamodb.batch_write(FailingFirst("ValidationException", 1), "t", [{"PutRequest": {"Item": {}}}])
+    always = FailingFirst("InternalServerError", dynamodb.MAX_ATTEMPTS)
+    with pytest.raises(ClientError, match="InternalServerError"):
+        dynamodb.batch_get(always, "t", [{"pk": {"S": "a"}}], sleep=lambda _: None)
+    assert always.calls == dynamodb.MAX_ATTEMPTS
+
+
 def test_attribute_values_round_trip() -> None:
     value = {
         "s": "x",
@@ -214,3 +253,20 @@ def test_identities_out_of_time_part_way_are_a_store_unavailable_and_the_retry_f
     items = client.scan(TableName=name)["Items"]
     assert len(items) == 60
     assert {item["version"]["N"] for item in items} == {"1"}
+
+
+def test_an_identity_still_throttled_is_written_again_and_a_refused_one_fails_the_request() -> None:
+    from shared.identities_table import IdentitiesTable
+
+    client = ConditionalPuts(failing={"Production#user#a"})
+    assert IdentitiesTable("t", client=client).put_conditional([merged(k) for k in "ab"], "web", 1) == {
+        "Production#user#a"
+    }
+    assert client.stored == {"Production#user#b"}
+
+    class Refusing(ConditionalPuts):
+        def put_item(self, **request: Any) -> dict[str, Any]:
+            raise ClientError({"Error": {"Code": "ValidationException", "Message": "too large"}}, "PutItem")
+
+    with pytest.raises(ClientError, match="ValidationException"):
+        IdentitiesTable("t", client=Refusing()).put_conditional([merged("a")], "web", 1)
