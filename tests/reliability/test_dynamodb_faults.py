@@ -100,7 +100,11 @@ def test_throttling_and_server_errors_store_every_message_once(
     per_message = Counter((item["pk"]["S"], item["messageId"]["S"]) for item in events)
     tracks = [m for m in items if m["type"] == "track"]
     identifies = [m for m in items if m["type"] == "identify"]
-    assert statuses[503] > 0  # the faults did reach the webhook
+    # The faults reached every kind of call the webhook makes; most are outlasted inside the request
+    # (botocore's retries, then the webhook's own), the rest answered 503 and retried like Segment.
+    kinds = {name.split(":")[0] for name in faults.injected}
+    assert kinds >= {"BatchGetItem", "BatchWriteItem", "PutItem"}
+    assert botocore_waits
     assert len(events) == 2 * len(tracks)  # one event per mapped identity
     assert set(per_message.values()) == {1}
     for message in identifies:
