@@ -275,7 +275,7 @@ def put_if_absent(client: Any, table: str, items: Sequence[Item], hash_key: str 
                 TableName=table, Item=item, ConditionExpression=f"attribute_not_exists({hash_key})"
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
         return True
