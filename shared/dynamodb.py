@@ -56,6 +56,10 @@ class Table:
     def from_env(cls, time_left: TimeLeft = None) -> Self:
         return cls(aws.env(cls.table_env), time_left=time_left)
 
+    def out_of_time(self) -> bool:
+        """Whether the caller's time is up (never, without a ``time_left``)."""
+        return self.time_left is not None and self.time_left() <= 0
+
 
 # Errors DynamoDB may not repeat: throttling and its own failures (botocore retried them already).
 TRANSIENT_ERRORS = frozenset(

@@ -76,7 +76,7 @@ class IdentitiesTable(Table):
 
         def put(identity: MergedIdentity) -> str | None:
             pk = profile_pk(identity.environment, identity.trafficTypeName, identity.key)
-            if self.time_left is not None and self.time_left() <= 0:
+            if self.out_of_time():
                 return pk
             try:
                 self.client.put_item(**self._conditional_put(identity, connection_id, updated_at))

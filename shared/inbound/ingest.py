@@ -275,7 +275,7 @@ def store_identities(
     for _ in range(IDENTITY_ATTEMPTS):
         if not pending:
             break
-        if table.time_left is not None and table.time_left() <= 0:
+        if table.out_of_time():
             raise StoreUnavailable("out of time while merging identities")
         try:
             stored = table.get_many(pending)
@@ -294,11 +294,11 @@ def store_identities(
             effective_by_pk[pk] = result.effective if result else set()
         pending = sorted(table.put_conditional(list(merged.values()), connection_id, now_ms))
     else:
-        if pending and table.time_left is not None and table.time_left() <= 0:
-            raise StoreUnavailable("out of time while writing identities")
         if pending:
             raise StoreUnavailable(
-                f"identity writes kept conflicting or failing for {len(pending)} identities"
+                "out of time while writing identities"
+                if table.out_of_time()
+                else f"identity writes kept conflicting or failing for {len(pending)} identities"
             )
     effective = {index for indices in effective_by_pk.values() for index in indices}
     return sum(1 for indices in effective_by_pk.values() if indices), effective, too_large
