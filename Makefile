@@ -79,7 +79,7 @@ build-%Function:
 
 # PARAMS="AlarmTopicArn=arn:…" adds to the parameter_overrides samconfig.toml keeps for the
 # environment: given to sam deploy alone, --parameter-overrides would replace them all (Stage too).
-deploy: build ## sam deploy --config-env $(ENV) (default dev); PARAMS="Name=value …" adds parameters
+deploy: build ## sam deploy --config-env ENV (ENV=dev by default); PARAMS="Name=value …" adds parameters
 	@overrides="$$($(BIN)/python -c "$$SAMCONFIG_OVERRIDES" $(or $(ENV),dev))" || exit 1; \
 	set -x; $(SAM_VENV)/bin/sam deploy --config-env $(or $(ENV),dev) \
 		$(if $(PARAMS),--parameter-overrides "$$overrides $(PARAMS)")
