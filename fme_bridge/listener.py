@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.sqs_batches import MAX_CALL_BYTES as SQS_MAX_CALL_BYTES
 from shared.sqs_batches import batch_calls
@@ -88,6 +89,17 @@ def impression_listener_shape(data: Mapping[str, Any], machine_ip: str | None = 
     return item
 
 
+def queue_region(queue_url: str) -> str | None:
+    """The region in an SQS queue URL (``https://sqs.us-east-1.amazonaws.com/…``, or the legacy
+    ``https://us-east-1.queue.amazonaws.com/…``); None for any other host."""
+    host = (urlsplit(queue_url).hostname or "").split(".")
+    if len(host) > 2 and host[0] == "sqs" and host[2] == "amazonaws":
+        return host[1]
+    if len(host) > 3 and host[1:3] == ["queue", "amazonaws"]:
+        return host[0]
+    return None
+
+
 def _call_if_alive(method: weakref.WeakMethod[Any]) -> None:
     bound = method()
     if bound is not None:
@@ -123,6 +135,20 @@ class SqsImpressionListener:
             self._header["trafficType"] = traffic_type
         self._sqs = sqs_client
         self._own_client = sqs_client is None  # boto3 clients are not fork-safe: a child makes its own
+        self._region: str | None = None
+        if self._own_client:
+            # Found now, so that a missing region is the application's error at start-up instead of
+            # every send failing later in the background.
+            import boto3  # the SDK's process may not otherwise need boto3 loaded
+
+            self._region = (
+                boto3.session.Session().region_name or os.environ.get("AWS_REGION") or queue_region(queue_url)
+            )
+            if not self._region:
+                raise ValueError(
+                    f"no AWS region for {queue_url!r}: "
+                    "set AWS_REGION or AWS_DEFAULT_REGION, or pass sqs_client"
+                )
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
@@ -221,9 +247,9 @@ class SqsImpressionListener:
 
     def _client(self) -> Any:
         if self._sqs is None:
-            import boto3  # the SDK's process may not otherwise need boto3 loaded
+            import boto3
 
-            self._sqs = boto3.client("sqs")
+            self._sqs = boto3.client("sqs", region_name=self._region)
         return self._sqs
 
     def _serialised(self) -> list[str]:

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from splitio import get_factory
 
-from fme_bridge.listener import SqsImpressionListener, impression_listener_shape
+from fme_bridge.listener import SqsImpressionListener, impression_listener_shape, queue_region
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from functions.impressions import app
@@ -297,3 +297,52 @@ def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
         for i in json.loads(e["MessageBody"])["impressions"]
     ]
     assert sent == ["user-1", "user-2"]
+
+
+@pytest.mark.parametrize(
+    ("url", "region"),
+    [
+        ("https://sqs.eu-west-1.amazonaws.com/123456789012/impressions", "eu-west-1"),
+        ("https://eu-west-1.queue.amazonaws.com/123456789012/impressions", "eu-west-1"),
+        ("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/impressions", "cn-north-1"),
+        ("http://127.0.0.1:4566/000000000000/impressions", None),
+        ("https://sqs/queue", None),
+    ],
+)
+def test_queue_region_reads_the_region_of_an_sqs_url(url: str, region: str | None) -> None:
+    assert queue_region(url) == region
+
+
+@pytest.fixture
+def no_configured_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))  # no profile's region either
+
+
+@pytest.mark.usefixtures("no_configured_region")
+def test_the_listener_takes_its_region_from_the_queue_url(stack: Stack) -> None:
+    listener = SqsImpressionListener(stack.queues["ImpressionsQueue"], "Production", register_atexit=False)
+    listener.log_impression(python_sdk_data(1))
+    assert listener.flush() is True
+    listener.close()
+    assert (listener.stats.sent, listener.stats.failed_sends) == (1, 0)
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    received = sqs.receive_message(QueueUrl=stack.queues["ImpressionsQueue"], MaxNumberOfMessages=10)
+    bodies = [json.loads(m["Body"]) for m in received["Messages"]]
+    assert [body["impressions"][0]["impression"]["keyName"] for body in bodies] == ["user-1"]
+
+
+@pytest.mark.usefixtures("no_configured_region")
+def test_the_listener_reads_aws_region_as_the_cli_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    url = "http://127.0.0.1:4566/000000000000/q"
+    listener = SqsImpressionListener(url, "Production", register_atexit=False)
+    listener.close()
+    assert listener._client().meta.region_name == "eu-west-1"
+
+
+@pytest.mark.usefixtures("no_configured_region")
+def test_a_listener_without_a_region_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match=r"no AWS region .* set AWS_REGION or AWS_DEFAULT_REGION"):
+        SqsImpressionListener("http://127.0.0.1:4566/000000000000/q", "Production", register_atexit=False)
