@@ -342,8 +342,8 @@ def _secret_status(client: Any, name: str) -> str:
         return "[red]not set[/red]"
     if deleted := described.get("DeletedDate"):
         return (
-            f"[red]scheduled for deletion[/red] (since {deleted:%Y-%m-%d %H:%M:%S %Z}; refused until "
-            f"restored: aws secretsmanager restore-secret --secret-id {name})"
+            f"[red]scheduled for deletion[/red] (deleted for good after {deleted:%Y-%m-%d %H:%M:%S %Z}; "
+            f"refused until restored: aws secretsmanager restore-secret --secret-id {name})"
         )
     stages = sorted({s for stages in described.get("VersionIdsToStages", {}).values() for s in stages})
     changed = described.get("LastChangedDate")

@@ -235,6 +235,8 @@ def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(
     got = cli("config", "inbound", "get", "shop")
     assert got.exit_code == 0, got.output
     assert "scheduled for deletion" in got.stdout
+    deletion = client.describe_secret(SecretId=f"{PREFIX}/inbound/shop")["DeletedDate"]  # in 7 days
+    assert f"deleted for good after {deletion:%Y-%m-%d %H:%M:%S}" in " ".join(got.stdout.split())
     assert f"restore-secret --secret-id {PREFIX}/inbound/shop" in " ".join(got.stdout.split())
     listed = cli("config", "inbound", "list")
     [shop] = [line for line in listed.stdout.splitlines() if "shop" in line]
