@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -34,7 +35,13 @@ def describe_error(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        detail = f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
+        code = str(error.get("Code", "error"))
+        detail = f"{code}: {error.get('Message', '')}".rstrip(": ")
+        if code.isdigit():  # a bare HTTP status: whatever answered is not an AWS API
+            detail += (
+                " (the endpoint did not answer as AWS does: is --endpoint-url the AWS endpoint, "
+                "the local stack's http://127.0.0.1:4566, and not its HTTP API?)"
+            )
         return f"AWS {exc.operation_name} failed: {detail}"
     if isinstance(exc, NoCredentialsError):
         return (
@@ -71,13 +78,25 @@ app = typer.Typer(
 )
 
 
+def _endpoint_url(value: str | None) -> str | None:
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise typer.BadParameter(
+                f"{value!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:4566)"
+            )
+    return value
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
     endpoint_url: Annotated[
         str | None,
         typer.Option(
-            envvar="AWS_ENDPOINT_URL", help="AWS endpoint, e.g. http://127.0.0.1:4566 for the local stack."
+            envvar="AWS_ENDPOINT_URL",
+            help="AWS endpoint, e.g. http://127.0.0.1:4566 for the local stack.",
+            callback=_endpoint_url,
         ),
     ] = None,
     region: Annotated[str | None, typer.Option(envvar="AWS_REGION", help="AWS region.")] = None,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
 from moto import mock_aws
+from typer.testing import CliRunner
 
+from fme_bridge.cli import app
 from fme_bridge.target import Target, TargetError
 from tests.conftest import after_fresh_import
 
@@ -98,3 +103,41 @@ def test_loading_the_cli_leaves_the_delivery_service_to_the_function() -> None:
     """The local stack loads the CLI before it sets the delivery function's environment: the service's
     Powertools child logger must be created under the function's service name, not before it."""
     assert after_fresh_import("fme_bridge.cli", "'shared.delivery.service' in sys.modules") is False
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:4566", "localhost:4566", "ftp://127.0.0.1:4566", "http://"])
+def test_an_endpoint_url_that_is_not_an_http_url_is_refused_with_the_form_it_takes(url: str) -> None:
+    result = CliRunner().invoke(app, ["--endpoint-url", url, "config", "inbound", "list"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())  # rich draws the error in a box
+    assert "is not an http:// or https:// URL (e.g. http://127.0.0.1:4566)" in text
+
+
+class _NotFound(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(404)
+        self.send_header("Content-Length", "9")
+        self.end_headers()
+        self.wfile.write(b"Not Found")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_aws() -> Iterator[str]:
+    """An HTTP server on loopback that is not AWS (as the local stack's webhook port is not)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_endpoint_that_does_not_answer_as_aws_does_is_named_as_the_likely_mistake(not_aws: str) -> None:
+    result = CliRunner().invoke(app, ["--endpoint-url", not_aws, "config", "inbound", "list"])
+    assert result.exit_code == 1
+    line = " ".join(result.output.split())
+    assert "AWS GetParametersByPath failed: 404: Not Found" in line
+    assert "is --endpoint-url the AWS endpoint, the local stack's http://127.0.0.1:4566" in line
