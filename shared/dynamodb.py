@@ -81,6 +81,10 @@ class StoreUnavailable(Exception):
     """DynamoDB kept refusing part of a request (throttling); the whole request can be retried."""
 
 
+class OutOfTime(StoreUnavailable):
+    """The function's time ran out before every write was done; what was written stays written."""
+
+
 def attribute_value(value: Any) -> dict[str, Any]:
     """A Python value as a DynamoDB attribute value (str, bool, int, float, Decimal, None, dict, list)."""
     kind = type(value)
@@ -158,7 +162,7 @@ def _backoff(attempt: int, sleep: Sleep, time_left: TimeLeft, table: str) -> Non
     delay = random.uniform(0, min(1.0, 0.025 * 2**attempt))  # noqa: S311 - jitter, not security
     if time_left is not None and time_left() <= delay:
         # A 503 in time beats being cut off by the Lambda timeout (API Gateway answers that with 500).
-        raise StoreUnavailable(f"{table}: out of time while DynamoDB throttles")
+        raise OutOfTime(f"{table}: out of time while DynamoDB throttles")
     sleep(delay)
 
 

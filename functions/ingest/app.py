@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import ConfigInvalid, ConfigUnavailable
-from shared.dynamodb import StoreUnavailable
+from shared.dynamodb import OutOfTime, StoreUnavailable
 from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
 from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
@@ -81,7 +81,7 @@ def segment_webhook(connectionId: str) -> Response[str]:
         logger.warning("webhook still running at the deadline; answering 503")
         if not running.cancel():  # a request that never started is dropped; one that did ends alone
             running.add_done_callback(_late)
-        raise StoreUnavailable("the request did not finish before the function's deadline") from None
+        raise OutOfTime("the request did not finish before the function's deadline") from None
     _record(report)
     logger.info(
         "webhook processed",
@@ -154,6 +154,11 @@ def _too_large(exc: PayloadTooLarge) -> Response[str]:
 @app.exception_handler([ConfigUnavailable, StoreUnavailable, BotoCoreError, ClientError])
 def _unavailable(exc: Exception) -> Response[str]:
     logger.warning("dependency unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
+    if isinstance(exc, OutOfTime):
+        return _service_unavailable(
+            "out of time before every message was stored; what was stored stays stored, and a retry "
+            "stores the rest"
+        )
     return _service_unavailable("storage or configuration is temporarily unavailable; retry later")
 
 

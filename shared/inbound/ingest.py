@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from shared import config, profiles_table
-from shared.dynamodb import TRANSIENT_ERRORS, StoreUnavailable, TimeLeft, error_code
+from shared.dynamodb import TRANSIENT_ERRORS, OutOfTime, StoreUnavailable, TimeLeft, error_code
 from shared.events_table import EventsTable, event_item, event_sk, retention_days
 from shared.identities_table import IdentitiesTable
 from shared.inbound.auth import Unauthorized, authenticate
@@ -276,7 +276,7 @@ def store_identities(
         if not pending:
             break
         if table.out_of_time():
-            raise StoreUnavailable("out of time while merging identities")
+            raise OutOfTime("out of time while merging identities")
         try:
             stored = table.get_many(pending)
         except ClientError as exc:
@@ -295,10 +295,10 @@ def store_identities(
         pending = sorted(table.put_conditional(list(merged.values()), connection_id, now_ms))
     else:
         if pending:
+            if table.out_of_time():
+                raise OutOfTime("out of time while writing identities")
             raise StoreUnavailable(
-                "out of time while writing identities"
-                if table.out_of_time()
-                else f"identity writes kept conflicting or failing for {len(pending)} identities"
+                f"identity writes kept conflicting or failing for {len(pending)} identities"
             )
     effective = {index for indices in effective_by_pk.values() for index in indices}
     return sum(1 for indices in effective_by_pk.values() if indices), effective, too_large
