@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -61,6 +63,22 @@ def test_retry_after_is_honoured() -> None:
     assert slept[0] >= 3
 
 
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    """RFC 9110 allows Retry-After as a date as well as seconds."""
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=4), usegmt=True)
+    result, _, slept = run([httpx.Response(429, headers={"Retry-After": when}), httpx.Response(200)])
+    assert result.outcome is Outcome.DELIVERED
+    assert 2 <= slept[0] <= 5  # the date has whole seconds: 3 to 4 s from now, and the jitter
+
+
+def test_retry_after_dates_and_seconds_read_as_the_same_delay() -> None:
+    now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    later = email.utils.format_datetime(now + timedelta(seconds=7), usegmt=True)
+    for value, delay in [("7", 7.0), (later, 7.0), ("garbage", None), ("-3", 0.0)]:
+        response = httpx.Response(429, headers={"Retry-After": value})
+        assert SEGMENT_POLICY.server_delay(response, now=now.timestamp()) == delay, value
+
+
 def test_fme_reset_header_is_honoured_and_410_is_permanent() -> None:
     result, _, slept = run(
         [httpx.Response(429, headers={"X-RateLimit-Reset-Seconds-Org": "2"}), httpx.Response(202)], FME_POLICY
@@ -68,6 +86,20 @@ def test_fme_reset_header_is_honoured_and_410_is_permanent() -> None:
     assert result.outcome is Outcome.DELIVERED
     assert slept[0] >= 2
     result, calls, _ = run([httpx.Response(410), httpx.Response(202)], FME_POLICY)
+    assert result.outcome is Outcome.PERMANENT
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("status", [429, 408, 500, 501, 502, 503, 504, 505, 599])
+def test_fme_transient_statuses_are_retried(status: int) -> None:
+    result, calls, _ = run([httpx.Response(status), httpx.Response(202)], FME_POLICY)
+    assert result.outcome is Outcome.DELIVERED
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 410, 413, 460])
+def test_fme_other_4xx_are_permanent(status: int) -> None:
+    result, calls, _ = run([httpx.Response(status), httpx.Response(202)], FME_POLICY)
     assert result.outcome is Outcome.PERMANENT
     assert len(calls) == 1
 
