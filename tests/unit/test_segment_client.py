@@ -52,6 +52,19 @@ def test_the_request_body_with_its_batch_and_sent_at_stays_within_the_byte_limit
     assert [len(json.loads(body)["batch"]) for body in bodies] == [len(b) for b in batches]
 
 
+@pytest.mark.parametrize(("second", "requests"), [(249_951, 1), (249_952, 2)])
+def test_a_body_of_exactly_500_000_bytes_is_one_request_and_one_byte_more_is_two(
+    second: int, requests: int
+) -> None:
+    """{"batch":[ + 250,000 + , + second + ],"sentAt":"<24>"} is 500,000 bytes for the first size."""
+    messages = [b'"' + b"x" * (size - 2) + b'"' for size in (250_000, second)]
+    bodies = [b.body("2026-01-01T00:00:00.000Z") for b in pack(messages)]
+    assert len(bodies) == requests
+    assert all(len(body) <= 500_000 for body in bodies)
+    if requests == 1:
+        assert len(bodies[0]) == 500_000
+
+
 def test_batch_remembers_where_each_message_came_from() -> None:
     packer = BatchPacker(max_messages=2)
     assert packer.add(b"{}", 3, 0) is None
