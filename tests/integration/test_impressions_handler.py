@@ -222,6 +222,28 @@ def test_each_matching_config_gets_its_own_message_id(
     }
 
 
+def test_a_config_naming_an_environment_by_id_gets_its_impressions_with_its_event_name(
+    env: dict[str, str], sink: SegmentSink, context: Any
+) -> None:
+    """SPEC: environments hold names or ids; eventName is the track call's event."""
+    put_config(
+        "outbound/by-id",
+        {
+            "environments": ["env-prod-id"],
+            "identities": {"user": "userId"},
+            "eventName": "Experiment Viewed",
+            "endpoint": sink.endpoint,
+        },
+    )
+    put_secret("outbound/by-id", PROD_KEY)
+    other = webhook(environmentId="env-staging-id", environmentName="Staging", key="user-2")
+    assert app.lambda_handler(event(json.dumps([webhook(), other])), context)["batchItemFailures"] == []
+
+    [message] = sink.messages_for(PROD_KEY)  # the Staging impression matches no config: dead-lettered
+    assert (message["event"], message["userId"]) == ("Experiment Viewed", "user-1")
+    assert message["properties"]["environmentId"] == "env-prod-id"
+
+
 def test_python_sdk_listener_names_and_placeholders_for_disabled_ip_addresses(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
