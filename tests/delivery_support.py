@@ -163,12 +163,13 @@ def connect(
     enabled: bool = True,
     keys: dict[str, str] | None = None,
     with_keys: bool = True,
+    environment: str = "Production",
 ) -> None:
     """An inbound connection whose delivery goes to ``sink``, with its FME keys secret."""
     put_config(
         f"inbound/{connection_id}",
         {
-            "environment": "Production",
+            "environment": environment,
             "identities": [{"segmentId": "userId", "trafficType": "user"}],
             "delivery": {
                 "enabled": enabled,

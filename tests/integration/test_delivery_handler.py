@@ -364,6 +364,35 @@ def test_sample_identity_change_is_saved_with_all_current_values(
     }
 
 
+def test_events_and_identities_go_to_the_environment_they_were_stored_under(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, environment="Staging")
+    records = [
+        stream_record(events_table(stack), event_item("u1", environment="Staging", value=3.5)),
+        stream_record(
+            stack.tables["IdentitiesTable"],
+            identity_item("u1", {"plan": "pro"}, environment="Staging"),
+            view="NEW_AND_OLD_IMAGES",
+            key_names=("pk",),
+        ),
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    [event] = sink.events
+    assert (event.event["environmentName"], event.event["key"], event.event["value"]) == (
+        "Staging",
+        "u1",
+        3.5,
+    )
+    assert [r.path for r in sink.requests if "identities" in r.path] == [
+        "/internal/api/v2/trafficTypes/user/environments/Staging/identities"
+    ]
+    [update] = sink.identity_updates
+    assert (update.key, update.values) == ("u1", {"plan": "pro"})
+
+
 def test_identity_records_without_attribute_changes_are_not_sent(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
