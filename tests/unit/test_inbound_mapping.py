@@ -269,6 +269,12 @@ def test_key_of_exactly_250_characters_is_kept() -> None:
     assert [e.key for e in mapped.events] == ["u" * 250]
 
 
+def test_the_key_limit_counts_characters_not_bytes() -> None:
+    mapped = map_one(segment("track", userId="é" * 250, anonymousId="匿" * 251))  # 500 and 753 bytes
+    assert [e.key for e in mapped.events] == ["é" * 250]
+    assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "anonymous")]
+
+
 def test_nested_property_values_become_json_strings() -> None:
     properties = {"cart": {"items": [1, 2]}, "tags": ["a", "b"], "n": 3, "ok": True, "none": None, "s": "x"}
     mapped = map_one(segment("track", properties=properties))
@@ -412,6 +418,15 @@ def test_identify_strings_longer_than_255_are_cut_and_counted() -> None:
     assert attributes["short"] == "s" * 255
     assert len(attributes["company"]) == 255
     assert mapped.strings_cut == 2
+
+
+def test_the_trait_limit_counts_characters_not_bytes() -> None:
+    traits = {"city": "ü" * 255, "bio": "名" * 300}
+    mapped = map_one(segment("identify", traits=traits, anonymousId=None))
+    attributes = mapped.identities[0].attributes
+    assert attributes["city"] == "ü" * 255  # 510 bytes, kept whole
+    assert attributes["bio"] == "名" * 255
+    assert mapped.strings_cut == 1
 
 
 def test_identify_disabled_is_ignored() -> None:
