@@ -128,6 +128,17 @@ def test_body_over_the_size_limit_is_413_naming_the_limit(
     assert "BadRequests" not in metrics  # a 400 is the sender's body; a 413 its batch settings
 
 
+@pytest.mark.parametrize(("size", "status"), [(2048, 200), (2049, 413)])
+def test_a_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, size: int, status: int
+) -> None:
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    body = json.dumps(segment_message("track", properties={"blob": ""})).encode()
+    padded = body.replace(b'"blob": ""', b'"blob": "' + b"x" * (size - len(body)) + b'"')
+    assert len(padded) == size
+    assert webhook.post(padded).status == status
+
+
 def test_one_bad_message_never_loses_the_good_ones(webhook: Webhook) -> None:
     messages: list[Any] = [
         segment_message("track", messageId="good-1"),
