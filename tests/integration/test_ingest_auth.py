@@ -11,7 +11,7 @@ import pytest
 
 from shared import aws, config, secret_versions
 from tests.conftest import REGION, put_config, put_secret
-from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message, signature
+from tests.integration.ingest_support import CONFIG, CONNECTION, SECRET, Webhook, segment_message, signature
 
 
 @pytest.fixture
@@ -43,6 +43,18 @@ def test_authorization_forms_are_accepted(webhook: Webhook) -> None:
         answer = webhook.post(segment_message("track", messageId=f"form-{number}"), headers=headers)
         assert answer.status == 200, headers
         assert answer.body["stored"] == 1
+
+
+def test_a_secret_saved_with_a_trailing_newline_is_the_secret_without_it(webhook: Webhook) -> None:
+    """`aws secretsmanager create-secret --secret-string file://secret.txt` keeps the editor's newline."""
+    put_config("inbound/from-file", CONFIG)
+    put_secret("inbound/from-file", f"{SECRET}\n")  # its only version: no previous one to fall back on
+    body = segment_message("track", messageId="newline")
+    for headers in (
+        {"authorization": f"Bearer {SECRET}"},
+        {"x-signature": signature(SECRET, json.dumps(body).encode())},
+    ):
+        assert webhook.post(body, headers=headers, connection="from-file").status == 200, headers
 
 
 def test_classic_webhook_signature_over_the_raw_body(webhook: Webhook) -> None:
