@@ -9,6 +9,7 @@ having the environment the impressions function needs (it dead-letters one witho
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fme_bridge.commands.common import CliError, out, read_json_values, target
-from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, parse_body
+from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, ItemError, parse_body
 from shared.sqs_batches import MAX_MESSAGE_BYTES, batch_calls
 
 QUEUE = "ImpressionsQueue"
@@ -60,18 +61,14 @@ def send_impressions(
 ) -> None:
     """Send impressions to the queue as they are: each JSON value (array element, line) is one message."""
     located = [(where, _check_message(value, where)) for where, value in read_json_values(file)]
-    missing = [
-        _item_at(where, shape, index)
-        for where, body in located
-        for shape, index in _without_environment(body)
-    ]
-    if missing:
-        raise CliError(
-            _no_environment(
-                missing,
-                "set environmentName or environmentId on them or their envelope, or use replay --environment",
-            )
-        )
+    _refuse(
+        [
+            (_item_at(where, shape, error.index), error)
+            for where, body in located
+            for shape, error in _refused(body)
+        ],
+        "set environmentName or environmentId on them or their envelope, or use replay --environment",
+    )
     bodies = [body for _, body in located]
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
@@ -154,14 +151,32 @@ def envelopes(items: list[tuple[Head, dict[str, Any]]], per_message: int) -> lis
     return bodies
 
 
-def _without_environment(body: str) -> list[tuple[str, int]]:
-    """(shape, item index) of each impression in ``body`` the impressions function would dead-letter
-    as ``no_environment``, as its own parser decides."""
+def _refused(body: str) -> list[tuple[str, ItemError]]:
+    """(shape, error) of each impression in ``body`` the impressions function would dead-letter
+    (``no_environment``, ``invalid_impression``), as its own parser decides."""
     try:
         parsed = parse_body(body)
-    except BodyError:  # unreadable as a whole: not a missing environment
+    except BodyError:  # unreadable as a whole: _check_message and impressions_of have said so
         return []
-    return [(parsed.shape, error.index) for error in parsed.errors if error.code == NO_ENVIRONMENT]
+    return [(parsed.shape, error) for error in parsed.errors]
+
+
+def _refuse(refused: list[tuple[str, ItemError]], no_environment_remedy: str) -> None:
+    """One error for the impressions the function would dead-letter (where each is), if any: those
+    without an environment first, which an option or the file can fix."""
+    missing = [where for where, error in refused if error.code == NO_ENVIRONMENT]
+    if missing:
+        raise CliError(_no_environment(missing, no_environment_remedy))
+    if refused:
+        where, error = refused[0]
+        raise CliError(
+            f"{len(refused)} impression(s) the impressions function would dead-letter, the first at {where}: "
+            f"{error.code}: {_ITEM_PREFIX.sub('', error.reason)}"
+        )
+
+
+# The item's place in its message body, which the error's location already names.
+_ITEM_PREFIX = re.compile(r"^(impressions\.)?\d+: ")
 
 
 def _item_at(where: str, shape: str, index: int) -> str:
@@ -206,14 +221,14 @@ def replay(
         for _, (name, environment_id, traffic), impression in located
     ]
     bodies = envelopes(items, per_message)
-    missing = sorted(held[index] for body, held in bodies for _, index in _without_environment(body))
-    if missing:
-        raise CliError(
-            _no_environment(
-                [located[position][0] for position in missing],
-                "pass --environment, or set environmentName or environmentId in the file",
-            )
-        )
+    refused = sorted(
+        ((held[error.index], error) for body, held in bodies for _, error in _refused(body)),
+        key=lambda r: r[0],
+    )
+    _refuse(
+        [(located[position][0], error) for position, error in refused],
+        "pass --environment, or set environmentName or environmentId in the file",
+    )
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
     with Progress(

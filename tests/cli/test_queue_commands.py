@@ -382,3 +382,20 @@ def test_messages_go_ten_to_a_call_and_a_call_within_sqs_size_limit() -> None:
 def test_a_refused_message_stops_the_sending_and_says_how_far_it_got() -> None:
     with pytest.raises(CliError, match=r"SQS refused 1 message\(s\) \(Throttled: slow down\); 13 of 14 sent"):
         _send(BatchSqs(refuse=2), "queue", ["s"] * 14, lambda index: None)
+
+
+@pytest.mark.parametrize("command", ["send-impressions", "replay"])
+def test_impressions_the_function_would_dead_letter_are_refused_before_anything_is_sent(
+    cli: Cli, stack: Stack, tmp_path: Path, command: str
+) -> None:
+    no_treatment = {k: v for k, v in webhook_impression(1, "Production").items() if k != "treatment"}
+    jsonl = tmp_path / "impressions.jsonl"
+    jsonl.write_text(f"{json.dumps(webhook_impression(0, 'Production'))}\n{json.dumps(no_treatment)}\n")
+
+    result = cli(command, str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: 1 impression(s) the impressions function would dead-letter, the first at {jsonl}:2: "
+        "invalid_impression: treatment: Field required\n"
+    )
+    assert drain(stack.queues["ImpressionsQueue"]) == []
