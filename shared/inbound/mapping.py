@@ -66,6 +66,7 @@ class DropReason(StrEnum):
     NO_IDENTITY = "no_identity"
     MISSING_USER_ID = "missing_user_id"
     IDENTITY_TOO_LARGE = "identity_too_large"
+    INVALID_SPLIT = "invalid_split"
 
 
 class IgnoreReason(StrEnum):
@@ -261,12 +262,6 @@ def key_of(raw: Any) -> str | None:
     return None
 
 
-def split_pairs(split: Any) -> list[tuple[Any, Any]]:
-    """``{"account": "id"}`` or ``[{"account": "id"}, …]`` → [(traffic type, key), …]."""
-    elements = split if isinstance(split, list) else [split]
-    return [pair for element in elements if isinstance(element, dict) for pair in element.items()]
-
-
 def message_id_of(message: SegmentMessage, item: dict[str, Any]) -> str:
     """Segment's ``messageId``, or one derived from the content so a redelivery maps to the same id."""
     if message.messageId:
@@ -290,6 +285,18 @@ class _Mapper:
 
     def ignore(self, index: int, reason: IgnoreReason) -> None:
         self.out.ignored[index] = reason
+
+    def split_pairs(self, index: int, split: Any) -> list[tuple[Any, Any]]:
+        """``{"account": "id"}`` or ``[{"account": "id"}, …]`` → [(traffic type, key), …]; each
+        element that is not such an object (a string, an empty object) is dropped ``invalid_split``.
+        ``null`` is no split at all."""
+        pairs: list[tuple[Any, Any]] = []
+        for element in split if isinstance(split, list) else [] if split is None else [split]:
+            if isinstance(element, dict) and element:
+                pairs.extend(element.items())
+            else:
+                self.drop(index, DropReason.INVALID_SPLIT)
+        return pairs
 
     def mapped_identities(self, message: SegmentMessage) -> list[tuple[str, str]]:
         found = []
@@ -363,9 +370,11 @@ class _Mapper:
                 self.ignore(index, IgnoreReason.IDENTIFY_DISABLED)
                 return
             traits = message.traits or {}
-            pairs = split_pairs(traits.get("split"))
+            drops = len(self.out.drops)
+            pairs = self.split_pairs(index, traits.get("split"))
             if not pairs:
-                self.ignore(index, IgnoreReason.GROUP_WITHOUT_SPLIT)
+                if len(self.out.drops) == drops:  # no split at all, rather than an unusable one
+                    self.ignore(index, IgnoreReason.GROUP_WITHOUT_SPLIT)
                 return
             self.identify(index, message, message_id, pairs, traits, skip="split")
         elif kind == "delete":
@@ -401,7 +410,7 @@ class _Mapper:
         raw_properties = message.properties or {}
         targets: list[tuple[Any, Any]] = list(self.mapped_identities(message))
         if "split" in raw_properties:
-            targets.extend(split_pairs(raw_properties["split"]))
+            targets.extend(self.split_pairs(index, raw_properties["split"]))
         if not targets:
             self.drop(index, DropReason.NO_IDENTITY)
             return

@@ -254,6 +254,20 @@ def test_properties_split_with_an_invalid_traffic_type_drops_only_that_group() -
     assert drop_reasons(mapped) == ["invalid_traffic_type"]
 
 
+@pytest.mark.parametrize("split", ["acme", ["acme", {"account": "a-1"}], [{}], 42])
+def test_a_properties_split_element_that_is_not_an_object_is_dropped_and_the_rest_stored(split: Any) -> None:
+    mapped = map_one(segment("track", properties={"split": split}))
+    assert {e.trafficTypeName for e in mapped.events} >= {"user", "anonymous"}  # the message's identities
+    assert "split" not in mapped.events[0].properties
+    assert set(drop_reasons(mapped)) == {"invalid_split"}
+
+
+def test_a_null_properties_split_is_no_split() -> None:
+    mapped = map_one(segment("track", properties={"split": None}))
+    assert {e.trafficTypeName for e in mapped.events} == {"user", "anonymous"}
+    assert mapped.drops == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys, properties, sizes
 
@@ -447,6 +461,14 @@ def test_group_with_traits_split_identifies_that_traffic_type() -> None:
         "employees": 329,
         "plan": "enterprise",
     }
+
+
+@pytest.mark.parametrize("split", ["acme", ["acme"], {}])
+def test_a_group_whose_traits_split_is_unusable_is_dropped_with_the_reason(split: Any) -> None:
+    message = segment("group_split")
+    message["traits"]["split"] = split
+    mapped = map_one(message)
+    assert (mapped.identities, drop_reasons(mapped), mapped.ignored) == ([], ["invalid_split"], {})
 
 
 def test_group_without_traits_split_is_ignored() -> None:
