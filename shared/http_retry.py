@@ -186,7 +186,8 @@ async def send_with_retry(
         try:
             response = await client.send(request)
         except httpx.TransportError as exc:  # timeouts, refused and dropped connections
-            last = SendResult(Outcome.TRANSIENT, reason=type(exc).__name__, attempts=attempt)
+            reason = f"{type(exc).__name__} ({request.url.host})"  # which endpoint: a config's own?
+            last = SendResult(Outcome.TRANSIENT, reason=reason, attempts=attempt)
         else:
             if response.is_success:
                 return SendResult(

@@ -110,6 +110,12 @@ def test_transport_errors_are_retried() -> None:
     assert len(calls) == 3
 
 
+def test_a_transport_error_names_the_host_it_could_not_reach() -> None:
+    """An operator reading "ConnectError" in `delivery status` or a log must see which endpoint."""
+    result, _, _ = run([httpx.ConnectError("refused")], seconds=0.5)
+    assert (result.outcome, result.reason) == (Outcome.TRANSIENT, "ConnectError (sink)")
+
+
 def test_gives_up_as_transient_when_the_wait_does_not_fit_the_deadline() -> None:
     result, calls, _ = run([httpx.Response(429, headers={"Retry-After": "60"})], seconds=5)
     assert result.outcome is Outcome.TRANSIENT
