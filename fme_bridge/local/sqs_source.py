@@ -218,8 +218,6 @@ class SqsPoller(Poller):
                 QueueUrl=mapping.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)],
             )
-        self.log(
-            f"{mapping.function.logical_id}: {len(records)} message(s)"
-            + (f", {len(failed)} failed (retried after the visibility timeout)" if failed else ", all done")
-        )
+        outcome = f"{len(failed)} failed, retried after the visibility timeout" if failed else "none to retry"
+        self.log(f"{mapping.function.logical_id}: {len(records)} message(s), {outcome}")
         return failed

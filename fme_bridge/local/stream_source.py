@@ -208,7 +208,7 @@ class StreamPoller(Poller):
             return len(batch)
         first_failed = first_failed_index(response, batch)
         if first_failed is None:
-            self.log(f"{name}: {len(batch)} stream record(s), all done")
+            self.log(f"{name}: {len(batch)} stream record(s), none to retry")
             return len(batch)
         self.log(f"{name}: {len(batch)} stream record(s), retrying from record {first_failed + 1}")
         return first_failed
