@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fme_bridge.commands.common import (
+    CASE_HINT,
     CliError,
     out,
     print_stored_document,
@@ -267,7 +268,7 @@ def profile(
     try:
         document = load_profile(environment, traffic_type, key, limit, cursor)
     except ProfileNotFound:
-        raise CliError(f"no profile for {traffic_type} {key!r} in {environment}") from None
+        raise CliError(f"no profile for {traffic_type} {key!r} in {environment}{CASE_HINT}") from None
     except sources.InvalidCursor as exc:
         raise CliError(str(exc)) from None
     if as_json:

@@ -14,7 +14,7 @@ import typer
 from boto3.dynamodb.conditions import Key
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out, target
+from fme_bridge.commands.common import CASE_HINT, CliError, out, target
 from shared.dynamodb import to_python
 from shared.profiles_table import profile_pk
 
@@ -54,7 +54,7 @@ def events(
         out.print_json(json.dumps(items))
         return
     if not items:
-        raise CliError(f"no events stored for {traffic_type} {key!r} in {environment}")
+        raise CliError(f"no events stored for {traffic_type} {key!r} in {environment}{CASE_HINT}")
     view = Table(
         "time", "eventTypeId", "value", "type", "properties", title=f"{traffic_type} {key} in {environment}"
     )
@@ -80,7 +80,7 @@ def identity(
     table = target(ctx).table("IdentitiesTable")
     item = table.get_item(Key={"pk": profile_pk(environment, traffic_type, key)}).get("Item")
     if item is None:
-        raise CliError(f"no identity stored for {traffic_type} {key!r} in {environment}")
+        raise CliError(f"no identity stored for {traffic_type} {key!r} in {environment}{CASE_HINT}")
     item = to_python(item)
     if as_json:
         out.print_json(json.dumps(item))

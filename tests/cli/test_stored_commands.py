@@ -72,7 +72,10 @@ def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
 def test_unknown_users_are_one_line(cli: Cli) -> None:
     result = cli("identity", "nobody", "-e", "Production")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: no identity stored for user 'nobody' in Production"
+    assert result.stderr.strip() == (
+        "error: no identity stored for user 'nobody' in Production (environment, traffic type and key are "
+        "case-sensitive)"
+    )
     assert cli("events", "nobody", "-e", "Production").exit_code == 1
 
 
