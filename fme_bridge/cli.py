@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -29,7 +28,7 @@ COMMAND_MODULES = (
 )
 
 
-def describe_error(exc: BaseException) -> str | None:
+def describe_error(exc: BaseException, endpoint_url: str | None = None) -> str | None:
     """One line for a failure the user can act on; None for a bug (shown with its traceback)."""
     if isinstance(exc, CliError | TargetError | ConfigError):
         return str(exc)
@@ -37,10 +36,10 @@ def describe_error(exc: BaseException) -> str | None:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "error"))
         detail = f"{code}: {error.get('Message', '')}".rstrip(": ")
-        if code.isdigit():  # a bare HTTP status: whatever answered is not an AWS API
+        if code.isdigit() and endpoint_url:  # a bare HTTP status: what answered may not be an AWS API
             detail += (
-                " (the endpoint did not answer as AWS does: is --endpoint-url the AWS endpoint, "
-                "the local stack's http://127.0.0.1:4566, and not its HTTP API?)"
+                f" ({endpoint_url} did not answer as AWS does: is it the AWS endpoint, the local stack's "
+                "--aws-port, and not its HTTP API?)"
             )
         return f"AWS {exc.operation_name} failed: {detail}"
     if isinstance(exc, NoCredentialsError):
@@ -62,7 +61,7 @@ class _OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            message = describe_error(exc)
+            message = describe_error(exc, getattr(ctx.obj, "endpoint_url", None))
             if message is None:
                 raise
             err.print(f"[red]error:[/red] {message}", soft_wrap=True)
@@ -78,16 +77,6 @@ app = typer.Typer(
 )
 
 
-def _endpoint_url(value: str | None) -> str | None:
-    if value is not None:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise typer.BadParameter(
-                f"{value!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:4566)"
-            )
-    return value
-
-
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -96,7 +85,6 @@ def root(
         typer.Option(
             envvar="AWS_ENDPOINT_URL",
             help="AWS endpoint, e.g. http://127.0.0.1:4566 for the local stack.",
-            callback=_endpoint_url,
         ),
     ] = None,
     region: Annotated[str | None, typer.Option(envvar="AWS_REGION", help="AWS region.")] = None,

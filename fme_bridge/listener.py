@@ -100,6 +100,14 @@ def queue_region(queue_url: str) -> str | None:
     return None
 
 
+def _configured_region() -> str | None:
+    """The region boto3's default session has (``setup_default_session``, AWS_DEFAULT_REGION, the
+    profile's)."""
+    import boto3  # the SDK's process may not otherwise need boto3 loaded
+
+    return (boto3.DEFAULT_SESSION or boto3.session.Session()).region_name
+
+
 def _call_if_alive(method: weakref.WeakMethod[Any]) -> None:
     bound = method()
     if bound is not None:
@@ -138,12 +146,9 @@ class SqsImpressionListener:
         self._region: str | None = None
         if self._own_client:
             # Found now, so that a missing region is the application's error at start-up instead of
-            # every send failing later in the background.
-            import boto3  # the SDK's process may not otherwise need boto3 loaded
-
-            self._region = (
-                boto3.session.Session().region_name or os.environ.get("AWS_REGION") or queue_region(queue_url)
-            )
+            # every send failing later in the background. The queue URL's region is the queue's: a
+            # client of another region could not reach it.
+            self._region = queue_region(queue_url) or os.environ.get("AWS_REGION") or _configured_region()
             if not self._region:
                 raise ValueError(
                     f"no AWS region for {queue_url!r}: "
@@ -247,7 +252,7 @@ class SqsImpressionListener:
 
     def _client(self) -> Any:
         if self._sqs is None:
-            import boto3
+            import boto3  # the SDK's process may not otherwise need boto3 loaded
 
             self._sqs = boto3.client("sqs", region_name=self._region)
         return self._sqs

@@ -76,10 +76,24 @@ class Target:
 
     @property
     def is_local(self) -> bool:
-        return is_loopback_url(self.endpoint_url)
+        return is_loopback_url(self._checked_endpoint())
+
+    def _checked_endpoint(self) -> str | None:
+        """The endpoint, refused here if it is not a URL (``127.0.0.1:4566``): botocore's own error
+        comes later, if at all, and says nothing of the option."""
+        url = self.endpoint_url
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or url != url.strip():
+                raise TargetError(
+                    f"--endpoint-url (or AWS_ENDPOINT_URL) {url!r} is not an http:// or https:// URL "
+                    "(e.g. http://127.0.0.1:4566)"
+                )
+        return url
 
     @functools.cached_property
     def session(self) -> boto3.session.Session:
+        self._checked_endpoint()
         if not self.is_local:
             return boto3.session.Session(region_name=self.region)
         region = self.region if self.region_given and self.region else LOCAL_REGION

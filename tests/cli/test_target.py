@@ -9,10 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from fme_bridge.cli import app
+from fme_bridge.cli import app, describe_error
 from fme_bridge.target import Target, TargetError
 from tests.conftest import after_fresh_import
 
@@ -105,12 +106,24 @@ def test_loading_the_cli_leaves_the_delivery_service_to_the_function() -> None:
     assert after_fresh_import("fme_bridge.cli", "'shared.delivery.service' in sys.modules") is False
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:4566", "localhost:4566", "ftp://127.0.0.1:4566", "http://"])
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:4566", "localhost:4566", "ftp://127.0.0.1:4566", "http://", " http://127.0.0.1:4566"]
+)
 def test_an_endpoint_url_that_is_not_an_http_url_is_refused_with_the_form_it_takes(url: str) -> None:
     result = CliRunner().invoke(app, ["--endpoint-url", url, "config", "inbound", "list"])
-    assert result.exit_code == 2
-    text = " ".join(result.output.replace("│", " ").split())  # rich draws the error in a box
-    assert "is not an http:// or https:// URL (e.g. http://127.0.0.1:4566)" in text
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: --endpoint-url (or AWS_ENDPOINT_URL) {url!r} is not an http:// or https:// URL "
+        "(e.g. http://127.0.0.1:4566)\n"
+    )
+
+
+def test_a_command_that_does_not_reach_aws_ignores_a_malformed_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "localhost:4566")  # the local stack sets its own
+    result = CliRunner().invoke(app, ["local", "--help"])
+    assert result.exit_code == 0, result.output
 
 
 class _NotFound(BaseHTTPRequestHandler):
@@ -139,5 +152,10 @@ def test_an_endpoint_that_does_not_answer_as_aws_does_is_named_as_the_likely_mis
     result = CliRunner().invoke(app, ["--endpoint-url", not_aws, "config", "inbound", "list"])
     assert result.exit_code == 1
     line = " ".join(result.output.split())
-    assert "AWS GetParametersByPath failed: 404: Not Found" in line
-    assert "is --endpoint-url the AWS endpoint, the local stack's http://127.0.0.1:4566" in line
+    assert f"AWS GetParametersByPath failed: 404: Not Found ({not_aws} did not answer as AWS does: " in line
+    assert "is it the AWS endpoint, the local stack's --aws-port, and not its HTTP API?)" in line
+
+
+def test_a_bare_status_from_aws_itself_gets_no_endpoint_hint() -> None:
+    error = ClientError({"Error": {"Code": "503", "Message": "Service Unavailable"}}, "GetParametersByPath")
+    assert describe_error(error) == "AWS GetParametersByPath failed: 503: Service Unavailable"

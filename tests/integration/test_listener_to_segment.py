@@ -334,12 +334,28 @@ def test_the_listener_takes_its_region_from_the_queue_url(stack: Stack) -> None:
 
 
 @pytest.mark.usefixtures("no_configured_region")
-def test_the_listener_reads_aws_region_as_the_cli_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    url = "http://127.0.0.1:4566/000000000000/q"
-    listener = SqsImpressionListener(url, "Production", register_atexit=False)
+def test_without_a_region_in_the_url_the_listener_reads_aws_region_then_boto3s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "http://127.0.0.1:4566/000000000000/q"  # a local endpoint's URL names no region
+    boto3.setup_default_session(region_name="eu-central-1")
+    try:
+        listener = SqsImpressionListener(url, "Production", register_atexit=False)
+        listener.close()
+        assert listener._client().meta.region_name == "eu-central-1"
+        monkeypatch.setenv("AWS_REGION", "eu-west-1")  # as the CLI, AWS_REGION comes first
+        listener = SqsImpressionListener(url, "Production", register_atexit=False)
+        listener.close()
+        assert listener._client().meta.region_name == "eu-west-1"
+    finally:
+        boto3.DEFAULT_SESSION = None
+
+
+def test_the_queue_urls_region_wins_over_the_configured_one() -> None:
+    url = "https://sqs.ap-southeast-2.amazonaws.com/123456789012/impressions"
+    listener = SqsImpressionListener(url, "Production", register_atexit=False)  # AWS_REGION is us-east-1
     listener.close()
-    assert listener._client().meta.region_name == "eu-west-1"
+    assert listener._client().meta.region_name == "ap-southeast-2"
 
 
 @pytest.mark.usefixtures("no_configured_region")
