@@ -186,7 +186,8 @@ async def send_with_retry(
         try:
             response = await client.send(request)
         except httpx.TransportError as exc:  # timeouts, refused and dropped connections
-            reason = f"{type(exc).__name__} ({request.url.host})"  # which endpoint: a config's own?
+            # The host as well: configs may name endpoints of their own (an EU host, a proxy).
+            reason = f"{type(exc).__name__} ({request.url.host})"
             last = SendResult(Outcome.TRANSIENT, reason=reason, attempts=attempt)
         else:
             if response.is_success:

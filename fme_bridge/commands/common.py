@@ -14,6 +14,8 @@ from fme_bridge.target import Target
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+# After "nothing found": the names are compared exactly, as FME compares them.
+CASE_HINT = " (environment, traffic type and key are case-sensitive)"
 
 
 class CliError(Exception):
@@ -136,7 +138,3 @@ def read_json_values(path: Path) -> list[tuple[str, Any]]:
         except ValueError as exc:
             raise CliError(f"{path}:{number}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
     return values
-
-
-# After "nothing found": the names are compared exactly, as FME compares them.
-CASE_HINT = " (environment, traffic type and key are case-sensitive)"

@@ -1,9 +1,9 @@
 """``fme-bridge send-impressions`` and ``fme-bridge replay``: impressions into the impressions queue.
 
-Both read the whole file and check every item before sending anything, down to each impression
-having the environment the impressions function needs (it dead-letters one without as
-``no_environment``). Replaying twice is safe: the impressions function derives each Segment
-``messageId`` from the impression itself, so Segment drops the duplicates.
+Both read the whole file and check every item before sending anything, with the impressions
+function's own parser: what it would dead-letter (``no_environment``, ``invalid_impression``,
+``invalid_body``) is refused, naming where it is. Replaying twice is safe: the impressions function
+derives each Segment ``messageId`` from the impression itself, so Segment drops the duplicates.
 """
 
 from __future__ import annotations
@@ -151,13 +151,18 @@ def envelopes(items: list[tuple[Head, dict[str, Any]]], per_message: int) -> lis
     return bodies
 
 
-def _refused(body: str) -> list[tuple[str, ItemError]]:
+# The item's place in its message body, which the error's location already names.
+_ITEM_PREFIX = re.compile(r"^(impressions\.)?\d+: ")
+
+
+def _refused(body: str) -> list[tuple[str | None, ItemError]]:
     """(shape, error) of each impression in ``body`` the impressions function would dead-letter
-    (``no_environment``, ``invalid_impression``), as its own parser decides."""
+    (``no_environment``, ``invalid_impression``), as its own parser decides; (None, the error) for a
+    body it would dead-letter whole (``invalid_body``: an envelope's environmentName not a string)."""
     try:
         parsed = parse_body(body)
-    except BodyError:  # unreadable as a whole: _check_message and impressions_of have said so
-        return []
+    except BodyError as exc:
+        return [(None, ItemError(0, exc.code, exc.reason))]
     return [(parsed.shape, error) for error in parsed.errors]
 
 
@@ -175,11 +180,7 @@ def _refuse(refused: list[tuple[str, ItemError]], no_environment_remedy: str) ->
         )
 
 
-# The item's place in its message body, which the error's location already names.
-_ITEM_PREFIX = re.compile(r"^(impressions\.)?\d+: ")
-
-
-def _item_at(where: str, shape: str, index: int) -> str:
+def _item_at(where: str, shape: str | None, index: int) -> str:
     """Where item ``index`` of a message body of ``shape`` is, named as :func:`impressions_of` names it."""
     if shape == "webhook_list":
         return f"{where}[{index}]"

@@ -409,10 +409,12 @@ class _Mapper:
             return
         raw_properties = message.properties or {}
         targets: list[tuple[Any, Any]] = list(self.mapped_identities(message))
+        drops = len(self.out.drops)
         if "split" in raw_properties:
             targets.extend(self.split_pairs(index, raw_properties["split"]))
         if not targets:
-            self.drop(index, DropReason.NO_IDENTITY)
+            if len(self.out.drops) == drops:  # not already dropped for an unusable split
+                self.drop(index, DropReason.NO_IDENTITY)
             return
         properties, trimmed = normalize_properties(raw_properties)
         self.out.properties_trimmed += trimmed

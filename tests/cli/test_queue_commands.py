@@ -399,3 +399,22 @@ def test_impressions_the_function_would_dead_letter_are_refused_before_anything_
         "invalid_impression: treatment: Field required\n"
     )
     assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def test_an_envelope_the_function_would_dead_letter_whole_is_refused_before_anything_is_sent(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    envelope = {
+        "environmentName": {"name": "Production"},
+        "impressions": [webhook_impression(0, "Production")],
+    }
+    jsonl = tmp_path / "impressions.jsonl"
+    jsonl.write_text(json.dumps(webhook_impression(1, "Production")) + "\n" + json.dumps(envelope) + "\n")
+
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "error: 1 impression(s) the impressions function would dead-letter, "
+        f"the first at {jsonl}:2: invalid_body: "
+    ), result.stderr
+    assert drain(stack.queues["ImpressionsQueue"]) == []

@@ -225,7 +225,7 @@ def test_each_matching_config_gets_its_own_message_id(
 def test_a_config_naming_an_environment_by_id_gets_its_impressions_with_its_event_name(
     env: dict[str, str], sink: SegmentSink, context: Any
 ) -> None:
-    """SPEC: environments hold names or ids; eventName is the track call's event."""
+    """An outbound config's environments may be names or ids; its eventName is the track call's event."""
     put_config(
         "outbound/by-id",
         {

@@ -262,6 +262,11 @@ def test_a_properties_split_element_that_is_not_an_object_is_dropped_and_the_res
     assert set(drop_reasons(mapped)) == {"invalid_split"}
 
 
+def test_a_message_whose_only_target_was_an_unusable_split_is_dropped_once_for_it() -> None:
+    mapped = map_one(segment("track", userId=None, anonymousId=None, properties={"split": "acme"}))
+    assert (mapped.events, drop_reasons(mapped)) == ([], ["invalid_split"])
+
+
 def test_a_null_properties_split_is_no_split() -> None:
     mapped = map_one(segment("track", properties={"split": None}))
     assert {e.trafficTypeName for e in mapped.events} == {"user", "anonymous"}
