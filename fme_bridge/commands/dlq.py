@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -42,6 +43,11 @@ QUEUES = {
     Queue.audiences: ("AudiencesDeadLetterQueue", None),  # stream batches: evaluated again instead
 }
 QueueOption = Annotated[Queue, typer.Option("--queue", help="Which dead-letter queue.")]
+
+
+# errorCodes of messages whose body, not a config or a service, was the problem: a redrive alone
+# brings them back (unless a new version of the function reads what the old one could not).
+BODY_ERRORS = frozenset({"invalid_json", "invalid_body", "invalid_impression", "no_environment"})
 
 
 def register(app: typer.Typer) -> None:
@@ -161,6 +167,7 @@ def redrive(
     wanted = min(total, limit) if limit else total
     moved = 0
     seen: set[str] = set()
+    for_their_body: Counter[str] = Counter()
     with Progress(TextColumn("redriving"), BarColumn(), MofNCompleteColumn(), console=out) as progress:
         task = progress.add_task("redrive", total=wanted)
         while moved < wanted:
@@ -172,6 +179,9 @@ def redrive(
             if not batch:
                 break
             seen.update(m["MessageId"] for m in batch)
+            for_their_body.update(
+                code for m in batch if (code := _attribute(m, "errorCode") or "") in BODY_ERRORS
+            )
             # Ten large dead letters exceed what one SendMessageBatch carries: packed by size.
             for call in batch_calls(batch, _resent_bytes):
                 done, failure = _move(sqs, dlq_url, source_url, call)
@@ -181,6 +191,14 @@ def redrive(
                     out.print(f"[red]{len(call) - len(done)} message(s) not moved: {failure}[/red]")
                     raise typer.Exit(1)
     out.print(f"[green]moved[/green] {moved} message(s) back to {source_url}")
+    if for_their_body:
+        codes = ", ".join(f"{count} {code}" for code, count in sorted(for_their_body.items()))
+        out.print(
+            f"[yellow]of them, {codes}: dead-lettered for their body, they come back to the dead-letter "
+            "queue unless the function now reads it (replay --environment gives impressions without one "
+            "an environment)[/yellow]",
+            soft_wrap=True,
+        )
 
 
 def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:

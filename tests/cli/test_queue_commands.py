@@ -256,7 +256,7 @@ def test_envelopes_stay_under_the_sqs_message_limit() -> None:
     assert all(len(body.encode()) <= MAX_MESSAGE_BYTES for body, _ in bodies)
 
 
-def dead_letter(stack: Stack, body: str, reason: str | None) -> None:
+def dead_letter(stack: Stack, body: str, reason: str | None, code: str = "no_matching_config") -> None:
     """Dead-letter ``body`` the way the impressions function does, or as SQS's redrive does (no reason)."""
     url = stack.queues["ImpressionsDeadLetterQueue"]
     if reason is None:
@@ -266,7 +266,7 @@ def dead_letter(stack: Stack, body: str, reason: str | None) -> None:
         record=0,
         source_message_id="m-1",
         body=body,
-        error_codes=("no_matching_config",),
+        error_codes=(code,),
         reason=reason,
         failed_impressions=1,
     )
@@ -321,6 +321,18 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, 
     moved = drain(stack.queues["ImpressionsQueue"])
     assert sorted(json.loads(m["Body"])["n"] for m in moved) == list(range(13))
     assert all(not (m.get("MessageAttributes") or {}) for m in moved)
+
+
+def test_dlq_redrive_says_which_messages_were_dead_lettered_for_their_body(cli: Cli, stack: Stack) -> None:
+    dead_letter(stack, "{not json", "body is not valid JSON", code="invalid_json")
+    dead_letter(stack, json.dumps({"key": "u1"}), "no environment", code="no_environment")
+    dead_letter(stack, json.dumps({"key": "u2"}), "no outbound config matches environment 'Dev'")
+    result = cli("dlq", "redrive")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "moved 3 message(s)" in text
+    assert "of them, 1 invalid_json, 1 no_environment: dead-lettered for their body" in text
+    assert len(drain(stack.queues["ImpressionsQueue"])) == 3  # moved all the same: the function decides
 
 
 def test_dlq_redrive_of_large_dead_letters_sends_them_in_calls_within_sqs_limit(
