@@ -179,8 +179,11 @@ def redrive(
             if not batch:
                 break
             seen.update(m["MessageId"] for m in batch)
-            for_their_body.update(
-                code for m in batch if (code := _attribute(m, "errorCode") or "") in BODY_ERRORS
+            for_their_body.update(  # a message's codes are comma-separated (one per kind of failure)
+                code
+                for m in batch
+                for code in (_attribute(m, "errorCode") or "").split(",")
+                if code in BODY_ERRORS
             )
             # Ten large dead letters exceed what one SendMessageBatch carries: packed by size.
             for call in batch_calls(batch, _resent_bytes):
