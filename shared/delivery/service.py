@@ -25,7 +25,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from aws_lambda_powertools import Logger
@@ -184,10 +184,13 @@ IdentityKey = tuple[str, str, str, str]  # connection, environment, traffic type
 
 
 def _latest_identity_changes(
-    records: Iterable[DynamoDBRecord], report: DeliveryReport
+    records: Iterable[DynamoDBRecord],
+    report: DeliveryReport,
+    malformed: Callable[[DynamoDBRecord, str], None],
 ) -> tuple[dict[IdentityKey, IdentityChange], dict[IdentityKey, list[str]]]:
     """The latest change of each identity in ``records`` (several changes of one identity in a batch
-    are sent once, with its latest values), and the sequence numbers of all of its records."""
+    are sent once, with its latest values), and the sequence numbers of all of its records; a record
+    that is not a deliverable identity goes to ``malformed`` with the reason."""
     latest: dict[IdentityKey, IdentityChange] = {}
     sequences: dict[IdentityKey, list[str]] = defaultdict(list)
     for record in records:
@@ -196,6 +199,7 @@ def _latest_identity_changes(
         except MalformedItem as exc:
             logger.warning("identity item cannot be delivered", reason=str(exc))
             report.count("IdentitiesMalformed")
+            malformed(record, str(exc))
             continue
         if change is None:
             report.count("IdentitiesUnchanged")
@@ -404,7 +408,7 @@ class Delivery:
             try:
                 stored.append(stored_event(record))
             except MalformedItem as exc:
-                self._refuse_malformed(record, str(exc), report)
+                self._refuse_malformed("events", record, str(exc), report)
         connections = self._connections((s.connection_id for s in stored), report)
 
         pending: dict[str, list[StoredEvent]] = defaultdict(list)
@@ -506,14 +510,22 @@ class Delivery:
             tally.events_refused += len(group)
             tally.failed(reason, failure_ids)
 
-    def _refuse_malformed(self, record: DynamoDBRecord, reason: str, report: DeliveryReport) -> None:
+    def _refuse_malformed(
+        self,
+        kind: Literal["events", "identities"],
+        record: DynamoDBRecord,
+        reason: str,
+        report: DeliveryReport,
+    ) -> None:
+        """A stored item that is not a deliverable event or identity: to the failure queue with the item,
+        where it can be read (and, once the item is fixed in the table, its record replayed)."""
         stream = record.dynamodb
         image = to_python(stream.new_image) if stream is not None else {}
         connection_id = str(image.get("connectionId") or "unknown")
         sequence = stream.sequence_number if stream is not None and stream.sequence_number else ""
-        refusal = Refusal("events", connection_id, f"malformed item: {reason}", None, [{"item": image}])
+        refusal = Refusal(kind, connection_id, f"malformed item: {reason}", None, [{"item": image}])
         if self._refuse(refusal, [sequence] if sequence else [], report) is not None:
-            report.count("EventsRefused")
+            report.count("EventsRefused" if kind == "events" else "IdentitiesRefused")
 
     # -- identities -------------------------------------------------------------------------------
 
@@ -527,7 +539,11 @@ class Delivery:
     ) -> None:
         """``as_stored_now``: send each identity as the table holds it now (a redrive, see
         :meth:`_stored_now`)."""
-        latest, sequences = _latest_identity_changes(records, report)
+        latest, sequences = _latest_identity_changes(
+            records,
+            report,
+            lambda record, reason: self._refuse_malformed("identities", record, reason, report),
+        )
         connections = self._connections((c.connection_id for c in latest.values()), report)
         groups = _identity_groups(latest, sequences, connections, report, tallies)
         if not self._drop_settled_identities(groups, sequences, report):

@@ -393,6 +393,29 @@ def test_events_and_identities_go_to_the_environment_they_were_stored_under(
     assert (update.key, update.values) == ("u1", {"plan": "pro"})
 
 
+def test_an_identity_item_that_is_not_deliverable_goes_to_the_failure_queue_with_the_item(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+    broken = {k: v for k, v in identity_item("u1", {"plan": "pro"}).items() if k != "trafficTypeName"}
+    records = [
+        stream_record(table, broken, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
+        stream_record(
+            table, identity_item("u2", {"plan": "free"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+        ),
+    ]
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}  # permanent
+
+    assert [u.key for u in sink.identity_updates] == ["u2"]  # its neighbour is delivered
+    [message] = failure_messages(stack)
+    assert (message["kind"], message["connectionId"]) == ("identities", "webshop")
+    assert message["reason"].startswith("malformed item: ")
+    assert "trafficTypeName" in message["reason"]
+    assert [i["item"]["key"] for i in message["items"]] == ["u1"]
+
+
 def test_identity_records_without_attribute_changes_are_not_sent(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
