@@ -154,12 +154,16 @@ def _too_large(exc: PayloadTooLarge) -> Response[str]:
 @app.exception_handler([ConfigUnavailable, StoreUnavailable, BotoCoreError, ClientError])
 def _unavailable(exc: Exception) -> Response[str]:
     logger.warning("dependency unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
-    if isinstance(exc, OutOfTime):
-        return _service_unavailable(
-            "out of time before every message was stored; what was stored stays stored, and a retry "
-            "stores the rest"
-        )
     return _service_unavailable("storage or configuration is temporarily unavailable; retry later")
+
+
+@app.exception_handler(OutOfTime)  # a StoreUnavailable: the resolver picks the closest class
+def _out_of_time(exc: OutOfTime) -> Response[str]:
+    logger.warning("out of time", extra={"detail": str(exc)})
+    return _service_unavailable(
+        "out of time before every message was stored; what was stored stays stored, and a retry "
+        "stores the rest"
+    )
 
 
 @app.exception_handler(ConfigInvalid)
