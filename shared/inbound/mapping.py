@@ -286,17 +286,19 @@ class _Mapper:
     def ignore(self, index: int, reason: IgnoreReason) -> None:
         self.out.ignored[index] = reason
 
-    def split_pairs(self, index: int, split: Any) -> list[tuple[Any, Any]]:
-        """``{"account": "id"}`` or ``[{"account": "id"}, …]`` → [(traffic type, key), …]; each
-        element that is not such an object (a string, an empty object) is dropped ``invalid_split``.
-        ``null`` is no split at all."""
+    def split_pairs(self, index: int, split: Any) -> tuple[list[tuple[Any, Any]], bool]:
+        """``{"account": "id"}`` or ``[{"account": "id"}, …]`` → [(traffic type, key), …], and
+        whether an element was not such an object (a string, an empty object): each of those is
+        dropped ``invalid_split``. ``null`` is no split at all."""
         pairs: list[tuple[Any, Any]] = []
+        unusable = False
         for element in split if isinstance(split, list) else [] if split is None else [split]:
             if isinstance(element, dict) and element:
                 pairs.extend(element.items())
             else:
                 self.drop(index, DropReason.INVALID_SPLIT)
-        return pairs
+                unusable = True
+        return pairs, unusable
 
     def mapped_identities(self, message: SegmentMessage) -> list[tuple[str, str]]:
         found = []
@@ -370,10 +372,9 @@ class _Mapper:
                 self.ignore(index, IgnoreReason.IDENTIFY_DISABLED)
                 return
             traits = message.traits or {}
-            drops = len(self.out.drops)
-            pairs = self.split_pairs(index, traits.get("split"))
+            pairs, unusable = self.split_pairs(index, traits.get("split"))
             if not pairs:
-                if len(self.out.drops) == drops:  # no split at all, rather than an unusable one
+                if not unusable:  # no split at all, rather than an unusable one (dropped)
                     self.ignore(index, IgnoreReason.GROUP_WITHOUT_SPLIT)
                 return
             self.identify(index, message, message_id, pairs, traits, skip="split")
@@ -409,11 +410,10 @@ class _Mapper:
             return
         raw_properties = message.properties or {}
         targets: list[tuple[Any, Any]] = list(self.mapped_identities(message))
-        drops = len(self.out.drops)
-        if "split" in raw_properties:
-            targets.extend(self.split_pairs(index, raw_properties["split"]))
+        pairs, unusable = self.split_pairs(index, raw_properties.get("split"))
+        targets.extend(pairs)
         if not targets:
-            if len(self.out.drops) == drops:  # not already dropped for an unusable split
+            if not unusable:  # else already dropped for its unusable split
                 self.drop(index, DropReason.NO_IDENTITY)
             return
         properties, trimmed = normalize_properties(raw_properties)
