@@ -93,8 +93,7 @@ class Target:
 
     @functools.cached_property
     def session(self) -> boto3.session.Session:
-        self._checked_endpoint()
-        if not self.is_local:
+        if not self.is_local:  # which checks the endpoint first
             return boto3.session.Session(region_name=self.region)
         region = self.region if self.region_given and self.region else LOCAL_REGION
         session = boto3.session.Session(region_name=region)
