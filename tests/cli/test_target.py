@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import boto3
 import pytest
@@ -14,6 +14,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from fme_bridge.cli import app, describe_error
+from fme_bridge.loopback_server import LoopbackServer
 from fme_bridge.target import Target, TargetError
 from tests.conftest import after_fresh_import
 
@@ -141,7 +142,7 @@ class _NotFound(BaseHTTPRequestHandler):
 @pytest.fixture
 def not_aws() -> Iterator[str]:
     """An HTTP server on loopback that is not AWS (as the local stack's webhook port is not)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    server = LoopbackServer(("127.0.0.1", 0), _NotFound)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
