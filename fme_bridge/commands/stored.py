@@ -11,11 +11,11 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
-from boto3.dynamodb.conditions import Key
 from rich.table import Table
 
 from fme_bridge.commands.common import CASE_HINT, CliError, out, target
 from shared.dynamodb import to_python
+from shared.events_table import EventsTable
 from shared.profiles_table import profile_pk
 
 EnvironmentOpt = Annotated[str, typer.Option("--environment", "-e", help="FME environment name.")]
@@ -43,13 +43,11 @@ def events(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a user's stored events, newest first."""
-    table = target(ctx).table("EventsTable")
-    items = table.query(
-        KeyConditionExpression=Key("pk").eq(profile_pk(environment, traffic_type, key)),
-        ScanIndexForward=False,
-        Limit=limit,
-    )["Items"]
-    items = [to_python(i) for i in items]
+    stack = target(ctx)
+    table = EventsTable(stack.table_name("EventsTable"), stack.client("dynamodb"))
+    # Paged: a query answers at most 1 MB, fewer than ``limit`` events when they carry large properties.
+    found = table.events_of(environment, traffic_type, key, newest_first=True, limit=limit)
+    items = [to_python(i) for i in found]
     if as_json:
         out.print_json(json.dumps(items))
         return

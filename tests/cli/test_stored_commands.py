@@ -16,7 +16,14 @@ from tests.cli.conftest import Cli
 REGION = "us-east-1"
 
 
-def put_event(stack: Stack, key: str, event_type: str, timestamp: int, value: Decimal | None = None) -> None:
+def put_event(
+    stack: Stack,
+    key: str,
+    event_type: str,
+    timestamp: int,
+    value: Decimal | None = None,
+    properties: dict[str, str] | None = None,
+) -> None:
     item = {
         "pk": f"Production#user#{key}",
         "sk": f"{timestamp:013d}#m-{timestamp}",
@@ -25,7 +32,7 @@ def put_event(stack: Stack, key: str, event_type: str, timestamp: int, value: De
         "key": key,
         "eventTypeId": event_type,
         "timestamp": timestamp,
-        "properties": {"plan": "pro"},
+        "properties": properties or {"plan": "pro"},
         "messageId": f"m-{timestamp}",
         "segmentType": "track",
         "receivedAt": timestamp + 5,
@@ -50,6 +57,19 @@ def test_events_are_listed_newest_first(cli: Cli, stack: Stack) -> None:
     assert table.exit_code == 0, table.output
     assert table.stdout.index("view_signup_page") < table.stdout.index("checkout")
     assert "2026-11-24 01:17:22.000Z" in table.stdout  # 1795483042000 ms, UTC
+
+
+def test_events_past_one_query_page_are_all_listed(cli: Cli, stack: Stack) -> None:
+    # 50 events of 30 KB: DynamoDB (and moto) answer a query with at most 1 MB, 33 of them.
+    for n in range(50):
+        put_event(stack, "u1", "checkout", 1795483041000 + n, properties={"cart": "x" * 30_000})
+
+    result = cli("events", "u1", "-e", "Production", "--limit", "50", "--json")
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert [i["timestamp"] for i in items] == [1795483041000 + n for n in reversed(range(50))]
+    fewer = json.loads(cli("events", "u1", "-e", "Production", "--limit", "40", "--json").stdout)
+    assert len(fewer) == 40
 
 
 def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
