@@ -232,12 +232,15 @@ class Evaluation:
     recheck_at: int | None = None
 
 
-def _values_equal(stored: Any, wanted: Any) -> bool:
-    # True == 1 in Python; an attribute "true" (bool) must not match 1 (number) or the reverse.
+def values_equal(stored: Any, wanted: Any) -> bool:
+    """Whether an attribute value equals a rule's (or another stored value), as JSON values.
+
+    True == 1 in Python; an attribute "true" (bool) must not match 1 (number) or the reverse.
+    Numbers compare exactly (Python compares an int and a float by value): through ``float``,
+    9007199254740993 would equal 9007199254740992.
+    """
     if isinstance(stored, bool) or isinstance(wanted, bool):
         return isinstance(stored, bool) and isinstance(wanted, bool) and stored == wanted
-    if isinstance(stored, int | float) and isinstance(wanted, int | float):
-        return float(stored) == float(wanted)
     return bool(stored == wanted)
 
 
@@ -270,7 +273,7 @@ def _evaluate(rule: BaseModel, facts: ProfileFacts, now_ms: int) -> tuple[bool, 
         return facts.treatments.get(rule.treatment.split) == rule.treatment.is_, None
     if isinstance(rule, AttributeRule):
         name = rule.attribute.name
-        return name in facts.attributes and _values_equal(facts.attributes[name], rule.attribute.equals), None
+        return name in facts.attributes and values_equal(facts.attributes[name], rule.attribute.equals), None
     raise TypeError(f"unknown rule {type(rule).__name__}")
 
 

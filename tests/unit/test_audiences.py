@@ -172,6 +172,11 @@ def test_not_performed_enters_when_the_window_closes() -> None:
         (1, True, False),
         ("1", 1, False),
         (False, 0, False),
+        (0.1, 0.1, True),
+        # Exactly: through float these large ids would be equal.
+        (9007199254740992, 9007199254740993, False),
+        (10**17 + 1, 10**17, False),
+        (10**17, 1e17, True),
     ],
 )
 def test_attribute_equals_is_type_aware(stored: object, wanted: object, equal: bool) -> None:
