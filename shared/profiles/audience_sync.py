@@ -30,6 +30,7 @@ from shared.profiles.audiences import (
     evaluate,
     event_needs,
     parse_audience,
+    values_equal,
 )
 from shared.profiles.computed_traits import identify_message, message_id
 from shared.profiles.identify_sender import IdentifyBatches
@@ -412,10 +413,15 @@ def _referenced(audiences: Iterable[AudienceConfig]) -> _Referenced:
 
 
 def _matters(change: StoredChange, referenced: _Referenced) -> bool:
-    if referenced.takes_empty_profiles and not change.old and change.table in ("identities", "profiles"):
-        # A new identity, or its first last treatment of a flag: a profile that is a member before
-        # anything a rule names changes (``not`` a free plan) enters when it first appears.
-        return True
+    if referenced.takes_empty_profiles:
+        # Some audience takes in a profile that holds nothing a rule names (``not`` a free plan). A
+        # new identity, or its first last treatment of a flag, enters it when it first appears,
+        # before anything a rule names changes. A removal (a Segment user deletion) may leave
+        # nothing stored, and such a profile is in no audience: it exits, though no attribute or
+        # flag a rule names may have changed.
+        appeared = not change.old and change.table in ("identities", "profiles")
+        if appeared or not change.new:
+            return True
     if change.table == "events":
         if not change.new:  # removed by a user deletion (the stream has new images only): no type known
             return bool(referenced.events)
@@ -423,7 +429,7 @@ def _matters(change: StoredChange, referenced: _Referenced) -> bool:
     if change.table == "identities":
         old = change.old.get("attributes") or {}
         new = change.new.get("attributes") or {}
-        return any(old.get(name) != new.get(name) for name in referenced.attributes)
+        return any(not values_equal(old.get(name), new.get(name)) for name in referenced.attributes)
     if change.table == "profiles":
         split = change.new.get("split") or change.old.get("split")
         return split in referenced.splits and change.old.get("treatment") != change.new.get("treatment")

@@ -17,7 +17,7 @@ from shared import aws
 from shared import config as config_store
 from shared.config import ConfigUnavailable
 from shared.profiles.audiences import DAY_MS
-from shared.profiles_table import LastTreatment, profile_items, write_last_treatment
+from shared.profiles_table import LastTreatment, delete_last_treatments, profile_items, write_last_treatment
 
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
@@ -680,20 +680,29 @@ NOT_FREE = {
 }
 
 
-@pytest.mark.parametrize(("plan", "sent"), [("free", []), ("pro", [{"not_free": True}, {"not_free": False}])])
+@pytest.mark.parametrize(
+    ("attributes", "sent"),
+    [
+        ({"plan": "free"}, []),
+        ({"plan": "pro"}, [{"not_free": True}, {"not_free": False}]),
+        # Removing it changes no attribute the rule names (no plan before, none after).
+        ({"email": "a@example.com"}, [{"not_free": True}, {"not_free": False}]),
+    ],
+)
 def test_a_segment_user_deletion_takes_the_user_out_of_every_audience(
     env: Stack,
     segment: SegmentSink,
     clock: list[int],
     lambda_context: Any,
-    plan: str,
+    attributes: dict[str, str],
     sent: list[dict[str, bool]],
 ) -> None:
     """A `not` rule holds for a profile with no attributes: a deleted non-member must not enter on
     that, and a deleted member exits."""
     put_config("audiences/not_free", NOT_FREE)
     config_store.clear_caches()
-    identity = put_identity(env, plan)
+    identity = {**put_identity(env, "pro"), "attributes": attributes}
+    table(env, "IdentitiesTable").put_item(Item=identity)
     audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", identity), lambda_context)
     # Segment `delete`: the webhook removes the identity (IdentitiesTable REMOVE).
     table(env, "IdentitiesTable").delete_item(Key={"pk": PK})
@@ -703,6 +712,38 @@ def test_a_segment_user_deletion_takes_the_user_out_of_every_audience(
     assert [m["traits"] for m in segment.messages if "not_free" in m["traits"]] == sent
     stored = _membership("not_free")
     assert (stored or {}).get("member", False) is False
+
+
+def test_a_deleted_user_known_by_a_last_treatment_only_exits(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """The flag is one no rule names: its removal (ProfilesTable REMOVE) still ends the membership."""
+    put_config("audiences/not_free", NOT_FREE)
+    config_store.clear_caches()
+    write_last_treatment(LastTreatment("Production", "user", "user-123", "any_flag", "on", NOW - 10))
+    [treatment] = profile_items(PK)
+    audiences_app.lambda_handler(stream_event(env, "ProfilesTable", treatment), lambda_context)
+    delete_last_treatments(PK)  # what the webhook does for a Segment `delete`
+    audiences_app.lambda_handler(
+        stream_event(env, "ProfilesTable", None, old=treatment, sequence=2), lambda_context
+    )
+    assert [m["traits"] for m in segment.messages] == [{"not_free": True}, {"not_free": False}]
+    assert _membership("not_free")["member"] is False  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("old", "new", "equals"), [(1, True, True), (0, False, False), (True, 1, 1)])
+def test_an_attribute_turning_between_a_number_and_a_boolean_is_a_change(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, old: Any, new: Any, equals: Any
+) -> None:
+    """``true`` does not equal ``1`` in a rule, so a change between them can enter an audience."""
+    put_config("audiences/beta", {**NOT_FREE, "rule": {"attribute": {"name": "beta", "equals": equals}}})
+    config_store.clear_caches()
+    before = {**put_identity(env, "pro"), "attributes": {"beta": old}}
+    after = {**before, "attributes": {"beta": new}}
+    table(env, "IdentitiesTable").put_item(Item=after)
+    response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", after, before), lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"beta": True}]
 
 
 def test_a_transient_ssm_failure_reading_the_sync_config_does_not_lose_the_entry(
