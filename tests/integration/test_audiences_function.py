@@ -741,7 +741,9 @@ def test_an_attribute_turning_between_a_number_and_a_boolean_is_a_change(
     before = {**put_identity(env, "pro"), "attributes": {"beta": old}}
     after = {**before, "attributes": {"beta": new}}
     table(env, "IdentitiesTable").put_item(Item=after)
-    response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", after, before), lambda_context)
+    response = audiences_app.lambda_handler(
+        stream_event(env, "IdentitiesTable", after, before), lambda_context
+    )
     assert response == {"batchItemFailures": []}
     assert [m["traits"] for m in segment.messages] == [{"beta": True}]
 
