@@ -33,7 +33,9 @@ EVENT_FIELDS = (
     "receivedAt",
 )
 _MAX_IN_OPERANDS = 99  # DynamoDB allows 100 values in IN; one more is the key
-_EVENT_SK = re.compile(r"\d{13}#.{1,200}", re.DOTALL)  # a messageId may hold any character
+# shared.events_table.event_sk: the time, a messageId (up to the webhook's 200 characters, any of
+# them), then the type of a page or screen call.
+_EVENT_SK = re.compile(r"\d{13}#.{1,200}(?:#page|#screen)?", re.DOTALL)
 
 
 class InvalidCursor(ValueError):

@@ -13,6 +13,8 @@ import boto3
 import pytest
 
 from fme_bridge.template import Stack
+from shared.events_table import event_sk
+from shared.inbound.mapping import MAX_MESSAGE_ID_LENGTH
 from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
 from tests.conftest import load_event, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
@@ -83,11 +85,13 @@ def test_a_key_is_found_whatever_characters_it_holds(
     assert json.loads(response["body"])["key"] == key
 
 
-def store_event(stack: Stack, timestamp: int, message_id: str, event_type: str = "checkout") -> None:
+def store_event(
+    stack: Stack, timestamp: int, message_id: str, event_type: str = "checkout", segment_type: str = "track"
+) -> None:
     boto3.resource("dynamodb", region_name="us-east-1").Table(stack.tables["EventsTable"]).put_item(
         Item={
             "pk": PK,
-            "sk": f"{timestamp:013d}#{message_id}",
+            "sk": event_sk(timestamp, message_id, segment_type),
             "environment": "Production",
             "trafficTypeName": "user",
             "key": "user-123",
@@ -96,7 +100,7 @@ def store_event(stack: Stack, timestamp: int, message_id: str, event_type: str =
             "timestamp": timestamp,
             "properties": {"plan": "pro", "items": 2},
             "messageId": message_id,
-            "segmentType": "track",
+            "segmentType": segment_type,
             "receivedAt": timestamp + 500,
             "connectionId": "web",
             "expiresAt": 1_900_000_000,
@@ -266,6 +270,19 @@ def test_a_cursor_after_a_message_id_holding_a_newline_pages_on(api: Stack, lamb
     status, second, _ = call(lambda_context, query={"limit": "2", "cursor": first["next"]})
     assert status == 200, second
     assert [e["messageId"] for e in second["events"]] == ["m0\nx"]
+
+
+@pytest.mark.parametrize("segment_type", ["track", "page", "screen"])
+def test_a_cursor_after_the_longest_message_id_pages_on(
+    api: Stack, lambda_context: Any, segment_type: str
+) -> None:
+    """The webhook takes messageIds of up to 200 characters; a page or screen event's key adds its type."""
+    for i in range(3):
+        store_event(api, 1_000 + i, f"m{i}".ljust(MAX_MESSAGE_ID_LENGTH, "x"), segment_type=segment_type)
+    first = call(lambda_context, query={"limit": "2"})[1]
+    status, second, _ = call(lambda_context, query={"limit": "2", "cursor": first["next"]})
+    assert status == 200, second
+    assert [e["messageId"][:2] for e in second["events"]] == ["m0"]
 
 
 def test_a_secret_stored_with_a_trailing_newline_is_the_secret(api: Stack, lambda_context: Any) -> None:
