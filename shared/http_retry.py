@@ -70,7 +70,8 @@ class SendResult:
     reason: str = ""  # a short, secret-free description of the last failure
     attempts: int = 0
     response: httpx.Response | None = None
-    # Seconds the server asked to wait before the next attempt, when that did not fit the time left.
+    # Seconds the server asked to wait before the next attempt, when none followed (the wait did not
+    # fit the time left, or that was the last attempt).
     wait_s: float | None = None
 
 
@@ -199,6 +200,12 @@ async def send_with_retry(
                 return SendResult(Outcome.PERMANENT, response.status_code, reason, attempt, response)
             last = SendResult(Outcome.TRANSIENT, response.status_code, reason, attempt, response)
             delay = policy.server_delay(response)
+        if attempt >= policy.max_attempts:
+            # No attempt follows, so no wait: a wait the server asked for goes to the caller, which
+            # may hold before its own retry (the delivery function does, before the stream's).
+            if delay is not None:
+                last = dataclasses.replace(last, wait_s=delay)
+            break
         wait = max(delay or 0.0, policy.backoff(attempt, rng))
         if wait >= deadline.seconds_left():
             if delay is not None and delay >= deadline.seconds_left():

@@ -81,7 +81,7 @@ class ItemOutcome(Generic[T]):
     outcome: Outcome
     status: int | None = None
     reason: str = ""
-    wait_s: float | None = None  # the wait FME asked for that did not fit the time left
+    wait_s: float | None = None  # the wait FME asked for, before an attempt not made (time or attempts)
 
 
 def chunks(encoded: Sequence[bytes], max_items: int, max_bytes: int) -> Iterator[range]:

@@ -123,6 +123,15 @@ def test_gives_up_as_transient_when_the_wait_does_not_fit_the_deadline() -> None
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("policy", [SEGMENT_POLICY, FME_POLICY])
+def test_the_last_attempt_is_not_followed_by_a_wait(policy) -> None:
+    result, calls, slept = run([httpx.Response(503, headers={"Retry-After": "2"})], policy, seconds=3600)
+    assert result.outcome is Outcome.TRANSIENT
+    assert len(calls) == policy.max_attempts
+    assert len(slept) == policy.max_attempts - 1
+    assert result.wait_s == 2  # what the server asked for, for the caller's own retry
+
+
 def test_backoff_grows_and_is_capped() -> None:
     rng = random.Random(7)
     ceilings = [min(SEGMENT_POLICY.max_delay, SEGMENT_POLICY.base_delay * 2**a) for a in range(1, 12)]
