@@ -450,14 +450,23 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
 # pass the impression's fields by position, in field order: keywords cost more than the rest here.
 
 
+def _environment(item: Any, context: _Context) -> tuple[str | None, str | None]:
+    """(id, name): the impression's own, or else the envelope's — never one of each, which could
+    route an impression of one environment to another's configs."""
+    if item.environmentId or item.environmentName:
+        return item.environmentId or None, item.environmentName or None
+    return context.environment_id, context.environment_name
+
+
 def _webhook(item: Any, context: _Context) -> Impression:
+    environment_id, environment_name = _environment(item, context)
     return Impression(
         item.key,
         item.split,
         item.treatment,
         item.time,
-        item.environmentId or context.environment_id,
-        item.environmentName or context.environment_name,
+        environment_id,
+        environment_name,
         item.trafficType or context.traffic_type,
         item.bucketingKey,
         item.label if item.label is not None else item.appliedRule,
@@ -480,13 +489,14 @@ def _listener(item: Any, data: Any, context: _Context) -> Impression:
         hostname = item.instance_id
         if ip is None and type(hostname) is str and _is_ip_address(hostname):
             hostname, ip = None, hostname  # PHP's instance-id is the host's IP address
+    environment_id, environment_name = _environment(item, context)
     return Impression(
         data.keyName,
         data.feature,
         data.treatment,
         data.time,
-        item.environmentId or context.environment_id,
-        item.environmentName or context.environment_name,
+        environment_id,
+        environment_name,
         item.trafficType or context.traffic_type,
         data.bucketingKey,
         data.label,

@@ -159,6 +159,29 @@ def test_other_sdk_spellings_mix_with_the_others_in_an_envelope() -> None:
     ]
 
 
+@pytest.mark.parametrize("plain", [True, False])
+def test_an_item_naming_its_environment_takes_nothing_of_the_envelopes(plain: bool) -> None:
+    """An id of one environment and the name of another would route to the name's configs."""
+    listener = load_event("impression_listener_python.json")
+    listener.pop("environmentName", None)
+    webhook = {"key": "u1", "split": "s", "treatment": "on", "time": 1}
+    if not plain:
+        webhook["time"] = "1"  # not the plain shape: read through the model
+    items = [
+        {**webhook, "environmentId": "staging-id"},
+        {**listener, "environmentName": "Staging"},
+        webhook,
+    ]
+    body = {"environmentName": "Production", "environmentId": "production-id", "impressions": items}
+    parsed = parse_body(json.dumps(body))
+    assert parsed.errors == []
+    assert [(i.environment_id, i.environment_name) for _, i in parsed.impressions] == [
+        ("staging-id", None),
+        (None, "Staging"),
+        ("production-id", "Production"),
+    ]
+
+
 def test_envelope_gives_its_environment_and_traffic_type_to_both_shapes() -> None:
     parsed = parse_body(json.dumps(load_event("impressions_envelope.json")))
     assert parsed.shape == "envelope"
