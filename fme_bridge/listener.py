@@ -51,7 +51,7 @@ _NO_VALUE = {"NA", "unknown", ""}
 class ListenerStats:
     received: int = 0  # impressions handed over by the SDK
     sent: int = 0  # impressions accepted by SQS
-    dropped: int = 0  # impressions given up (over max_pending)
+    dropped: int = 0  # impressions given up (over max_pending, unsent at close, logged after it)
     failed_sends: int = 0  # SendMessageBatch calls or entries that failed (and were retried)
     messages: int = 0  # SQS messages (envelopes) sent
 
@@ -196,6 +196,11 @@ class SqsImpressionListener:
 
     def log_impression(self, data: Mapping[str, Any]) -> None:
         """Called by the SDK for every impression; returns at once and never raises."""
+        if self._closed.is_set():  # nothing would send it (an SDK still evaluating at exit, say)
+            with self._count_lock:
+                self.stats.received += 1
+            self._drop(1, "the listener is closed")
+            return
         try:
             with self._count_lock:
                 self.stats.received += 1

@@ -261,6 +261,19 @@ def test_listener_background_flush_on_size_and_bounded_memory() -> None:
     assert tiny.stats.sent == 3
 
 
+def test_an_impression_logged_after_close_is_counted_dropped_not_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener("https://sqs/queue", "P", sqs_client=sqs, register_atexit=False)
+    listener.log_impression(python_sdk_data(0))
+    listener.close()
+    listener.log_impression(python_sdk_data(1))
+    assert (listener.stats.received, listener.stats.sent, listener.stats.dropped) == (2, 1, 1)
+    assert "1 impressions dropped: the listener is closed" in caplog.text
+
+
 def test_javascript_listener_data_passes_through() -> None:
     data = load_event("impression_listener_js.json")
     item = impression_listener_shape(data)
