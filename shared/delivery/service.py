@@ -518,14 +518,33 @@ class Delivery:
         report: DeliveryReport,
     ) -> None:
         """A stored item that is not a deliverable event or identity: to the failure queue with the item,
-        where it can be read (and, once the item is fixed in the table, its record replayed)."""
+        where it can be read (and, once the item is fixed in the table, its record replayed).
+
+        Recorded as refused under its stream record's sequence number, which a retry of the batch
+        carries again: Lambda retries a batch from its first failed record, and the item must not
+        reach the failure queue once per retry."""
         stream = record.dynamodb
         image = to_python(stream.new_image) if stream is not None else {}
         connection_id = str(image.get("connectionId") or "unknown")
         sequence = stream.sequence_number if stream is not None and stream.sequence_number else ""
+        refused_id = ack_id(f"malformed\x1f{kind}", sequence) if sequence else None
+        if refused_id is not None:
+            try:
+                if self.log.settled([refused_id]):
+                    return
+            except Exception:
+                logger.exception("delivery log unavailable")
+                report.retry.add(sequence)
+                return
         refusal = Refusal(kind, connection_id, f"malformed item: {reason}", None, [{"item": image}])
-        if self._refuse(refusal, [sequence] if sequence else [], report) is not None:
-            report.count("EventsRefused" if kind == "events" else "IdentitiesRefused")
+        if self._refuse(refusal, [sequence] if sequence else [], report) is None:
+            return
+        report.count("EventsRefused" if kind == "events" else "IdentitiesRefused")
+        if refused_id is not None:
+            try:
+                self.log.record([refused_id], REFUSED, self._clock(), refusal.reason)
+            except Exception:  # in the failure queue already: a retry may put it there once more
+                logger.exception("could not record a refused item")
 
     # -- identities -------------------------------------------------------------------------------
 

@@ -407,6 +407,8 @@ def test_an_identity_item_that_is_not_deliverable_goes_to_the_failure_queue_with
     ]
 
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}  # permanent
+    # A retry of the batch (for a record behind it, say) does not queue the item again.
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
 
     assert [u.key for u in sink.identity_updates] == ["u2"]  # its neighbour is delivered
     [message] = failure_messages(stack)
@@ -414,6 +416,26 @@ def test_an_identity_item_that_is_not_deliverable_goes_to_the_failure_queue_with
     assert message["reason"].startswith("malformed item: ")
     assert "trafficTypeName" in message["reason"]
     assert [i["item"]["key"] for i in message["items"]] == ["u1"]
+
+
+def test_an_unreadable_event_item_goes_to_the_failure_queue_once_whatever_the_stream_retries(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    records = failing_batch(stack, sink)  # FME answers 503: the batch is retried
+    broken = {k: v for k, v in event_item("u9").items() if k != "eventTypeId"}
+    batch = stream_event(*records, stream_record(events_table(stack), broken))
+
+    assert failed_ids(invoke(batch, lambda_context, seconds=1.8)) == [
+        r["dynamodb"]["SequenceNumber"] for r in records
+    ]
+    sink.clear_faults()
+    assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
+
+    assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1", "u2"]
+    [message] = failure_messages(stack)
+    assert message["reason"].startswith("malformed item: ")
+    assert "eventTypeId" in message["reason"]
+    assert [i["item"]["key"] for i in message["items"]] == ["u9"]
 
 
 def test_identity_records_without_attribute_changes_are_not_sent(
