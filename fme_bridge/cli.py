@@ -13,7 +13,7 @@ import typer
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from typer.core import TyperGroup
 
-from fme_bridge.commands.common import CliError, err
+from fme_bridge.commands.common import CliError, err, styled
 from fme_bridge.target import Target, TargetError
 from shared.config import ConfigError
 
@@ -64,7 +64,7 @@ class _OneLineErrors(TyperGroup):
             message = describe_error(exc, getattr(ctx.obj, "endpoint_url", None))
             if message is None:
                 raise
-            err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+            err.print(styled("[red]error:[/red] {}", message), soft_wrap=True)
             raise typer.Exit(1) from None
 
 

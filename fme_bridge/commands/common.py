@@ -9,13 +9,22 @@ from typing import Any
 import typer
 from botocore.exceptions import ClientError
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from fme_bridge.target import Target
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Without markup: what the commands print holds user data (keys, attributes, names, errors), in
+# which "[/b]" is text. Styled lines go through :func:`styled`.
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 # After "nothing found": the names are compared exactly, as FME compares them.
 CASE_HINT = " (environment, traffic type and key are case-sensitive)"
+
+
+def styled(template: str, *values: object) -> Text:
+    """``template`` is Rich markup whose ``{}`` the ``values`` fill as they are, brackets and all."""
+    return Text.from_markup(template.format(*(escape(str(v)) for v in values)))
 
 
 class CliError(Exception):
@@ -28,7 +37,7 @@ def print_stored_document(raw: str) -> None:
     try:
         out.print_json(raw)
     except ValueError:
-        out.print(raw, markup=False, soft_wrap=True)
+        out.print(raw, soft_wrap=True)
 
 
 def stored_parameter(tgt: Target, folder: str, item: str, name: str) -> str:

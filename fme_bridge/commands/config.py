@@ -22,6 +22,7 @@ import typer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from rich.table import Table
+from rich.text import Text
 
 from fme_bridge.commands.common import (
     CliError,
@@ -33,6 +34,7 @@ from fme_bridge.commands.common import (
     read_text,
     stored_parameter,
     stored_parameters,
+    styled,
     target,
 )
 from fme_bridge.target import Target
@@ -223,7 +225,7 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
             out.print(f"restored {full + suffix}: it was scheduled for deletion")
     put_document(tgt, full, raw)
     rotated = " and its secret" if "" in secrets else ""
-    out.print(f"[green]wrote[/green] {kind.item} [bold]{name}[/bold]{rotated} ({full})")
+    out.print(styled("[green]wrote[/green] {} [bold]{}[/bold]{} ({})", kind.item, name, rotated, full))
     delivery = getattr(parsed, "delivery", None)
     enabled_without_keys = delivery is not None and delivery.enabled and "/fme" not in secrets
     # Written already: a check this caller may not make (no DescribeSecret) is no reason to fail.
@@ -232,9 +234,12 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
         DELETED,
     ):
         out.print(
-            f"[yellow]warning:[/yellow] delivery into FME is enabled but {full}/fme holds no FME "
-            "keys: its events and identities are refused (to the failure queue) until "
-            "--fme-keys-file sets them",
+            styled(
+                "[yellow]warning:[/yellow] delivery into FME is enabled but {}/fme holds no FME "
+                "keys: its events and identities are refused (to the failure queue) until "
+                "--fme-keys-file sets them",
+                full,
+            ),
             soft_wrap=True,
         )
 
@@ -263,7 +268,7 @@ def _delete(
     if exists:
         with contextlib.suppress(ssm.exceptions.ParameterNotFound):  # deleted meanwhile
             ssm.delete_parameter(Name=full)
-        out.print(f"[green]deleted[/green] {kind.item} [bold]{name}[/bold] ({full})")
+        out.print(styled("[green]deleted[/green] {} [bold]{}[/bold] ({})", kind.item, name, full))
     for suffix in left:
         try:
             deleted = secretsmanager.delete_secret(SecretId=full + suffix, RecoveryWindowInDays=recovery_days)
@@ -336,19 +341,21 @@ def _put_secret(client: Any, name: str, value: str) -> bool:
     return restored
 
 
-def _secret_status(client: Any, name: str) -> str:
+def _secret_status(client: Any, name: str) -> Text:
     described = _describe_secret(client, name)
     if described is None:
-        return "[red]not set[/red]"
+        return Text("not set", style="red")
     if deleted := described.get("DeletedDate"):
-        return (
-            f"[red]scheduled for deletion[/red] (deleted for good after {deleted:%Y-%m-%d %H:%M:%S %Z}; "
-            f"refused until restored: aws secretsmanager restore-secret --secret-id {name})"
+        return styled(
+            "[red]scheduled for deletion[/red] (deleted for good after {}; refused until restored: "
+            "aws secretsmanager restore-secret --secret-id {})",
+            f"{deleted:%Y-%m-%d %H:%M:%S %Z}",
+            name,
         )
     stages = sorted({s for stages in described.get("VersionIdsToStages", {}).values() for s in stages})
     changed = described.get("LastChangedDate")
     when = f", last changed {changed:%Y-%m-%d %H:%M:%S %Z}".rstrip() if changed else ""
-    return f"set ({', '.join(stages)}{when})"
+    return Text(f"set ({', '.join(stages)}{when})")
 
 
 def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str] | None = None) -> None:
@@ -358,11 +365,11 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
     try:
         parse_config(kind.model, raw, full)
     except ConfigInvalid as exc:
-        out.print(f"[red]invalid:[/red] {exc}", soft_wrap=True)
+        out.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
     secretsmanager = tgt.client("secretsmanager")
-    out.print(f"{kind.secret_label}: {_secret_status(secretsmanager, full)}")
+    out.print(Text(f"{kind.secret_label}: ") + _secret_status(secretsmanager, full))
     for suffix, label in (extra_secrets or {}).items():
-        out.print(f"{label}: {_secret_status(secretsmanager, full + suffix)}")
+        out.print(Text(f"{label}: ") + _secret_status(secretsmanager, full + suffix))
 
 
 def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
@@ -378,16 +385,16 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
         try:
             document = json.loads(value)
             parse_config(kind.model, document, full)
-            valid = "[green]yes[/green]"
+            valid = Text("yes", style="green")
         except (ValueError, ConfigInvalid):
-            document, valid = {}, "[red]no[/red]"
+            document, valid = {}, Text("no", style="red")
         # A valid config without its secret does not work either (401s, or impressions retried).
         state = _secret_state(secretsmanager, full, unknown=True)
-        secret = {
-            SET: "set",
-            MISSING: "[red]not set[/red]",
-            DELETED: "[red]scheduled for deletion[/red]",
-            None: "?",
+        secret: Text = {
+            SET: Text("set"),
+            MISSING: Text("not set", style="red"),
+            DELETED: Text("scheduled for deletion", style="red"),
+            None: Text("?"),
         }[state]
         table.add_row(
             short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid, secret

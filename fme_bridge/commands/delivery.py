@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from botocore.config import Config
 from rich.table import Table
+from rich.text import Text
 
-from fme_bridge.commands.common import out, stored_parameter, target
+from fme_bridge.commands.common import out, stored_parameter, styled, target
 from fme_bridge.commands.queue_messages import make_visible, peeked, queue_depth, receive_all
 from fme_bridge.target import Target
 from shared import config
@@ -288,11 +289,11 @@ def redrive(
             if result.done:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
                 done += 1
-                verdict = "[green]delivered, removed[/green]"
+                verdict = Text("delivered, removed", style="green")
             else:
                 leave_visible.append(message)
                 kept += 1
-                verdict = "[red]kept:[/red] " + "; ".join(result.problems)
+                verdict = styled("[red]kept:[/red] {}", "; ".join(result.problems))
             rows.add_row(
                 message["MessageId"][:8],
                 owner,

@@ -23,7 +23,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fme_bridge.commands.common import out, target
+from fme_bridge.commands.common import out, styled, target
 from fme_bridge.commands.profiles import conclude, reevaluate_every_audience
 from fme_bridge.commands.queue_messages import delete, make_visible, peeked, queue_depth, receive_all
 from fme_bridge.target import Target
@@ -191,15 +191,20 @@ def redrive(
                 moved += len(done)
                 progress.advance(task, len(done))
                 if failure:
-                    out.print(f"[red]{len(call) - len(done)} message(s) not moved: {failure}[/red]")
+                    out.print(
+                        styled("[red]{} message(s) not moved: {}[/red]", len(call) - len(done), failure)
+                    )
                     raise typer.Exit(1)
-    out.print(f"[green]moved[/green] {moved} message(s) back to {source_url}")
+    out.print(styled("[green]moved[/green] {} message(s) back to {}", moved, source_url))
     if for_their_body:
         codes = ", ".join(f"{count} {code}" for code, count in sorted(for_their_body.items()))
         out.print(
-            f"[yellow]of them, {codes}: dead-lettered for their body, they come back to the dead-letter "
-            "queue unless the function now reads it (replay --environment gives impressions without one "
-            "an environment)[/yellow]",
+            styled(
+                "[yellow]of them, {}: dead-lettered for their body, they come back to the dead-letter "
+                "queue unless the function now reads it (replay --environment gives impressions without "
+                "one an environment)[/yellow]",
+                codes,
+            ),
             soft_wrap=True,
         )
 
@@ -225,7 +230,7 @@ def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
         (settled if sent_ms <= started_ms else waiting).append(message)
     delete(sqs, dlq_url, settled)
     make_visible(sqs, dlq_url, waiting)
-    out.print(f"[green]removed[/green] {len(settled)} dead letter(s) from {dlq_url}")
+    out.print(styled("[green]removed[/green] {} dead letter(s) from {}", len(settled), dlq_url))
 
 
 def _move(

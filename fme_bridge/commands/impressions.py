@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fme_bridge.commands.common import CliError, out, read_json_values, target
+from fme_bridge.commands.common import CliError, out, read_json_values, styled, target
 from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, ItemError, parse_body
 from shared.sqs_batches import MAX_MESSAGE_BYTES, batch_calls
 
@@ -73,7 +73,7 @@ def send_impressions(
     tgt = target(ctx)
     queue_url = tgt.queue_url(QUEUE)
     sent = _send(tgt.client("sqs"), queue_url, bodies, lambda _n: None)
-    out.print(f"[green]sent[/green] {sent} message(s) to {queue_url}")
+    out.print(styled("[green]sent[/green] {} message(s) to {}", sent, queue_url))
 
 
 # An envelope's head: environmentName, environmentId, trafficType (None: absent).
@@ -247,7 +247,9 @@ def replay(
             [b for b, _ in bodies],
             lambda body_index: progress.advance(task, len(bodies[body_index][1])),
         )
-    out.print(f"[green]replayed[/green] {len(items)} impression(s) in {sent} message(s) to {queue_url}")
+    out.print(
+        styled("[green]replayed[/green] {} impression(s) in {} message(s) to {}", len(items), sent, queue_url)
+    )
 
 
 def _send(sqs: Any, queue_url: str, bodies: list[str], on_sent: Callable[[int], None]) -> int:

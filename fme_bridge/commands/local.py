@@ -10,10 +10,11 @@ import time
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from fme_bridge.commands.common import CliError, out
+from fme_bridge.commands.common import CliError
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.local.stack import InvalidPort, LocalSettings, LocalStack, NotLoopback, PortInUse
 from fme_bridge.segment_sink import SegmentSink
@@ -21,6 +22,11 @@ from fme_bridge.segment_sink import SegmentSink
 
 def register(app: typer.Typer) -> None:
     app.command("local")(local)
+
+
+# The local stack's console: its log lines are Rich markup, in which what came from outside (paths,
+# errors, tracebacks) is escaped where the line is made.
+out = Console(highlight=False)
 
 
 def _log(message: str) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fme_bridge.commands.common import (
     CASE_HINT,
@@ -30,6 +30,7 @@ from fme_bridge.commands.common import (
     read_json,
     stored_parameter,
     stored_parameters,
+    styled,
     target,
 )
 from fme_bridge.target import Target
@@ -96,7 +97,7 @@ def audience_put(
     _check_sync_targets(tgt, audience, str(file))
     full = _parameter(tgt, name)
     put_document(tgt, full, raw)
-    out.print(f"[green]wrote[/green] audience [bold]{name}[/bold] ({full})")
+    out.print(styled("[green]wrote[/green] audience [bold]{}[/bold] ({})", name, full))
     out.print(
         "Stored identities are evaluated on their next change; "
         f"`fme-bridge config audience backfill {name}` evaluates them all now.",
@@ -124,7 +125,7 @@ def audience_get(ctx: typer.Context, name: str) -> None:
     try:
         parse_audience(raw, full)
     except ConfigInvalid as exc:
-        out.print(f"[red]invalid:[/red] {exc}", soft_wrap=True)
+        out.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
 
 
 def audience_list(ctx: typer.Context) -> None:
@@ -141,10 +142,14 @@ def audience_list(ctx: typer.Context) -> None:
         try:
             audience = parse_audience(value, full)
         except ConfigInvalid:
-            table.add_row(short, "", "", "", "[red]no[/red]")
+            table.add_row(short, "", "", "", Text("no", style="red"))
             continue
         table.add_row(
-            short, audience.environment, audience.trafficType, ", ".join(audience.sync), "[green]yes[/green]"
+            short,
+            audience.environment,
+            audience.trafficType,
+            ", ".join(audience.sync),
+            Text("yes", style="green"),
         )
     out.print(table)
 
@@ -189,7 +194,7 @@ def audience_backfill(
             on_round=lambda r: status.update(progress(r)),
         )
     where = f"({audience.environment}, {audience.trafficType})"
-    out.print(f"audience [bold]{name}[/bold] {where}: {progress(report)}", soft_wrap=True)
+    out.print(styled("audience [bold]{}[/bold] {}: {}", name, where, progress(report)), soft_wrap=True)
     if not dry_run:
         out.print(f"identify calls sent to Segment: {report.sent}")
     conclude(report, "run the back-fill again: what was done is not done twice")
@@ -199,7 +204,7 @@ def conclude(report: SyncReport, when_failed: str) -> None:
     """The identify calls Segment refused; a :class:`CliError` (saying ``when_failed``) if some
     identities could not be evaluated or synced."""
     for problem in report.not_sent:
-        out.print(f"[yellow]not sent:[/yellow] {problem}", soft_wrap=True)
+        out.print(styled("[yellow]not sent:[/yellow] {}", problem), soft_wrap=True)
     if report.failed:
         raise CliError(
             f"{len(report.failed)} identities could not be evaluated or synced (DynamoDB or Segment "
@@ -275,7 +280,7 @@ def profile(
         out.print_json(json.dumps(document))
         return
     # On a line of its own: as a table title, a long key would wrap to the width of the table.
-    heading = f"[bold]{traffic_type} {escape(key)}[/bold] in {escape(environment)}"
+    heading = styled("[bold]{} {}[/bold] in {}", traffic_type, key, environment)
     attributes = Table("attribute", "value", title="attributes")
     for name, value in sorted(document["attributes"].items()):
         attributes.add_row(name, value if isinstance(value, str) else json.dumps(value))
@@ -287,7 +292,7 @@ def profile(
         )
     audiences = Table("audience", "member", title="audiences")
     for name, member in document["audiences"].items():
-        audiences.add_row(name, "[green]yes[/green]" if member else "no")
+        audiences.add_row(name, Text("yes", style="green") if member else "no")
     events = Table("time", "eventTypeId", "value", "type", title="events, newest first")
     for event in document["events"]:
         value = event.get("value")

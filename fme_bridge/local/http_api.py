@@ -203,8 +203,8 @@ class HttpApi:
         if self.log is not None:
             elapsed = (time.monotonic() - started) * 1000
             self.log(
-                f"{request.method} {urlsplit(request.target).path} ({route_key}) → {response.status} "
-                f"in {elapsed:.0f} ms"
+                f"{escape(request.method)} {escape(urlsplit(request.target).path)} ({route_key}) → "
+                f"{response.status} in {elapsed:.0f} ms"
             )
         return response
 

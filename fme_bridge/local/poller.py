@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from rich.markup import escape
+
 from shared import http_session
 
 
@@ -41,5 +43,5 @@ class Poller(threading.Thread):
             except Exception as exc:  # the local AWS going away at shutdown, or a hiccup: keep polling
                 if self._stopping.is_set():
                     return
-                self.log(f"[yellow]{self.name}: {exc}[/yellow]")
+                self.log(f"[yellow]{self.name}: {escape(str(exc))}[/yellow]")
                 self._stopping.wait(1)

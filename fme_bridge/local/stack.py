@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
+from rich.markup import escape
 
 from fme_bridge.local import http_api, schedule_source, sqs_source, stream_source
 from fme_bridge.local.poller import Poller
@@ -216,7 +217,10 @@ class LocalStack:
                 outcome = (
                     f"{len(request.messages)} message(s)" if request.status == 200 else request.error or ""
                 )
-                self.log(f"Segment sink: {request.method} {request.path} → {request.status} {outcome}")
+                self.log(
+                    f"Segment sink: {escape(request.method)} {escape(request.path)} → {request.status} "
+                    f"{escape(outcome)}"
+                )
             seen = len(requests)
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:

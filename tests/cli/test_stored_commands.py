@@ -89,6 +89,34 @@ def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
     assert "329" in result.stdout
 
 
+def test_brackets_in_user_data_print_as_they_are(cli: Cli, stack: Stack) -> None:
+    """Keys, attributes and properties are text: "[/red]" is no markup to style with (or fail on)."""
+    key = "u-[b]42"
+    put_event(stack, key, "checkout", 1795483041000, properties={"note": "[/b]x"})
+    boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"]).put_item(
+        Item={
+            "pk": f"Production#user#{key}",
+            "environment": "Production",
+            "trafficTypeName": "user",
+            "key": key,
+            "attributes": {"name": "[/red]Zoë"},
+            "updatedAt": 1795483041000,
+        }
+    )
+
+    events = cli("events", key, "-e", "Production")
+    assert events.exit_code == 0, events.output
+    assert "[/b]x" in events.stdout
+    assert key in events.stdout
+    identity = cli("identity", key, "-e", "Production")
+    assert identity.exit_code == 0, identity.output
+    assert "[/red]Zoë" in identity.stdout
+
+    missing = cli("events", "x[/y]", "-e", "Production")
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("error: no events stored for user 'x[/y]' in Production")
+
+
 def test_unknown_users_are_one_line(cli: Cli) -> None:
     result = cli("identity", "nobody", "-e", "Production")
     assert result.exit_code == 1
