@@ -255,55 +255,58 @@ def redrive(
     streams = _streams(tgt)
     # An error recorded without what it is about (by an earlier version) is cleared only if older.
     started = now_ms()
-    seen: set[str] = set()
+    # Messages kept or passed over stay hidden until the run ends: made visible at once, they would
+    # come back at the head of the queue and hide the ones behind them from the next receive.
+    held: dict[str, dict[str, Any]] = {}
     done = kept = gone = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
-    while limit is None or done + kept < limit:
-        received = receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
-        batch = [m for m in received if m["MessageId"] not in seen]
-        again = [m for m in received if m["MessageId"] in seen]
-        if again:  # kept earlier in this run: leave them for the next one
-            make_visible(sqs, url, again)
-        if not batch:
-            break
-        leave_visible = []
-        for message in batch:
-            seen.add(message["MessageId"])
-            try:
-                body = json.loads(message["Body"])
-            except ValueError:
-                body = {}
-            owner = str(
-                body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
-            )
-            if (connection and owner != connection) or (limit is not None and done + kept >= limit):
-                leave_visible.append(message)
-                continue
-            result = asyncio.run(
-                delivery.redrive(
-                    body, Deadline.after(_REDRIVE_SECONDS_PER_MESSAGE), streams=streams, started_at=started
+    try:
+        while limit is None or done + kept < limit:
+            received = receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
+            if not received:
+                break
+            # Held since an earlier receive and visible again (a long run): hidden again, newest handle.
+            batch = [m for m in received if m["MessageId"] not in held]
+            held.update((m["MessageId"], m) for m in received if m["MessageId"] in held)
+            for message in batch:
+                try:
+                    body = json.loads(message["Body"])
+                except ValueError:
+                    body = {}
+                owner = str(
+                    body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
                 )
-            )
-            kind = str(body.get("kind") or ("stream batch" if "DDBStreamBatchInfo" in body else "?"))
-            gone += result.superseded
-            if result.done:
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-                done += 1
-                verdict = Text("delivered, removed", style="green")
-            else:
-                leave_visible.append(message)
-                kept += 1
-                verdict = styled("[red]kept:[/red] {}", "; ".join(result.problems))
-            rows.add_row(
-                message["MessageId"][:8],
-                owner,
-                kind,
-                str(result.resent),
-                str(result.already_delivered),
-                verdict,
-            )
-        if leave_visible:
-            make_visible(sqs, url, leave_visible)
+                if (connection and owner != connection) or (limit is not None and done + kept >= limit):
+                    held[message["MessageId"]] = message
+                    continue
+                result = asyncio.run(
+                    delivery.redrive(
+                        body,
+                        Deadline.after(_REDRIVE_SECONDS_PER_MESSAGE),
+                        streams=streams,
+                        started_at=started,
+                    )
+                )
+                kind = str(body.get("kind") or ("stream batch" if "DDBStreamBatchInfo" in body else "?"))
+                gone += result.superseded
+                if result.done:
+                    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    done += 1
+                    verdict = Text("delivered, removed", style="green")
+                else:
+                    held[message["MessageId"]] = message
+                    kept += 1
+                    verdict = styled("[red]kept:[/red] {}", "; ".join(result.problems))
+                rows.add_row(
+                    message["MessageId"][:8],
+                    owner,
+                    kind,
+                    str(result.resent),
+                    str(result.already_delivered),
+                    verdict,
+                )
+    finally:
+        make_visible(sqs, url, list(held.values()))
     if done + kept == 0:
         out.print("the failure queue has nothing to re-send" + (f" for {connection}" if connection else ""))
         return

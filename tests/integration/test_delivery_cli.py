@@ -104,6 +104,33 @@ def test_redrive_resends_refused_events_once_the_key_is_fixed(
     assert len(sink.events) == 1
 
 
+def test_redrive_reaches_the_messages_behind_those_it_keeps(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    """Twelve messages it cannot deliver (more than one receive returns) ahead of one it can."""
+    table = stack.tables["EventsTable"]
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    for i in range(12):
+        invoke(
+            stream_event(stream_record(table, event_item(f"w{i}", timestamp=1764061200000 + i))),
+            lambda_context,
+        )
+    connect(sink, connection_id="outlet")
+    sink.fail_next(1, 401)  # refused once: to the failure queue, behind the twelve
+    invoke(stream_event(stream_record(table, event_item("o1", connection_id="outlet"))), lambda_context)
+    assert sink.events == []
+
+    only = cli("delivery", "redrive", "--connection", "outlet")
+    assert only.exit_code == 0, only.output
+    assert [e.event["key"] for e in sink.events] == ["o1"]
+    assert "1 message(s) delivered and removed, 0 kept" in only.output
+
+    every = cli("delivery", "redrive")
+    assert every.exit_code == 1  # the revoked key's messages are kept
+    assert "0 message(s) delivered and removed, 12 kept" in every.output
+    assert len(failure_messages(stack)) == 12
+
+
 def refused(stack: Stack, sink: FmeSink, lambda_context: Any, key: str = "u1") -> None:
     """An event of ``key`` that FME refuses (401): it waits in the failure queue for a redrive."""
     sink.fail_next(1, 401)
