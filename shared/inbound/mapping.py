@@ -531,6 +531,12 @@ def _same(a: Any, b: Any) -> bool:
     # True == 1 in Python; an attribute turning from 1 into true is a change.
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    # A stored number comes back as the Decimal of the float's repr (shared.dynamodb.attribute_value),
+    # and Decimal("19.99") != 19.99.
+    if isinstance(a, float):
+        a = Decimal(repr(a))
+    if isinstance(b, float):
+        b = Decimal(repr(b))
     return bool(a == b)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -593,6 +594,15 @@ def test_out_of_order_updates_in_one_body() -> None:
 def test_redelivered_update_changes_nothing() -> None:
     stored = StoredIdentity(attributes={"plan": "pro"}, attributeTimestamps={"plan": 100}, version=1)
     assert merge_identity(stored, [update(0, 100, plan="pro")], now_ms=0) is None
+
+
+@pytest.mark.parametrize("value", [19.99, 1e20, 0.1, 20, "19.99"])
+def test_a_redelivered_number_equals_what_dynamodb_gives_back(value: Any) -> None:
+    """Stored numbers come back as Decimal; the float a message carries is the same number."""
+    stored_value = json.loads(json.dumps(value), parse_float=Decimal)
+    stored = StoredIdentity(attributes={"price": stored_value}, attributeTimestamps={"price": 100}, version=1)
+    assert merge_identity(stored, [update(0, 100, price=value)], now_ms=0) is None
+    assert merge_identity(stored, [update(0, 100, price=True)], now_ms=0) is not None
 
 
 def test_null_trait_removes_the_attribute_and_keeps_its_time() -> None:
