@@ -22,7 +22,7 @@ from shared.config import ConfigInvalid, ConfigUnavailable
 from shared.dynamodb import OutOfTime, StoreUnavailable
 from shared.http_retry import Deadline
 from shared.inbound.auth import Unauthorized
-from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook
+from shared.inbound.ingest import IngestReport, WebhookRequest, receive_webhook, refuse_unreadable_body
 from shared.inbound.messages import BadRequest, PayloadTooLarge
 from shared.lambda_context import completed_context, context_clock
 from shared.metrics import lambda_metrics
@@ -53,14 +53,15 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     )
 
 
-def _raw_body() -> bytes:
+def _raw_body() -> bytes | None:
+    """The body as Segment sent it; None when API Gateway's base64 of it does not decode."""
     event = app.current_event
     body = event.body or ""
     if event.is_base64_encoded:
         try:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            raise BadRequest("invalid_base64", "the request body is not valid base64") from None
+            return None
     return body.encode()
 
 
@@ -68,7 +69,11 @@ def _raw_body() -> bytes:
 @tracer.capture_method(capture_response=False)
 def segment_webhook(connectionId: str) -> Response[str]:
     headers = {name.lower(): value for name, value in (app.current_event.headers or {}).items()}
-    request = WebhookRequest(connection_id=connectionId, headers=headers, body=_raw_body())
+    body = _raw_body()
+    request = WebhookRequest(connection_id=connectionId, headers=headers, body=body or b"")
+    if body is None:
+        refuse_unreadable_body(request)
+        raise BadRequest("invalid_base64", "the request body is not valid base64")
     logger.append_keys(connection_id=connectionId)
     # Stop retrying in time to answer 503 ourselves: a Lambda timeout would reach Segment as a 500.
     remaining_ms = context_clock(app.lambda_context)

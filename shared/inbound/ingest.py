@@ -31,7 +31,7 @@ from shared.inbound.mapping import (
     map_messages,
     merge_identity,
 )
-from shared.inbound.messages import PayloadTooLarge, decode_body, gunzip
+from shared.inbound.messages import BadRequest, PayloadTooLarge, decode_body, gunzip
 from shared.profiles_table import profile_pk
 
 DEFAULT_MAX_BODY_BYTES = 5_000_000
@@ -80,6 +80,12 @@ def max_body_bytes() -> int:
     return int(os.environ.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
 
 
+def refuse_unreadable_body(request: WebhookRequest) -> None:
+    """Before a 400 for a body that cannot be read: a 401 unless the headers carry the secret (a
+    signature, over the body, cannot be checked). Without credentials, a request is told nothing else."""
+    authenticate(request.connection_id, request.headers, b"")
+
+
 def receive_webhook(
     request: WebhookRequest,
     now_ms: int,
@@ -96,7 +102,11 @@ def receive_webhook(
         )
     body = request.body
     if request.headers.get("content-encoding", "").strip().lower() == "gzip":
-        body = gunzip(body, limit)
+        try:
+            body = gunzip(body, limit)
+        except BadRequest:
+            refuse_unreadable_body(request)
+            raise
     authenticate(request.connection_id, request.headers, body)
     try:
         connection = config.load_inbound(request.connection_id)

@@ -97,6 +97,29 @@ def test_invalid_base64_is_a_400(webhook: Webhook) -> None:
     assert answer.body["error"] == "invalid_base64"
 
 
+@pytest.mark.parametrize(
+    ("encoding", "error"),
+    [({"isBase64Encoded": True, "body": "%%%"}, "invalid_base64"), ({"body": "not gzip"}, "invalid_gzip")],
+)
+def test_an_unreadable_body_is_a_400_only_for_a_request_with_the_secret_in_its_headers(
+    webhook: Webhook, encoding: dict[str, Any], error: str
+) -> None:
+    """Without credentials a request is answered 401, whatever its body (no oracle); a signature,
+    computed over a body that cannot be read, cannot be checked."""
+    for headers, status in [
+        ({"authorization": f"Bearer {SECRET}"}, 400),
+        ({}, 401),
+        ({"authorization": "Bearer wrong"}, 401),
+        ({"x-signature": "0" * 40}, 401),
+    ]:
+        event = webhook.event(segment_message("track"), headers={**headers, "content-encoding": "gzip"})
+        event.update(encoding)
+        answer = webhook.invoke(event)
+        assert answer.status == status, (headers, answer)
+        if status == 400:
+            assert answer.body["error"] == error
+
+
 def test_bad_bodies_are_400_with_a_json_error(webhook: Webhook) -> None:
     cases = [
         (b"", "empty_body"),
