@@ -250,6 +250,7 @@ def redrive(
         log=DeliveryLog(tgt.table(LOG_TABLE)),
         failures=FailureQueue(sqs, url),
         resolve=_resolver(tgt),
+        resolve_fresh=None,  # the CLI's reads are fresh already
         dynamodb=tgt.client("dynamodb"),
     )
     streams = _streams(tgt)

@@ -20,12 +20,13 @@ local. Acknowledged identity versions are logged like events, so a retried batch
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from aws_lambda_powertools import Logger
@@ -81,6 +82,9 @@ class ConnectionDelivery:
     problem: str | None = None
 
 
+T = TypeVar("T")
+
+
 class ConfigTemporarilyUnavailable(Exception):
     """SSM or Secrets Manager failed; the records wait for the stream's retry."""
 
@@ -114,6 +118,15 @@ def resolve_connection(
     except config.ConfigUnavailable as exc:
         raise ConfigTemporarilyUnavailable(str(exc)) from None
     return ConnectionDelivery(connection_id, enabled=True, settings=inbound.delivery, keys=keys)
+
+
+def resolve_fresh_keys(connection_id: str) -> ConnectionDelivery:
+    """:func:`resolve_connection` with the keys secret read past the container's cache."""
+    return resolve_connection(connection_id, get_secret=lambda name: config.get_secret(name, fresh=True))
+
+
+# FME's answers to a key it does not take (revoked, or rotated since the cache read it).
+KEY_REFUSED = frozenset({401, 403})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +263,7 @@ class Delivery:
         log: DeliveryLog,
         failures: FailureQueue,
         resolve: Callable[[str], ConnectionDelivery] = resolve_connection,
+        resolve_fresh: Callable[[str], ConnectionDelivery] | None = resolve_fresh_keys,
         clock: Callable[[], int] = now_ms,
         transport: httpx.AsyncBaseTransport | None = None,
         http_timeout: float = 10.0,
@@ -261,6 +275,9 @@ class Delivery:
         self.log = log
         self.failures = failures
         self._resolve = resolve
+        # Called when FME refuses a key: a rotated one is used at once, not after the cache expires.
+        # None where every read is fresh already (the CLI).
+        self._resolve_fresh = resolve_fresh
         self._clock = clock
         self._transport = transport
         self._http_timeout = http_timeout
@@ -346,6 +363,40 @@ class Delivery:
                 report.count("ConfigUnavailable")
                 resolved[connection_id] = None
         return resolved
+
+    def _renewed_keys(
+        self, connection: ConnectionDelivery, outcomes: Sequence[ItemOutcome[Any]]
+    ) -> FmeKeys | None:
+        """The connection's keys read again, when FME refused the ones used and they have changed since
+        the cache read them (a rotation); None otherwise."""
+        if self._resolve_fresh is None or connection.keys is None:
+            return None
+        if not any(o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED for o in outcomes):
+            return None
+        try:
+            fresh = self._resolve_fresh(connection.connection_id)
+        except ConfigTemporarilyUnavailable as exc:
+            logger.warning(
+                "could not read the FME keys again", connection_id=connection.connection_id, error=str(exc)
+            )
+            return None
+        if fresh.keys is None or fresh.keys == connection.keys:
+            return None
+        logger.info(
+            "FME refused the cached keys; sending with the keys stored now",
+            connection_id=connection.connection_id,
+        )
+        return fresh.keys
+
+    @staticmethod
+    async def _again(
+        outcomes: Sequence[ItemOutcome[T]],
+        send: Callable[[list[tuple[str, T]]], Awaitable[Sequence[ItemOutcome[T]]]],
+    ) -> list[ItemOutcome[T]]:
+        """``outcomes`` with those of the items FME refused the key for replaced by a second send's."""
+        refused = [o for o in outcomes if o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED]
+        retried = {o.item_id: o for o in await send([(o.item_id, o.payload) for o in refused])}
+        return [retried.get(o.item_id, o) for o in outcomes]
 
     def _refuse(
         self, refusal: Refusal, sequence_numbers: Iterable[str], report: DeliveryReport
@@ -457,11 +508,14 @@ class Delivery:
                 for item in items
             ]
         else:
+            endpoint = str(connection.settings.eventsEndpoint)
             outcomes = await client.send_events(
-                str(connection.settings.eventsEndpoint),
-                connection.keys.sdkKey,
-                [(item.sequence_number, item.event) for item in items],
+                endpoint, connection.keys.sdkKey, [(item.sequence_number, item.event) for item in items]
             )
+            renewed = self._renewed_keys(connection, outcomes)
+            if renewed is not None:
+                send = functools.partial(client.send_events, endpoint, renewed.sdkKey)
+                outcomes = await self._again(outcomes, send)
         now = self._clock()
         delivered = [by_sequence[o.item_id] for o in outcomes if o.outcome is Outcome.DELIVERED]
         transient = [o for o in outcomes if o.outcome is Outcome.TRANSIENT]
@@ -587,13 +641,16 @@ class Delivery:
                 ]
             else:
                 assert connection.keys.adminKey is not None
+                endpoint = str(connection.settings.identitiesEndpoint)
                 outcomes = await client.save_identities(
-                    str(connection.settings.identitiesEndpoint),
-                    connection.keys.adminKey,
-                    traffic_type,
-                    environment,
-                    pairs,
+                    endpoint, connection.keys.adminKey, traffic_type, environment, pairs
                 )
+                renewed = self._renewed_keys(connection, outcomes)
+                if renewed is not None and renewed.adminKey is not None:
+                    save = functools.partial(
+                        client.save_identities, endpoint, renewed.adminKey, traffic_type, environment
+                    )
+                    outcomes = await self._again(outcomes, save)
             tally = tallies[connection_id]
             self._settle_identities(
                 connection_id, traffic_type, environment, outcomes, by_id, sequences, report, tally

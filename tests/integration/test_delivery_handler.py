@@ -12,6 +12,7 @@ import pytest
 
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
+from tests.conftest import put_secret
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -285,6 +286,35 @@ def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["IdentitiesUnchanged"] == [3.0]
     assert metrics["IdentityAttributesDropped"] == [3.0]  # both names set, one changed; none touched
+
+
+def test_rotated_keys_are_read_again_when_fme_refuses_the_cached_ones(
+    delivery_env: dict[str, str], stack: Stack, lambda_context: Any
+) -> None:
+    """The keys secret is cached like the configs; a key FME no longer takes is not the last word."""
+    with FmeSink(sdk_keys=[SDK_KEY], admin_keys=[ADMIN_KEY]) as fme:
+        connect(fme)
+        invoke(stream_event(stream_record(events_table(stack), event_item("u0"))), lambda_context)
+        assert len(fme.events) == 1  # the keys are cached now
+        # Rotation: new keys in the secret, the old ones revoked in FME.
+        put_secret("inbound/webshop/fme", json.dumps({"sdkKey": "sdk-new", "adminKey": "admin-new"}))
+        fme.sdk_keys, fme.admin_keys = {"sdk-new"}, {"admin-new"}
+
+        records = [
+            stream_record(events_table(stack), event_item("u1", timestamp=1764061200001)),
+            stream_record(
+                stack.tables["IdentitiesTable"],
+                identity_item("u1", {"plan": "pro"}),
+                view="NEW_AND_OLD_IMAGES",
+                key_names=("pk",),
+            ),
+        ]
+        for record in records:
+            assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+        assert [e.event["key"] for e in fme.events] == ["u0", "u1"]
+        assert [u.key for u in fme.identity_updates] == ["u1"]
+        assert failure_messages(stack) == []
 
 
 def test_delivery_on_without_keys_is_a_visible_permanent_failure(
