@@ -170,8 +170,10 @@ def identity_change(record: DynamoDBRecord) -> IdentityChange | None:
         before = identity_values(stream.old_image.get("attributes"))
         if before.values == current.values:
             return None
-    if not current.values:
+    elif not current.values:  # a new identity without a value FME would take: nothing to create
         return None
+    # A change that removed the last value is sent without values: Save Identities overwrites, so
+    # FME drops them as it drops one of several.
     updated = new.get("updatedAt")
     return IdentityChange(
         sequence_number=stream.sequence_number,

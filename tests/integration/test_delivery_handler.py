@@ -468,6 +468,30 @@ def test_an_unreadable_event_item_goes_to_the_failure_queue_once_whatever_the_st
     assert [i["item"]["key"] for i in message["items"]] == ["u9"]
 
 
+def test_removing_the_last_value_fme_takes_reaches_fme_as_removing_one_of_several_does(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    table = stack.tables["IdentitiesTable"]
+
+    def change(key: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        return stream_record(
+            table,
+            identity_item(key, new, updated_at=2),
+            identity_item(key, old, updated_at=1),
+            view="NEW_AND_OLD_IMAGES",
+            key_names=("pk",),
+        )
+
+    records = [change("u1", {"plan": "pro"}, {}), change("u2", {"plan": "pro", "age": 3}, {"age": 3})]
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+    assert sorted((u.key, u.values) for u in sink.identity_updates) == [("u1", {}), ("u2", {"age": "3"})]
+    # A new identity without such a value has nothing to create.
+    new = stream_record(table, identity_item("u3", {}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+    assert invoke(stream_event(new), lambda_context) == {"batchItemFailures": []}
+    assert len(sink.identity_updates) == 2
+
+
 def test_identity_records_without_attribute_changes_are_not_sent(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
