@@ -61,6 +61,8 @@ def send_impressions(
 ) -> None:
     """Send impressions to the queue as they are: each JSON value (array element, line) is one message."""
     located = [(where, _check_message(value, where)) for where, value in read_json_values(file)]
+    if not located:
+        raise CliError(f"{file}: no impressions")
     _refuse(
         [
             (_item_at(where, shape, error.index), error)

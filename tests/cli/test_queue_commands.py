@@ -97,6 +97,20 @@ def test_a_bad_value_in_json_lines_is_named_by_its_line_blank_lines_counted(
     assert result.stderr.startswith(f"error: {array} item 2: not an impression"), result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "error"), [("[]", "no impressions"), ("", "empty file"), ("\n\n", "empty file")]
+)
+def test_a_file_without_impressions_is_an_error_for_both_commands(
+    cli: Cli, tmp_path: Path, content: str, error: str
+) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(content)
+    for command in ("send-impressions", "replay"):
+        result = cli(command, str(empty))
+        assert result.exit_code == 1, (command, result.output)
+        assert result.stderr.strip() == f"error: {empty}: {error}"
+
+
 def webhook_impression(n: int, environment: str) -> dict[str, Any]:
     return {
         "key": f"user-{n}",
