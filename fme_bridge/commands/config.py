@@ -199,8 +199,9 @@ def _check_name(kind: ConfigKind, name: str) -> None:
                 "and '.'; at most 128 characters"
             )
         return
-    if not name or "/" in name or not all(c.isalnum() or c in "-_." for c in name):
-        raise CliError(f"{kind.item} name {name!r}: use letters, digits, '-', '_' and '.'")
+    # SSM and Secrets Manager take ASCII names only.
+    if not name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+        raise CliError(f"{kind.item} name {name!r}: use letters, digits, '-', '_' and '.' (ASCII)")
 
 
 def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str, str]) -> None:

@@ -287,6 +287,16 @@ def test_a_connection_id_the_webhook_would_refuse_is_not_written(cli: Cli, tmp_p
     assert parameters["Parameters"] == []
 
 
+@pytest.mark.parametrize("name", ["zé", "eu/west", "eu west", ""])
+def test_an_outbound_name_ssm_would_refuse_is_not_written(cli: Cli, tmp_path: Path, name: str) -> None:
+    config = write(tmp_path, "eu.json", OUTBOUND)
+    result = cli("config", "outbound", "put", name, "-f", config, "--write-key-file", "-", input="wk")
+    assert result.exit_code == 1
+    assert "use letters, digits, '-', '_' and '.' (ASCII)" in result.stderr
+    parameters = boto3.client("ssm", region_name=REGION).get_parameters_by_path(Path=f"{PREFIX}/outbound")
+    assert parameters["Parameters"] == []
+
+
 def test_a_connection_id_of_128_characters_is_written(cli: Cli, tmp_path: Path) -> None:
     assert put_inbound(cli, tmp_path, name="a" * 128).exit_code == 0
 
