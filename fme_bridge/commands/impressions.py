@@ -18,7 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fme_bridge.commands.common import CliError, out, read_json_values, styled, target
-from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, ItemError, parse_body
+from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, ItemError, listener_spelling, parse_body
 from shared.sqs_batches import MAX_MESSAGE_BYTES, batch_calls
 
 QUEUE = "ImpressionsQueue"
@@ -30,7 +30,10 @@ def register(app: typer.Typer) -> None:
 
 
 def shape_of(value: Any) -> str | None:
-    """Which body shape (docs/outbound.md) ``value`` is: webhook, listener, envelope, or None."""
+    """Which body shape (docs/outbound.md) ``value`` is: webhook, listener, envelope, or None.
+
+    A listener includes what the other SDKs hand their listeners (Go, Java, .NET, Python, Ruby), as
+    the impressions function reads them."""
     if isinstance(value, dict):
         if isinstance(value.get("impressions"), list):
             return "envelope"
@@ -38,6 +41,8 @@ def shape_of(value: Any) -> str | None:
             return "listener"
         if "split" in value and "key" in value:
             return "webhook"
+        if listener_spelling(value) is not None:
+            return "listener"
     return None
 
 

@@ -166,7 +166,7 @@ _PYTHON_REQUIRED = 7
 _CONTEXT_FIELDS = ("environmentName", "environmentId", "trafficType")
 
 
-def _listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
+def listener_spelling(raw: dict[str, Any]) -> dict[str, Any] | None:
     """``raw`` in the listener shape's names, or None if it is not another SDK's spelling of it."""
     item: dict[str, Any]
     data: Any
@@ -405,7 +405,7 @@ def _add_validated(parsed: ParsedBody, shape: str, index: int, raw: Any, context
         reason = f"{where or '(document)'}: must be an impression object, not {type(raw).__name__}"
         parsed.errors.append(ItemError(index, INVALID_IMPRESSION, reason))
         return
-    listener = _listener_spelling(raw)
+    listener = listener_spelling(raw)
     if listener is not None:
         raw = listener
     model = ListenerImpression if "impression" in raw else WebhookImpression

@@ -97,6 +97,34 @@ def test_a_bad_value_in_json_lines_is_named_by_its_line_blank_lines_counted(
     assert result.stderr.startswith(f"error: {array} item 2: not an impression"), result.stderr
 
 
+LISTENER_FILES = [
+    "impression_listener_go.json",
+    "impression_listener_java.json",
+    "impression_listener_js.json",
+    "impression_listener_php.json",
+    "impression_listener_python.json",
+    "impression_listener_ruby.json",
+    "impression_dotnet.json",
+]
+
+
+@pytest.mark.parametrize("name", LISTENER_FILES)
+def test_what_every_sdk_hands_its_listener_is_sent_and_replayed(cli: Cli, stack: Stack, name: str) -> None:
+    """The shapes the impressions function reads (docs/outbound.md), the other SDKs' spellings too."""
+    path = str(EVENTS_DIR / name)
+    sent = cli("send-impressions", path)
+    assert sent.exit_code == 0, sent.output
+    [message] = drain(stack.queues["ImpressionsQueue"])
+    assert json.loads(message["Body"]) == load_event(name)
+
+    replayed = cli("replay", path)
+    assert replayed.exit_code == 0, replayed.output
+    [message] = drain(stack.queues["ImpressionsQueue"])
+    envelope = json.loads(message["Body"])
+    assert envelope["impressions"] == [load_event(name)]
+    assert envelope["environmentName"] == "Production"
+
+
 @pytest.mark.parametrize(
     ("content", "error"), [("[]", "no impressions"), ("", "empty file"), ("\n\n", "empty file")]
 )
