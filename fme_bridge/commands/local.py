@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
+from rich.markup import escape
 
 from fme_bridge.commands.common import CliError
 from fme_bridge.fme_sink import FmeSink
@@ -105,21 +104,21 @@ def local(
 
 def _print_banner(stack: LocalStack) -> None:
     info = stack.info()
-    table = Table.grid(padding=(0, 2))
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # URLs wrap rather than end in "…" on a narrow or piped console
-    table.add_row("webhook", f"{info['webhookUrl']}{{connectionId}}")
-    table.add_row("profile API", f"{info['profilesApiUrl']}/{{environment}}/{{trafficType}}/{{key}}")
-    table.add_row("info", f"{stack.api_url}/_local/info")
-    table.add_row("AWS endpoint", info["awsEndpointUrl"])
+    rows = [
+        ("webhook", f"{info['webhookUrl']}{{connectionId}}"),
+        ("profile API", f"{info['profilesApiUrl']}/{{environment}}/{{trafficType}}/{{key}}"),
+        ("info", f"{stack.api_url}/_local/info"),
+        ("AWS endpoint", info["awsEndpointUrl"]),
+    ]
     if info["sinkUrl"]:
-        table.add_row("Segment sink", info["sinkUrl"])
+        rows.append(("Segment sink", info["sinkUrl"]))
     if info.get("fmeEventsEndpoint"):
-        table.add_row("FME sink", f"{info['fmeEventsEndpoint']} · {info['fmeIdentitiesEndpoint']}")
-    table.add_row("config prefix", info["configPrefix"])
-    for logical, url in info["queueUrls"].items():
-        table.add_row(logical, url)
-    for logical, name in info["tableNames"].items():
-        table.add_row(logical, name)
-    out.print(Panel(table, title="fme-bridge local", expand=False))
+        rows.append(("FME sink", f"{info['fmeEventsEndpoint']} · {info['fmeIdentitiesEndpoint']}"))
+    rows.append(("config prefix", info["configPrefix"]))
+    rows += list(info["queueUrls"].items()) + list(info["tableNames"].items())
+    # Lines the terminal wraps rather than a table that folds or cuts: the URLs stay whole to copy.
+    width = max(len(label) for label, _ in rows)
+    out.print("[bold]fme-bridge local[/bold]")
+    for label, value in rows:
+        out.print(f"  {escape(label):<{width}}  {escape(value)}", soft_wrap=True)
     out.print(f"CLI against this stack: [bold]export AWS_ENDPOINT_URL={info['awsEndpointUrl']}[/bold]")
