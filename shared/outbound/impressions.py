@@ -451,11 +451,17 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
 
 
 def _environment(item: Any, context: _Context) -> tuple[str | None, str | None]:
-    """(id, name): the impression's own, or else the envelope's — never one of each, which could
-    route an impression of one environment to another's configs."""
-    if item.environmentId or item.environmentName:
-        return item.environmentId or None, item.environmentName or None
-    return context.environment_id, context.environment_name
+    """(id, name): the impression's own, completed by the envelope's only where the envelope names
+    the same environment (an id of one environment and the name of another would route the
+    impression to the name's configs)."""
+    own_id, own_name = item.environmentId or None, item.environmentName or None
+    if own_id is None and own_name is None:
+        return context.environment_id, context.environment_name
+    if own_id is None and own_name == context.environment_name:
+        return context.environment_id, own_name
+    if own_name is None and own_id == context.environment_id:
+        return own_id, context.environment_name
+    return own_id, own_name
 
 
 def _webhook(item: Any, context: _Context) -> Impression:

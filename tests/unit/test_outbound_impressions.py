@@ -171,6 +171,9 @@ def test_an_item_naming_its_environment_takes_nothing_of_the_envelopes(plain: bo
         {**webhook, "environmentId": "staging-id"},
         {**listener, "environmentName": "Staging"},
         webhook,
+        # Naming the envelope's environment again, by the one or the other: the same environment.
+        {**webhook, "environmentId": "production-id"},
+        {**listener, "environmentName": "Production"},
     ]
     body = {"environmentName": "Production", "environmentId": "production-id", "impressions": items}
     parsed = parse_body(json.dumps(body))
@@ -178,6 +181,8 @@ def test_an_item_naming_its_environment_takes_nothing_of_the_envelopes(plain: bo
     assert [(i.environment_id, i.environment_name) for _, i in parsed.impressions] == [
         ("staging-id", None),
         (None, "Staging"),
+        ("production-id", "Production"),
+        ("production-id", "Production"),
         ("production-id", "Production"),
     ]
 
