@@ -122,8 +122,17 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
             if isinstance(value, (dict, list, bool)):
                 kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
                 raise CliError(f"{where}: {field} must be a string, not {kind}")
-    name, environment_id, traffic_type = (impression.get(f) or envelope.get(f) for f in _HEAD_FIELDS)
-    return name, environment_id, traffic_type
+    own_name, own_id = impression.get("environmentName") or None, impression.get("environmentId") or None
+    outer_name, outer_id = envelope.get("environmentName") or None, envelope.get("environmentId") or None
+    # The environment as a whole: the envelope completes an impression's only where it names the same
+    # one (shared.outbound.impressions reads them so).
+    if own_name is None and own_id is None:
+        own_name, own_id = outer_name, outer_id
+    elif own_id is None and own_name == outer_name:
+        own_id = outer_id
+    elif own_name is None and own_id == outer_id:
+        own_name = outer_name
+    return own_name, own_id, impression.get("trafficType") or envelope.get("trafficType") or None
 
 
 def envelopes(items: list[tuple[Head, dict[str, Any]]], per_message: int) -> list[tuple[str, list[int]]]:
@@ -225,7 +234,15 @@ def replay(
     if not located:
         raise CliError(f"{file}: no impressions")
     items = [
-        ((name or environment, environment_id, traffic or traffic_type), impression)
+        # --environment is for impressions without one: beside an id, its name could be another's.
+        (
+            (
+                name or (environment if environment_id is None else None),
+                environment_id,
+                traffic or traffic_type,
+            ),
+            impression,
+        )
         for _, (name, environment_id, traffic), impression in located
     ]
     bodies = envelopes(items, per_message)

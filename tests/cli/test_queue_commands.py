@@ -139,6 +139,30 @@ def test_a_file_without_impressions_is_an_error_for_both_commands(
         assert result.stderr.strip() == f"error: {empty}: {error}"
 
 
+def test_replay_keeps_each_impressions_environment_whole(cli: Cli, stack: Stack, tmp_path: Path) -> None:
+    """An envelope or --environment completes an impression's environment only where it is the same
+    one: never the name of one beside the id of another."""
+    bare = {"key": "u1", "split": "s", "treatment": "on", "time": 1795483041109}
+    envelope = {
+        "environmentName": "Production",
+        "environmentId": "production-id",
+        "impressions": [
+            {**bare, "environmentId": "staging-id"},
+            {**bare, "environmentId": "production-id"},
+            bare,
+        ],
+    }
+    backfill = tmp_path / "backfill.jsonl"
+    backfill.write_text(json.dumps(envelope) + "\n" + json.dumps({**bare, "environmentId": "dev-id"}) + "\n")
+    result = cli("replay", str(backfill), "--environment", "Production")
+    assert result.exit_code == 0, result.output
+    heads = sorted(
+        (body.get("environmentName", ""), body.get("environmentId", ""), len(body["impressions"]))
+        for body in (json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"]))
+    )
+    assert heads == [("", "dev-id", 1), ("", "staging-id", 1), ("Production", "production-id", 2)]
+
+
 def webhook_impression(n: int, environment: str) -> dict[str, Any]:
     return {
         "key": f"user-{n}",
