@@ -314,6 +314,6 @@ def redrive(
     out.print(rows)
     out.print(f"{done} message(s) delivered and removed, {kept} kept")
     if gone:
-        out.print(f"{gone} identity(ies) deleted since, or left without values: not sent")
+        out.print(f"{gone} identity(ies) deleted since: not sent")
     if kept:
         raise typer.Exit(1)

@@ -748,8 +748,9 @@ class Delivery:
 
         FME's Save Identities overwrites every value: an identity version refused a while ago, sent as
         it was, would take back what newer versions saved since. The values stored now are sent
-        instead (a version still on its way through the stream would only send them again). An
-        identity deleted since, or left without an attribute FME takes, is not sent at all.
+        instead (a version still on its way through the stream would only send them again). One left
+        without an attribute FME takes is sent without values, as the stream sends it; one deleted
+        since is not sent at all.
         """
         if not pairs:
             return []
@@ -770,7 +771,7 @@ class Delivery:
         return [
             (item_id, FmeIdentity(key=identity.key, values=now[pk_of[identity.key]]))
             for item_id, identity in pairs
-            if now.get(pk_of[identity.key])
+            if pk_of[identity.key] in now
         ]
 
     # -- redrive ----------------------------------------------------------------------------------
@@ -929,7 +930,7 @@ class Delivery:
 class RedriveResult:
     resent: int = 0
     already_delivered: int = 0
-    superseded: int = 0  # identities deleted since, or left without values: nothing to send
+    superseded: int = 0  # identities deleted since: nothing to send
     problems: list[str] = field(default_factory=list)
 
     @property

@@ -509,8 +509,27 @@ def test_redrive_does_not_send_an_identity_deleted_since(
     result = cli("delivery", "redrive")
 
     assert result.exit_code == 0, result.output
-    assert "1 identity(ies) deleted since, or left without values: not sent" in result.output
+    assert "1 identity(ies) deleted since: not sent" in result.output
     assert [u.values for u in sink.identity_updates] == [{"plan": "pro"}]  # nothing more
+    assert failure_messages(stack) == []
+
+
+def test_redrive_sends_an_identity_left_without_values_as_an_empty_overwrite(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    refuse_then_change(stack, sink, lambda_context)
+    boto3.client("dynamodb", region_name="us-east-1").update_item(
+        TableName=stack.tables["IdentitiesTable"],
+        Key={"pk": {"S": "Production#user#u1"}},
+        UpdateExpression="SET #a = :none",
+        ExpressionAttributeNames={"#a": "attributes"},
+        ExpressionAttributeValues={":none": {"M": {}}},
+    )
+
+    result = cli("delivery", "redrive")
+
+    assert result.exit_code == 0, result.output
+    assert [u.values for u in sink.identity_updates][-1] == {}
     assert failure_messages(stack) == []
 
 
@@ -542,7 +561,7 @@ def test_a_redriven_stream_batch_does_not_send_an_identity_deleted_since(
     result = cli("delivery", "redrive")
 
     assert result.exit_code == 0, result.output
-    assert "1 identity(ies) deleted since, or left without values: not sent" in result.output
+    assert "1 identity(ies) deleted since: not sent" in result.output
     assert sink.identity_updates == []
 
 
