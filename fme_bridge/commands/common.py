@@ -14,17 +14,17 @@ from rich.text import Text
 
 from fme_bridge.target import Target
 
-# Without markup: what the commands print holds user data (keys, attributes, names, errors), in
-# which "[/b]" is text. Styled lines go through :func:`styled`.
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+# Without markup or emoji codes: what the commands print holds user data (keys, attributes, names,
+# errors), in which "[/b]" and ":fire:" are text. Styled lines go through :func:`styled`.
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 # After "nothing found": the names are compared exactly, as FME compares them.
 CASE_HINT = " (environment, traffic type and key are case-sensitive)"
 
 
 def styled(template: str, *values: object) -> Text:
     """``template`` is Rich markup whose ``{}`` the ``values`` fill as they are, brackets and all."""
-    return Text.from_markup(template.format(*(escape(str(v)) for v in values)))
+    return Text.from_markup(template.format(*(escape(str(v)) for v in values)), emoji=False)
 
 
 class CliError(Exception):

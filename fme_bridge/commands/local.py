@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 # The local stack's console: its log lines are Rich markup, in which what came from outside (paths,
 # errors, tracebacks) is escaped where the line is made.
-out = Console(highlight=False)
+out = Console(highlight=False, emoji=False)
 
 
 def _log(message: str) -> None:

@@ -91,8 +91,8 @@ def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
 
 def test_brackets_in_user_data_print_as_they_are(cli: Cli, stack: Stack) -> None:
     """Keys, attributes and properties are text: "[/red]" is no markup to style with (or fail on)."""
-    key = "u-[b]42"
-    put_event(stack, key, "checkout", 1795483041000, properties={"note": "[/b]x"})
+    key = "u-[b]42:new:"
+    put_event(stack, key, "cart:ok:add", 1795483041000, properties={"note": "[/b]x"})
     boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"]).put_item(
         Item={
             "pk": f"Production#user#{key}",
@@ -108,13 +108,14 @@ def test_brackets_in_user_data_print_as_they_are(cli: Cli, stack: Stack) -> None
     assert events.exit_code == 0, events.output
     assert "[/b]x" in events.stdout
     assert key in events.stdout
+    assert "cart:ok:add" in events.stdout  # no emoji codes either
     identity = cli("identity", key, "-e", "Production")
     assert identity.exit_code == 0, identity.output
     assert "[/red]Zoë" in identity.stdout
 
-    missing = cli("events", "x[/y]", "-e", "Production")
+    missing = cli("events", "x[/y]:fire:", "-e", "Production")
     assert missing.exit_code == 1
-    assert missing.stderr.startswith("error: no events stored for user 'x[/y]' in Production")
+    assert missing.stderr.startswith("error: no events stored for user 'x[/y]:fire:' in Production")
 
 
 def test_unknown_users_are_one_line(cli: Cli) -> None:
