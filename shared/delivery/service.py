@@ -127,6 +127,7 @@ def resolve_fresh_keys(connection_id: str) -> ConnectionDelivery:
 
 # FME's answers to a key it does not take (revoked, or rotated since the cache read it).
 KEY_REFUSED = frozenset({401, 403})
+FRESH_KEYS_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +279,7 @@ class Delivery:
         # Called when FME refuses a key: a rotated one is used at once, not after the cache expires.
         # None where every read is fresh already (the CLI).
         self._resolve_fresh = resolve_fresh
+        self._fresh_keys: dict[str, tuple[float, FmeKeys | None]] = {}  # connection: (monotonic time, keys)
         self._clock = clock
         self._transport = transport
         self._http_timeout = http_timeout
@@ -373,20 +375,26 @@ class Delivery:
             return None
         if not any(o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED for o in outcomes):
             return None
-        try:
-            fresh = self._resolve_fresh(connection.connection_id)
-        except ConfigTemporarilyUnavailable as exc:
-            logger.warning(
-                "could not read the FME keys again", connection_id=connection.connection_id, error=str(exc)
-            )
-            return None
-        if fresh.keys is None or fresh.keys == connection.keys:
+        connection_id = connection.connection_id
+        # Read at most once a minute per connection: a key revoked but still in the secret is refused
+        # on every batch, and each would otherwise read past the cache.
+        read_at, keys = self._fresh_keys.get(connection_id, (None, None))
+        if read_at is None or time.monotonic() - read_at > FRESH_KEYS_SECONDS:
+            try:
+                keys = self._resolve_fresh(connection_id).keys
+            except ConfigTemporarilyUnavailable as exc:
+                logger.warning(
+                    "could not read the FME keys again", connection_id=connection_id, error=str(exc)
+                )
+                return None
+            self._fresh_keys[connection_id] = (time.monotonic(), keys)
+        if keys is None or keys == connection.keys:
             return None
         logger.info(
             "FME refused the cached keys; sending with the keys stored now",
-            connection_id=connection.connection_id,
+            connection_id=connection_id,
         )
-        return fresh.keys
+        return keys
 
     @staticmethod
     async def _again(

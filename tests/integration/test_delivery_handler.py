@@ -246,6 +246,36 @@ def test_a_wrong_sdk_key_is_permanent_and_keeps_the_events(
     assert "revoked-key" not in json.dumps(message)
 
 
+def test_a_key_fme_keeps_refusing_is_read_again_at_most_once_a_minute(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Revoked in FME but still in the secret: every batch is refused, and each read past the cache
+    would be a Secrets Manager call."""
+    from shared import config
+
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    fresh_reads: list[str] = []
+    read = config.get_secret
+
+    def counted(name: str, previous: bool = False, fresh: bool = False) -> str:
+        if fresh:
+            fresh_reads.append(name)
+        return read(name, previous=previous, fresh=fresh)
+
+    monkeypatch.setattr(config, "get_secret", counted)
+    for i in range(3):
+        record = stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i))
+        assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert fresh_reads == [config.inbound_name("webshop") + "/fme"]
+    assert [r.status for r in sink.requests] == [401, 401, 401]
+    assert len(failure_messages(stack)) == 3
+
+
 def test_connections_without_delivery_keep_their_events_local(
     delivery_env: dict[str, str],
     stack: Stack,
