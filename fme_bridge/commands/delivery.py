@@ -256,9 +256,10 @@ def redrive(
     streams = _streams(tgt)
     # An error recorded without what it is about (by an earlier version) is cleared only if older.
     started = now_ms()
-    # Messages kept or passed over stay hidden until the run ends: made visible at once, they would
-    # come back at the head of the queue and hide the ones behind them from the next receive.
-    held: dict[str, dict[str, Any]] = {}
+    # Every message received and not removed stays hidden until the run ends, then is made visible
+    # (also when the run is cut short): made visible at once, kept messages would come back at the
+    # head of the queue and hide the ones behind them from the next receive.
+    hidden: dict[str, dict[str, Any]] = {}
     done = kept = gone = 0
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
     try:
@@ -266,9 +267,9 @@ def redrive(
             received = receive_all(sqs, url, 10, visibility=_REDRIVE_SECONDS_PER_MESSAGE * 10)
             if not received:
                 break
-            # Held since an earlier receive and visible again (a long run): hidden again, newest handle.
-            batch = [m for m in received if m["MessageId"] not in held]
-            held.update((m["MessageId"], m) for m in received if m["MessageId"] in held)
+            # Seen before and visible again (a long run): hidden again, under its newest handle.
+            batch = [m for m in received if m["MessageId"] not in hidden]
+            hidden.update((m["MessageId"], m) for m in received)
             for message in batch:
                 try:
                     body = json.loads(message["Body"])
@@ -278,7 +279,6 @@ def redrive(
                     body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
                 )
                 if (connection and owner != connection) or (limit is not None and done + kept >= limit):
-                    held[message["MessageId"]] = message
                     continue
                 result = asyncio.run(
                     delivery.redrive(
@@ -292,10 +292,10 @@ def redrive(
                 gone += result.superseded
                 if result.done:
                     sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    del hidden[message["MessageId"]]
                     done += 1
                     verdict = Text("delivered, removed", style="green")
                 else:
-                    held[message["MessageId"]] = message
                     kept += 1
                     verdict = styled("[red]kept:[/red] {}", "; ".join(result.problems))
                 rows.add_row(
@@ -307,7 +307,7 @@ def redrive(
                     verdict,
                 )
     finally:
-        make_visible(sqs, url, list(held.values()))
+        make_visible(sqs, url, list(hidden.values()))
     if done + kept == 0:
         out.print("the failure queue has nothing to re-send" + (f" for {connection}" if connection else ""))
         return

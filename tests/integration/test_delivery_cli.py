@@ -131,6 +131,37 @@ def test_redrive_reaches_the_messages_behind_those_it_keeps(
     assert len(failure_messages(stack)) == 12
 
 
+def test_a_redrive_cut_short_leaves_every_message_it_did_not_remove_visible(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.delivery.service import Delivery
+
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    for i in range(5):
+        record = stream_record(stack.tables["EventsTable"], event_item(f"u{i}", timestamp=1764061200000 + i))
+        invoke(stream_event(record), lambda_context)
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+    redrive = Delivery.redrive
+    calls: list[int] = []
+
+    async def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("cut short")
+        return await redrive(self, *args, **kwargs)
+
+    monkeypatch.setattr(Delivery, "redrive", interrupted)
+    with pytest.raises(RuntimeError, match="cut short"):
+        cli("delivery", "redrive")
+
+    assert len(sink.events) == 1
+    assert len(failure_messages(stack)) == 4  # the other four, visible at once
+
+
 def refused(stack: Stack, sink: FmeSink, lambda_context: Any, key: str = "u1") -> None:
     """An event of ``key`` that FME refuses (401): it waits in the failure queue for a redrive."""
     sink.fail_next(1, 401)
