@@ -54,6 +54,8 @@ def _check_message(value: Any, where: str) -> str:
         raise CliError(
             f"{where}: not an impression, an array of impressions or an envelope (docs/outbound.md)"
         )
+    if shape_of(value) == "envelope" and not value["impressions"]:
+        raise CliError(f"{where}: an envelope without impressions")
     body = json.dumps(value, separators=(",", ":"))
     if len(body.encode()) > MAX_MESSAGE_BYTES:
         raise CliError(f"{where}: {len(body.encode())} bytes, over SQS's 256 KiB message limit; use replay")

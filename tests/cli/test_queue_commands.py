@@ -139,6 +139,18 @@ def test_a_file_without_impressions_is_an_error_for_both_commands(
         assert result.stderr.strip() == f"error: {empty}: {error}"
 
 
+def test_send_impressions_refuses_an_envelope_without_impressions(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    jsonl = tmp_path / "envelopes.jsonl"
+    good = load_event("impressions_envelope.json")
+    jsonl.write_text(json.dumps(good) + "\n" + json.dumps({**good, "impressions": []}) + "\n")
+    result = cli("send-impressions", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {jsonl}:2: an envelope without impressions"
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
 def test_replay_keeps_each_impressions_environment_whole(cli: Cli, stack: Stack, tmp_path: Path) -> None:
     """An envelope or --environment completes an impression's environment only where it is the same
     one: never the name of one beside the id of another."""
