@@ -55,7 +55,8 @@ def delivery() -> Delivery:
 
 
 def hold_before_retry(wait_s: float, deadline: Deadline) -> None:
-    """FME asked for a wait longer than the invocation has left (a rate limit's reset of minutes).
+    """FME asked for a wait that no attempt of this invocation followed: longer than it has left
+    (a rate limit's reset of minutes), or answered to its last attempt.
 
     Lambda retries a stream batch at once, so handing the records back now would spend the
     ``MaximumRetryAttempts`` in seconds and send the batch to the failure queue: the invocation

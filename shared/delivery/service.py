@@ -140,7 +140,8 @@ class DeliveryReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     retry: set[str] = field(default_factory=set)
-    # The waits FME asked for (rate limits' resets) that did not fit the invocation.
+    # The waits FME asked for (rate limits' resets) that no attempt followed: they did not fit the
+    # invocation, or came with its last attempt.
     waits_s: list[float] = field(default_factory=list)
 
     def count(self, name: str, amount: int = 1) -> None:
