@@ -196,19 +196,20 @@ class SqsImpressionListener:
 
     def log_impression(self, data: Mapping[str, Any]) -> None:
         """Called by the SDK for every impression; returns at once and never raises."""
-        if self._closed.is_set():  # nothing would send it (an SDK still evaluating at exit, say)
-            with self._count_lock:
-                self.stats.received += 1
-            self._drop(1, "the listener is closed")
-            return
         try:
             with self._count_lock:
                 self.stats.received += 1
-                self._pending.append(data)
-                overflow = len(self._pending) > self.max_pending
-                if overflow:
-                    self._pending.popleft()
-                    self.stats.dropped += 1
+                # Checked under the lock close() closes under: what is appended, close() sends.
+                closed, overflow = self._closed.is_set(), False
+                if not closed:
+                    self._pending.append(data)
+                    overflow = len(self._pending) > self.max_pending
+                    if overflow:
+                        self._pending.popleft()
+                        self.stats.dropped += 1
+            if closed:  # nothing would send it (an SDK still evaluating at exit, say)
+                self._drop(1, "the listener is closed")
+                return
             if overflow and self.stats.dropped % 1000 == 1:
                 logger.warning("impression listener: impressions dropped, SQS is not keeping up")
             if len(self._pending) >= self.batch_size:
@@ -225,9 +226,10 @@ class SqsImpressionListener:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the background thread and send what is pending (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
+        with self._count_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
         self._wake.set()
         self._thread.join(timeout)
         deadline = time.monotonic() + timeout
