@@ -201,7 +201,10 @@ def status(
     others = {c: n for c, n in failures.items() if c not in {s.connection_id for s in statuses}}
     for connection, count in sorted(others.items()):
         out.print(f"failure queue: {count} message(s) of {connection}")
-    out.print(f"failure queue: {total} message(s) in all — `fme-bridge delivery redrive` re-sends them")
+    if total:
+        out.print(f"failure queue: {total} message(s) in all; fme-bridge delivery redrive re-sends them")
+    else:
+        out.print("failure queue: empty")
 
 
 def _resolver(tgt: Target) -> Any:

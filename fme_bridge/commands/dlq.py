@@ -129,7 +129,7 @@ def show(
             )
             return
         if not messages:
-            out.print(f"the dead-letter queue is empty ({queue_url})")
+            out.print(f"the dead-letter queue is empty ({queue_url})", soft_wrap=True)
             return
         table = Table(
             "messageId", "errorCode", "reason", "body", title=f"dead-letter queue: {len(messages)} message(s)"
@@ -211,7 +211,7 @@ def redrive(
 
 def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
     if queue_depth(sqs, dlq_url) == 0:
-        out.print(f"the dead-letter queue is empty ({dlq_url})")
+        out.print(f"the dead-letter queue is empty ({dlq_url})", soft_wrap=True)
         return
     started_ms = int(time.time() * 1000)
     with out.status("evaluating every audience for every stored identity…"):

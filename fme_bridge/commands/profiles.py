@@ -304,6 +304,6 @@ def profile(
         )
     out.print(heading, soft_wrap=True)
     for view in (attributes, treatments, audiences, events):
-        out.print(view)
+        out.print(view if view.row_count else f"{view.title}: none")
     if document["next"]:
         out.print(f"more events: --cursor {document['next']}")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fme_bridge.commands.common import CASE_HINT, CliError, out, target
+from fme_bridge.commands.common import CASE_HINT, CliError, out, styled, target
 from shared.dynamodb import to_python
 from shared.events_table import EventsTable
 from shared.profiles_table import profile_pk
@@ -53,9 +53,9 @@ def events(
         return
     if not items:
         raise CliError(f"no events stored for {traffic_type} {key!r} in {environment}{CASE_HINT}")
-    view = Table(
-        "time", "eventTypeId", "value", "type", "properties", title=f"{traffic_type} {key} in {environment}"
-    )
+    # The heading on a line of its own: as a table title, it would wrap to the width of the table.
+    heading = styled("[bold]{} {}[/bold] in {}", traffic_type, key, environment)
+    view = Table("time", "eventTypeId", "value", "type", "properties")
     for item in items:
         view.add_row(
             _time(item.get("timestamp")),
@@ -64,6 +64,7 @@ def events(
             str(item.get("segmentType", "")),
             json.dumps(item.get("properties") or {}, separators=(",", ":")),
         )
+    out.print(heading, soft_wrap=True)
     out.print(view)
 
 
@@ -83,11 +84,11 @@ def identity(
     if as_json:
         out.print_json(json.dumps(item))
         return
-    view = Table(
-        "attribute",
-        "value",
-        title=f"{traffic_type} {key} in {environment} (updated {_time(item.get('updatedAt'))})",
+    heading = styled(
+        "[bold]{} {}[/bold] in {} (updated {})", traffic_type, key, environment, _time(item.get("updatedAt"))
     )
+    view = Table("attribute", "value")
     for name, value in sorted((item.get("attributes") or {}).items()):
         view.add_row(name, value if isinstance(value, str) else json.dumps(value))
-    out.print(view)
+    out.print(heading, soft_wrap=True)
+    out.print(view if view.row_count else "no attributes")
