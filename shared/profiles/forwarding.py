@@ -57,9 +57,11 @@ class ForwardedBodyError(ValueError):
 
 
 def _order(impression: Impression) -> tuple[int, int, str]:
-    """Newest first by time, then split version, then treatment (as :class:`LastTreatment` orders)."""
+    """Newest first by time, then split version, then treatment, as :class:`LastTreatment` ranks them:
+    no version and a negative one are alike (its cap, past any Java long, needs no twin here)."""
     version = impression.split_version_number
-    return (impression.time, -1 if version is None else version, impression.treatment)
+    version = -1 if version is None else max(version, -1)
+    return (impression.time, version, impression.treatment)
 
 
 def newest_per_slot(impressions: Sequence[Impression]) -> list[Impression]:
@@ -151,10 +153,16 @@ def decode_body(body: str) -> list[Impression]:
                 group["environmentName"],
                 group["trafficType"],
             )
+            if not all(value is None or isinstance(value, str) for value in (env_id, env_name, traffic_type)):
+                raise ForwardedBodyError(
+                    "environmentId, environmentName and trafficType must be strings or null"
+                )
             for key, split, treatment, at, version, label in group["rows"]:
                 if not (isinstance(key, str) and isinstance(split, str) and isinstance(treatment, str)):
                     raise ForwardedBodyError("key, split and treatment must be strings")
-                if not isinstance(at, int) or not (version is None or isinstance(version, int)):
+                if not (label is None or isinstance(label, str)):
+                    raise ForwardedBodyError("label must be a string or null")
+                if type(at) is not int or not (version is None or type(version) is int):  # not bool
                     raise ForwardedBodyError("time and splitVersionNumber must be integers")
                 impressions.append(
                     Impression(

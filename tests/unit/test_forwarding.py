@@ -136,6 +136,42 @@ def test_only_the_newest_impression_per_identity_and_flag_is_forwarded() -> None
     assert newest[0].split_version_number == 17
 
 
+def test_the_newest_is_the_one_the_recorder_keeps_whatever_the_version() -> None:
+    """No version and a negative one rank alike in the recorder (LastTreatment.rank): so here."""
+    from shared.profiles_table import LastTreatment
+
+    pair = [imp(treatment="a", split_version_number=None), imp(treatment="z", split_version_number=-5)]
+    [forwarded] = newest_per_slot(pair)
+    kept = max(
+        (
+            LastTreatment("Production", "user", i.key, i.split, i.treatment, i.time, i.split_version_number)
+            for i in pair
+        ),
+        key=lambda record: record.order,
+    )
+    assert forwarded.treatment == kept.treatment == "z"
+
+
+def rows_body(row: list[Any], **group: Any) -> str:
+    head = {"environmentId": None, "environmentName": "P", "trafficType": None, **group}
+    return json.dumps({"format": "fme-last-treatments/1", "groups": [{**head, "rows": [row]}]})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        rows_body(["u", "f", "on", T0, 1, 1.5]),  # a label that is not text
+        rows_body(["u", "f", "on", True, 1, None]),  # JSON true is no time
+        rows_body(["u", "f", "on", T0, False, None]),
+        rows_body(["u", "f", "on", T0, 1, None], trafficType=["x"]),
+        rows_body(["u", "f", "on", T0, 1, None], environmentName=7),
+    ],
+)
+def test_a_field_the_recorder_cannot_store_is_a_clear_error(body: str) -> None:
+    with pytest.raises(ForwardedBodyError):
+        decode_body(body)
+
+
 @pytest.mark.parametrize(
     "body",
     [
