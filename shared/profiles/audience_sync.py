@@ -147,11 +147,43 @@ class AudienceEvaluator:
     def _decide(self, pk: str, now_ms: int) -> list[_Decision]:
         environment, traffic_type, _ = split_profile_pk(pk)
         audiences = self.audiences.for_profile(environment, traffic_type)
-        if not audiences:
+        if not audiences and not self.audiences.audiences:
             return []
         # Strongly consistent reads: the change that triggered this may be a moment old.
         items = profile_items(pk, consistent=True)
         stored = memberships_of(items)
+        # Audiences that no longer take this profile in (moved to another environment or traffic type
+        # since it was evaluated): it leaves them, and is due for no re-check of theirs.
+        moved = sorted(
+            name
+            for name, before in stored.items()
+            if name in self.audiences.audiences
+            and name not in audiences
+            and (before.member or before.pending or before.recheck_at is not None)
+        )
+        if not audiences and not moved:
+            return []
+        results = [(name, NOT_A_MEMBER) for name in moved]
+        if audiences:
+            results += self._evaluate(pk, audiences, items, now_ms).items()
+        decisions = []
+        for name, result in sorted(results, key=lambda named: named[0]):
+            before = stored.get(name)
+            if before is not None and before.pending and before.member == result.member:
+                # Stored, not known sent: sent again (the same messageId), then stored as delivered.
+                after = Membership(pk, name, result.member, before.transitions, now_ms, result.recheck_at)
+                decisions.append(_Decision(pk, name, before, after, resend=True))
+                continue
+            was_member = before is not None and before.member
+            transitions = (before.transitions if before else 0) + (was_member != result.member)
+            after = Membership(pk, name, result.member, transitions, now_ms, result.recheck_at)
+            decisions.append(_Decision(pk, name, before, after))
+        return decisions
+
+    def _evaluate(
+        self, pk: str, audiences: dict[str, AudienceConfig], items: list[dict[str, Any]], now_ms: int
+    ) -> dict[str, Evaluation]:
+        """Each audience's result for the profile, from its identity, last treatments and events."""
         identity = sources.identity_item(pk, consistent=True)
         needs = event_needs(audiences.values())
         facts = ProfileFacts(
@@ -167,20 +199,7 @@ class AudienceEvaluator:
             and not any(facts.event_times.values())
             and not sources.has_events(pk, consistent=True)
         )
-        decisions = []
-        for name, audience in sorted(audiences.items()):
-            result = NOT_A_MEMBER if gone else evaluate(audience, facts, now_ms)
-            before = stored.get(name)
-            if before is not None and before.pending and before.member == result.member:
-                # Stored, not known sent: sent again (the same messageId), then stored as delivered.
-                after = Membership(pk, name, result.member, before.transitions, now_ms, result.recheck_at)
-                decisions.append(_Decision(pk, name, before, after, resend=True))
-                continue
-            was_member = before is not None and before.member
-            transitions = (before.transitions if before else 0) + (was_member != result.member)
-            after = Membership(pk, name, result.member, transitions, now_ms, result.recheck_at)
-            decisions.append(_Decision(pk, name, before, after))
-        return decisions
+        return {name: NOT_A_MEMBER if gone else evaluate(a, facts, now_ms) for name, a in audiences.items()}
 
     def _messages(
         self, decisions: Iterable[_Decision], now_ms: int, report: SyncReport

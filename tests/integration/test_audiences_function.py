@@ -573,6 +573,24 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
+def test_a_member_of_an_audience_moved_to_another_environment_exits_when_it_is_due(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Its re-check would otherwise find no audience of its environment to evaluate, and stay due."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    put_config("audiences/checkout_fans", {**AUDIENCE, "environment": "Staging"})
+    config_store.clear_caches()
+
+    clock[0] = NOW + 6 * DAY_MS + 1
+    summary = sweep.lambda_handler({}, lambda_context)
+    assert (summary["evaluated"], summary["exited"]) == (1, 1)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], "recheckAt" in stored) == (False, False)
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+
 def test_a_recheck_that_could_not_sync_fails_and_leaves_the_identity_due(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
