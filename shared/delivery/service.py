@@ -54,6 +54,7 @@ from shared.delivery.records import (
 from shared.dynamodb import batch_get, deserialize_item, table_of, to_python
 from shared.http_retry import Deadline, Outcome, tls_context
 from shared.profiles_table import profile_pk
+from shared.secret_versions import refresh_budget
 
 logger = Logger(child=True)
 
@@ -127,7 +128,6 @@ def resolve_fresh_keys(connection_id: str) -> ConnectionDelivery:
 
 # FME's answers to a key it does not take (revoked, or rotated since the cache read it).
 KEY_REFUSED = frozenset({401, 403})
-FRESH_KEYS_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class Delivery:
         # Called when FME refuses a key: a rotated one is used at once, not after the cache expires.
         # None where every read is fresh already (the CLI).
         self._resolve_fresh = resolve_fresh
-        self._fresh_keys: dict[str, tuple[float, FmeKeys | None]] = {}  # connection: (monotonic time, keys)
+        self._fresh_keys: dict[str, FmeKeys | None] = {}  # per connection: the keys read last past the cache
         self._clock = clock
         self._transport = transport
         self._http_timeout = http_timeout
@@ -377,10 +377,14 @@ class Delivery:
         if not any(o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED for o in outcomes):
             return None
         connection_id = connection.connection_id
-        # Read at most once a minute per connection: a key revoked but still in the secret is refused
-        # on every batch, and each would otherwise read past the cache.
-        read_at, keys = self._fresh_keys.get(connection_id, (None, None))
-        if read_at is None or time.monotonic() - read_at > FRESH_KEYS_SECONDS:
+        keys = self._fresh_keys.get(connection_id)
+        if keys is None or keys == connection.keys:
+            # Read past the cache within the budget every secret has (a burst, then one read per
+            # SECRET_REFRESH_SECONDS): a key revoked but still in the secret is refused on every
+            # batch, and each would otherwise read. Keys read since this batch resolved its own (a
+            # rotation an earlier group found) are used without reading again.
+            if not refresh_budget.take(fme_keys_name(connection_id)):
+                return None
             try:
                 keys = self._resolve_fresh(connection_id).keys
             except ConfigTemporarilyUnavailable as exc:
@@ -388,7 +392,7 @@ class Delivery:
                     "could not read the FME keys again", connection_id=connection_id, error=str(exc)
                 )
                 return None
-            self._fresh_keys[connection_id] = (time.monotonic(), keys)
+            self._fresh_keys[connection_id] = keys
         if keys is None or keys == connection.keys:
             return None
         logger.info(

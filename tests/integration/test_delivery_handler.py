@@ -246,7 +246,7 @@ def test_a_wrong_sdk_key_is_permanent_and_keeps_the_events(
     assert "revoked-key" not in json.dumps(message)
 
 
-def test_a_key_fme_keeps_refusing_is_read_again_at_most_once_a_minute(
+def test_a_key_fme_keeps_refusing_is_read_again_within_the_secrets_read_budget(
     delivery_env: dict[str, str],
     stack: Stack,
     sink: FmeSink,
@@ -255,8 +255,10 @@ def test_a_key_fme_keeps_refusing_is_read_again_at_most_once_a_minute(
 ) -> None:
     """Revoked in FME but still in the secret: every batch is refused, and each read past the cache
     would be a Secrets Manager call."""
-    from shared import config
+    from shared import config, secret_versions
 
+    monkeypatch.setattr(secret_versions, "SECRET_REFRESH_BURST", 2)
+    monkeypatch.setattr(secret_versions, "SECRET_REFRESH_SECONDS", 3600.0)
     connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
     fresh_reads: list[str] = []
     read = config.get_secret
@@ -267,13 +269,28 @@ def test_a_key_fme_keeps_refusing_is_read_again_at_most_once_a_minute(
         return read(name, previous=previous, fresh=fresh)
 
     monkeypatch.setattr(config, "get_secret", counted)
-    for i in range(3):
+    for i in range(4):
         record = stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i))
         assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
 
-    assert fresh_reads == [config.inbound_name("webshop") + "/fme"]
-    assert [r.status for r in sink.requests] == [401, 401, 401]
-    assert len(failure_messages(stack)) == 3
+    assert fresh_reads == [config.inbound_name("webshop") + "/fme"] * 2
+    assert [r.status for r in sink.requests] == [401] * 4
+    assert len(failure_messages(stack)) == 4
+
+
+def test_keys_revoked_first_and_rotated_soon_after_are_picked_up(
+    delivery_env: dict[str, str], stack: Stack, lambda_context: Any
+) -> None:
+    with FmeSink(sdk_keys=["sdk-new"], admin_keys=[ADMIN_KEY]) as fme:
+        connect(fme)  # the secret still holds the key FME revoked
+        record = stream_record(events_table(stack), event_item("u0"))
+        assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+        assert fme.events == []  # refused, read again: the same key, to the failure queue
+        put_secret("inbound/webshop/fme", json.dumps({"sdkKey": "sdk-new", "adminKey": ADMIN_KEY}))
+        record = stream_record(events_table(stack), event_item("u1", timestamp=1764061200001))
+        assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+        assert [e.event["key"] for e in fme.events] == ["u1"]
+        assert len(failure_messages(stack)) == 1
 
 
 def test_connections_without_delivery_keep_their_events_local(
