@@ -124,8 +124,8 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
             if isinstance(value, (dict, list, bool)):
                 kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
                 raise CliError(f"{where}: {field} must be a string, not {kind}")
-    own_name, own_id = impression.get("environmentName") or None, impression.get("environmentId") or None
-    outer_name, outer_id = envelope.get("environmentName") or None, envelope.get("environmentId") or None
+    own_name, own_id = _text(impression.get("environmentName")), _text(impression.get("environmentId"))
+    outer_name, outer_id = _text(envelope.get("environmentName")), _text(envelope.get("environmentId"))
     # The environment as a whole: the envelope completes an impression's only where it names the same
     # one (shared.outbound.impressions reads them so).
     if own_name is None and own_id is None:
@@ -134,7 +134,12 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
         own_id = outer_id
     elif own_name is None and own_id == outer_id:
         own_name = outer_name
-    return own_name, own_id, impression.get("trafficType") or envelope.get("trafficType") or None
+    return own_name, own_id, _text(impression.get("trafficType")) or _text(envelope.get("trafficType"))
+
+
+def _text(value: Any) -> str | None:
+    """A head field as the function reads it: a number as its text, empty as none."""
+    return str(value) if value not in (None, "") else None
 
 
 def envelopes(items: list[tuple[Head, dict[str, Any]]], per_message: int) -> list[tuple[str, list[int]]]:

@@ -360,7 +360,9 @@ def parse_body(body: str | bytes) -> ParsedBody:
             header = _EnvelopeHeader.model_validate(data)
         except ValidationError as exc:
             raise BodyError(INVALID_BODY, f"envelope: {format_validation_error(exc)}") from None
-        context = _Context(header.environmentName, header.environmentId, header.trafficType)
+        context = _Context(
+            header.environmentName or None, header.environmentId or None, header.trafficType or None
+        )
         items = header.impressions
     else:
         items = data if shape == "webhook_list" else [data]
@@ -388,7 +390,9 @@ def _parse_plain(plain: _PlainBody | list[_PlainItem]) -> ParsedBody | None:
         shape, items = ("webhook" if plain.impression is msgspec.UNSET else "listener"), [plain]
     else:
         shape, items = "envelope", plain.impressions
-        context = _Context(plain.environmentName, plain.environmentId, plain.trafficType)
+        context = _Context(
+            plain.environmentName or None, plain.environmentId or None, plain.trafficType or None
+        )
     parsed = ParsedBody(shape)  # type: ignore[arg-type]
     for index, item in enumerate(items):
         impression = _from_plain(item, context)

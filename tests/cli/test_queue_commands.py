@@ -175,6 +175,39 @@ def test_replay_keeps_each_impressions_environment_whole(cli: Cli, stack: Stack,
     assert heads == [("", "dev-id", 1), ("", "staging-id", 1), ("Production", "production-id", 2)]
 
 
+@pytest.mark.parametrize(
+    ("envelope", "impression"),
+    [
+        ({"environmentName": "Production", "environmentId": "123"}, {"environmentId": 123}),
+        ({"environmentName": "Production", "environmentId": 123}, {"environmentId": "123"}),
+        ({"environmentName": 5, "environmentId": "e5"}, {"environmentName": "5"}),
+        ({"environmentName": "", "environmentId": "e1"}, {}),
+        (
+            {"environmentName": "Production", "environmentId": "p"},
+            {"environmentName": "", "environmentId": "s"},
+        ),
+        ({"environmentName": "Production"}, {"environmentId": "s"}),
+    ],
+)
+def test_replay_reads_an_impressions_environment_as_the_function_does(
+    envelope: dict[str, Any], impression: dict[str, Any]
+) -> None:
+    from fme_bridge.commands.impressions import impressions_of
+    from shared.outbound.impressions import parse_body
+
+    item = {"key": "u1", "split": "s", "treatment": "on", "time": 1795483041109, **impression}
+    body = {**envelope, "impressions": [item]}
+    [(_, function)] = parse_body(json.dumps(body)).impressions
+    [(_, (name, environment_id, _), _)] = impressions_of(body, "file")
+    replayed = {"impressions": [item], "environmentName": name, "environmentId": environment_id}
+    [(_, again)] = parse_body(json.dumps({k: v for k, v in replayed.items() if v is not None})).impressions
+    assert (again.environment_id, again.environment_name) == (
+        function.environment_id,
+        function.environment_name,
+    )
+    assert (environment_id, name) == (function.environment_id, function.environment_name)
+
+
 def webhook_impression(n: int, environment: str) -> dict[str, Any]:
     return {
         "key": f"user-{n}",
