@@ -179,6 +179,19 @@ def test_a_failing_audience_recheck_raises_an_alarm() -> None:
     assert schedule["Properties"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
 
 
+def test_no_resource_has_a_name_another_stack_of_the_account_would_also_take() -> None:
+    """SAM names a ScheduleV2 schedule after its event's logical id unless told otherwise; schedule
+    names are unique per account and region, so a second stack (prod beside dev) would not deploy."""
+    resources = load_template()["Resources"]
+    for logical, resource in resources.items():
+        for event in resource.get("Properties", {}).get("Events", {}).values():
+            if event["Type"] == "ScheduleV2":
+                properties = event["Properties"]
+                assert properties.get("OmitName") is True or "Name" in properties, logical
+        for name in ("TableName", "QueueName", "FunctionName", "Name"):
+            assert name not in resource.get("Properties", {}), (logical, name)
+
+
 def test_webhook_errors_that_last_raise_an_alarm() -> None:
     """An invalid connection config answers every webhook with a 503: Segment retries, then drops."""
     resources = load_template()["Resources"]
