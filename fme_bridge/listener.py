@@ -183,11 +183,13 @@ class SqsImpressionListener:
         self._thread.start()
 
     def _after_fork_in_child(self) -> None:
+        # New locks first, closed or not: one a parent's thread held at the fork stays held here.
+        self._count_lock = threading.Lock()
+        self._send_lock = threading.Lock()
         if self._closed.is_set():
             return
         self._pending.clear()
         self._retry = []
-        self._count_lock = threading.Lock()
         self.stats = ListenerStats()
         self._sqs = None if self._own_client else self._sqs
         self._start()

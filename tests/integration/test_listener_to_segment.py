@@ -7,6 +7,7 @@ flag definition, so it evaluates for real without any network and calls the ``im
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -283,6 +284,19 @@ def test_javascript_listener_data_passes_through() -> None:
         "web-5",
         "javascript-11.4.0",
     )
+
+
+def test_a_closed_listener_in_a_forked_child_closes_though_a_parents_thread_held_its_lock() -> None:
+    listener = SqsImpressionListener(
+        "https://sqs/queue", "P", sqs_client=FailingThenWorkingSqs(), register_atexit=False
+    )
+    listener.close()
+    listener._count_lock.acquire()  # held by a parent's thread at the fork: never released in the child
+    listener._after_fork_in_child()
+    closing = threading.Thread(target=listener.close, daemon=True)
+    closing.start()
+    closing.join(5)
+    assert not closing.is_alive()
 
 
 def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
