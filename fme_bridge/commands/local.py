@@ -121,4 +121,5 @@ def _print_banner(stack: LocalStack) -> None:
     out.print("[bold]fme-bridge local[/bold]")
     for label, value in rows:
         out.print(f"  {escape(label):<{width}}  {escape(value)}", soft_wrap=True)
-    out.print(f"CLI against this stack: [bold]export AWS_ENDPOINT_URL={info['awsEndpointUrl']}[/bold]")
+    export = f"export AWS_ENDPOINT_URL={info['awsEndpointUrl']}"
+    out.print(f"CLI against this stack: [bold]{export}[/bold]", soft_wrap=True)
