@@ -215,3 +215,12 @@ def failure_messages(stack: Any) -> list[dict[str, Any]]:
 
 def events_table(stack: Any) -> str:
     return str(stack.tables["EventsTable"])
+
+
+def deliver_one_by_one(
+    stack: Any, lambda_context: Any, keys: list[str], connection_id: str = "webshop"
+) -> None:
+    """One stream batch per event of ``keys`` (a millisecond apart), each invoked as it comes."""
+    for i, key in enumerate(keys):
+        item = event_item(key, timestamp=1764061200000 + i, connection_id=connection_id)
+        invoke(stream_event(stream_record(events_table(stack), item)), lambda_context)

@@ -19,6 +19,7 @@ from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
     connect,
+    deliver_one_by_one,
     delivery_app,
     dynamodb_json,
     event_item,
@@ -108,16 +109,11 @@ def test_redrive_reaches_the_messages_behind_those_it_keeps(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
     """Twelve messages it cannot deliver (more than one receive returns) ahead of one it can."""
-    table = stack.tables["EventsTable"]
     connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
-    for i in range(12):
-        invoke(
-            stream_event(stream_record(table, event_item(f"w{i}", timestamp=1764061200000 + i))),
-            lambda_context,
-        )
+    deliver_one_by_one(stack, lambda_context, [f"w{i}" for i in range(12)])
     connect(sink, connection_id="outlet")
     sink.fail_next(1, 401)  # refused once: to the failure queue, behind the twelve
-    invoke(stream_event(stream_record(table, event_item("o1", connection_id="outlet"))), lambda_context)
+    deliver_one_by_one(stack, lambda_context, ["o1"], connection_id="outlet")
     assert sink.events == []
 
     only = cli("delivery", "redrive", "--connection", "outlet")
@@ -141,9 +137,7 @@ def test_a_redrive_cut_short_leaves_every_message_it_did_not_remove_visible(
     from shared.delivery.service import Delivery
 
     connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
-    for i in range(5):
-        record = stream_record(stack.tables["EventsTable"], event_item(f"u{i}", timestamp=1764061200000 + i))
-        invoke(stream_event(record), lambda_context)
+    deliver_one_by_one(stack, lambda_context, [f"u{i}" for i in range(5)])
     put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
     redrive = Delivery.redrive
     calls: list[int] = []

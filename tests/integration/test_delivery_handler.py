@@ -17,6 +17,7 @@ from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
     connect,
+    deliver_one_by_one,
     delivery_app,
     event_item,
     events_table,
@@ -269,9 +270,7 @@ def test_a_key_fme_keeps_refusing_is_read_again_within_the_secrets_read_budget(
         return read(name, previous=previous, fresh=fresh)
 
     monkeypatch.setattr(config, "get_secret", counted)
-    for i in range(4):
-        record = stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i))
-        assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+    deliver_one_by_one(stack, lambda_context, [f"u{i}" for i in range(4)])
 
     assert fresh_reads == [config.inbound_name("webshop") + "/fme"] * 2
     assert [r.status for r in sink.requests] == [401] * 4
