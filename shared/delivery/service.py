@@ -280,7 +280,6 @@ class Delivery:
         # Called when FME refuses a key: a rotated one is used at once, not after the cache expires.
         # None where every read is fresh already (the CLI).
         self._resolve_fresh = resolve_fresh
-        self._fresh_keys: dict[str, FmeKeys | None] = {}  # per connection: the keys read last past the cache
         self._clock = clock
         self._transport = transport
         self._http_timeout = http_timeout
@@ -377,22 +376,20 @@ class Delivery:
         if not any(o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED for o in outcomes):
             return None
         connection_id = connection.connection_id
-        keys = self._fresh_keys.get(connection_id)
-        if keys is None or keys == connection.keys:
-            # Read past the cache within the budget every secret has (a burst, then one read per
-            # SECRET_REFRESH_SECONDS): a key revoked but still in the secret is refused on every
-            # batch, and each would otherwise read. Keys read since this batch resolved its own (a
-            # rotation an earlier group found) are used without reading again.
-            if not refresh_budget.take(fme_keys_name(connection_id)):
-                return None
-            try:
+        try:
+            # The cache first: a read past it since this batch resolved its keys (a rotation an
+            # earlier group found) left the keys stored now there.
+            keys = self._resolve(connection_id).keys
+            if keys is None or keys == connection.keys:
+                # Past the cache, within the budget every secret has (a burst, then one read per
+                # SECRET_REFRESH_SECONDS): a key revoked but still in the secret is refused on every
+                # batch, and each would otherwise read.
+                if not refresh_budget.take(fme_keys_name(connection_id)):
+                    return None
                 keys = self._resolve_fresh(connection_id).keys
-            except ConfigTemporarilyUnavailable as exc:
-                logger.warning(
-                    "could not read the FME keys again", connection_id=connection_id, error=str(exc)
-                )
-                return None
-            self._fresh_keys[connection_id] = keys
+        except ConfigTemporarilyUnavailable as exc:
+            logger.warning("could not read the FME keys again", connection_id=connection_id, error=str(exc))
+            return None
         if keys is None or keys == connection.keys:
             return None
         logger.info(

@@ -292,6 +292,25 @@ def test_keys_revoked_first_and_rotated_soon_after_are_picked_up(
         assert len(failure_messages(stack)) == 1
 
 
+def test_every_rotation_is_picked_up_whatever_an_earlier_read_found(
+    delivery_env: dict[str, str], stack: Stack, lambda_context: Any
+) -> None:
+    from shared import config
+
+    with FmeSink(sdk_keys=["k1"], admin_keys=[ADMIN_KEY]) as fme:
+        connect(fme, keys={"sdkKey": "k0", "adminKey": ADMIN_KEY})
+        deliver_one_by_one(stack, lambda_context, ["a"])  # k0 refused, read again: still k0
+        put_secret("inbound/webshop/fme", json.dumps({"sdkKey": "k1", "adminKey": ADMIN_KEY}))
+        config.clear_caches()  # the cache expires: k1 from now on
+        deliver_one_by_one(stack, lambda_context, ["b"])
+        fme.sdk_keys = {"k2"}  # k1 revoked, k2 stored
+        put_secret("inbound/webshop/fme", json.dumps({"sdkKey": "k2", "adminKey": ADMIN_KEY}))
+        deliver_one_by_one(stack, lambda_context, ["c"])
+
+        assert [e.event["key"] for e in fme.events] == ["b", "c"]
+        assert len(failure_messages(stack)) == 1  # a, refused with k0 while the secret held it
+
+
 def test_connections_without_delivery_keep_their_events_local(
     delivery_env: dict[str, str],
     stack: Stack,
