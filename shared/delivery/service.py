@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -128,6 +129,8 @@ def resolve_fresh_keys(connection_id: str) -> ConnectionDelivery:
 
 # FME's answers to a key it does not take (revoked, or rotated since the cache read it).
 KEY_REFUSED = frozenset({401, 403})
+# Acknowledgements a container keeps while the delivery log cannot take them (40-character ids).
+MAX_UNRECORDED = 100_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +286,10 @@ class Delivery:
         self._clock = clock
         self._transport = transport
         self._http_timeout = http_timeout
+        # Events FME acknowledged whose acknowledgement could not be written: a retry of their batch
+        # (Lambda retries from the batch's first failed record, usually in this container) finds them
+        # here, and writes them then. Bounded; the oldest go first.
+        self._unrecorded: dict[str, None] = {}
 
     def _http(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         """The FME client, kept with its connections for the next invocation (shared.http_session)."""
@@ -365,6 +372,23 @@ class Delivery:
                 report.count("ConfigUnavailable")
                 resolved[connection_id] = None
         return resolved
+
+    def _record_acknowledged(self, ack_ids: list[str]) -> bool:
+        """Write the acknowledgements of events FME accepted; False when that failed (they are kept
+        in the container until a retry of their batch writes them)."""
+        try:
+            self.log.record(ack_ids, DELIVERED, self._clock())
+        except Exception:
+            logger.exception("could not record acknowledged events", count=len(ack_ids))
+            self._unrecorded.update(dict.fromkeys(ack_ids))
+            for oldest in list(
+                itertools.islice(self._unrecorded, max(0, len(self._unrecorded) - MAX_UNRECORDED))
+            ):
+                del self._unrecorded[oldest]
+            return False
+        for ack in ack_ids:
+            self._unrecorded.pop(ack, None)
+        return True
 
     def _renewed_keys(
         self, connection: ConnectionDelivery, outcomes: Sequence[ItemOutcome[Any]]
@@ -493,6 +517,10 @@ class Delivery:
             logger.exception("delivery log unavailable")
             report.retry.update(item.sequence_number for item in candidates)
             return
+        unrecorded = [item.ack_id for item in candidates if item.ack_id in self._unrecorded]
+        if unrecorded:
+            settled = {**settled, **dict.fromkeys(unrecorded, DELIVERED)}
+            self._record_acknowledged(unrecorded)
         for connection_id, items in pending.items():
             fresh = [item for item in items if item.ack_id not in settled]
             report.count("EventsAlreadyDelivered", len(items) - len(fresh))
@@ -535,11 +563,8 @@ class Delivery:
                 refused[(o.reason, o.status)].append(by_sequence[o.item_id])
 
         if delivered:
-            try:
-                self.log.record([item.ack_id for item in delivered], DELIVERED, now)
-            except Exception:
-                # FME has these events; handing them back to the stream would send them twice.
-                logger.exception("could not record acknowledged events", count=len(delivered))
+            # FME has these events; handing them back to the stream would send them twice.
+            if not self._record_acknowledged([item.ack_id for item in delivered]):
                 report.count("AcknowledgementsNotRecorded", len(delivered))
             report.count("EventsDelivered", len(delivered))
             tally.events_delivered += len(delivered)

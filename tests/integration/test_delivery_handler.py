@@ -311,6 +311,49 @@ def test_every_rotation_is_picked_up_whatever_an_earlier_read_found(
         assert len(failure_messages(stack)) == 1  # a, refused with k0 while the secret held it
 
 
+def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the_event_again(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lambda retries a batch from its first failed record: an event behind it that FME accepted, and
+    whose acknowledgement could not be written, comes round again with it."""
+    from shared.delivery.delivery_log import DeliveryLog
+
+    with FmeSink(sdk_keys=[SDK_KEY], admin_keys=[ADMIN_KEY]) as down:
+        connect(down, connection_id="alpha")
+        connect(sink, connection_id="beta")
+        down.fail_next(1000, 503)
+        record = DeliveryLog.record
+        failures = [RuntimeError("ProvisionedThroughputExceededException")]
+
+        def refused_once(log: Any, ack_ids: Any, state: str, at_ms: int, reason: str | None = None) -> None:
+            if state == "delivered" and failures:
+                raise failures.pop()
+            record(log, ack_ids, state, at_ms, reason)
+
+        monkeypatch.setattr(DeliveryLog, "record", refused_once)
+        batch = stream_event(
+            stream_record(events_table(stack), event_item("a1", connection_id="alpha")),
+            stream_record(
+                events_table(stack), event_item("b1", connection_id="beta", timestamp=1764061200001)
+            ),
+        )
+        first = invoke(batch, lambda_context, seconds=2.5)
+        assert len(failed_ids(first)) == 1  # alpha's, and so the batch from it on
+        down.clear_faults()
+        assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
+
+        assert [e.event["key"] for e in sink.events] == ["b1"]  # once
+        assert [e.event["key"] for e in down.events] == ["a1"]
+        # Written on the retry: a third delivery of the batch, from any container, skips it too.
+        delivery_app().delivery()._unrecorded.clear()
+        assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
+        assert len(sink.events) == 1
+
+
 def test_connections_without_delivery_keep_their_events_local(
     delivery_env: dict[str, str],
     stack: Stack,
