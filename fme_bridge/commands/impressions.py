@@ -18,7 +18,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fme_bridge.commands.common import CliError, out, read_json_values, styled, target
-from shared.outbound.impressions import NO_ENVIRONMENT, BodyError, ItemError, listener_spelling, parse_body
+from shared.outbound.impressions import (
+    NO_ENVIRONMENT,
+    BodyError,
+    ItemError,
+    impression_environment,
+    listener_spelling,
+    parse_body,
+)
 from shared.sqs_batches import MAX_MESSAGE_BYTES, batch_calls
 
 QUEUE = "ImpressionsQueue"
@@ -124,17 +131,11 @@ def _head(impression: dict[str, Any], envelope: dict[str, Any], where: str) -> H
             if isinstance(value, (dict, list, bool)):
                 kind = {dict: "an object", list: "an array", bool: "a boolean"}[type(value)]
                 raise CliError(f"{where}: {field} must be a string, not {kind}")
-    own_name, own_id = _text(impression.get("environmentName")), _text(impression.get("environmentId"))
-    outer_name, outer_id = _text(envelope.get("environmentName")), _text(envelope.get("environmentId"))
-    # The environment as a whole: the envelope completes an impression's only where it names the same
-    # one (shared.outbound.impressions reads them so).
-    if own_name is None and own_id is None:
-        own_name, own_id = outer_name, outer_id
-    elif own_id is None and own_name == outer_name:
-        own_id = outer_id
-    elif own_name is None and own_id == outer_id:
-        own_name = outer_name
-    return own_name, own_id, _text(impression.get("trafficType")) or _text(envelope.get("trafficType"))
+    environment_id, name = impression_environment(
+        *(_text(impression.get(f)) for f in ("environmentId", "environmentName")),
+        *(_text(envelope.get(f)) for f in ("environmentId", "environmentName")),
+    )
+    return name, environment_id, _text(impression.get("trafficType")) or _text(envelope.get("trafficType"))
 
 
 def _text(value: Any) -> str | None:

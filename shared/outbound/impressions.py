@@ -454,22 +454,26 @@ def normalise(item: WebhookImpression | ListenerImpression, context: _Context = 
 # pass the impression's fields by position, in field order: keywords cost more than the rest here.
 
 
-def _environment(item: Any, context: _Context) -> tuple[str | None, str | None]:
-    """(id, name): the impression's own, completed by the envelope's only where the envelope names
-    the same environment (an id of one environment and the name of another would route the
-    impression to the name's configs)."""
-    own_id, own_name = item.environmentId or None, item.environmentName or None
+def impression_environment(
+    own_id: str | None, own_name: str | None, outer_id: str | None, outer_name: str | None
+) -> tuple[str | None, str | None]:
+    """(id, name) of an impression: its own, completed by its envelope's only where the envelope
+    names the same environment (an id of one environment and the name of another would route the
+    impression to the name's configs). Empty is none."""
+    own_id, own_name = own_id or None, own_name or None
     if own_id is None and own_name is None:
-        return context.environment_id, context.environment_name
-    if own_id is None and own_name == context.environment_name:
-        return context.environment_id, own_name
-    if own_name is None and own_id == context.environment_id:
-        return own_id, context.environment_name
+        return outer_id, outer_name
+    if own_id is None and own_name == outer_name:
+        return outer_id, own_name
+    if own_name is None and own_id == outer_id:
+        return own_id, outer_name
     return own_id, own_name
 
 
 def _webhook(item: Any, context: _Context) -> Impression:
-    environment_id, environment_name = _environment(item, context)
+    environment_id, environment_name = impression_environment(
+        item.environmentId, item.environmentName, context.environment_id, context.environment_name
+    )
     return Impression(
         item.key,
         item.split,
@@ -499,7 +503,9 @@ def _listener(item: Any, data: Any, context: _Context) -> Impression:
         hostname = item.instance_id
         if ip is None and type(hostname) is str and _is_ip_address(hostname):
             hostname, ip = None, hostname  # PHP's instance-id is the host's IP address
-    environment_id, environment_name = _environment(item, context)
+    environment_id, environment_name = impression_environment(
+        item.environmentId, item.environmentName, context.environment_id, context.environment_name
+    )
     return Impression(
         data.keyName,
         data.feature,
