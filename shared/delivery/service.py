@@ -129,6 +129,12 @@ def resolve_fresh_keys(connection_id: str) -> ConnectionDelivery:
 
 # FME's answers to a key it does not take (revoked, or rotated since the cache read it).
 KEY_REFUSED = frozenset({401, 403})
+
+
+def _key_refused(outcome: ItemOutcome[Any]) -> bool:
+    return outcome.outcome is Outcome.PERMANENT and outcome.status in KEY_REFUSED
+
+
 # Acknowledgements a container keeps while the delivery log cannot take them (40-character ids).
 MAX_UNRECORDED = 100_000
 
@@ -397,7 +403,7 @@ class Delivery:
         the cache read them (a rotation); None otherwise."""
         if self._resolve_fresh is None or connection.keys is None:
             return None
-        if not any(o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED for o in outcomes):
+        if not any(map(_key_refused, outcomes)):
             return None
         connection_id = connection.connection_id
         try:
@@ -428,7 +434,7 @@ class Delivery:
         send: Callable[[list[tuple[str, T]]], Awaitable[Sequence[ItemOutcome[T]]]],
     ) -> list[ItemOutcome[T]]:
         """``outcomes`` with those of the items FME refused the key for replaced by a second send's."""
-        refused = [o for o in outcomes if o.outcome is Outcome.PERMANENT and o.status in KEY_REFUSED]
+        refused = [o for o in outcomes if _key_refused(o)]
         retried = {o.item_id: o for o in await send([(o.item_id, o.payload) for o in refused])}
         return [retried.get(o.item_id, o) for o in outcomes]
 
