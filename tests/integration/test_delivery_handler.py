@@ -549,11 +549,17 @@ def test_an_identity_item_that_is_not_deliverable_goes_to_the_failure_queue_with
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
 
     assert [u.key for u in sink.identity_updates] == ["u2"]  # its neighbour is delivered
-    [message] = failure_messages(stack)
+    message = the_malformed_item_refused(stack, "trafficTypeName", "u1")
     assert (message["kind"], message["connectionId"]) == ("identities", "webshop")
+
+
+def the_malformed_item_refused(stack: Stack, missing: str, key: str) -> dict[str, Any]:
+    """The failure queue's one message: the item of ``key``, unreadable for lack of ``missing``."""
+    [message] = failure_messages(stack)
     assert message["reason"].startswith("malformed item: ")
-    assert "trafficTypeName" in message["reason"]
-    assert [i["item"]["key"] for i in message["items"]] == ["u1"]
+    assert missing in message["reason"]
+    assert [i["item"]["key"] for i in message["items"]] == [key]
+    return message
 
 
 def test_an_unreadable_event_item_goes_to_the_failure_queue_once_whatever_the_stream_retries(
@@ -570,10 +576,7 @@ def test_an_unreadable_event_item_goes_to_the_failure_queue_once_whatever_the_st
     assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
 
     assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1", "u2"]
-    [message] = failure_messages(stack)
-    assert message["reason"].startswith("malformed item: ")
-    assert "eventTypeId" in message["reason"]
-    assert [i["item"]["key"] for i in message["items"]] == ["u9"]
+    the_malformed_item_refused(stack, "eventTypeId", "u9")
 
 
 def test_removing_the_last_value_fme_takes_reaches_fme_as_removing_one_of_several_does(
