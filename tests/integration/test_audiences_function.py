@@ -438,6 +438,45 @@ def test_a_new_profile_enters_an_audience_that_asks_only_for_what_it_lacks(
     ]
 
 
+def test_an_audience_of_another_traffic_type_identifies_its_members_by_that_types_identity(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """The same identity mapping as the track calls: anonymous profiles go out as ``anonymousId``."""
+    put_config(
+        "outbound/segment-prod",
+        {
+            "environments": ["Production"],
+            "identities": {"user": "userId", "anonymous": "anonymousId"},
+            "endpoint": segment.endpoint,
+        },
+    )
+    put_config(
+        "audiences/anonymous_pros",
+        {
+            **AUDIENCE,
+            "trafficType": "anonymous",
+            "rule": {"attribute": {"name": "plan", "equals": "pro"}},
+        },
+    )
+    config_store.clear_caches()
+    visitor = {
+        "pk": "Production#anonymous#anon-9",
+        "environment": "Production",
+        "trafficTypeName": "anonymous",
+        "key": "anon-9",
+        "attributes": {"plan": "pro"},
+        "updatedAt": NOW,
+    }
+    table(env, "IdentitiesTable").put_item(Item=visitor)
+    response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", visitor), lambda_context)
+
+    assert response == {"batchItemFailures": []}
+    (message,) = segment.messages
+    assert message["anonymousId"] == "anon-9"
+    assert "userId" not in message
+    assert message["traits"] == {"anonymous_pros": True}
+
+
 def test_exit_when_an_attribute_changes(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
