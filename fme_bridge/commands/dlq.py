@@ -70,6 +70,12 @@ def _attribute(message: dict[str, Any], name: str) -> str | None:
     return None if text in (None, "-") else str(text)
 
 
+def _receive_count(message: dict[str, Any]) -> int | None:
+    """SQS's ApproximateReceiveCount (a string in its answer) as a number."""
+    count = message.get("Attributes", {}).get("ApproximateReceiveCount")
+    return None if count is None else int(count)
+
+
 def failure_reason(message: dict[str, Any]) -> str:
     """The reason recorded with a message, or what SQS's redrive implies."""
     reason = _attribute(message, "reason") or _attribute(message, "errorCode")
@@ -120,7 +126,7 @@ def show(
                             "errorCode": _attribute(message, "errorCode"),
                             "reason": failure_reason(message),
                             "sourceMessageId": _attribute(message, "sourceMessageId"),
-                            "receiveCount": message.get("Attributes", {}).get("ApproximateReceiveCount"),
+                            "receiveCount": _receive_count(message),
                             "body": message["Body"],
                         }
                         for message in messages

@@ -394,6 +394,7 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
     assert shown["u1"]["reason"] == "no outbound config matches environment 'Dev'"
     assert shown["u1"]["errorCode"] == "no_matching_config"
     assert shown["u1"]["sourceMessageId"] == "m-1"
+    assert shown["u1"]["receiveCount"] == 1  # this show's receive, as a number
     assert shown["u2"]["reason"] == (
         "retries exhausted (moved by SQS after maxReceiveCount receives; no reason recorded)"
     )
