@@ -42,7 +42,18 @@ MAX_LEAVES = 50
 RULE_KINDS = ("all", "any", "not", "performed", "treatment", "attribute")
 # An audience name becomes a Segment trait key and an SSM parameter name.
 AUDIENCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-EventTypeId = Annotated[str, Field(pattern=f"^{EVENT_TYPE_ID_PATTERN}$")]
+
+
+def _event_type_id(value: str) -> str:
+    if re.fullmatch(EVENT_TYPE_ID_PATTERN, value):
+        return value
+    stored = value.replace(" ", "_")
+    if stored != value and re.fullmatch(EVENT_TYPE_ID_PATTERN, stored):
+        raise ValueError(f"events are stored with spaces as _: write {stored!r}")
+    raise ValueError(f"must be an FME event type id (matching ^{EVENT_TYPE_ID_PATTERN}$)")
+
+
+EventTypeId = Annotated[str, AfterValidator(_event_type_id)]
 
 
 def _scalar(value: Any) -> Any:

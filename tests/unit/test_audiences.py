@@ -65,7 +65,12 @@ def test_the_documented_example_parses() -> None:
             "rule.performed.atLeast: Input should be greater than or equal to 1",
         ),
         ({"performed": {"event": "x", "withinDays": 0}}, "rule.performed.withinDays"),
-        ({"performed": {"event": "bad event!"}}, "rule.performed.event: String should match pattern"),
+        ({"performed": {"event": "bad event!"}}, "rule.performed.event: must be an FME event type id"),
+        (
+            {"performed": {"event": "Checkout Started"}},
+            "rule.performed.event: events are stored with spaces as _: write 'Checkout_Started'",
+        ),
+        ({"performed": {"event": "x" * 81}}, "rule.performed.event: must be an FME event type id"),
         ({"performed": {"event": "x", "within": 7}}, "rule.performed.within: Extra inputs are not permitted"),
         (
             {"attribute": {"name": "plan", "equals": ["pro"]}},
