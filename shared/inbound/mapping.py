@@ -352,7 +352,8 @@ class _Mapper:
                 self.ignore(index, IgnoreReason.SCREENS_DISABLED)
                 return
             name = message.name
-            if not isinstance(name, str | int | float) or isinstance(name, bool) or name == "":
+            # A name of spaces alone names nothing (it would make view___page).
+            if not isinstance(name, str | int | float) or isinstance(name, bool) or str(name).strip() == "":
                 self.ignore(index, IgnoreReason.UNNAMED)
                 return
             template = config.pageEventTypeId if kind == "page" else config.screenEventTypeId

@@ -203,7 +203,7 @@ def test_a_template_without_the_name_makes_every_named_page_one_event_type() -> 
     assert {e.eventTypeId for e in mapped.events} == {"page_view"}
 
 
-@pytest.mark.parametrize("name", [None, ""])
+@pytest.mark.parametrize("name", [None, "", "   ", "\t"])
 def test_unnamed_page_and_screen_are_ignored(name: Any) -> None:
     for kind in ("page", "screen"):
         message = segment(kind, name=name)
