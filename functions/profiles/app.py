@@ -84,6 +84,7 @@ def get_profile(environment: str, trafficType: str, key: str) -> Response:
     except ProfileNotFound:
         metrics.add_metric(name="ProfileNotFound", unit=MetricUnit.Count, value=1)
         return _json(404, {"error": "profile not found"})
+    metrics.add_metric(name="ProfilesServed", unit=MetricUnit.Count, value=1)
     return _json(200, profile)
 
 
@@ -95,6 +96,7 @@ def _unauthorized(_: Unauthorized) -> Response:
 
 @app.exception_handler(BadRequest)
 def _bad_request(exc: BadRequest) -> Response:
+    metrics.add_metric(name="ProfileBadRequests", unit=MetricUnit.Count, value=1)
     return _json(400, {"error": str(exc)})
 
 
@@ -109,12 +111,15 @@ def _unavailable(exc: Exception) -> Response:
 
 @app.not_found
 def _not_found(_: NotFoundError) -> Response:
+    metrics.add_metric(name="ProfileBadRequests", unit=MetricUnit.Count, value=1)
     return _json(404, {"error": "not found: GET /profiles/{environment}/{trafficType}/{key}"})
 
 
 @app.exception_handler(ServiceError)
 def _service_error(exc: ServiceError) -> Response:
     # The resolver's own answers (a method the route does not take, ...): as they are, in JSON.
+    name = "ProfileBadRequests" if exc.status_code < 500 else "ProfileErrors"
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     return _json(exc.status_code, {"error": exc.msg})
 
 

@@ -359,6 +359,26 @@ def test_a_bug_is_a_json_500_without_a_stack_trace(
     assert body == {"error": "internal error"}
 
 
+def test_every_answer_is_counted_by_its_metric(
+    api: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One metric per invocation, named after the answer (docs/profiles.md), none left unpublished."""
+    store_identity(api)
+    answers = [
+        call(lambda_context)[0],
+        call(lambda_context, query={"limit": "0"})[0],
+        call(lambda_context, authorization="Bearer wrong")[0],
+        call(lambda_context, key="nobody")[0],
+    ]
+    published = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = [
+        [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for document in published
+    ]
+
+    assert answers == [200, 400, 401, 404]
+    assert names == [["ProfilesServed"], ["ProfileBadRequests"], ["ProfileUnauthorized"], ["ProfileNotFound"]]
+
+
 def test_the_profile_api_makes_exactly_the_calls_its_policy_allows(
     api: Stack, lambda_context: Any, calls: list[RawCall]
 ) -> None:
