@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from shared import aws, config, secret_versions
+from shared.inbound import auth
 from tests.conftest import REGION, put_config, put_secret
 from tests.integration.ingest_support import CONFIG, CONNECTION, SECRET, Webhook, segment_message, signature
 
@@ -243,14 +244,25 @@ def test_unknown_connections_are_remembered_so_secrets_manager_is_not_hammered(
 
 
 def test_connection_ids_that_could_reach_other_secrets_are_refused(webhook: Webhook) -> None:
+    # Another secret under the connection's name (its FME keys live at inbound/<id>/fme), holding
+    # exactly what the request presents.
     client = boto3.client("secretsmanager", region_name=REGION)
     client.create_secret(Name=f"{webhook.env['CONFIG_PREFIX']}/inbound/{CONNECTION}/fme", SecretString=SECRET)
-    # API Gateway hands a %2F-encoded slash to the function inside the path parameter.
+    reads: list[str] = []
+    aws.client("secretsmanager").meta.events.register(
+        "before-call.secrets-manager.GetSecretValue", lambda params, **_: reads.append(params["SecretId"])
+    )
+    # The id is refused before any secret is read, whoever hands it over.
+    for connection_id in (f"{CONNECTION}/fme", f"{CONNECTION}/../{CONNECTION}", "", "x" * 129):
+        with pytest.raises(auth.Unauthorized):
+            auth.authenticate(connection_id, {"authorization": f"Bearer {SECRET}"}, b"{}")
+    assert reads == []
+    # Through API Gateway: a %2F-encoded slash stays in the path the route matches (401), a plain
+    # one makes a path no route serves (404).
     event = webhook.event(segment_message("track"), connection=f"{CONNECTION}%2Ffme")
     event["pathParameters"]["connectionId"] = f"{CONNECTION}/fme"
-    answer = webhook.invoke(event)
-    assert answer.status in (401, 404)
-    assert webhook.post(segment_message("track"), connection=f"{CONNECTION}/fme").status in (401, 404)
+    assert webhook.invoke(event).status == 401
+    assert webhook.post(segment_message("track"), connection=f"{CONNECTION}/fme").status == 404
 
 
 def test_secret_without_config_is_an_unknown_connection(webhook: Webhook) -> None:
