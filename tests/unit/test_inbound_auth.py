@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from shared.inbound.auth import Credentials
+from shared.inbound.auth import RESERIALIZED_BODY_BYTES, Credentials
 from shared.secret_versions import _RecentNames, negative_cache_seconds
 from tests.conftest import load_event
 
@@ -90,6 +90,24 @@ def test_signature_over_a_compact_form_with_non_ascii_escaped() -> None:
     assert Credentials({"x-signature": sign(escaped_first)}, single).match(SECRET)
     assert Credentials({"x-segment-signature": sign(escaped_first)}, single).match(SECRET)
     assert not Credentials({"x-signature": sign(escaped_first, "other")}, body).match(SECRET)
+
+
+def test_an_object_body_is_parsed_again_for_its_compact_signature_only_up_to_the_limit() -> None:
+    """A signature over the compact form of a pretty-printed object body counts up to
+    RESERIALIZED_BODY_BYTES of body, whitespace around it included; past that, only the body as sent."""
+
+    def pretty_body(size: int) -> tuple[bytes, bytes]:
+        message = {"type": "track", "event": "Big", "userId": "u1", "properties": {"blob": ""}}
+        padding = size - len(json.dumps(message, indent=2).encode()) - 1
+        message["properties"]["blob"] = "x" * padding
+        body = b" " + json.dumps(message, indent=2).encode()  # leading whitespace: still an object
+        assert len(body) == size
+        return body, json.dumps(message, separators=(",", ":")).encode()
+
+    for size, accepted in ((RESERIALIZED_BODY_BYTES, True), (RESERIALIZED_BODY_BYTES + 1, False)):
+        body, compact = pretty_body(size)
+        assert Credentials({"x-signature": sign(compact)}, body).match(SECRET) is accepted
+        assert Credentials({"x-signature": sign(body)}, body).match(SECRET)  # signed as sent: any size
 
 
 def test_signature_of_first_element_is_over_its_text_as_sent() -> None:
