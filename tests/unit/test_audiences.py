@@ -56,6 +56,7 @@ def test_the_documented_example_parses() -> None:
         ({"performed": {"event": "x"}, "treatment": {"split": "a", "is": "on"}}, "rule: a rule is an object"),
         ("checkout", "rule: a rule is an object"),
         ({"all": []}, "rule.all: List should have at least 1 item"),
+        ({"any": []}, "rule.any: List should have at least 1 item"),
         (
             {"all": [{"performed": {"event": "x"}}, {"treatment": {"split": "f"}}]},
             "rule.all.1.treatment.is: Field required",
@@ -94,6 +95,28 @@ def test_malformed_rules_are_rejected_naming_the_problem(rule: object, message: 
         audience(rule)  # type: ignore[arg-type]
     assert str(info.value).startswith("test: ")
     assert message in str(info.value)
+
+
+def test_rules_at_the_limits_parse() -> None:
+    """At most 8 levels deep and 50 conditions (docs/profiles.md): exactly those are taken."""
+    rule: dict[str, object] = {"performed": {"event": "x"}}
+    for _ in range(7):
+        rule = {"not": rule}
+    audience(rule)  # 8 levels
+    audience({"any": [{"performed": {"event": f"e{i}"}} for i in range(50)]})
+
+
+def test_events_out_of_order_count_by_their_own_times() -> None:
+    facts = ProfileFacts(event_times={"c": [NOW, NOW - 10 * DAY_MS]})
+    parsed = parse_audience(
+        {
+            "environment": "Production",
+            "trafficType": "user",
+            "rule": {"performed": {"event": "c", "withinDays": 3}},
+        },
+        "test",
+    )
+    assert evaluate(parsed, facts, NOW) == Evaluation(True, NOW + 3 * DAY_MS)
 
 
 @pytest.mark.parametrize(
