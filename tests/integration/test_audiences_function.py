@@ -612,6 +612,30 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
+def test_a_profile_that_time_alone_will_bring_in_is_stored_due_and_enters_on_the_recheck(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Not a member yet, but one once its last checkout leaves the window: kept on the re-check index."""
+    put_config(
+        "audiences/lapsed_buyers",
+        {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}},
+    )
+    config_store.clear_caches()
+    checkout = put_event(env, NOW - DAY_MS)
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", checkout), lambda_context)
+
+    assert segment.messages == []
+    stored = next(i for i in profile_items(PK) if i["sk"] == "audience#lapsed_buyers")
+    assert (stored["member"], stored["recheckAt"]) == (False, NOW - DAY_MS + 7 * DAY_MS)
+
+    clock[0] = NOW + 6 * DAY_MS + 1  # the checkout is 7 days and a millisecond old
+    summary = sweep.lambda_handler({}, lambda_context)
+    assert summary["entered"] == 1
+    assert [m["traits"] for m in segment.messages] == [{"lapsed_buyers": True}]
+    stored = next(i for i in profile_items(PK) if i["sk"] == "audience#lapsed_buyers")
+    assert stored["member"] is True
+
+
 def test_a_member_of_an_audience_moved_to_another_environment_exits_when_it_is_due(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
