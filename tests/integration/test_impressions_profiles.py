@@ -220,6 +220,27 @@ def test_an_impression_naming_no_traffic_type_takes_the_configs_default_for_its_
     assert stored_treatments("visitor-9", "user") == {}
 
 
+def test_a_computed_trait_goes_only_to_the_configs_the_impression_was_routed_to(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """Per outbound config: a config of another environment, with computed traits on too, gets none."""
+    put_config(
+        "outbound/staging",
+        {
+            **production,
+            "environments": ["Staging"],
+            "computedTraits": {"enabled": True, "traitName": "stg_{split}"},
+        },
+    )
+    put_secret("outbound/staging", WRITE_KEY)
+    config.clear_caches()
+
+    assert handle(event(json.dumps([impression("f", "on", T0)])), context) == {"batchItemFailures": []}
+
+    assert [m["traits"] for m in identifies(sink)] == [{"f": "on"}]
+    assert [m["type"] for m in sink.messages] == ["track", "identify"]
+
+
 def test_without_a_trait_name_the_trait_is_the_flag_name(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
