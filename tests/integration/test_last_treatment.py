@@ -139,6 +139,14 @@ def test_the_cache_skips_what_was_already_written_and_synced(profiles: Stack) ->
     assert (older.applied, older.changed) == (False, False)
     newer = recorder.record([seen("u1", "f", "off", 2_000)])
     assert [o.changed for o in newer] == [True]
+    # Remembering the newer write, then the older one's (a late batch finishing after): the cache
+    # keeps the newer, skips its replay, and still writes the older impression.
+    recorder.remember(newer)
+    recorder.remember([older])
+    before = recorder.skipped
+    assert recorder.record([seen("u1", "f", "off", 2_000)]) == []
+    assert recorder.skipped == before + 1
+    assert len(recorder.record([seen("u1", "f", "off", 500)])) == 1
 
 
 def test_the_cache_is_bounded(profiles: Stack) -> None:
