@@ -384,6 +384,38 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     assert (metrics["LastTreatmentWrites"], metrics["LastTreatmentWritesSkipped"]) == (0, 2)
 
 
+def test_a_failed_identify_retries_only_the_records_whose_last_treatment_changed(
+    production: dict[str, Any], sink: SegmentSink
+) -> None:
+    """A newer impression of the same treatment owes Segment nothing: counted as no change, and not
+    retried (nor noted as owed) when the identify of another record's change fails."""
+    destination = Destination("production", OutboundConfig.model_validate(production))
+
+    def step() -> LastTreatmentSync:
+        return LastTreatmentSync(
+            LastTreatmentRecorder(),
+            lambda: 10_000,
+            margin_ms=500,
+            destinations=lambda: OutboundConfigs([destination]),
+        )
+
+    first = step()
+    first.observe(0, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    assert first.run() == {}
+
+    sink.fail_next(1, status=503, accept=False, retry_after=60)
+    second = step()
+    second.observe(0, [i for _, i in parse_body(json.dumps(impression("f", "on", T0 + 1000))).impressions])
+    other = impression("f", "on", T0 + 1000, key="another-user")
+    second.observe(1, [i for _, i in parse_body(json.dumps(other)).impressions])
+    failed = second.run()
+
+    assert set(failed) == {1}
+    assert (second.report.writes, second.report.changed) == (2, 1)
+    [item] = [i for i in profile_items(f"Production#user#{USER}") if i["sk"] == "treatment#f"]
+    assert "identifyPending" not in item
+
+
 def forwarded_by(sqs_event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The impressions function on ``sqs_event``; the last-treatments message it forwarded, unhandled."""
     impressions_app.lambda_handler(sqs_event, context)
