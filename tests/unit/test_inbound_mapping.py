@@ -786,3 +786,100 @@ def test_an_identity_is_too_large_by_its_utf8_bytes_not_its_escaped_json() -> No
 
     assert not identity(150_000).too_large()  # about 300 KB in DynamoDB; 900 KB as \\u escapes
     assert identity(190_000).too_large()
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundaries, each at its exact value (literal numbers: a test must not move with the constant)
+
+
+def test_the_32_kb_limit_holds_for_a_key_of_escapes_alone() -> None:
+    """A key of control characters takes six bytes each in the JSON FME receives: measured, not guessed."""
+
+    def track(blob: str) -> Mapped:
+        return map_one(segment("track", userId="\u0001" * 250, anonymousId=None, properties={"blob": blob}))
+
+    blob = "x" * (32_768 - _as_the_events_api_receives_it(track("x").events[0]) + 2)
+    mapped = track(blob)
+    assert mapped.events == []
+    assert drop_reasons(mapped) == ["event_too_large"]
+    kept = track(blob[:-1])
+    assert _as_the_events_api_receives_it(kept.events[0]) == 32_768
+
+
+def test_numbers_are_kept_up_to_what_dynamodb_holds() -> None:
+    """38 digits and magnitudes below 1e126 stay numbers; past them, strings."""
+    properties = {"digits38": 10**38 - 1, "digits39": 10**38, "below": 9.9e125, "at": 1e126}
+    mapped = map_one(segment("track", properties=properties))
+    assert mapped.events[0].properties == {
+        "digits38": 10**38 - 1,
+        "digits39": str(10**38),
+        "below": 9.9e125,
+        "at": "1e+126",
+    }
+
+
+def test_a_value_dynamodb_cannot_hold_is_no_value() -> None:
+    mapped = map_one(segment("track", properties={"revenue": 1e200}), valueField="properties.revenue")
+    assert {e.value for e in mapped.events} == {None}
+
+
+def test_a_property_without_a_name_is_trimmed_and_counted() -> None:
+    mapped = map_one(segment("track", anonymousId=None, properties={"": "x", "a": 1}))
+    assert mapped.events[0].properties == {"a": 1}
+    assert mapped.properties_trimmed == 1
+
+
+def test_event_level_group_ids_are_text_numbers_included_and_booleans_not() -> None:
+    mapped = map_one(
+        segment("track", anonymousId=None, properties={"split": [{"account": 42}, {"team": True}]})
+    )
+    assert {(e.trafficTypeName, e.key) for e in mapped.events} == {("user", "AiUGstSDIg"), ("account", "42")}
+    assert drop_reasons(mapped) == ["invalid_key"]
+
+
+def test_an_event_level_group_naming_the_messages_own_identity_is_one_event() -> None:
+    mapped = map_one(segment("track", anonymousId=None, properties={"split": [{"user": "AiUGstSDIg"}]}))
+    assert [(e.trafficTypeName, e.key) for e in mapped.events] == [("user", "AiUGstSDIg")]
+
+
+def test_a_message_id_of_200_characters_is_taken() -> None:
+    mapped = map_one(segment("track", anonymousId=None, messageId="m" * 200))
+    assert len(mapped.events) == 1
+    assert mapped.drops == []
+
+
+def test_the_message_type_is_read_whatever_its_case() -> None:
+    mapped = map_one(segment("track", type="Track", anonymousId=None))
+    assert [e.segmentType for e in mapped.events] == ["track"]
+
+
+def test_a_page_named_by_a_number_is_named_and_one_named_true_is_not() -> None:
+    assert [e.eventTypeId for e in map_one(segment("page", name=404, anonymousId=None)).events] == [
+        "view_404_page"
+    ]
+    unnamed = map_one(segment("page", name=True))
+    assert unnamed.events == []
+    assert unnamed.ignored == {0: IgnoreReason.UNNAMED}
+
+
+def test_an_identify_without_any_identity_is_dropped_and_counted() -> None:
+    mapped = map_one(segment("identify", userId=None, anonymousId=None))
+    assert drop_reasons(mapped) == ["no_identity"]
+    assert mapped.identities == []
+    assert mapped.ignored == {}
+
+
+def test_an_older_message_loses_to_a_newer_one_of_the_same_value() -> None:
+    """The same value again, newer, moves the attribute's time: an older message cannot win after it."""
+    first = merge_identity(None, [update(0, 1000, x=1)], now_ms=0)
+    assert first is not None
+    stored = StoredIdentity(
+        attributes=first.attributes, attributeTimestamps=first.attributeTimestamps, version=1
+    )
+    again = merge_identity(stored, [update(0, 3000, x=1)], now_ms=0)
+    assert again is not None
+    assert again.attributeTimestamps["x"] == 3000
+    stored = StoredIdentity(
+        attributes=again.attributes, attributeTimestamps=again.attributeTimestamps, version=2
+    )
+    assert merge_identity(stored, [update(0, 2000, x=2)], now_ms=0) is None
