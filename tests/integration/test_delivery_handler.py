@@ -341,7 +341,7 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
                 events_table(stack), event_item("b1", connection_id="beta", timestamp=1764061200001)
             ),
         )
-        first = invoke(batch, lambda_context, seconds=2.5)
+        first = invoke(batch, lambda_context, seconds=5)  # beta delivered well within, even on a busy machine
         assert len(failed_ids(first)) == 1  # alpha's, and so the batch from it on
         down.clear_faults()
         assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
