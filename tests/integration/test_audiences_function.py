@@ -149,8 +149,8 @@ def stream_event(
     return event
 
 
-def membership(stack: Stack) -> dict[str, Any] | None:
-    return next((i for i in profile_items(PK) if i["sk"] == "audience#checkout_fans"), None)
+def membership(stack: Stack, name: str = "checkout_fans") -> dict[str, Any] | None:
+    return next((i for i in profile_items(PK) if i["sk"] == f"audience#{name}"), None)
 
 
 def setup_member(stack: Stack) -> dict[str, Any]:
@@ -625,14 +625,16 @@ def test_a_profile_that_time_alone_will_bring_in_is_stored_due_and_enters_on_the
     audiences_app.lambda_handler(stream_event(env, "EventsTable", checkout), lambda_context)
 
     assert segment.messages == []
-    stored = next(i for i in profile_items(PK) if i["sk"] == "audience#lapsed_buyers")
+    stored = membership(env, "lapsed_buyers")
+    assert stored is not None
     assert (stored["member"], stored["recheckAt"]) == (False, NOW - DAY_MS + 7 * DAY_MS)
 
     clock[0] = NOW + 6 * DAY_MS + 1  # the checkout is 7 days and a millisecond old
     summary = sweep.lambda_handler({}, lambda_context)
     assert summary["entered"] == 1
     assert [m["traits"] for m in segment.messages] == [{"lapsed_buyers": True}]
-    stored = next(i for i in profile_items(PK) if i["sk"] == "audience#lapsed_buyers")
+    stored = membership(env, "lapsed_buyers")
+    assert stored is not None
     assert stored["member"] is True
 
 
@@ -747,12 +749,6 @@ def test_an_evaluation_reads_what_it_decides_on_strongly_consistent(
     assert all(consistent for op, _, consistent in reads if op in ("Query", "GetItem")), reads
 
 
-def _membership(name: str) -> dict[str, Any] | None:
-    from shared.profiles_table import profile_items
-
-    return next((i for i in profile_items(PK) if i["sk"] == f"audience#{name}"), None)
-
-
 NOT_FREE = {
     "environment": "Production",
     "trafficType": "user",
@@ -791,7 +787,7 @@ def test_a_segment_user_deletion_takes_the_user_out_of_every_audience(
         stream_event(env, "IdentitiesTable", None, old=identity, sequence=2), lambda_context
     )
     assert [m["traits"] for m in segment.messages if "not_free" in m["traits"]] == sent
-    stored = _membership("not_free")
+    stored = membership(env, "not_free")
     assert (stored or {}).get("member", False) is False
 
 
@@ -809,7 +805,7 @@ def test_a_deleted_user_known_by_a_last_treatment_only_exits(
         stream_event(env, "ProfilesTable", None, old=treatment, sequence=2), lambda_context
     )
     assert [m["traits"] for m in segment.messages] == [{"not_free": True}, {"not_free": False}]
-    assert _membership("not_free")["member"] is False  # type: ignore[index]
+    assert membership(env, "not_free")["member"] is False  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("old", "new", "equals"), [(1, True, True), (0, False, False), (True, 1, 1)])
@@ -844,7 +840,7 @@ def test_a_transient_ssm_failure_reading_the_sync_config_does_not_lose_the_entry
     event_item = setup_member(env)
     response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
     assert response["batchItemFailures"] != []
-    assert _membership("checkout_fans") is None
+    assert membership(env, "checkout_fans") is None
     assert segment.messages == []
     # Once SSM answers again, the retry of the record sends the entry.
     monkeypatch.setattr(config_store, "get_parameter", real)
