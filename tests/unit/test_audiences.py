@@ -7,6 +7,7 @@ import pytest
 from shared.config import ConfigInvalid
 from shared.profiles.audiences import (
     DAY_MS,
+    AudienceConfig,
     Evaluation,
     ProfileFacts,
     evaluate,
@@ -35,7 +36,7 @@ DOCUMENTED_AUDIENCE = {
 NOW = 100 * DAY_MS
 
 
-def audience(rule: dict[str, object]) -> object:
+def audience(rule: dict[str, object]) -> AudienceConfig:
     return parse_audience({"environment": "Production", "trafficType": "user", "rule": rule}, "test")
 
 
@@ -108,14 +109,7 @@ def test_rules_at_the_limits_parse() -> None:
 
 def test_events_out_of_order_count_by_their_own_times() -> None:
     facts = ProfileFacts(event_times={"c": [NOW, NOW - 10 * DAY_MS]})
-    parsed = parse_audience(
-        {
-            "environment": "Production",
-            "trafficType": "user",
-            "rule": {"performed": {"event": "c", "withinDays": 3}},
-        },
-        "test",
-    )
+    parsed = audience({"performed": {"event": "c", "withinDays": 3}})
     assert evaluate(parsed, facts, NOW) == Evaluation(True, NOW + 3 * DAY_MS)
 
 
@@ -172,21 +166,21 @@ def test_the_spec_example_evaluates() -> None:
 )
 def test_performed_within_days(times: list[int], at_least: int, member: bool, recheck: int | None) -> None:
     rule = audience({"performed": {"event": "checkout", "atLeast": at_least, "withinDays": 3}})
-    result = evaluate(rule, ProfileFacts(event_times={"checkout": times}), NOW)  # type: ignore[arg-type]
+    result = evaluate(rule, ProfileFacts(event_times={"checkout": times}), NOW)
     assert result == Evaluation(member, recheck)
 
 
 def test_performed_without_a_window_counts_everything_and_never_expires() -> None:
     rule = audience({"performed": {"event": "signup", "atLeast": 2}})
-    assert evaluate(rule, ProfileFacts(event_times={"signup": [1, 2]}), NOW) == Evaluation(True, None)  # type: ignore[arg-type]
-    assert not evaluate(rule, ProfileFacts(event_times={"signup": [1]}), NOW).member  # type: ignore[arg-type]
+    assert evaluate(rule, ProfileFacts(event_times={"signup": [1, 2]}), NOW) == Evaluation(True, None)
+    assert not evaluate(rule, ProfileFacts(event_times={"signup": [1]}), NOW).member
 
 
 def test_not_performed_enters_when_the_window_closes() -> None:
     rule = audience({"not": {"performed": {"event": "checkout", "withinDays": 7}}})
     recent = ProfileFacts(event_times={"checkout": [NOW - DAY_MS]})
-    assert evaluate(rule, recent, NOW) == Evaluation(False, NOW + 6 * DAY_MS)  # type: ignore[arg-type]
-    assert evaluate(rule, recent, NOW + 6 * DAY_MS + 1).member  # type: ignore[arg-type]
+    assert evaluate(rule, recent, NOW) == Evaluation(False, NOW + 6 * DAY_MS)
+    assert evaluate(rule, recent, NOW + 6 * DAY_MS + 1).member
 
 
 @pytest.mark.parametrize(
@@ -209,7 +203,7 @@ def test_not_performed_enters_when_the_window_closes() -> None:
 )
 def test_attribute_equals_is_type_aware(stored: object, wanted: object, equal: bool) -> None:
     rule = audience({"attribute": {"name": "a", "equals": wanted}})
-    assert evaluate(rule, ProfileFacts(attributes={"a": stored}), NOW).member is equal  # type: ignore[arg-type]
+    assert evaluate(rule, ProfileFacts(attributes={"a": stored}), NOW).member is equal
 
 
 def test_any_all_and_recheck_takes_the_earliest_window() -> None:
@@ -221,7 +215,7 @@ def test_any_all_and_recheck_takes_the_earliest_window() -> None:
             ]
         }
     )
-    result = evaluate(rule, ProfileFacts(event_times={"a": [NOW], "b": [NOW]}), NOW)  # type: ignore[arg-type]
+    result = evaluate(rule, ProfileFacts(event_times={"a": [NOW], "b": [NOW]}), NOW)
     assert result == Evaluation(True, NOW + DAY_MS)
 
 
