@@ -120,6 +120,25 @@ def stored_treatments(key: str = USER, traffic_type: str = "user") -> dict[str, 
     return treatments_of(profile_items(f"Production#{traffic_type}#{key}"))
 
 
+def profile_step(
+    production: dict[str, Any], recorder: LastTreatmentRecorder, seconds: float
+) -> LastTreatmentSync:
+    """The profile step on its own: the outbound config ``production``, ``seconds`` left to run."""
+    destination = Destination("production", OutboundConfig.model_validate(production))
+    end = time.monotonic() + seconds
+    return LastTreatmentSync(
+        recorder,
+        lambda: int((end - time.monotonic()) * 1000),
+        margin_ms=500,
+        destinations=lambda: OutboundConfigs([destination]),
+    )
+
+
+def parsed(*impressions: dict[str, Any]) -> list[Any]:
+    """The impressions the function reads from a body of ``impressions``."""
+    return [i for _, i in parse_body(json.dumps(list(impressions))).impressions]
+
+
 def test_the_vendor_webhook_impression_sets_the_last_treatment_and_the_trait(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
@@ -347,19 +366,11 @@ def test_an_undelivered_identify_retries_its_sqs_message_with_the_same_message_i
     production: dict[str, Any], sink: SegmentSink
 ) -> None:
     """The profile step on its own: Segment failing the identify makes the record transient."""
-    destination = Destination("production", OutboundConfig.model_validate(production))
-    body = json.dumps([impression("f", "on", T0), impression("g", "on", T0)])
     recorder = LastTreatmentRecorder()
 
     def run(remaining_ms: int) -> tuple[dict[int, str], LastTreatmentSync]:
-        end = time.monotonic() + remaining_ms / 1000
-        step = LastTreatmentSync(
-            recorder,
-            lambda: int((end - time.monotonic()) * 1000),
-            margin_ms=500,
-            destinations=lambda: OutboundConfigs([destination]),
-        )
-        step.observe(4, [i for _, i in parse_body(body).impressions])
+        step = profile_step(production, recorder, remaining_ms / 1000)
+        step.observe(4, parsed(impression("f", "on", T0), impression("g", "on", T0)))
         return step.run(), step
 
     # Stored by Segment but answered 503, with a Retry-After longer than the time left: one attempt.
@@ -389,25 +400,14 @@ def test_a_failed_identify_retries_only_the_records_whose_last_treatment_changed
 ) -> None:
     """A newer impression of the same treatment owes Segment nothing: counted as no change, and not
     retried (nor noted as owed) when the identify of another record's change fails."""
-    destination = Destination("production", OutboundConfig.model_validate(production))
-
-    def step() -> LastTreatmentSync:
-        return LastTreatmentSync(
-            LastTreatmentRecorder(),
-            lambda: 10_000,
-            margin_ms=500,
-            destinations=lambda: OutboundConfigs([destination]),
-        )
-
-    first = step()
-    first.observe(0, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    first = profile_step(production, LastTreatmentRecorder(), 10)
+    first.observe(0, parsed(impression("f", "on", T0)))
     assert first.run() == {}
 
     sink.fail_next(1, status=503, accept=False, retry_after=60)
-    second = step()
-    second.observe(0, [i for _, i in parse_body(json.dumps(impression("f", "on", T0 + 1000))).impressions])
-    other = impression("f", "on", T0 + 1000, key="another-user")
-    second.observe(1, [i for _, i in parse_body(json.dumps(other)).impressions])
+    second = profile_step(production, LastTreatmentRecorder(), 10)
+    second.observe(0, parsed(impression("f", "on", T0 + 1000)))
+    second.observe(1, parsed(impression("f", "on", T0 + 1000, key="another-user")))
     failed = second.run()
 
     assert set(failed) == {1}
@@ -502,19 +502,11 @@ def test_the_retry_of_a_change_segment_missed_is_not_skipped_by_another_containe
     A's note that Segment missed it: B finds nothing changed and caches it; A's retry lands on B."""
     from shared.profiles import impression_profiles
 
-    destination = Destination("production", OutboundConfig.model_validate(production))
     container_a, container_b = LastTreatmentRecorder(), LastTreatmentRecorder()
 
     def step(recorder: LastTreatmentRecorder, treatment: str, at: int) -> dict[int, str]:
-        end = time.monotonic() + 3.0
-        sync = LastTreatmentSync(
-            recorder,
-            lambda: int((end - time.monotonic()) * 1000),
-            margin_ms=500,
-            destinations=lambda: OutboundConfigs([destination]),
-        )
-        body = json.dumps([impression("new_checkout", treatment, at)])
-        sync.observe(0, [i for _, i in parse_body(body).impressions])
+        sync = profile_step(production, recorder, 3.0)
+        sync.observe(0, parsed(impression("new_checkout", treatment, at)))
         return sync.run()
 
     assert step(container_a, "on", T0) == {}
@@ -548,9 +540,9 @@ def test_an_invalid_config_retries_only_the_last_treatments_it_may_be_meant_for(
     step = LastTreatmentSync(
         LastTreatmentRecorder(), lambda: 5000, destinations=lambda: OutboundConfigs([destination], [staging])
     )
-    step.observe(1, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    step.observe(1, parsed(impression("f", "on", T0)))
     elsewhere = impression("f", "on", T0, key="stg-user", environmentName="Staging", environmentId="stg")
-    step.observe(2, [i for _, i in parse_body(json.dumps(elsewhere)).impressions])
+    step.observe(2, parsed(elsewhere))
     failed = step.finish()
     assert set(failed) == {2}
     assert "outbound config staging is invalid" in failed[2]
@@ -567,7 +559,7 @@ def test_a_last_treatment_an_invalid_config_may_want_is_recorded_only_once_it_is
     everywhere = InvalidConfig("typo", "/p/outbound/typo: enableTrak: …", None)
     configs = [OutboundConfigs([destination], [everywhere]), OutboundConfigs([destination])]
     recorder = LastTreatmentRecorder()
-    seen = [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions]
+    seen = parsed(impression("f", "on", T0))
 
     blocked = LastTreatmentSync(recorder, lambda: 5000, destinations=lambda: configs[0])
     blocked.observe(1, seen)
@@ -585,7 +577,7 @@ def test_an_unexpected_failure_of_the_profile_step_retries_its_messages(producti
         raise RuntimeError("a bug")
 
     step = LastTreatmentSync(LastTreatmentRecorder(), lambda: 5000, destinations=broken)
-    step.observe(2, [i for _, i in parse_body(json.dumps(impression("f", "on", T0))).impressions])
+    step.observe(2, parsed(impression("f", "on", T0)))
     assert step.finish() == {2: "profiles: last treatments not recorded"}
 
 
