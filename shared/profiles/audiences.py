@@ -45,11 +45,11 @@ AUDIENCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _event_type_id(value: str) -> str:
-    if re.fullmatch(EVENT_TYPE_ID_PATTERN, value):
-        return value
+    """The event as stored: a rule may name it as Segment sends it (``Order Completed``), since the
+    webhook stores a track's event with its spaces as ``_`` (``Order_Completed``)."""
     stored = value.replace(" ", "_")
-    if stored != value and re.fullmatch(EVENT_TYPE_ID_PATTERN, stored):
-        raise ValueError(f"events are stored with spaces as _: write {stored!r}")
+    if re.fullmatch(EVENT_TYPE_ID_PATTERN, stored):
+        return stored
     raise ValueError(f"must be an FME event type id (matching ^{EVENT_TYPE_ID_PATTERN}$)")
 
 

@@ -592,6 +592,25 @@ def test_an_unreferenced_event_type_evaluates_nothing(
     assert membership(env) is None
 
 
+def test_a_rule_may_name_the_event_as_segment_sends_it(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """``track("Order Completed")`` is stored as ``Order_Completed``: a rule naming either spelling
+    counts it."""
+    put_config(
+        "audiences/buyers",
+        {**AUDIENCE, "rule": {"performed": {"event": "Order Completed", "withinDays": 7}}},
+    )
+    put_identity(env, "pro")
+    audiences_app.lambda_handler(
+        stream_event(env, "EventsTable", put_event(env, NOW - DAY_MS, "Order_Completed")), lambda_context
+    )
+    stored = membership(env, "buyers")
+    assert stored is not None
+    assert stored["member"] is True
+    assert [m["traits"] for r in segment.requests for m in r.messages] == [{"buyers": True}]
+
+
 def test_within_days_expiry_exits_on_the_scheduled_recheck(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
