@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from shared.config import OutboundConfig, parse_config
 from shared.http_retry import Deadline, Outcome
 from shared.outbound.segment_client import BatchPacker, SegmentBatch, SegmentClient, basic_auth
 
@@ -110,6 +111,37 @@ def test_requests_run_concurrently_with_auth_and_url() -> None:
     assert peak == 4
     assert {str(r.url) for r in seen} == {"https://api.segment.io/v1/batch"}
     assert {r.headers["authorization"] for r in seen} == {basic_auth("wk")}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        (None, "https://api.segment.io/v1/batch"),  # the US host, by default
+        ("https://events.eu1.segmentapis.com/v1", "https://events.eu1.segmentapis.com/v1/batch"),
+        ("https://events.eu1.segmentapis.com/v1/", "https://events.eu1.segmentapis.com/v1/batch"),
+        ("http://127.0.0.1:3001/v1", "http://127.0.0.1:3001/v1/batch"),
+    ],
+)
+def test_an_outbound_configs_endpoint_is_where_its_batches_go(endpoint: str | None, url: str) -> None:
+    document: dict[str, object] = {"environments": ["*"], "identities": {"user": "userId"}}
+    if endpoint is not None:
+        document["endpoint"] = endpoint
+    config = parse_config(OutboundConfig, document, "eu")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"success": True})
+
+    async def go() -> Outcome:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            [batch] = pack([b'{"m":1}'])
+            return (
+                await SegmentClient(http, Deadline.after(10)).send(config.endpoint_base, "wk", batch)
+            ).outcome
+
+    assert asyncio.run(go()) == Outcome.DELIVERED
+    assert [(r.method, str(r.url)) for r in seen] == [("POST", url)]
 
 
 def send_recorded(gzip_body: bool, status: list[int]) -> list[httpx.Request]:
