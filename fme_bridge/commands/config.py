@@ -26,6 +26,7 @@ from rich.text import Text
 
 from fme_bridge.commands.common import (
     CliError,
+    err,
     one_stdin,
     out,
     print_stored_document,
@@ -363,14 +364,15 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
     full = f"{tgt.prefix}/{kind.name}/{name}"
     raw = stored_parameter(tgt, kind.name, kind.item, name)
     print_stored_document(raw)
+    # What is said about the document goes to stderr: `get NAME > f.json` then `put NAME -f f.json`.
     try:
         parse_config(kind.model, raw, full)
     except ConfigInvalid as exc:
-        out.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
+        err.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
     secretsmanager = tgt.client("secretsmanager")
-    out.print(Text(f"{kind.secret_label}: ") + _secret_status(secretsmanager, full))
+    err.print(Text(f"{kind.secret_label}: ") + _secret_status(secretsmanager, full))
     for suffix, label in (extra_secrets or {}).items():
-        out.print(Text(f"{label}: ") + _secret_status(secretsmanager, full + suffix))
+        err.print(Text(f"{label}: ") + _secret_status(secretsmanager, full + suffix))
 
 
 def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:

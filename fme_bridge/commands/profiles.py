@@ -24,6 +24,7 @@ from rich.text import Text
 from fme_bridge.commands.common import (
     CASE_HINT,
     CliError,
+    err,
     out,
     print_stored_document,
     put_document,
@@ -124,8 +125,8 @@ def audience_get(ctx: typer.Context, name: str) -> None:
     print_stored_document(raw)
     try:
         parse_audience(raw, full)
-    except ConfigInvalid as exc:
-        out.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
+    except ConfigInvalid as exc:  # on stderr, as for configs: the document alone is on stdout
+        err.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
 
 
 def audience_list(ctx: typer.Context) -> None:

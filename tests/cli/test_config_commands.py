@@ -195,8 +195,25 @@ def test_get_shows_the_config_and_only_whether_the_secret_is_set(cli: Cli, tmp_p
     result = cli("config", "outbound", "get", "eu")
     assert result.exit_code == 0, result.output
     assert '"environments"' in result.stdout
-    assert "Segment write key: set (AWSCURRENT" in result.stdout
+    assert "Segment write key: set (AWSCURRENT" in result.stderr
     assert "wk-123" not in result.output
+
+
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_what_get_prints_on_stdout_is_the_document_put_takes_back(
+    cli: Cli, tmp_path: Path, kind: str
+) -> None:
+    """``get NAME > f.json``, edit, ``put NAME -f f.json``: the status lines are on stderr."""
+    name = "shop" if kind == "inbound" else "eu"
+    put_inbound(cli, tmp_path) if kind == "inbound" else put_outbound(cli, tmp_path)
+    got = cli("config", kind, "get", name)
+    assert got.exit_code == 0, got.output
+    assert "set (AWSCURRENT" in got.stderr
+    saved = tmp_path / "got.json"
+    saved.write_text(got.stdout)
+    again = cli("config", kind, "put", name, "-f", str(saved))
+    assert again.exit_code == 0, again.output
+    assert cli("config", kind, "get", name).stdout == got.stdout
 
 
 def test_get_of_an_unknown_connection_is_one_line(cli: Cli) -> None:
@@ -234,10 +251,10 @@ def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(
 
     got = cli("config", "inbound", "get", "shop")
     assert got.exit_code == 0, got.output
-    assert "scheduled for deletion" in got.stdout
+    assert "scheduled for deletion" in got.stderr
     deletion = client.describe_secret(SecretId=f"{PREFIX}/inbound/shop")["DeletedDate"]  # in 7 days
-    assert f"deleted for good after {deletion:%Y-%m-%d %H:%M:%S}" in " ".join(got.stdout.split())
-    assert f"restore-secret --secret-id {PREFIX}/inbound/shop" in " ".join(got.stdout.split())
+    assert f"deleted for good after {deletion:%Y-%m-%d %H:%M:%S}" in " ".join(got.stderr.split())
+    assert f"restore-secret --secret-id {PREFIX}/inbound/shop" in " ".join(got.stderr.split())
     listed = cli("config", "inbound", "list")
     [shop] = [line for line in listed.stdout.splitlines() if "shop" in line]
     assert "scheduled" in shop
@@ -309,8 +326,8 @@ def test_get_of_a_document_that_is_not_json_shows_it_and_says_why(cli: Cli, kind
     result = cli("config", kind, "get", "notjson")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    assert "hello {" in result.stdout
-    assert "invalid:" in result.stdout
+    assert result.stdout == "hello {\n"
+    assert "invalid:" in result.stderr
 
 
 def test_enabling_delivery_without_fme_keys_writes_and_warns(cli: Cli, tmp_path: Path) -> None:

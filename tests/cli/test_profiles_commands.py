@@ -138,5 +138,5 @@ def test_get_of_an_audience_that_is_not_json_shows_it_and_says_why(cli: Cli) -> 
     result = cli("config", "audience", "get", "notjson")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
-    assert "hello {" in result.stdout
-    assert "invalid:" in result.stdout
+    assert result.stdout == "hello {\n"
+    assert "invalid:" in result.stderr
