@@ -3,7 +3,9 @@
     python -m tests.reliability.report FIGURES.jsonl docs/reliability.md
 
 The document's prose stays as written; only the part between the ``figures:start`` and
-``figures:end`` markers is replaced: one table per section, each with the command that reproduces it.
+``figures:end`` markers changes: one table per section, each with the command that reproduces it.
+A section the figures file holds replaces the table of that title; the others are kept, so the
+figures of one test (the command under its table) update that table alone.
 """
 
 from __future__ import annotations
@@ -77,33 +79,55 @@ def _add(total: Any, value: Any) -> Any:
     return (total or 0) + value
 
 
-def render(records: list[dict[str, Any]]) -> str:
+def render(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Each section's table (with its title and command), by title, from a run's figure records."""
     latest: dict[str, dict[str, Any]] = {}
     for record in records:
         previous = latest.get(record["section"])
         if record.get("merge") and previous is not None:
             record = {**record, "figures": _add(previous["figures"], record["figures"])}
         latest[record["section"]] = record  # otherwise the last run of a section wins
-    order = [s for s in SECTIONS if s in latest] + sorted(s for s in latest if s not in SECTIONS)
-    parts: list[str] = []
-    for section in order:
-        record = latest[section]
+    tables: dict[str, str] = {}
+    for section, record in latest.items():
         title, test = SECTIONS.get(section, (section, "tests/reliability"))
         command = f"{'RELIABILITY_SOAK=1 ' if record.get('soak') else ''}{RUN} {test}"
         scale = "soak scale, as in `make soak`" if record.get("soak") else "the scale of `make test`"
-        parts.append(f"### {title}\n")
-        parts.append(f"Reproduce ({scale}): `{command}`\n")
-        parts.append("| figure | value |\n|---|---|")
-        parts.extend(f"| {name} | {_value(value)} |" for name, value in sorted(record["figures"].items()))
-        parts.append("")
-    return "\n".join(parts)
+        rows = [f"| {name} | {_value(value)} |" for name, value in sorted(record["figures"].items())]
+        tables[title] = "\n".join(
+            [
+                f"### {title}\n",
+                f"Reproduce ({scale}): `{command}`\n",
+                "| figure | value |\n|---|---|",
+                *rows,
+                "",
+            ]
+        )
+    return tables
 
 
-def update(document: str, figures: str) -> str:
+def _tables_in(block: str) -> dict[str, str]:
+    """The tables already between the markers, by title."""
+    tables: dict[str, str] = {}
+    for chunk in ("\n" + block).split("\n### ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        tables[title] = "### " + chunk.rstrip("\n") + "\n"
+    return tables
+
+
+def update(document: str, tables: dict[str, str]) -> str:
+    """``document`` with the given tables in place of the ones of the same title; the others stay
+    (a run of one test rewrites its table alone). Tables follow :data:`SECTIONS`' order."""
     before, found, rest = document.partition(START)
+    current, after = {}, ""
+    if found:
+        block, _, after = rest.partition(END)
+        current = _tables_in(block)
+    merged = {**current, **tables}
+    titles = [title for title, _ in SECTIONS.values()]
+    order = [t for t in titles if t in merged] + sorted(t for t in merged if t not in titles)
+    figures = "\n".join(merged[t] for t in order)
     if not found:
         return f"{document.rstrip()}\n\n{START}\n{figures}\n{END}\n"
-    _, _, after = rest.partition(END)
     return f"{before}{START}\n{figures}\n{END}{after}"
 
 
