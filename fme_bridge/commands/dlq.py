@@ -170,6 +170,9 @@ def redrive(
         return
     dlq_url, source_url = tgt.queue_url(dead_letters), tgt.queue_url(source)
     total = queue_depth(sqs, dlq_url)
+    if total == 0:
+        out.print(f"the dead-letter queue is empty ({dlq_url})", soft_wrap=True)
+        return
     wanted = min(total, limit) if limit else total
     moved = 0
     seen: set[str] = set()

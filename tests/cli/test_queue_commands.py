@@ -423,6 +423,17 @@ def test_peeked_messages_are_visible_again_even_when_the_look_fails(stack: Stack
     assert sorted(int(m["Body"]) for m in drain(url)) == list(range(12))
 
 
+@pytest.mark.parametrize("queue", ["impressions", "last-treatments", "audiences"])
+def test_dlq_redrive_of_an_empty_queue_says_so(
+    cli: Cli, stack: Stack, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDIENCES_DLQ_URL", stack.queues["AudiencesDeadLetterQueue"])
+    result = cli("dlq", "redrive", "--queue", queue)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the dead-letter queue is empty (")
+    assert "moved" not in result.stdout
+
+
 def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, stack: Stack) -> None:
     for n in range(13):
         dead_letter(stack, json.dumps({"n": n}), "impression 0: segment_rejected")
