@@ -7,6 +7,7 @@ Each command group lives in its own module under ``fme_bridge.commands`` and exp
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Annotated, Any
 
 import typer
@@ -54,8 +55,25 @@ def describe_error(exc: BaseException, endpoint_url: str | None = None) -> str |
     return None
 
 
+def _unwrapped(help_text: str) -> str:
+    """The paragraphs of a docstring as one line each: the help wraps them to the terminal's width
+    (Typer keeps a docstring's own line breaks after its first paragraph)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(help_text).split("\n\n"))
+
+
+def _unwrap_help(command: Any) -> None:  # a click command or group (Typer's own click)
+    if command.help:
+        command.help = _unwrapped(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _unwrap_help(sub)
+
+
 class _OneLineErrors(TyperGroup):
     """Turns the failures of any command into one red line on stderr and exit status 1."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        _unwrap_help(self)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
         try:

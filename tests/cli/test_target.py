@@ -160,3 +160,16 @@ def test_an_endpoint_that_does_not_answer_as_aws_does_is_named_as_the_likely_mis
 def test_a_bare_status_from_aws_itself_gets_no_endpoint_hint() -> None:
     error = ClientError({"Error": {"Code": "503", "Message": "Service Unavailable"}}, "GetParametersByPath")
     assert describe_error(error) == "AWS GetParametersByPath failed: 503: Service Unavailable"
+
+
+def test_help_wraps_each_paragraph_of_a_docstring_to_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A docstring's own line breaks do not reach the help: its paragraphs are wrapped to the width."""
+    monkeypatch.setenv("COLUMNS", "300")
+    result = CliRunner().invoke(app, ["config", "audience", "backfill", "--help"])
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert (
+        "Entries and exits are synced to Segment and stored as the audiences functions do it; running it "
+        "again changes nothing that is already right. Finding the identities scans the events, identities "
+        "and profiles tables once."
+    ) in lines
