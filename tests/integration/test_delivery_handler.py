@@ -6,6 +6,7 @@ moto for AWS (tables, queue, SSM, Secrets Manager from template.yaml), the loopb
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -854,3 +855,112 @@ def test_a_retried_identity_batch_does_not_save_the_same_version_again(
     assert invoke(stream_event(third), lambda_context) == {"batchItemFailures": []}
 
     assert [u.values["plan"] for u in sink.identity_updates] == ["pro", "free", "pro"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The delivery's own AWS dependencies failing: records are handed back to the stream, never dropped
+
+
+def _break(fault: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make one of the delivery's dependencies fail; the returned function mends it."""
+    from shared import config
+    from shared.delivery.delivery_log import DeliveryLog
+    from shared.delivery.failure_queue import FailureQueue
+
+    broken = [True]
+    if fault == "config":  # SSM / Secrets Manager throttling or down
+        fetch = config._fetch
+
+        def unavailable(kind: str, name: str, *args: Any, **kwargs: Any) -> str:
+            if broken:
+                raise config.ConfigUnavailable(f"{name}: ThrottlingException")
+            return fetch(kind, name, *args, **kwargs)
+
+        monkeypatch.setattr(config, "_fetch", unavailable)
+    else:
+        cls, method = (DeliveryLog, "settled") if fault == "delivery_log" else (FailureQueue, "send")
+        original = getattr(cls, method)
+
+        def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if broken:
+                raise RuntimeError(f"{cls.__name__} unavailable: ServiceUnavailable")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, failing)
+    return broken.clear
+
+
+@pytest.mark.parametrize("fault", ["config", "delivery_log"])
+def test_events_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_read(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    connect(sink)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(2)
+    ]
+    mend = _break(fault, monkeypatch)
+
+    response = invoke(stream_event(*records), lambda_context)
+
+    assert failed_ids(response) == [r["dynamodb"]["SequenceNumber"] for r in records]
+    assert sink.events == []
+    mend()
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+    assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1"]
+
+
+@pytest.mark.parametrize("fault", ["config", "delivery_log"])
+def test_identity_changes_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_read(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    connect(sink)
+    record = stream_record(
+        stack.tables["IdentitiesTable"],
+        identity_item("u1", {"plan": "pro"}),
+        view="NEW_AND_OLD_IMAGES",
+        key_names=("pk",),
+    )
+    mend = _break(fault, monkeypatch)
+
+    response = invoke(stream_event(record), lambda_context)
+
+    assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
+    assert sink.identity_updates == []
+    mend()
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+    assert len(sink.identity_updates) == 1
+
+
+def test_a_refused_event_is_handed_back_while_the_failure_queue_is_down_and_queued_once_it_is_up(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(sink)
+    good = stream_record(events_table(stack), event_item("u0", timestamp=1764061200000))
+    bad = stream_record(events_table(stack), event_item("x" * 251))  # FME refuses keys over 250 characters
+    mend = _break("failure_queue", monkeypatch)
+
+    response = invoke(stream_event(good, bad), lambda_context)
+
+    assert failed_ids(response) == [bad["dynamodb"]["SequenceNumber"]]
+    assert [e.event["key"] for e in sink.events] == ["u0"]
+    assert failure_messages(stack) == []
+    mend()
+    # Lambda retries from the failed record on.
+    assert invoke(stream_event(bad), lambda_context) == {"batchItemFailures": []}
+    [message] = failure_messages(stack)
+    assert [i["event"]["key"] for i in message["items"]] == ["x" * 251]
+    assert [e.event["key"] for e in sink.events] == ["u0"]

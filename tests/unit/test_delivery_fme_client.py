@@ -101,6 +101,7 @@ def test_identities_fme_lists_as_failed_get_their_own_outcome() -> None:
         "failed": [
             {"object": {"key": "u2"}, "status": 400, "message": "bad attribute"},
             {"object": {"key": "u3"}, "status": 503, "message": "try later"},
+            {"object": {"key": "u4"}, "message": "no status: refused, not retried forever"},
         ],
         "metadata": {},
     }
@@ -111,7 +112,7 @@ def test_identities_fme_lists_as_failed_get_their_own_outcome() -> None:
             "k",
             "user",
             "Production",
-            [(k, FmeIdentity(key=k, values={"a": "b"})) for k in ("u1", "u2", "u3")],
+            [(k, FmeIdentity(key=k, values={"a": "b"})) for k in ("u1", "u2", "u3", "u4")],
         ),
     )
     by_key = {o.payload.key: o for o in outcomes}
@@ -119,6 +120,42 @@ def test_identities_fme_lists_as_failed_get_their_own_outcome() -> None:
     assert by_key["u2"].outcome is Outcome.PERMANENT
     assert "bad attribute" in by_key["u2"].reason
     assert by_key["u3"].outcome is Outcome.TRANSIENT
+    assert (by_key["u4"].outcome, by_key["u4"].status) == (Outcome.PERMANENT, 400)
+
+
+def test_save_identities_escapes_traffic_type_and_environment_in_the_path() -> None:
+    _, requests = run(
+        lambda r: httpx.Response(200, json={"objects": [], "failed": [], "metadata": {}}),
+        lambda c: c.save_identities(
+            "http://fme/internal/api/v2", "k", "a/b c", "Prod?#1", [("a", FmeIdentity(key="u1", values={}))]
+        ),
+    )
+    [request] = requests
+    assert (
+        request.url.raw_path == b"/internal/api/v2/trafficTypes/a%2Fb%20c/environments/Prod%3F%231/identities"
+    )
+
+
+@pytest.mark.parametrize(("kind", "count", "per_request"), [("events", 2001, 1000), ("identities", 201, 100)])
+def test_requests_carry_at_most_1000_events_or_100_identities(
+    kind: str, count: int, per_request: int
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if kind == "events":
+            return httpx.Response(202)
+        return httpx.Response(
+            200, json={"objects": json.loads(request.content), "failed": [], "metadata": {}}
+        )
+
+    def call(c: FmeClient) -> Any:
+        if kind == "events":
+            return c.send_events("http://fme", "k", [(str(i), event(f"u{i}")) for i in range(count)])
+        identities = [(str(i), FmeIdentity(key=f"u{i}", values={"a": "b"})) for i in range(count)]
+        return c.save_identities("http://fme", "k", "user", "Production", identities)
+
+    outcomes, requests = run(handler, call)
+    assert sorted(len(json.loads(r.content)) for r in requests) == [1, per_request, per_request]
+    assert {o.outcome for o in outcomes} == {Outcome.DELIVERED}
 
 
 def test_requests_stay_within_the_count_and_byte_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,13 +179,15 @@ def test_chunks_always_move_forward_even_with_an_item_over_the_byte_bound() -> N
     assert [list(r) for r in chunks(sizes, max_items=10, max_bytes=100)] == [[0], [1], [2]]
 
 
-def test_a_refused_bulk_request_is_halved_until_the_refused_event_is_alone() -> None:
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_refused_bulk_request_is_halved_until_the_refused_event_is_alone(status: int) -> None:
+    """400 (an event FME objects to) and 413 (too large as a whole) are both answered by halving."""
     accepted: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         keys = [e["key"] for e in json.loads(request.content)]
         if "bad" in keys:
-            return httpx.Response(400, json={"code": 400, "message": "invalid key"})
+            return httpx.Response(status, json={"code": status, "message": "refused"})
         accepted.extend(keys)
         return httpx.Response(202)
 
@@ -157,7 +196,7 @@ def test_a_refused_bulk_request_is_halved_until_the_refused_event_is_alone() -> 
 
     by_id = {o.item_id: o for o in outcomes}
     assert by_id["5"].outcome is Outcome.PERMANENT
-    assert by_id["5"].status == 400
+    assert by_id["5"].status == status
     assert all(by_id[str(i)].outcome is Outcome.DELIVERED for i in range(8) if i != 5)
     assert sorted(accepted) == sorted(f"u{i}" for i in range(8) if i != 5)  # each good event once
     assert len(requests) == 7  # 1 + 2 + 2 + 2 halvings down to the bad event, not one per event
