@@ -105,6 +105,27 @@ def test_redrive_resends_refused_events_once_the_key_is_fixed(
     assert len(sink.events) == 1
 
 
+def test_a_message_redriven_again_does_not_resend_the_events_fme_accepted_the_first_time(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    """FME does not deduplicate: of a message kept for one refused event, a second redrive sends
+    only that one again."""
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    table = stack.tables["EventsTable"]
+    good = stream_record(table, event_item("u1"))
+    bad = stream_record(table, event_item("x" * 251, timestamp=1764061200001))  # FME refuses it
+    invoke(stream_event(good, bad), lambda_context)
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+
+    first = cli("delivery", "redrive")
+    assert first.exit_code == 1  # the message is kept for the refused event
+    assert [e.event["key"] for e in sink.events] == ["u1"]
+    again = cli("delivery", "redrive")
+    assert again.exit_code == 1
+    assert "0 message(s) delivered and removed, 1 kept" in again.output
+    assert [e.event["key"] for e in sink.events] == ["u1"]
+
+
 def test_redrive_reaches_the_messages_behind_those_it_keeps(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
@@ -399,6 +420,32 @@ def test_redrive_reads_a_stream_batch_lambda_gave_up_on(
     result = cli("delivery", "redrive")
 
     assert result.exit_code == 0, result.output
+    assert [e.event["key"] for e in sink.events] == ["u7"]
+    assert failure_messages(stack) == []
+
+
+def test_a_given_up_stream_batch_still_failing_on_redrive_is_kept_until_it_is_delivered(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fme_bridge.commands import delivery as delivery_commands
+
+    monkeypatch.setattr(delivery_commands, "_REDRIVE_SECONDS_PER_MESSAGE", 1)  # FME's 503s until then
+    connect(sink)
+    give_up_on(stack, event_item("u7"))
+    sink.fail_next(1000, 503)
+
+    failing = cli("delivery", "redrive")
+
+    assert failing.exit_code == 1
+    assert "0 message(s) delivered and removed, 1 kept" in failing.output
+    assert sink.events == []
+    sink.clear_faults()
+    delivered = cli("delivery", "redrive")
+    assert delivered.exit_code == 0, delivered.output
     assert [e.event["key"] for e in sink.events] == ["u7"]
     assert failure_messages(stack) == []
 
