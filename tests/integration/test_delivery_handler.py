@@ -374,6 +374,29 @@ def test_connections_without_delivery_keep_their_events_local(
     assert metrics["EventsSkippedDeliveryOff"] == [2.0]
 
 
+def test_connections_without_delivery_keep_their_identities_local(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    connect(sink, connection_id="nodelivery", enabled=False)
+    record = stream_record(
+        stack.tables["IdentitiesTable"],
+        identity_item("u1", {"plan": "pro"}, connection_id="nodelivery"),
+        view="NEW_AND_OLD_IMAGES",
+        key_names=("pk",),
+    )
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    assert failure_messages(stack) == []
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["IdentitiesSkippedDeliveryOff"] == [1.0]
+
+
 @pytest.mark.usefixtures("delivery_env")
 def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
     stack: Stack, sink: FmeSink, lambda_context: Any, capsys: pytest.CaptureFixture[str]
@@ -397,10 +420,13 @@ def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
     assert metrics["IdentityAttributesDropped"] == [3.0]  # both names set, one changed; none touched
 
 
+@pytest.mark.parametrize("first", ["events", "identities"])
+@pytest.mark.parametrize("refusal", [401, 403])
 def test_rotated_keys_are_read_again_when_fme_refuses_the_cached_ones(
-    delivery_env: dict[str, str], stack: Stack, lambda_context: Any
+    delivery_env: dict[str, str], stack: Stack, lambda_context: Any, first: str, refusal: int
 ) -> None:
-    """The keys secret is cached like the configs; a key FME no longer takes is not the last word."""
+    """The keys secret is cached like the configs; a key FME no longer takes (401, or 403) is not
+    the last word, for events and identities alike."""
     with FmeSink(sdk_keys=[SDK_KEY], admin_keys=[ADMIN_KEY]) as fme:
         connect(fme)
         invoke(stream_event(stream_record(events_table(stack), event_item("u0"))), lambda_context)
@@ -408,6 +434,8 @@ def test_rotated_keys_are_read_again_when_fme_refuses_the_cached_ones(
         # Rotation: new keys in the secret, the old ones revoked in FME.
         put_secret("inbound/webshop/fme", json.dumps({"sdkKey": "sdk-new", "adminKey": "admin-new"}))
         fme.sdk_keys, fme.admin_keys = {"sdk-new"}, {"admin-new"}
+        if refusal == 403:  # the sink answers a revoked key 401; FME may answer 403
+            fme.fail_next(1, 403)
 
         records = [
             stream_record(events_table(stack), event_item("u1", timestamp=1764061200001)),
@@ -418,7 +446,7 @@ def test_rotated_keys_are_read_again_when_fme_refuses_the_cached_ones(
                 key_names=("pk",),
             ),
         ]
-        for record in records:
+        for record in records if first == "events" else records[::-1]:
             assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
 
         assert [e.event["key"] for e in fme.events] == ["u0", "u1"]
