@@ -6,6 +6,7 @@ moto for AWS (tables, queue, SSM, Secrets Manager from template.yaml), the loopb
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -724,6 +725,11 @@ def test_an_identity_fme_lists_as_failed_goes_to_the_failure_queue(
     }
     assert "attribute limit" in message["reason"]
 
+    # The stream retries the batch (a later record failed, say): nothing is saved or queued twice.
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+    assert [u.key for u in sink.identity_updates] == ["u1"]
+    assert failure_messages(stack) == []
+
 
 def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
@@ -748,8 +754,14 @@ def test_delivery_status_is_recorded_per_connection(
     from shared.delivery.delivery_log import DeliveryLog
 
     connect(sink)
+    now_ms = int(time.time() * 1000)
+    # Received a minute and a second ago: the latency is the older one's, from receipt to FME.
     records = [
-        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(2)
+        stream_record(
+            events_table(stack),
+            event_item(f"u{i}", timestamp=1764061200000 + i, received_at=now_ms - ago_ms),
+        )
+        for i, ago_ms in enumerate((1_000, 60_000))
     ]
     invoke(stream_event(*records), lambda_context)
 
@@ -758,6 +770,8 @@ def test_delivery_status_is_recorded_per_connection(
     assert status.events_delivered == 2
     assert status.last_delivered_at is not None
     assert status.retrying_since is None
+    assert status.last_latency_ms is not None
+    assert 60_000 <= status.last_latency_ms < 120_000
 
 
 def test_the_delivery_log_finds_acknowledgements_beyond_one_batch_get(
