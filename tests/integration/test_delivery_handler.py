@@ -983,16 +983,22 @@ def test_identity_changes_are_handed_back_while_the_config_or_the_delivery_log_c
     assert len(sink.identity_updates) == 1
 
 
+@pytest.mark.parametrize("why", ["fme_refused", "malformed"])
 def test_a_refused_event_is_handed_back_while_the_failure_queue_is_down_and_queued_once_it_is_up(
     delivery_env: dict[str, str],
     stack: Stack,
     sink: FmeSink,
     lambda_context: Any,
     monkeypatch: pytest.MonkeyPatch,
+    why: str,
 ) -> None:
     connect(sink)
     good = stream_record(events_table(stack), event_item("u0", timestamp=1764061200000))
-    bad = stream_record(events_table(stack), event_item("x" * 251))  # FME refuses keys over 250 characters
+    if why == "fme_refused":  # FME refuses keys over 250 characters
+        bad = stream_record(events_table(stack), event_item("x" * 251))
+    else:  # an item the bridge cannot read as an event
+        item = {k: v for k, v in event_item("x" * 251).items() if k != "eventTypeId"}
+        bad = stream_record(events_table(stack), item)
     mend = _break("failure_queue", monkeypatch)
 
     response = invoke(stream_event(good, bad), lambda_context)
@@ -1004,5 +1010,5 @@ def test_a_refused_event_is_handed_back_while_the_failure_queue_is_down_and_queu
     # Lambda retries from the failed record on.
     assert invoke(stream_event(bad), lambda_context) == {"batchItemFailures": []}
     [message] = failure_messages(stack)
-    assert [i["event"]["key"] for i in message["items"]] == ["x" * 251]
+    assert [(i.get("event") or i.get("item"))["key"] for i in message["items"]] == ["x" * 251]
     assert [e.event["key"] for e in sink.events] == ["u0"]
