@@ -932,55 +932,44 @@ def _break(fault: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     return broken.clear
 
 
+@pytest.mark.parametrize("kind", ["events", "identities"])
 @pytest.mark.parametrize("fault", ["config", "delivery_log"])
-def test_events_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_read(
+def test_records_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_read(
     delivery_env: dict[str, str],
     stack: Stack,
     sink: FmeSink,
     lambda_context: Any,
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
+    kind: str,
 ) -> None:
     connect(sink)
-    records = [
-        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(2)
-    ]
+    if kind == "events":
+        records = [
+            stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i))
+            for i in range(2)
+        ]
+    else:
+        identities = stack.tables["IdentitiesTable"]
+        records = [
+            stream_record(
+                identities,
+                identity_item(f"u{i}", {"plan": "pro"}),
+                view="NEW_AND_OLD_IMAGES",
+                key_names=("pk",),
+            )
+            for i in range(2)
+        ]
     mend = _break(fault, monkeypatch)
 
     response = invoke(stream_event(*records), lambda_context)
 
     assert failed_ids(response) == [r["dynamodb"]["SequenceNumber"] for r in records]
-    assert sink.events == []
+    assert (sink.events, sink.identity_updates) == ([], [])
     mend()
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
-    assert sorted(e.event["key"] for e in sink.events) == ["u0", "u1"]
-
-
-@pytest.mark.parametrize("fault", ["config", "delivery_log"])
-def test_identity_changes_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_read(
-    delivery_env: dict[str, str],
-    stack: Stack,
-    sink: FmeSink,
-    lambda_context: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    fault: str,
-) -> None:
-    connect(sink)
-    record = stream_record(
-        stack.tables["IdentitiesTable"],
-        identity_item("u1", {"plan": "pro"}),
-        view="NEW_AND_OLD_IMAGES",
-        key_names=("pk",),
-    )
-    mend = _break(fault, monkeypatch)
-
-    response = invoke(stream_event(record), lambda_context)
-
-    assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
-    assert sink.identity_updates == []
-    mend()
-    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
-    assert len(sink.identity_updates) == 1
+    keys = [e.event["key"] for e in sink.events] + [u.key for u in sink.identity_updates]
+    assert sorted(keys) == ["u0", "u1"]
 
 
 @pytest.mark.parametrize("why", ["fme_refused", "malformed"])
