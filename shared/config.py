@@ -62,6 +62,14 @@ EnvironmentName = Annotated[NonEmpty, AfterValidator(_no_hash)]
 FieldPath = Annotated[str, Field(pattern=r"^[^.]+(\.[^.]+)*$", max_length=200)]
 # An FME event type id, once spaces have become "_".
 EVENT_TYPE_ID_PATTERN = r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}"
+_EVENT_TYPE_ID = re.compile(EVENT_TYPE_ID_PATTERN)
+
+
+def as_event_type_id(name: str) -> str | None:
+    """``name`` as the bridge stores it as an FME event type id (spaces become ``_``: a track's
+    ``Order Completed`` is ``Order_Completed``), or None when FME would not take it."""
+    candidate = name.replace(" ", "_")
+    return candidate if _EVENT_TYPE_ID.fullmatch(candidate) else None
 
 
 class ConfigError(Exception):
@@ -135,7 +143,7 @@ class InboundConfig(_Model):
         sample = value.replace("{name}", "x")
         if "{" in sample or "}" in sample:
             raise ValueError("the only placeholder is {name}")
-        if not re.fullmatch(EVENT_TYPE_ID_PATTERN, sample.replace(" ", "_")):
+        if as_event_type_id(sample) is None:
             raise ValueError(
                 "must make FME event type ids: letters, digits, '-', '_', '.', ':' (spaces become '_'), "
                 "starting with a letter or digit"

@@ -20,10 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import EVENT_TYPE_ID_PATTERN, TRAFFIC_TYPE_NAME_PATTERN, InboundConfig
+from shared.config import TRAFFIC_TYPE_NAME_PATTERN, InboundConfig, as_event_type_id
 from shared.inbound.messages import SegmentMessage, compact_json
 
-EVENT_TYPE_ID = re.compile(EVENT_TYPE_ID_PATTERN)
 TRAFFIC_TYPE_NAME = re.compile(TRAFFIC_TYPE_NAME_PATTERN)
 MAX_KEY_LENGTH = 250
 MAX_ATTRIBUTE_STRING = 255
@@ -240,10 +239,8 @@ def event_type_id(raw: Any) -> str | DropReason:
         return DropReason.MISSING_EVENT_TYPE_ID
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         return DropReason.INVALID_EVENT_TYPE_ID
-    candidate = str(raw).replace(" ", "_")
-    if not EVENT_TYPE_ID.fullmatch(candidate):
-        return DropReason.INVALID_EVENT_TYPE_ID
-    return candidate
+    stored = as_event_type_id(str(raw))
+    return DropReason.INVALID_EVENT_TYPE_ID if stored is None else stored
 
 
 def numeric_value(raw: Any) -> int | float | None:

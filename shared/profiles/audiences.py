@@ -34,7 +34,14 @@ from pydantic import (
     field_validator,
 )
 
-from shared.config import EVENT_TYPE_ID_PATTERN, EnvironmentName, NonEmpty, TrafficTypeName, parse_config
+from shared.config import (
+    EVENT_TYPE_ID_PATTERN,
+    EnvironmentName,
+    NonEmpty,
+    TrafficTypeName,
+    as_event_type_id,
+    parse_config,
+)
 
 DAY_MS = 86_400_000
 MAX_DEPTH = 8
@@ -47,8 +54,8 @@ AUDIENCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 def _event_type_id(value: str) -> str:
     """The event as stored: a rule may name it as Segment sends it (``Order Completed``), since the
     webhook stores a track's event with its spaces as ``_`` (``Order_Completed``)."""
-    stored = value.replace(" ", "_")
-    if re.fullmatch(EVENT_TYPE_ID_PATTERN, stored):
+    stored = as_event_type_id(value)
+    if stored is not None:
         return stored
     raise ValueError(f"must be an FME event type id (matching ^{EVENT_TYPE_ID_PATTERN}$)")
 
