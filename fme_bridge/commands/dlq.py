@@ -165,13 +165,14 @@ def redrive(
     tgt = target(ctx)
     sqs = tgt.client("sqs")
     dead_letters, source = QUEUES[queue]
-    if source is None:
-        _settle_audiences(tgt, sqs, tgt.queue_url(dead_letters))
-        return
-    dlq_url, source_url = tgt.queue_url(dead_letters), tgt.queue_url(source)
+    dlq_url = tgt.queue_url(dead_letters)
+    source_url = tgt.queue_url(source) if source is not None else None
     total = queue_depth(sqs, dlq_url)
     if total == 0:
         out.print(f"the dead-letter queue is empty ({dlq_url})", soft_wrap=True)
+        return
+    if source_url is None:
+        _settle_audiences(tgt, sqs, dlq_url)
         return
     wanted = min(total, limit) if limit else total
     moved = 0
@@ -219,9 +220,6 @@ def redrive(
 
 
 def _settle_audiences(tgt: Target, sqs: Any, dlq_url: str) -> None:
-    if queue_depth(sqs, dlq_url) == 0:
-        out.print(f"the dead-letter queue is empty ({dlq_url})", soft_wrap=True)
-        return
     started_ms = int(time.time() * 1000)
     with out.status("evaluating every audience for every stored identity…"):
         report = reevaluate_every_audience(tgt)
