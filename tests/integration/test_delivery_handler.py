@@ -356,46 +356,38 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
         assert len(sink.events) == 1
 
 
-def test_connections_without_delivery_keep_their_events_local(
+@pytest.mark.parametrize("kind", ["events", "identities"])
+def test_connections_without_delivery_keep_their_records_local(
     delivery_env: dict[str, str],
     stack: Stack,
     sink: FmeSink,
     lambda_context: Any,
     capsys: pytest.CaptureFixture[str],
+    kind: str,
 ) -> None:
     connect(sink, connection_id="nodelivery", enabled=False)
-    record = stream_record(events_table(stack), event_item("u1", connection_id="nodelivery"))
-    unknown = stream_record(events_table(stack), event_item("u2", connection_id="deleted-connection"))
+    if kind == "events":
+        records = [
+            stream_record(events_table(stack), event_item("u1", connection_id="nodelivery")),
+            stream_record(events_table(stack), event_item("u2", connection_id="deleted-connection")),
+        ]
+    else:
+        records = [
+            stream_record(
+                stack.tables["IdentitiesTable"],
+                identity_item("u1", {"plan": "pro"}, connection_id="nodelivery"),
+                view="NEW_AND_OLD_IMAGES",
+                key_names=("pk",),
+            )
+        ]
 
-    assert invoke(stream_event(record, unknown), lambda_context) == {"batchItemFailures": []}
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
 
     assert sink.requests == []
     assert failure_messages(stack) == []
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["EventsSkippedDeliveryOff"] == [2.0]
-
-
-def test_connections_without_delivery_keep_their_identities_local(
-    delivery_env: dict[str, str],
-    stack: Stack,
-    sink: FmeSink,
-    lambda_context: Any,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    connect(sink, connection_id="nodelivery", enabled=False)
-    record = stream_record(
-        stack.tables["IdentitiesTable"],
-        identity_item("u1", {"plan": "pro"}, connection_id="nodelivery"),
-        view="NEW_AND_OLD_IMAGES",
-        key_names=("pk",),
-    )
-
-    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
-
-    assert sink.requests == []
-    assert failure_messages(stack) == []
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["IdentitiesSkippedDeliveryOff"] == [1.0]
+    skipped = "EventsSkippedDeliveryOff" if kind == "events" else "IdentitiesSkippedDeliveryOff"
+    assert metrics[skipped] == [float(len(records))]
 
 
 @pytest.mark.usefixtures("delivery_env")
