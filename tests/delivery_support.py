@@ -70,6 +70,18 @@ def stream_record(
     }
 
 
+def identity_record(
+    table_name: str,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    event_name: str | None = None,
+) -> dict[str, Any]:
+    """A record of the identities table's stream (keyed by ``pk``, new and old images)."""
+    return stream_record(
+        table_name, new, old, event_name=event_name, view="NEW_AND_OLD_IMAGES", key_names=("pk",)
+    )
+
+
 def stream_event(*records: dict[str, Any]) -> dict[str, Any]:
     return {"Records": list(records)}
 

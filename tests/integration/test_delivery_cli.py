@@ -25,6 +25,7 @@ from tests.delivery_support import (
     event_item,
     failure_messages,
     identity_item,
+    identity_record,
     invoke,
     store,
     stream_arn,
@@ -548,11 +549,9 @@ def refuse_then_change(stack: Stack, sink: FmeSink, lambda_context: Any) -> None
     table = stack.tables["IdentitiesTable"]
     old = store(table, identity_item("u1", {"plan": "free"}, updated_at=1764061200000))
     sink.fail_next(1, 403, path_contains="identities")
-    invoke(
-        stream_event(stream_record(table, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))), lambda_context
-    )
+    invoke(stream_event(identity_record(table, old)), lambda_context)
     new = store(table, identity_item("u1", {"plan": "pro"}, updated_at=1764061300000))
-    record = stream_record(table, new, old=old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+    record = identity_record(table, new, old=old)
     invoke(stream_event(record), lambda_context)
     assert [u.values for u in sink.identity_updates] == [{"plan": "pro"}]
 

@@ -26,6 +26,7 @@ from tests.delivery_support import (
     failed_ids,
     failure_messages,
     identity_item,
+    identity_record,
     invoke,
     sample_event,
     stream_event,
@@ -400,9 +401,9 @@ def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
     renamed = identity_item("u1", {"First Name": "Bob", "$plan": "pro"}, updated_at=1764061300000)
     touched = identity_item("u1", {"First Name": "Bob", "$plan": "pro"}, updated_at=1764061400000)
     records = [
-        stream_record(table, inserted, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
-        stream_record(table, renamed, inserted, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
-        stream_record(table, touched, renamed, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
+        identity_record(table, inserted),
+        identity_record(table, renamed, inserted),
+        identity_record(table, touched, renamed),
     ]
 
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
@@ -560,10 +561,8 @@ def test_an_identity_item_that_is_not_deliverable_goes_to_the_failure_queue_with
     table = stack.tables["IdentitiesTable"]
     broken = {k: v for k, v in identity_item("u1", {"plan": "pro"}).items() if k != "trafficTypeName"}
     records = [
-        stream_record(table, broken, view="NEW_AND_OLD_IMAGES", key_names=("pk",)),
-        stream_record(
-            table, identity_item("u2", {"plan": "free"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-        ),
+        identity_record(table, broken),
+        identity_record(table, identity_item("u2", {"plan": "free"})),
     ]
 
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}  # permanent
@@ -620,7 +619,7 @@ def test_removing_the_last_value_fme_takes_reaches_fme_as_removing_one_of_severa
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
     assert sorted((u.key, u.values) for u in sink.identity_updates) == [("u1", {}), ("u2", {"age": "3"})]
     # A new identity without such a value has nothing to create.
-    new = stream_record(table, identity_item("u3", {}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
+    new = identity_record(table, identity_item("u3", {}))
     assert invoke(stream_event(new), lambda_context) == {"batchItemFailures": []}
     assert len(sink.identity_updates) == 2
 
@@ -634,7 +633,7 @@ def test_identity_records_without_attribute_changes_are_not_sent(
     new = identity_item("u1", {"plan": "pro"}, updated_at=2)  # only the timestamps moved
 
     assert invoke(
-        stream_event(stream_record(table, new, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",))),
+        stream_event(identity_record(table, new, old)),
         lambda_context,
     ) == {"batchItemFailures": []}
 
@@ -647,9 +646,7 @@ def test_identities_are_grouped_per_traffic_type_and_coalesced(
     connect(sink)
     table = stack.tables["IdentitiesTable"]
     records = [
-        stream_record(
-            table, identity_item("u1", {"plan": "free"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-        ),
+        identity_record(table, identity_item("u1", {"plan": "free"})),
         stream_record(
             table,
             identity_item("u1", {"plan": "pro"}, updated_at=2),
@@ -682,9 +679,7 @@ def test_without_an_admin_key_identities_stay_local(
 ) -> None:
     connect(sink, keys={"sdkKey": SDK_KEY})
     table = stack.tables["IdentitiesTable"]
-    record = stream_record(
-        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-    )
+    record = identity_record(table, identity_item("u1", {"plan": "pro"}))
 
     assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
 
@@ -698,10 +693,7 @@ def test_an_identity_fme_lists_as_failed_goes_to_the_failure_queue(
     connect(sink)
     sink.refuse_identity("u2", 400, "traffic type attribute limit reached")
     table = stack.tables["IdentitiesTable"]
-    records = [
-        stream_record(table, identity_item(k, {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",))
-        for k in ("u1", "u2")
-    ]
+    records = [identity_record(table, identity_item(k, {"plan": "pro"})) for k in ("u1", "u2")]
 
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
 
@@ -729,9 +721,7 @@ def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
     connect(sink)
     sink.fail_next(1000, 502)
     table = stack.tables["IdentitiesTable"]
-    record = stream_record(
-        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-    )
+    record = identity_record(table, identity_item("u1", {"plan": "pro"}))
 
     response = invoke(stream_event(record), lambda_context, seconds=1.8)
 
@@ -864,9 +854,7 @@ def test_a_retried_identity_batch_does_not_save_the_same_version_again(
 ) -> None:
     connect(sink)
     table = stack.tables["IdentitiesTable"]
-    first = stream_record(
-        table, identity_item("u1", {"plan": "pro"}), view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-    )
+    first = identity_record(table, identity_item("u1", {"plan": "pro"}))
     assert invoke(stream_event(first), lambda_context) == {"batchItemFailures": []}
     # The plan goes back and forth: a later version with earlier values is a new version.
     second = stream_record(

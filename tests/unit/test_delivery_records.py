@@ -17,7 +17,7 @@ from shared.delivery.records import (
     stored_event,
 )
 from shared.dynamodb import table_of, to_python
-from tests.delivery_support import event_item, identity_item, stream_record
+from tests.delivery_support import event_item, identity_item, identity_record, stream_record
 
 
 def record(raw: dict) -> DynamoDBRecord:
@@ -103,9 +103,7 @@ def test_attribute_names_fme_refuses_are_dropped_and_reported() -> None:
 def test_identity_change_carries_all_current_values_when_one_changed() -> None:
     old = identity_item("u1", {"plan": "free", "name": "Ann"}, updated_at=1)
     new = identity_item("u1", {"plan": "pro", "name": "Ann"}, updated_at=2)
-    change = identity_change(
-        record(stream_record("ids", new, old, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
-    )
+    change = identity_change(record(identity_record("ids", new, old)))
     assert change is not None
     assert change.identity.model_dump() == {"key": "u1", "values": {"plan": "pro", "name": "Ann"}}
     assert (change.environment, change.traffic_type, change.connection_id) == (
@@ -118,9 +116,7 @@ def test_identity_change_carries_all_current_values_when_one_changed() -> None:
 def test_identity_versions_have_distinct_ack_ids() -> None:
     def change(plan: str, at: int):
         item = identity_item("u1", {"plan": plan}, updated_at=at)
-        return identity_change(
-            record(stream_record("ids", item, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
-        )
+        return identity_change(record(identity_record("ids", item)))
 
     assert change("pro", 1).ack_id == change("pro", 1).ack_id
     assert change("pro", 1).ack_id != change("pro", 3).ack_id  # the same values again later
@@ -129,23 +125,9 @@ def test_identity_versions_have_distinct_ack_ids() -> None:
 
 def test_identity_removal_and_unchanged_attributes_are_not_changes() -> None:
     item = identity_item("u1", {"plan": "pro"})
-    assert (
-        identity_change(
-            record(
-                stream_record(
-                    "ids", None, item, event_name="REMOVE", view="NEW_AND_OLD_IMAGES", key_names=("pk",)
-                )
-            )
-        )
-        is None
-    )
+    assert identity_change(record(identity_record("ids", None, item, event_name="REMOVE"))) is None
     touched = {**item, "updatedAt": item["updatedAt"] + 1}
-    assert (
-        identity_change(
-            record(stream_record("ids", touched, item, view="NEW_AND_OLD_IMAGES", key_names=("pk",)))
-        )
-        is None
-    )
+    assert identity_change(record(identity_record("ids", touched, item))) is None
 
 
 def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() -> None:
