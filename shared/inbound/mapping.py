@@ -457,6 +457,10 @@ class _Mapper:
         attributes, cut = normalize_attributes(traits, skip=skip)
         self.out.strings_cut += cut
         sent = message.sent_time_ms()
+        # A group call's messageId is remembered with its type, as its events' keys carry it:
+        # Segment's own spec examples give an identify and a group call one messageId and time.
+        kind = message.type.lower()
+        remembered_as = message_id if kind == "identify" else f"{message_id}#{kind}"
         for traffic_type, key in self.valid_targets(index, targets):
             self.out.identities.append(
                 IdentityUpdate(
@@ -466,7 +470,7 @@ class _Mapper:
                     key=key,
                     attributes=attributes,
                     timestamp=self.now_ms if sent is None else sent,
-                    messageId=message_id,
+                    messageId=remembered_as,
                     untimed=sent is None,
                 )
             )

@@ -343,6 +343,32 @@ def test_group_with_traits_split_identifies_the_account(webhook: Webhook) -> Non
     }
 
 
+@pytest.mark.parametrize("one_body", [False, True], ids=["two-requests", "one-body"])
+def test_an_identify_and_a_group_with_one_message_id_and_time_both_apply(
+    webhook: Webhook, one_body: bool
+) -> None:
+    """Segment's spec examples give an identify and a group call one messageId and timestamp: the
+    group's traits are not taken for a redelivery of the identify."""
+    identify = segment_message("identify", anonymousId=None)
+    group = segment_message("group_split", traits={"split": {"user": identify["userId"]}, "industry": "Tech"})
+    assert (identify["messageId"], identify["timestamp"]) == (group["messageId"], group["timestamp"])
+
+    if one_body:
+        answer = webhook.post([identify, group]).body
+        assert (answer["stored"], answer["duplicate"], answer["identities"]) == (2, 0, 1), answer
+    else:
+        webhook.post(identify)
+        answer = webhook.post(group).body
+        assert (answer["stored"], answer["duplicate"], answer["identities"]) == (1, 0, 1), answer
+
+    attributes = webhook.identity("user", identify["userId"])["attributes"]
+    assert attributes["industry"] == "Tech"
+    assert attributes["email"] == identify["traits"]["email"]
+    # Each is still recognised when Segment sends it again.
+    again = webhook.post([identify, group]).body
+    assert (again["stored"], again["duplicate"], again["identities"]) == (0, 2, 0), again
+
+
 class RacingIdentitiesTable(IdentitiesTable):
     """Another request updates the identity between this request's read and its write."""
 
