@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,9 +164,13 @@ class LastTreatmentSync:
         changed = [o for o in outcomes if o.changed]
         report.changed = len(changed)
 
-        failed_slots = self._send_identifies(router.destinations, changed, by_destination)
-        self._note_sync(changed, outcomes, failed_slots, self._time_for_notes)
-        self.recorder.remember([o for o in outcomes if (o.record.pk, o.record.split) not in failed_slots])
+        failed_slots, refused_slots = self._send_identifies(router.destinations, changed, by_destination)
+        # A refused change stays owed as a failed one does, without a retry (Segment would refuse it
+        # again): once the config is fixed, the next write of the flag, or the redrive of the track
+        # calls' dead letters, sends it.
+        owed = failed_slots.keys() | refused_slots
+        self._note_sync(changed, outcomes, owed, self._time_for_notes)
+        self.recorder.remember([o for o in outcomes if (o.record.pk, o.record.split) not in owed])
         for slot, reason in failed_slots.items():
             for record_index in sources[slot]:
                 report.failed.setdefault(record_index, reason)
@@ -181,7 +185,7 @@ class LastTreatmentSync:
     def _note_sync(
         changed: Sequence[WriteOutcome],
         outcomes: Sequence[WriteOutcome],
-        failed_slots: Mapping[Slot, str],
+        owed_slots: Set[Slot],
         time_left: Callable[[], bool],
     ) -> None:
         """Note on the items a change Segment did not receive, so that no later write of the flag can
@@ -191,10 +195,8 @@ class LastTreatmentSync:
         of the stored impression reports its change again), and a note left behind costs only one
         identify sent twice, which Segment deduplicates.
         """
-        owed = [o.record for o in changed if (o.record.pk, o.record.split) in failed_slots]
-        paid = [
-            o.record for o in outcomes if o.unsynced and (o.record.pk, o.record.split) not in failed_slots
-        ]
+        owed = [o.record for o in changed if (o.record.pk, o.record.split) in owed_slots]
+        paid = [o.record for o in outcomes if o.unsynced and (o.record.pk, o.record.split) not in owed_slots]
         for note, records in ((mark_unsynced, owed), (mark_synced, paid)):
             if not records:
                 continue
@@ -210,7 +212,9 @@ class LastTreatmentSync:
         destinations: Sequence[Destination],
         changed: Sequence[WriteOutcome],
         by_destination: Mapping[str, set[Slot]],
-    ) -> dict[Slot, str]:
+    ) -> tuple[dict[Slot, str], set[Slot]]:
+        """Send each config's identifies; the slots whose send failed (with the reason, to be retried)
+        and those Segment refused."""
         batches: dict[str, tuple[Destination, list[dict[str, Any]]]] = {}
         slots_of: dict[str, list[Slot]] = {}
         for destination in destinations:
@@ -221,10 +225,11 @@ class LastTreatmentSync:
             if messages:
                 batches[destination.name] = (destination, messages)
                 slots_of[destination.name] = [(o.record.pk, o.record.split) for o in mine]
-        if not batches:
-            return {}
-        results = IdentifySender(self.remaining_ms, self.margin_ms)(batches)
         failed: dict[Slot, str] = {}
+        refused: set[Slot] = set()
+        if not batches:
+            return failed, refused
+        results = IdentifySender(self.remaining_ms, self.margin_ms)(batches)
         for name, outcome in results.items():
             count = len(batches[name][1])
             if outcome is Outcome.DELIVERED:
@@ -232,10 +237,11 @@ class LastTreatmentSync:
             elif outcome is Outcome.PERMANENT:
                 self.report.identifies_refused += count
                 logger.error("Segment refused %d computed-trait identify calls for %s", count, name)
+                refused.update(slots_of[name])
             else:
                 for slot in slots_of[name]:
                     failed.setdefault(slot, f"{name}: computed-trait identify not delivered")
-        return failed
+        return failed, refused
 
     def _fail(self, records: set[int], reason: str) -> dict[int, str]:
         for record_index in records:

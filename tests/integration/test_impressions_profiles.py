@@ -416,6 +416,32 @@ def test_a_failed_identify_retries_only_the_records_whose_last_treatment_changed
     assert "identifyPending" not in item
 
 
+@pytest.mark.parametrize("then", ["dead letters redriven", "the same treatment again"])
+def test_a_change_segment_refused_is_sent_once_the_write_key_is_fixed(
+    production: dict[str, Any], sink: SegmentSink, context: Any, then: str
+) -> None:
+    """A wrong write key: Segment refuses the identify (401) and its message is not retried, but the
+    change stays owed, in this warm container too, until an identify of it is delivered."""
+    put_secret("outbound/production", "wk-wrong")
+    body = json.dumps(impression("new_checkout", "on", T0))
+    handle(event(body), context)  # the last-treatments message is acknowledged: `handle` checks it
+    assert identifies(sink) == []
+    assert [r.status for r in sink.requests] == [401, 401]  # the track call and the identify
+    assert pending()
+
+    put_secret("outbound/production", WRITE_KEY)
+    config.clear_caches()  # what CONFIG_CACHE_SECONDS does in time
+    if then == "dead letters redriven":
+        handle(event(body), context)  # the track call's dead letter, sent back to the queue
+    else:
+        handle(event(json.dumps(impression("new_checkout", "on", T0 + 1000))), context)
+
+    assert [m["traits"] for m in identifies(sink)] == [{"new_checkout": "on"}]
+    assert not pending()
+    handle(event(body), context)  # delivered: now a replay sends nothing
+    assert len(identifies(sink)) == 1
+
+
 def forwarded_by(sqs_event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The impressions function on ``sqs_event``; the last-treatments message it forwarded, unhandled."""
     impressions_app.lambda_handler(sqs_event, context)
