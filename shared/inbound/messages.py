@@ -9,13 +9,14 @@ mapping drops it by index and keeps the others.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from shared.surrogates import has_surrogate_escape, replace_lone_surrogates
 
 MAX_MESSAGES = 4000
 # Latest epoch ms the sort key's 13 digits hold (year 2286); anything outside is not a real time.
@@ -59,39 +60,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-# A JSON escape of a UTF-16 surrogate (``\ud83d``). JSON may hold one alone (a library that cut a
-# string inside an emoji); Python then keeps it as a lone surrogate, which no UTF-8 encoder accepts.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _replace_lone_surrogates(document: Any) -> Any:
-    """Every lone surrogate in the document's strings (keys included) becomes U+FFFD, as a browser's
-    ``TextEncoder`` does; the pairs JSON escapes were already joined into one character. In place,
-    without recursion: ``json.loads`` reads deeper documents than Python would recurse into."""
-    if isinstance(document, str):
-        return _LONE_SURROGATE.sub("\ufffd", document)
-    pending = [document]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            for index, value in enumerate(node):
-                if isinstance(value, str):
-                    node[index] = _LONE_SURROGATE.sub("\ufffd", value)
-                elif isinstance(value, list | dict):
-                    pending.append(value)
-        elif isinstance(node, dict):
-            entries = list(node.items())
-            node.clear()
-            for key, value in entries:
-                if isinstance(value, str):
-                    value = _LONE_SURROGATE.sub("\ufffd", value)
-                elif isinstance(value, list | dict):
-                    pending.append(value)
-                node[_LONE_SURROGATE.sub("\ufffd", key)] = value
-    return document
-
-
 def _integer_or_text(digits: str) -> int | str:
     """An integer, or its digits as text when Python refuses to convert that many (over 4,300)."""
     try:
@@ -122,8 +90,8 @@ def decode_body(raw: bytes) -> list[Any]:
     except RecursionError:
         # A 503 here would make Segment retry a body that can never succeed.
         raise BadRequest("invalid_json", "the request body is nested too deeply") from None
-    if _SURROGATE_ESCAPE.search(raw):
-        document = _replace_lone_surrogates(document)
+    if has_surrogate_escape(raw):
+        document = replace_lone_surrogates(document)
     messages: Any
     if isinstance(document, list):
         messages = document

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
 from shared.config import format_validation_error
+from shared.surrogates import replace_lone_surrogates
 
 Shape = Literal["webhook", "webhook_list", "listener", "envelope"]
 
@@ -344,12 +345,14 @@ def parse_body(body: str | bytes) -> ParsedBody:
         data = from_json(body)
     except (ValueError, TypeError):  # TypeError: a str that is not text (a lone surrogate)
         try:  # the standard library's message says where the JSON breaks, in familiar words
-            json.loads(body)
+            data = json.loads(body)
         except ValueError as exc:
             raise BodyError(INVALID_JSON, f"body is not valid JSON: {exc}") from None
         except RecursionError:  # a permanent error of this message, not a failure of the batch
             raise BodyError(INVALID_JSON, "body is not valid JSON: nested too deeply") from None
-        raise BodyError(INVALID_JSON, "body is not valid JSON") from None
+        # JSON that only the standard library reads: a lone surrogate escape (a string cut inside
+        # an emoji), read as U+FFFD as the webhook does, so that its impression is sent as well.
+        data = replace_lone_surrogates(data)
     shape = _body_shape(data)
     if shape is None:
         raise BodyError(INVALID_BODY, f"body must be a JSON object or array, not {type(data).__name__}")
