@@ -118,8 +118,9 @@ def test_every_queue_that_failures_land_in_has_an_alarm_that_each_new_failure_se
     alarmed: dict[str, set[tuple[str, str, int, int]]] = {}
     for props in alarms(resources, "AWS/SQS"):
         [dimension] = props["Dimensions"]
-        assert props["Namespace"] == "AWS/SQS"
         queue = dimension["Value"]["Fn::GetAtt"][0]
+        if queue not in failure_queues:
+            continue  # the backlog alarms of the queues the functions read, below
         evaluation = (props["EvaluationPeriods"], props.get("DatapointsToAlarm", props["EvaluationPeriods"]))
         alarmed.setdefault(queue, set()).add((props["MetricName"], props["Statistic"], *evaluation))
         # Fires on the first message; no data points (an idle queue) is not an alarm.
@@ -168,7 +169,7 @@ def test_every_function_logs_to_one_group_kept_log_retention_days() -> None:
 def test_a_failing_audience_recheck_raises_an_alarm() -> None:
     """The schedule does not retry it and it has no queue: its errors are what tells of a failure."""
     resources = load_template()["Resources"]
-    [alarm] = alarms(resources, "AWS/Lambda")
+    [alarm] = [a for a in alarms(resources, "AWS/Lambda") if a["MetricName"] != "IteratorAge"]
     assert (alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == ("Errors", "Sum", 1)
     assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "AudienceRecheckFunction"}}]
     assert alarm["AlarmActions"] == NOTIFIES_TOPIC
@@ -202,3 +203,51 @@ def test_webhook_errors_that_last_raise_an_alarm() -> None:
     assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (300, 3, 3)
     assert alarm["TreatMissingData"] == "notBreaching"
     assert alarm["AlarmActions"] == NOTIFIES_TOPIC
+
+
+def test_every_queue_and_stream_the_functions_read_alarms_long_before_what_waits_is_lost() -> None:
+    """SQS deletes what waits past the retention, and a stream source hands a record too old to the
+    failure queue, unprocessed: both without an error anywhere. A backlog an hour old notifies first."""
+    resources = load_template()["Resources"]
+    read_queues = {
+        source["Properties"]["Queue"]["Fn::GetAtt"][0]
+        for resource in resources.values()
+        for source in resource.get("Properties", {}).get("Events", {}).values()
+        if source["Type"] == "SQS"
+    }
+    stream_readers = {
+        name
+        for name, resource in resources.items()
+        if any(
+            source["Type"] == "DynamoDB"
+            for source in resource.get("Properties", {}).get("Events", {}).values()
+        )
+    }
+    assert read_queues == {"ImpressionsQueue", "LastTreatmentsQueue"}
+    assert stream_readers == {"DeliveryFunction", "AudiencesFunction"}
+
+    backlog = {}
+    for props in alarms(resources, "AWS/SQS"):
+        if props["MetricName"] == "ApproximateAgeOfOldestMessage":
+            [dimension] = props["Dimensions"]
+            backlog[dimension["Value"]["Fn::GetAtt"][0]] = props
+    for props in alarms(resources, "AWS/Lambda"):
+        if props["MetricName"] == "IteratorAge":
+            [dimension] = props["Dimensions"]
+            backlog[dimension["Value"]["Ref"]] = props
+    assert set(backlog) == read_queues | stream_readers
+
+    for queue in read_queues:
+        retention_s = resources[queue]["Properties"]["MessageRetentionPeriod"]
+        assert backlog[queue]["Threshold"] * 24 <= retention_s  # seconds
+    for function in stream_readers:
+        for source in resources[function]["Properties"]["Events"].values():
+            # Too old is handed to the failure queue (alarmed), not left for the stream to trim unseen.
+            record_age_s = source["Properties"]["MaximumRecordAgeInSeconds"]
+            assert 0 < record_age_s < 24 * 3600
+            assert backlog[function]["Threshold"] * 3 <= record_age_s * 1000  # milliseconds
+    for props in backlog.values():
+        assert props["Statistic"] == "Maximum"
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert props["TreatMissingData"] == "notBreaching"
+        assert props["AlarmActions"] == NOTIFIES_TOPIC
