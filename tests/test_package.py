@@ -176,3 +176,9 @@ def test_every_aws_client_the_code_creates_is_of_a_kept_service() -> None:
     # Powertools' tracer (shared.tracing) samples through an X-Ray client when tracing is on.
     assert "xray" in package.AWS_SERVICES
     assert "from aws_lambda_powertools import Tracer" in (ROOT / "shared" / "tracing.py").read_text()
+
+
+def test_a_plain_sam_deploy_deploys_the_dev_stack_as_make_deploy_does() -> None:
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    assert samconfig["default"]["deploy"] == samconfig["dev"]["deploy"]
+    assert "--config-env $(or $(ENV),dev)" in (ROOT / "Makefile").read_text()
