@@ -144,6 +144,11 @@ def test_invalid_event_type_ids_are_dropped(event: Any) -> None:
     assert drop_reasons(mapped) == ["invalid_event_type_id"]
 
 
+def test_a_numeric_event_is_its_text() -> None:
+    mapped = map_one(segment("track", event=404))
+    assert ({e.eventTypeId for e in mapped.events}, mapped.drops) == ({"404"}, [])
+
+
 def test_value_is_the_number_at_value_field() -> None:
     message = segment("track", properties={"revenue": 19.99, "currency": "USD"})
     mapped = map_one(message, valueField="properties.revenue")
@@ -167,6 +172,12 @@ def test_value_that_is_not_a_number_is_null(revenue: Any) -> None:
 def test_value_is_null_without_value_field() -> None:
     mapped = map_one(segment("track", properties={"revenue": 5}))
     assert {e.value for e in mapped.events} == {None}
+
+
+def test_named_pages_and_screens_have_no_value_whatever_the_value_field() -> None:
+    message = segment("page", name="signup", properties={"revenue": 10})
+    mapped = map_one(message, valueField="properties.revenue")
+    assert {(e.eventTypeId, e.value) for e in mapped.events} == {("view_signup_page", None)}
 
 
 def test_track_disabled_is_ignored() -> None:
@@ -272,6 +283,12 @@ def test_a_null_properties_split_is_no_split() -> None:
     mapped = map_one(segment("track", properties={"split": None}))
     assert {e.trafficTypeName for e in mapped.events} == {"user", "anonymous"}
     assert mapped.drops == []
+
+
+def test_a_properties_split_with_an_empty_key_drops_that_group_and_keeps_the_rest() -> None:
+    mapped = map_one(segment("track", properties={"split": [{"account": ""}]}))
+    assert {e.trafficTypeName for e in mapped.events} == {"user", "anonymous"}
+    assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "account")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +466,11 @@ def test_the_trait_limit_counts_characters_not_bytes() -> None:
     assert mapped.strings_cut == 1
 
 
+def test_a_trait_without_a_name_is_not_an_attribute() -> None:
+    mapped = map_one(segment("identify", traits={"": "x", "plan": "pro"}, anonymousId=None))
+    assert mapped.identities[0].attributes == {"plan": "pro"}
+
+
 def test_identify_disabled_is_ignored() -> None:
     assert map_one(segment("identify"), enableIdentify=False).ignored == {0: IgnoreReason.IDENTIFY_DISABLED}
     assert map_one(segment("group_split"), enableIdentify=False).ignored == {
@@ -475,6 +497,16 @@ def test_a_group_whose_traits_split_is_unusable_is_dropped_with_the_reason(split
     message["traits"]["split"] = split
     mapped = map_one(message)
     assert (mapped.identities, drop_reasons(mapped), mapped.ignored) == ([], ["invalid_split"], {})
+
+
+def test_a_group_whose_traits_split_key_is_empty_is_dropped_as_an_invalid_key() -> None:
+    message = segment("group_split")
+    message["traits"]["split"] = {"account": ""}
+    mapped = map_one(message)
+    assert (mapped.identities, [(d.reason.value, d.trafficType) for d in mapped.drops]) == (
+        [],
+        [("invalid_key", "account")],
+    )
 
 
 def test_group_without_traits_split_is_ignored() -> None:
@@ -542,6 +574,8 @@ def test_message_without_message_id_gets_a_deterministic_one() -> None:
     first = map_one(message).events[0].messageId
     assert first == map_one(dict(message)).events[0].messageId
     assert first != map_one(segment("track", event="Other")).events[0].messageId  # has its messageId
+    other = dict(message, event="Other")
+    assert first != map_one(other).events[0].messageId  # derived from the whole content
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ def test_batch_envelope() -> None:
     assert decode_body(json.dumps(body).encode()) == body["batch"]
 
 
+def test_a_message_with_a_batch_field_is_a_message_not_an_envelope() -> None:
+    message = {"type": "track", "event": "x", "userId": "u", "batch": "b"}
+    assert decode_body(json.dumps(message).encode()) == [message]
+
+
 @pytest.mark.parametrize(
     ("raw", "error"),
     [
