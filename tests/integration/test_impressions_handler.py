@@ -678,6 +678,23 @@ def test_an_unreadable_config_may_be_meant_for_any_environment(
     assert [m["userId"] for m in sink.messages] == ["user-1"]
 
 
+def test_configs_unavailable_retry_every_message_of_the_batch(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSM failing (throttled, down): which configs the impressions are for is unknown. None is lost,
+    none dead-lettered, not even a body that cannot be parsed: the whole batch is retried."""
+
+    def unavailable(kind: str) -> dict[str, str]:
+        raise config.ConfigUnavailable(f"{config.config_prefix()}/{kind}: ThrottlingException")
+
+    monkeypatch.setattr(config, "list_parameters", unavailable)
+    sqs_event = event(json.dumps(webhook()), json.dumps(webhook(key="u2")), "{broken")
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {r["messageId"] for r in sqs_event["Records"]}
+    assert sink.messages == []
+    assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the real queue: redelivery, exactly once by messageId, and batches near the limits
 
@@ -932,3 +949,56 @@ def test_the_next_invocation_reuses_the_connections_to_segment(
     first, second = sink.requests
     assert first.connection is not None
     assert second.connection == first.connection
+
+
+def test_metrics_count_impressions_and_messages_delivered_and_dead_lettered(
+    production: dict[str, Any],
+    sink: SegmentSink,
+    context: Any,
+    stack: Stack,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    envelope = {
+        "environmentName": "Production",
+        "trafficType": "user",
+        "impressions": [
+            webhook(key="c"),
+            webhook(key="d", environmentName="Staging"),
+            {"impression": {"feature": "f", "keyName": "e"}},
+        ],
+    }
+    sqs_event = {
+        "Records": [
+            sqs_events.record(json.dumps([webhook(key="a"), webhook(key="b")]), "two-good"),
+            sqs_events.record("{not json", "bad-json"),
+            sqs_events.record(json.dumps(envelope), "one-good-two-bad"),
+        ]
+    }
+    capsys.readouterr()
+
+    assert app.lambda_handler(sqs_event, context) == {"batchItemFailures": []}
+
+    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    counts = {
+        name: emf[name]
+        for name in (
+            "ImpressionsReceived",
+            "SegmentMessagesDelivered",
+            "SegmentMessagesRetried",
+            "SegmentRequests",
+            "ImpressionsDeadLettered",
+            "SqsMessagesDeadLettered",
+            "SqsMessagesRetried",
+        )
+    }
+    assert counts == {
+        "ImpressionsReceived": [4.0],  # read: a, b, c, d; the one without treatment and time is not
+        "SegmentMessagesDelivered": [3.0],
+        "SegmentMessagesRetried": [0.0],
+        "SegmentRequests": [1.0],
+        "ImpressionsDeadLettered": [3.0],  # the unreadable body counts as one, with d and e
+        "SqsMessagesDeadLettered": [2.0],
+        "SqsMessagesRetried": [0.0],
+    }
+    assert len(sink.messages) == 3
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "FmeSegmentBridge"

@@ -305,6 +305,44 @@ def test_a_stack_without_last_treatments_sends_the_track_calls_and_forwards_noth
     assert queue["Records"] == []
 
 
+def test_a_failed_forward_of_last_treatments_retries_the_messages_it_held(
+    production: dict[str, Any], sink: SegmentSink, context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last-treatments queue refusing the forward: the track calls go out, and the messages whose
+    impressions were not forwarded are retried rather than their last treatments lost."""
+    monkeypatch.setenv(
+        "LAST_TREATMENTS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/missing"
+    )
+    sqs_event = {
+        "Records": [
+            sqs_events.record(json.dumps(impression("f", "on", T0)), "forwarded"),
+            sqs_events.record("{broken", "unparseable"),  # no impressions: dead-lettered, not retried
+            sqs_events.record(json.dumps(impression("g", "off", T0, key="u2")), "forwarded-too"),
+        ]
+    }
+    response = impressions_app.lambda_handler(sqs_event, context)
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == ["forwarded", "forwarded-too"]
+    assert sorted(m["userId"] for m in sink.messages) == [USER, "u2"]
+    assert stored_treatments() == {}
+
+
+def test_outbound_configs_unavailable_retry_the_last_treatments_unrecorded(
+    production: dict[str, Any], sink: SegmentSink
+) -> None:
+    from shared.config import ConfigUnavailable
+
+    def unavailable() -> OutboundConfigs:
+        raise ConfigUnavailable("/p/outbound: ThrottlingException")
+
+    step = LastTreatmentSync(LastTreatmentRecorder(), lambda: 5000, destinations=unavailable)
+    step.observe(1, parsed(impression("f", "on", T0)))
+    step.observe(3, parsed(impression("g", "on", T0, key="u2")))
+    reason = "profiles: outbound configs unavailable (/p/outbound: ThrottlingException)"
+    assert step.finish() == {1: reason, 3: reason}
+    assert step.report.writes == 0
+    assert identifies(sink) == []
+
+
 HISTORY = st.lists(
     st.tuples(
         st.sampled_from(["u1", "u2"]),

@@ -12,6 +12,7 @@ from moto import mock_aws
 from shared.outbound import dead_letters
 from shared.outbound.dead_letters import MAX_REASON_CHARS, retries_exhausted, send_dead_letters
 from shared.outbound.delivery import DeadLetter
+from shared.sqs_batches import MAX_CALL_BYTES
 
 
 @pytest.fixture
@@ -60,3 +61,63 @@ def test_calls_are_packed_with_the_attributes_counted(sqs: Any) -> None:
         "m-0",
         "m-1",
     ]
+
+
+def test_a_letter_carries_its_codes_reason_source_and_count_as_attributes(sqs: Any) -> None:
+    queue = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    letters = [
+        DeadLetter(0, "m-1", "[]", ("no_matching_config", "message_too_large"), "impression 0: …", 3),
+        DeadLetter(1, "", "{}", ("invalid_json",), "", 1),
+    ]
+    assert send_dead_letters(queue, letters) == {}
+    first, second = sorted(received(sqs, queue), key=lambda m: m["Body"])
+    assert first["MessageAttributes"] == {
+        "errorCode": {"DataType": "String", "StringValue": "no_matching_config,message_too_large"},
+        "reason": {"DataType": "String", "StringValue": "impression 0: …"},
+        "sourceMessageId": {"DataType": "String", "StringValue": "m-1"},
+        "failedImpressions": {"DataType": "Number", "StringValue": "3"},
+    }
+    # SQS refuses an empty attribute value.
+    assert second["MessageAttributes"]["reason"]["StringValue"] == "-"
+    assert second["MessageAttributes"]["sourceMessageId"]["StringValue"] == "-"
+
+
+@pytest.mark.parametrize(("extra", "calls"), [(0, [2]), (1, [1, 1])])
+def test_a_call_holds_what_sqs_counts_utf8_bytes_and_attribute_names_included(
+    sqs: Any, extra: int, calls: list[int]
+) -> None:
+    """SQS counts a message's body and each attribute's name, data type and value, in UTF-8 bytes."""
+    queue = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    seen: list[int] = []
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.SendMessageBatch",
+        lambda params, **_: seen.append(len(params["Entries"])),
+    )
+    attributes = sum(
+        len(name) + len("String") + len(value.encode())  # "Number" is as long
+        for name, value in (
+            ("errorCode", "invalid_json"),
+            ("reason", "…"),
+            ("sourceMessageId", "m-0"),
+            ("failedImpressions", "1"),
+        )
+    )
+    body = "é" * ((MAX_CALL_BYTES // 2 - attributes) // 2)  # two bytes each
+    assert 2 * (len(body.encode()) + attributes) == MAX_CALL_BYTES
+    letters = [DeadLetter(n, f"m-{n}", body + "x" * extra * n, ("invalid_json",), "…", 1) for n in range(2)]
+    assert send_dead_letters(queue, letters) == {}
+    assert seen == calls
+    assert len(received(sqs, queue)) == 2
+
+
+def test_an_entry_the_queue_refuses_is_reported_for_its_own_record(sqs: Any) -> None:
+    """Records 4, 7 and 9 go in one call; the queue refuses the second entry: record 7 is retried."""
+    queue = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+
+    def refuse_the_second(params: dict[str, Any], **_: Any) -> None:
+        params["Entries"][1]["DelaySeconds"] = 9999  # over SQS's 900: this entry alone fails
+
+    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch", refuse_the_second)
+    letters = [DeadLetter(r, f"m-{r}", f"body {r}", ("invalid_json",), "r", 1) for r in (4, 7, 9)]
+    assert send_dead_letters(queue, letters) == {7: "dead-letter queue: InvalidParameterValue"}
+    assert sorted(m["Body"] for m in received(sqs, queue)) == ["body 4", "body 9"]

@@ -327,3 +327,122 @@ def test_an_id_beside_a_matching_key_is_not_taken_for_it(body: dict[str, Any]) -
     """``id`` is the matching key only in PHP's impression, which has no other name for it."""
     parsed = parse_body(json.dumps({**body, "environmentName": "Production"}))
     assert [impression.key for _, impression in parsed.impressions] == ["real-user"]
+
+
+def test_a_body_nested_too_deeply_is_invalid_json_not_a_crash() -> None:
+    """Too deep for every decoder: msgspec and the standard library raise RecursionError."""
+    deep = "[" * 100_000 + "]" * 100_000
+    item = '{"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P"'
+    for body in (deep, f'{item}, "properties": {{"p": {deep}}}}}'):  # msgspec goes deep in properties
+        with pytest.raises(BodyError) as caught:
+            parse_body(body)
+        assert caught.value.code == INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"environmentName": "P", "impressions": "all of them"},
+        {"environmentName": ["P"], "impressions": []},
+    ],
+)
+def test_an_envelope_that_does_not_validate_is_an_invalid_body(envelope: dict[str, Any]) -> None:
+    with pytest.raises(BodyError) as caught:
+        parse_body(json.dumps(envelope))
+    assert caught.value.code == INVALID_BODY
+    assert caught.value.reason.startswith("envelope: ")
+
+
+def test_a_listener_items_own_traffic_type_wins_over_the_envelopes() -> None:
+    listener = load_event("impression_listener_js.json") | {"trafficType": "account"}
+    body = {"environmentName": "Production", "trafficType": "user", "impressions": [listener]}
+    [(_, impression)] = parse_body(json.dumps(body)).impressions
+    assert impression.traffic_type == "account"
+
+
+@pytest.mark.parametrize("time", [1, "1"])  # plain, and through the model
+def test_label_and_split_version_number_win_over_the_java_accessor_names(time: int | str) -> None:
+    item = {
+        "key": "k",
+        "split": "s",
+        "treatment": "on",
+        "time": time,
+        "environmentName": "P",
+        "label": "default rule",
+        "appliedRule": "in segment beta",
+        "splitVersionNumber": 2,
+        "changeNumber": 1,
+    }
+    [(_, impression)] = parse_body(json.dumps(item)).impressions
+    assert (impression.label, impression.split_version_number) == ("default rule", 2)
+
+
+def test_the_python_sdks_older_seven_field_tuple_is_read() -> None:
+    """Before ``previous_time`` and ``properties``: the named tuple ends at ``time``."""
+    listener = load_event("impression_listener_python.json")
+    listener["impression"] = listener["impression"][:7]
+    parsed = parse_body(json.dumps(listener))
+    assert parsed.errors == []
+    [(_, impression)] = parsed.impressions
+    assert (impression.key, impression.split, impression.treatment, impression.time) == (
+        "6b2f3a01-6825-11e8-9f57-0acd31e5aef0",
+        "new_checkout",
+        "off",
+        1795483070000,
+    )
+    assert (impression.label, impression.split_version_number) == ("default rule", 1795482000000)
+    assert impression.properties is None
+
+
+def test_the_ruby_sdks_impression_properties_are_carried() -> None:
+    ruby = load_event("impression_listener_ruby.json") | {"properties": {"page": "cart"}}
+    [(_, impression)] = parse_body(json.dumps(ruby)).impressions
+    assert impression.properties == {"page": "cart"}
+    assert impression.label == "in segment beta_testers"
+
+
+def test_an_items_empty_environment_is_none_and_takes_the_envelopes() -> None:
+    item = {
+        "key": "k",
+        "split": "s",
+        "treatment": "on",
+        "time": 1,
+        "environmentName": "",
+        "environmentId": "",
+    }
+    body = {"environmentName": "Production", "environmentId": "prod-id", "impressions": [item]}
+    [(_, impression)] = parse_body(json.dumps(body)).impressions
+    assert (impression.environment_id, impression.environment_name) == ("prod-id", "Production")
+
+
+def test_go_field_names_with_an_empty_bucketing_key_mean_none() -> None:
+    go = load_event("impression_listener_go.json")
+    fields = {"k": "KeyName", "b": "BucketingKey", "f": "FeatureName", "t": "Treatment", "m": "Time"}
+    go["Impression"] = {fields.get(name, name): value for name, value in go["Impression"].items()}
+    assert go["Impression"]["BucketingKey"] == ""
+    [(_, impression)] = parse_body(json.dumps(go)).impressions
+    assert (impression.key, impression.split) == ("5a1e2f90-6825-11e8-9f57-0acd31e5aef0", "new_checkout")
+    assert impression.bucketing_key is None
+    go["Impression"]["BucketingKey"] = "account-7"
+    [(_, impression)] = parse_body(json.dumps(go)).impressions
+    assert impression.bucketing_key == "account-7"
+
+
+@pytest.mark.parametrize("value", ["node-red", "react-native", "go-"])
+def test_a_hyphenated_name_without_a_version_after_it_is_the_sdk_whole(value: str) -> None:
+    assert split_sdk_language_version(value) == (value, None)
+
+
+def test_an_instance_id_that_is_an_ip_address_does_not_replace_the_listeners_own_ip() -> None:
+    impression = {"keyName": "k", "feature": "f", "treatment": "on", "time": 1}
+    listener = {"impression": impression, "environmentName": "P", "instance-id": "10.9.9.9"}
+    [(_, alone)] = parse_body(json.dumps(listener)).impressions
+    assert (alone.machine_ip, alone.machine_name) == ("10.9.9.9", None)  # PHP: the host's IP
+    [(_, with_ip)] = parse_body(json.dumps({**listener, "ip": "10.0.0.1"})).impressions
+    assert (with_ip.machine_ip, with_ip.machine_name) == ("10.0.0.1", "10.9.9.9")
+
+
+def test_subset_body_keeps_an_envelope_whose_impressions_all_failed_verbatim() -> None:
+    body = '{"impressions": [{"a": 1}, {"b": 2}],  "environmentName": "P"}'
+    assert subset_body(body, [0, 1]) == body
+    assert json.loads(subset_body(body, [1])) == {"impressions": [{"b": 2}], "environmentName": "P"}

@@ -66,6 +66,17 @@ def test_a_body_of_exactly_500_000_bytes_is_one_request_and_one_byte_more_is_two
         assert len(bodies[0]) == 500_000
 
 
+@pytest.mark.parametrize(("third", "requests"), [(249_951, 2), (249_952, 3)])
+def test_after_a_flush_the_next_batch_counts_its_body_envelope_again(third: int, requests: int) -> None:
+    """A first batch closed, the next again fills to exactly 500,000 bytes of body and never one more."""
+    messages = [b'"' + b"x" * (size - 2) + b'"' for size in (400_000, 250_000, third)]
+    bodies = [b.body("2026-01-01T00:00:00.000Z") for b in pack(messages)]
+    assert len(bodies) == requests
+    assert all(len(body) <= 500_000 for body in bodies)
+    if requests == 2:
+        assert len(bodies[1]) == 500_000
+
+
 def test_batch_remembers_where_each_message_came_from() -> None:
     packer = BatchPacker(max_messages=2)
     assert packer.add(b"{}", 3, 0) is None
