@@ -13,6 +13,10 @@ import pytest
 
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
+from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet
+from shared.profiles.audiences import parse_audience
+from shared.profiles.backfill import backfill, stored_identities
+from shared.profiles.identify_sender import IdentifySender
 from shared.profiles_table import LastTreatment, memberships_of, profile_items, write_last_treatment
 from tests.cli.conftest import PREFIX, Cli
 
@@ -163,6 +167,29 @@ def test_segment_failing_stores_nothing_and_says_to_run_again(
     segment.fail_fraction(0)
     assert cli("config", "audience", "backfill", NAME).exit_code == 0
     assert memberships("buyer") == {NAME: True}
+
+
+def test_an_identity_stored_in_several_tables_is_found_once(
+    cli: Cli, stack: Stack, segment: SegmentSink, stored: None
+) -> None:
+    found = list(stored_identities("Production", "user"))
+    assert sorted(found) == ["Production#user#buyer", "Production#user#flagged", "Production#user#free-buyer"]
+
+
+def test_each_round_of_a_backfill_is_evaluated_at_its_own_time(
+    cli: Cli, stack: Stack, segment: SegmentSink, stored: None
+) -> None:
+    """A back-fill of many rounds takes a while: a window is judged by the time of its round."""
+    start = int(time.time() * 1000)
+    clock = iter([start, start + 1_000])
+    evaluator = AudienceEvaluator(
+        AudienceSet({NAME: parse_audience(AUDIENCE, NAME)}), IdentifySender(lambda: 30_000)
+    )
+    pks = ["Production#user#buyer", "Production#user#flagged"]
+    report = backfill(evaluator, pks, lambda: next(clock), per_round=1)
+    assert (report.evaluated, report.entered) == (2, 2)
+    evaluated_at = [memberships_of(profile_items(pk))[NAME].evaluated_at for pk in pks]
+    assert evaluated_at == [start, start + 1_000]
 
 
 def test_an_unknown_audience_is_one_line(cli: Cli, segment: SegmentSink) -> None:

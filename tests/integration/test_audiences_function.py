@@ -719,6 +719,19 @@ def test_an_invalid_audience_does_not_stop_the_valid_ones(
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
 
 
+def test_an_audience_named_with_a_leading_underscore_is_reported_and_not_evaluated(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """An audience name begins with a letter or digit: "_draft" is reported invalid, never synced."""
+    from shared.profiles.audience_sync import load_audiences
+
+    put_config("audiences/_draft", AUDIENCE)
+    config_store.clear_caches()
+    assert set(load_audiences().invalid) == {"_draft"}
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
 def test_every_count_of_the_report_is_published_as_a_metric() -> None:
     from shared.profiles.audience_sync import SyncReport
 
@@ -865,6 +878,122 @@ def test_a_transient_ssm_failure_reading_the_sync_config_does_not_lose_the_entry
     monkeypatch.setattr(config_store, "get_parameter", real)
     audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+
+
+def test_a_members_new_checkout_moves_its_recheck_and_is_no_transition(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Stored though nothing is sent: the window now closes later, and the sweep must not come early."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    later = put_event(env, NOW - 5)
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", later, sequence=2), lambda_context)
+    assert len(segment.messages) == 1
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (True, 1)
+    assert stored["recheckAt"] == NOW - 5 + 7 * DAY_MS
+
+
+def test_entering_again_after_an_exit_is_a_new_message_id(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """The transition count is in the id: Segment would drop the second entry as the first's duplicate."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    for sequence, (old, new) in enumerate([("pro", "free"), ("free", "pro")], start=2):
+        before, after = put_identity(env, old), put_identity(env, new)
+        audiences_app.lambda_handler(
+            stream_event(env, "IdentitiesTable", after, before, sequence), lambda_context
+        )
+    assert [m["traits"]["checkout_fans"] for m in segment.messages] == [True, False, True]
+    assert len({m["messageId"] for m in segment.messages}) == 3
+    assert membership(env)["transitions"] == 3  # type: ignore[index]
+
+
+def test_a_deleted_audience_makes_no_one_exit(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Its stored memberships stay as they are: there is no audience left to say what its members are."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    boto3.client("ssm", region_name="us-east-1").delete_parameter(
+        Name=f"{env.function_environment('AudiencesFunction')['CONFIG_PREFIX']}/audiences/checkout_fans"
+    )
+    put_config("audiences/not_free", NOT_FREE)
+    config_store.clear_caches()
+    before, after = put_identity(env, "pro"), put_identity(env, "free")
+    response = audiences_app.lambda_handler(
+        stream_event(env, "IdentitiesTable", after, before, 2), lambda_context
+    )
+    assert response == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+    assert membership(env)["member"] is True  # type: ignore[index]
+
+
+def test_a_non_member_due_for_an_audience_moved_away_is_taken_off_the_recheck(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Not only members leave a moved audience: one kept for its re-check would be due on every run."""
+    put_config(
+        "audiences/lapsed_buyers",
+        {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}},
+    )
+    config_store.clear_caches()
+    audiences_app.lambda_handler(
+        stream_event(env, "EventsTable", put_event(env, NOW - DAY_MS)), lambda_context
+    )
+    assert "recheckAt" in membership(env, "lapsed_buyers")  # type: ignore[operator]
+    put_config(
+        "audiences/lapsed_buyers",
+        {
+            **AUDIENCE,
+            "environment": "Staging",
+            "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}},
+        },
+    )
+    config_store.clear_caches()
+
+    clock[0] = NOW + 6 * DAY_MS + 1
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 1
+    stored = membership(env, "lapsed_buyers")
+    assert stored is not None
+    assert (stored["member"], "recheckAt" in stored) == (False, False)
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+    assert [m["traits"] for m in segment.messages if "lapsed_buyers" in m["traits"]] == []
+
+
+def test_the_recheck_finds_what_is_due_in_every_shard_of_the_index(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    from shared.profiles_table import (
+        RECHECK_SHARDS,
+        Membership,
+        due_for_recheck,
+        put_membership,
+        recheck_partition,
+    )
+
+    pks = [f"Production#user#user-{n}" for n in range(40)]
+    assert {recheck_partition("checkout_fans", pk) for pk in pks} == {
+        f"checkout_fans#{shard}" for shard in range(RECHECK_SHARDS)
+    }
+    for pk in pks:
+        put_membership(Membership(pk, "checkout_fans", True, 1, NOW, recheck_at=NOW), None)
+    assert sorted(due_for_recheck("checkout_fans", NOW)) == sorted(pks)
+
+
+def test_the_events_of_a_window_are_read_past_the_first_page(stack: Stack, function_env: Any) -> None:
+    """DynamoDB pages a query at 1 MB; here, at two items a page."""
+    from shared.profiles import sources
+
+    function_env("AudiencesFunction")
+    for at in range(NOW - 5, NOW):
+        put_event(stack, at)
+
+    def two_a_page(params: dict[str, Any], **_: Any) -> None:
+        params["Limit"] = 2
+
+    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", two_a_page)
+    times = sources.event_times(PK, NOW - DAY_MS, ["checkout"])
+    assert sorted(times["checkout"]) == list(range(NOW - 5, NOW))
 
 
 def test_the_audience_functions_make_exactly_the_calls_their_policies_allow(

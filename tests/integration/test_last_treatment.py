@@ -17,7 +17,14 @@ from shared.config import OutboundConfig
 from shared.outbound.destinations import Destination
 from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles.last_treatment import LastTreatmentRecorder, newest_per_flag
-from shared.profiles_table import LastTreatment, profile_items, profile_pk, write_last_treatment
+from shared.profiles_table import (
+    LastTreatment,
+    mark_synced,
+    mark_unsynced,
+    profile_items,
+    profile_pk,
+    write_last_treatment,
+)
 
 OUTBOUND = OutboundConfig.model_validate(
     {
@@ -154,6 +161,37 @@ def test_the_cache_is_bounded(profiles: Stack) -> None:
     recorder.remember(recorder.record([seen(f"u{i}", "f", "on", 1) for i in range(3)]))
     assert len(recorder.record([seen("u0", "f", "on", 1)])) == 1  # evicted: written again
     assert recorder.record([seen("u2", "f", "on", 1)]) == []
+
+
+@pytest.mark.parametrize("order", [("off", "on"), ("on", "off")])
+def test_a_tie_in_time_and_version_goes_to_the_greater_treatment_name_in_any_order(
+    profiles: Stack, order: tuple[str, str]
+) -> None:
+    for treatment in order:
+        write_last_treatment(seen("u1", "f", treatment, 1_000, 17))
+    assert stored("u1")["f"]["treatment"] == "on"
+
+
+def test_a_version_or_label_the_newer_impression_lacks_is_removed_not_kept_or_null(profiles: Stack) -> None:
+    write_last_treatment(seen("u1", "f", "on", 1_000, 17))
+    assert (stored("u1")["f"]["splitVersionNumber"], stored("u1")["f"]["label"]) == (17, "default rule")
+    write_last_treatment(LastTreatment("Production", "user", "u1", "f", "off", 2_000))
+    item = stored("u1")["f"]
+    assert item["treatment"] == "off"
+    assert "splitVersionNumber" not in item
+    assert "label" not in item
+
+
+def test_the_synced_note_of_an_older_last_treatment_leaves_a_newer_ones_pending(profiles: Stack) -> None:
+    """Segment received the identify of the older one; what replaced it still owes its own."""
+    older, newer = seen("u1", "f", "on", 1_000), seen("u1", "f", "off", 2_000)
+    write_last_treatment(older)
+    mark_unsynced([older])
+    assert write_last_treatment(newer).unsynced
+    mark_synced([older])
+    assert stored("u1")["f"]["identifyPending"] is True
+    mark_synced([newer])
+    assert "identifyPending" not in stored("u1")["f"]
 
 
 IMPRESSIONS = st.lists(

@@ -303,6 +303,41 @@ def test_an_exact_last_page_has_no_next_cursor(api: Stack, lambda_context: Any) 
     assert second["next"] is None
 
 
+def test_a_cursor_past_events_that_expired_meanwhile_is_an_empty_last_page(
+    api: Stack, lambda_context: Any
+) -> None:
+    """The profile still exists (its newer events): not a 404 because its older ones are gone."""
+    for i in range(3):
+        store_event(api, 1_000 + i, f"m{i}")
+    first = call(lambda_context, query={"limit": "2"})[1]
+    events = boto3.resource("dynamodb", region_name="us-east-1").Table(api.tables["EventsTable"])
+    events.delete_item(Key={"pk": PK, "sk": event_sk(1_000, "m0", "track")})  # its TTL passed
+    status, body, _ = call(lambda_context, query={"limit": "2", "cursor": first["next"]})
+    assert status == 200
+    assert (body["events"], body["next"]) == ([], None)
+
+
+def test_a_page_dynamodb_cut_short_is_filled_and_still_has_a_next_cursor(
+    api: Stack, lambda_context: Any
+) -> None:
+    """DynamoDB may stop a query at 1 MB with exactly ``limit`` items: the one more that tells whether
+    there is a next page is read with another query."""
+    from shared import aws
+
+    for i in range(4):
+        store_event(api, 1_000 + i, f"m{i}")
+
+    def one_mb_after_two(params: dict[str, Any], **_: Any) -> None:
+        params["Limit"] = min(params.get("Limit", 2), 2)
+
+    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", one_mb_after_two)
+    first = call(lambda_context, query={"limit": "2"})[1]
+    assert [e["messageId"] for e in first["events"]] == ["m3", "m2"]
+    assert first["next"] is not None
+    second = call(lambda_context, query={"limit": "2", "cursor": first["next"]})[1]
+    assert ([e["messageId"] for e in second["events"]], second["next"]) == (["m1", "m0"], None)
+
+
 @pytest.mark.parametrize(
     ("query", "problem"),
     [

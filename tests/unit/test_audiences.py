@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.config import ConfigInvalid
+from shared.profiles.audience_sync import AudienceSet, StoredChange, profiles_to_evaluate
 from shared.profiles.audiences import (
     DAY_MS,
     AudienceConfig,
@@ -231,3 +232,37 @@ def test_event_needs_cover_every_audience() -> None:
     assert event_needs([a, b]).event_types == {"checkout", "signup"}
     assert event_needs([a, b]).since(NOW) == NOW - 30 * DAY_MS
     assert event_needs([a, b, c]).since(NOW) == 0
+
+
+PK = "Production#user#user-1"
+
+
+def evaluated(change: StoredChange, rule: dict[str, object]) -> bool:
+    audiences = AudienceSet(audiences={"a": audience(rule)})
+    return profiles_to_evaluate([change], audiences) == [PK]
+
+
+NOT_FREE = {"not": {"attribute": {"name": "plan", "equals": "free"}}}
+
+
+def test_a_profile_appearing_is_evaluated_for_an_audience_of_what_it_lacks_and_nothing_else_is() -> None:
+    """A new identity or first last treatment may enter a ``not`` audience with no named field changing;
+    a changed identity's unnamed attribute, or an unnamed event, changes nothing of it."""
+    appeared = {"attributes": {"email": "a@example.com"}}
+    assert evaluated(StoredChange("identities", PK, {}, appeared), NOT_FREE)
+    assert evaluated(StoredChange("profiles", PK, {}, {"split": "any_flag", "treatment": "on"}), NOT_FREE)
+    changed = {"attributes": {"email": "b@example.com"}}
+    assert not evaluated(StoredChange("identities", PK, appeared, changed), NOT_FREE)
+    assert not evaluated(StoredChange("events", PK, {}, {"eventTypeId": "page_view"}), NOT_FREE)
+    # Without such an audience, a new identity with nothing a rule names is no trigger.
+    assert not evaluated(
+        StoredChange("identities", PK, {}, appeared), {"attribute": {"name": "plan", "equals": "pro"}}
+    )
+
+
+def test_a_removed_last_treatment_is_matched_to_audiences_by_its_old_flag() -> None:
+    """A REMOVE (a Segment user deletion) has no new image: the flag is the old image's."""
+    rule = {"treatment": {"split": "new_checkout", "is": "on"}}
+    removed = {"split": "new_checkout", "treatment": "on"}
+    assert evaluated(StoredChange("profiles", PK, removed, {}), rule)
+    assert not evaluated(StoredChange("profiles", PK, {**removed, "split": "other"}, {}), rule)

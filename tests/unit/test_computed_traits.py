@@ -74,3 +74,20 @@ def test_the_same_change_gets_another_message_id_for_each_outbound_config() -> N
     assert {k: v for k, v in other.items() if k != "messageId"} == {
         k: v for k, v in first.items() if k != "messageId"
     }
+
+
+def test_a_treatment_that_comes_back_gets_a_new_message_id() -> None:
+    """on → off → on: the second "on" is a change of its own, which Segment must not drop as a duplicate."""
+    destination = Destination("segment", config(enabled=True))
+    first, back = (
+        WriteOutcome(
+            LastTreatment("Production", "user", "user-1", "new_checkout", "on", at, 17),
+            applied=True,
+            previous=prev,
+        )
+        for at, prev in ((T0, None), (T0 + 60_000, "off"))
+    )
+    [sent_first] = computed_trait_identifies([first], destination)
+    [sent_back] = computed_trait_identifies([back], destination)
+    assert sent_first["traits"] == sent_back["traits"] == {"new_checkout": "on"}
+    assert sent_first["messageId"] != sent_back["messageId"]

@@ -152,6 +152,14 @@ def test_the_newest_is_the_one_the_recorder_keeps_whatever_the_version() -> None
     assert forwarded.treatment == kept.treatment == "z"
 
 
+def test_a_later_impression_wins_over_a_higher_version_of_an_earlier_one() -> None:
+    """Time is compared first, as the recorder's condition does; the version only breaks ties."""
+    earlier = imp(at=T0, treatment="off", split_version_number=99)
+    later = imp(at=T0 + 1, treatment="on", split_version_number=3)
+    assert newest_per_slot([earlier, later]) == [later]
+    assert newest_per_slot([later, earlier]) == [later]
+
+
 def rows_body(row: list[Any], **group: Any) -> str:
     head = {"environmentId": None, "environmentName": "P", "trafficType": None, **group}
     return json.dumps({"format": "fme-last-treatments/1", "groups": [{**head, "rows": [row]}]})
@@ -161,6 +169,7 @@ def rows_body(row: list[Any], **group: Any) -> str:
     "body",
     [
         rows_body(["u", "f", "on", T0, 1, 1.5]),  # a label that is not text
+        rows_body(["u", "f", 7, T0, 1, None]),  # a treatment that is not text
         rows_body(["u", "f", "on", True, 1, None]),  # JSON true is no time
         rows_body(["u", "f", "on", T0, False, None]),
         rows_body(["u", "f", "on", T0, 1, None], trafficType=["x"]),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fme_bridge.segment_sink import SegmentSink
-from shared.config import ConfigNotFound, OutboundConfig
+from shared.config import ConfigNotFound, ConfigUnavailable, OutboundConfig
 from shared.http_retry import Outcome
 from shared.outbound.destinations import Destination
 from shared.profiles.identify_sender import IdentifySender
@@ -81,3 +81,28 @@ def test_a_missing_write_key_is_retried_as_a_track_calls_is(
         "prod": Outcome.TRANSIENT
     }
     assert sink.requests == []
+
+
+def test_a_config_store_outage_is_retried_even_where_a_missing_key_is_not(
+    sink: SegmentSink, destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSM or Secrets Manager failing says nothing about the config: the changes wait for a retry."""
+
+    def unavailable(self: Any, destination: Destination) -> str:
+        raise ConfigUnavailable("ThrottlingException")
+
+    monkeypatch.setattr("shared.outbound.destinations.WriteKeys.get", unavailable)
+    sender = IdentifySender(lambda: 30_000, missing_write_key=Outcome.PERMANENT)
+    assert sender({"prod": (destination, identifies(3))}) == {"prod": Outcome.TRANSIENT}
+    assert sink.requests == []
+
+
+def test_a_refused_request_and_a_failing_one_make_the_config_retried(
+    sink: SegmentSink, destination: Destination
+) -> None:
+    """The worst outcome is the transient one: a retry can still deliver the failing request's messages."""
+    sink.fail_next(1, status=400)
+    sink.fail_fraction(1.0, status=503)
+    outcome = IdentifySender(lambda: 2_500)({"prod": (destination, identifies(3_000))})
+    assert outcome == {"prod": Outcome.TRANSIENT}
+    assert {r.status for r in sink.requests} == {400, 503}

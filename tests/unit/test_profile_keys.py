@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.profiles_table import profile_pk, profile_pk_prefix, split_profile_pk
+from shared.profiles_table import LastTreatment, profile_pk, profile_pk_prefix, split_profile_pk
 
 names = st.text(alphabet=st.sampled_from("ab#%/2F35"), max_size=6) | st.text(max_size=6)
 
@@ -48,3 +48,21 @@ def test_what_no_identity_has_as_key_does_not_split(pk: str) -> None:
 def test_there_is_no_key_prefix_for_names_with_hashes() -> None:
     with pytest.raises(ValueError, match="'#'"):
         profile_pk_prefix("a#b", "user")
+
+
+def last_treatment(key: str = "u-1", split: str = "f") -> LastTreatment:
+    return LastTreatment("Production", "user", key, split, "on", 1_000)
+
+
+def test_a_key_is_storable_up_to_dynamodbs_2048_bytes_of_utf8() -> None:
+    """The prefix "Production#user#" is 16 bytes, and 1,016 "é" make 2,048 (in 1,032 characters)."""
+    assert len(last_treatment("é" * 1016).pk.encode()) == 2048
+    assert last_treatment("é" * 1016).storable
+    assert not last_treatment("é" * 1016 + "a").storable
+
+
+def test_a_flag_is_storable_up_to_dynamodbs_1024_bytes_of_utf8_in_the_sort_key() -> None:
+    """The prefix "treatment#" is 10 bytes: 507 "é" make a sort key of 1,024 (in 517 characters)."""
+    assert len(last_treatment(split="é" * 507).sk.encode()) == 1024
+    assert last_treatment(split="é" * 507).storable
+    assert not last_treatment(split="é" * 507 + "a").storable
