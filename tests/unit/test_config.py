@@ -187,3 +187,75 @@ def test_secure_string_configs_are_read_decrypted(function_env) -> None:
     assert config.load_inbound("c1").environment == "P"
     assert config.load_outbound("o1").environments == ["P"]
     assert json.loads(config.list_parameters("audiences")["a1"]) == {"environment": "P"}
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [
+        (
+            {**MINIMAL_INBOUND, "valueField": "properties. revenue"},
+            "valueField: Value error, a name in the path starts or ends with a space",
+        ),
+        (
+            {**MINIMAL_INBOUND, "pageEventTypeId": "view_{name}}"},
+            "pageEventTypeId: Value error, the only placeholder is {name}",
+        ),
+        ({**MINIMAL_INBOUND, "identities": [{"segmentId": "userId", "trafficType": "us#er"}]}, "trafficType"),
+        (
+            {**MINIMAL_INBOUND, "identities": [{"segmentId": "userId", "trafficType": "my user"}]},
+            "trafficType",
+        ),
+    ],
+)
+def test_each_part_of_a_path_and_each_traffic_type_is_checked(document: dict, names: str) -> None:
+    with pytest.raises(ConfigInvalid) as err:
+        parse_config(InboundConfig, document, "x")
+    assert names in str(err.value)
+
+
+def test_outbound_needs_an_environment_and_names_its_default_traffic_type() -> None:
+    with pytest.raises(ConfigInvalid, match="environments"):
+        parse_config(OutboundConfig, {"environments": [], "identities": {"user": "userId"}}, "x")
+    cfg = parse_config(
+        OutboundConfig,
+        {
+            "environments": ["P"],
+            "identities": {"user": "userId", "account": "userId"},
+            "defaultTrafficType": "account",
+        },
+        "x",
+    )
+    assert cfg.traffic_type_default == "account"
+
+
+def test_an_endpoint_with_a_trailing_slash_is_the_same_base() -> None:
+    cfg = parse_config(
+        OutboundConfig,
+        {"environments": ["P"], "identities": {"u": "userId"}, "endpoint": "https://sink.example/v1/"},
+        "x",
+    )
+    assert cfg.endpoint_base == "https://sink.example/v1"
+
+
+def test_computed_trait_names_need_the_split_placeholder() -> None:
+    doc = {"environments": ["P"], "identities": {"u": "userId"}}
+    with pytest.raises(ConfigInvalid, match="traitName"):
+        parse_config(OutboundConfig, {**doc, "computedTraits": {"traitName": "flag_{name}"}}, "x")
+
+
+def test_cache_seconds_default_to_120_and_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONFIG_CACHE_SECONDS", raising=False)
+    assert config.cache_seconds() == 120
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "5")
+    assert config.cache_seconds() == 5
+
+
+def test_listed_parameters_are_the_direct_children_and_are_cached(function_env) -> None:
+    function_env("IngestFunction")
+    put_config("audiences/a1", {"environment": "P"})
+    put_config("audiences/team/a2", {"environment": "P"})
+    assert config.list_parameters("audiences") == {"a1": json.dumps({"environment": "P"})}
+    put_config("audiences/a3", {"environment": "P"})
+    assert set(config.list_parameters("audiences")) == {"a1"}
+    config.clear_caches()
+    assert set(config.list_parameters("audiences")) == {"a1", "a3"}

@@ -213,3 +213,52 @@ def test_the_tls_context_prepared_in_a_thread_is_the_one_every_caller_gets(
     assert len(got) == 8
     assert all(context is got[0] for context in got)
     assert http_retry.tls_context() is got[0]
+
+
+def test_a_retry_after_date_already_past_is_no_wait() -> None:
+    now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    earlier = email.utils.format_datetime(now - timedelta(seconds=30), usegmt=True)
+    response = httpx.Response(503, headers={"Retry-After": earlier})
+    assert SEGMENT_POLICY.server_delay(response, now=now.timestamp()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Retry-After",
+        "X-RateLimit-Reset-Seconds-Org",
+        "X-RateLimit-Reset-Seconds-IP",
+        "X-RateLimit-Reset-Seconds-Workspace",
+    ],
+)
+def test_every_fme_reset_header_is_read(header: str) -> None:
+    assert FME_POLICY.server_delay(httpx.Response(429, headers={header: "5"})) == 5
+
+
+def test_the_deadline_keeps_a_margin_of_a_second_and_a_half() -> None:
+    assert Deadline(remaining_ms=lambda: 10_000).seconds_left() == 8.5
+
+
+def test_nothing_is_sent_when_no_time_is_left() -> None:
+    result, calls, _ = run([httpx.Response(200)], seconds=0)
+    assert (result.outcome, result.attempts, result.reason) == (Outcome.TRANSIENT, 0, "no time left to send")
+    assert calls == []
+
+
+def test_an_attempt_times_out_within_the_time_left_but_not_below_half_a_second() -> None:
+    _, calls, _ = run([httpx.Response(200)], seconds=2)
+    assert 1.5 < calls[0].extensions["timeout"]["read"] <= 2
+    _, calls, _ = run([httpx.Response(200)], seconds=0.2)
+    assert calls[0].extensions["timeout"]["read"] == 0.5
+
+
+def test_a_retry_after_shorter_than_the_backoff_waits_the_backoff() -> None:
+    result, _, slept = run([httpx.Response(503, headers={"Retry-After": "0"}), httpx.Response(200)])
+    assert result.outcome is Outcome.DELIVERED
+    assert slept[0] > 0
+
+
+def test_a_retry_after_longer_than_the_time_left_ends_the_attempts_and_goes_to_the_caller() -> None:
+    result, calls, slept = run([httpx.Response(429, headers={"Retry-After": "4"})], seconds=3)
+    assert (result.outcome, len(calls), slept) == (Outcome.TRANSIENT, 1, [])
+    assert result.wait_s == 4

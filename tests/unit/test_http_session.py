@@ -142,3 +142,42 @@ def test_each_call_sees_the_callers_context_variables() -> None:
     assert http_session.run(seen()) == "first"
     request_id.set("second")
     assert http_session.run(seen()) == "second"
+
+
+def test_a_client_idle_for_httpx_keep_alive_expiry_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx keeps idle connections 5 s: the limit is below it, so a kept client never outlives them."""
+    _, http = http_session.run(_loop_and_client())
+    later = time.time() + 5.0
+    monkeypatch.setattr(http_session.time, "time", lambda: later)
+
+    _, fresh = http_session.run(_loop_and_client())
+
+    assert fresh is not http
+
+
+def test_idleness_counts_from_the_end_of_the_last_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(http_session.time, "time", lambda: clock[0])
+    step = http_session.MAX_IDLE_SECONDS * 0.75
+
+    _, http = http_session.run(_loop_and_client())
+    clock[0] += step
+    _, again = http_session.run(_loop_and_client())
+    clock[0] += step  # longer than the limit since it was made, not since it was last used
+    _, third = http_session.run(_loop_and_client())
+
+    assert again is http
+    assert third is http
+
+
+def test_a_client_closed_by_its_user_is_replaced() -> None:
+    async def closing() -> httpx.AsyncClient:
+        async with http_session.client("segment", _client) as http:
+            await http.aclose()
+            return http
+
+    closed = http_session.run(closing())
+    _, fresh = http_session.run(_loop_and_client())
+
+    assert fresh is not closed
+    assert not fresh.is_closed

@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from shared import dynamodb
+from shared.events_table import event_sk
 
 
 def test_batch_retries_stop_when_time_runs_out() -> None:
@@ -61,7 +62,16 @@ class FailingFirst:
         return {"Responses": {"t": [{"pk": {"S": "a"}}]}}
 
 
-@pytest.mark.parametrize("code", ["ProvisionedThroughputExceededException", "InternalServerError"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    ],
+)
 def test_batch_requests_still_throttled_or_failing_are_sent_again(code: str) -> None:
     writes, sleeps = FailingFirst(code, 2), []
     dynamodb.batch_write(writes, "t", [{"PutRequest": {"Item": {}}}], sleep=sleeps.append)
@@ -270,3 +280,176 @@ def test_an_identity_still_throttled_is_written_again_and_a_refused_one_fails_th
 
     with pytest.raises(ClientError, match="ValidationException"):
         IdentitiesTable("t", client=Refusing()).put_conditional([merged("a")], "web", 1)
+
+
+class HalfProcessed:
+    """Batch reads and writes that leave the second half of a request unprocessed, once per first key."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.written: list[str] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _split(self, entries: list[Any], first: str) -> tuple[list[Any], list[Any]]:
+        with self._lock:
+            if first in self._seen or len(entries) < 2:
+                return entries, []
+            self._seen.add(first)
+        half = len(entries) // 2
+        return entries[:half], entries[half:]
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        request = RequestItems["t"]
+        with self._lock:
+            self.requests.append(request)
+        done, left = self._split(request["Keys"], request["Keys"][0]["pk"]["S"])
+        response: dict[str, Any] = {"Responses": {"t": done}}
+        if left:
+            response["UnprocessedKeys"] = {"t": {**request, "Keys": left}}
+        return response
+
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        entries = RequestItems["t"]
+        with self._lock:
+            self.requests.append({"Items": entries})
+        done, left = self._split(entries, entries[0]["PutRequest"]["Item"]["pk"]["S"])
+        with self._lock:
+            self.written.extend(entry["PutRequest"]["Item"]["pk"]["S"] for entry in done)
+        return {"UnprocessedItems": {"t": left}} if left else {}
+
+
+def test_batch_get_asks_for_100_keys_at_a_time_and_reads_the_unprocessed_again() -> None:
+    client = HalfProcessed()
+    keys = [{"pk": {"S": f"k{n:03d}"}} for n in range(250)]
+
+    found = dynamodb.batch_get(
+        client, "t", keys, projection="pk, #v", names={"#v": "v"}, consistent=True, sleep=lambda _: None
+    )
+
+    assert sorted(item["pk"]["S"] for item in found) == [key["pk"]["S"] for key in keys]
+    sizes = {r["Keys"][0]["pk"]["S"]: len(r["Keys"]) for r in client.requests}
+    assert [sizes.get(first) for first in ("k000", "k100", "k200")] == [100, 100, 50]
+    assert {(r["ConsistentRead"], r["ProjectionExpression"]) for r in client.requests} == {(True, "pk, #v")}
+    assert all(r["ExpressionAttributeNames"] == {"#v": "v"} for r in client.requests)
+
+
+def test_batch_write_sends_25_items_at_a_time_and_writes_the_unprocessed_again() -> None:
+    client = HalfProcessed()
+    requests = [{"PutRequest": {"Item": {"pk": {"S": f"k{n:03d}"}}}} for n in range(60)]
+
+    dynamodb.batch_write(client, "t", requests, sleep=lambda _: None)
+
+    sizes = {r["Items"][0]["PutRequest"]["Item"]["pk"]["S"]: len(r["Items"]) for r in client.requests}
+    assert [sizes.get(first) for first in ("k000", "k025", "k050")] == [25, 25, 10]
+    assert sorted(client.written) == [f"k{n:03d}" for n in range(60)]
+
+
+def test_reads_still_unprocessed_give_up_with_store_unavailable() -> None:
+    class AlwaysThrottled:
+        def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            return {"Responses": {"t": []}, "UnprocessedKeys": RequestItems}
+
+    sleeps: list[float] = []
+    with pytest.raises(dynamodb.StoreUnavailable, match="reads still unprocessed"):
+        dynamodb.batch_get(AlwaysThrottled(), "t", [{"pk": {"S": "a"}}], sleep=sleeps.append)
+    assert len(sleeps) == dynamodb.MAX_ATTEMPTS
+
+
+def test_backoff_doubles_from_25_ms_and_is_capped_at_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamodb.random, "uniform", lambda low, high: high)  # the ceiling of each wait
+
+    class AlwaysThrottled:
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            return {"UnprocessedItems": RequestItems}
+
+    sleeps: list[float] = []
+    with pytest.raises(dynamodb.StoreUnavailable):
+        dynamodb.batch_write(AlwaysThrottled(), "t", [{"PutRequest": {"Item": {}}}], sleep=sleeps.append)
+    assert sleeps == [0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_a_wait_longer_than_the_time_left_is_out_of_time_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamodb.random, "uniform", lambda low, high: high)
+    sleeps: list[float] = []
+    with pytest.raises(dynamodb.OutOfTime):
+        dynamodb.batch_get(
+            FailingFirst("ThrottlingException", 1),
+            "t",
+            [{"pk": {"S": "a"}}],
+            sleep=sleeps.append,
+            time_left=lambda: 0.01,  # less than the first wait (25 ms)
+        )
+    assert sleeps == []
+
+
+def test_table_of_a_stream_arn() -> None:
+    arn = "arn:aws:dynamodb:us-east-1:123456789012:table/bridge-Events/stream/2026-01-01T00:00:00.000"
+    assert dynamodb.table_of(arn) == "bridge-Events"
+    assert dynamodb.table_of("arn:aws:sqs:us-east-1:123456789012:queue") is None
+    assert dynamodb.table_of(None) is None
+
+
+def test_to_python_sorts_sets() -> None:
+    letters = set("qwertyuiopasdfgh")
+    assert dynamodb.to_python({"s": letters}) == {"s": sorted(letters)}
+
+
+def test_a_stored_event_has_the_documented_attributes_and_key() -> None:
+    from shared.events_table import event_item
+    from shared.inbound.mapping import FmeEvent
+
+    def stored(segment_type: str, value: float | None) -> dict[str, Any]:
+        event = FmeEvent(
+            index=0,
+            environment="Production",
+            trafficTypeName="user",
+            key="u-1",
+            eventTypeId="Order_Completed",
+            value=value,
+            timestamp=1_700_000_000_123,
+            properties={"plan": "pro", "paid": True, "items": 2, "ratio": 0.5, "gone": None},
+            messageId="m-1",
+            segmentType=segment_type,
+        )
+        return dynamodb.python_item(event_item(event, "web", 1_700_000_000_999, 1_707_776_000))
+
+    track = stored("track", 0)
+    assert track == {
+        "pk": "Production#user#u-1",
+        "sk": "1700000000123#m-1",
+        "environment": "Production",
+        "trafficTypeName": "user",
+        "key": "u-1",
+        "eventTypeId": "Order_Completed",
+        "value": 0,  # zero is a value, not its absence
+        "timestamp": 1_700_000_000_123,
+        "properties": {"plan": "pro", "paid": True, "items": 2, "ratio": 0.5, "gone": None},
+        "messageId": "m-1",
+        "segmentType": "track",
+        "receivedAt": 1_700_000_000_999,
+        "connectionId": "web",
+        "expiresAt": 1_707_776_000,
+    }
+    assert stored("screen", None)["sk"] == "1700000000123#m-1#screen"
+    assert "value" not in stored("page", None)
+    assert event_sk(5, "m", "track") == "0000000000005#m"
+
+
+def test_a_stored_identity_has_the_documented_attributes_and_its_next_version() -> None:
+    from shared.identities_table import IdentitiesTable
+
+    client = ConditionalPuts()
+    IdentitiesTable("t", client=client).put_conditional([merged("u-1")], "web", 1_700_000_000_999)
+    item = dynamodb.python_item(client.calls[0]["Item"])
+    assert item == {
+        "pk": "Production#user#u-1",
+        "environment": "Production",
+        "trafficTypeName": "user",
+        "key": "u-1",
+        "attributes": {"plan": "pro"},
+        "attributeTimestamps": {"plan": 1},
+        "updatedAt": 1_700_000_000_999,
+        "connectionId": "web",
+        "version": 1,
+    }

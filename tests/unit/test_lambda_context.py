@@ -77,3 +77,34 @@ def test_a_clock_that_tells_no_number_is_not_used() -> None:
     assert context_clock(mock.MagicMock()) is None
     assert context_clock(types.SimpleNamespace(get_remaining_time_in_millis=lambda: 5_000)) is not None
     assert 0 < remaining_time_ms(mock.MagicMock())() <= 8_000
+
+
+def test_a_clock_that_raises_or_tells_a_bool_is_not_used() -> None:
+    def broken() -> int:
+        raise RuntimeError("no deadline")
+
+    assert context_clock(types.SimpleNamespace(get_remaining_time_in_millis=broken)) is None
+    assert context_clock(types.SimpleNamespace(get_remaining_time_in_millis=lambda: True)) is None
+    assert context_clock(types.SimpleNamespace(get_remaining_time_in_millis=1_000)) is None
+
+
+def test_the_lambda_environment_names_the_completed_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "bridge-Ingest")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "ingest")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    context = seen_by_handler(None)
+    assert (context.function_name, context.memory_limit_in_mb) == ("bridge-Ingest", 1024)
+    assert context.invoked_function_arn == "arn:aws:lambda:eu-west-1:000000000000:function:bridge-Ingest"
+
+
+def test_a_context_without_a_request_id_is_completed() -> None:
+    original = types.SimpleNamespace(
+        function_name="f",
+        memory_limit_in_mb=256,
+        invoked_function_arn="arn:aws:lambda:us-east-1:1:function:f",
+    )
+    context = seen_by_handler(original)
+    assert isinstance(context, PartialContext)
+    assert (context.function_name, context.memory_limit_in_mb) == ("f", 256)
+    assert context.aws_request_id
