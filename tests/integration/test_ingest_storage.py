@@ -296,6 +296,19 @@ def test_stored_value_and_properties(webhook: Webhook) -> None:
     assert account_event["properties"] == {"revenue": Decimal("19.99"), "cart": '{"n":2}'}
 
 
+@pytest.mark.parametrize(("days", "expected"), [(None, 90), ("7", 7)], ids=["default", "EventRetentionDays"])
+def test_a_stored_event_expires_its_retention_days_after_it_was_received(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, days: str | None, expected: int
+) -> None:
+    if days is None:
+        monkeypatch.delenv("EVENT_RETENTION_DAYS", raising=False)
+    else:
+        monkeypatch.setenv("EVENT_RETENTION_DAYS", days)
+    webhook.post(segment_message("track", anonymousId=None))
+    [event] = webhook.stored_events("user", "AiUGstSDIg")
+    assert event["expiresAt"] == event["receivedAt"] // 1000 + expected * 86_400
+
+
 # ---------------------------------------------------------------------------------------------
 # Identities
 
