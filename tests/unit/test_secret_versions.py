@@ -59,3 +59,18 @@ def test_with_the_budget_spent_the_cached_previous_version_is_still_accepted(fun
 
     assert secret_accepts(name, lambda secret: secret == "old")
     assert secret_accepts(name, lambda secret: secret == "new")
+
+
+def test_a_secret_created_after_it_was_found_missing_is_accepted_beyond_the_refresh_burst(
+    function_env,
+) -> None:
+    """Once found, it is no longer "unknown": its requests stop drawing on the refresh budget."""
+    function_env("IngestFunction")
+    name = f"{config.config_prefix()}/inbound/late"
+    assert not secret_accepts(name, lambda secret: secret == "s3cret")
+
+    put_secret("inbound/late", "s3cret")
+
+    assert all(
+        secret_accepts(name, lambda secret: secret == "s3cret") for _ in range(SECRET_REFRESH_BURST * 2)
+    )
