@@ -14,7 +14,7 @@ import pytest
 
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-from tests.conftest import put_secret
+from tests.conftest import put_config, put_secret
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -195,6 +195,26 @@ def test_a_rate_limit_longer_than_the_invocation_is_waited_out_before_the_stream
     assert slept == []
 
 
+def test_an_identity_save_rate_limited_longer_than_the_invocation_is_waited_out_too(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(sink)
+    slept: list[float] = []
+    monkeypatch.setattr(delivery_app(), "_sleep", slept.append)
+    sink.rate_limit_next(1, reset_seconds=300, path_contains="/identities")
+    record = identity_record(stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"}))
+
+    response = invoke(stream_event(record), lambda_context, seconds=20)
+
+    assert failed_ids(response) == [record["dynamodb"]["SequenceNumber"]]
+    [waited] = slept
+    assert 15 < waited <= 20 - 1.5
+
+
 def test_a_timed_out_request_is_retried(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
@@ -320,6 +340,7 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
     sink: FmeSink,
     lambda_context: Any,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Lambda retries a batch from its first failed record: an event behind it that FME accepted, and
     whose acknowledgement could not be written, comes round again with it."""
@@ -344,8 +365,11 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
                 events_table(stack), event_item("b1", connection_id="beta", timestamp=1764061200001)
             ),
         )
+        capsys.readouterr()
         first = invoke(batch, lambda_context, seconds=5)  # beta delivered well within, even on a busy machine
         assert len(failed_ids(first)) == 1  # alpha's, and so the batch from it on
+        metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert metrics["AcknowledgementsNotRecorded"] == [1.0]
         down.clear_faults()
         assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
 
@@ -459,6 +483,23 @@ def test_delivery_on_without_keys_is_a_visible_permanent_failure(
     assert sink.requests == []
     [message] = failure_messages(stack)
     assert "/inbound/webshop/fme does not exist" in message["reason"]
+
+
+def test_a_connection_whose_config_is_invalid_is_a_visible_permanent_failure(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink)
+    put_config(
+        "inbound/webshop", {"environment": "Production", "delivery": {"enabled": True}}
+    )  # no identities
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    [message] = failure_messages(stack)
+    assert message["reason"].startswith("invalid connection config")
+    assert [i["event"]["key"] for i in message["items"]] == ["u1"]
 
 
 def test_updates_of_event_items_are_never_resent(
@@ -729,6 +770,48 @@ def test_identity_saves_failing_transiently_are_handed_back_to_the_stream(
     assert sink.identity_updates == []
 
 
+def test_a_connection_whose_identity_saves_keep_failing_is_behind_since_their_update(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, delivery_log: Any
+) -> None:
+    connect(sink)
+    sink.fail_next(1000, 502)
+    record = identity_record(
+        stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"}, updated_at=7)
+    )
+
+    assert failed_ids(invoke(stream_event(record), lambda_context, seconds=1.8))
+
+    [status] = delivery_log.statuses()
+    assert (status.retrying_since, status.retrying_newest) == (7, 7)
+    assert "HTTP 502" in (status.last_error or "")
+
+
+def test_what_the_log_skips_and_what_still_fails_are_counted(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    connect(sink)
+    delivered = [
+        stream_record(events_table(stack), event_item("u1")),
+        identity_record(stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"})),
+    ]
+    assert invoke(stream_event(*delivered), lambda_context) == {"batchItemFailures": []}
+    sink.fail_next(1000, 503)
+    failing = stream_record(events_table(stack), event_item("u2", timestamp=1764061200002))
+
+    # The stream hands the batch back with a new record behind it, which FME keeps failing.
+    capsys.readouterr()
+    assert failed_ids(invoke(stream_event(*delivered, failing), lambda_context, seconds=1.8))
+
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["EventsAlreadyDelivered"] == [1.0]
+    assert metrics["IdentitiesAlreadyDelivered"] == [1.0]
+    assert metrics["EventsRetrying"] == [1.0]
+
+
 def test_delivery_status_is_recorded_per_connection(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
 ) -> None:
@@ -792,6 +875,37 @@ def delivery_log(delivery_env: dict[str, str], stack: Stack) -> Any:
 def last_error(log: Any) -> str | None:
     [status] = log.statuses()
     return status.last_error
+
+
+def test_acknowledgements_expire_after_15_days_and_a_refusal_keeps_fme_s_reason(
+    delivery_log: Any, stack: Stack
+) -> None:
+    from shared import aws
+    from shared.delivery.delivery_log import DELIVERED, REFUSED
+
+    at_ms = 1_764_061_200_000
+    delivery_log.record(["a1"], DELIVERED, at_ms)
+    delivery_log.record(["r1"], REFUSED, at_ms, "HTTP 400: " + "x" * 600)
+
+    table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
+    delivered = table.get_item(Key={"pk": "ack#a1", "sk": "event"})["Item"]
+    refused = table.get_item(Key={"pk": "ack#r1", "sk": "event"})["Item"]
+    assert (delivered["state"], delivered["at"], "reason" in delivered) == (DELIVERED, at_ms, False)
+    assert delivered["expiresAt"] == at_ms // 1000 + 15 * 24 * 3600
+    assert (refused["state"], refused["reason"]) == (REFUSED, "HTTP 400: " + "x" * 490)  # at most 500
+
+
+def test_saved_identities_count_as_a_delivery_in_the_status(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, delivery_log: Any
+) -> None:
+    connect(sink)
+    record = identity_record(stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"}))
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    [status] = delivery_log.statuses()
+    assert (status.identities_delivered, status.events_delivered) == (1, 0)
+    assert status.last_delivered_at is not None
 
 
 def test_a_redrive_clears_the_last_error_once_it_delivered_all_the_error_is_about(delivery_log: Any) -> None:

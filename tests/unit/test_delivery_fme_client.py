@@ -62,6 +62,7 @@ def test_events_bulk_request_is_exactly_what_the_events_api_takes() -> None:
     assert str(request.url) == "https://events.split.io/api/events/bulk"
     assert request.headers["Authorization"] == "Bearer sdk-key"
     assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == "fme-segment-bridge"
     assert json.loads(request.content) == [
         {
             "eventTypeId": "checkout",
@@ -241,3 +242,57 @@ def test_an_answer_that_names_no_failed_identity_counts_them_saved_with_a_warnin
     )
     assert [o.outcome for o in outcomes] == [Outcome.DELIVERED]
     assert any(warning in r.getMessage() for r in caplog.records if r.levelname == "WARNING"), caplog.text
+
+
+@pytest.mark.parametrize(("kind", "bound"), [("events", 1_000_000), ("identities", 500_000)])
+def test_requests_hold_at_most_1_mb_of_events_or_500_kb_of_identities(kind: str, bound: int) -> None:
+    """Well under the count bounds, the byte bounds alone split the requests (docs/delivery.md)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if kind == "events":
+            return httpx.Response(202)
+        return httpx.Response(200, json={"objects": [], "failed": [], "metadata": {}})
+
+    pad = "x" * 9_000
+
+    def call(c: FmeClient) -> Any:
+        if kind == "events":
+            events = [(str(i), event(f"u{i}", properties={"pad": pad})) for i in range(150)]
+            return c.send_events("http://fme", "k", events)
+        identities = [(str(i), FmeIdentity(key=f"u{i}", values={"pad": pad})) for i in range(80)]
+        return c.save_identities("http://fme", "k", "user", "Production", identities)
+
+    outcomes, requests = run(handler, call)
+
+    sizes = [len(r.content) for r in requests]
+    assert len(requests) == 2
+    assert all(size <= bound for size in sizes)
+    assert max(sizes) > bound * 0.9  # filled up to the bound, not split below it
+    assert {o.outcome for o in outcomes} == {Outcome.DELIVERED}
+
+
+def test_up_to_4_requests_are_in_flight_at_a_time() -> None:
+    in_flight, most = 0, 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.2)  # long enough that the first four overlap on a busy machine
+        in_flight -= 1
+        return httpx.Response(202)
+
+    outcomes, requests = run(
+        handler,
+        lambda c: c.send_events("http://fme", "k", [(str(i), event(f"u{i}")) for i in range(10 * 1000)]),
+    )
+
+    assert len(requests) == 10
+    assert most == 4
+    assert len(outcomes) == 10 * 1000
+
+
+def test_a_request_fills_up_to_the_byte_bound_and_never_past_it() -> None:
+    two = [b"x" * 10, b"y" * 10]  # [x,y]: 23 bytes
+    assert [list(r) for r in chunks(two, max_items=10, max_bytes=24)] == [[0, 1]]
+    assert [list(r) for r in chunks(two, max_items=10, max_bytes=22)] == [[0], [1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -53,6 +54,23 @@ def test_an_item_missing_what_delivery_needs_is_malformed(missing: str) -> None:
         stored_event(record(stream_record("events", item)))
 
 
+@pytest.mark.parametrize("name", ["eventTypeId", "trafficTypeName", "key", "environment", "connectionId"])
+def test_an_item_with_an_empty_text_attribute_is_malformed(name: str) -> None:
+    with pytest.raises(MalformedItem, match=name):
+        stored_event(record(stream_record("events", {**event_item("u1"), name: ""})))
+
+
+def test_a_boolean_is_no_timestamp() -> None:
+    with pytest.raises(MalformedItem, match="timestamp"):
+        stored_event(record(stream_record("events", {**event_item("u1"), "timestamp": True})))
+
+
+@pytest.mark.parametrize("value", [True, "12", {"n": 1}])
+def test_a_stored_value_that_is_not_a_number_goes_as_null(value: object) -> None:
+    item = {**event_item("u1"), "value": value}
+    assert stored_event(record(stream_record("events", item))).event.value is None
+
+
 def test_ack_ids_hold_no_user_key_and_differ_per_event() -> None:
     a, b = (
         ack_id("Production#user#alice@example.com", "1#m1"),
@@ -88,6 +106,9 @@ def test_table_of_a_stream_arn() -> None:
         (Decimal("5"), "5"),
         (Decimal("2.5"), "2.5"),
         (None, None),
+        ({"name": "Initech", "employees": Decimal("329")}, '{"name":"Initech","employees":329}'),
+        (["a", "b"], '["a","b"]'),
+        ({"city": "Zürich"}, '{"city":"Zürich"}'),
     ],
 )
 def test_attribute_values_are_strings(value: object, expected: str | None) -> None:
@@ -98,6 +119,13 @@ def test_attribute_names_fme_refuses_are_dropped_and_reported() -> None:
     values = identity_values({"plan": "pro", "first name": "Ann", "$email": "a@b", "ok-1_x": "y"})
     assert values.values == {"plan": "pro", "ok-1_x": "y"}
     assert sorted(values.dropped) == ["$email", "first name"]
+
+
+@pytest.mark.parametrize("name", ["1st_plan", "_plan", "-plan", "plan.tier", "plan:tier", "plän", ""])
+def test_attribute_ids_start_with_a_letter_then_letters_digits_dashes_underscores(name: str) -> None:
+    values = identity_values({name: "x", "Plan-2_b": "y"})
+    assert values.values == {"Plan-2_b": "y"}
+    assert values.dropped == [name]
 
 
 def test_identity_change_carries_all_current_values_when_one_changed() -> None:
@@ -139,8 +167,7 @@ def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() ->
     bodies = [body for _, body in pairs]
     assert len(bodies) > 1
     assert all(len(b.encode()) <= MAX_MESSAGE_BYTES for b in bodies)
-    import json
-
+    assert all(len(b.encode()) < 256 * 1024 - 10_000 for b in bodies)  # SQS's limit, room for attributes
     decoded = [json.loads(b) for b in bodies]
     assert [i["ackId"] for d in decoded for i in d["items"]] == [str(i) for i in range(20)]
     assert {(d["kind"], d["connectionId"], d["reason"], d["status"]) for d in decoded} == {
@@ -149,3 +176,9 @@ def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() ->
     # Each message has its own failure id, as its body says.
     assert [d["failureId"] for d in decoded] == [failure_id for failure_id, _ in pairs]
     assert len({failure_id for failure_id, _ in pairs}) == len(pairs)
+
+
+def test_an_item_over_the_message_bound_goes_alone_and_no_message_is_empty() -> None:
+    items = [{"ackId": "big", "item": {"pad": "x" * MAX_MESSAGE_BYTES}}, {"ackId": "small", "item": {}}]
+    bodies = [json.loads(body) for _, body in messages(Refusal("events", "webshop", "bad", None, items), 1)]
+    assert [[i["ackId"] for i in b["items"]] for b in bodies] == [["big"], ["small"]]
