@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from botocore.config import Config
 
+from fme_bridge.template import Stack
 from shared.delivery.failure_queue import MAX_MESSAGE_BYTES, Refusal, messages
 from shared.delivery.records import (
     MalformedItem,
@@ -15,10 +18,11 @@ from shared.delivery.records import (
     attribute_value,
     identity_change,
     identity_values,
+    read_stream_batch,
     stored_event,
 )
 from shared.dynamodb import table_of, to_python
-from tests.delivery_support import event_item, identity_item, identity_record, stream_record
+from tests.delivery_support import dynamodb_json, event_item, identity_item, identity_record, stream_record
 
 
 def record(raw: dict) -> DynamoDBRecord:
@@ -182,3 +186,37 @@ def test_an_item_over_the_message_bound_goes_alone_and_no_message_is_empty() -> 
     items = [{"ackId": "big", "item": {"pad": "x" * MAX_MESSAGE_BYTES}}, {"ackId": "small", "item": {}}]
     bodies = [json.loads(body) for _, body in messages(Refusal("events", "webshop", "bad", None, items), 1)]
     assert [[i["ackId"] for i in b["items"]] for b in bodies] == [["big"], ["small"]]
+
+
+def test_a_given_up_stream_batch_is_read_again_across_pages_and_not_past_its_end(stack: Stack) -> None:
+    """A batch of up to 10,000 records spans several GetRecords pages: each is read, up to its last."""
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    table = stack.tables["EventsTable"]
+    for n in range(7):
+        ddb.put_item(TableName=table, Item=dynamodb_json(event_item(f"u{n}")))
+    arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    streams = boto3.client(
+        "dynamodbstreams", region_name="us-east-1", config=Config(account_id_endpoint_mode="disabled")
+    )
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    first = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+    sequences = [
+        r["dynamodb"]["SequenceNumber"]
+        for r in streams.get_records(ShardIterator=first["ShardIterator"])["Records"]
+    ]
+
+    def two_a_page(params: dict, **_: object) -> None:
+        params["Limit"] = 2
+
+    streams.meta.events.register("provide-client-params.dynamodbstreams.GetRecords", two_a_page)
+    info = {
+        "streamArn": arn,
+        "shardId": shard,
+        "startSequenceNumber": sequences[1],
+        "endSequenceNumber": sequences[5],
+    }
+
+    records = read_stream_batch(streams, info)
+
+    assert [r["dynamodb"]["SequenceNumber"] for r in records] == sequences[1:6]
+    assert {r["eventSourceARN"] for r in records} == {arn}
