@@ -644,6 +644,23 @@ def test_redrive_with_an_empty_queue_says_so(
     assert "nothing to re-send" in result.output
 
 
+def test_redrive_keeps_a_message_it_cannot_read_and_says_why(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    """Neither the function's refused items nor a stream batch Lambda gave up on: nothing to send."""
+    connect(sink)
+    boto3.client("sqs", region_name="us-east-1").send_message(
+        QueueUrl=stack.queues["DeliveryFailureQueue"], MessageBody=json.dumps({"hello": "world"})
+    )
+
+    # Wide enough for the reason on one line of the table.
+    result = runner.invoke(app, ["delivery", "redrive"], env={"COLUMNS": "200"}, catch_exceptions=False)
+
+    assert result.exit_code == 1
+    assert "kept: unknown message kind None" in result.output
+    assert len(failure_messages(stack)) == 1
+
+
 def test_redrive_of_an_unknown_connection_is_an_error(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink
 ) -> None:

@@ -381,6 +381,44 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
         assert len(sink.events) == 1
 
 
+def test_a_container_keeps_the_newest_acknowledgements_the_log_refused_up_to_its_bound(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/delivery.md: the container keeps the acknowledgements it could not write, up to a bound
+    (MAX_UNRECORDED); past it the oldest go, and only their events are sent again."""
+    from shared.delivery import service
+    from shared.delivery.delivery_log import DeliveryLog
+
+    monkeypatch.setattr(service, "MAX_UNRECORDED", 2)
+    connect(sink)
+    record = DeliveryLog.record
+    broken = [True]
+
+    def refused_while_broken(
+        log: Any, ack_ids: Any, state: str, at_ms: int, reason: str | None = None
+    ) -> None:
+        if state == "delivered" and broken:
+            raise RuntimeError("ProvisionedThroughputExceededException")
+        record(log, ack_ids, state, at_ms, reason)
+
+    monkeypatch.setattr(DeliveryLog, "record", refused_while_broken)
+    records = [
+        stream_record(events_table(stack), event_item(f"u{i}", timestamp=1764061200000 + i)) for i in range(3)
+    ]
+    for one in records:
+        assert invoke(stream_event(one), lambda_context) == {"batchItemFailures": []}
+    broken.clear()
+
+    assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
+
+    # u0's acknowledgement, the oldest, went when u2's came: only u0 is sent again.
+    assert [e.event["key"] for e in sink.events] == ["u0", "u1", "u2", "u0"]
+
+
 @pytest.mark.parametrize("kind", ["events", "identities"])
 def test_connections_without_delivery_keep_their_records_local(
     delivery_env: dict[str, str],
@@ -945,6 +983,21 @@ def test_delivering_with_nothing_left_to_retry_clears_an_error_about_stream_reco
     log.update_status("webshop", 5_000, events_refused=1, error="HTTP 401", error_about=["f.1"])
     log.update_status("webshop", 6_000, events_delivered=1)
     assert last_error(log) == "HTTP 401"
+
+
+def test_a_batch_that_delivers_nothing_does_not_end_the_retries(delivery_log: Any) -> None:
+    """Only delivering with nothing left to retry ends them: a refusal or a skip of another record
+    of the connection says nothing about the records the stream is retrying."""
+    from shared.delivery.delivery_log import record_key
+
+    log = delivery_log
+    log.update_status("webshop", 1_000, retrying_since=900, error="HTTP 502", error_about=[record_key("1")])
+    log.update_status("webshop", 2_000, events_refused=1, error="HTTP 400: bad", error_about=["f.1"])
+    log.update_status("webshop", 3_000, skipped=1)
+
+    [status] = log.statuses()
+    assert (status.retrying_since, status.retrying_newest) == (900, 900)
+    assert status.last_error == "HTTP 400: bad"
 
 
 def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
