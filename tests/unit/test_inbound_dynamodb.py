@@ -31,7 +31,9 @@ def test_batch_retries_stop_when_time_runs_out() -> None:
     assert (client.calls, sleeps) == (1, [])
 
 
-def test_writes_still_unprocessed_give_up_with_store_unavailable() -> None:
+def test_writes_still_unprocessed_give_up_with_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamodb.random, "uniform", lambda low, high: high)  # the ceiling of each wait
+
     class AlwaysThrottled:
         def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
             return {"UnprocessedItems": RequestItems}
@@ -39,6 +41,8 @@ def test_writes_still_unprocessed_give_up_with_store_unavailable() -> None:
     sleeps: list[float] = []
     with pytest.raises(dynamodb.StoreUnavailable):
         dynamodb.batch_write(AlwaysThrottled(), "t", [{"PutRequest": {"Item": {}}}], sleep=sleeps.append)
+    # MAX_ATTEMPTS waits, doubling from 25 ms and capped at a second.
+    assert sleeps == [0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert len(sleeps) == dynamodb.MAX_ATTEMPTS
 
 
@@ -354,19 +358,6 @@ def test_reads_still_unprocessed_give_up_with_store_unavailable() -> None:
     with pytest.raises(dynamodb.StoreUnavailable, match="reads still unprocessed"):
         dynamodb.batch_get(AlwaysThrottled(), "t", [{"pk": {"S": "a"}}], sleep=sleeps.append)
     assert len(sleeps) == dynamodb.MAX_ATTEMPTS
-
-
-def test_backoff_doubles_from_25_ms_and_is_capped_at_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dynamodb.random, "uniform", lambda low, high: high)  # the ceiling of each wait
-
-    class AlwaysThrottled:
-        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
-            return {"UnprocessedItems": RequestItems}
-
-    sleeps: list[float] = []
-    with pytest.raises(dynamodb.StoreUnavailable):
-        dynamodb.batch_write(AlwaysThrottled(), "t", [{"PutRequest": {"Item": {}}}], sleep=sleeps.append)
-    assert sleeps == [0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 def test_a_wait_longer_than_the_time_left_is_out_of_time_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
