@@ -653,11 +653,12 @@ def test_redrive_keeps_a_message_it_cannot_read_and_says_why(
         QueueUrl=stack.queues["DeliveryFailureQueue"], MessageBody=json.dumps({"hello": "world"})
     )
 
-    # Wide enough for the reason on one line of the table.
-    result = runner.invoke(app, ["delivery", "redrive"], env={"COLUMNS": "200"}, catch_exceptions=False)
+    result = cli("delivery", "redrive")
 
     assert result.exit_code == 1
-    assert "kept: unknown message kind None" in result.output
+    # The reason may wrap in its cell: read the table's text without its borders.
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "kept: unknown message kind None" in text
     assert len(failure_messages(stack)) == 1
 
 
