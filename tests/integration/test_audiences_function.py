@@ -47,6 +47,8 @@ AUDIENCE = {
     },
     "sync": ["segment-prod"],
 }
+# Those whose last checkout left the 7-day window: time alone brings them in.
+LAPSED_BUYERS = {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}}
 _serialize = TypeSerializer().serialize
 
 
@@ -635,10 +637,7 @@ def test_a_profile_that_time_alone_will_bring_in_is_stored_due_and_enters_on_the
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     """Not a member yet, but one once its last checkout leaves the window: kept on the re-check index."""
-    put_config(
-        "audiences/lapsed_buyers",
-        {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}},
-    )
+    put_config("audiences/lapsed_buyers", LAPSED_BUYERS)
     config_store.clear_caches()
     checkout = put_event(env, NOW - DAY_MS)
     audiences_app.lambda_handler(stream_event(env, "EventsTable", checkout), lambda_context)
@@ -932,23 +931,13 @@ def test_a_non_member_due_for_an_audience_moved_away_is_taken_off_the_recheck(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
     """Not only members leave a moved audience: one kept for its re-check would be due on every run."""
-    put_config(
-        "audiences/lapsed_buyers",
-        {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}},
-    )
+    put_config("audiences/lapsed_buyers", LAPSED_BUYERS)
     config_store.clear_caches()
     audiences_app.lambda_handler(
         stream_event(env, "EventsTable", put_event(env, NOW - DAY_MS)), lambda_context
     )
     assert "recheckAt" in membership(env, "lapsed_buyers")  # type: ignore[operator]
-    put_config(
-        "audiences/lapsed_buyers",
-        {
-            **AUDIENCE,
-            "environment": "Staging",
-            "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}},
-        },
-    )
+    put_config("audiences/lapsed_buyers", {**LAPSED_BUYERS, "environment": "Staging"})
     config_store.clear_caches()
 
     clock[0] = NOW + 6 * DAY_MS + 1
