@@ -128,3 +128,8 @@ def put_secret(name: str, value: str) -> None:
         client.put_secret_value(SecretId=full, SecretString=value)
     except client.exceptions.ResourceNotFoundException:
         client.create_secret(Name=full, SecretString=value)
+
+
+def published_metrics(output: str) -> list[dict[str, Any]]:
+    """The CloudWatch embedded-metric documents among a function's printed lines (``capsys``)."""
+    return [json.loads(line) for line in output.splitlines() if '"_aws"' in line]

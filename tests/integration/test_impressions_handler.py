@@ -17,7 +17,7 @@ from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from functions.impressions import app
 from shared import __version__, config
-from tests.conftest import load_event, put_config, put_secret
+from tests.conftest import load_event, published_metrics, put_config, put_secret
 from tests.integration import sqs_events
 from tests.integration.sqs_events import event
 
@@ -978,7 +978,7 @@ def test_metrics_count_impressions_and_messages_delivered_and_dead_lettered(
 
     assert app.lambda_handler(sqs_event, context) == {"batchItemFailures": []}
 
-    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [emf] = published_metrics(capsys.readouterr().out)
     counts = {
         name: emf[name]
         for name in (

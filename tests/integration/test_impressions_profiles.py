@@ -26,7 +26,7 @@ from shared.outbound.impressions import parse_body
 from shared.profiles.impression_profiles import LastTreatmentSync
 from shared.profiles.last_treatment import LastTreatmentRecorder
 from shared.profiles_table import profile_items, treatments_of
-from tests.conftest import load_event, put_config, put_secret
+from tests.conftest import load_event, published_metrics, put_config, put_secret
 from tests.integration import sqs_events
 from tests.integration.sqs_events import event, receive_event, settle
 from tests.reliability.faults import _RawBody
@@ -193,11 +193,7 @@ def test_a_key_too_long_for_dynamodb_does_not_hold_back_the_other_last_treatment
     assert stored_treatments()["f"]["treatment"] == "on"
     assert [m["userId"] for m in identifies(sink)] == [USER]
     # Left out, but counted where an operator looks: the last-treatments function's metrics.
-    [emf] = [
-        line
-        for line in map(json.loads, (x for x in capsys.readouterr().out.splitlines() if '"_aws"' in x))
-        if "LastTreatmentWrites" in line
-    ]
+    [emf] = [m for m in published_metrics(capsys.readouterr().out) if "LastTreatmentWrites" in m]
     assert (emf["LastTreatmentsTooLarge"], emf["LastTreatmentWrites"]) == ([1.0], [1.0])
 
 

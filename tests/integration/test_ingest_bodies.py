@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import published_metrics
 from tests.integration.ingest_support import SECRET, Webhook, segment_message
 
 
@@ -146,7 +147,7 @@ def test_body_over_the_size_limit_is_413_naming_the_limit(
     assert answer.body["limit"] == 2048
     assert "2048" in answer.body["message"]
     assert webhook.count_events() == 0
-    [metrics] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [metrics] = published_metrics(capsys.readouterr().out)
     assert metrics["PayloadTooLarge"] == [1.0]
     assert "BadRequests" not in metrics  # a 400 is the sender's body; a 413 its batch settings
 
@@ -258,7 +259,7 @@ def test_a_timestamp_integer_past_any_float_falls_through_and_loses_nothing(webh
 
 def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.CaptureFixture[str]) -> None:
     webhook.post([segment_message("track", event=None), segment_message("track", userId="u" * 300)])
-    metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    metric_lines = published_metrics(capsys.readouterr().out)
     dropped = {line["reason"]: line["MessagesDropped"] for line in metric_lines if "MessagesDropped" in line}
     assert dropped == {"missing_event_type_id": [1.0], "invalid_key": [1.0]}
 

@@ -15,7 +15,7 @@ from shared import config, dynamodb
 from shared.identities_table import IdentitiesTable
 from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
 from shared.inbound.mapping import StoredIdentity
-from tests.conftest import REGION
+from tests.conftest import REGION, published_metrics
 from tests.integration.ingest_support import Webhook, segment_message
 
 
@@ -719,8 +719,7 @@ def test_invalid_connection_config_is_a_503_naming_the_fields(
     assert "enableTrak" in answer.body["message"]
     assert "/inbound/" not in answer.body["message"]
     # Counted apart from an outage (the log names the field for the operator).
-    lines = capsys.readouterr().out.splitlines()
-    metrics = [json.loads(line) for line in lines if '"_aws"' in line]
+    metrics = published_metrics(capsys.readouterr().out)
     assert [m.get("ConfigInvalid") for m in metrics] == [[1.0]]
     assert metrics[0]["Unavailable"] == [1.0]
 

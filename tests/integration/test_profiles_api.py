@@ -16,7 +16,7 @@ from fme_bridge.template import Stack
 from shared.events_table import event_sk
 from shared.inbound.mapping import MAX_MESSAGE_ID_LENGTH
 from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
-from tests.conftest import load_event, put_secret
+from tests.conftest import load_event, published_metrics, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 SECRET = "profiles-secret-value"
@@ -405,7 +405,7 @@ def test_every_answer_is_counted_by_its_metric(
         call(lambda_context, authorization="Bearer wrong")[0],
         call(lambda_context, key="nobody")[0],
     ]
-    published = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    published = published_metrics(capsys.readouterr().out)
     names = [
         [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for document in published
     ]
