@@ -133,3 +133,13 @@ def put_secret(name: str, value: str) -> None:
 def published_metrics(output: str) -> list[dict[str, Any]]:
     """The CloudWatch embedded-metric documents among a function's printed lines (``capsys``)."""
     return [json.loads(line) for line in output.splitlines() if '"_aws"' in line]
+
+
+def pages_cut_at(client: Any, operation: str, items: int) -> None:
+    """Have ``client``'s ``operation`` (``"dynamodb.Query"``, ``"dynamodbstreams.GetRecords"``) return
+    at most ``items`` a page, as DynamoDB cuts a page at 1 MB: a smaller Limit asked for is kept."""
+
+    def cut(params: dict[str, Any], **_: Any) -> None:
+        params["Limit"] = min(params.get("Limit", items), items)
+
+    client.meta.events.register(f"provide-client-params.{operation}", cut)

@@ -21,7 +21,7 @@ from shared.profiles_table import LastTreatment, delete_last_treatments, profile
 
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
-from tests.conftest import load_event, put_config, put_secret
+from tests.conftest import load_event, pages_cut_at, put_config, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 # Handler modules are imported once the function environment is set (Powertools reads it at import).
@@ -977,10 +977,7 @@ def test_the_events_of_a_window_are_read_past_the_first_page(stack: Stack, funct
     for at in range(NOW - 5, NOW):
         put_event(stack, at)
 
-    def two_a_page(params: dict[str, Any], **_: Any) -> None:
-        params["Limit"] = 2
-
-    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", two_a_page)
+    pages_cut_at(aws.client("dynamodb"), "dynamodb.Query", 2)
     times = sources.event_times(PK, NOW - DAY_MS, ["checkout"])
     assert sorted(times["checkout"]) == list(range(NOW - 5, NOW))
 

@@ -16,7 +16,7 @@ from fme_bridge.template import Stack
 from shared.events_table import event_sk
 from shared.inbound.mapping import MAX_MESSAGE_ID_LENGTH
 from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
-from tests.conftest import load_event, published_metrics, put_secret
+from tests.conftest import load_event, pages_cut_at, published_metrics, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 SECRET = "profiles-secret-value"
@@ -327,10 +327,7 @@ def test_a_page_dynamodb_cut_short_is_filled_and_still_has_a_next_cursor(
     for i in range(4):
         store_event(api, 1_000 + i, f"m{i}")
 
-    def one_mb_after_two(params: dict[str, Any], **_: Any) -> None:
-        params["Limit"] = min(params.get("Limit", 2), 2)
-
-    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.Query", one_mb_after_two)
+    pages_cut_at(aws.client("dynamodb"), "dynamodb.Query", 2)
     first = call(lambda_context, query={"limit": "2"})[1]
     assert [e["messageId"] for e in first["events"]] == ["m3", "m2"]
     assert first["next"] is not None

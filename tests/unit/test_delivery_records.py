@@ -22,6 +22,7 @@ from shared.delivery.records import (
     stored_event,
 )
 from shared.dynamodb import table_of, to_python
+from tests.conftest import pages_cut_at
 from tests.delivery_support import dynamodb_json, event_item, identity_item, identity_record, stream_record
 
 
@@ -205,10 +206,7 @@ def test_a_given_up_stream_batch_is_read_again_across_pages_and_not_past_its_end
         for r in streams.get_records(ShardIterator=first["ShardIterator"])["Records"]
     ]
 
-    def two_a_page(params: dict, **_: object) -> None:
-        params["Limit"] = 2
-
-    streams.meta.events.register("provide-client-params.dynamodbstreams.GetRecords", two_a_page)
+    pages_cut_at(streams, "dynamodbstreams.GetRecords", 2)
     info = {
         "streamArn": arn,
         "shardId": shard,
