@@ -632,6 +632,30 @@ def test_every_identity_is_one_conditional_put(webhook: Webhook) -> None:
     assert (updated["version"], updated["attributes"]["plan"]) == (2, "team")
 
 
+def test_identities_are_read_strongly_consistent_because_their_versions_feed_the_conditions(
+    webhook: Webhook,
+) -> None:
+    """An eventually consistent read could return the version before a write just made, and every
+    conditional put built on it would fail until the read caught up."""
+    reads: list[tuple[str, Any]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "BatchGetItem":
+            reads.extend(
+                (table, read.get("ConsistentRead")) for table, read in params["RequestItems"].items()
+            )
+
+    events = dynamodb.client().meta.events
+    events.register("provide-client-params.dynamodb.*", record)
+    try:
+        webhook.post(segment_message("identify", anonymousId=None, traits={"plan": "pro"}))
+        webhook.post(segment_message("identify", anonymousId=None, messageId="m2", traits={"plan": "team"}))
+    finally:
+        events.unregister("provide-client-params.dynamodb.*", record)
+    assert reads == [(webhook.env["IDENTITIES_TABLE"], True)] * 2
+    assert (webhook.identity("user", "97980cfea0067") or {})["version"] == 2
+
+
 def test_unprocessed_items_are_retried(webhook: Webhook) -> None:
     from shared import dynamodb
 
