@@ -14,7 +14,7 @@ import pytest
 
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-from tests.conftest import put_config, put_secret
+from tests.conftest import published_metrics, put_config, put_secret
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -368,7 +368,7 @@ def test_an_acknowledgement_the_log_refused_still_keeps_a_retry_from_sending_the
         capsys.readouterr()
         first = invoke(batch, lambda_context, seconds=5)  # beta delivered well within, even on a busy machine
         assert len(failed_ids(first)) == 1  # alpha's, and so the batch from it on
-        metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        (metrics,) = published_metrics(capsys.readouterr().out)
         assert metrics["AcknowledgementsNotRecorded"] == [1.0]
         down.clear_faults()
         assert invoke(batch, lambda_context, seconds=10) == {"batchItemFailures": []}
@@ -448,7 +448,7 @@ def test_connections_without_delivery_keep_their_records_local(
 
     assert sink.requests == []
     assert failure_messages(stack) == []
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (metrics,) = published_metrics(capsys.readouterr().out)
     skipped = "EventsSkippedDeliveryOff" if kind == "events" else "IdentitiesSkippedDeliveryOff"
     assert metrics[skipped] == [float(len(records))]
 
@@ -471,7 +471,7 @@ def test_attributes_fme_would_refuse_are_counted_even_when_nothing_else_changed(
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
 
     assert sink.requests == []  # FME would see nothing
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (metrics,) = published_metrics(capsys.readouterr().out)
     assert metrics["IdentitiesUnchanged"] == [3.0]
     assert metrics["IdentityAttributesDropped"] == [3.0]  # both names set, one changed; none touched
 
@@ -844,7 +844,7 @@ def test_what_the_log_skips_and_what_still_fails_are_counted(
     capsys.readouterr()
     assert failed_ids(invoke(stream_event(*delivered, failing), lambda_context, seconds=1.8))
 
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (metrics,) = published_metrics(capsys.readouterr().out)
     assert metrics["EventsAlreadyDelivered"] == [1.0]
     assert metrics["IdentitiesAlreadyDelivered"] == [1.0]
     assert metrics["EventsRetrying"] == [1.0]
