@@ -12,6 +12,8 @@ each is also started once more per repeat with X-Ray tracing on, for information
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import statistics
 import subprocess
@@ -86,6 +88,19 @@ def first_events() -> dict[str, dict[str, Any]]:
     )
     profile["requestContext"].update(routeKey=profile["routeKey"])
     profile["requestContext"]["http"].update(method="GET", path=profile_path)
+    # FME's impressions webhook: a gzipped array of 50, queued as one message.
+    posted = gzip.compress(json.dumps(json.loads(envelope)["impressions"]).encode())
+    relayed = api_event(b"", {"content-encoding": "gzip", "content-length": str(len(posted))})
+    relayed_path = f"/impressions/{workloads.WEBHOOK_SECRET}"
+    relayed.update(
+        routeKey="POST /impressions/{token}",
+        rawPath=relayed_path,
+        body=base64.b64encode(posted).decode(),
+        isBase64Encoded=True,
+        pathParameters={"token": workloads.WEBHOOK_SECRET},
+    )
+    relayed["requestContext"].update(routeKey=relayed["routeKey"])
+    relayed["requestContext"]["http"].update(path=relayed_path)
     schedule = {
         "version": "0",
         "id": "cold-start",
@@ -103,6 +118,7 @@ def first_events() -> dict[str, dict[str, Any]]:
         "LastTreatmentsFunction": last_treatments,
         "DeliveryFunction": stream,
         "ProfilesFunction": profile,
+        "ImpressionsWebhookFunction": relayed,
         "AudiencesFunction": stream,
         "AudienceRecheckFunction": schedule,
     }
@@ -188,6 +204,7 @@ def _stack(moto: Any, sink: Any) -> Any:
         ssm.put_parameter(Name=f"{prefix}/{name}", Value=json.dumps(document), Type="String", Overwrite=True)
         put_secret(secrets, f"{prefix}/{name}", secret)
     put_secret(secrets, f"{prefix}/profiles", workloads.WEBHOOK_SECRET)
+    put_secret(secrets, f"{prefix}/impressions-webhook", workloads.WEBHOOK_SECRET)
     return stack
 
 

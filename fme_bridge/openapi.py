@@ -1,7 +1,8 @@
-"""The OpenAPI document of the bridge's HTTP API: the two public routes of template.yaml.
+"""The OpenAPI document of the bridge's HTTP API: the public routes of template.yaml.
 
-``POST /segment/{connectionId}`` (Segment's Webhooks destination) and
-``GET /profiles/{environment}/{trafficType}/{key}``, with their authentication and every answer
+``POST /segment/{connectionId}`` (Segment's Webhooks destination), ``POST /impressions/{token}``
+(FME's impressions webhook) and ``GET /profiles/{environment}/{trafficType}/{key}``, with their
+authentication and every answer
 they give. The reliability suite fuzzes the real handlers from this document, and a test keeps
 its routes equal to the template's.
 """
@@ -104,6 +105,55 @@ def document() -> dict[str, Any]:
                             "DynamoDB, SSM or Secrets Manager failing, or the connection's config does not"
                             " validate (`config_invalid`, naming the fields): retry later."
                         ),
+                    },
+                }
+            },
+            "/impressions/{token}": {
+                "post": {
+                    "operationId": "impressionsWebhook",
+                    "summary": "FME's impressions webhook: impressions onto the impressions queue.",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "The secret {ConfigPrefix}/impressions-webhook: FME sends no "
+                            "headers of the receiver's choosing.",
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"type": "array", "items": {"type": "object"}},
+                                        {"type": "object"},
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            "Every impression is on the queue (but those too large for any message).",
+                            {
+                                "type": "object",
+                                "required": ["received", "queued", "messages", "tooLarge"],
+                                "properties": {
+                                    name: {"type": "integer"}
+                                    for name in ("received", "queued", "messages", "tooLarge")
+                                },
+                            },
+                        ),
+                        "400": _json("The body is not JSON, not an array or object, or not valid gzip."),
+                        "401": _json("A wrong token, or no secret set up."),
+                        "413": _json("The body inflates to more than 64 MB."),
+                        "503": {
+                            **_json("Secrets Manager or SQS failing: FME sends the post again."),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        },
                     },
                 }
             },

@@ -28,6 +28,7 @@ from shared.profiles_table import profile_pk
 CONNECTION_ID = "demo"
 WEBHOOK_SECRET = "demo-webhook-secret"  # a local, public demo value
 PROFILES_SECRET = "demo-profiles-secret"  # the profile API's bearer secret, as public
+IMPRESSIONS_TOKEN = "demo-impressions-token"  # the impressions webhook's URL secret, as public
 OUTBOUND_NAME = "demo"
 WRITE_KEY = "demo-write-key"
 # Keys of the demo connection's delivery into the local FME sink (local, public demo values).
@@ -220,6 +221,7 @@ def seed(stack: LocalStack) -> None:
     if stack.fme_sink is not None:
         documents.append((f"{prefix}/inbound/{CONNECTION_ID}/fme", None, json.dumps(FME_KEYS)))
     documents.append((f"{prefix}/profiles", None, PROFILES_SECRET))
+    documents.append((f"{prefix}/impressions-webhook", None, IMPRESSIONS_TOKEN))
     for name, document, secret in documents:
         if document is None:
             _put_secret(secrets, name, secret)
@@ -251,7 +253,8 @@ def run_demo(stack: LocalStack, console: Console) -> None:
         f"seeded inbound connection [bold]{CONNECTION_ID}[/bold] "
         f"(webhook secret [bold]{WEBHOOK_SECRET}[/bold]) "
         f"and outbound config [bold]{OUTBOUND_NAME}[/bold] → the local Segment sink; "
-        f"profile API secret [bold]{PROFILES_SECRET}[/bold]"
+        f"profile API secret [bold]{PROFILES_SECRET}[/bold]; "
+        f"impressions webhook token [bold]{IMPRESSIONS_TOKEN}[/bold]"
     )
     now_ms = int(time.time() * 1000)
     webhook = f"{stack.api_url}/segment/{CONNECTION_ID}"
@@ -452,6 +455,11 @@ def print_summary(stack: LocalStack, console: Console) -> None:
     )
     console.print(
         f"  AWS_ENDPOINT_URL={stack.aws_endpoint} {cli} profile {ENVIRONMENT} user {USER_ID}",
+        soft_wrap=True,
+    )
+    console.print(
+        "  gzip -c tests/events/impressions_webhook.json | curl -s -X POST --data-binary @- "
+        f"-H 'Content-Encoding: gzip' {stack.api_url}/impressions/{IMPRESSIONS_TOKEN}",
         soft_wrap=True,
     )
     console.print(

@@ -279,6 +279,7 @@ class LocalStack:
             "configPrefix": self.config_prefix,
             "webhookUrl": f"{self.api_url}/segment/",
             "profilesApiUrl": f"{self.api_url}/profiles",
+            "impressionsWebhookUrl": f"{self.api_url}/impressions/",
             "sinkUrl": getattr(self.sink, "endpoint", None),
             "fmeEventsEndpoint": getattr(self.fme_sink, "events_endpoint", None),
             "fmeIdentitiesEndpoint": getattr(self.fme_sink, "identities_endpoint", None),

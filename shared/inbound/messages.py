@@ -52,6 +52,8 @@ def gunzip(body: bytes, limit: int) -> bytes:
         raise PayloadTooLarge(
             f"the request body inflates to more than {limit} bytes; the limit is {limit}", limit
         )
+    if not inflater.eof:  # cut short: what it holds is not the whole body
+        raise BadRequest("invalid_gzip", "the request body is not valid gzip")
     return inflated
 
 

@@ -139,7 +139,11 @@ def served(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str,
         },
     }
     monkeypatch.setattr(template, "load_template", lambda path=None: document)
-    handlers = {"IngestFunction": EchoHandler(), "ProfilesFunction": EchoHandler({"found": True})}
+    handlers = {
+        "IngestFunction": EchoHandler(),
+        "ProfilesFunction": EchoHandler({"found": True}),
+        "ImpressionsWebhookFunction": EchoHandler(),
+    }
     routes = routes_from_template(
         stack, lambda logical: LocalFunction(stack, logical, handler=handlers[logical])
     )

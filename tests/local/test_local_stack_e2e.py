@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -209,6 +210,61 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
     for queue in ("impressions", "last-treatments"):
         dlq = running.cli("dlq", "show", "--json", "--queue", queue)
         assert json.loads(dlq.stdout) == []
+
+
+def test_fmes_impressions_webhook_posts_reach_segment_through_the_local_api(
+    running: RunningStack, tmp_path: Path
+) -> None:
+    info = running.info
+    outbound = {
+        "environments": ["Staging"],
+        "identities": {"user": "userId", "anonymous": "anonymousId"},
+        "endpoint": info["sinkUrl"],
+    }
+    (tmp_path / "relay.json").write_text(json.dumps(outbound))
+    running.cli(
+        "config",
+        "outbound",
+        "put",
+        "relay",
+        "-f",
+        str(tmp_path / "relay.json"),
+        "--write-key-file",
+        "-",
+        input="wk",
+    )
+    secrets = boto3.client("secretsmanager", endpoint_url=info["awsEndpointUrl"], region_name="us-east-1")
+    secrets.create_secret(Name=f"{info['configPrefix']}/impressions-webhook", SecretString="e2e-token")
+    posted = [
+        {**impression, "environmentName": "Staging", "environmentId": None, "split": "relayed_flag"}
+        for impression in load_event("impressions_webhook.json")
+    ]
+    body = gzip.compress(json.dumps(posted).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+
+    assert (
+        httpx.post(f"{info['impressionsWebhookUrl']}wrong", content=body, headers=headers).status_code == 401
+    )
+    answer = httpx.post(f"{info['impressionsWebhookUrl']}e2e-token", content=body, headers=headers)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["queued"] == len(posted)
+    relayed = wait_for(
+        lambda: (
+            (
+                m := [
+                    x
+                    for x in httpx.get(f"{running.api}/_local/segment").json()["messages"]
+                    if x.get("properties", {}).get("split") == "relayed_flag"
+                ]
+            )
+            and len(m) >= len(posted)
+            and m
+        ),
+        DELIVERY_TIMEOUT_S,
+        "the webhook's impressions to reach the Segment sink",
+    )
+    assert {m["properties"]["key"] for m in relayed} == {i["key"] for i in posted}
 
 
 def test_the_cli_reaches_the_local_stack_whatever_region_the_environment_names(

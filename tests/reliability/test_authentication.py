@@ -137,7 +137,12 @@ def test_credentials_are_compared_with_compare_digest(
 SENSITIVE = re.compile(
     r"secret|token|signature|digest|password|write_?key|api_?key|sdk_?key|admin_?key|presented", re.I
 )
-AUTH_MODULES = ["shared/inbound/auth.py", "shared/secret_versions.py", "functions/profiles/app.py"]
+AUTH_MODULES = [
+    "shared/inbound/auth.py",
+    "shared/secret_versions.py",
+    "functions/profiles/app.py",
+    "functions/impressions_webhook/app.py",
+]
 
 
 @pytest.mark.parametrize("module", AUTH_MODULES)

@@ -28,6 +28,7 @@ from tests.integration.ingest_support import CONNECTION, SECRET, Webhook
 from tests.reliability import scale
 
 PROFILES_SECRET = "profiles-fuzz-secret"
+RELAY_TOKEN = "impressions-fuzz-token"
 # Examples per operation (hypothesis adds its explicit and invalid-input phases); the soak run
 # sends over 10,000 requests in all.
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES") or scale.count(25, 5200))
@@ -48,7 +49,10 @@ def test_the_document_describes_the_template_routes() -> None:
 def to_event(case: Any) -> dict[str, Any]:
     """The HTTP API v2 event for a generated request."""
     webhook = case.operation.path.startswith("/segment/")
-    event = copy.deepcopy(load_event("apigw_http_segment_webhook.json" if webhook else "profiles_get.json"))
+    relay = case.operation.path.startswith("/impressions/")
+    event = copy.deepcopy(
+        load_event("apigw_http_segment_webhook.json" if webhook or relay else "profiles_get.json")
+    )
     kwargs = case.as_transport_kwargs(base_url="https://api.example")
     headers = {str(k).lower(): str(v) for k, v in (kwargs.get("headers") or {}).items()}
     chosen = zlib.crc32(repr((case.path_parameters, case.body, case.query)).encode()) % 2 == 0
@@ -56,6 +60,8 @@ def to_event(case: Any) -> dict[str, Any]:
     if chosen:  # known connection, right secret: the body is what is tested
         if webhook:
             path_parameters["connectionId"] = CONNECTION
+        if relay:
+            path_parameters["token"] = RELAY_TOKEN
         headers["authorization"] = f"Bearer {SECRET if webhook else PROFILES_SECRET}"
     path = case.operation.path
     for name, value in path_parameters.items():
@@ -69,6 +75,7 @@ def to_event(case: Any) -> dict[str, Any]:
     query = {k: str(v) for k, v in (case.query or {}).items()}
     event["headers"] = {**headers, "content-length": str(len(body))}
     event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["routeKey"] = event["requestContext"]["routeKey"] = f"{case.method.upper()} {case.operation.path}"
     event["pathParameters"] = path_parameters
     event["queryStringParameters"] = query or None
     event["rawQueryString"] = urlencode(query)
@@ -81,6 +88,7 @@ def to_event(case: Any) -> dict[str, Any]:
 def handlers(
     function_env: Callable[[str], dict[str, str]], lambda_context: Any
 ) -> Iterator[dict[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+    from functions.impressions_webhook import app as relay
     from functions.ingest import app as ingest
     from functions.profiles import app as profiles
 
@@ -88,8 +96,11 @@ def handlers(
     Webhook.create(function_env, lambda_context)
     function_env("ProfilesFunction")
     put_secret("profiles", PROFILES_SECRET)
+    function_env("ImpressionsWebhookFunction")
+    put_secret("impressions-webhook", RELAY_TOKEN)
     yield {
         "segmentWebhook": lambda event: ingest.lambda_handler(event, lambda_context),
+        "impressionsWebhook": lambda event: relay.lambda_handler(event, lambda_context),
         "getProfile": lambda event: profiles.lambda_handler(event, lambda_context),
     }
     scale.record(

@@ -6,7 +6,11 @@ from typing import Any
 
 from fme_bridge.template import load_template
 
-PUBLIC_ROUTES = {("POST", "/segment/{connectionId}"), ("GET", "/profiles/{environment}/{trafficType}/{key}")}
+PUBLIC_ROUTES = {
+    ("POST", "/segment/{connectionId}"),
+    ("POST", "/impressions/{token}"),
+    ("GET", "/profiles/{environment}/{trafficType}/{key}"),
+}
 
 
 def resources(kind: str) -> dict[str, dict[str, Any]]:
@@ -14,6 +18,7 @@ def resources(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def test_only_the_webhook_and_profile_routes_are_public() -> None:
+    """Segment's webhook, FME's impressions webhook and the profile API, each behind its secret."""
     routes = set()
     for function in resources("AWS::Serverless::Function").values():
         properties = function["Properties"]

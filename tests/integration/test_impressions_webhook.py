@@ -1,0 +1,389 @@
+"""FME's impressions webhook → POST /impressions/{token} → the impressions queue → Segment.
+
+Through the real handlers, with HTTP API v2 events as API Gateway builds them for FME's gzipped
+posts, against moto."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from fme_bridge.segment_sink import SegmentSink
+from fme_bridge.template import Stack
+from shared.outbound import webhook_relay
+from shared.sqs_batches import MAX_MESSAGE_BYTES
+from tests.conftest import load_event, published_metrics, put_config, put_secret
+from tests.integration import sqs_events
+from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
+
+TOKEN = "imp-7c1e94d2a0b35f68"
+WRITE_KEY = "wk-webhook"
+
+
+@pytest.fixture
+def relay(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+    function_env("ImpressionsWebhookFunction")
+    put_secret("impressions-webhook", TOKEN)
+    return stack
+
+
+def api_event(body: bytes, token: str = TOKEN, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The event an HTTP API hands the function for a post of FME's webhook: its gzipped body is
+    binary, so base64-encoded."""
+    event = copy.deepcopy(load_event("apigw_http_segment_webhook.json"))
+    path = f"/impressions/{token}"
+    event.update(
+        routeKey="POST /impressions/{token}",
+        rawPath=path,
+        pathParameters={"token": token},
+        body=base64.b64encode(body).decode(),
+        isBase64Encoded=True,
+        headers={
+            "content-type": "application/json",
+            "content-encoding": "gzip",
+            "user-agent": "Apache-HttpClient/4.5.13 (Java/11.0.20)",
+            **(headers or {}),
+        },
+    )
+    event["requestContext"].update(routeKey=event["routeKey"])
+    event["requestContext"]["http"].update(path=path)
+    return event
+
+
+def post(event: dict[str, Any], lambda_context: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    from functions.impressions_webhook import app
+
+    response = app.lambda_handler(event, lambda_context)
+    return response["statusCode"], json.loads(response["body"]), response["headers"]
+
+
+def queued(stack: Stack) -> list[Any]:
+    event = sqs_events.receive_event(
+        stack.queues["ImpressionsQueue"], stack.queue_arns["ImpressionsQueue"], 100
+    )
+    return [json.loads(record["body"]) for record in event["Records"]]
+
+
+def webhook_impressions(count: int) -> list[dict[str, Any]]:
+    [template, *_] = load_event("impressions_webhook.json")
+    return [{**template, "key": f"user-{i}", "time": template["time"] + i} for i in range(count)]
+
+
+@pytest.fixture
+def sink() -> Iterator[SegmentSink]:
+    with SegmentSink(write_keys={WRITE_KEY}) as server:
+        yield server
+
+
+def test_fmes_gzipped_post_reaches_segment_through_the_queue(
+    relay: Stack,
+    function_env: Callable[[str], dict[str, str]],
+    sink: SegmentSink,
+    lambda_context: Any,
+) -> None:
+    posted = load_event("impressions_webhook.json")
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(posted).encode())), lambda_context)
+
+    assert (status, body) == (
+        200,
+        {"received": len(posted), "queued": len(posted), "messages": 1, "tooLarge": 0},
+    )
+    [message] = queued(relay)
+    assert message == posted  # the array as FME posted it, for the impressions function
+
+    from functions.impressions import app
+
+    function_env("ImpressionsFunction")
+    put_config(
+        "outbound/production",
+        {
+            "environments": ["Production"],
+            "identities": {"user": "userId", "anonymous": "anonymousId"},
+            "endpoint": sink.endpoint,
+        },
+    )
+    put_secret("outbound/production", WRITE_KEY)
+    sqs_event = sqs_events.event(json.dumps(message))
+    assert app.lambda_handler(sqs_event, lambda_context) == {"batchItemFailures": []}
+    assert [(m["event"], m["properties"]["split"]) for m in sink.messages] == [
+        ("get_treatment", i["split"]) for i in posted
+    ]
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["gzip, base64", "gzip without the header", "plain text", "plain, base64"],
+)
+def test_a_body_is_read_however_it_arrives(relay: Stack, lambda_context: Any, encoding: str) -> None:
+    posted = json.dumps(webhook_impressions(3)).encode()
+    event = api_event(gzip.compress(posted))
+    if encoding == "gzip without the header":
+        del event["headers"]["content-encoding"]
+    elif encoding == "plain text":  # a relay in between inflated it
+        event.update(body=posted.decode(), isBase64Encoded=False)
+        del event["headers"]["content-encoding"]
+    elif encoding == "plain, base64":
+        event.update(body=base64.b64encode(posted).decode())
+        del event["headers"]["content-encoding"]
+
+    status, body, _ = post(event, lambda_context)
+
+    assert (status, body["queued"]) == (200, 3)
+    assert queued(relay) == [json.loads(posted)]
+
+
+@pytest.mark.parametrize("token", ["wrong-token", "", TOKEN + "x", TOKEN.upper()])
+def test_a_post_without_the_token_is_refused_and_queues_nothing(
+    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], token: str
+) -> None:
+    event = api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode()), token=token)
+    if not token:
+        event["pathParameters"] = {}
+
+    status, body, _ = post(event, lambda_context)
+
+    assert (status, body) == (401, {"error": "unauthorized"})
+    assert queued(relay) == []
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookUnauthorized"] == [1.0]
+
+
+def test_no_secret_set_up_lets_nobody_in(
+    stack: Stack, function_env: Callable[[str], dict[str, str]], lambda_context: Any
+) -> None:
+    function_env("ImpressionsWebhookFunction")
+    status, _, _ = post(api_event(gzip.compress(b"[]"), token=TOKEN), lambda_context)
+    assert status == 401
+
+
+def test_the_previous_token_works_while_a_rotation_goes_on(relay: Stack, lambda_context: Any) -> None:
+    put_secret("impressions-webhook", "imp-new-token")
+    for token in ("imp-new-token", TOKEN):
+        status, _, _ = post(api_event(gzip.compress(b"[]"), token=token), lambda_context)
+        assert status == 200, token
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (gzip.compress(b"{not json"), "the request body is not JSON"),
+        (
+            gzip.compress(b'"impressions"'),
+            "the request body must be a JSON array of impressions, or an object",
+        ),
+        (gzip.compress(b"42"), "the request body must be a JSON array of impressions, or an object"),
+        (gzip.compress(b"\xff\xfe[]"), "the request body is not JSON"),
+        (b"\x1f\x8b\x08\x00garbage", "the request body is not valid gzip"),
+    ],
+)
+def test_a_body_that_is_not_impressions_is_a_400(
+    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], body: bytes, error: str
+) -> None:
+    status, answer, _ = post(api_event(body), lambda_context)
+
+    assert (status, answer) == (400, {"error": error})
+    assert queued(relay) == []
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookBadRequests"] == [1.0]
+
+
+def test_invalid_base64_is_a_400(relay: Stack, lambda_context: Any) -> None:
+    event = api_event(b"")
+    event["body"] = "not base64 at all!"
+    status, answer, _ = post(event, lambda_context)
+    assert (status, answer) == (400, {"error": "the request body is not valid base64"})
+
+
+def test_a_body_inflating_past_the_limit_is_a_413(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_relay, "MAX_INFLATED_BYTES", 1000)
+    status, answer, _ = post(api_event(gzip.compress(b"[" + b" " * 2000 + b"]")), lambda_context)
+    assert status == 413
+    assert "1000" in answer["error"]
+    assert queued(relay) == []
+
+
+def test_a_large_post_is_cut_into_messages_sqs_takes_and_none_is_lost(
+    relay: Stack, lambda_context: Any
+) -> None:
+    impressions = webhook_impressions(3000)  # about 1.2 MB: five messages or more
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
+
+    assert status == 200
+    messages = queued(relay)
+    assert body == {"received": 3000, "queued": 3000, "messages": len(messages), "tooLarge": 0}
+    assert len(messages) >= 5
+    assert all(len(json.dumps(m, separators=(",", ":"))) <= MAX_MESSAGE_BYTES for m in messages)
+    received = [i for m in messages for i in m]
+    assert sorted(i["key"] for i in received) == sorted(i["key"] for i in impressions)
+
+
+def test_an_envelope_is_cut_into_envelopes_that_keep_its_fields(relay: Stack, lambda_context: Any) -> None:
+    listener_items = [
+        {
+            "impression": {"keyName": f"u-{i}", "feature": "f", "treatment": "on", "time": i},
+            "sdkLanguageVersion": "go-6.1.0",
+        }
+        for i in range(4000)
+    ]
+    envelope = {"environmentName": "Production", "trafficType": "user", "impressions": listener_items}
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(envelope).encode())), lambda_context)
+
+    assert (status, body["queued"]) == (200, 4000)
+    messages = queued(relay)
+    assert len(messages) == body["messages"] > 1
+    assert {(m["environmentName"], m["trafficType"]) for m in messages} == {("Production", "user")}
+    received = [i for m in messages for i in m["impressions"]]
+    assert sorted(received, key=lambda i: i["impression"]["time"]) == listener_items
+
+
+def test_an_impression_no_queue_message_can_hold_is_counted_and_the_rest_queued(
+    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    impressions = webhook_impressions(3)
+    impressions[1]["properties"] = json.dumps({"blob": "x" * MAX_MESSAGE_BYTES})
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
+
+    assert (status, body) == (200, {"received": 3, "queued": 2, "messages": 1, "tooLarge": 1})
+    assert queued(relay) == [[impressions[0], impressions[2]]]
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookTooLarge"] == [1.0]
+    assert "impressions too large for a queue message, left out" in caplog.text
+
+
+def test_an_empty_array_is_answered_and_queues_nothing(relay: Stack, lambda_context: Any) -> None:
+    status, body, _ = post(api_event(gzip.compress(b"[]")), lambda_context)
+    assert (status, body) == (200, {"received": 0, "queued": 0, "messages": 0, "tooLarge": 0})
+    assert queued(relay) == []
+
+
+def test_a_queue_that_refuses_is_a_503_and_fmes_retry_queues_it(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared import aws
+
+    monkeypatch.setattr(webhook_relay.time, "sleep", lambda _: None)
+    client = aws.client("sqs")
+    refused: list[int] = []
+
+    def refuse(**_: Any) -> None:
+        refused.append(1)
+        raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessageBatch")
+
+    client.meta.events.register("before-call.sqs.SendMessageBatch", refuse)
+    posted = gzip.compress(json.dumps(webhook_impressions(2)).encode())
+    try:
+        status, body, headers = post(api_event(posted), lambda_context)
+    finally:
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", refuse)
+
+    assert (status, body, headers["Retry-After"]) == (
+        503,
+        {"error": "temporarily unavailable, retry later"},
+        "5",
+    )
+    assert len(refused) == webhook_relay.SEND_ROUNDS
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookUnavailable"] == [1.0]
+
+    status, _, _ = post(api_event(posted), lambda_context)  # FME sends it again
+    assert status == 200
+    assert len(queued(relay)) == 1
+
+
+def test_entries_sqs_refuses_are_sent_again(relay: Stack, lambda_context: Any) -> None:
+    from shared import aws
+
+    client = aws.client("sqs")
+    calls: list[int] = []
+
+    def fail_the_first_entry_once(parsed: dict[str, Any], **_: Any) -> None:
+        calls.append(len(parsed.get("Successful", [])) + len(parsed.get("Failed", [])))
+        if len(calls) == 1:
+            first = parsed["Successful"].pop(0)
+            parsed.setdefault("Failed", []).append(
+                {"Id": first["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+            )
+
+    client.meta.events.register("after-call.sqs.SendMessageBatch", fail_the_first_entry_once)
+    try:
+        status, _, _ = post(
+            api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context
+        )
+    finally:
+        client.meta.events.unregister("after-call.sqs.SendMessageBatch", fail_the_first_entry_once)
+
+    assert status == 200
+    assert len(calls) == 2
+    # moto took the message the first time; SQS said it did not: sent again, a duplicate Segment drops.
+    assert len(queued(relay)) == 2
+
+
+def test_the_secret_unreadable_is_a_503(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import config
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise config.ConfigUnavailable("Secrets Manager failing")
+
+    monkeypatch.setattr("functions.impressions_webhook.app.secret_accepts", unavailable)
+    status, _, headers = post(api_event(gzip.compress(b"[]")), lambda_context)
+    assert (status, headers["Retry-After"]) == (503, "5")
+
+
+def test_the_token_never_reaches_the_log(
+    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    post(api_event(gzip.compress(b"[]"), token="imp-guess"), lambda_context)
+    big = webhook_impressions(2)
+    big[0]["properties"] = "x" * MAX_MESSAGE_BYTES  # logged as left out
+    post(api_event(gzip.compress(json.dumps(big).encode())), lambda_context)
+    output = capsys.readouterr()
+    logged = output.out + output.err + caplog.text
+    assert "left out" in logged
+    assert TOKEN not in logged
+    assert "imp-guess" not in logged
+
+
+def test_the_relay_makes_exactly_the_calls_its_policy_allows(
+    relay: Stack, lambda_context: Any, calls: list[RawCall]
+) -> None:
+    assert (
+        post(api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context)[0] == 200
+    )
+    assert post(api_event(gzip.compress(b"[]"), token="wrong"), lambda_context)[0] == 401
+    used = authorised_as(calls)
+
+    allowed = statements(relay, "ImpressionsWebhookFunction")
+    assert unauthorised(used, allowed) == []
+    # The secret's bare name only authorises asking for a secret that does not exist.
+    bare_name = (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:/fme-segment-bridge/dev/impressions-webhook"
+    )
+    assert unused(used, allowed) == [("secretsmanager:GetSecretValue", bare_name)]
+
+
+def test_an_unexpected_error_is_a_json_500_that_fme_retries(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhook_relay, "send", broken)
+    status, body, _ = post(api_event(gzip.compress(b"[]")), lambda_context)
+    assert (status, body) == (500, {"error": "internal error"})
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookErrors"] == [1.0]
