@@ -106,6 +106,7 @@ def _print_banner(stack: LocalStack) -> None:
     info = stack.info()
     rows = [
         ("webhook", f"{info['webhookUrl']}{{connectionId}}"),
+        ("impressions webhook", f"{info['impressionsWebhookUrl']}{{token}}"),
         ("profile API", f"{info['profilesApiUrl']}/{{environment}}/{{trafficType}}/{{key}}"),
         ("info", f"{stack.api_url}/_local/info"),
         ("AWS endpoint", info["awsEndpointUrl"]),

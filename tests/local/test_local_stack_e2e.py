@@ -411,6 +411,12 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
         url, bearer = re.search(r"(http://\S+/profiles/\S+) -H 'Authorization: (Bearer \S+)'", hint).groups()
         answer = httpx.get(url, headers={"Authorization": bearer}, timeout=10)
         assert answer.status_code == 200, answer.text
+        # So does the impressions webhook's: the demo seeded the token its URL ends in.
+        [hint] = [line for line in lines if "/impressions/" in line and "curl" in line]
+        (url,) = re.search(r"(http://\S+/impressions/\S+)", hint).groups()
+        posted = gzip.compress((EVENTS_DIR / "impressions_webhook.json").read_bytes())
+        answer = httpx.post(url, content=posted, headers={"Content-Encoding": "gzip"}, timeout=10)
+        assert answer.status_code == 200, answer.text
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -118,6 +118,7 @@ def test_other_text_travels_as_utf_8_and_counts_in_bytes() -> None:
         (b' "text"', "the request body must be a JSON array of impressions, or an object"),
         (b"null", "the request body must be a JSON array of impressions, or an object"),
     ],
+    ids=["empty", "cut", "trailing", "not utf-8", "too deep", "number", "string", "null"],
 )
 def test_a_body_that_is_not_an_array_or_object_is_refused(body: bytes, error: str) -> None:
     with pytest.raises(NotImpressions, match=error):
