@@ -137,19 +137,22 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(
-                            "Every impression is on the queue (but those too large for any message).",
+                            "Every impression is on the queue but those too large for any message"
+                            " or refused by SQS.",
                             {
                                 "type": "object",
-                                "required": ["received", "queued", "messages", "tooLarge"],
+                                "required": ["received", "queued", "messages", "tooLarge", "refused"],
                                 "properties": {
                                     name: {"type": "integer"}
-                                    for name in ("received", "queued", "messages", "tooLarge")
+                                    for name in ("received", "queued", "messages", "tooLarge", "refused")
                                 },
                             },
                         ),
                         "400": _json("The body is not JSON, not an array or object, or not valid gzip."),
                         "401": _json("A wrong token, or no secret set up."),
-                        "413": _json("The body inflates to more than 64 MB."),
+                        "413": _json(
+                            "The body inflates to more than 32 MiB, or holds over 2,000,000 values."
+                        ),
                         "503": {
                             **_json("Secrets Manager or SQS failing: FME sends the post again."),
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},

@@ -66,10 +66,13 @@ def _body(event: dict[str, Any]) -> bytes:
             raise BadRequest("invalid_body", "the request body is not valid base64") from None
     else:
         body = raw.encode("utf-8", "surrogatepass")
-    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
-    # FME gzips its posts; a relay in between may have inflated them and kept the header, or not.
-    if headers.get("content-encoding", "").strip().lower() == "gzip" or body.startswith(_GZIP_MAGIC):
+    # FME gzips its posts; a relay in between may have inflated them, with the header or without.
+    # JSON never starts with the gzip magic bytes, so they alone decide.
+    if body.startswith(_GZIP_MAGIC):
         body = gunzip(body, webhook_relay.MAX_INFLATED_BYTES)
+    elif len(body) > webhook_relay.MAX_INFLATED_BYTES:
+        limit = webhook_relay.MAX_INFLATED_BYTES
+        raise PayloadTooLarge(f"the request body is over {limit} bytes; the limit is {limit}", limit)
     return body
 
 
@@ -85,31 +88,41 @@ def relay(event: dict[str, Any], seconds_left: Callable[[], float]) -> dict[str,
     except webhook_relay.NotImpressions as exc:
         return _bad_request(str(exc))
     except PayloadTooLarge as exc:
-        metrics.add_metric("ImpressionsWebhookBadRequests", MetricUnit.Count, 1)
-        return _answer(413, {"error": exc.message})
+        return _too_large(exc.message)
+    except webhook_relay.TooManyItems as exc:
+        return _too_large(str(exc))
     if relayed.too_large:
         # Over SQS's 256 KiB, such an impression is far over Segment's 32 KB too: it could never be sent.
         logger.warning(
             "impressions too large for a queue message, left out",
             extra={"positions": relayed.too_large[:100], "count": len(relayed.too_large)},
         )
-    unsent = webhook_relay.send(aws.env("IMPRESSIONS_QUEUE_URL"), relayed.bodies, seconds_left)
+    sent = webhook_relay.send(aws.env("IMPRESSIONS_QUEUE_URL"), relayed.bodies, seconds_left)
     metrics.add_metric("ImpressionsWebhookReceived", MetricUnit.Count, relayed.impressions)
     metrics.add_metric("ImpressionsWebhookTooLarge", MetricUnit.Count, len(relayed.too_large))
-    if unsent:
-        logger.error("the impressions queue refused messages", extra={"unsent": unsent})
+    refused = sum(relayed.counts[index] for index in sent.refused)
+    if sent.refused:
+        # The sender's fault by SQS's word: sending the post again would not change it.
+        logger.error(
+            "the impressions queue refused messages for good",
+            extra={"impressions": refused, "reasons": sorted(set(sent.refused.values()))},
+        )
+        metrics.add_metric("ImpressionsWebhookRefused", MetricUnit.Count, refused)
+    if sent.unsent:
+        logger.error("the impressions queue did not take every message", extra={"unsent": sent.unsent})
         metrics.add_metric("ImpressionsWebhookUnavailable", MetricUnit.Count, 1)
         return _unavailable()
     metrics.add_metric(
-        "ImpressionsWebhookQueued", MetricUnit.Count, relayed.impressions - len(relayed.too_large)
+        "ImpressionsWebhookQueued", MetricUnit.Count, relayed.impressions - len(relayed.too_large) - refused
     )
     return _answer(
         200,
         {
             "received": relayed.impressions,
-            "queued": relayed.impressions - len(relayed.too_large),
-            "messages": len(relayed.bodies),
+            "queued": relayed.impressions - len(relayed.too_large) - refused,
+            "messages": len(relayed.bodies) - len(sent.refused),
             "tooLarge": len(relayed.too_large),
+            "refused": refused,
         },
     )
 
@@ -117,6 +130,11 @@ def relay(event: dict[str, Any], seconds_left: Callable[[], float]) -> dict[str,
 def _bad_request(message: str) -> dict[str, Any]:
     metrics.add_metric("ImpressionsWebhookBadRequests", MetricUnit.Count, 1)
     return _answer(400, {"error": message})
+
+
+def _too_large(message: str) -> dict[str, Any]:
+    metrics.add_metric("ImpressionsWebhookBadRequests", MetricUnit.Count, 1)
+    return _answer(413, {"error": message})
 
 
 def _unavailable() -> dict[str, Any]:

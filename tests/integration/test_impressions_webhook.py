@@ -94,7 +94,7 @@ def test_fmes_gzipped_post_reaches_segment_through_the_queue(
 
     assert (status, body) == (
         200,
-        {"received": len(posted), "queued": len(posted), "messages": 1, "tooLarge": 0},
+        {"received": len(posted), "queued": len(posted), "messages": 1, "tooLarge": 0, "refused": 0},
     )
     [message] = queued(relay)
     assert message == posted  # the array as FME posted it, for the impressions function
@@ -180,7 +180,10 @@ def test_the_previous_token_works_while_a_rotation_goes_on(relay: Stack, lambda_
             "the request body must be a JSON array of impressions, or an object",
         ),
         (gzip.compress(b"42", mtime=0), "the request body must be a JSON array of impressions, or an object"),
-        (gzip.compress(b"\xff\xfe[]", mtime=0), "the request body is not JSON"),
+        (gzip.compress(b"\xff\xfe[]", mtime=0), "the request body is not JSON (not UTF-8)"),
+        (gzip.compress(b'[{"key": "u\xff"}]', mtime=0), "the request body is not JSON (not UTF-8)"),
+        (gzip.compress(b'[{"key": "u\xed\xa0\x80"}]', mtime=0), "the request body is not JSON (not UTF-8)"),
+        (gzip.compress(b'[{"key": "u", "time": NaN}]', mtime=0), "the request body is not JSON"),
         (b"\x1f\x8b\x08\x00garbage", "the request body is not valid gzip"),
     ],
 )
@@ -221,7 +224,7 @@ def test_a_large_post_is_cut_into_messages_sqs_takes_and_none_is_lost(
 
     assert status == 200
     messages = queued(relay)
-    assert body == {"received": 3000, "queued": 3000, "messages": len(messages), "tooLarge": 0}
+    assert body == {"received": 3000, "queued": 3000, "messages": len(messages), "tooLarge": 0, "refused": 0}
     assert len(messages) >= 5
     assert all(len(json.dumps(m, separators=(",", ":"))) <= MAX_MESSAGE_BYTES for m in messages)
     received = [i for m in messages for i in m]
@@ -256,7 +259,7 @@ def test_an_impression_no_queue_message_can_hold_is_counted_and_the_rest_queued(
 
     status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
 
-    assert (status, body) == (200, {"received": 3, "queued": 2, "messages": 1, "tooLarge": 1})
+    assert (status, body) == (200, {"received": 3, "queued": 2, "messages": 1, "tooLarge": 1, "refused": 0})
     assert queued(relay) == [[impressions[0], impressions[2]]]
     (metrics,) = published_metrics(capsys.readouterr().out)
     assert metrics["ImpressionsWebhookTooLarge"] == [1.0]
@@ -265,7 +268,7 @@ def test_an_impression_no_queue_message_can_hold_is_counted_and_the_rest_queued(
 
 def test_an_empty_array_is_answered_and_queues_nothing(relay: Stack, lambda_context: Any) -> None:
     status, body, _ = post(api_event(gzip.compress(b"[]")), lambda_context)
-    assert (status, body) == (200, {"received": 0, "queued": 0, "messages": 0, "tooLarge": 0})
+    assert (status, body) == (200, {"received": 0, "queued": 0, "messages": 0, "tooLarge": 0, "refused": 0})
     assert queued(relay) == []
 
 
@@ -387,3 +390,120 @@ def test_an_unexpected_error_is_a_json_500_that_fme_retries(
     assert (status, body) == (500, {"error": "internal error"})
     (metrics,) = published_metrics(capsys.readouterr().out)
     assert metrics["ImpressionsWebhookErrors"] == [1.0]
+
+
+def test_a_body_of_too_many_values_is_a_413_before_it_is_read(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each item costs memory whatever its size: a post of millions of tiny ones would exhaust the
+    function's, so the commas are counted first."""
+    monkeypatch.setattr(webhook_relay, "MAX_COMMAS", 10)
+    status, answer, _ = post(api_event(gzip.compress(b"[" + b",".join([b"0"] * 12) + b"]")), lambda_context)
+    assert (status, answer) == (
+        413,
+        {"error": "the request body holds more than 10 values; send fewer per post"},
+    )
+    assert queued(relay) == []
+    assert post(api_event(gzip.compress(b"[" + b",".join([b"{}"] * 11) + b"]")), lambda_context)[0] == 200
+
+
+def test_a_plain_body_over_the_limit_is_a_413(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_relay, "MAX_INFLATED_BYTES", 1000)
+    event = api_event(b"[" + b" " * 2000 + b"]")
+    del event["headers"]["content-encoding"]
+    assert post(event, lambda_context)[0] == 413
+
+
+def test_a_body_inflated_on_the_way_with_its_header_kept_is_read(relay: Stack, lambda_context: Any) -> None:
+    posted = json.dumps(webhook_impressions(2)).encode()
+    status, body, _ = post(api_event(posted, headers={"content-encoding": "gzip"}), lambda_context)
+    assert (status, body["queued"]) == (200, 2)
+
+
+def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
+    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared import aws
+
+    client = aws.client("sqs")
+    calls: list[int] = []
+
+    def refuse_the_first(parsed: dict[str, Any], **_: Any) -> None:
+        calls.append(len(parsed["Successful"]))
+        if len(calls) > 1:
+            return
+        first = parsed["Successful"].pop(0)
+        parsed.setdefault("Failed", []).append(
+            {"Id": first["Id"], "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"}
+        )
+
+    client.meta.events.register("after-call.sqs.SendMessageBatch", refuse_the_first)
+    impressions = webhook_impressions(600)  # two messages of 256 KiB at most, one refused
+    for impression in impressions:
+        impression["properties"] = json.dumps({"note": "x" * 400})
+    try:
+        status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
+    finally:
+        client.meta.events.unregister("after-call.sqs.SendMessageBatch", refuse_the_first)
+
+    assert status == 200  # sending the post again would not change SQS's answer
+    assert calls == [1, 1]  # one call per message of about 256 KiB, and none again
+    assert body["messages"] == 1
+    assert body["refused"] + body["queued"] == 600
+    assert body["refused"] > 0
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookRefused"] == [float(body["refused"])]
+    [logged] = [
+        r for r in caplog.records if r.getMessage() == "the impressions queue refused messages for good"
+    ]
+    assert logged.reasons == ["InvalidMessageContents"]  # type: ignore[attr-defined]
+
+
+def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503(relay: Stack) -> None:
+    import time
+
+    from functions.impressions_webhook import app
+    from shared import aws
+
+    client = aws.client("sqs")
+
+    def hang(**_: Any) -> None:
+        time.sleep(3)
+
+    client.meta.events.register("before-call.sqs.SendMessageBatch", hang)
+    started = time.monotonic()
+    try:
+        answer = app.relay(api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda: 2.0)
+    finally:
+        elapsed = time.monotonic() - started
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", hang)
+    assert answer["statusCode"] == 503
+    assert elapsed < 2.5  # 0.5 s for the calls (2 s left, less the margin), not the 3 s they take
+
+
+def test_no_message_and_no_call_is_over_sqss_256_kib_in_utf_8(relay: Stack, lambda_context: Any) -> None:
+    from shared import aws
+
+    client = aws.client("sqs")
+    sent: list[list[int]] = []
+
+    def sizes(params: dict[str, Any], **_: Any) -> None:
+        sent.append([len(entry["MessageBody"].encode()) for entry in params["Entries"]])
+
+    client.meta.events.register("provide-client-params.sqs.SendMessageBatch", sizes)
+    # Five messages of nearly 256 KiB and a sixth of 109 KB, which counted in characters (76,121)
+    # would join the fifth (182,689) in one call of 371 KB.
+    impressions = webhook_impressions(1430)
+    for impression in impressions:
+        impression["properties"] = json.dumps({"note": "é" * 300}, ensure_ascii=False)  # 2 bytes each
+    try:
+        body = json.dumps(impressions, ensure_ascii=False).encode()
+        assert post(api_event(gzip.compress(body)), lambda_context)[0] == 200
+    finally:
+        client.meta.events.unregister("provide-client-params.sqs.SendMessageBatch", sizes)
+    assert len(sent) > 1
+    assert max(sum(call) for call in sent) <= 256 * 1024
+    assert max(size for call in sent for size in call) <= 256 * 1024
+    assert sum(len(call) for call in sent) == len(queued(relay))
