@@ -78,10 +78,11 @@ def queue_messages(body: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Relayed:
     standard library and its items written again."""
     if body.count(b",") > MAX_COMMAS:
         raise TooManyItems(f"the request body holds more than {MAX_COMMAS:,} values; send fewer per post")
-    try:
-        body.decode()  # msgspec does not check the UTF-8 of what it keeps raw
-    except UnicodeDecodeError:
-        raise NotImpressions("the request body is not JSON (not UTF-8)") from None
+    if not body.isascii():  # ASCII is UTF-8: no check, and no decoded copy of the body
+        try:
+            body.decode()  # msgspec does not check the UTF-8 of what it keeps raw
+        except UnicodeDecodeError:
+            raise NotImpressions("the request body is not JSON (not UTF-8)") from None
     at = _START.match(body).end()  # type: ignore[union-attr]  # \s* always matches
     first = body[at : at + 1]
     if first in (b"[", b"{") and not any(refused in body for refused in _SQS_REFUSES):
