@@ -78,29 +78,21 @@ def first_events() -> dict[str, dict[str, Any]]:
             }
         ]
     }
-    profile = api_event(b"", {"authorization": f"Bearer {workloads.WEBHOOK_SECRET}"})
-    profile_path = "/profiles/Production/user/u1"
-    profile.update(
-        routeKey="GET /profiles/{environment}/{trafficType}/{key}",
-        rawPath=profile_path,
+    profile = _routed(
+        api_event(b"", {"authorization": f"Bearer {workloads.WEBHOOK_SECRET}"}),
+        "GET /profiles/{environment}/{trafficType}/{key}",
+        {"environment": "Production", "trafficType": "user", "key": "u1"},
         body=None,
-        pathParameters={"environment": "Production", "trafficType": "user", "key": "u1"},
     )
-    profile["requestContext"].update(routeKey=profile["routeKey"])
-    profile["requestContext"]["http"].update(method="GET", path=profile_path)
     # FME's impressions webhook: a gzipped array of 50, queued as one message.
     posted = gzip.compress(json.dumps(json.loads(envelope)["impressions"]).encode())
-    relayed = api_event(b"", {"content-encoding": "gzip", "content-length": str(len(posted))})
-    relayed_path = f"/impressions/{workloads.WEBHOOK_SECRET}"
-    relayed.update(
-        routeKey="POST /impressions/{token}",
-        rawPath=relayed_path,
+    relayed = _routed(
+        api_event(b"", {"content-encoding": "gzip", "content-length": str(len(posted))}),
+        "POST /impressions/{token}",
+        {"token": workloads.WEBHOOK_SECRET},
         body=base64.b64encode(posted).decode(),
         isBase64Encoded=True,
-        pathParameters={"token": workloads.WEBHOOK_SECRET},
     )
-    relayed["requestContext"].update(routeKey=relayed["routeKey"])
-    relayed["requestContext"]["http"].update(path=relayed_path)
     schedule = {
         "version": "0",
         "id": "cold-start",
@@ -122,6 +114,17 @@ def first_events() -> dict[str, dict[str, Any]]:
         "AudiencesFunction": stream,
         "AudienceRecheckFunction": schedule,
     }
+
+
+def _routed(event: dict[str, Any], route: str, parameters: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """``event`` (the webhook's :func:`bench.ingest.api_event`) as API Gateway routes a request to
+    ``route`` (``"GET /profiles/{environment}/…"``) with these path parameters."""
+    method, template = route.split(" ", 1)
+    path = template.format(**parameters)
+    event.update(routeKey=route, rawPath=path, pathParameters=parameters, **fields)
+    event["requestContext"].update(routeKey=route)
+    event["requestContext"]["http"].update(method=method, path=path)
+    return event
 
 
 # What Lambda adds to a function's environment with Tracing=Active: Powertools then traces for real

@@ -24,6 +24,11 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or _ERROR}}}
 
 
+def _retry_later(description: str) -> dict[str, Any]:
+    """A 503 that says when to retry (``Retry-After``, in seconds)."""
+    return {**_json(description), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+
+
 _SEGMENT_MESSAGE = {
     "type": "object",
     "description": "A Segment spec message (track, identify, page, screen, group, alias, delete).",
@@ -153,10 +158,7 @@ def document() -> dict[str, Any]:
                         "413": _json(
                             "The body inflates to more than 32 MiB, or holds over 2,000,000 values."
                         ),
-                        "503": {
-                            **_json("Secrets Manager or SQS failing: FME sends the post again."),
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                        },
+                        "503": _retry_later("Secrets Manager or SQS failing: FME sends the post again."),
                     },
                 }
             },
@@ -185,10 +187,7 @@ def document() -> dict[str, Any]:
                         "400": _json("An invalid limit or cursor."),
                         "401": _json("Missing or invalid credentials."),
                         "404": _json("No such profile."),
-                        "503": {
-                            **_json("A dependency is failing: retry later."),
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                        },
+                        "503": _retry_later("A dependency is failing: retry later."),
                     },
                 }
             },
