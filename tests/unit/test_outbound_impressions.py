@@ -94,9 +94,9 @@ def test_listener_object_from_the_go_sdk() -> None:
     assert (impression.environment_name, impression.traffic_type) == ("Production", "user")
 
 
-def test_listener_object_from_the_python_sdk() -> None:
-    # json.dumps of what splitio-client hands a listener: the Impression named tuple is a list.
-    parsed = parse_body(json.dumps(load_event("impression_listener_python.json")))
+def python_listener_impression(listener: dict[str, Any]) -> Any:
+    """The one impression of the Python SDK's listener object (tests/events), read as it is sent."""
+    parsed = parse_body(json.dumps(listener))
     assert parsed.errors == []
     [(_, impression)] = parsed.impressions
     assert (impression.key, impression.split, impression.treatment, impression.time) == (
@@ -105,6 +105,12 @@ def test_listener_object_from_the_python_sdk() -> None:
         "off",
         1795483070000,
     )
+    return impression
+
+
+def test_listener_object_from_the_python_sdk() -> None:
+    # json.dumps of what splitio-client hands a listener: the Impression named tuple is a list.
+    impression = python_listener_impression(load_event("impression_listener_python.json"))
     assert impression.split_version_number == 1795482000000
     assert (impression.sdk, impression.sdk_version, impression.machine_name) == (
         "python",
@@ -118,7 +124,7 @@ def test_listener_object_from_the_python_sdk() -> None:
     )
     as_dict = load_event("impression_listener_python.json")
     as_dict["impression"] = dict(zip(fields.split(), as_dict["impression"], strict=True))
-    assert parse_body(json.dumps(as_dict)).impressions == parsed.impressions
+    assert parse_body(json.dumps(as_dict)).impressions == [(0, impression)]
 
 
 def test_impression_alone_from_the_dotnet_sdk() -> None:
@@ -381,15 +387,7 @@ def test_the_python_sdks_older_seven_field_tuple_is_read() -> None:
     """Before ``previous_time`` and ``properties``: the named tuple ends at ``time``."""
     listener = load_event("impression_listener_python.json")
     listener["impression"] = listener["impression"][:7]
-    parsed = parse_body(json.dumps(listener))
-    assert parsed.errors == []
-    [(_, impression)] = parsed.impressions
-    assert (impression.key, impression.split, impression.treatment, impression.time) == (
-        "6b2f3a01-6825-11e8-9f57-0acd31e5aef0",
-        "new_checkout",
-        "off",
-        1795483070000,
-    )
+    impression = python_listener_impression(listener)
     assert (impression.label, impression.split_version_number) == ("default rule", 1795482000000)
     assert impression.properties is None
 
