@@ -301,6 +301,15 @@ def test_key_longer_than_250_characters_is_dropped_per_identity() -> None:
     assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "user")]
 
 
+def test_an_empty_user_id_counts_as_absent() -> None:
+    beside = map_one(segment("track", userId=""))
+    assert [e.trafficTypeName for e in beside.events] == ["anonymous"]
+    assert beside.drops == []
+    alone = map_one(segment("track", userId="", anonymousId=None))
+    assert alone.events == []
+    assert drop_reasons(alone) == ["no_identity"]
+
+
 def test_key_of_exactly_250_characters_is_kept() -> None:
     mapped = map_one(segment("track", userId="u" * 250, anonymousId=None))
     assert [e.key for e in mapped.events] == ["u" * 250]
