@@ -563,6 +563,19 @@ def test_a_body_that_tracks_and_then_deletes_a_user_leaves_nothing_of_them(webho
     assert webhook.identity("user", user) is None
 
 
+def test_a_body_deleting_one_user_twice_deletes_them_once(webhook: Webhook) -> None:
+    """DynamoDB refuses a BatchWriteItem whose keys repeat: the two deletions are one."""
+    user = "97980cfea0067"
+    webhook.post([segment_message("identify", userId=user, anonymousId=None), *tracks(2, user=user)])
+    answer = webhook.post(
+        [segment_message("delete", userId=user), segment_message("delete", userId=user, messageId="again")]
+    )
+    assert answer.status == 200
+    assert (answer.body["received"], answer.body["deleted"]) == (2, 2)
+    assert webhook.stored_events("user", user) == []
+    assert webhook.identity("user", user) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Batching: requests per stored event
 
