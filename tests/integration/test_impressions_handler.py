@@ -515,16 +515,17 @@ def test_only_the_failed_impressions_of_an_envelope_are_dead_lettered(
     assert body == {**envelope, "impressions": [envelope["impressions"][1], envelope["impressions"][3]]}
 
 
+@pytest.mark.parametrize("status", [400, 501, 505])  # 501 and 505 are the 5xx Segment never retries
 def test_segment_refusing_a_batch_is_permanent_and_not_retried(
-    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack, status: int
 ) -> None:
-    sink.fail_next(1, 400)
+    sink.fail_next(1, status)
     response = app.lambda_handler(event(json.dumps([webhook(key="a"), webhook(key="b")])), context)
     assert response == {"batchItemFailures": []}
     assert len(sink.requests) == 1
     [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
     assert letter["errorCode"] == "segment_rejected"
-    assert "HTTP 400" in letter["reason"]
+    assert f"HTTP {status}" in letter["reason"]
     assert len(json.loads(letter["body"])) == 2
 
 
@@ -539,6 +540,9 @@ def test_segment_refusing_a_batch_is_permanent_and_not_retried(
         ({"status": 503}, 1),
         ({"status": 429, "retry_after": 1}, 1),
         ({"status": 408}, 1),
+        ({"status": 410}, 1),
+        ({"status": 460}, 1),
+        ({"status": 502}, 1),
         ({"kind": "timeout", "hang_seconds": 3.0}, 1),
         ({"kind": "drop"}, 2),
     ],
