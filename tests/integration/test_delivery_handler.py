@@ -6,6 +6,7 @@ moto for AWS (tables, queue, SSM, Secrets Manager from template.yaml), the loopb
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -525,6 +526,31 @@ def test_delivery_on_without_keys_is_a_visible_permanent_failure(
     assert sink.requests == []
     [message] = failure_messages(stack)
     assert "/inbound/webshop/fme does not exist" in message["reason"]
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("sdk-key-not-json", "not valid JSON"),
+        (json.dumps({"adminKey": "admin-key-only"}), "sdkKey: Field required"),
+        (json.dumps({"sdkKey": ""}), "sdkKey: String should have at least 1 character"),
+        (json.dumps({"sdkKey": "k", "sdk_key": "k"}), "sdk_key: Extra inputs are not permitted"),
+    ],
+)
+def test_fme_keys_that_do_not_validate_are_a_visible_permanent_failure(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any, secret: str, problem: str
+) -> None:
+    connect(sink, with_keys=False)
+    put_secret("inbound/webshop/fme", secret)
+    record = stream_record(events_table(stack), event_item("u1"))
+
+    assert invoke(stream_event(record), lambda_context) == {"batchItemFailures": []}
+
+    assert sink.requests == []
+    [message] = failure_messages(stack)
+    assert message["reason"].startswith(f"{os.environ['CONFIG_PREFIX']}/inbound/webshop/fme: {problem}")
+    assert secret not in message["reason"]
+    assert [i["event"]["key"] for i in message["items"]] == ["u1"]
 
 
 def test_a_connection_whose_config_is_invalid_is_a_visible_permanent_failure(
