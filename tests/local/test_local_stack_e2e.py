@@ -56,10 +56,13 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 class RunningStack:
-    def __init__(self, process: subprocess.Popen[str], api: str, info: dict[str, Any]) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], api: str, info: dict[str, Any], ports: dict[str, int]
+    ) -> None:
         self.process = process
         self.api = api
         self.info = info
+        self.ports = ports
 
     def cli(self, *args: str, input: str | None = None) -> Any:
         result = CliRunner().invoke(app, ["--endpoint-url", self.info["awsEndpointUrl"], *args], input=input)
@@ -98,7 +101,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
     try:
         info = wait_for(ready, STARTUP_TIMEOUT_S, "GET /_local/info")
-        yield RunningStack(process, api, info)
+        ports = {"port": port, "aws": aws_port, "sink": sink_port, "fme": fme_port}
+        yield RunningStack(process, api, info, ports)
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
@@ -115,11 +119,21 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 def test_segment_calls_and_impressions_flow_through_the_real_handlers(
     running: RunningStack, tmp_path: Path
 ) -> None:
-    info = running.info
+    info, ports = running.info, running.ports
     assert info["configPrefix"] == "/fme-segment-bridge/local"
     assert set(info["queueUrls"]) >= {"ImpressionsQueue", "ImpressionsDeadLetterQueue"}
     assert set(info["tableNames"]) >= {"EventsTable", "IdentitiesTable", "ProfilesTable"}
-    assert info["sinkUrl"].endswith("/v1")
+    # Every part listens where its flag says, and info says so.
+    assert info["awsEndpointUrl"] == f"http://127.0.0.1:{ports['aws']}"
+    assert info["sinkUrl"] == f"http://127.0.0.1:{ports['sink']}/v1"
+    assert info["fmeEventsEndpoint"] == f"http://127.0.0.1:{ports['fme']}/api"
+    assert info["fmeIdentitiesEndpoint"] == f"http://127.0.0.1:{ports['fme']}/internal/api/v2"
+    assert info["webhookUrl"] == f"{running.api}/segment/"
+    assert info["impressionsWebhookUrl"] == f"{running.api}/impressions/"
+    sqs = boto3.client("sqs", endpoint_url=info["awsEndpointUrl"], region_name="us-east-1")
+    for logical_id, url in info["queueUrls"].items():  # each URL names the template's queue
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        assert arn.endswith(f":fme-segment-bridge-local-{logical_id}"), (logical_id, arn)
     # The profile API is served where info says: without its secret, a 401 from the real handler.
     assert info["profilesApiUrl"] == f"{running.api}/profiles"
     assert httpx.get(f"{info['profilesApiUrl']}/Production/user/u-1", timeout=10).status_code == 401
@@ -322,6 +336,50 @@ def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> Non
     assert result.stderr.strip() == (
         "error: --host 0.0.0.0 is not a loopback address; the local stack listens on loopback only"
     )
+
+
+def test_another_loopback_host_serves_every_part_there_and_nothing_on_the_default() -> None:
+    host = "127.0.0.2"
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+    except OSError:
+        pytest.skip(f"{host} is not a loopback address this machine has")
+    port, aws_port, sink_port, fme_port = free_ports(4)
+    process = subprocess.Popen(
+        local_command(port, aws_port, sink_port, fme_port, "--host", host),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+    )
+
+    def ready() -> dict[str, Any] | None:
+        assert process.poll() is None, f"fme-bridge local exited with {process.returncode}"
+        try:
+            return dict(httpx.get(f"http://{host}:{port}/_local/info", timeout=1).json())
+        except httpx.HTTPError:
+            return None
+
+    try:
+        info = wait_for(ready, STARTUP_TIMEOUT_S, "GET /_local/info")
+        assert info["awsEndpointUrl"] == f"http://{host}:{aws_port}"
+        assert info["sinkUrl"] == f"http://{host}:{sink_port}/v1"
+        assert info["fmeEventsEndpoint"] == f"http://{host}:{fme_port}/api"
+        assert info["webhookUrl"] == f"http://{host}:{port}/segment/"
+        assert all(url.startswith(f"http://{host}:{aws_port}/") for url in info["queueUrls"].values())
+        for listening in (aws_port, sink_port, fme_port):
+            socket.create_connection((host, listening), timeout=5).close()
+        for unused in (port, aws_port, sink_port, fme_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", unused), timeout=5).close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            assert process.wait(timeout=15) == 0
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
 
 
 def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
