@@ -521,6 +521,7 @@ class Delivery:
             settled = self.log.settled(item.ack_id for item in candidates)
         except Exception:
             logger.exception("delivery log unavailable")
+            report.count("DeliveryLogUnavailable")
             report.retry.update(item.sequence_number for item in candidates)
             return
         unrecorded = [item.ack_id for item in candidates if item.ack_id in self._unrecorded]
@@ -712,6 +713,7 @@ class Delivery:
             settled = self.log.settled(c.ack_id for changes in groups.values() for c in changes)
         except Exception:
             logger.exception("delivery log unavailable")
+            report.count("DeliveryLogUnavailable")
             for changes in groups.values():
                 for change in changes:
                     report.retry.update(sequences[change.identity_key])

@@ -1119,6 +1119,7 @@ def test_records_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
     kind: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     connect(sink)
     if kind == "events":
@@ -1143,6 +1144,8 @@ def test_records_are_handed_back_while_the_config_or_the_delivery_log_cannot_be_
 
     assert failed_ids(response) == [r["dynamodb"]["SequenceNumber"] for r in records]
     assert (sink.events, sink.identity_updates) == ([], [])
+    (metrics,) = published_metrics(capsys.readouterr().out)  # never silent: a metric says why
+    assert metrics[{"config": "ConfigUnavailable", "delivery_log": "DeliveryLogUnavailable"}[fault]] == [1.0]
     mend()
     assert invoke(stream_event(*records), lambda_context) == {"batchItemFailures": []}
     keys = [e.event["key"] for e in sink.events] + [u.key for u in sink.identity_updates]
