@@ -150,6 +150,17 @@ def secret_accepts(name: str, matches: Callable[[str], bool]) -> bool:
     return _matches_previous(name, matches)
 
 
+def token_accepted(name: str, token: bytes) -> bool:
+    """Whether ``token`` is the current or the previous version of the secret ``name``, compared in
+    constant time. An empty token, or no secret set up, lets nobody in."""
+
+    def matches(secret: str) -> bool:
+        key = secret_bytes(secret)
+        return bool(key) and hmac.compare_digest(token, key)
+
+    return bool(token) and secret_accepts(name, matches)
+
+
 # A digest of the current version each connection's credentials were last refused against.
 _refused_against: dict[str, bytes] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import subprocess
@@ -87,6 +88,20 @@ def lambda_context() -> Any:
             return self.remaining_ms
 
     return Context()
+
+
+@pytest.fixture
+def compared_digests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every ``hmac.compare_digest`` call made while the test runs, as (presented, secret) bytes."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((bytes(a), bytes(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    return compared
 
 
 def load_event(name: str) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from shared.inbound.messages import BadRequest, PayloadTooLarge, gunzip
 from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.outbound import webhook_relay
-from shared.secret_versions import secret_accepts, secret_bytes
+from shared.secret_versions import token_accepted
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -44,17 +43,6 @@ def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
         "headers": {"Content-Type": "application/json", **(headers or {})},
         "body": json.dumps(body),
     }
-
-
-def _authenticated(token: str | None) -> bool:
-    given = (token or "").encode()
-
-    def matches(secret: str) -> bool:
-        key = secret_bytes(secret)
-        return bool(key) and hmac.compare_digest(given, key)
-
-    # A wrong token, or no secret set up: nobody is let in.
-    return bool(given) and secret_accepts(secret_name(), matches)
 
 
 def _body(event: dict[str, Any]) -> bytes:
@@ -78,7 +66,7 @@ def _body(event: dict[str, Any]) -> bytes:
 
 def relay(event: dict[str, Any], seconds_left: Callable[[], float]) -> dict[str, Any]:
     token = (event.get("pathParameters") or {}).get("token")
-    if not _authenticated(token):
+    if not token_accepted(secret_name(), (token or "").encode()):  # no secret set up: nobody gets in
         metrics.add_metric("ImpressionsWebhookUnauthorized", MetricUnit.Count, 1)
         return _answer(401, {"error": "unauthorized"})
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -20,7 +19,7 @@ from shared.lambda_context import completed_context
 from shared.metrics import lambda_metrics
 from shared.profiles import sources
 from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT, ProfileNotFound, load_profile
-from shared.secret_versions import secret_accepts, secret_bytes
+from shared.secret_versions import token_accepted
 from shared.tracing import lambda_tracer
 
 logger = Logger()
@@ -49,17 +48,11 @@ def secret_name() -> str:
 
 def authenticate(authorization: str | None) -> None:
     """``Authorization: Bearer <secret>``, compared in constant time with the current or previous secret
-    (cached and read again as the webhook's are: :func:`shared.secret_versions.secret_accepts`)."""
+    (cached and read again as the webhook's are: :func:`shared.secret_versions.token_accepted`)."""
     scheme, _, presented = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized
-    given = presented.strip().encode()
-
-    def matches(secret: str) -> bool:
-        key = secret_bytes(secret)  # as the webhook's secrets are compared
-        return bool(key) and hmac.compare_digest(given, key)
-
-    if not secret_accepts(secret_name(), matches):
+    if not token_accepted(secret_name(), presented.strip().encode()):
         raise Unauthorized  # a wrong secret, or none set up: nobody can be let in
 
 

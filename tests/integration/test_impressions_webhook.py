@@ -164,6 +164,13 @@ def test_no_secret_set_up_lets_nobody_in(
     assert status == 401
 
 
+def test_the_token_is_compared_with_compare_digest(
+    relay: Stack, lambda_context: Any, compared_digests: list[tuple[bytes, bytes]]
+) -> None:
+    assert post(api_event(gzip.compress(b"[]")), lambda_context)[0] == 200
+    assert compared_digests == [(TOKEN.encode(), TOKEN.encode())]
+
+
 def test_the_previous_token_works_while_a_rotation_goes_on(relay: Stack, lambda_context: Any) -> None:
     put_secret("impressions-webhook", "imp-new-token")
     for token in ("imp-new-token", TOKEN):
@@ -342,7 +349,7 @@ def test_the_secret_unreadable_is_a_503(
     def unavailable(*_: Any, **__: Any) -> Any:
         raise config.ConfigUnavailable("Secrets Manager failing")
 
-    monkeypatch.setattr("functions.impressions_webhook.app.secret_accepts", unavailable)
+    monkeypatch.setattr(config, "get_secret", unavailable)
     status, _, headers = post(api_event(gzip.compress(b"[]")), lambda_context)
     assert (status, headers["Retry-After"]) == (503, "5")
 

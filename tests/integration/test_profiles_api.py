@@ -136,6 +136,14 @@ def test_bad_or_missing_credentials_are_401(
     assert headers.get("WWW-Authenticate", "").startswith("Bearer")
 
 
+def test_the_secret_is_compared_with_compare_digest(
+    api: Stack, lambda_context: Any, compared_digests: list[tuple[bytes, bytes]]
+) -> None:
+    store_identity(api)
+    assert call(lambda_context)[0] == 200
+    assert compared_digests == [(SECRET.encode(), SECRET.encode())]
+
+
 def test_unknown_profile_is_401_before_authentication_and_404_after(api: Stack, lambda_context: Any) -> None:
     assert call(lambda_context, key="nobody", authorization="Bearer wrong")[0] == 401
     status, body, _ = call(lambda_context, key="nobody")
