@@ -100,14 +100,13 @@ def relay(event: dict[str, Any], seconds_left: Callable[[], float]) -> dict[str,
         logger.error("the impressions queue did not take every message", extra={"unsent": sent.unsent})
         metrics.add_metric("ImpressionsWebhookUnavailable", MetricUnit.Count, 1)
         return _unavailable()
-    metrics.add_metric(
-        "ImpressionsWebhookQueued", MetricUnit.Count, relayed.impressions - len(relayed.too_large) - refused
-    )
+    queued = relayed.impressions - len(relayed.too_large) - refused
+    metrics.add_metric("ImpressionsWebhookQueued", MetricUnit.Count, queued)
     return _answer(
         200,
         {
             "received": relayed.impressions,
-            "queued": relayed.impressions - len(relayed.too_large) - refused,
+            "queued": queued,
             "messages": len(relayed.bodies) - len(sent.refused),
             "tooLarge": len(relayed.too_large),
             "refused": refused,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from fme_bridge.segment_sink import SegmentSink
@@ -414,13 +416,37 @@ def test_a_body_of_too_many_values_is_a_413_before_it_is_read(
     assert post(api_event(gzip.compress(b"[" + b",".join([b"{}"] * 11) + b"]")), lambda_context)[0] == 200
 
 
+@pytest.mark.parametrize(("size", "status"), [(1000, 200), (1001, 413)])
 def test_a_plain_body_over_the_limit_is_a_413(
-    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, size: int, status: int
 ) -> None:
     monkeypatch.setattr(webhook_relay, "MAX_INFLATED_BYTES", 1000)
-    event = api_event(b"[" + b" " * 2000 + b"]")
+    event = api_event(b"[" + b" " * (size - 2) + b"]")
     del event["headers"]["content-encoding"]
-    assert post(event, lambda_context)[0] == 413
+    assert post(event, lambda_context)[0] == status
+
+
+def test_a_call_that_cannot_reach_sqs_is_sent_again(relay: Stack, lambda_context: Any) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from shared import aws
+
+    client = aws.client("sqs")
+    failures = [EndpointConnectionError(endpoint_url="https://sqs.us-east-1.amazonaws.com")]
+
+    def unreachable_once(**_: Any) -> None:
+        if failures:
+            raise failures.pop()
+
+    client.meta.events.register("before-call.sqs.SendMessageBatch", unreachable_once)
+    try:
+        status, body, _ = post(
+            api_event(gzip.compress(json.dumps(webhook_impressions(3)).encode())), lambda_context
+        )
+    finally:
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", unreachable_once)
+    assert (status, body["queued"], failures) == (200, 3, [])
+    assert [len(message) for message in queued(relay)] == [3]
 
 
 def test_a_body_inflated_on_the_way_with_its_header_kept_is_read(relay: Stack, lambda_context: Any) -> None:
@@ -436,43 +462,55 @@ def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
 
     client = aws.client("sqs")
     calls: list[int] = []
+    order = itertools.count()
 
-    def refuse_the_first(parsed: dict[str, Any], **_: Any) -> None:
-        calls.append(len(parsed["Successful"]))
-        if len(calls) > 1:
-            return
-        first = parsed["Successful"].pop(0)
-        parsed.setdefault("Failed", []).append(
-            {"Id": first["Id"], "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"}
-        )
+    def remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["entries"] = params["Entries"]
 
-    client.meta.events.register("after-call.sqs.SendMessageBatch", refuse_the_first)
+    def refuse_the_first(context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        entries = context["entries"]
+        calls.append(len(entries))
+        if next(order) > 0:
+            return None  # sent
+        refused = [
+            {"Id": e["Id"], "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"}
+            for e in entries
+        ]
+        return AWSResponse("https://sqs", 200, {}, None), {"Successful": [], "Failed": refused}
+
+    client.meta.events.register("before-parameter-build.sqs.SendMessageBatch", remember)
+    client.meta.events.register("before-call.sqs.SendMessageBatch", refuse_the_first)
     impressions = webhook_impressions(600)  # two messages of 256 KiB at most, one refused
     for impression in impressions:
         impression["properties"] = json.dumps({"note": "x" * 400})
     try:
         status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
     finally:
-        client.meta.events.unregister("after-call.sqs.SendMessageBatch", refuse_the_first)
+        client.meta.events.unregister("before-parameter-build.sqs.SendMessageBatch", remember)
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", refuse_the_first)
 
     assert status == 200  # sending the post again would not change SQS's answer
     assert calls == [1, 1]  # one call per message of about 256 KiB, and none again
     assert body["messages"] == 1
-    assert body["refused"] + body["queued"] == 600
-    assert body["refused"] > 0
+    on_the_queue = sum(len(message) for message in queued(relay))  # counted in impressions
+    assert 0 < on_the_queue < 600
+    assert (body["queued"], body["refused"]) == (on_the_queue, 600 - on_the_queue)
     (metrics,) = published_metrics(capsys.readouterr().out)
-    assert metrics["ImpressionsWebhookRefused"] == [float(body["refused"])]
+    assert metrics["ImpressionsWebhookReceived"] == [600.0]
+    assert metrics["ImpressionsWebhookQueued"] == [float(on_the_queue)]
+    assert metrics["ImpressionsWebhookRefused"] == [float(600 - on_the_queue)]
     [logged] = [
         r for r in caplog.records if r.getMessage() == "the impressions queue refused messages for good"
     ]
     assert logged.reasons == ["InvalidMessageContents"]  # type: ignore[attr-defined]
 
 
-def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503(relay: Stack) -> None:
+def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503(
+    relay: Stack, lambda_context: Any
+) -> None:
     import threading
     import time
 
-    from functions.impressions_webhook import app
     from shared import aws
 
     client = aws.client("sqs")
@@ -482,14 +520,18 @@ def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503
         release.wait(timeout=10)
 
     client.meta.events.register("before-call.sqs.SendMessageBatch", hang)
+    lambda_context.remaining_ms = 2_000  # Lambda's clock, in milliseconds
     started = time.monotonic()
     try:
-        answer = app.relay(api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda: 2.0)
+        status, _, headers = post(
+            api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context
+        )
     finally:
         elapsed = time.monotonic() - started
         client.meta.events.unregister("before-call.sqs.SendMessageBatch", hang)
-    assert answer["statusCode"] == 503
-    assert elapsed < 2.5  # 0.5 s for the calls (2 s left, less the margin), not the 10 s they hang
+    assert (status, headers["Retry-After"]) == (503, "5")
+    # 0.5 s for the calls: the 2 s left less the 1.5 s kept to answer, not the 10 s they hang
+    assert elapsed < 1.5
 
     # The call given up on still ends, and its message is queued (FME's retry queues it again; the
     # impressions' messageIds make Segment keep one): it is waited for here, not in the next test.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shared.outbound.webhook_relay import NotImpressions, queue_messages
+from shared.outbound.webhook_relay import MAX_COMMAS, MAX_INFLATED_BYTES, NotImpressions, queue_messages
 
 
 def items(count: int, pad: int = 0) -> list[dict[str, object]]:
@@ -74,6 +74,26 @@ def test_an_object_that_is_not_an_envelope_is_one_message(document: dict[str, ob
     relayed = queue_messages(json.dumps(document).encode())
     assert [json.loads(body) for body in relayed.bodies] == [document]
     assert relayed.impressions == 1
+
+
+def test_an_object_that_fills_a_message_exactly_fits() -> None:
+    document = json.dumps({"key": "k"}).encode()
+    relayed = queue_messages(document, len(document))
+    assert (relayed.bodies, relayed.too_large) == ([document.decode()], [])
+
+
+def test_the_limits_are_the_documented_ones() -> None:
+    """A post FME may send is refused only past what docs/outbound.md and the OpenAPI document say."""
+    from pathlib import Path
+
+    from fme_bridge import openapi
+
+    docs = (Path(__file__).parents[2] / "docs" / "outbound.md").read_text()
+    mib = MAX_INFLATED_BYTES // 2**20
+    assert mib * 2**20 == MAX_INFLATED_BYTES
+    assert f"up to {mib} MiB" in docs
+    assert f"beyond {MAX_COMMAS:,} commas" in docs
+    assert f"more than {mib} MiB, or holds over {MAX_COMMAS:,} values" in json.dumps(openapi.document())
 
 
 def test_an_object_no_message_can_hold_is_too_large() -> None:
