@@ -162,7 +162,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     imp = results["impressions"]["contenders"]
     shown = {
         "handler": ("bridge\nhandler", "#2b8a3e"),
@@ -178,7 +178,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
     axes[0].set_title("Impressions → Segment, impressions/s")
     ratios = results["impressions"]["ratios"]
     axes[0].set_xlabel(
-        f"{ratios['handler_vs_official']:.1f}× the official client, "
+        f"{ratios['handler_vs_official']:.2f}× the official client, "
         f"{ratios['handler_vs_wire']:.2f}× the wire limit"
     )
 
