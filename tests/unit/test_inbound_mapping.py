@@ -475,6 +475,21 @@ def test_the_trait_limit_counts_characters_not_bytes() -> None:
     assert mapped.strings_cut == 1
 
 
+def test_strings_cut_are_counted_over_the_whole_body() -> None:
+    messages = [
+        segment("identify", traits={"bio": "b" * 300}, anonymousId=None, messageId=f"m-{n}") for n in range(2)
+    ]
+    assert map_messages(messages, connection(), NOW).strings_cut == 2
+
+
+def test_an_identify_trait_named_split_is_an_attribute_like_any_other() -> None:
+    # Only a group call's traits.split names a traffic type to identify.
+    mapped = map_one(
+        segment("identify", traits={"split": {"account": "a-1"}, "plan": "pro"}, anonymousId=None)
+    )
+    assert mapped.identities[0].attributes == {"split": '{"account":"a-1"}', "plan": "pro"}
+
+
 def test_a_trait_without_a_name_is_not_an_attribute() -> None:
     mapped = map_one(segment("identify", traits={"": "x", "plan": "pro"}, anonymousId=None))
     assert mapped.identities[0].attributes == {"plan": "pro"}
