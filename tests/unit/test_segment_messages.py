@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import msgspec
 import pytest
@@ -38,6 +39,21 @@ def test_timestamp_is_iso_8601_utc_with_milliseconds() -> None:
     assert iso_timestamp(1795483041109) == "2026-11-24T01:17:21.109Z"
     assert iso_timestamp(0) == "1970-01-01T00:00:00.000Z"
     assert iso_timestamp(1795483041000) == "2026-11-24T01:17:21.000Z"
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="time.tzset is POSIX-only")
+def test_timestamps_are_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.outbound import segment_messages
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    segment_messages._second.cache_clear()
+    try:
+        assert iso_timestamp(1795483041109) == "2026-11-24T01:17:21.109Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+        segment_messages._second.cache_clear()
 
 
 def test_message_id_is_deterministic_and_short() -> None:
