@@ -455,6 +455,30 @@ def test_a_body_inflated_on_the_way_with_its_header_kept_is_read(relay: Stack, l
     assert (status, body["queued"]) == (200, 2)
 
 
+def test_no_backoff_runs_into_the_time_kept_to_answer(relay: Stack) -> None:
+    """A round that failed is not followed by a pause when what is left is the answer's margin."""
+    from shared import aws
+
+    client = aws.client("sqs")
+
+    def failing(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "SendMessageBatch")
+
+    left = iter([10.0])  # for the first round's calls; then only the margin is left
+    slept: list[float] = []
+    client.meta.events.register("before-call.sqs.SendMessageBatch", failing)
+    try:
+        sent = webhook_relay.send(
+            relay.queues["ImpressionsQueue"],
+            ["[]", "[]"],
+            lambda: next(left, webhook_relay.DEADLINE_MARGIN_S),
+            sleep=slept.append,
+        )
+    finally:
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", failing)
+    assert (sent.unsent, slept) == (2, [])
+
+
 def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
     relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
