@@ -6,6 +6,7 @@ posts, against moto."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import gzip
 import itertools
@@ -71,6 +72,25 @@ def queued(stack: Stack) -> list[Any]:
         stack.queues["ImpressionsQueue"], stack.queue_arns["ImpressionsQueue"], 100
     )
     return [json.loads(record["body"]) for record in event["Records"]]
+
+
+@contextlib.contextmanager
+def on_sends(**handlers: Callable[..., Any]) -> Iterator[None]:
+    """botocore handlers on the functions' SQS client's SendMessageBatch calls while the block runs,
+    by event (``before_call=…`` for ``before-call``)."""
+    from shared import aws
+
+    events = aws.client("sqs").meta.events
+    named = [
+        (f"{event.replace('_', '-')}.sqs.SendMessageBatch", handler) for event, handler in handlers.items()
+    ]
+    for name, handler in named:
+        events.register(name, handler)
+    try:
+        yield
+    finally:
+        for name, handler in named:
+            events.unregister(name, handler)
 
 
 def webhook_impressions(count: int) -> list[dict[str, Any]]:
@@ -284,22 +304,16 @@ def test_an_empty_array_is_answered_and_queues_nothing(relay: Stack, lambda_cont
 def test_a_queue_that_refuses_is_a_503_and_fmes_retry_queues_it(
     relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shared import aws
-
     monkeypatch.setattr(webhook_relay.time, "sleep", lambda _: None)
-    client = aws.client("sqs")
     refused: list[int] = []
 
     def refuse(**_: Any) -> None:
         refused.append(1)
         raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessageBatch")
 
-    client.meta.events.register("before-call.sqs.SendMessageBatch", refuse)
     posted = gzip.compress(json.dumps(webhook_impressions(2)).encode())
-    try:
+    with on_sends(before_call=refuse):
         status, body, headers = post(api_event(posted), lambda_context)
-    finally:
-        client.meta.events.unregister("before-call.sqs.SendMessageBatch", refuse)
 
     assert (status, body, headers["Retry-After"]) == (
         503,
@@ -316,9 +330,6 @@ def test_a_queue_that_refuses_is_a_503_and_fmes_retry_queues_it(
 
 
 def test_entries_sqs_refuses_are_sent_again(relay: Stack, lambda_context: Any) -> None:
-    from shared import aws
-
-    client = aws.client("sqs")
     calls: list[int] = []
 
     def fail_the_first_entry_once(parsed: dict[str, Any], **_: Any) -> None:
@@ -329,13 +340,10 @@ def test_entries_sqs_refuses_are_sent_again(relay: Stack, lambda_context: Any) -
                 {"Id": first["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
             )
 
-    client.meta.events.register("after-call.sqs.SendMessageBatch", fail_the_first_entry_once)
-    try:
+    with on_sends(after_call=fail_the_first_entry_once):
         status, _, _ = post(
             api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context
         )
-    finally:
-        client.meta.events.unregister("after-call.sqs.SendMessageBatch", fail_the_first_entry_once)
 
     assert status == 200
     assert len(calls) == 2
@@ -429,22 +437,16 @@ def test_a_plain_body_over_the_limit_is_a_413(
 def test_a_call_that_cannot_reach_sqs_is_sent_again(relay: Stack, lambda_context: Any) -> None:
     from botocore.exceptions import EndpointConnectionError
 
-    from shared import aws
-
-    client = aws.client("sqs")
     failures = [EndpointConnectionError(endpoint_url="https://sqs.us-east-1.amazonaws.com")]
 
     def unreachable_once(**_: Any) -> None:
         if failures:
             raise failures.pop()
 
-    client.meta.events.register("before-call.sqs.SendMessageBatch", unreachable_once)
-    try:
+    with on_sends(before_call=unreachable_once):
         status, body, _ = post(
             api_event(gzip.compress(json.dumps(webhook_impressions(3)).encode())), lambda_context
         )
-    finally:
-        client.meta.events.unregister("before-call.sqs.SendMessageBatch", unreachable_once)
     assert (status, body["queued"], failures) == (200, 3, [])
     assert [len(message) for message in queued(relay)] == [3]
 
@@ -457,34 +459,25 @@ def test_a_body_inflated_on_the_way_with_its_header_kept_is_read(relay: Stack, l
 
 def test_no_backoff_runs_into_the_time_kept_to_answer(relay: Stack) -> None:
     """A round that failed is not followed by a pause when what is left is the answer's margin."""
-    from shared import aws
-
-    client = aws.client("sqs")
 
     def failing(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "SendMessageBatch")
 
     left = iter([10.0])  # for the first round's calls; then only the margin is left
     slept: list[float] = []
-    client.meta.events.register("before-call.sqs.SendMessageBatch", failing)
-    try:
+    with on_sends(before_call=failing):
         sent = webhook_relay.send(
             relay.queues["ImpressionsQueue"],
             ["[]", "[]"],
             lambda: next(left, webhook_relay.DEADLINE_MARGIN_S),
             sleep=slept.append,
         )
-    finally:
-        client.meta.events.unregister("before-call.sqs.SendMessageBatch", failing)
     assert (sent.unsent, slept) == (2, [])
 
 
 def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
     relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from shared import aws
-
-    client = aws.client("sqs")
     calls: list[int] = []
     order = itertools.count()
 
@@ -502,16 +495,11 @@ def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
         ]
         return AWSResponse("https://sqs", 200, {}, None), {"Successful": [], "Failed": refused}
 
-    client.meta.events.register("before-parameter-build.sqs.SendMessageBatch", remember)
-    client.meta.events.register("before-call.sqs.SendMessageBatch", refuse_the_first)
     impressions = webhook_impressions(600)  # two messages of 256 KiB at most, one refused
     for impression in impressions:
         impression["properties"] = json.dumps({"note": "x" * 400})
-    try:
+    with on_sends(before_parameter_build=remember, before_call=refuse_the_first):
         status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
-    finally:
-        client.meta.events.unregister("before-parameter-build.sqs.SendMessageBatch", remember)
-        client.meta.events.unregister("before-call.sqs.SendMessageBatch", refuse_the_first)
 
     assert status == 200  # sending the post again would not change SQS's answer
     assert calls == [1, 1]  # one call per message of about 256 KiB, and none again
@@ -535,24 +523,18 @@ def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503
     import threading
     import time
 
-    from shared import aws
-
-    client = aws.client("sqs")
     release = threading.Event()
 
     def hang(**_: Any) -> None:
         release.wait(timeout=10)
 
-    client.meta.events.register("before-call.sqs.SendMessageBatch", hang)
     lambda_context.remaining_ms = 2_000  # Lambda's clock, in milliseconds
     started = time.monotonic()
-    try:
+    with on_sends(before_call=hang):
         status, _, headers = post(
             api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context
         )
-    finally:
-        elapsed = time.monotonic() - started
-        client.meta.events.unregister("before-call.sqs.SendMessageBatch", hang)
+    elapsed = time.monotonic() - started
     assert (status, headers["Retry-After"]) == (503, "5")
     # 0.5 s for the calls: the 2 s left less the 1.5 s kept to answer, not the 10 s they hang
     assert elapsed < 1.5
@@ -569,25 +551,19 @@ def test_calls_unanswered_near_the_deadline_are_given_up_and_the_answer_is_a_503
 
 
 def test_no_message_and_no_call_is_over_sqss_256_kib_in_utf_8(relay: Stack, lambda_context: Any) -> None:
-    from shared import aws
-
-    client = aws.client("sqs")
     sent: list[list[int]] = []
 
     def sizes(params: dict[str, Any], **_: Any) -> None:
         sent.append([len(entry["MessageBody"].encode()) for entry in params["Entries"]])
 
-    client.meta.events.register("provide-client-params.sqs.SendMessageBatch", sizes)
     # Five messages of nearly 256 KiB and a sixth of 109 KB, which counted in characters (76,121)
     # would join the fifth (182,689) in one call of 371 KB.
     impressions = webhook_impressions(1430)
     for impression in impressions:
         impression["properties"] = json.dumps({"note": "é" * 300}, ensure_ascii=False)  # 2 bytes each
-    try:
-        body = json.dumps(impressions, ensure_ascii=False).encode()
+    body = json.dumps(impressions, ensure_ascii=False).encode()
+    with on_sends(provide_client_params=sizes):
         assert post(api_event(gzip.compress(body)), lambda_context)[0] == 200
-    finally:
-        client.meta.events.unregister("provide-client-params.sqs.SendMessageBatch", sizes)
     assert len(sent) > 1
     assert max(sum(call) for call in sent) <= 256 * 1024
     assert max(size for call in sent for size in call) <= 256 * 1024
