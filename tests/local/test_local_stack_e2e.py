@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -14,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 import httpx
@@ -76,19 +77,20 @@ class RunningStack:
         return resource.Table(self.info["tableNames"][logical_id])
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+@contextlib.contextmanager
+def started_stack(log: IO[str], host: str | None = None) -> Iterator[RunningStack]:
+    """``fme-bridge local`` on free ports (of ``--host host``, else of its default host), its output in
+    ``log``; stopped with Ctrl-C, which must end it cleanly."""
     port, aws_port, sink_port, fme_port = free_ports(4)
-    log = (tmp_path_factory.mktemp("local") / "stack.log").open("w+")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen(
-        local_command(port, aws_port, sink_port, fme_port),
+        local_command(port, aws_port, sink_port, fme_port, *(("--host", host) if host else ())),
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
-    api = f"http://127.0.0.1:{port}"
+    api = f"http://{host or '127.0.0.1'}:{port}"
 
     def ready() -> dict[str, Any] | None:
         if process.poll() is not None:
@@ -111,9 +113,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             process.kill()
             process.wait()
             raise
-        finally:
-            log.close()
         assert returncode == 0
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    with (tmp_path_factory.mktemp("local") / "stack.log").open("w+") as log, started_stack(log) as stack:
+        yield stack
 
 
 def test_segment_calls_and_impressions_flow_through_the_real_handlers(
@@ -338,48 +344,25 @@ def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> Non
     )
 
 
-def test_another_loopback_host_serves_every_part_there_and_nothing_on_the_default() -> None:
+def test_another_loopback_host_serves_every_part_there_and_nothing_on_the_default(tmp_path: Path) -> None:
     host = "127.0.0.2"
     try:
         with socket.socket() as probe:
             probe.bind((host, 0))
     except OSError:
         pytest.skip(f"{host} is not a loopback address this machine has")
-    port, aws_port, sink_port, fme_port = free_ports(4)
-    process = subprocess.Popen(
-        local_command(port, aws_port, sink_port, fme_port, "--host", host),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-    )
-
-    def ready() -> dict[str, Any] | None:
-        assert process.poll() is None, f"fme-bridge local exited with {process.returncode}"
-        try:
-            return dict(httpx.get(f"http://{host}:{port}/_local/info", timeout=1).json())
-        except httpx.HTTPError:
-            return None
-
-    try:
-        info = wait_for(ready, STARTUP_TIMEOUT_S, "GET /_local/info")
-        assert info["awsEndpointUrl"] == f"http://{host}:{aws_port}"
-        assert info["sinkUrl"] == f"http://{host}:{sink_port}/v1"
-        assert info["fmeEventsEndpoint"] == f"http://{host}:{fme_port}/api"
-        assert info["webhookUrl"] == f"http://{host}:{port}/segment/"
-        assert all(url.startswith(f"http://{host}:{aws_port}/") for url in info["queueUrls"].values())
-        for listening in (aws_port, sink_port, fme_port):
+    with (tmp_path / "stack.log").open("w+") as log, started_stack(log, host) as stack:
+        info, ports = stack.info, stack.ports
+        assert info["awsEndpointUrl"] == f"http://{host}:{ports['aws']}"
+        assert info["sinkUrl"] == f"http://{host}:{ports['sink']}/v1"
+        assert info["fmeEventsEndpoint"] == f"http://{host}:{ports['fme']}/api"
+        assert info["webhookUrl"] == f"http://{host}:{ports['port']}/segment/"
+        assert all(url.startswith(f"http://{host}:{ports['aws']}/") for url in info["queueUrls"].values())
+        for listening in (ports["aws"], ports["sink"], ports["fme"]):
             socket.create_connection((host, listening), timeout=5).close()
-        for unused in (port, aws_port, sink_port, fme_port):
+        for unused in ports.values():
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", unused), timeout=5).close()
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            assert process.wait(timeout=15) == 0
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
 
 
 def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
