@@ -251,9 +251,10 @@ def numeric_value(raw: Any) -> int | float | None:
 
 
 def key_of(raw: Any) -> str | None:
-    """A traffic key from an id (string, or a number sent by a loosely typed library)."""
+    """A traffic key from an id (string, or a number sent by a loosely typed library); None for
+    an empty one or one of whitespace alone, which FME's SDKs refuse."""
     if isinstance(raw, str):
-        return raw or None
+        return raw if raw.strip() else None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return str(raw)
     return None

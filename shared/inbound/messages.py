@@ -176,6 +176,15 @@ def _id_string(value: Any) -> Any:
 IdString = Annotated[str | None, BeforeValidator(_id_string)]
 
 
+def _key_string(value: Any) -> Any:
+    # FME's SDKs refuse a key of whitespace alone, as they refuse an empty one.
+    value = _id_string(value)
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+KeyString = Annotated[str | None, BeforeValidator(_key_string)]
+
+
 def _empty_list_as_object(value: Any) -> Any:
     # PHP's json_encode writes an empty array for empty properties or traits (analytics-php).
     return {} if isinstance(value, list) and not value else value
@@ -195,8 +204,8 @@ class SegmentMessage(BaseModel):
 
     type: str
     messageId: IdString = None
-    userId: IdString = None
-    anonymousId: IdString = None
+    userId: KeyString = None
+    anonymousId: KeyString = None
     timestamp: Any = None
     originalTimestamp: Any = None
     receivedAt: Any = None

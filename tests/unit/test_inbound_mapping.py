@@ -285,8 +285,9 @@ def test_a_null_properties_split_is_no_split() -> None:
     assert mapped.drops == []
 
 
-def test_a_properties_split_with_an_empty_key_drops_that_group_and_keeps_the_rest() -> None:
-    mapped = map_one(segment("track", properties={"split": [{"account": ""}]}))
+@pytest.mark.parametrize("blank", ["", " \t"], ids=["empty", "whitespace"])
+def test_a_properties_split_with_an_empty_key_drops_that_group_and_keeps_the_rest(blank: str) -> None:
+    mapped = map_one(segment("track", properties={"split": [{"account": blank}]}))
     assert {e.trafficTypeName for e in mapped.events} == {"user", "anonymous"}
     assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "account")]
 
@@ -301,13 +302,21 @@ def test_key_longer_than_250_characters_is_dropped_per_identity() -> None:
     assert [(d.reason.value, d.trafficType) for d in mapped.drops] == [("invalid_key", "user")]
 
 
-def test_an_empty_user_id_counts_as_absent() -> None:
-    beside = map_one(segment("track", userId=""))
+@pytest.mark.parametrize("blank", ["", " ", "\t \n"], ids=["empty", "space", "whitespace"])
+def test_an_empty_or_blank_user_id_counts_as_absent(blank: str) -> None:
+    beside = map_one(segment("track", userId=blank))
     assert [e.trafficTypeName for e in beside.events] == ["anonymous"]
     assert beside.drops == []
-    alone = map_one(segment("track", userId="", anonymousId=None))
+    alone = map_one(segment("track", userId=blank, anonymousId=None))
     assert alone.events == []
     assert drop_reasons(alone) == ["no_identity"]
+    identify = map_one(segment("identify", anonymousId=blank))
+    assert [i.trafficTypeName for i in identify.identities] == ["user"]
+
+
+def test_a_key_with_spaces_around_it_is_kept_as_sent() -> None:
+    mapped = map_one(segment("track", userId=" u-42 ", anonymousId=None))
+    assert [e.key for e in mapped.events] == [" u-42 "]
 
 
 def test_key_of_exactly_250_characters_is_kept() -> None:
@@ -523,9 +532,10 @@ def test_a_group_whose_traits_split_is_unusable_is_dropped_with_the_reason(split
     assert (mapped.identities, drop_reasons(mapped), mapped.ignored) == ([], ["invalid_split"], {})
 
 
-def test_a_group_whose_traits_split_key_is_empty_is_dropped_as_an_invalid_key() -> None:
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "spaces"])
+def test_a_group_whose_traits_split_key_is_empty_is_dropped_as_an_invalid_key(blank: str) -> None:
     message = segment("group_split")
-    message["traits"]["split"] = {"account": ""}
+    message["traits"]["split"] = {"account": blank}
     mapped = map_one(message)
     assert (mapped.identities, [(d.reason.value, d.trafficType) for d in mapped.drops]) == (
         [],
@@ -568,6 +578,7 @@ def test_delete_without_user_id_is_dropped() -> None:
     message = segment("delete")
     del message["userId"]
     assert drop_reasons(map_one(message)) == ["missing_user_id"]
+    assert drop_reasons(map_one(segment("delete", userId=" "))) == ["missing_user_id"]
 
 
 @pytest.mark.parametrize(
