@@ -1,8 +1,9 @@
 """POST /impressions/{token}: FME's impressions webhook onto the impressions queue (docs/outbound.md).
 
-Answers 200 once every impression is on the queue (FME counts anything else as a failure and sends
-the batch again: the impressions function derives each Segment ``messageId`` from the impression, so
-what was already queued is dropped by Segment as a duplicate).
+Answers 200 once every impression is on the queue, or counted in the answer as left out for good (an
+impression over SQS's 256 KiB, one SQS refuses permanently); 503 while any stays unsent (FME counts
+anything else as a failure and sends the batch again: the impressions function derives each Segment
+``messageId`` from the impression, so what was already queued is dropped by Segment as a duplicate).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The impressions function forwards the newest impression per identity and flag of each of its batches
 (:mod:`shared.profiles.forwarding`); this function records them (one conditional write per identity
-and flag, skipped when the container already knows a newer one) and, for every outbound config with
+and flag, which DynamoDB refuses when it holds a newer impression; skipped when the container has
+just written the same one) and, for every outbound config with
 ``computedTraits`` enabled, sends an ``identify`` when a user's treatment changed. Messages whose
 writes or identifies failed transiently are reported as batch item failures and retried by SQS, and
 on their last receive go to the dead-letter queue with the reason (``retries_exhausted``); a message
