@@ -460,6 +460,8 @@ def test_an_audience_of_another_traffic_type_identifies_its_members_by_that_type
             "rule": {"attribute": {"name": "plan", "equals": "pro"}},
         },
     )
+    # The same rule for users: an anonymous profile that meets it is not one of its members.
+    put_config("audiences/user_pros", {**AUDIENCE, "rule": {"attribute": {"name": "plan", "equals": "pro"}}})
     config_store.clear_caches()
     visitor = {
         "pk": "Production#anonymous#anon-9",
@@ -477,6 +479,8 @@ def test_an_audience_of_another_traffic_type_identifies_its_members_by_that_type
     assert message["anonymousId"] == "anon-9"
     assert "userId" not in message
     assert message["traits"] == {"anonymous_pros": True}
+    items = profile_items("Production#anonymous#anon-9")
+    assert [i["sk"] for i in items if i["sk"].startswith("audience#")] == ["audience#anonymous_pros"]
 
 
 def test_exit_when_an_attribute_changes(
@@ -631,6 +635,20 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
     assert "recheckAt" not in stored  # off the index: time alone cannot bring it back
 
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+
+def test_the_recheck_starts_no_round_in_its_last_15_seconds(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """A round must have time to finish its sends and stores (docs/profiles.md)."""
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    clock[0] = NOW + 6 * DAY_MS + 1
+    lambda_context.remaining_ms = 14_900
+    summary = sweep.lambda_handler({}, lambda_context)
+    assert (summary["evaluated"], summary["finished"]) == (0, False)
+    lambda_context.remaining_ms = 15_500
+    summary = sweep.lambda_handler({}, lambda_context)
+    assert (summary["evaluated"], summary["exited"], summary["finished"]) == (1, 1, True)
 
 
 def test_a_profile_that_time_alone_will_bring_in_is_stored_due_and_enters_on_the_recheck(

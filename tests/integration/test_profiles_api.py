@@ -302,6 +302,26 @@ def test_a_secret_stored_with_a_trailing_newline_is_the_secret(api: Stack, lambd
     assert call(lambda_context, authorization="Bearer the-secret")[0] == 200
 
 
+def test_a_page_without_a_limit_holds_25_events(api: Stack, lambda_context: Any) -> None:
+    for i in range(26):
+        store_event(api, 1_000 + i, f"m{i:02d}")
+    status, body, _ = call(lambda_context)
+    assert status == 200
+    assert [e["messageId"] for e in body["events"]] == [f"m{i:02d}" for i in range(25, 0, -1)]
+    last = call(lambda_context, query={"cursor": body["next"]})[1]
+    assert ([e["messageId"] for e in last["events"]], last["next"]) == (["m00"], None)
+
+
+def test_another_profiles_cursor_does_not_make_an_unknown_profile_exist(
+    api: Stack, lambda_context: Any
+) -> None:
+    for i in range(3):
+        store_event(api, 1_000 + i, f"m{i}")
+    cursor = call(lambda_context, query={"limit": "2"})[1]["next"]
+    status, body, _ = call(lambda_context, key="nobody", query={"cursor": cursor})
+    assert status == 404, body
+
+
 def test_an_exact_last_page_has_no_next_cursor(api: Stack, lambda_context: Any) -> None:
     for i in range(4):
         store_event(api, 1_000 + i, f"m{i}")

@@ -7,6 +7,7 @@ import pytest
 from shared.config import ConfigInvalid
 from shared.profiles.audience_sync import AudienceSet, StoredChange, profiles_to_evaluate
 from shared.profiles.audiences import (
+    AUDIENCE_NAME_PATTERN,
     DAY_MS,
     AudienceConfig,
     Evaluation,
@@ -266,3 +267,35 @@ def test_a_removed_last_treatment_is_matched_to_audiences_by_its_old_flag() -> N
     removed = {"split": "new_checkout", "treatment": "on"}
     assert evaluated(StoredChange("profiles", PK, removed, {}), rule)
     assert not evaluated(StoredChange("profiles", PK, {**removed, "split": "other"}, {}), rule)
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("checkout_fans", True),
+        ("Pro.Users-2", True),
+        ("9lives", True),
+        ("a" * 100, True),
+        ("a" * 101, False),
+        ("_private", False),
+        ("-dash", False),
+        ("two words", False),
+        ("a/b", False),
+        ("", False),
+    ],
+    ids=[
+        "snake",
+        "dots-dashes",
+        "digit-first",
+        "100-chars",
+        "101-chars",
+        "underscore-first",
+        "dash-first",
+        "space",
+        "slash",
+        "empty",
+    ],
+)
+def test_an_audience_name_is_a_trait_key_of_at_most_100_characters(name: str, valid: bool) -> None:
+    """docs/profiles.md: letters, digits, ``_ . -``, starting with a letter or digit."""
+    assert bool(AUDIENCE_NAME_PATTERN.fullmatch(name)) is valid

@@ -118,6 +118,12 @@ def test_a_message_too_large_for_sqs_is_split_until_each_fits() -> None:
     assert [i.key for body in bodies for i in decode_body(body)] == [i.key for i in impressions]
 
 
+def test_a_message_holds_at_most_2000_rows() -> None:
+    impressions = [imp(f"u{n}") for n in range(2_001)]
+    bodies = encode_bodies(impressions)
+    assert [len(decode_body(body)) for body in bodies] == [2_000, 1]
+
+
 def test_only_the_newest_impression_per_identity_and_flag_is_forwarded() -> None:
     impressions = [
         imp(at=T0 + 5, treatment="off"),
@@ -136,11 +142,22 @@ def test_only_the_newest_impression_per_identity_and_flag_is_forwarded() -> None
     assert newest[0].split_version_number == 17
 
 
-def test_the_newest_is_the_one_the_recorder_keeps_whatever_the_version() -> None:
-    """No version and a negative one rank alike in the recorder (LastTreatment.rank): so here."""
+@pytest.mark.parametrize(
+    ("versions", "newest"),
+    [((None, -5), "z"), ((0, None), "a"), ((None, 0), "z")],
+    ids=["none-and-negative-alike", "zero-over-none", "none-under-zero"],
+)
+def test_the_newest_is_the_one_the_recorder_keeps_whatever_the_version(
+    versions: tuple[int | None, int | None], newest: str
+) -> None:
+    """No version and a negative one rank alike in the recorder (LastTreatment.rank), below version 0:
+    so here. Of two alike, the greater treatment wins."""
     from shared.profiles_table import LastTreatment
 
-    pair = [imp(treatment="a", split_version_number=None), imp(treatment="z", split_version_number=-5)]
+    pair = [
+        imp(treatment="a", split_version_number=versions[0]),
+        imp(treatment="z", split_version_number=versions[1]),
+    ]
     [forwarded] = newest_per_slot(pair)
     kept = max(
         (
@@ -149,7 +166,7 @@ def test_the_newest_is_the_one_the_recorder_keeps_whatever_the_version() -> None
         ),
         key=lambda record: record.order,
     )
-    assert forwarded.treatment == kept.treatment == "z"
+    assert forwarded.treatment == kept.treatment == newest
 
 
 def test_a_later_impression_wins_over_a_higher_version_of_an_earlier_one() -> None:
@@ -211,6 +228,17 @@ def test_anything_else_is_a_clear_error(body: str) -> None:
         decode_body(body)
 
 
+@pytest.mark.parametrize("format_", [None, "fme-last-treatments/2"], ids=["no format", "another format"])
+def test_a_body_of_another_format_is_refused_whatever_it_holds(format_: str | None) -> None:
+    document = json.loads(rows_body(["u", "f", "on", T0, 1, None]))
+    assert decode_body(json.dumps(document))  # as it is: readable
+    document.pop("format")
+    if format_ is not None:
+        document["format"] = format_
+    with pytest.raises(ForwardedBodyError, match="not a fme-last-treatments/1 message"):
+        decode_body(json.dumps(document))
+
+
 def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -223,6 +251,26 @@ def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
         # the 256 KiB a call once took); the fifth big one does not.
         assert 4 * MAX_MESSAGE_BYTES + 3000 <= MAX_CALL_BYTES < 5 * MAX_MESSAGE_BYTES
         for chunk in (bodies[:10], bodies[10:17], bodies[17:]):
+            stub.add_response(
+                "send_message_batch",
+                {"Successful": [], "Failed": []},
+                {
+                    "QueueUrl": "https://q",
+                    "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
+                },
+            )
+        assert send_bodies("https://q", bodies) == []
+        stub.assert_no_pending_responses()
+
+
+def test_a_call_stays_within_1000_kib_below_the_mib_sqs_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    monkeypatch.setattr(forwarding, "aws", SimpleNamespace(client=lambda service: sqs))
+    # Four full messages and one that brings the call a byte past 1,000 KiB (docs/profiles.md),
+    # still well under SQS's 1 MiB.
+    bodies = ["y" * MAX_MESSAGE_BYTES] * 4 + ["x" * (1000 * 1024 - 4 * MAX_MESSAGE_BYTES + 1)]
+    with Stubber(sqs) as stub:
+        for chunk in (bodies[:4], bodies[4:]):
             stub.add_response(
                 "send_message_batch",
                 {"Successful": [], "Failed": []},
