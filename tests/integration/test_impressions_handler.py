@@ -649,14 +649,16 @@ def test_an_invalid_config_for_every_environment_retries_all_but_stops_no_valid_
     assert sorted(m["userId"] for m in sink.messages) == ["u2", "user-1"]
 
 
+@pytest.mark.parametrize("named", ["Staging", "stg"], ids=["by-name", "by-id"])
 def test_an_invalid_config_retries_only_the_environments_it_names(
     production: dict[str, Any],
     sink: SegmentSink,
     context: Any,
     stack: Stack,
     caplog: pytest.LogCaptureFixture,
+    named: str,
 ) -> None:
-    put_config("outbound/staging", {"environments": ["Staging"], "identities": {"user": "userID"}})
+    put_config("outbound/staging", {"environments": [named], "identities": {"user": "userID"}})
     prod, staging = webhook(key="p1"), webhook(key="s1", environmentName="Staging", environmentId="stg")
     sqs_event = event(json.dumps(prod), json.dumps(staging))
     response = app.lambda_handler(sqs_event, context)

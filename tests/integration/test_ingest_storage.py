@@ -93,6 +93,29 @@ def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
     ]
 
 
+def test_a_message_without_a_time_is_found_behind_many_newer_events_of_its_user(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looked for among the identity's newest 10,000 events of the window, not only the newest few."""
+    untimed = segment_message(
+        "track", anonymousId=None, timestamp=None, originalTimestamp=None, receivedAt=None, sentAt=None
+    )
+    clock = [1_795_483_041_109_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    assert webhook.post(untimed).body["stored"] == 1
+    newer = [
+        segment_message(
+            "track", anonymousId=None, messageId=f"newer-{n}", timestamp=f"2026-11-24T02:{n:02d}:00Z"
+        )
+        for n in range(40)
+    ]
+    assert webhook.post(newer).body["stored"] == 40
+    clock[0] += 3_600_000_000_000  # an hour later
+    again = webhook.post(untimed)
+    assert (again.body["stored"], again.body["duplicate"]) == (0, 1)
+    assert len(webhook.stored_events("user", untimed["userId"])) == 41
+
+
 def test_a_message_without_a_time_redelivered_a_day_later_stores_nothing_new(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 from shared.http_retry import FME_POLICY, SEGMENT_POLICY, Deadline, Outcome, send_with_retry
 
 
-def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0):
+def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0, margin_ms: int = 0):
     calls: list[httpx.Request] = []
     slept: list[float] = []
 
@@ -29,7 +29,7 @@ def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0):
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            deadline = Deadline.after(seconds)
+            deadline = Deadline.after(seconds, margin_ms)
             deadline.sleep = fake_sleep
             return await send_with_retry(
                 client,
@@ -240,6 +240,15 @@ def test_every_fme_reset_header_is_read(header: str) -> None:
 
 def test_the_deadline_keeps_a_margin_of_a_second_and_a_half() -> None:
     assert Deadline(remaining_ms=lambda: 10_000).seconds_left() == 8.5
+
+
+def test_no_attempt_starts_inside_the_margin() -> None:
+    """The margin is the caller's, for its dead letters and answer: a second left within 1.5 s is none."""
+    result, calls, _ = run([httpx.Response(200)], seconds=1.0, margin_ms=1500)
+    assert (result.outcome, result.attempts, result.reason) == (Outcome.TRANSIENT, 0, "no time left to send")
+    assert calls == []
+    result, calls, _ = run([httpx.Response(200)], seconds=2.5, margin_ms=1500)
+    assert (result.outcome, len(calls)) == (Outcome.DELIVERED, 1)
 
 
 def test_nothing_is_sent_when_no_time_is_left() -> None:

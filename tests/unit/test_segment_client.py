@@ -202,6 +202,32 @@ def test_without_gzip_the_body_is_plain_json() -> None:
     assert json.loads(request.content)["batch"] == [{"m": 1}, {"m": 2}, {"m": "é"}]
 
 
+def test_an_unexpected_failure_while_sending_retries_the_messages_instead_of_losing_them() -> None:
+    """Anything but a transport error (a bug, a response httpx cannot read) is no delivery either."""
+    from shared.config import OutboundConfig
+    from shared.outbound.delivery import QueuedMessage, deliver
+    from shared.outbound.destinations import Destination, Router
+
+    config = OutboundConfig.model_validate({"environments": ["*"], "identities": {"user": "userId"}})
+    bodies = [
+        json.dumps({"key": f"k{n}", "split": "s", "treatment": "on", "time": 1, "environmentName": "P"})
+        for n in range(2)
+    ]
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("not a transport error")
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http:
+            client = SegmentClient(http, Deadline.after(10))
+            messages = [QueuedMessage(f"m{n}", body) for n, body in enumerate(bodies)]
+            return await deliver(messages, Router([Destination("d", config)]), lambda d: "KEY", client)
+
+    report = asyncio.run(go())
+    assert report.retry == {0: "d: RuntimeError", 1: "d: RuntimeError"}
+    assert (report.failed_transient, report.delivered, report.dead_letters) == (2, 0, [])
+
+
 def test_an_unexpected_write_key_failure_retries_the_messages_instead_of_crashing() -> None:
     from shared.config import OutboundConfig
     from shared.outbound.delivery import QueuedMessage, deliver
