@@ -446,6 +446,62 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, 
     assert all(not (m.get("MessageAttributes") or {}) for m in moved)
 
 
+class RefusingLastEntry:
+    """An SQS client whose SendMessageBatch refuses its last entry, as SQS may (moto never does)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        *sent, refused = Entries
+        result = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=sent) if sent else {}
+        failed = {"Id": refused["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+        return {"Successful": result.get("Successful", []), "Failed": [failed]}
+
+
+def queue_total(url: str) -> int:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=url, AttributeNames=names
+    )
+    return sum(int(attributes["Attributes"][name]) for name in names)
+
+
+def test_dlq_redrive_keeps_what_sqs_refused_in_the_dead_letter_queue_and_fails(
+    cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fme_bridge.target import Target
+
+    original = Target.client
+    monkeypatch.setattr(
+        Target,
+        "client",
+        lambda self, service: (
+            RefusingLastEntry(original(self, service)) if service == "sqs" else original(self, service)
+        ),
+    )
+    for n in range(3):
+        dead_letter(stack, json.dumps({"n": n}), "impression 0: segment_rejected")
+    result = cli("dlq", "redrive")
+    assert result.exit_code == 1, result.output
+    assert "1 message(s) not moved: InternalError" in " ".join(result.output.split())
+    assert queue_total(stack.queues["ImpressionsDeadLetterQueue"]) == 1  # kept, never lost
+    assert len(drain(stack.queues["ImpressionsQueue"])) == 2
+
+
+def test_dlq_redrive_moves_at_most_limit_messages(cli: Cli, stack: Stack) -> None:
+    for n in range(5):
+        dead_letter(stack, json.dumps({"n": n}), "impression 0: segment_rejected")
+    result = cli("dlq", "redrive", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    assert "moved 2 message(s)" in result.stdout
+    assert len(drain(stack.queues["ImpressionsQueue"])) == 2
+    assert queue_total(stack.queues["ImpressionsDeadLetterQueue"]) == 3
+
+
 def test_dlq_redrive_says_which_messages_were_dead_lettered_for_their_body(cli: Cli, stack: Stack) -> None:
     dead_letter(stack, "{not json", "body is not valid JSON", code="invalid_json")
     dead_letter(stack, json.dumps({"key": "u1"}), "no environment", code="no_environment")

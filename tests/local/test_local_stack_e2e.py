@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from bench.servers import free_ports
 from fme_bridge.cli import app
+from fme_bridge.template import resources_of_type
 from tests.conftest import EVENTS_DIR, load_event
 
 pytestmark = pytest.mark.slow
@@ -127,8 +128,10 @@ def test_segment_calls_and_impressions_flow_through_the_real_handlers(
 ) -> None:
     info, ports = running.info, running.ports
     assert info["configPrefix"] == "/fme-segment-bridge/local"
-    assert set(info["queueUrls"]) >= {"ImpressionsQueue", "ImpressionsDeadLetterQueue"}
-    assert set(info["tableNames"]) >= {"EventsTable", "IdentitiesTable", "ProfilesTable"}
+    # Every queue and table of template.yaml, by its logical id.
+    assert set(info["queueUrls"]) == set(resources_of_type("AWS::SQS::Queue"))
+    assert set(info["tableNames"]) == set(resources_of_type("AWS::DynamoDB::Table"))
+    assert (info["region"], info["stackName"]) == ("us-east-1", "fme-segment-bridge-local")
     # Every part listens where its flag says, and info says so.
     assert info["awsEndpointUrl"] == f"http://127.0.0.1:{ports['aws']}"
     assert info["sinkUrl"] == f"http://127.0.0.1:{ports['sink']}/v1"
@@ -320,13 +323,23 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit() -> None:
     )
 
 
-def test_a_port_out_of_range_is_one_line_and_a_non_zero_exit() -> None:
+@pytest.mark.parametrize("port", [70000, 0], ids=["above", "zero"])
+def test_a_port_out_of_range_is_one_line_and_a_non_zero_exit(port: int) -> None:
     aws_port, sink_port, fme_port = free_ports(3)
     result = subprocess.run(
-        local_command(70000, aws_port, sink_port, fme_port), capture_output=True, text=True, timeout=60
+        local_command(port, aws_port, sink_port, fme_port), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: --port 70000: a port is a number from 1 to 65535"
+    assert result.stderr.strip() == f"error: --port {port}: a port is a number from 1 to 65535"
+
+
+def test_ports_given_twice_are_one_line_and_a_non_zero_exit() -> None:
+    port, aws_port, fme_port = free_ports(3)
+    result = subprocess.run(
+        local_command(port, aws_port, aws_port, fme_port), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --port, --aws-port, --sink-port, --fme-port must differ"
 
 
 def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> None:

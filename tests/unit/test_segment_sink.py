@@ -52,6 +52,49 @@ def test_wrong_or_missing_write_key_is_401_and_nothing_is_kept(sink: SegmentSink
     assert sink.requests[0].status == 401
 
 
+@pytest.mark.parametrize("write_key", ["wrong", "", None], ids=["wrong", "empty", "missing"])
+def test_a_write_key_in_the_body_must_be_one_of_the_sinks(sink: SegmentSink, write_key: str | None) -> None:
+    body = {**track(3), **({"writeKey": write_key} if write_key is not None else {})}
+    assert post(sink, "/v1/track", body, auth=None).status_code == 401
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ([track()], "body must be a JSON object"),
+        ({"batch": {}}, "batch must be an array"),
+        ({"batch": [{"type": "track", "event": "e", "messageId": "m"}]}, "neither userId nor anonymousId"),
+        ({"batch": [{"type": "purchase", "userId": "u"}]}, "unknown type 'purchase'"),
+        ({"batch": ["track"]}, "message 0 is not an object"),
+    ],
+    ids=["array", "batch-object", "no-identity", "unknown-type", "not-an-object"],
+)
+def test_what_segment_refuses_is_a_400_naming_the_problem(
+    sink: SegmentSink, body: object, problem: str
+) -> None:
+    response = post(sink, "/v1/batch", body)
+    assert response.status_code == 400
+    assert problem in response.json()["message"]
+    assert sink.messages == []
+
+
+def test_a_gzipped_body_counts_its_size_uncompressed(sink: SegmentSink) -> None:
+    """Segment's 500 KB is of the JSON: a body that compresses well is no smaller for it."""
+    body = {"batch": [track(i, properties={"x": "y" * 20_000}) for i in range(26)]}
+    raw = gzip.compress(json.dumps(body).encode())
+    assert len(raw) < 100_000
+    response = httpx.post(
+        f"{sink.url}/v1/batch",
+        content=raw,
+        auth=(KEY, ""),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "more than" in response.json()["message"]
+    assert sink.messages == []
+
+
 def test_gzip_bodies_are_accepted(sink: SegmentSink) -> None:
     raw = gzip.compress(json.dumps({"batch": [track()]}).encode())
     response = httpx.post(
@@ -118,3 +161,15 @@ def test_fraction_of_failures_is_repeatable_and_clear_resets(sink: SegmentSink) 
 
 def test_unknown_route_is_404(sink: SegmentSink) -> None:
     assert post(sink, "/v2/batch", {"batch": [track()]}).status_code == 404
+
+
+def test_the_local_stacks_sink_takes_any_write_key_but_an_empty_one() -> None:
+    """docs/local.md: any non-empty write key is accepted."""
+    from fme_bridge.commands.local import AnyWriteKey
+
+    server = SegmentSink()
+    server.write_keys = AnyWriteKey()  # as the local stack sets it
+    with server:
+        assert post(server, "/v1/batch", {"batch": [track()]}, auth=("any-key", "")).status_code == 200
+        assert post(server, "/v1/batch", {"batch": [track()]}, auth=("", "")).status_code == 401
+        assert [r.write_key for r in server.requests] == ["any-key", None]
