@@ -347,6 +347,63 @@ def test_enabling_delivery_without_fme_keys_writes_and_warns(cli: Cli, tmp_path:
     assert "warning" not in again.stdout  # the keys are there now
 
 
+def test_disabled_delivery_without_fme_keys_is_no_warning(cli: Cli, tmp_path: Path) -> None:
+    result = put_inbound(cli, tmp_path, document={**INBOUND, "delivery": {"enabled": False}})
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "keys", [{}, {"sdkKey": ""}, {"adminKey": "a"}], ids=["empty", "blank-sdk-key", "no-sdk-key"]
+)
+def test_fme_keys_without_an_sdk_key_are_refused_and_nothing_is_written(
+    cli: Cli, tmp_path: Path, keys: dict[str, str]
+) -> None:
+    result = cli(
+        "config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", INBOUND),
+        "--fme-keys-file", write(tmp_path, "keys.json", keys),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "sdkKey" in result.stderr
+    assert "Traceback" not in result.output
+    assert parameter("inbound/shop") is None
+    assert secret("inbound/shop/fme") is None
+
+
+def test_a_secret_that_cannot_be_written_leaves_the_config_unwritten(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secret first, then the config: a webhook never points at a connection without its secret."""
+    from botocore.exceptions import ClientError
+
+    from fme_bridge.target import Target
+
+    class Refusing:
+        def __init__(self, client: Any) -> None:
+            self._client = client
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("put_secret_value", "create_secret"):
+
+                def refuse(**kwargs: Any) -> None:
+                    raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, name)
+
+                return refuse
+            return getattr(self._client, name)
+
+    original = Target.client
+    monkeypatch.setattr(
+        Target,
+        "client",
+        lambda self, service: (
+            Refusing(original(self, service)) if service == "secretsmanager" else original(self, service)
+        ),
+    )
+    result = put_inbound(cli, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert parameter("inbound/shop") is None
+
+
 def test_get_and_list_read_secure_string_configs_decrypted(cli: Cli) -> None:
     document = {"environment": "Production", "identities": [{"segmentId": "userId", "trafficType": "user"}]}
     boto3.client("ssm", region_name=REGION).put_parameter(

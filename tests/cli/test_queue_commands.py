@@ -250,6 +250,21 @@ def test_replay_batches_a_backfill_into_envelopes_per_environment(
     assert replayed == sorted(impressions, key=json.dumps)
 
 
+def test_replay_fills_in_the_traffic_type_only_where_an_impression_has_none(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    impressions = [webhook_impression(0, "Production"), webhook_impression(1, "Production")]
+    envelope = {"environmentName": "Production", "trafficType": "account", "impressions": [impressions[1]]}
+    backfill = tmp_path / "backfill.jsonl"
+    backfill.write_text("\n".join(json.dumps(value) for value in (impressions[0], envelope)))
+    result = cli("replay", str(backfill), "--traffic-type", "user")
+    assert result.exit_code == 0, result.output
+    bodies = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
+    # Read as the function reads it: the impression's own, else its envelope's.
+    by_key = {i["key"]: i.get("trafficType") or b["trafficType"] for b in bodies for i in b["impressions"]}
+    assert by_key == {impressions[0]["key"]: "user", impressions[1]["key"]: "account"}
+
+
 def without_environment(impression: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in impression.items() if k not in ("environmentName", "environmentId")}
 
