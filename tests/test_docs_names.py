@@ -164,3 +164,22 @@ def test_every_alarm_and_queue_is_named_in_the_docs(resource_type: str) -> None:
     names = [name for name, res in load_template()["Resources"].items() if res["Type"] == resource_type]
     assert names
     assert sorted(name for name in names if not mentioned(name, text)) == []
+
+
+def test_the_local_stacks_defaults_are_the_ones_docs_local_md_shows() -> None:
+    import typer.main
+
+    from fme_bridge.cli import app
+
+    command = typer.main.get_command(app).commands["local"]  # type: ignore[attr-defined]
+    defaults = {f"--{p.name.replace('_', '-')}": str(p.default) for p in command.params if p.name != "demo"}
+    usage = (ROOT / "docs" / "local.md").read_text().split("```")[1]
+    shown = dict(re.findall(r"\[(--[a-z-]+) ([^\]]+)\]", usage))
+    assert shown == defaults
+    assert defaults == {
+        "--host": "127.0.0.1",
+        "--port": "3000",
+        "--aws-port": "4566",
+        "--sink-port": "3001",
+        "--fme-port": "3002",
+    }

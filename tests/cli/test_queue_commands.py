@@ -419,6 +419,13 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
     assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 2  # still there, visible again
 
 
+def test_dlq_show_shows_up_to_50_messages_by_default_and_limit_fewer(cli: Cli, stack: Stack) -> None:
+    for n in range(52):
+        dead_letter(stack, json.dumps({"key": f"u{n}"}), "impression 0: segment_rejected")
+    assert len(json.loads(cli("dlq", "show", "--json").stdout)) == 50
+    assert len(json.loads(cli("dlq", "show", "--json", "--limit", "3").stdout)) == 3
+
+
 def test_peeked_messages_are_visible_again_even_when_the_look_fails(stack: Stack) -> None:
     url = stack.queues["ImpressionsDeadLetterQueue"]
     sqs = boto3.client("sqs", region_name=REGION)

@@ -85,11 +85,36 @@ def test_a_dead_letter_queue_is_found_by_the_functions_name_for_it_too(
     assert named.queue_url(logical_id).endswith("/from-stack")
 
 
-def test_a_local_endpoint_means_the_local_stacks_names() -> None:
-    target = Target(endpoint_url="http://127.0.0.1:4566")
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4566", "http://localhost:4566", "http://[::1]:4566"])
+def test_a_local_endpoint_means_the_local_stacks_names(url: str) -> None:
+    target = Target(endpoint_url=url)
     assert target.is_local
     assert target.prefix == "/fme-segment-bridge/local"
     assert target.table_name("EventsTable") == "fme-segment-bridge-local-EventsTable"
+
+
+def test_the_local_stack_needs_no_credentials_of_ones_own(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert boto3.session.Session().get_credentials() is None
+    credentials = Target(endpoint_url="http://127.0.0.1:4566").session.get_credentials()
+    assert credentials is not None
+    assert credentials.access_key == "local"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ("NoCredentialsError", "no AWS credentials found (configure them as for the AWS CLI, "),
+        ("NoRegionError", "no AWS region set (pass --region or set AWS_REGION)"),
+    ],
+)
+def test_missing_credentials_or_region_says_what_to_do(error: str, message: str) -> None:
+    import botocore.exceptions
+
+    assert (describe_error(getattr(botocore.exceptions, error)()) or "").startswith(message)
 
 
 def test_without_any_hint_the_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
