@@ -79,9 +79,12 @@ class RunningStack:
 
 
 @contextlib.contextmanager
-def started_stack(log: IO[str], host: str | None = None) -> Iterator[RunningStack]:
+def started_stack(
+    log: IO[str], host: str | None = None, stop: signal.Signals = signal.SIGINT
+) -> Iterator[RunningStack]:
     """``fme-bridge local`` on free ports (of ``--host host``, else of its default host), its output in
-    ``log``; stopped with Ctrl-C, which must end it cleanly."""
+    ``log``; stopped with ``stop`` (Ctrl-C, or SIGTERM as a service manager sends), which must end it
+    cleanly."""
     port, aws_port, sink_port, fme_port = free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen(
@@ -107,7 +110,7 @@ def started_stack(log: IO[str], host: str | None = None) -> Iterator[RunningStac
         ports = {"port": port, "aws": aws_port, "sink": sink_port, "fme": fme_port}
         yield RunningStack(process, api, info, ports)
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.send_signal(stop)
         try:
             returncode = process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -357,14 +360,16 @@ def test_a_host_that_is_not_loopback_is_refused_before_anything_listens() -> Non
     )
 
 
-def test_another_loopback_host_serves_every_part_there_and_nothing_on_the_default(tmp_path: Path) -> None:
+def test_another_loopback_host_serves_every_part_there_and_nothing_on_the_default_and_sigterm_stops_it(
+    tmp_path: Path,
+) -> None:
     host = "127.0.0.2"
     try:
         with socket.socket() as probe:
             probe.bind((host, 0))
     except OSError:
         pytest.skip(f"{host} is not a loopback address this machine has")
-    with (tmp_path / "stack.log").open("w+") as log, started_stack(log, host) as stack:
+    with (tmp_path / "stack.log").open("w+") as log, started_stack(log, host, signal.SIGTERM) as stack:
         info, ports = stack.info, stack.ports
         assert info["awsEndpointUrl"] == f"http://{host}:{ports['aws']}"
         assert info["sinkUrl"] == f"http://{host}:{ports['sink']}/v1"

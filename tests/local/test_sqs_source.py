@@ -92,7 +92,10 @@ def test_records_are_shaped_like_lambdas_sqs_event(stack: Stack) -> None:
     sqs.send_message(
         QueueUrl=stack.queues["ImpressionsQueue"],
         MessageBody='{"n": 1}',
-        MessageAttributes={"source": {"DataType": "String", "StringValue": "sdk"}},
+        MessageAttributes={
+            "source": {"DataType": "String", "StringValue": "sdk"},
+            "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xffgz"},
+        },
     )
     handler = RecordingHandler()
     poller = poller_for(stack, handler, batching_window_s=0)
@@ -108,6 +111,9 @@ def test_records_are_shaped_like_lambdas_sqs_event(stack: Stack) -> None:
     assert {"SentTimestamp", "ApproximateFirstReceiveTimestamp"} <= set(record["attributes"])
     assert record["messageAttributes"]["source"]["stringValue"] == "sdk"
     assert record["messageAttributes"]["source"]["dataType"] == "String"
+    # Binary values base64, as Lambda's event carries them.
+    assert record["messageAttributes"]["blob"]["binaryValue"] == "AP9neg=="
+    assert record["messageAttributes"]["blob"]["dataType"] == "Binary"
     assert record["md5OfBody"]
     assert record["receiptHandle"]
     assert record["messageId"]
