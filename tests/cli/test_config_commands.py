@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -455,7 +456,8 @@ def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli:
     assert parameter("inbound/shop") is None
     client = boto3.client("secretsmanager", region_name=REGION)
     for name in (f"{PREFIX}/inbound/shop", f"{PREFIX}/inbound/shop/fme"):
-        assert "DeletedDate" in client.describe_secret(SecretId=name), name  # restorable, not gone
+        deleted = client.describe_secret(SecretId=name)["DeletedDate"]  # restorable, not gone
+        assert abs((deleted - datetime.now(UTC)) - timedelta(days=10)) < timedelta(hours=1), name
         assert f"restore-secret --secret-id {name}" in " ".join(result.stdout.split())
     assert cli("config", "inbound", "get", "shop").exit_code == 1
     # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
@@ -471,7 +473,9 @@ def test_deleting_an_outbound_config_asks_first(cli: Cli, tmp_path: Path) -> Non
     assert confirmed.exit_code == 0, confirmed.output
     assert parameter("outbound/eu") is None
     client = boto3.client("secretsmanager", region_name=REGION)
-    assert "DeletedDate" in client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")
+    deleted = client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")["DeletedDate"]
+    # Restorable for the shortest window Secrets Manager allows, unless --recovery-days says more.
+    assert abs((deleted - datetime.now(UTC)) - timedelta(days=7)) < timedelta(hours=1)
 
 
 def test_deleting_an_unknown_config_is_one_line(cli: Cli) -> None:
@@ -512,7 +516,9 @@ def test_a_delete_that_stopped_after_the_config_is_finished_by_running_it_again(
     again = cli("config", "outbound", "delete", "eu", "--yes")
     assert again.exit_code == 0, again.output
     client = boto3.client("secretsmanager", region_name=REGION)
-    assert "DeletedDate" in client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")
+    deleted = client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")["DeletedDate"]
+    # Restorable for the shortest window Secrets Manager allows, unless --recovery-days says more.
+    assert abs((deleted - datetime.now(UTC)) - timedelta(days=7)) < timedelta(hours=1)
     # Nothing left: one line, as for a name that never existed.
     done = cli("config", "outbound", "delete", "eu", "--yes")
     assert done.exit_code == 1
