@@ -152,6 +152,47 @@ def test_body_over_the_size_limit_is_413_naming_the_limit(
     assert "BadRequests" not in metrics  # a 400 is the sender's body; a 413 its batch settings
 
 
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"authorization": "Bearer wrong"}, {"authorization": f"Bearer {SECRET}", "connection": "unknown"}],
+    ids=["none", "wrong", "unknown-connection"],
+)
+def test_a_body_over_the_size_limit_is_413_whatever_its_credentials(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
+) -> None:
+    """Refused before its credentials are read: the 413 tells Segment's operator what to change."""
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    big = segment_message("track", properties={"blob": "x" * 4096})
+    options = {"connection": credentials.pop("connection")} if "connection" in credentials else {}
+    answer = webhook.post(big, headers=credentials, **options)
+    assert (answer.status, answer.body["limit"]) == (413, 2048)
+
+
+def test_more_than_4000_messages_is_413_naming_that_limit(webhook: Webhook) -> None:
+    messages = [segment_message("track", messageId=f"m-{n}") for n in range(4_001)]
+    answer = webhook.post(messages)
+    assert answer.status == 413
+    assert (answer.body["error"], answer.body["limit"]) == ("payload_too_large", 4_000)
+    assert webhook.count_events() == 0
+
+
+def test_an_unexpected_error_is_a_503_without_a_stack_trace(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a 500: Segment retries a 503, and storing is idempotent."""
+    from shared.inbound import ingest
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ingest, "map_messages", broken)
+    answer = webhook.post(segment_message("track"))
+    assert answer.status == 503
+    assert "Retry-After" in {k.title() for k in answer.headers}
+    assert "Traceback" not in json.dumps(answer.body)
+    assert "a bug" not in json.dumps(answer.body)
+
+
 @pytest.mark.parametrize(("size", "status"), [(2048, 200), (2049, 413)])
 def test_a_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch, size: int, status: int

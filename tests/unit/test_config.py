@@ -228,6 +228,14 @@ def test_outbound_needs_an_environment_and_names_its_default_traffic_type() -> N
     assert cfg.traffic_type_default == "account"
 
 
+@pytest.mark.parametrize("endpoint", ["api.segment.io/v1", "not a url", "ftp://sink.example/v1", ""])
+def test_an_endpoint_that_is_not_an_http_url_names_the_field(endpoint: str) -> None:
+    with pytest.raises(ConfigInvalid, match="endpoint"):
+        parse_config(
+            OutboundConfig, {"environments": ["P"], "identities": {"u": "userId"}, "endpoint": endpoint}, "x"
+        )
+
+
 def test_an_endpoint_with_a_trailing_slash_is_the_same_base() -> None:
     cfg = parse_config(
         OutboundConfig,
