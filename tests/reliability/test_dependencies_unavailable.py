@@ -96,6 +96,10 @@ def test_cached_config_serves_while_fresh_then_503(
     assert answer.status == 200  # secret and config from the container's cache
     assert not aws_outage.refused
 
+    clock.offset = timedelta(seconds=config.cache_seconds() - 1)  # the cache's whole life
+    assert webhook.post(segment_message("track", messageId="m-2b")).status == 200
+    assert not aws_outage.refused
+
     clock.offset = timedelta(seconds=config.cache_seconds() + 1)
     answer = webhook.post(segment_message("track", messageId="m-3"))
     assert answer.status == 503
