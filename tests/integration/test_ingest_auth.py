@@ -170,12 +170,17 @@ def test_the_old_secret_works_right_after_a_rotation_that_followed_a_bad_request
     assert webhook.post(segment_message("track", messageId="old"), headers=old).status == 200
 
 
+@pytest.mark.parametrize(
+    "wrong_before", [1, secret_versions.SECRET_REFRESH_BURST + 1], ids=["one-refusal", "budget-spent"]
+)
 def test_a_rotation_seen_through_an_expired_current_version_reads_the_previous_one_again(
-    webhook: Webhook, clock: list[float]
+    webhook: Webhook, clock: list[float], wrong_before: int
 ) -> None:
-    """The two versions are cached apart: the current one can be new while the previous is stale."""
+    """The two versions are cached apart: the current one can be new while the previous is stale. A
+    changed current version is read again at once, even when wrong credentials spent the budget."""
     put_secret(f"inbound/{CONNECTION}", "whsec-second-1b2c")  # SECRET is the previous version now
-    assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
+    for _ in range(wrong_before):
+        assert webhook.post(segment_message("track"), headers={"authorization": "Bearer nope"}).status == 401
     put_secret(f"inbound/{CONNECTION}", "whsec-third-3d4e")  # the second is the previous version now
     config._providers["secret"].clear_cache()  # the current version's cache ran out; the previous's did not
     second = {"authorization": "Bearer whsec-second-1b2c"}  # Segment, not yet updated
