@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
 from fme_bridge.cli import app
+from fme_bridge.target import Target
 from fme_bridge.template import Stack
 
 PREFIX = "/fme-segment-bridge/test"
@@ -31,3 +33,13 @@ def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Cli:
         return CliRunner().invoke(app, list(args), input=input)
 
     return run
+
+
+def wrap_clients(monkeypatch: pytest.MonkeyPatch, service: str, wrapper: Callable[[Any], Any]) -> None:
+    """Every ``service`` client the CLI makes, wrapped: to answer as AWS may and moto does not."""
+    original = Target.client
+    monkeypatch.setattr(
+        Target,
+        "client",
+        lambda self, name: wrapper(original(self, name)) if name == service else original(self, name),
+    )

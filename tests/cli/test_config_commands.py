@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.cli.conftest import PREFIX, Cli
+from tests.cli.conftest import PREFIX, Cli, wrap_clients
 
 REGION = "us-east-1"
 INBOUND = {
@@ -377,8 +377,6 @@ def test_a_secret_that_cannot_be_written_leaves_the_config_unwritten(
     """The secret first, then the config: a webhook never points at a connection without its secret."""
     from botocore.exceptions import ClientError
 
-    from fme_bridge.target import Target
-
     class Refusing:
         def __init__(self, client: Any) -> None:
             self._client = client
@@ -392,14 +390,7 @@ def test_a_secret_that_cannot_be_written_leaves_the_config_unwritten(
                 return refuse
             return getattr(self._client, name)
 
-    original = Target.client
-    monkeypatch.setattr(
-        Target,
-        "client",
-        lambda self, service: (
-            Refusing(original(self, service)) if service == "secretsmanager" else original(self, service)
-        ),
-    )
+    wrap_clients(monkeypatch, "secretsmanager", Refusing)
     result = put_inbound(cli, tmp_path)
     assert result.exit_code == 1, result.output
     assert parameter("inbound/shop") is None

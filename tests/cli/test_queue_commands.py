@@ -15,7 +15,7 @@ from fme_bridge.commands.queue_messages import peeked, queue_depth
 from fme_bridge.template import Stack
 from shared.outbound.dead_letters import send_dead_letters
 from shared.outbound.delivery import DeadLetter
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, wrap_clients
 from tests.conftest import EVENTS_DIR, load_event
 
 REGION = "us-east-1"
@@ -495,16 +495,7 @@ def queue_total(url: str) -> int:
 def test_dlq_redrive_keeps_what_sqs_refused_in_the_dead_letter_queue_and_fails(
     cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fme_bridge.target import Target
-
-    original = Target.client
-    monkeypatch.setattr(
-        Target,
-        "client",
-        lambda self, service: (
-            RefusingLastEntry(original(self, service)) if service == "sqs" else original(self, service)
-        ),
-    )
+    wrap_clients(monkeypatch, "sqs", RefusingLastEntry)
     for n in range(3):
         dead_letter(stack, json.dumps({"n": n}), "impression 0: segment_rejected")
     result = cli("dlq", "redrive")

@@ -239,6 +239,17 @@ def test_a_body_of_another_format_is_refused_whatever_it_holds(format_: str | No
         decode_body(json.dumps(document))
 
 
+def expect_calls(stub: Stubber, calls: list[list[str]]) -> None:
+    """One successful SendMessageBatch to https://q per list of bodies, in order."""
+    for chunk in calls:
+        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)]
+        stub.add_response(
+            "send_message_batch",
+            {"Successful": [], "Failed": []},
+            {"QueueUrl": "https://q", "Entries": entries},
+        )
+
+
 def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,15 +261,7 @@ def test_bodies_are_packed_into_calls_of_at_most_ten_and_the_size_limit(
         # Ten entries at most; then three small ones and four big ones fit 1,000 KiB (four times
         # the 256 KiB a call once took); the fifth big one does not.
         assert 4 * MAX_MESSAGE_BYTES + 3000 <= MAX_CALL_BYTES < 5 * MAX_MESSAGE_BYTES
-        for chunk in (bodies[:10], bodies[10:17], bodies[17:]):
-            stub.add_response(
-                "send_message_batch",
-                {"Successful": [], "Failed": []},
-                {
-                    "QueueUrl": "https://q",
-                    "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
-                },
-            )
+        expect_calls(stub, [bodies[:10], bodies[10:17], bodies[17:]])
         assert send_bodies("https://q", bodies) == []
         stub.assert_no_pending_responses()
 
@@ -270,15 +273,7 @@ def test_a_call_stays_within_1000_kib_below_the_mib_sqs_takes(monkeypatch: pytes
     # still well under SQS's 1 MiB.
     bodies = ["y" * MAX_MESSAGE_BYTES] * 4 + ["x" * (1000 * 1024 - 4 * MAX_MESSAGE_BYTES + 1)]
     with Stubber(sqs) as stub:
-        for chunk in (bodies[:4], bodies[4:]):
-            stub.add_response(
-                "send_message_batch",
-                {"Successful": [], "Failed": []},
-                {
-                    "QueueUrl": "https://q",
-                    "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
-                },
-            )
+        expect_calls(stub, [bodies[:4], bodies[4:]])
         assert send_bodies("https://q", bodies) == []
         stub.assert_no_pending_responses()
 

@@ -24,6 +24,15 @@ def track(i: int = 0, **extra: object) -> dict[str, object]:
     return {"type": "track", "event": "get_treatment", "userId": f"u{i}", "messageId": f"m{i}", **extra}
 
 
+def post_gzipped(sink: SegmentSink, body: object) -> httpx.Response:
+    return httpx.post(
+        f"{sink.url}/v1/batch",
+        content=gzip.compress(json.dumps(body).encode()),
+        auth=(KEY, ""),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+
+
 def post(sink: SegmentSink, path: str, body: object, auth: tuple[str, str] | None = (KEY, ""), **kw: object):
     return httpx.post(f"{sink.url}{path}", json=body, auth=auth, timeout=5, **kw)  # type: ignore[arg-type]
 
@@ -82,27 +91,15 @@ def test_what_segment_refuses_is_a_400_naming_the_problem(
 def test_a_gzipped_body_counts_its_size_uncompressed(sink: SegmentSink) -> None:
     """Segment's 500 KB is of the JSON: a body that compresses well is no smaller for it."""
     body = {"batch": [track(i, properties={"x": "y" * 20_000}) for i in range(26)]}
-    raw = gzip.compress(json.dumps(body).encode())
-    assert len(raw) < 100_000
-    response = httpx.post(
-        f"{sink.url}/v1/batch",
-        content=raw,
-        auth=(KEY, ""),
-        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
-    )
+    assert len(gzip.compress(json.dumps(body).encode())) < 100_000
+    response = post_gzipped(sink, body)
     assert response.status_code == 400
     assert "more than" in response.json()["message"]
     assert sink.messages == []
 
 
 def test_gzip_bodies_are_accepted(sink: SegmentSink) -> None:
-    raw = gzip.compress(json.dumps({"batch": [track()]}).encode())
-    response = httpx.post(
-        f"{sink.url}/v1/batch",
-        content=raw,
-        auth=(KEY, ""),
-        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
-    )
+    response = post_gzipped(sink, {"batch": [track()]})
     assert response.status_code == 200
     assert sink.requests[0].gzipped
     assert len(sink.messages) == 1
