@@ -819,7 +819,8 @@ def test_a_request_that_hangs_is_answered_503_before_the_lambda_times_out(webhoo
         assert answer.status == 503
         assert answer.headers["Retry-After"] == "5"
         assert answer.body == {"error": "unavailable", "message": OUT_OF_TIME}
-        assert time.monotonic() - started < 1.5
+        # About 0.5 s, not the 10 s a hung call takes: bounded loosely for a loaded machine.
+        assert time.monotonic() - started < 5
 
     # DynamoDB answers again while those three are still stuck: the next request is stored at once.
     dynamodb.client().meta.events.unregister("before-call.dynamodb.PutItem", hang)
