@@ -24,6 +24,18 @@ def webhook(function_env: Any, lambda_context: Any) -> Webhook:
     return Webhook.create(function_env, lambda_context)
 
 
+@pytest.fixture
+def receipt_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The time of receipt (``time.time_ns``), which a test moves on by changing its one element."""
+    clock = [1_795_483_041_109_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    return clock
+
+
+# A message without any time, which only hand-made requests send: it is keyed by its time of receipt.
+NO_TIME = {"timestamp": None, "originalTimestamp": None, "receivedAt": None, "sentAt": None}
+
+
 # The 503 of a request cut off by the deadline says so: its retry stores only what is missing.
 OUT_OF_TIME = (
     "out of time before every message was stored; what was stored stays stored, and a retry stores the rest"
@@ -70,14 +82,12 @@ def test_a_track_event_keeps_the_key_earlier_versions_gave_it(webhook: Webhook) 
 
 
 def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, receipt_clock: list[int]
 ) -> None:
     """Its events are keyed by the time of receipt, which differs on every delivery."""
-    untimed = segment_message("track", timestamp=None, originalTimestamp=None, receivedAt=None, sentAt=None)
-    clock = [1_795_483_041_109_000_000]
-    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    untimed = segment_message("track", **NO_TIME)
     first = webhook.post(untimed)
-    clock[0] += 3_600_000_000_000  # an hour later
+    receipt_clock[0] += 3_600_000_000_000  # an hour later
     calls: Counter[str] = Counter()
     dynamodb.client().meta.events.register(
         "before-call.dynamodb.Query", lambda model, **_: calls.update([model.name])
@@ -94,14 +104,10 @@ def test_a_message_without_a_time_is_found_by_its_message_id_when_redelivered(
 
 
 def test_a_message_without_a_time_is_found_behind_many_newer_events_of_its_user(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, receipt_clock: list[int]
 ) -> None:
     """Looked for among the identity's newest 10,000 events of the window, not only the newest few."""
-    untimed = segment_message(
-        "track", anonymousId=None, timestamp=None, originalTimestamp=None, receivedAt=None, sentAt=None
-    )
-    clock = [1_795_483_041_109_000_000]
-    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    untimed = segment_message("track", anonymousId=None, **NO_TIME)
     assert webhook.post(untimed).body["stored"] == 1
     newer = [
         segment_message(
@@ -110,23 +116,20 @@ def test_a_message_without_a_time_is_found_behind_many_newer_events_of_its_user(
         for n in range(40)
     ]
     assert webhook.post(newer).body["stored"] == 40
-    clock[0] += 3_600_000_000_000  # an hour later
+    receipt_clock[0] += 3_600_000_000_000  # an hour later
     again = webhook.post(untimed)
     assert (again.body["stored"], again.body["duplicate"]) == (0, 1)
     assert len(webhook.stored_events("user", untimed["userId"])) == 41
 
 
 def test_a_message_without_a_time_redelivered_a_day_later_stores_nothing_new(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, receipt_clock: list[int]
 ) -> None:
     """Idempotent on messageId for 24 hours at least, for events and for traits."""
-    no_time = {"timestamp": None, "originalTimestamp": None, "receivedAt": None, "sentAt": None}
-    track = segment_message("track", anonymousId=None, **no_time)
-    identify = segment_message("identify", anonymousId=None, traits={"plan": "free"}, **no_time)
-    clock = [1_795_483_041_109_000_000]
-    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    track = segment_message("track", anonymousId=None, **NO_TIME)
+    identify = segment_message("identify", anonymousId=None, traits={"plan": "free"}, **NO_TIME)
     first = webhook.post([track, identify])
-    clock[0] += 24 * 3_600_000_000_000  # a day later
+    receipt_clock[0] += 24 * 3_600_000_000_000  # a day later
     again = webhook.post([track, identify])
     assert (first.body["stored"], first.body["duplicate"]) == (2, 0)
     assert (again.body["stored"], again.body["duplicate"], again.body["events"]) == (0, 2, 0)
@@ -249,20 +252,10 @@ def test_an_identify_redelivered_after_a_later_one_of_its_millisecond_changes_no
 
 
 def test_an_untimed_identify_redelivered_after_a_newer_one_is_a_duplicate_and_changes_nothing(
-    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    webhook: Webhook, receipt_clock: list[int]
 ) -> None:
     """Stamped with its time of receipt, it would otherwise win over the newer message on its retry."""
-    untimed = segment_message(
-        "identify",
-        anonymousId=None,
-        traits={"plan": "free"},
-        timestamp=None,
-        originalTimestamp=None,
-        receivedAt=None,
-        sentAt=None,
-    )
-    clock = [1_795_483_041_109_000_000]
-    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    untimed = segment_message("identify", anonymousId=None, traits={"plan": "free"}, **NO_TIME)
     assert webhook.post(untimed).body["stored"] == 1
     again = webhook.post(untimed)
     assert (again.body["stored"], again.body["duplicate"], again.body["identities"]) == (0, 1, 0)
@@ -274,7 +267,7 @@ def test_an_untimed_identify_redelivered_after_a_newer_one_is_a_duplicate_and_ch
         timestamp="2026-11-24T01:30:00Z",
     )
     assert webhook.post(newer).body["stored"] == 1
-    clock[0] += 3_600_000_000_000  # Segment retries an hour later
+    receipt_clock[0] += 3_600_000_000_000  # Segment retries an hour later
     retried = webhook.post(untimed)
     assert (retried.body["stored"], retried.body["duplicate"]) == (0, 1)
     identity = webhook.identity("user", untimed["userId"])
