@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.config import TRAFFIC_TYPE_NAME_PATTERN, InboundConfig, as_event_type_id
-from shared.inbound.messages import SegmentMessage, compact_json
+from shared.inbound.messages import SegmentMessage, compact_json, key_of
 
 TRAFFIC_TYPE_NAME = re.compile(TRAFFIC_TYPE_NAME_PATTERN)
 MAX_KEY_LENGTH = 250
@@ -247,16 +247,6 @@ def numeric_value(raw: Any) -> int | float | None:
     """The event value: a (storable) number, else None."""
     if isinstance(raw, int | float) and not isinstance(raw, bool) and _storable_number(raw):
         return raw
-    return None
-
-
-def key_of(raw: Any) -> str | None:
-    """A traffic key from an id (string, or a number sent by a loosely typed library); None for
-    an empty one or one of whitespace alone, which FME's SDKs refuse."""
-    if isinstance(raw, str):
-        return raw if raw.strip() else None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return str(raw)
     return None
 
 

@@ -176,10 +176,21 @@ def _id_string(value: Any) -> Any:
 IdString = Annotated[str | None, BeforeValidator(_id_string)]
 
 
+def key_of(raw: Any) -> str | None:
+    """A traffic key from an id (string, or a number sent by a loosely typed library); None for
+    an empty one or one of whitespace alone, which FME's SDKs refuse."""
+    if isinstance(raw, str):
+        return raw if raw.strip() else None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    return None
+
+
 def _key_string(value: Any) -> Any:
-    # FME's SDKs refuse a key of whitespace alone, as they refuse an empty one.
-    value = _id_string(value)
-    return None if isinstance(value, str) and not value.strip() else value
+    # userId / anonymousId as keys; anything that is no id at all is left for the model to refuse.
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return key_of(value)
+    return value
 
 
 KeyString = Annotated[str | None, BeforeValidator(_key_string)]
