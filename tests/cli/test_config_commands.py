@@ -77,6 +77,14 @@ def secret(name: str, stage: str = "AWSCURRENT") -> str | None:
         return None
 
 
+def assert_restorable_for(name: str, days: int) -> None:
+    """The secret ``name`` is scheduled for deletion ``days`` from now (to the hour): restorable, not gone."""
+    described = boto3.client("secretsmanager", region_name=REGION).describe_secret(
+        SecretId=f"{PREFIX}/{name}"
+    )
+    assert abs(described["DeletedDate"] - datetime.now(UTC) - timedelta(days=days)) < timedelta(hours=1), name
+
+
 def test_inbound_put_writes_the_config_and_the_secret_without_printing_it(cli: Cli, tmp_path: Path) -> None:
     secret_file = write(tmp_path, "s", "s3cret-value\n")
     result = cli(
@@ -445,11 +453,9 @@ def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli:
     result = cli("config", "inbound", "delete", "shop", "--yes", "--recovery-days", "10")
     assert result.exit_code == 0, result.output
     assert parameter("inbound/shop") is None
-    client = boto3.client("secretsmanager", region_name=REGION)
-    for name in (f"{PREFIX}/inbound/shop", f"{PREFIX}/inbound/shop/fme"):
-        deleted = client.describe_secret(SecretId=name)["DeletedDate"]  # restorable, not gone
-        assert abs((deleted - datetime.now(UTC)) - timedelta(days=10)) < timedelta(hours=1), name
-        assert f"restore-secret --secret-id {name}" in " ".join(result.stdout.split())
+    for name in ("inbound/shop", "inbound/shop/fme"):
+        assert_restorable_for(name, days=10)
+        assert f"restore-secret --secret-id {PREFIX}/{name}" in " ".join(result.stdout.split())
     assert cli("config", "inbound", "get", "shop").exit_code == 1
     # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
 
@@ -463,10 +469,7 @@ def test_deleting_an_outbound_config_asks_first(cli: Cli, tmp_path: Path) -> Non
     confirmed = cli("config", "outbound", "delete", "eu", input="y\n")
     assert confirmed.exit_code == 0, confirmed.output
     assert parameter("outbound/eu") is None
-    client = boto3.client("secretsmanager", region_name=REGION)
-    deleted = client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")["DeletedDate"]
-    # Restorable for the shortest window Secrets Manager allows, unless --recovery-days says more.
-    assert abs((deleted - datetime.now(UTC)) - timedelta(days=7)) < timedelta(hours=1)
+    assert_restorable_for("outbound/eu", days=7)  # the shortest window Secrets Manager allows
 
 
 def test_deleting_an_unknown_config_is_one_line(cli: Cli) -> None:
@@ -506,10 +509,7 @@ def test_a_delete_that_stopped_after_the_config_is_finished_by_running_it_again(
     boto3.client("ssm", region_name=REGION).delete_parameter(Name=f"{PREFIX}/outbound/eu")
     again = cli("config", "outbound", "delete", "eu", "--yes")
     assert again.exit_code == 0, again.output
-    client = boto3.client("secretsmanager", region_name=REGION)
-    deleted = client.describe_secret(SecretId=f"{PREFIX}/outbound/eu")["DeletedDate"]
-    # Restorable for the shortest window Secrets Manager allows, unless --recovery-days says more.
-    assert abs((deleted - datetime.now(UTC)) - timedelta(days=7)) < timedelta(hours=1)
+    assert_restorable_for("outbound/eu", days=7)  # the shortest window Secrets Manager allows
     # Nothing left: one line, as for a name that never existed.
     done = cli("config", "outbound", "delete", "eu", "--yes")
     assert done.exit_code == 1
