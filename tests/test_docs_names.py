@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fme_bridge.template import functions, load_template
+from fme_bridge.template import functions, load_template, resources_of_type
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "functions").rglob("*.py"), *(ROOT / "shared").rglob("*.py")])
@@ -161,7 +161,7 @@ def test_every_parameter_is_in_the_readme_table() -> None:
 @pytest.mark.parametrize("resource_type", ["AWS::CloudWatch::Alarm", "AWS::SQS::Queue"])
 def test_every_alarm_and_queue_is_named_in_the_docs(resource_type: str) -> None:
     text = docs_text()
-    names = [name for name, res in load_template()["Resources"].items() if res["Type"] == resource_type]
+    names = list(resources_of_type(resource_type))
     assert names
     assert sorted(name for name in names if not mentioned(name, text)) == []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fme_bridge.template import load_template
+from fme_bridge.template import resources_of_type
 
 PUBLIC_ROUTES = {
     ("POST", "/segment/{connectionId}"),
@@ -13,37 +13,31 @@ PUBLIC_ROUTES = {
 }
 
 
-def resources(kind: str) -> dict[str, dict[str, Any]]:
-    return {name: r for name, r in load_template()["Resources"].items() if r["Type"] == kind}
-
-
 def test_only_the_webhook_and_profile_routes_are_public() -> None:
     """Segment's webhook, FME's impressions webhook and the profile API, each behind its secret."""
     routes = set()
-    for function in resources("AWS::Serverless::Function").values():
-        properties = function["Properties"]
+    for properties in resources_of_type("AWS::Serverless::Function").values():
         assert "FunctionUrlConfig" not in properties
         for source in properties.get("Events", {}).values():
             if source["Type"] in ("HttpApi", "Api"):
                 routes.add((source["Properties"]["Method"].upper(), source["Properties"]["Path"]))
     assert routes == PUBLIC_ROUTES
     for kind in ("AWS::Serverless::Api", "AWS::ApiGateway::RestApi", "AWS::Lambda::Url", "AWS::S3::Bucket"):
-        assert not resources(kind), kind
+        assert not resources_of_type(kind), kind
 
 
 def test_the_http_api_is_throttled() -> None:
-    (api,) = resources("AWS::Serverless::HttpApi").values()
-    settings = api["Properties"]["DefaultRouteSettings"]
+    (api,) = resources_of_type("AWS::Serverless::HttpApi").values()
+    settings = api["DefaultRouteSettings"]
     assert settings["ThrottlingRateLimit"]
     assert settings["ThrottlingBurstLimit"]
 
 
 def test_data_is_encrypted_at_rest_and_recoverable() -> None:
-    for name, table in resources("AWS::DynamoDB::Table").items():
-        assert table["Properties"]["SSESpecification"]["SSEEnabled"] is True, name
-        assert table["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], name
-    for name, queue in resources("AWS::SQS::Queue").items():
-        properties = queue["Properties"]
+    for name, table in resources_of_type("AWS::DynamoDB::Table").items():
+        assert table["SSESpecification"]["SSEEnabled"] is True, name
+        assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], name
+    for name, properties in resources_of_type("AWS::SQS::Queue").items():
         assert properties.get("SqsManagedSseEnabled") is True or properties.get("KmsMasterKeyId"), name
 
 
@@ -58,8 +52,8 @@ def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_policies_name_their_resources() -> None:
     """Least privilege: no wildcard action, no ``*`` resource, no service-wide managed policy."""
-    for name, function in resources("AWS::Serverless::Function").items():
-        for policy in function["Properties"].get("Policies", []):
+    for name, function in resources_of_type("AWS::Serverless::Function").items():
+        for policy in function.get("Policies", []):
             assert isinstance(policy, dict), f"{name}: managed policy {policy!r}"
             for statement in _statements(policy):
                 actions = (
