@@ -3,11 +3,11 @@
 The impressions function forwards the newest impression per identity and flag of each of its batches
 (:mod:`shared.profiles.forwarding`); this function records them (one conditional write per identity
 and flag, which DynamoDB refuses when it holds a newer impression; skipped when the container has
-just written the same one) and, for every outbound config with
-``computedTraits`` enabled, sends an ``identify`` when a user's treatment changed. Messages whose
-writes or identifies failed transiently are reported as batch item failures and retried by SQS, and
-on their last receive go to the dead-letter queue with the reason (``retries_exhausted``); a message
-that is not in the forwarding format goes there at once (``invalid_body``).
+just written the same one) and, for every outbound config with ``computedTraits`` enabled, sends an
+``identify`` when a user's treatment changed. Messages whose writes or identifies failed
+transiently are reported as batch item failures and retried by SQS, and on their last receive go to
+the dead-letter queue with the reason (``retries_exhausted``); a message that is not in the
+forwarding format goes there at once (``invalid_body``).
 """
 
 from __future__ import annotations
