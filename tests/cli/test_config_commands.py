@@ -460,6 +460,15 @@ def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli:
     # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
 
 
+def test_deleting_a_connection_keeps_its_secret_restorable_for_seven_days_by_default(
+    cli: Cli, tmp_path: Path
+) -> None:
+    put_inbound(cli, tmp_path, name="shop")
+    result = cli("config", "inbound", "delete", "shop", "--yes")
+    assert result.exit_code == 0, result.output
+    assert_restorable_for("inbound/shop", days=7)
+
+
 def test_deleting_an_outbound_config_asks_first(cli: Cli, tmp_path: Path) -> None:
     put_outbound(cli, tmp_path)
     declined = cli("config", "outbound", "delete", "eu", input="n\n")
