@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+from fme_bridge.commands import dlq as dlq_command
 from fme_bridge.segment_sink import SegmentSink
 from fme_bridge.template import Stack
 from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet
@@ -251,6 +252,28 @@ def test_the_audiences_redrive_evaluates_every_audience_and_removes_the_dead_let
     assert entered(segment) == {"buyer": {NAME: True}, "flagged": {NAME: True}}
     assert "removed 2 dead letter(s)" in result.stdout
     assert cli("dlq", "show", "--queue", "audiences", "--json").stdout.strip() == "[]"
+
+
+def test_a_dead_letter_arriving_during_an_audiences_redrive_waits_for_the_next(
+    cli: Cli, segment: SegmentSink, stored: None, audiences_dlq: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream batch that failed while every audience was being evaluated may hold a change the
+    evaluation did not see: it is not removed with the dead letters the evaluation settled."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    sqs.send_message(QueueUrl=audiences_dlq, MessageBody=dead_letter("shard-1"))
+    evaluate = dlq_command.reevaluate_every_audience
+
+    def evaluated_while_another_fails(tgt: Any) -> Any:
+        time.sleep(0.01)
+        sqs.send_message(QueueUrl=audiences_dlq, MessageBody=dead_letter("shard-2"))
+        return evaluate(tgt)
+
+    monkeypatch.setattr(dlq_command, "reevaluate_every_audience", evaluated_while_another_fails)
+    result = cli("dlq", "redrive", "--queue", "audiences")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 dead letter(s)" in result.stdout
+    [left] = json.loads(cli("dlq", "show", "--queue", "audiences", "--json").stdout)
+    assert "shard shard-2" in left["reason"]
 
 
 def test_an_audiences_redrive_that_could_not_sync_keeps_the_dead_letters(
