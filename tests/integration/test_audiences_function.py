@@ -22,6 +22,7 @@ from shared.profiles_table import LastTreatment, delete_last_treatments, profile
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
 from tests.conftest import load_event, pages_cut_at, put_config, put_secret
+from tests.docs_examples import DOCUMENTED_AUDIENCE
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 # Handler modules are imported once the function environment is set (Powertools reads it at import).
@@ -30,23 +31,7 @@ sweep: Any = None
 
 PK = "Production#user#user-123"
 NOW = 1_795_483_041_109
-AUDIENCE = {
-    "environment": "Production",
-    "trafficType": "user",
-    "rule": {
-        "all": [
-            {"performed": {"event": "checkout", "atLeast": 1, "withinDays": 7}},
-            {"treatment": {"split": "new_checkout", "is": "on"}},
-            {
-                "any": [
-                    {"attribute": {"name": "plan", "equals": "pro"}},
-                    {"not": {"attribute": {"name": "plan", "equals": "free"}}},
-                ]
-            },
-        ]
-    },
-    "sync": ["segment-prod"],
-}
+AUDIENCE = DOCUMENTED_AUDIENCE
 # Those whose last checkout left the 7-day window: time alone brings them in.
 LAPSED_BUYERS = {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}}
 _serialize = TypeSerializer().serialize

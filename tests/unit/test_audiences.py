@@ -16,25 +16,8 @@ from shared.profiles.audiences import (
     event_needs,
     parse_audience,
 )
+from tests.docs_examples import DOCUMENTED_AUDIENCE
 
-# The example of docs/profiles.md, verbatim.
-DOCUMENTED_AUDIENCE = {
-    "environment": "Production",
-    "trafficType": "user",
-    "rule": {
-        "all": [
-            {"performed": {"event": "checkout", "atLeast": 1, "withinDays": 7}},
-            {"treatment": {"split": "new_checkout", "is": "on"}},
-            {
-                "any": [
-                    {"attribute": {"name": "plan", "equals": "pro"}},
-                    {"not": {"attribute": {"name": "plan", "equals": "free"}}},
-                ]
-            },
-        ]
-    },
-    "sync": ["segment-prod"],
-}
 NOW = 100 * DAY_MS
 
 
