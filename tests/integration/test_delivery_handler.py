@@ -847,7 +847,8 @@ def test_a_connection_whose_identity_saves_keep_failing_is_behind_since_their_up
         stack.tables["IdentitiesTable"], identity_item("u1", {"plan": "pro"}, updated_at=7)
     )
 
-    assert failed_ids(invoke(stream_event(record), lambda_context, seconds=1.8))
+    # Time for the first attempt even on a loaded machine: its answer is the error recorded.
+    assert failed_ids(invoke(stream_event(record), lambda_context, seconds=4))
 
     [status] = delivery_log.statuses()
     assert (status.retrying_since, status.retrying_newest) == (7, 7)
