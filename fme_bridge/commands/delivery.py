@@ -264,6 +264,8 @@ def redrive(
     # head of the queue and hide the ones behind them from the next receive.
     hidden: dict[str, dict[str, Any]] = {}
     done = kept = gone = 0
+    why: list[tuple[str, str, str]] = []  # of each message kept: its id, connection and reasons
+    batches_left = 0  # stream batches passed over for --connection (they hold any connection's records)
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
     try:
         while limit is None or done + kept < limit:
@@ -281,7 +283,11 @@ def redrive(
                 owner = str(
                     body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
                 )
-                if (connection and owner != connection) or (limit is not None and done + kept >= limit):
+                if connection and owner != connection:
+                    if owner == "(stream batch)":
+                        batches_left += 1
+                    continue
+                if limit is not None and done + kept >= limit:
                     continue
                 result = asyncio.run(
                     delivery.redrive(
@@ -300,7 +306,8 @@ def redrive(
                     verdict = Text("delivered, removed", style="green")
                 else:
                     kept += 1
-                    verdict = styled("[red]kept:[/red] {}", "; ".join(result.problems))
+                    verdict = Text("kept", style="red")
+                    why.append((message["MessageId"][:8], owner, "; ".join(result.problems)))
                 rows.add_row(
                     message["MessageId"][:8],
                     owner,
@@ -311,12 +318,29 @@ def redrive(
                 )
     finally:
         make_visible(sqs, url, list(hidden.values()))
+    _report_redrive(rows, why, done, kept, gone, connection)
+    if batches_left:
+        out.print(
+            f"{batches_left} stream batch(es) Lambda gave up on left in the queue: they may hold "
+            f"records of {connection} (fme-bridge delivery status counts them per connection), and "
+            "a redrive without --connection re-sends them, with the other connections' records in them",
+            soft_wrap=True,
+        )
+    if kept:
+        raise typer.Exit(1)
+
+
+def _report_redrive(
+    rows: Table, why: list[tuple[str, str, str]], done: int, kept: int, gone: int, connection: str | None
+) -> None:
     if done + kept == 0:
         out.print("the failure queue has nothing to re-send" + (f" for {connection}" if connection else ""))
         return
     out.print(rows)
+    for message_id, owner, reasons in why:  # a line each, unwrapped: reasons are too long for a cell
+        out.print(
+            styled("[red]kept[/red] {} ({}): {}", message_id, owner.strip("()"), reasons), soft_wrap=True
+        )
     out.print(f"{done} message(s) delivered and removed, {kept} kept")
     if gone:
         out.print(f"{gone} identity(ies) deleted since: not sent")
-    if kept:
-        raise typer.Exit(1)

@@ -149,6 +149,8 @@ class DeliveryReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     retry: set[str] = field(default_factory=set)
+    # Per connection, the last error of the batch (what its status in the delivery log says).
+    errors: dict[str, str] = field(default_factory=dict)
     # The waits FME asked for (rate limits' resets) that no attempt followed: they did not fit the
     # invocation, or came with its last attempt.
     waits_s: list[float] = field(default_factory=list)
@@ -350,6 +352,7 @@ class Delivery:
                 if tally.error is None and tally.retrying_since is None:
                     tally.resolved, tally.resolved_since = resolved, redrive_started
         self._update_statuses(tallies)
+        report.errors = {c: t.error for c, t in sorted(tallies.items()) if t.error}
         return report
 
     def _table_of(self, record: DynamoDBRecord) -> str | None:
@@ -960,7 +963,10 @@ class Delivery:
             return RedriveResult(problems=[f"the batch can no longer be read from the stream: {exc}"])
         report = await self._deliver(records, deadline, redrive_started=started)
         delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
-        problems = [f"{len(report.retry)} record(s) still failing"] if report.retry else []
+        problems = []
+        if report.retry:
+            why = "; ".join(f"{connection_id}: {error}" for connection_id, error in report.errors.items())
+            problems.append(f"{len(report.retry)} record(s) still failing" + (f" ({why})" if why else ""))
         return RedriveResult(
             resent=delivered,
             already_delivered=report.counts["EventsAlreadyDelivered"],
