@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -121,6 +122,8 @@ def _record(report: IngestReport) -> None:
     for kind, count in report.truncated.items():
         if count:
             metrics.add_metric(name=f"Truncated_{kind}", unit=MetricUnit.Count, value=count)
+    if is_metrics_disabled():  # single_metric prints whatever POWERTOOLS_METRICS_DISABLED says
+        return
     for reason, count in report.drop_reasons().items():
         # One metric per reason, with the reason as its dimension.
         with single_metric(

@@ -304,6 +304,16 @@ def test_drops_are_metrics_with_their_reason(webhook: Webhook, capsys: pytest.Ca
     assert dropped == {"missing_event_type_id": [1.0], "invalid_key": [1.0]}
 
 
+def test_drops_publish_no_metric_where_metrics_are_disabled(
+    webhook: Webhook, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the local stack runs the functions: no CloudWatch to read them, no EMF lines on its console."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    answer = webhook.post([segment_message("track", event=None)])
+    assert answer.body["dropped"] == 1
+    assert published_metrics(capsys.readouterr().out) == []
+
+
 def test_counts_add_up_and_truncations_are_reported(webhook: Webhook) -> None:
     traits = {"bio": "b" * 400}
     properties = {f"p{i}": i for i in range(305)}
