@@ -289,6 +289,30 @@ def test_a_users_events_are_one_query_in_time_order(webhook: Webhook) -> None:
     assert [e["messageId"] for e in newest] == ["msg-4", "msg-3"]
 
 
+def test_time_order_holds_for_events_from_before_epoch_ms_had_13_digits(webhook: Webhook) -> None:
+    """Epoch milliseconds gained their 13th digit on 2001-09-09T01:46:40Z: a message from before
+    that still comes first when a user's events are read in time order."""
+    times = {
+        "after": "2001-09-09T01:46:40.000Z",  # 1_000_000_000_000
+        "long-before": "1999-12-31T23:59:59.000Z",  # 946_684_799_000
+        "just-before": "2001-09-09T01:46:39.999Z",  # 999_999_999_999
+    }
+    messages = [
+        segment_message(kind, userId="u-1", anonymousId=None, name="home", messageId=name, timestamp=at)
+        for (name, at), kind in zip(times.items(), ("track", "page", "track"), strict=True)
+    ]
+    assert webhook.post(messages).body["stored"] == 3
+
+    events = webhook.stored_events("user", "u-1")
+    assert [(e["messageId"], e["timestamp"]) for e in events] == [
+        ("long-before", Decimal(946_684_799_000)),
+        ("just-before", Decimal(999_999_999_999)),
+        ("after", Decimal(1_000_000_000_000)),
+    ]
+    newest = webhook.events.events_of("Production", "user", "u-1", newest_first=True, limit=1)
+    assert [e["messageId"] for e in newest] == ["after"]
+
+
 def test_stored_value_and_properties(webhook: Webhook) -> None:
     webhook.post(
         segment_message(
