@@ -524,6 +524,20 @@ def test_group_with_traits_split_identifies_that_traffic_type() -> None:
     }
 
 
+def test_group_traits_follow_the_attribute_value_rules() -> None:
+    message = segment("group_split")
+    address = {"street": "6th St", "city": "San Francisco"}
+    message["traits"].update(address=address, tags=["b2b", "trial"], bio="b" * 300, short="s" * 255)
+    mapped = map_one(message)
+    attributes = mapped.identities[0].attributes
+    assert json.loads(attributes["address"]) == address  # nested objects and arrays: their JSON string
+    assert attributes["tags"] == '["b2b","trial"]'
+    assert attributes["bio"] == "b" * 255
+    assert attributes["short"] == "s" * 255
+    assert "split" not in attributes
+    assert mapped.strings_cut == 1
+
+
 @pytest.mark.parametrize("split", ["acme", ["acme"], {}])
 def test_a_group_whose_traits_split_is_unusable_is_dropped_with_the_reason(split: Any) -> None:
     message = segment("group_split")
