@@ -183,3 +183,20 @@ def test_the_local_stacks_defaults_are_the_ones_docs_local_md_shows() -> None:
         "--sink-port": "3001",
         "--fme-port": "3002",
     }
+
+
+def test_the_readme_says_which_segment_batch_size_keeps_bodies_under_the_body_limit() -> None:
+    """A synchronous Lambda payload cannot exceed 6 MB: the README names the Segment setting that keeps
+    bodies under the bridge's limit, and every size the docs' table calls safe stays under it."""
+    readme = (ROOT / "README.md").read_text()
+    limit = load_template()["Parameters"]["MaxBodyBytes"]["Default"]
+    assert limit < 6 * 1024 * 1024
+    assert mentioned("*Batch Size*", readme)
+    assert f"bodies above {limit // 1_000_000} MB are refused with 413" in readme
+
+    table = re.findall(
+        r"^\| up to ([\d.]+) KB[^|]*\| ([\d,]+)", (ROOT / "docs" / "inbound.md").read_text(), re.M
+    )
+    assert len(table) >= 3
+    for event_kb, batch_size in table:
+        assert float(event_kb) * 1024 * int(batch_size.replace(",", "")) <= limit, (event_kb, batch_size)
