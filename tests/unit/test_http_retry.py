@@ -13,7 +13,13 @@ import pytest
 from shared.http_retry import FME_POLICY, SEGMENT_POLICY, Deadline, Outcome, send_with_retry
 
 
-def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0, margin_ms: int = 0):
+def run(
+    responses: list,
+    policy=SEGMENT_POLICY,
+    seconds: float = 30.0,
+    margin_ms: int = 0,
+    timeout: float | None = 5.0,  # the client's own
+):
     calls: list[httpx.Request] = []
     slept: list[float] = []
 
@@ -28,7 +34,9 @@ def run(responses: list, policy=SEGMENT_POLICY, seconds: float = 30.0, margin_ms
         slept.append(seconds)
 
     async def go():
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(handler), timeout=httpx.Timeout(timeout)
+        ) as client:
             deadline = Deadline.after(seconds, margin_ms)
             deadline.sleep = fake_sleep
             return await send_with_retry(
@@ -262,6 +270,23 @@ def test_an_attempt_times_out_within_the_time_left_but_not_below_half_a_second()
     assert 1.5 < calls[0].extensions["timeout"]["read"] <= 2
     _, calls, _ = run([httpx.Response(200)], seconds=0.2)
     assert calls[0].extensions["timeout"]["read"] == 0.5
+
+
+def test_an_attempt_waits_no_longer_than_the_clients_own_timeout() -> None:
+    """A stalled connection costs one read timeout and a retry, not the whole invocation."""
+    _, calls, _ = run([httpx.Response(200)], seconds=600, timeout=3.0)
+    assert calls[0].extensions["timeout"]["read"] == 3.0
+    _, calls, _ = run([httpx.Response(200)], seconds=600, timeout=None)
+    assert calls[0].extensions["timeout"]["read"] == 10.0  # a client without one waits 10 s
+
+
+def test_a_refusal_says_what_the_receiver_answered_cut_to_200_characters() -> None:
+    """The reason goes to the dead letter and `delivery status`: Segment's answer says what is wrong."""
+    result, _, _ = run([httpx.Response(400, text="Invalid write key")])
+    assert (result.outcome, result.reason) == (Outcome.PERMANENT, "HTTP 400: Invalid write key")
+    long = "x" * 150 + "y" * 150
+    result, _, _ = run([httpx.Response(503, text=long)], seconds=0.5)
+    assert (result.outcome, result.reason) == (Outcome.TRANSIENT, "HTTP 503: " + long[:200])
 
 
 def test_a_retry_after_shorter_than_the_backoff_waits_the_backoff() -> None:
