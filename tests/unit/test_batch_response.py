@@ -13,6 +13,14 @@ def test_lists_the_failed_messages_in_batch_order() -> None:
     assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m3"}]}
 
 
+def test_the_order_is_the_batchs_not_the_ids() -> None:
+    failed = {"a": "deadline", "c": "segment: 503"}
+
+    response = partial_batch_response(_event("c", "b", "a"), failed)
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": "c"}, {"itemIdentifier": "a"}]}
+
+
 def test_an_id_that_is_not_in_the_batch_is_not_reported() -> None:
     response = partial_batch_response(_event("m1"), {"elsewhere": "deadline"})
 
