@@ -254,6 +254,22 @@ def test_lone_surrogates_become_replacement_characters_and_lose_nothing(webhook:
     assert "good" in titles
 
 
+def test_a_lone_low_surrogate_escaped_in_capitals_in_a_name_or_a_value_loses_nothing(
+    webhook: Webhook,
+) -> None:
+    # Jackson and other Java encoders write escapes in capitals; a string cut at the start of an
+    # emoji keeps its second half (a low surrogate), in a property's name as well as in its value.
+    cut = json.dumps(segment_message("track", messageId="cut", properties={"NAME": "VALUE"}))
+    cut = cut.replace('"NAME"', '"size \\uDE00"').replace('"VALUE"', '"\\uDC00 sale"')
+    plain = json.dumps(segment_message("track", messageId="plain"))
+    answer = webhook.post(f"[{cut},{plain}]".encode())
+    assert answer.status == 200, answer.body
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 0)
+    properties = {e["messageId"]: e["properties"] for e in webhook.stored_events("user", "AiUGstSDIg")}
+    assert properties["cut"]["size \ufffd"] == "\ufffd sale"
+    assert "plain" in properties
+
+
 def test_a_lone_surrogate_beside_deep_nesting_loses_nothing(webhook: Webhook) -> None:
     depth = 1500  # json.loads reads it; Python would not recurse that deep
     deep: Any = "\ud800"
