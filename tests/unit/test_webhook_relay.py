@@ -109,6 +109,20 @@ def test_a_lone_surrogate_escape_is_kept_for_the_impressions_function_to_read() 
     assert json.loads(body) == [{"key": "u\ud83d", "split": "f"}]
 
 
+@pytest.mark.parametrize("cut", ["\ud83d", "\uffff"], ids=["lone surrogate", "character SQS refuses"])
+def test_an_envelope_read_by_the_standard_library_keeps_its_other_fields(cut: str) -> None:
+    """Without its environmentName, no impression of the envelope could be sent."""
+    posted = items(6, pad=20)
+    posted[2]["key"] = f"cut {cut}"
+    envelope = {"environmentName": "Producción", "trafficType": "user", "impressions": posted}
+    text = json.dumps(envelope, ensure_ascii=False).replace("\ud83d", "\\ud83d")  # the escape, as posted
+    relayed = queue_messages(text.encode(), 300)
+    messages = [json.loads(body) for body in relayed.bodies]
+    assert len(messages) > 1
+    assert {(m["environmentName"], m["trafficType"]) for m in messages} == {("Producción", "user")}
+    assert [i for m in messages for i in m["impressions"]] == posted
+
+
 def test_characters_sqs_refuses_are_escaped() -> None:
     posted = [{"key": "u\uffff", "split": "f\ufffe"}]
     [body] = queue_messages(json.dumps(posted, ensure_ascii=False).encode()).bodies
