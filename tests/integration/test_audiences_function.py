@@ -21,7 +21,7 @@ from shared.profiles_table import LastTreatment, delete_last_treatments, profile
 
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
-from tests.conftest import load_event, pages_cut_at, put_config, put_secret
+from tests.conftest import load_event, pages_cut_at, published_metrics, put_config, put_secret
 from tests.docs_examples import DOCUMENTED_AUDIENCE
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
@@ -622,6 +622,51 @@ def test_within_days_expiry_exits_on_the_scheduled_recheck(
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
+def test_the_recheck_takes_every_profile_due_in_every_time_bound_audience(
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Members whose window closed, in two audiences: every one exits in one run, and the run says so."""
+    from shared.profiles_table import Membership, put_membership
+
+    put_config("audiences/repeat_buyers", AUDIENCE)
+    config_store.clear_caches()
+    members = {
+        "checkout_fans": ["user-0", "user-1", "user-2"],
+        "repeat_buyers": ["user-3", "user-4", "user-5"],
+    }
+    for name, keys in members.items():
+        for key in keys:  # no checkout stored: once evaluated, none of them is a member
+            put_membership(
+                Membership(f"Production#user#{key}", name, True, 1, NOW - DAY_MS, recheck_at=NOW), None
+            )
+    capsys.readouterr()
+
+    summary = sweep.lambda_handler({}, lambda_context)
+
+    assert summary == {"evaluated": 6, "entered": 0, "exited": 6, "failed": 0, "finished": True}
+    assert sorted((m["userId"], m["traits"]) for m in segment.messages) == sorted(
+        (key, {name: False}) for name, keys in members.items() for key in keys
+    )
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert (metrics["AudienceProfilesEvaluated"], metrics["AudienceExits"]) == ([6.0], [6.0])
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+
+def test_a_recheck_run_by_hand_without_a_lambda_clock_has_time_for_its_rounds(
+    env: Stack, segment: SegmentSink, clock: list[int]
+) -> None:
+    """A script or a test invoking the handler with no context still re-checks what is due."""
+    from shared.profiles_table import Membership, put_membership
+
+    put_membership(Membership(PK, "checkout_fans", True, 1, NOW - DAY_MS, recheck_at=NOW), None)
+    summary = sweep.lambda_handler({}, None)
+    assert (summary["evaluated"], summary["exited"], summary["finished"]) == (1, 1, True)
+
+
 def test_the_recheck_starts_no_round_in_its_last_15_seconds(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
@@ -678,7 +723,12 @@ def test_a_member_of_an_audience_moved_to_another_environment_exits_when_it_is_d
 
 
 def test_a_recheck_that_could_not_sync_fails_and_leaves_the_identity_due(
-    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Its errors are what AudienceRecheckErrorsAlarm watches: nothing retries it, and no queue holds it."""
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
@@ -688,6 +738,8 @@ def test_a_recheck_that_could_not_sync_fails_and_leaves_the_identity_due(
     segment.fail_fraction(1.0, status=503)
     with pytest.raises(sweep.RecheckIncomplete, match="1 identities could not be evaluated or synced"):
         sweep.lambda_handler({}, lambda_context)
+    [logged] = [r for r in caplog.records if r.getMessage() == "audience re-check"]
+    assert (logged.evaluated, logged.failed, logged.finished) == (1, 1, True)  # type: ignore[attr-defined]
     segment.fail_fraction(0)
     lambda_context.remaining_ms = 60_000
     summary = sweep.lambda_handler({}, lambda_context)  # still due: the next run exits it
