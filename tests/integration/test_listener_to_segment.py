@@ -389,3 +389,155 @@ def test_the_queue_urls_region_wins_over_the_configured_one() -> None:
 def test_a_listener_without_a_region_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match=r"no AWS region .* set AWS_REGION or AWS_DEFAULT_REGION"):
         SqsImpressionListener("http://127.0.0.1:4566/000000000000/q", "Production", register_atexit=False)
+
+
+class ScriptedSqs:
+    """An SQS client answering each SendMessageBatch call as scripted: ``"down"`` (the call fails),
+    or the ids of the entries SQS could not take (as it reports them in ``Failed``); then all taken."""
+
+    def __init__(self, *answers: str | set[str]) -> None:
+        self.answers = list(answers)
+        self.taken: list[str] = []  # the keyName of every impression SQS took, in order
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        answer = self.answers.pop(0) if self.answers else set()
+        if answer == "down":
+            raise ConnectionError("network blip")
+        for entry in Entries:
+            if entry["Id"] not in answer:
+                envelope = json.loads(entry["MessageBody"])
+                self.taken.extend(i["impression"]["keyName"] for i in envelope["impressions"])
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in answer],
+            "Failed": [
+                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
+                for e in Entries
+                if e["Id"] in answer
+            ],
+        }
+
+
+def test_an_envelope_sqs_could_not_take_is_sent_again_and_not_counted_sent() -> None:
+    sqs = ScriptedSqs({"0"})
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "P",
+        sqs_client=sqs,
+        flush_interval=60,
+        max_envelope_bytes=2000,
+        register_atexit=False,
+    )
+    for i in range(30):
+        listener.log_impression(python_sdk_data(i))
+    assert listener.flush() is False  # the first envelope is kept for the next flush
+    assert listener.stats.sent < 30
+    assert listener.flush() is True
+    listener.close()
+    assert sorted(sqs.taken) == sorted(f"user-{i}" for i in range(30))  # each once
+    assert (listener.stats.sent, listener.stats.failed_sends, listener.stats.dropped) == (30, 1, 0)
+
+
+def test_the_listener_sends_the_environment_id_the_attributes_and_the_machine_ip_it_was_given() -> None:
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "Production",
+        environment_id="env-7f3a",
+        sqs_client=sqs,
+        include_attributes=True,
+        machine_ip="10.0.7.7",
+        flush_interval=60,
+        register_atexit=False,
+    )
+    listener.log_impression(python_sdk_data(0))
+    listener.close()
+    [[entry]] = sqs.calls[1:]
+    envelope = json.loads(entry["MessageBody"])
+    assert (envelope["environmentName"], envelope["environmentId"]) == ("Production", "env-7f3a")
+    [impression] = envelope["impressions"]
+    assert (impression["attributes"], impression["ip"]) == ({"plan": "pro"}, "10.0.7.7")
+
+
+@pytest.mark.parametrize("spare", [-1, 0, 1, 120])
+def test_an_envelope_holds_as_many_impressions_as_fit_and_never_more(spare: int) -> None:
+    """Envelopes stay under max_envelope_bytes, its header included, and are filled up to it."""
+    item = json.dumps(impression_listener_shape(python_sdk_data(0)), separators=(",", ":"))
+    header = '{"environmentName":"Production","impressions":[]}'
+    limit = len(header) + 3 * len(item) + 2 + spare  # three items and their two commas, and the spare
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "Production",
+        sqs_client=sqs,
+        flush_interval=60,
+        max_envelope_bytes=limit,
+        register_atexit=False,
+    )
+    for i in range(9):
+        listener.log_impression(python_sdk_data(i))  # user-0 … user-8: all the same size
+    listener.close()
+    bodies = [e["MessageBody"] for call in sqs.calls[1:] for e in call]
+    assert all(len(body) <= limit for body in bodies)
+    per_envelope = [2, 2, 2, 2, 1] if spare < 0 else [3, 3, 3]
+    assert [len(json.loads(body)["impressions"]) for body in bodies] == per_envelope
+    assert listener.stats.sent == 9
+
+
+def test_an_impression_larger_than_an_envelope_is_dropped_and_counted_and_the_rest_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # no failure
+    listener = SqsImpressionListener(
+        "https://sqs/queue",
+        "P",
+        sqs_client=sqs,
+        flush_interval=60,
+        max_envelope_bytes=2000,
+        register_atexit=False,
+    )
+    big = load_event("impression_listener_js.json")
+    big["impression"] = {**big["impression"], "keyName": "big", "properties": {"note": "x" * 3000}}
+    listener.log_impression(python_sdk_data(0))
+    listener.log_impression(big)
+    listener.log_impression(python_sdk_data(1))
+    listener.close()
+    bodies = [e["MessageBody"] for call in sqs.calls[1:] for e in call]
+    assert all(len(body) <= 2000 for body in bodies)
+    assert [i["impression"]["keyName"] for body in bodies for i in json.loads(body)["impressions"]] == [
+        "user-0",
+        "user-1",
+    ]
+    assert (listener.stats.received, listener.stats.sent, listener.stats.dropped) == (3, 2, 1)
+    assert "1 impressions dropped: an impression larger than an envelope" in caplog.text
+
+
+def test_what_sqs_never_took_by_close_is_counted_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    sqs = ScriptedSqs(*["down"] * 1000)
+    listener = SqsImpressionListener(
+        "https://sqs/queue", "P", sqs_client=sqs, flush_interval=60, register_atexit=False
+    )
+    for i in range(5):
+        listener.log_impression(python_sdk_data(i))
+    listener.close(timeout=0.3)
+    assert (listener.stats.received, listener.stats.sent, listener.stats.dropped) == (5, 0, 5)
+    assert "5 impressions dropped: closed before SQS accepted them" in caplog.text
+
+
+def test_while_sqs_is_unreachable_the_newest_impressions_are_kept() -> None:
+    sqs = ScriptedSqs("down", "down")
+    listener = SqsImpressionListener(
+        "https://sqs/queue", "P", sqs_client=sqs, max_pending=3, flush_interval=60, register_atexit=False
+    )
+    for i in range(3):
+        listener.log_impression(python_sdk_data(i))
+    assert listener.flush() is False
+    for i in range(3, 6):
+        listener.log_impression(python_sdk_data(i))
+    assert listener.flush() is False  # six waiting, three kept: the newest
+    assert listener.flush() is True
+    listener.close()
+    assert sqs.taken == ["user-3", "user-4", "user-5"]
+    assert (listener.stats.sent, listener.stats.dropped) == (3, 3)
