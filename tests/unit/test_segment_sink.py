@@ -118,6 +118,54 @@ def test_limits_are_enforced(sink: SegmentSink) -> None:
     assert sink.messages == []
 
 
+def padded(size: int, i: int = 0) -> dict[str, object]:
+    """A track message of exactly ``size`` bytes of compact JSON."""
+    message = track(i, properties={"x": ""})
+    message["properties"] = {"x": "y" * (size - len(json.dumps(message, separators=(",", ":"))))}
+    return message
+
+
+def test_a_request_at_each_of_segments_limits_is_accepted(sink: SegmentSink) -> None:
+    """The limits are maxima: a batch of 2,500, a message of 32 KB and a request of 500 KB are fine."""
+    assert post(sink, "/v1/batch", {"batch": [track(i) for i in range(2500)]}).status_code == 200
+    assert post(sink, "/v1/batch", {"batch": [padded(32 * 1024)]}).status_code == 200
+    messages = [padded(30_000, i) for i in range(16)]
+    head = len(json.dumps({"batch": messages}, separators=(",", ":")))
+    messages.append(padded(500_000 - head - 1, 16))  # and the comma before it
+    body = json.dumps({"batch": messages}, separators=(",", ":")).encode()
+    assert len(body) == 500_000
+    response = httpx.post(
+        f"{sink.url}/v1/batch", content=body, auth=(KEY, ""), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert len(sink.messages) == 2500 + 1 + 17
+
+
+@pytest.mark.parametrize(("characters", "status"), [(12_000, 200), (17_000, 400)])
+def test_a_message_size_is_counted_in_utf_8_bytes_however_the_body_escapes_it(
+    sink: SegmentSink, characters: int, status: int
+) -> None:
+    """12,000 "é" are 24,000 bytes, under 32 KB, though an ASCII-escaped body spells them in 72,000."""
+    body = json.dumps({"batch": [track(properties={"title": "é" * characters})]}).encode()  # \u00e9 each
+    response = httpx.post(
+        f"{sink.url}/v1/batch", content=body, auth=(KEY, ""), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status
+
+
+def test_a_message_with_only_an_anonymous_id_is_accepted(sink: SegmentSink) -> None:
+    message = {"type": "track", "event": "get_treatment", "anonymousId": "a1", "messageId": "m1"}
+    assert post(sink, "/v1/batch", {"batch": [message]}).status_code == 200
+    assert sink.messages == [message]
+
+
+def test_unique_messages_keep_the_first_of_each_message_id(sink: SegmentSink) -> None:
+    """As Segment's deduplication does: a later message with the same messageId is dropped."""
+    post(sink, "/v1/batch", {"batch": [track(1, properties={"n": 1})]})
+    post(sink, "/v1/batch", {"batch": [track(1, properties={"n": 2})]})
+    assert [m["properties"] for m in sink.unique_messages().values()] == [{"n": 1}]
+
+
 def test_injected_faults_then_recovery(sink: SegmentSink) -> None:
     sink.fail_next(1, 503)
     sink.fail_next(1, 429, retry_after=2)
@@ -148,6 +196,8 @@ def test_fraction_of_failures_is_repeatable_and_clear_resets(sink: SegmentSink) 
     sink.fail_fraction(0.5, 500, seed=3)
     statuses = [post(sink, "/v1/batch", {"batch": [track(i)]}).status_code for i in range(20)]
     assert 0 < statuses.count(500) < 20
+    sink.fail_fraction(1.0, 503)
+    assert {post(sink, "/v1/batch", {"batch": [track(i)]}).status_code for i in range(5)} == {503}
     sink.clear()
     assert sink.requests == []
     assert sink.messages == []
