@@ -86,3 +86,108 @@ def test_save_identities_lists_bad_attribute_ids_as_failed() -> None:
         assert [(u.traffic_type, u.environment, u.key) for u in sink.identity_updates] == [
             ("user", "Production", "u1")
         ]
+
+
+GOOD_EVENT = {"eventTypeId": "ok", "trafficTypeName": "user", "key": "u", "timestamp": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"key": "k" * 251}, "key is longer than 250 characters"),
+        ({"eventTypeId": "e" * 81}, "eventTypeId"),
+        ({"trafficTypeName": ""}, "trafficTypeName is required"),
+        ({"timestamp": True}, "timestamp must be epoch milliseconds"),
+        ({"value": True}, "value must be a number or null"),
+        ({"properties": ["plan", "pro"]}, "properties must be an object"),
+    ],
+    ids=[
+        "long-key",
+        "long-event-type",
+        "no-traffic-type",
+        "boolean-timestamp",
+        "boolean-value",
+        "list-properties",
+    ],
+)
+def test_what_fme_refuses_in_an_event_is_a_400_naming_it(change: dict[str, object], problem: str) -> None:
+    with FmeSink(sdk_keys=["k"]) as sink, httpx.Client(base_url=sink.events_endpoint) as client:
+        answer = client.post(
+            "/events/bulk", json=[{**GOOD_EVENT, **change}], headers={"Authorization": "Bearer k"}
+        )
+        assert answer.status_code == 400
+        assert problem in answer.json()["message"]
+        assert sink.events == []
+
+
+def test_an_event_at_fmes_limits_is_accepted() -> None:
+    event = {**GOOD_EVENT, "key": "k" * 250, "eventTypeId": "e" * 80, "value": 0, "properties": {}}
+    with FmeSink(sdk_keys=["k"]) as sink, httpx.Client(base_url=sink.events_endpoint) as client:
+        answer = client.post("/events/bulk", json=[event], headers={"Authorization": "Bearer k"})
+        assert answer.status_code == 202
+        assert [e.event for e in sink.events] == [event]
+
+
+@pytest.mark.parametrize("authorization", [None, "Basic YW55Og=="], ids=["missing", "not-bearer"])
+def test_a_sink_that_takes_any_key_still_needs_one(authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    with (
+        FmeSink(sdk_keys=None) as sink,
+        httpx.Client(base_url=sink.events_endpoint) as client,
+    ):  # the local stack's
+        assert client.post("/events/bulk", json=[GOOD_EVENT], headers=headers).status_code == 401
+        assert (
+            client.post(
+                "/events/bulk", json=[GOOD_EVENT], headers={"Authorization": "Bearer any"}
+            ).status_code
+            == 202
+        )
+        assert [e.sdk_key for e in sink.events] == ["any"]
+
+
+def test_save_identities_lists_refused_keys_and_non_string_values_as_failed() -> None:
+    with FmeSink(admin_keys=["a"]) as sink, httpx.Client(base_url=sink.identities_endpoint) as client:
+        sink.refuse_identity("u2", status=409, message="locked")
+        answer = client.post(
+            "/trafficTypes/user/environments/Production/identities",
+            json=[
+                {"key": "u1", "values": {"plan": "pro"}},
+                {"key": "u2", "values": {"plan": "pro"}},
+                {"key": "u3", "values": {"seats": 5}},
+            ],
+            headers={"Authorization": "Bearer a"},
+        )
+        assert answer.status_code == 200
+        assert answer.json()["objects"] == [
+            {"trafficTypeId": "user", "environmentId": "Production", "key": "u1", "values": {"plan": "pro"}}
+        ]
+        assert [(f["object"]["key"], f["status"]) for f in answer.json()["failed"]] == [
+            ("u2", 409),
+            ("u3", 400),
+        ]
+        assert [u.key for u in sink.identity_updates] == ["u1"]
+
+
+def test_a_fault_for_one_path_leaves_the_others_answered() -> None:
+    with FmeSink(sdk_keys=["k"], admin_keys=["a"]) as sink:
+        sink.fail_next(1, 503, path_contains="/identities")
+        with httpx.Client() as client:
+            events = client.post(
+                f"{sink.events_endpoint}/events/bulk",
+                json=[GOOD_EVENT],
+                headers={"Authorization": "Bearer k"},
+            )
+            identities = client.post(
+                f"{sink.identities_endpoint}/trafficTypes/user/environments/Production/identities",
+                json=[{"key": "u1", "values": {}}],
+                headers={"Authorization": "Bearer a"},
+            )
+        assert (events.status_code, identities.status_code) == (202, 503)
+
+
+def test_the_state_page_shows_only_the_start_of_each_sdk_key() -> None:
+    with FmeSink(sdk_keys=["sdk-secret-key"]) as sink, httpx.Client(base_url=sink.url) as client:
+        client.post("/api/events/bulk", json=[GOOD_EVENT], headers={"Authorization": "Bearer sdk-secret-key"})
+        state = client.get("/_sink/state")
+        assert [e["sdkKey"] for e in state.json()["events"]] == ["sdk-…"]
+        assert "sdk-secret-key" not in state.text
