@@ -179,6 +179,20 @@ class FailingThenWorkingSqs:
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
 
+def working_sqs() -> FailingThenWorkingSqs:
+    """A stand-in SQS client that takes every call (its ``calls`` after a first, empty one)."""
+    sqs = FailingThenWorkingSqs()
+    sqs.calls.append([])  # the failing first call, made
+    return sqs
+
+
+def listener_on(sqs: Any, environment: str = "P", **options: Any) -> SqsImpressionListener:
+    """A listener sending to a stand-in SQS client on explicit flushes and close() only (unless
+    ``options`` say otherwise), without an exit hook."""
+    settings: dict[str, Any] = {"flush_interval": 60, "register_atexit": False, **options}
+    return SqsImpressionListener("https://sqs/queue", environment, sqs_client=sqs, **settings)
+
+
 def python_sdk_data(i: int) -> dict[str, Any]:
     from splitio.models.impressions import Impression
 
@@ -195,14 +209,7 @@ def python_sdk_data(i: int) -> dict[str, Any]:
 
 def test_listener_batches_envelopes_and_retries_a_failed_send() -> None:
     sqs = FailingThenWorkingSqs()
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "Production",
-        sqs_client=sqs,
-        flush_interval=60,
-        max_envelope_bytes=2000,
-        register_atexit=False,
-    )
+    listener = listener_on(sqs, "Production", max_envelope_bytes=2000)
     for i in range(30):
         listener.log_impression(python_sdk_data(i))
     assert listener.flush() is False  # SQS failed: kept for the next flush
@@ -233,16 +240,8 @@ def test_listener_batches_envelopes_and_retries_a_failed_send() -> None:
 
 
 def test_listener_background_flush_on_size_and_bounded_memory() -> None:
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "Production",
-        sqs_client=sqs,
-        batch_size=5,
-        flush_interval=60,
-        register_atexit=False,
-    )
+    sqs = working_sqs()
+    listener = listener_on(sqs, "Production", batch_size=5)
     for i in range(5):
         listener.log_impression(python_sdk_data(i))
     deadline = time.monotonic() + 5
@@ -251,9 +250,7 @@ def test_listener_background_flush_on_size_and_bounded_memory() -> None:
     assert listener.stats.sent == 5  # the size threshold woke the flusher, no interval needed
     listener.close()
 
-    tiny = SqsImpressionListener(
-        "https://sqs/queue", "P", sqs_client=sqs, max_pending=3, flush_interval=60, register_atexit=False
-    )
+    tiny = listener_on(sqs, max_pending=3)
     tiny.batch_size = 10**9
     for i in range(10):
         tiny.log_impression(python_sdk_data(i))
@@ -265,8 +262,7 @@ def test_listener_background_flush_on_size_and_bounded_memory() -> None:
 def test_an_impression_logged_after_close_is_counted_dropped_not_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
+    sqs = working_sqs()
     listener = SqsImpressionListener("https://sqs/queue", "P", sqs_client=sqs, register_atexit=False)
     listener.log_impression(python_sdk_data(0))
     listener.close()
@@ -300,11 +296,8 @@ def test_a_closed_listener_in_a_forked_child_closes_though_a_parents_thread_held
 
 
 def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
-    listener = SqsImpressionListener(
-        "https://sqs/queue", "P", sqs_client=sqs, batch_size=2, flush_interval=60, register_atexit=False
-    )
+    sqs = working_sqs()
+    listener = listener_on(sqs, batch_size=2)
     listener.close()  # stands for the parent's thread, which a forked child does not have
     listener._closed.clear()
     listener.log_impression(python_sdk_data(0))  # the parent's pending impression: the parent sends it
@@ -419,14 +412,7 @@ class ScriptedSqs:
 
 def test_an_envelope_sqs_could_not_take_is_sent_again_and_not_counted_sent() -> None:
     sqs = ScriptedSqs({"0"})
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "P",
-        sqs_client=sqs,
-        flush_interval=60,
-        max_envelope_bytes=2000,
-        register_atexit=False,
-    )
+    listener = listener_on(sqs, max_envelope_bytes=2000)
     for i in range(30):
         listener.log_impression(python_sdk_data(i))
     assert listener.flush() is False  # the first envelope is kept for the next flush
@@ -438,17 +424,9 @@ def test_an_envelope_sqs_could_not_take_is_sent_again_and_not_counted_sent() -> 
 
 
 def test_the_listener_sends_the_environment_id_the_attributes_and_the_machine_ip_it_was_given() -> None:
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "Production",
-        environment_id="env-7f3a",
-        sqs_client=sqs,
-        include_attributes=True,
-        machine_ip="10.0.7.7",
-        flush_interval=60,
-        register_atexit=False,
+    sqs = working_sqs()
+    listener = listener_on(
+        sqs, "Production", environment_id="env-7f3a", include_attributes=True, machine_ip="10.0.7.7"
     )
     listener.log_impression(python_sdk_data(0))
     listener.close()
@@ -465,16 +443,8 @@ def test_an_envelope_holds_as_many_impressions_as_fit_and_never_more(spare: int)
     item = json.dumps(impression_listener_shape(python_sdk_data(0)), separators=(",", ":"))
     header = '{"environmentName":"Production","impressions":[]}'
     limit = len(header) + 3 * len(item) + 2 + spare  # three items and their two commas, and the spare
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "Production",
-        sqs_client=sqs,
-        flush_interval=60,
-        max_envelope_bytes=limit,
-        register_atexit=False,
-    )
+    sqs = working_sqs()
+    listener = listener_on(sqs, "Production", max_envelope_bytes=limit)
     for i in range(9):
         listener.log_impression(python_sdk_data(i))  # user-0 … user-8: all the same size
     listener.close()
@@ -488,16 +458,8 @@ def test_an_envelope_holds_as_many_impressions_as_fit_and_never_more(spare: int)
 def test_an_impression_larger_than_an_envelope_is_dropped_and_counted_and_the_rest_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # no failure
-    listener = SqsImpressionListener(
-        "https://sqs/queue",
-        "P",
-        sqs_client=sqs,
-        flush_interval=60,
-        max_envelope_bytes=2000,
-        register_atexit=False,
-    )
+    sqs = working_sqs()
+    listener = listener_on(sqs, max_envelope_bytes=2000)
     big = load_event("impression_listener_js.json")
     big["impression"] = {**big["impression"], "keyName": "big", "properties": {"note": "x" * 3000}}
     listener.log_impression(python_sdk_data(0))
@@ -516,9 +478,7 @@ def test_an_impression_larger_than_an_envelope_is_dropped_and_counted_and_the_re
 
 def test_what_sqs_never_took_by_close_is_counted_dropped(caplog: pytest.LogCaptureFixture) -> None:
     sqs = ScriptedSqs(*["down"] * 1000)
-    listener = SqsImpressionListener(
-        "https://sqs/queue", "P", sqs_client=sqs, flush_interval=60, register_atexit=False
-    )
+    listener = listener_on(sqs)
     for i in range(5):
         listener.log_impression(python_sdk_data(i))
     listener.close(timeout=0.3)
@@ -528,9 +488,7 @@ def test_what_sqs_never_took_by_close_is_counted_dropped(caplog: pytest.LogCaptu
 
 def test_while_sqs_is_unreachable_the_newest_impressions_are_kept() -> None:
     sqs = ScriptedSqs("down", "down")
-    listener = SqsImpressionListener(
-        "https://sqs/queue", "P", sqs_client=sqs, max_pending=3, flush_interval=60, register_atexit=False
-    )
+    listener = listener_on(sqs, max_pending=3)
     for i in range(3):
         listener.log_impression(python_sdk_data(i))
     assert listener.flush() is False
