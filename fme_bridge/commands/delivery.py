@@ -185,8 +185,8 @@ def status(
     table.add_column("last delivery")
     table.add_column("lag")
     table.add_column("failure queue")
-    table.add_column("last error", overflow="fold")
-    for s in sorted(statuses, key=lambda s: s.connection_id):
+    ordered = sorted(statuses, key=lambda s: s.connection_id)
+    for s in ordered:
         table.add_row(
             s.connection_id,
             f"{s.events_delivered} / {s.events_refused}",
@@ -195,9 +195,19 @@ def status(
             _ago(s.last_delivered_at, now_ms),
             lag(s, now_ms, counts.given_up_until.get(s.connection_id)),
             str(failures.get(s.connection_id, 0)),
-            f"{s.last_error} ({_ago(s.last_error_at, now_ms)})" if s.last_error else "",
         )
     out.print(table)
+    for s in ordered:  # a line each, unwrapped: errors are too long for a cell
+        if s.last_error:
+            out.print(
+                styled(
+                    "{}: [red]last error[/red] ({}): {}",
+                    s.connection_id,
+                    _ago(s.last_error_at, now_ms),
+                    s.last_error,
+                ),
+                soft_wrap=True,
+            )
     others = {c: n for c, n in failures.items() if c not in {s.connection_id for s in statuses}}
     for connection, count in sorted(others.items()):
         out.print(f"failure queue: {count} message(s) of {connection}")

@@ -81,6 +81,9 @@ def test_status_shows_delivered_refused_and_queued_per_connection(
     table_output = cli("delivery", "status")
     assert table_output.exit_code == 0
     assert "webshop" in table_output.output
+    # The error on a line of its own, whole, whatever the width: too long for a cell of the table.
+    [error] = [line for line in table_output.output.splitlines() if line.startswith("webshop: last error")]
+    assert f"): {connection['lastError']}" in error
 
 
 def test_redrive_resends_refused_events_once_the_key_is_fixed(
