@@ -61,6 +61,9 @@ class ConfigKind:
 INBOUND = ConfigKind("inbound", InboundConfig, "connection", "webhook secret")
 OUTBOUND = ConfigKind("outbound", OutboundConfig, "outbound config", "Segment write key")
 
+# Below this, config inbound put warns (and writes it all the same: the secret is the user's choice).
+WEAK_SECRET_CHARACTERS = 16
+
 FileArg = Annotated[Path, typer.Option("--file", "-f", help="The config JSON (- for stdin).")]
 RecoveryDays = Annotated[
     int,
@@ -107,6 +110,17 @@ def register(app: typer.Typer) -> None:
             parse_config(FmeKeys, raw, str(fme_keys_file))  # messages name fields, never values
             secrets["/fme"] = raw.strip()
         _put(target(ctx), INBOUND, connection_id, file, secrets)
+        if "" in secrets and len(secrets[""]) < WEAK_SECRET_CHARACTERS:
+            out.print(
+                styled(
+                    "[yellow]warning:[/yellow] the webhook secret has {} characters: whoever guesses it "
+                    "can write events and identities; a random one of 32 or more is safer "
+                    "(openssl rand -hex 32 | fme-bridge config inbound put {} -f … --secret-file -)",
+                    len(secrets[""]),
+                    connection_id,
+                ),
+                soft_wrap=True,
+            )
 
     @inbound_app.command("get")
     def inbound_get(ctx: typer.Context, connection_id: str) -> None:

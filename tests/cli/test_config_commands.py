@@ -357,7 +357,7 @@ def test_enabling_delivery_without_fme_keys_writes_and_warns(cli: Cli, tmp_path:
 
 
 def test_disabled_delivery_without_fme_keys_is_no_warning(cli: Cli, tmp_path: Path) -> None:
-    result = put_inbound(cli, tmp_path, document={**INBOUND, "delivery": {"enabled": False}})
+    result = put_inbound(cli, tmp_path, document={**INBOUND, "delivery": {"enabled": False}}, secret="s" * 32)
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stdout
 
@@ -458,6 +458,17 @@ def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli:
         assert f"restore-secret --secret-id {PREFIX}/{name}" in " ".join(result.stdout.split())
     assert cli("config", "inbound", "get", "shop").exit_code == 1
     # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
+
+
+def test_a_short_webhook_secret_is_written_with_a_warning(cli: Cli, tmp_path: Path) -> None:
+    """Whoever guesses the secret can write events: a short one is the user's choice, but said."""
+    short = put_inbound(cli, tmp_path, name="shop", secret="x" * 15)
+    assert short.exit_code == 0, short.output
+    assert secret("inbound/shop") == "x" * 15
+    assert "warning: the webhook secret has 15 characters" in " ".join(short.stdout.split())
+    enough = put_inbound(cli, tmp_path, name="shop", secret="x" * 16)
+    assert enough.exit_code == 0, enough.output
+    assert "warning" not in enough.output
 
 
 def test_deleting_a_connection_keeps_its_secret_restorable_for_seven_days_by_default(
