@@ -246,7 +246,10 @@ def _resolver(tgt: Target) -> Any:
 def redrive(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(min=1, help="Re-send at most this many messages.")] = None,
-    connection: Annotated[str | None, typer.Option(help="Only this connection's messages.")] = None,
+    connection: Annotated[
+        str | None,
+        typer.Option(help="Only this connection's messages (and the stream batches holding its records)."),
+    ] = None,
 ) -> None:
     """Re-send the failure queue's messages to FME; delivered messages leave the queue."""
     from shared.delivery.service import Delivery, now_ms
@@ -275,7 +278,6 @@ def redrive(
     hidden: dict[str, dict[str, Any]] = {}
     done = kept = gone = 0
     why: list[tuple[str, str, str]] = []  # of each message kept: its id, connection and reasons
-    batches_left = 0  # stream batches passed over for --connection (they hold any connection's records)
     rows = Table("message", "connection", "kind", "re-sent", "already delivered", "result", title="redrive")
     try:
         while limit is None or done + kept < limit:
@@ -293,9 +295,12 @@ def redrive(
                 owner = str(
                     body.get("connectionId") or ("(stream batch)" if "DDBStreamBatchInfo" in body else "?")
                 )
-                if connection and owner != connection:
-                    if owner == "(stream batch)":
-                        batches_left += 1
+                # With --connection: its refused items, and the stream batches that hold its records.
+                if (
+                    connection
+                    and owner != connection
+                    and not (owner == "(stream batch)" and _holds_records_of(streams, body, connection))
+                ):
                     continue
                 if limit is not None and done + kept >= limit:
                     continue
@@ -329,15 +334,18 @@ def redrive(
     finally:
         make_visible(sqs, url, list(hidden.values()))
     _report_redrive(rows, why, done, kept, gone, connection)
-    if batches_left:
-        out.print(
-            f"{batches_left} stream batch(es) Lambda gave up on left in the queue: they may hold "
-            f"records of {connection} (fme-bridge delivery status counts them per connection), and "
-            "a redrive without --connection re-sends them, with the other connections' records in them",
-            soft_wrap=True,
-        )
     if kept:
         raise typer.Exit(1)
+
+
+def _holds_records_of(streams: Any, body: dict[str, Any], connection_id: str) -> bool:
+    """Whether a stream batch Lambda gave up on holds records of the connection, as ``status``
+    counts it (not once the stream no longer holds the batch: nothing could re-send it then)."""
+    try:
+        records = read_stream_batch(streams, body["DDBStreamBatchInfo"])
+    except Exception:
+        return False
+    return any((held := held_back(record)) is not None and held[0] == connection_id for record in records)
 
 
 def _report_redrive(

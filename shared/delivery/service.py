@@ -149,8 +149,8 @@ class DeliveryReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     retry: set[str] = field(default_factory=set)
-    # Per connection, the last error of the batch (what its status in the delivery log says).
-    errors: dict[str, str] = field(default_factory=dict)
+    # Per connection whose records go back to the stream, why (the last transient error).
+    retry_reasons: dict[str, str] = field(default_factory=dict)
     # The waits FME asked for (rate limits' resets) that no attempt followed: they did not fit the
     # invocation, or came with its last attempt.
     waits_s: list[float] = field(default_factory=list)
@@ -185,8 +185,10 @@ class _ConnectionTally:
     # The last error goes if it is about them (DeliveryLog.clear_error).
     resolved: frozenset[str] | None = None
     resolved_since: int = 0
-    # The stream records of the batch handed back to the stream after a transient error.
+    # The stream records of the batch handed back to the stream after a transient error, and the
+    # last such error (a refusal later in the batch does not replace it).
     retried_records: list[str] = field(default_factory=list)
+    retry_reason: str | None = None
 
     def retrying(self, since: int | None) -> None:
         since = since if since is not None else now_ms()
@@ -199,6 +201,7 @@ class _ConnectionTally:
     def failed_transiently(self, reason: str, sequence_numbers: Iterable[str]) -> None:
         """Records go back to the stream: the error is about each record of the batch retried so far."""
         self.retried_records.extend(record_key(s) for s in sequence_numbers)
+        self.retry_reason = reason
         self.failed(reason, dict.fromkeys(self.retried_records))
 
 
@@ -352,7 +355,7 @@ class Delivery:
                 if tally.error is None and tally.retrying_since is None:
                     tally.resolved, tally.resolved_since = resolved, redrive_started
         self._update_statuses(tallies)
-        report.errors = {c: t.error for c, t in sorted(tallies.items()) if t.error}
+        report.retry_reasons = {c: t.retry_reason for c, t in sorted(tallies.items()) if t.retry_reason}
         return report
 
     def _table_of(self, record: DynamoDBRecord) -> str | None:
@@ -965,7 +968,9 @@ class Delivery:
         delivered = report.counts["EventsDelivered"] + report.counts["IdentitiesDelivered"]
         problems = []
         if report.retry:
-            why = "; ".join(f"{connection_id}: {error}" for connection_id, error in report.errors.items())
+            reasons = [f"{connection_id}: {reason}" for connection_id, reason in report.retry_reasons.items()]
+            reasons += [text for name, text in _UNAVAILABLE if report.counts[name]]
+            why = "; ".join(reasons)
             problems.append(f"{len(report.retry)} record(s) still failing" + (f" ({why})" if why else ""))
         return RedriveResult(
             resent=delivered,
@@ -973,6 +978,13 @@ class Delivery:
             superseded=report.counts["IdentitiesSuperseded"],
             problems=problems,
         )
+
+
+# What hands records back to the stream besides FME's answers, as a redrive reports it.
+_UNAVAILABLE = (
+    ("ConfigUnavailable", "connection config unavailable"),
+    ("DeliveryLogUnavailable", "delivery log unavailable"),
+)
 
 
 @dataclass
