@@ -22,7 +22,7 @@ from shared.profiles_table import LastTreatment, delete_last_treatments, profile
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
 from tests.conftest import load_event, pages_cut_at, published_metrics, put_config, put_secret
-from tests.docs_examples import DOCUMENTED_AUDIENCE
+from tests.docs_examples import documented_audience
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
 # Handler modules are imported once the function environment is set (Powertools reads it at import).
@@ -31,7 +31,7 @@ sweep: Any = None
 
 PK = "Production#user#user-123"
 NOW = 1_795_483_041_109
-AUDIENCE = DOCUMENTED_AUDIENCE
+AUDIENCE = documented_audience()
 # Those whose last checkout left the 7-day window: time alone brings them in.
 LAPSED_BUYERS = {**AUDIENCE, "rule": {"not": {"performed": {"event": "checkout", "withinDays": 7}}}}
 _serialize = TypeSerializer().serialize

@@ -16,7 +16,7 @@ from shared.profiles.audiences import (
     event_needs,
     parse_audience,
 )
-from tests.docs_examples import DOCUMENTED_AUDIENCE
+from tests.docs_examples import documented_audience
 
 NOW = 100 * DAY_MS
 
@@ -26,7 +26,7 @@ def audience(rule: dict[str, object]) -> AudienceConfig:
 
 
 def test_the_documented_example_parses() -> None:
-    parsed = parse_audience(DOCUMENTED_AUDIENCE, "/p/audiences/checkout_fans")
+    parsed = parse_audience(documented_audience(), "/p/audiences/checkout_fans")
     assert parsed.sync == ["segment-prod"]
     assert parsed.time_bound
     assert [p.event for p in parsed.performed()] == ["checkout"]
@@ -97,11 +97,11 @@ def test_events_out_of_order_count_by_their_own_times() -> None:
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({**DOCUMENTED_AUDIENCE, "trafficType": "bad type"}, "trafficType: String should match pattern"),
-        ({**DOCUMENTED_AUDIENCE, "environment": "Prod#EU"}, "environment: must not contain '#'"),
-        ({**DOCUMENTED_AUDIENCE, "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
-        ({k: v for k, v in DOCUMENTED_AUDIENCE.items() if k != "rule"}, "rule: Field required"),
-        ({**DOCUMENTED_AUDIENCE, "syncs": []}, "syncs: Extra inputs are not permitted"),
+        ({**documented_audience(), "trafficType": "bad type"}, "trafficType: String should match pattern"),
+        ({**documented_audience(), "environment": "Prod#EU"}, "environment: must not contain '#'"),
+        ({**documented_audience(), "sync": ["a", "a"]}, "sync: names an outbound config more than once"),
+        ({k: v for k, v in documented_audience().items() if k != "rule"}, "rule: Field required"),
+        ({**documented_audience(), "syncs": []}, "syncs: Extra inputs are not permitted"),
         ("not json", "not valid JSON"),
         ("[]", "must be a JSON object"),
     ],
@@ -123,7 +123,7 @@ def facts(
 
 
 def test_the_spec_example_evaluates() -> None:
-    spec = parse_audience(DOCUMENTED_AUDIENCE, "a")
+    spec = parse_audience(documented_audience(), "a")
     assert evaluate(spec, facts(), NOW) == Evaluation(True, NOW - DAY_MS + 7 * DAY_MS)
     assert not evaluate(spec, facts(treatment="off"), NOW).member
     assert not evaluate(spec, facts(treatment=None), NOW).member
@@ -210,7 +210,7 @@ def test_an_event_named_as_segment_sends_it_is_the_stored_event() -> None:
 
 
 def test_event_needs_cover_every_audience() -> None:
-    a = parse_audience(DOCUMENTED_AUDIENCE, "a")
+    a = parse_audience(documented_audience(), "a")
     b = audience({"performed": {"event": "signup", "withinDays": 30}})
     c = audience({"performed": {"event": "login"}})
     assert event_needs([a, b]).event_types == {"checkout", "signup"}
