@@ -41,7 +41,11 @@ def cli(*args: str) -> Any:
 
 
 def test_status_shows_delivered_refused_and_queued_per_connection(
-    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     connect(sink)
     table = stack.tables["EventsTable"]
@@ -78,6 +82,9 @@ def test_status_shows_delivered_refused_and_queued_per_connection(
         "failureMessages",
     }
 
+    from fme_bridge.commands.common import out
+
+    monkeypatch.setattr(out, "width", 60)  # a narrow terminal
     table_output = cli("delivery", "status")
     assert table_output.exit_code == 0
     assert "webshop" in table_output.output
