@@ -114,8 +114,9 @@ def register(app: typer.Typer) -> None:
             out.print(
                 styled(
                     "[yellow]warning:[/yellow] the webhook secret has {} characters: whoever guesses it "
-                    "can write events and identities; a random one of 32 or more is safer "
-                    "(openssl rand -hex 32 | fme-bridge config inbound put {} -f … --secret-file -)",
+                    "can write events and identities; a random one of 32 or more is safer (openssl rand "
+                    "-hex 32 | fme-bridge config inbound put {} -f … --secret-file -, twice: the secret a "
+                    "put replaces stays valid until the next)",
                     len(secrets[""]),
                     connection_id,
                 ),

@@ -122,7 +122,7 @@ def _record(report: IngestReport) -> None:
     for kind, count in report.truncated.items():
         if count:
             metrics.add_metric(name=f"Truncated_{kind}", unit=MetricUnit.Count, value=count)
-    if is_metrics_disabled():  # single_metric prints whatever POWERTOOLS_METRICS_DISABLED says
+    if is_metrics_disabled():  # single_metric prints regardless of POWERTOOLS_METRICS_DISABLED
         return
     for reason, count in report.drop_reasons().items():
         # One metric per reason, with the reason as its dimension.
