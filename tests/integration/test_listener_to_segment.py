@@ -166,24 +166,34 @@ def test_sdk_impressions_reach_segment_through_the_listener(
     assert abs(evaluated.timestamp() - time.time()) < 60
 
 
-class FailingThenWorkingSqs:
-    """An SQS client whose first SendMessageBatch call fails, as during a network blip."""
+class ScriptedSqs:
+    """An SQS client answering each SendMessageBatch call as scripted: ``"down"`` (the call fails, as
+    during a network blip), or the ids of the entries SQS could not take (as it reports them in
+    ``Failed``); then all taken. ``calls`` holds the entries of every call, ``taken`` the keyName of
+    every impression SQS took, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *answers: str | set[str]) -> None:
+        self.answers = list(answers)
         self.calls: list[list[dict[str, Any]]] = []
+        self.taken: list[str] = []
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         self.calls.append(Entries)
-        if len(self.calls) == 1:
+        answer = self.answers.pop(0) if self.answers else set()
+        if answer == "down":
             raise ConnectionError("network blip")
-        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
-
-
-def working_sqs() -> FailingThenWorkingSqs:
-    """A stand-in SQS client that takes every call (its ``calls`` after a first, empty one)."""
-    sqs = FailingThenWorkingSqs()
-    sqs.calls.append([])  # the failing first call, made
-    return sqs
+        for entry in Entries:
+            if entry["Id"] not in answer:
+                envelope = json.loads(entry["MessageBody"])
+                self.taken.extend(i["impression"]["keyName"] for i in envelope["impressions"])
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in answer],
+            "Failed": [
+                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
+                for e in Entries
+                if e["Id"] in answer
+            ],
+        }
 
 
 def listener_on(sqs: Any, environment: str = "P", **options: Any) -> SqsImpressionListener:
@@ -208,18 +218,17 @@ def python_sdk_data(i: int) -> dict[str, Any]:
 
 
 def test_listener_batches_envelopes_and_retries_a_failed_send() -> None:
-    sqs = FailingThenWorkingSqs()
+    sqs = ScriptedSqs("down")
     listener = listener_on(sqs, "Production", max_envelope_bytes=2000)
     for i in range(30):
         listener.log_impression(python_sdk_data(i))
     assert listener.flush() is False  # SQS failed: kept for the next flush
     assert listener.flush() is True
     listener.close()
-    bodies = [json.loads(e["MessageBody"]) for call in sqs.calls[1:] for e in call]
     assert all(len(e["MessageBody"]) <= 2000 for call in sqs.calls for e in call)
     assert all(len(call) <= 10 for call in sqs.calls)
-    keys = [i["impression"]["keyName"] for body in bodies for i in body["impressions"]]
-    assert keys == [f"user-{i}" for i in range(30)]
+    assert sqs.taken == [f"user-{i}" for i in range(30)]  # each once, in order
+    bodies = [json.loads(e["MessageBody"]) for call in sqs.calls[1:] for e in call]  # after the failed call
     assert bodies[0]["impressions"][0] == {
         "impression": {
             "feature": "new_checkout",
@@ -240,7 +249,7 @@ def test_listener_batches_envelopes_and_retries_a_failed_send() -> None:
 
 
 def test_listener_background_flush_on_size_and_bounded_memory() -> None:
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = listener_on(sqs, "Production", batch_size=5)
     for i in range(5):
         listener.log_impression(python_sdk_data(i))
@@ -262,7 +271,7 @@ def test_listener_background_flush_on_size_and_bounded_memory() -> None:
 def test_an_impression_logged_after_close_is_counted_dropped_not_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = SqsImpressionListener("https://sqs/queue", "P", sqs_client=sqs, register_atexit=False)
     listener.log_impression(python_sdk_data(0))
     listener.close()
@@ -284,7 +293,7 @@ def test_javascript_listener_data_passes_through() -> None:
 
 def test_a_closed_listener_in_a_forked_child_closes_though_a_parents_thread_held_its_lock() -> None:
     listener = SqsImpressionListener(
-        "https://sqs/queue", "P", sqs_client=FailingThenWorkingSqs(), register_atexit=False
+        "https://sqs/queue", "P", sqs_client=ScriptedSqs("down"), register_atexit=False
     )
     listener.close()
     listener._count_lock.acquire()  # held by a parent's thread at the fork: never released in the child
@@ -296,7 +305,7 @@ def test_a_closed_listener_in_a_forked_child_closes_though_a_parents_thread_held
 
 
 def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = listener_on(sqs, batch_size=2)
     listener.close()  # stands for the parent's thread, which a forked child does not have
     listener._closed.clear()
@@ -312,7 +321,7 @@ def test_a_forked_child_gets_its_own_flusher_and_an_empty_queue() -> None:
     listener.close()
     sent = [
         i["impression"]["keyName"]
-        for call in sqs.calls[1:]
+        for call in sqs.calls
         for e in call
         for i in json.loads(e["MessageBody"])["impressions"]
     ]
@@ -384,32 +393,6 @@ def test_a_listener_without_a_region_is_refused_at_start_up() -> None:
         SqsImpressionListener("http://127.0.0.1:4566/000000000000/q", "Production", register_atexit=False)
 
 
-class ScriptedSqs:
-    """An SQS client answering each SendMessageBatch call as scripted: ``"down"`` (the call fails),
-    or the ids of the entries SQS could not take (as it reports them in ``Failed``); then all taken."""
-
-    def __init__(self, *answers: str | set[str]) -> None:
-        self.answers = list(answers)
-        self.taken: list[str] = []  # the keyName of every impression SQS took, in order
-
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        answer = self.answers.pop(0) if self.answers else set()
-        if answer == "down":
-            raise ConnectionError("network blip")
-        for entry in Entries:
-            if entry["Id"] not in answer:
-                envelope = json.loads(entry["MessageBody"])
-                self.taken.extend(i["impression"]["keyName"] for i in envelope["impressions"])
-        return {
-            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in answer],
-            "Failed": [
-                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError"}
-                for e in Entries
-                if e["Id"] in answer
-            ],
-        }
-
-
 def test_an_envelope_sqs_could_not_take_is_sent_again_and_not_counted_sent() -> None:
     sqs = ScriptedSqs({"0"})
     listener = listener_on(sqs, max_envelope_bytes=2000)
@@ -424,13 +407,13 @@ def test_an_envelope_sqs_could_not_take_is_sent_again_and_not_counted_sent() -> 
 
 
 def test_the_listener_sends_the_environment_id_the_attributes_and_the_machine_ip_it_was_given() -> None:
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = listener_on(
         sqs, "Production", environment_id="env-7f3a", include_attributes=True, machine_ip="10.0.7.7"
     )
     listener.log_impression(python_sdk_data(0))
     listener.close()
-    [[entry]] = sqs.calls[1:]
+    [[entry]] = sqs.calls
     envelope = json.loads(entry["MessageBody"])
     assert (envelope["environmentName"], envelope["environmentId"]) == ("Production", "env-7f3a")
     [impression] = envelope["impressions"]
@@ -443,12 +426,12 @@ def test_an_envelope_holds_as_many_impressions_as_fit_and_never_more(spare: int)
     item = json.dumps(impression_listener_shape(python_sdk_data(0)), separators=(",", ":"))
     header = '{"environmentName":"Production","impressions":[]}'
     limit = len(header) + 3 * len(item) + 2 + spare  # three items and their two commas, and the spare
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = listener_on(sqs, "Production", max_envelope_bytes=limit)
     for i in range(9):
         listener.log_impression(python_sdk_data(i))  # user-0 … user-8: all the same size
     listener.close()
-    bodies = [e["MessageBody"] for call in sqs.calls[1:] for e in call]
+    bodies = [e["MessageBody"] for call in sqs.calls for e in call]
     assert all(len(body) <= limit for body in bodies)
     per_envelope = [2, 2, 2, 2, 1] if spare < 0 else [3, 3, 3]
     assert [len(json.loads(body)["impressions"]) for body in bodies] == per_envelope
@@ -458,7 +441,7 @@ def test_an_envelope_holds_as_many_impressions_as_fit_and_never_more(spare: int)
 def test_an_impression_larger_than_an_envelope_is_dropped_and_counted_and_the_rest_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sqs = working_sqs()
+    sqs = ScriptedSqs()
     listener = listener_on(sqs, max_envelope_bytes=2000)
     big = load_event("impression_listener_js.json")
     big["impression"] = {**big["impression"], "keyName": "big", "properties": {"note": "x" * 3000}}
@@ -466,7 +449,7 @@ def test_an_impression_larger_than_an_envelope_is_dropped_and_counted_and_the_re
     listener.log_impression(big)
     listener.log_impression(python_sdk_data(1))
     listener.close()
-    bodies = [e["MessageBody"] for call in sqs.calls[1:] for e in call]
+    bodies = [e["MessageBody"] for call in sqs.calls for e in call]
     assert all(len(body) <= 2000 for body in bodies)
     assert [i["impression"]["keyName"] for body in bodies for i in json.loads(body)["impressions"]] == [
         "user-0",
