@@ -118,16 +118,22 @@ class FailureCounts:
         self.per_connection[connection_id] = self.per_connection.get(connection_id, 0) + 1
 
     def add_stream_batch(self, records: list[dict[str, Any]]) -> None:
-        latest: dict[str, int] = {}
-        for record in records:
-            held = held_back(record)
-            if held is not None:
-                latest[held[0]] = max(latest.get(held[0], held[1]), held[1])
+        latest = _held_back_until(records)
         for connection_id, at in latest.items():
             self.add(connection_id)
             self.given_up_until[connection_id] = max(self.given_up_until.get(connection_id, at), at)
         if not latest:
             self.add("(stream batch)")
+
+
+def _held_back_until(records: list[dict[str, Any]]) -> dict[str, int]:
+    """The connections whose records a stream batch holds, each with its latest record's time."""
+    latest: dict[str, int] = {}
+    for record in records:
+        held = held_back(record)
+        if held is not None:
+            latest[held[0]] = max(latest.get(held[0], held[1]), held[1])
+    return latest
 
 
 def _failure_counts(tgt: Target) -> FailureCounts:
@@ -345,7 +351,7 @@ def _holds_records_of(streams: Any, body: dict[str, Any], connection_id: str) ->
         records = read_stream_batch(streams, body["DDBStreamBatchInfo"])
     except Exception:
         return False
-    return any((held := held_back(record)) is not None and held[0] == connection_id for record in records)
+    return connection_id in _held_back_until(records)
 
 
 def _report_redrive(
