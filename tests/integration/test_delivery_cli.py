@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fme_bridge.cli import app
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-from tests.conftest import put_secret
+from tests.conftest import put_config, put_secret
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -382,13 +382,14 @@ def test_identities_refused_for_two_connections_in_messages_without_ack_ids_are_
     assert failure_messages(stack) == []
 
 
-def give_up_on(stack: Stack, item: dict[str, Any], table_id: str = "EventsTable", record: int = -1) -> None:
-    """Store ``item`` in the table, and send what Lambda sends to the on-failure destination when the
-    stream batch holding the table's ``record``-th stream record (the item's, by default) exhausts
-    its retries."""
+def give_up_on(stack: Stack, *items: dict[str, Any], table_id: str = "EventsTable", record: int = -1) -> None:
+    """Store ``items`` in the table, and send what Lambda sends to the on-failure destination when the
+    stream batch of as many stream records, ending with the table's ``record``-th (the last item's,
+    by default), exhausts its retries."""
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     table = stack.tables[table_id]
-    ddb.put_item(TableName=table, Item=dynamodb_json(item))
+    for item in items:
+        ddb.put_item(TableName=table, Item=dynamodb_json(item))
     arn = ddb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
     streams = boto3.client(
         "dynamodbstreams", region_name="us-east-1", config=Config(account_id_endpoint_mode="disabled")
@@ -397,9 +398,10 @@ def give_up_on(stack: Stack, item: dict[str, Any], table_id: str = "EventsTable"
     iterator = streams.get_shard_iterator(
         StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
     )
-    sequence = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"][record]["dynamodb"][
-        "SequenceNumber"
-    ]
+    records = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    last = record % len(records)
+    first = records[last - len(items) + 1]["dynamodb"]["SequenceNumber"]
+    end = records[last]["dynamodb"]["SequenceNumber"]
     boto3.client("sqs", region_name="us-east-1").send_message(
         QueueUrl=stack.queues["DeliveryFailureQueue"],
         MessageBody=json.dumps(
@@ -410,11 +412,11 @@ def give_up_on(stack: Stack, item: dict[str, Any], table_id: str = "EventsTable"
                 "timestamp": "2026-11-25T09:00:00.000Z",
                 "DDBStreamBatchInfo": {
                     "shardId": shard["ShardId"],
-                    "startSequenceNumber": sequence,
-                    "endSequenceNumber": sequence,
+                    "startSequenceNumber": first,
+                    "endSequenceNumber": end,
                     "approximateArrivalOfFirstRecord": "2026-11-25T08:59:00Z",
                     "approximateArrivalOfLastRecord": "2026-11-25T08:59:00Z",
-                    "batchSize": 1,
+                    "batchSize": len(items),
                     "streamArn": arn,
                 },
             }
@@ -483,6 +485,47 @@ def test_a_given_up_stream_batch_still_failing_on_redrive_is_kept_until_it_is_de
     assert delivered.exit_code == 0, delivered.output
     assert [e.event["key"] for e in sink.events] == ["u7"]
     assert failure_messages(stack) == []
+
+
+def test_a_kept_stream_batch_names_the_connections_it_waits_for_not_those_fme_refused(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch holding records of two connections: FME refuses app's event for good (it goes to the
+    failure queue on its own) and answers webshop's with 503s. The batch is kept for webshop alone."""
+    from fme_bridge.commands import delivery as delivery_commands
+
+    monkeypatch.setattr(delivery_commands, "_REDRIVE_SECONDS_PER_MESSAGE", 2)  # FME's 503s until then
+    connect(sink)
+    connect(sink, connection_id="app")
+    put_config(  # webshop's events on a path of their own, so that only they get the 503s
+        "inbound/webshop",
+        {
+            "environment": "Production",
+            "identities": [{"segmentId": "userId", "trafficType": "user"}],
+            "delivery": {"enabled": True, "eventsEndpoint": f"{sink.url}/webshop/api"},
+        },
+    )
+    sink.fail_next(1000, 503, path_contains="/webshop/")
+    give_up_on(stack, event_item("u7"), event_item("x" * 251, connection_id="app"))  # FME: key too long
+
+    failing = cli("delivery", "redrive")
+
+    assert failing.exit_code == 1
+    [why] = [
+        line for line in failing.output.splitlines() if line.startswith("kept ") and "stream batch" in line
+    ]
+    # app's record is settled (refused, and recorded so): neither counted nor named.
+    assert "1 record(s) still failing (webshop: HTTP 503" in why
+    assert "app:" not in why
+    assert "key is longer than 250" in connection_status("app")["lastError"]
+    sink.clear_faults()
+    delivered = cli("delivery", "redrive", "--connection", "webshop")
+    assert delivered.exit_code == 0, delivered.output
+    assert [e.event["key"] for e in sink.events] == ["u7"]
 
 
 def test_status_shows_a_stream_batch_lambda_gave_up_on_as_failed_for_its_connection(
@@ -645,7 +688,12 @@ def test_a_redriven_stream_batch_sends_identities_as_they_are_now(
     table = stack.tables["IdentitiesTable"]
     store(table, identity_item("u5", {"plan": "free"}, updated_at=1764061200000))
     # Lambda gave up on the batch of the first version; the second is stored by now.
-    give_up_on(stack, identity_item("u5", {"plan": "pro"}, updated_at=1764061300000), "IdentitiesTable", 0)
+    give_up_on(
+        stack,
+        identity_item("u5", {"plan": "pro"}, updated_at=1764061300000),
+        table_id="IdentitiesTable",
+        record=0,
+    )
 
     result = cli("delivery", "redrive")
 
@@ -658,7 +706,7 @@ def test_a_redriven_stream_batch_does_not_send_an_identity_deleted_since(
     delivery_env: dict[str, str], stack: Stack, sink: FmeSink
 ) -> None:
     connect(sink)
-    give_up_on(stack, identity_item("u6", {"plan": "free"}), "IdentitiesTable")
+    give_up_on(stack, identity_item("u6", {"plan": "free"}), table_id="IdentitiesTable")
     boto3.client("dynamodb", region_name="us-east-1").delete_item(
         TableName=stack.tables["IdentitiesTable"], Key={"pk": {"S": "Production#user#u6"}}
     )
