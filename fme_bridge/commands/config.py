@@ -398,14 +398,15 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
     for column in table.columns:
         column.overflow = "fold"  # a narrow terminal wraps an endpoint rather than cuts it
     secretsmanager = tgt.client("secretsmanager")
+    problems: list[Text] = []  # why each invalid config is, below the table: too long for a cell
     for full, value in parameters:
         short = full.rsplit("/", 1)[-1]
         try:
-            document = json.loads(value)
-            parse_config(kind.model, document, full)
-            valid = Text("yes", style="green")
-        except (ValueError, ConfigInvalid):
+            parse_config(kind.model, value, full)
+            document, valid = json.loads(value), Text("yes", style="green")  # as written, not as parsed
+        except ConfigInvalid as exc:
             document, valid = {}, Text("no", style="red")
+            problems.append(styled("{}: [red]invalid:[/red] {}", short, exc.problem))
         # A valid config without its secret does not work either (401s, or impressions retried).
         state = _secret_state(secretsmanager, full, unknown=True)
         secret: Text = {
@@ -414,10 +415,10 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
             DELETED: Text("scheduled for deletion", style="red"),
             None: Text("?"),
         }[state]
-        table.add_row(
-            short, *[str(c) for c in columns(document if isinstance(document, dict) else {})], valid, secret
-        )
+        table.add_row(short, *[str(c) for c in columns(document)], valid, secret)
     if not parameters:
         out.print(f"no {kind.name} configs under {tgt.prefix}")
         return
     out.print(table)
+    for problem in problems:
+        out.print(problem, soft_wrap=True)

@@ -138,12 +138,14 @@ def audience_list(ctx: typer.Context) -> None:
         out.print(f"no audiences under {tgt.prefix}")
         return
     table = Table("audience", "environment", "traffic type", "sync", "valid", title=f"audiences ({path})")
+    problems: list[Text] = []  # why each invalid audience is, below the table: too long for a cell
     for full, value in parameters:
         short = full.rsplit("/", 1)[-1]
         try:
             audience = parse_audience(value, full)
-        except ConfigInvalid:
+        except ConfigInvalid as exc:
             table.add_row(short, "", "", "", Text("no", style="red"))
+            problems.append(styled("{}: [red]invalid:[/red] {}", short, exc.problem))
             continue
         table.add_row(
             short,
@@ -153,6 +155,8 @@ def audience_list(ctx: typer.Context) -> None:
             Text("yes", style="green"),
         )
     out.print(table)
+    for problem in problems:
+        out.print(problem, soft_wrap=True)
 
 
 # Per identify request of a back-fill: the retry policy's own limits apply, not a Lambda's timeout.

@@ -248,6 +248,10 @@ def test_list_shows_every_config_and_flags_invalid_ones(cli: Cli, tmp_path: Path
     assert "not set" not in shop
     assert "set" in shop
     assert any("broken" in line and "not set" in line for line in lines)
+    # Why it is invalid, whole, on a line of its own below the table: the field `get` would name.
+    [why] = [line for line in lines if line.startswith("broken: invalid: ")]
+    assert "environment" in why
+    assert not any(line.startswith(("shop:", "blog:")) for line in lines)
 
 
 def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(

@@ -140,3 +140,24 @@ def test_get_of_an_audience_that_is_not_json_shows_it_and_says_why(cli: Cli) -> 
     assert "Traceback" not in result.output
     assert result.stdout == "hello {\n"
     assert "invalid:" in result.stderr
+
+
+def test_list_says_below_the_table_why_an_audience_is_invalid(
+    cli: Cli, tmp_path: Path, outbound: None
+) -> None:
+    assert cli("config", "audience", "put", "checkout_fans", "-f", write(tmp_path, AUDIENCE)).exit_code == 0
+    ssm = boto3.client("ssm", region_name=REGION)
+    ssm.put_parameter(Name=f"{PREFIX}/audiences/notjson", Value="hello {", Type="String")
+    unfinished = {**AUDIENCE, "rule": {"treatment": {"split": "f"}}}  # written around the CLI
+    ssm.put_parameter(Name=f"{PREFIX}/audiences/unfinished", Value=json.dumps(unfinished), Type="String")
+
+    listed = cli("config", "audience", "list")
+
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert [line for line in lines if line.startswith("notjson: invalid: ")] == [
+        "notjson: invalid: not valid JSON (Expecting value: line 1 column 1 (char 0))"
+    ]
+    [unfinished_line] = [line for line in lines if line.startswith("unfinished: invalid: ")]
+    assert "rule.treatment.is: Field required" in unfinished_line
+    assert not any(line.startswith("checkout_fans:") for line in lines)
