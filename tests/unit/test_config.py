@@ -134,6 +134,24 @@ def test_loading_distinguishes_missing_invalid_and_cached(function_env) -> None:
     assert config.load_inbound("c1").environment == "Staging"
 
 
+def test_traffic_type_names_of_80_characters_are_taken() -> None:
+    identities = [{"segmentId": "userId", "trafficType": "t" * 80}]
+    assert parse_config(InboundConfig, {**MINIMAL_INBOUND, "identities": identities}, "x").identities
+
+
+def test_configs_are_cached_for_config_cache_seconds(function_env, monkeypatch) -> None:
+    function_env("IngestFunction")
+    monkeypatch.setenv("CONFIG_CACHE_SECONDS", "0")  # nothing cached: every change is seen at once
+    put_config("inbound/c1", MINIMAL_INBOUND)
+    put_config("audiences/a1", {"environment": "P"})
+    assert config.load_inbound("c1").environment == "P"
+    assert set(config.list_parameters("audiences")) == {"a1"}
+    put_config("inbound/c1", {**MINIMAL_INBOUND, "environment": "Staging"})
+    put_config("audiences/a2", {"environment": "P"})
+    assert config.load_inbound("c1").environment == "Staging"
+    assert set(config.list_parameters("audiences")) == {"a1", "a2"}
+
+
 def test_rotated_secret_keeps_the_previous_version_readable(function_env) -> None:
     function_env("IngestFunction")
     name = f"{config.config_prefix()}/inbound/c1"
@@ -205,6 +223,11 @@ def test_secure_string_configs_are_read_decrypted(function_env) -> None:
             {**MINIMAL_INBOUND, "identities": [{"segmentId": "userId", "trafficType": "my user"}]},
             "trafficType",
         ),
+        ({**MINIMAL_INBOUND, "identities": [{"segmentId": "userId", "trafficType": "-user"}]}, "trafficType"),
+        (
+            {**MINIMAL_INBOUND, "identities": [{"segmentId": "userId", "trafficType": "t" * 81}]},
+            "trafficType",
+        ),
     ],
 )
 def test_each_part_of_a_path_and_each_traffic_type_is_checked(document: dict, names: str) -> None:
@@ -216,6 +239,8 @@ def test_each_part_of_a_path_and_each_traffic_type_is_checked(document: dict, na
 def test_outbound_needs_an_environment_and_names_its_default_traffic_type() -> None:
     with pytest.raises(ConfigInvalid, match="environments"):
         parse_config(OutboundConfig, {"environments": [], "identities": {"user": "userId"}}, "x")
+    with pytest.raises(ConfigInvalid, match="identities"):
+        parse_config(OutboundConfig, {"environments": ["P"], "identities": {}}, "x")
     cfg = parse_config(
         OutboundConfig,
         {

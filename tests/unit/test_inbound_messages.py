@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -10,9 +11,11 @@ from shared.inbound.messages import (
     MAX_MESSAGES,
     BadRequest,
     PayloadTooLarge,
+    SegmentMessage,
     compact_json,
     decode_body,
     first_element_text,
+    gunzip,
     to_epoch_ms,
 )
 from tests.conftest import load_event
@@ -104,6 +107,12 @@ def test_compact_json_matches_javascript_json_stringify() -> None:
         (-5, None),
         ("1900-01-01T00:00:00Z", None),
         (1424730535.5, 1424730535500),
+        (0, 0),  # the epoch itself is a time
+        ("1970-01-01T00:00:00Z", 0),
+        (9_999_999_999_999, 9_999_999_999_999),  # the latest the sort key's 13 digits hold
+        (10_000_000_000_000, None),
+        (99_999_999_999, None),  # as seconds, past 2286
+        (100_000_000_000, 100_000_000_000),  # from twelve digits on, milliseconds (1973)
         (10**400, None),  # past any float: out of range, not an OverflowError
         (-(10**400), None),
         (float("inf"), None),
@@ -112,3 +121,15 @@ def test_compact_json_matches_javascript_json_stringify() -> None:
 )
 def test_to_epoch_ms(value: object, expected: int | None) -> None:
     assert to_epoch_ms(value) == expected
+
+
+def test_a_gzip_body_inflating_to_exactly_the_limit_is_read_and_one_byte_more_is_too_large() -> None:
+    assert gunzip(gzip.compress(b"x" * 100), 100) == b"x" * 100
+    with pytest.raises(PayloadTooLarge) as caught:
+        gunzip(gzip.compress(b"x" * 101), 100)
+    assert caught.value.limit == 100
+
+
+def test_a_numeric_message_id_is_its_text() -> None:
+    message = SegmentMessage.model_validate({"type": "track", "messageId": 12345, "event": "x"})
+    assert message.messageId == "12345"
