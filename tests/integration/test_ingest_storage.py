@@ -10,12 +10,13 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
-from shared import config, dynamodb
+from shared import config, dynamodb, events_table
 from shared.identities_table import IdentitiesTable
-from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS
-from shared.inbound.mapping import StoredIdentity
-from tests.conftest import REGION, published_metrics
+from shared.inbound.ingest import CONDITIONAL_PUT_EVENTS, IDENTITY_ATTEMPTS, store
+from shared.inbound.mapping import StoredIdentity, map_messages
+from tests.conftest import REGION, pages_cut_at, published_metrics
 from tests.integration.ingest_support import Webhook, segment_message
 
 
@@ -137,6 +138,35 @@ def test_a_message_without_a_time_redelivered_a_day_later_stores_nothing_new(
     identity = webhook.identity("user", identify["userId"])
     assert identity is not None
     assert identity["updatedAt"] == Decimal(1_795_483_041_109)
+
+
+def test_a_message_whose_other_identity_was_dropped_counts_as_stored_and_then_as_duplicate(
+    webhook: Webhook,
+) -> None:
+    message = segment_message("track", userId="u" * 300)  # a key FME refuses; the anonymousId is fine
+    first = webhook.post(message).body
+    again = webhook.post(message).body
+    assert (first["stored"], first["duplicate"], first["dropped"]) == (1, 0, 0)
+    assert (again["stored"], again["duplicate"], again["dropped"]) == (0, 1, 0)
+    assert [(d["index"], d["reason"]) for d in again["drops"]] == [(0, "invalid_key")]
+
+
+def test_a_message_without_a_time_is_looked_for_among_the_newest_events_of_its_user(
+    webhook: Webhook, receipt_clock: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only so many events of an identity are read: the newest, where a recent redelivery is."""
+    monkeypatch.setattr(events_table, "MAX_LOOKUP_EVENTS", 5)
+    received = receipt_clock[0] // 1_000_000
+    older = [
+        segment_message("track", anonymousId=None, messageId=f"older-{n}", timestamp=received - n * 60_000)
+        for n in range(1, 11)
+    ]
+    assert webhook.post(older).body["stored"] == 10
+    untimed = segment_message("track", anonymousId=None, **NO_TIME)
+    assert webhook.post(untimed).body["stored"] == 1
+    receipt_clock[0] += 3_600_000_000_000  # an hour later
+    again = webhook.post(untimed).body
+    assert (again["stored"], again["duplicate"]) == (0, 1)
 
 
 def test_batch_retried_after_half_succeeding_loses_nothing_and_duplicates_nothing(webhook: Webhook) -> None:
@@ -287,6 +317,13 @@ def test_a_users_events_are_one_query_in_time_order(webhook: Webhook) -> None:
     assert [e["messageId"] for e in events] == [f"msg-{i}" for i in range(5)]
     newest = webhook.events.events_of("Production", "user", "u-1", newest_first=True, limit=2)
     assert [e["messageId"] for e in newest] == ["msg-4", "msg-3"]
+
+
+def test_a_limited_read_of_a_users_events_stops_at_the_limit_across_pages(webhook: Webhook) -> None:
+    webhook.post(tracks(5))
+    pages_cut_at(webhook.events.client, "dynamodb.Query", 2)
+    newest = webhook.events.events_of("Production", "user", "u-1", newest_first=True, limit=3)
+    assert [e["messageId"] for e in newest] == ["msg-4", "msg-3", "msg-2"]
 
 
 def test_time_order_holds_for_events_from_before_epoch_ms_had_13_digits(webhook: Webhook) -> None:
@@ -515,6 +552,70 @@ def test_a_race_on_one_of_a_few_identities_retries_only_that_one(webhook: Webhoo
     assert (webhook.identity("user", "racer-0") or {})["version"] == 1
 
 
+class FailingReadsIdentitiesTable(IdentitiesTable):
+    """Identity reads that fail with ``code`` (after every retry below them) the first time."""
+
+    def __init__(self, name: str, code: str) -> None:
+        super().__init__(name)
+        self.code = code
+        self.reads = 0
+
+    def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
+        self.reads += 1
+        if self.reads == 1:
+            raise ClientError({"Error": {"Code": self.code, "Message": "injected"}}, "BatchGetItem")
+        return super().get_many(pks)
+
+
+def test_an_identity_read_still_throttled_is_read_again_and_a_refused_one_fails_the_request(
+    webhook: Webhook,
+) -> None:
+    now = 1_795_625_347_000
+    connection = config.load_inbound("acme-production")
+    mapped = map_messages([segment_message("identify", anonymousId=None)], connection, now)
+
+    throttled = FailingReadsIdentitiesTable(webhook.env["IDENTITIES_TABLE"], "ThrottlingException")
+    assert store(mapped, "acme-production", now, webhook.events, throttled).identities == 1
+    assert throttled.reads == 2
+    refused = FailingReadsIdentitiesTable(webhook.env["IDENTITIES_TABLE"], "ValidationException")
+    with pytest.raises(ClientError, match="ValidationException"):
+        store(mapped, "acme-production", now, webhook.events, refused)
+    assert refused.reads == 1
+
+
+@pytest.mark.parametrize("races", [IDENTITY_ATTEMPTS - 1, IDENTITY_ATTEMPTS])
+def test_an_identity_write_that_keeps_losing_races_is_retried_and_then_a_store_unavailable(
+    webhook: Webhook, races: int
+) -> None:
+    """Never a 200 for an identity left unwritten: after the last attempt Segment is told to retry."""
+    now = 1_795_625_347_000
+
+    def compete() -> None:
+        if racing.reads <= races:
+            competing = segment_message(
+                "identify", anonymousId=None, messageId=f"c-{racing.reads}", traits={"seats": racing.reads}
+            )
+            assert webhook.post(competing).body["identities"] == 1
+
+    class AlwaysRacing(RacingIdentitiesTable):
+        def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
+            found = IdentitiesTable.get_many(self, pks)
+            self.reads += 1
+            self.competitor()
+            return found
+
+    racing = AlwaysRacing(webhook.env["IDENTITIES_TABLE"], competitor=compete)
+    mine = segment_message("identify", anonymousId=None, messageId="mine", traits={"plan": "pro"})
+    mapped = map_messages([mine], config.load_inbound("acme-production"), now)
+    if races < IDENTITY_ATTEMPTS:
+        assert store(mapped, "acme-production", now, webhook.events, racing).identities == 1
+        assert (webhook.identity("user", mine["userId"]) or {})["attributes"]["plan"] == "pro"
+    else:
+        with pytest.raises(dynamodb.StoreUnavailable, match="kept conflicting"):
+            store(mapped, "acme-production", now, webhook.events, racing)
+    assert racing.reads == IDENTITY_ATTEMPTS
+
+
 # ---------------------------------------------------------------------------------------------
 # Deletion
 
@@ -632,11 +733,16 @@ def test_an_identity_too_large_for_dynamodb_is_dropped_and_the_others_are_stored
         segment_message(
             "identify", messageId="fine", userId="fine-user", anonymousId=None, traits={"plan": "pro"}
         ),
+        segment_message("track", messageId="no-event", event=None),
     ]
     answer = webhook.post(body)
     assert answer.status == 200, answer.body
-    assert (answer.body["stored"], answer.body["dropped"]) == (2, 1)
-    assert {(d["index"], d["reason"]) for d in answer.body["drops"]} == {(1, "identity_too_large")}
+    assert (answer.body["stored"], answer.body["dropped"]) == (2, 2)
+    # in the order of the body, though the mapping dropped the later message first
+    assert [(d["index"], d["reason"]) for d in answer.body["drops"]] == [
+        (1, "identity_too_large"),
+        (3, "missing_event_type_id"),
+    ]
     assert webhook.identity("user", "huge-user") is None
     assert (webhook.identity("user", "fine-user") or {})["attributes"]["plan"] == "pro"
     assert webhook.post(body).status == 200  # and so does Segment's retry

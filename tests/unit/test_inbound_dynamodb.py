@@ -191,8 +191,19 @@ def test_query_items_follows_every_page(stack: Any) -> None:
 
 def test_to_python_turns_stored_numbers_into_ints_and_floats() -> None:
     stored = {"i": Decimal("3"), "f": Decimal("2.5"), "l": [Decimal("1"), "a"], "m": {"n": Decimal("-0")}}
-    converted = dynamodb.to_python({**stored, "s": {Decimal("4")}, "b": True, "none": None})
-    assert converted == {"i": 3, "f": 2.5, "l": [1, "a"], "m": {"n": 0}, "s": [4], "b": True, "none": None}
+    converted = dynamodb.to_python(
+        {**stored, "s": {Decimal("4")}, "b": True, "none": None, "bin": b"Zo\xc3\xab"}
+    )
+    assert converted == {
+        "i": 3,
+        "f": 2.5,
+        "l": [1, "a"],
+        "m": {"n": 0},
+        "s": [4],
+        "b": True,
+        "none": None,
+        "bin": "Zoë",
+    }
     assert [type(converted[name]) for name in ("i", "f")] == [int, float]
     assert type(converted["m"]["n"]) is int
 
