@@ -105,6 +105,7 @@ def test_wrong_secret_and_unknown_connection_get_the_same_401(webhook: Webhook) 
     assert wrong.status == unknown.status == missing.status == bad_signature.status == 401
     assert wrong.body == unknown.body == missing.body == bad_signature.body
     assert wrong.headers == unknown.headers
+    assert wrong.headers["WWW-Authenticate"].startswith("Bearer")  # a 401 names its scheme (RFC 9110)
     assert webhook.count_events() == 0
 
 

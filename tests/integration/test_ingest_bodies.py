@@ -392,3 +392,43 @@ def test_gzip_body_from_a_segment_sdk(webhook: Webhook, monkeypatch: pytest.Monk
         base64_encoded=True,
     )
     assert (cut.status, cut.body["error"]) == (400, "invalid_gzip")
+
+
+@pytest.mark.parametrize("encoding", ["GZIP", " gzip", "Gzip "])
+def test_the_content_encoding_is_read_whatever_its_case_and_spacing(webhook: Webhook, encoding: str) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps(segment_message("track")).encode())
+    headers = {"authorization": f"Bearer {SECRET}", "content-encoding": encoding}
+    answer = webhook.post(body, headers=headers, base64_encoded=True)
+    assert (answer.status, answer.body.get("stored")) == (200, 1)
+
+
+def test_a_processed_request_publishes_its_counts(
+    webhook: Webhook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    webhook.post(segment_message("track"))
+    capsys.readouterr()
+    messages = [
+        segment_message("track"),  # stored before: a duplicate
+        segment_message("identify", traits={"bio": "b" * 400}),
+        segment_message(
+            "track", messageId="new", anonymousId=None, properties={f"p{i}": i for i in range(301)}
+        ),
+        segment_message("alias"),
+        segment_message("delete", userId="someone-else"),
+    ]
+    assert webhook.post(messages).status == 200
+    [metrics] = [m for m in published_metrics(capsys.readouterr().out) if "MessagesReceived" in m]
+    counts = {
+        "MessagesReceived": 5,
+        "MessagesStored": 2,
+        "MessagesDuplicate": 1,
+        "MessagesIgnored": 1,
+        "MessagesDeleted": 1,
+        "EventsStored": 1,
+        "IdentitiesChanged": 2,
+        "Truncated_strings": 1,
+        "Truncated_properties": 1,
+    }
+    assert {name: metrics.get(name) for name in counts} == {name: [float(n)] for name, n in counts.items()}
