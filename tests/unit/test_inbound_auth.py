@@ -29,6 +29,7 @@ def sign(payload: bytes, secret: str = SECRET) -> str:
         f"bearer {SECRET}",
         "Basic " + base64.b64encode(f"{SECRET}:".encode()).decode(),
         "Basic " + base64.b64encode(f"{SECRET}:ignored-password".encode()).decode(),
+        "basic " + base64.b64encode(f"{SECRET}:".encode()).decode(),  # schemes are case-insensitive
     ],
 )
 def test_authorization_header_forms(authorization: str) -> None:
