@@ -18,7 +18,14 @@ from shared.profiles.audience_sync import AudienceEvaluator, AudienceSet
 from shared.profiles.audiences import parse_audience
 from shared.profiles.backfill import backfill, stored_identities
 from shared.profiles.identify_sender import IdentifySender
-from shared.profiles_table import LastTreatment, memberships_of, profile_items, write_last_treatment
+from shared.profiles_table import (
+    LastTreatment,
+    Membership,
+    memberships_of,
+    profile_items,
+    put_membership,
+    write_last_treatment,
+)
 from tests.cli.conftest import PREFIX, Cli
 
 REGION = "us-east-1"
@@ -137,6 +144,20 @@ def test_stored_identities_enter_once_and_again_nothing_changes(
     assert again.exit_code == 0, again.output
     assert "3 identities evaluated: 0 entered, 0 left" in again.stdout
     assert len(segment.messages) == 2
+
+
+def test_an_owed_entry_is_sent_again_and_not_counted_as_a_new_one(
+    cli: Cli, segment: SegmentSink, stored: None
+) -> None:
+    """Stored before its identify was known sent: the back-fill sends it again, as its dry run says."""
+    put_membership(Membership("Production#user#buyer", NAME, True, 1, 1, pending=True), None)
+    dry = cli("config", "audience", "backfill", NAME, "--dry-run")
+    assert "3 identities evaluated: 1 would enter, 0 would leave" in dry.stdout
+
+    result = cli("config", "audience", "backfill", NAME)
+    assert result.exit_code == 0, result.output
+    assert "3 identities evaluated: 1 entered, 0 left" in result.stdout
+    assert entered(segment) == {"buyer": {NAME: True}, "flagged": {NAME: True}}
 
 
 def test_an_identity_that_no_longer_qualifies_leaves(

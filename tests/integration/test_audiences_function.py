@@ -391,6 +391,25 @@ def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
     assert stored["member"] is True
 
 
+def test_an_audience_of_a_traffic_type_the_sync_config_does_not_map_is_stored_and_not_sent(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    put_config("audiences/accounts", {**NOT_FREE, "trafficType": "account"})
+    config_store.clear_caches()
+    account = {
+        **put_identity(env, "pro"),
+        "pk": "Production#account#acme",
+        "trafficTypeName": "account",
+        "key": "acme",
+    }
+    table(env, "IdentitiesTable").put_item(Item=account)
+    response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", account), lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert segment.requests == []
+    stored = next(i for i in profile_items("Production#account#acme") if i["sk"] == "audience#accounts")
+    assert stored["member"] is True
+
+
 def test_an_event_without_records_is_answered_with_no_failures(
     env: Stack, segment: SegmentSink, lambda_context: Any
 ) -> None:
@@ -1002,6 +1021,18 @@ def test_a_non_member_due_for_an_audience_moved_away_is_taken_off_the_recheck(
     assert (stored["member"], "recheckAt" in stored) == (False, False)
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
     assert [m["traits"] for m in segment.messages if "lapsed_buyers" in m["traits"]] == []
+
+
+def test_a_first_membership_is_not_stored_over_one_a_concurrent_evaluation_stored(env: Stack) -> None:
+    """Two evaluations of a new profile both read no membership: the second store loses, to settle."""
+    from shared.profiles_table import Membership, MembershipConflict, put_membership
+
+    put_membership(Membership(PK, "checkout_fans", True, 1, NOW), None)
+    with pytest.raises(MembershipConflict):
+        put_membership(Membership(PK, "checkout_fans", False, 0, NOW, recheck_at=NOW + DAY_MS), None)
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (True, 1)
 
 
 def test_the_recheck_finds_what_is_due_in_every_shard_of_the_index(

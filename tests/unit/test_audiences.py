@@ -171,6 +171,7 @@ def test_not_performed_enters_when_the_window_closes() -> None:
         ("Pro", "pro", False),
         (3, 3.0, True),
         (True, True, True),
+        (True, False, False),
         (True, 1, False),
         (1, True, False),
         ("1", 1, False),
@@ -216,6 +217,16 @@ def test_event_needs_cover_every_audience() -> None:
     assert event_needs([a, b]).event_types == {"checkout", "signup"}
     assert event_needs([a, b]).since(NOW) == NOW - 30 * DAY_MS
     assert event_needs([a, b, c]).since(NOW) == 0
+    assert event_needs([c, a]).since(NOW) == 0  # a window after an unbounded rule still needs it all
+
+
+def test_an_audience_is_time_bound_when_any_of_its_conditions_has_a_window() -> None:
+    """Only such audiences are re-checked on the schedule: an event may leave the window."""
+    assert audience(
+        {"any": [{"performed": {"event": "signup"}}, {"performed": {"event": "checkout", "withinDays": 7}}]}
+    ).time_bound
+    assert not audience({"performed": {"event": "signup"}}).time_bound
+    assert not audience({"attribute": {"name": "plan", "equals": "pro"}}).time_bound
 
 
 PK = "Production#user#user-1"
@@ -242,6 +253,13 @@ def test_a_profile_appearing_is_evaluated_for_an_audience_of_what_it_lacks_and_n
     assert not evaluated(
         StoredChange("identities", PK, {}, appeared), {"attribute": {"name": "plan", "equals": "pro"}}
     )
+
+
+def test_a_profile_appearing_is_evaluated_when_any_audience_of_its_kind_asks_for_what_it_lacks() -> None:
+    pro = audience({"attribute": {"name": "plan", "equals": "pro"}})
+    audiences = AudienceSet(audiences={"not_free": audience(NOT_FREE), "pros": pro})
+    appeared = StoredChange("identities", PK, {}, {"attributes": {"email": "a@example.com"}})
+    assert profiles_to_evaluate([appeared], audiences) == [PK]
 
 
 def test_a_removed_last_treatment_is_matched_to_audiences_by_its_old_flag() -> None:
