@@ -450,6 +450,48 @@ def test_a_failed_identify_retries_only_the_records_whose_last_treatment_changed
     assert "identifyPending" not in item
 
 
+def test_a_change_delivered_at_once_costs_one_write(production: dict[str, Any], sink: SegmentSink) -> None:
+    """Only a last treatment noted as owed is written again, to clear the note."""
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    step = profile_step(production, LastTreatmentRecorder(), 10)
+    step.observe(0, parsed(impression("f", "on", T0)))
+    events = aws.client("dynamodb").meta.events
+    events.register("before-call.dynamodb.*", record)
+    try:
+        assert step.run() == {}
+    finally:
+        events.unregister("before-call.dynamodb.*", record)
+    assert [m["traits"] for m in identifies(sink)] == [{"f": "on"}]
+    assert calls == ["UpdateItem"]
+
+
+def test_identifies_sent_and_refused_are_counted_in_their_metrics(
+    production: dict[str, Any], sink: SegmentSink
+) -> None:
+    def published(step: LastTreatmentSync) -> tuple[int, int]:
+        metrics: dict[str, int] = {}
+        step.publish(
+            type("Metrics", (), {"add_metric": lambda _, name, unit, value: metrics.update({name: value})})()
+        )
+        return metrics["ComputedTraitIdentifiesSent"], metrics["ComputedTraitIdentifiesRefused"]
+
+    sent = profile_step(production, LastTreatmentRecorder(), 10)
+    sent.observe(0, parsed(impression("f", "on", T0), impression("g", "on", T0)))
+    assert sent.run() == {}
+    assert published(sent) == (2, 0)
+
+    put_secret("outbound/production", "wk-wrong")
+    config.clear_caches()
+    refused = profile_step(production, LastTreatmentRecorder(), 10)
+    refused.observe(0, parsed(impression("f", "off", T0 + 1), impression("g", "off", T0 + 1)))
+    assert refused.run() == {}  # not retried: Segment would refuse it again
+    assert published(refused) == (0, 2)
+
+
 @pytest.mark.parametrize("then", ["dead letters redriven", "the same treatment again"])
 def test_a_change_segment_refused_is_sent_once_the_write_key_is_fixed(
     production: dict[str, Any], sink: SegmentSink, context: Any, then: str

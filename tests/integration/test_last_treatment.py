@@ -19,6 +19,7 @@ from shared.profiles.computed_traits import computed_trait_identifies
 from shared.profiles.last_treatment import LastTreatmentRecorder, newest_per_flag
 from shared.profiles_table import (
     LastTreatment,
+    delete_last_treatments,
     mark_synced,
     mark_unsynced,
     profile_items,
@@ -167,9 +168,10 @@ def test_the_cache_is_bounded(profiles: Stack) -> None:
 def test_a_tie_in_time_and_version_goes_to_the_greater_treatment_name_in_any_order(
     profiles: Stack, order: tuple[str, str]
 ) -> None:
-    for treatment in order:
-        write_last_treatment(seen("u1", "f", treatment, 1_000, 17))
+    outcomes = [write_last_treatment(seen("u1", "f", treatment, 1_000, 17)) for treatment in order]
     assert stored("u1")["f"]["treatment"] == "on"
+    # The losing impression is no change: Segment must not be told its treatment.
+    assert [o.changed for o in outcomes] == [True, order[1] == "on"]
 
 
 def test_a_version_or_label_the_newer_impression_lacks_is_removed_not_kept_or_null(profiles: Stack) -> None:
@@ -192,6 +194,15 @@ def test_the_synced_note_of_an_older_last_treatment_leaves_a_newer_ones_pending(
     assert stored("u1")["f"]["identifyPending"] is True
     mark_synced([newer])
     assert "identifyPending" not in stored("u1")["f"]
+
+
+def test_a_note_on_a_last_treatment_deleted_meanwhile_leaves_nothing_stored(profiles: Stack) -> None:
+    """A Segment user deletion between the write and the note: the note must not bring back an item."""
+    record = seen("u1", "f", "on", 1_000)
+    write_last_treatment(record)
+    delete_last_treatments(record.pk)
+    mark_unsynced([record])
+    assert profile_items(record.pk) == []
 
 
 IMPRESSIONS = st.lists(
