@@ -4,6 +4,10 @@ Each stored membership knows the earliest time an event leaves a window it depen
 (``recheckAt``, on the sparse RecheckIndex). The sweep evaluates exactly the profiles that are due, so
 its cost follows the number of windows that actually close, not the number of profiles. Profiles it
 has no time left for stay due and are taken by the next run.
+
+Every audience is looked at, not only those with a window: a transition stored before its identify
+was sent (``identifyPending``, after a concurrent evaluation) is due at once in any audience, and
+nothing else would send it before the identity's next change.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     now = stream_app.now_ms()
     total = SyncReport()
     finished = True
-    for name in audiences.audiences.time_bound():
+    for name in sorted(audiences.audiences.audiences):
         due = due_for_recheck(name, now)
         while chunk := list(itertools.islice(due, PROFILES_PER_ROUND)):
             if remaining_ms() < RESERVE_MS:

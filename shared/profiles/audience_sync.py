@@ -68,9 +68,6 @@ class AudienceSet:
             if a.environment == environment and a.trafficType == traffic_type
         }
 
-    def time_bound(self) -> list[str]:
-        return sorted(name for name, a in self.audiences.items() if a.time_bound)
-
 
 def load_audiences() -> AudienceSet:
     """Every ``{prefix}/audiences/*`` parameter (cached). A malformed one is reported, not fatal."""

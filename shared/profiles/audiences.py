@@ -201,11 +201,6 @@ class AudienceConfig(_Model):
     def performed(self) -> list[Performed]:
         return [leaf.performed for leaf in self.leaves() if isinstance(leaf, PerformedRule)]
 
-    @property
-    def time_bound(self) -> bool:
-        """Whether time alone can change the result (a ``withinDays`` window)."""
-        return any(p.withinDays is not None for p in self.performed())
-
 
 def _location(loc: tuple[int | str, ...]) -> str:
     # A tagged union repeats the tag in the location (``rule.all.all.1``): keep one of each.

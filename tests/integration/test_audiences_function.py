@@ -675,6 +675,28 @@ def test_the_recheck_takes_every_profile_due_in_every_time_bound_audience(
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
+def test_the_recheck_sends_what_is_owed_in_an_audience_without_a_window(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """A transition owed (stored, its send failed) in an audience that time alone never changes: the
+    next run sends it, rather than the identity's next change."""
+    from shared.profiles_table import Membership, put_membership
+
+    put_config("audiences/pro_users", {**AUDIENCE, "rule": {"attribute": {"name": "plan", "equals": "pro"}}})
+    config_store.clear_caches()
+    put_identity(env, "pro")
+    put_membership(Membership(PK, "pro_users", True, 1, NOW, recheck_at=NOW, pending=True), None)
+
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 1
+
+    assert [m["traits"] for m in segment.messages] == [{"pro_users": True}]
+    stored = membership(env, "pro_users")
+    assert stored is not None
+    assert "identifyPending" not in stored
+    assert "recheckAt" not in stored  # off the index: nothing left for time to change
+    assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
+
+
 def test_a_recheck_run_by_hand_without_a_lambda_clock_has_time_for_its_rounds(
     env: Stack, segment: SegmentSink, clock: list[int]
 ) -> None:

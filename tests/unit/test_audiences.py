@@ -28,7 +28,6 @@ def audience(rule: dict[str, object]) -> AudienceConfig:
 def test_the_documented_example_parses() -> None:
     parsed = parse_audience(documented_audience(), "/p/audiences/checkout_fans")
     assert parsed.sync == ["segment-prod"]
-    assert parsed.time_bound
     assert [p.event for p in parsed.performed()] == ["checkout"]
 
 
@@ -218,15 +217,6 @@ def test_event_needs_cover_every_audience() -> None:
     assert event_needs([a, b]).since(NOW) == NOW - 30 * DAY_MS
     assert event_needs([a, b, c]).since(NOW) == 0
     assert event_needs([c, a]).since(NOW) == 0  # a window after an unbounded rule still needs it all
-
-
-def test_an_audience_is_time_bound_when_any_of_its_conditions_has_a_window() -> None:
-    """Only such audiences are re-checked on the schedule: an event may leave the window."""
-    assert audience(
-        {"any": [{"performed": {"event": "signup"}}, {"performed": {"event": "checkout", "withinDays": 7}}]}
-    ).time_bound
-    assert not audience({"performed": {"event": "signup"}}).time_bound
-    assert not audience({"attribute": {"name": "plan", "equals": "pro"}}).time_bound
 
 
 PK = "Production#user#user-1"
