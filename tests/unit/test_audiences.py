@@ -51,6 +51,14 @@ def test_the_documented_example_parses() -> None:
             "rule.performed.atLeast: Input should be greater than or equal to 1",
         ),
         ({"performed": {"event": "x", "withinDays": 0}}, "rule.performed.withinDays"),
+        (  # the limits docs/profiles.md gives
+            {"performed": {"event": "x", "atLeast": 100_001}},
+            "rule.performed.atLeast: Input should be less than or equal to 100000",
+        ),
+        (
+            {"performed": {"event": "x", "withinDays": 3651}},
+            "rule.performed.withinDays: Input should be less than or equal to 3650",
+        ),
         ({"performed": {"event": "bad event!"}}, "rule.performed.event: must be an FME event type id"),
         ({"performed": {"event": "x" * 81}}, "rule.performed.event: must be an FME event type id"),
         ({"performed": {"event": "x", "within": 7}}, "rule.performed.within: Extra inputs are not permitted"),
