@@ -262,6 +262,14 @@ def test_bad_items_are_reported_by_index_and_the_rest_kept() -> None:
     assert "must be an impression object" in parsed.errors[1].reason
 
 
+def test_bad_items_of_a_webhook_array_are_reported_by_their_index() -> None:
+    good = {"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P"}
+    parsed = parse_body(json.dumps([good, {**good, "time": -5}, "text"]))
+    first, second = parsed.errors
+    assert first.reason.startswith("1: time:")
+    assert second.reason == "2: must be an impression object, not str"
+
+
 def test_no_environment_anywhere_is_an_error_per_impression() -> None:
     parsed = parse_body(json.dumps([{"key": "k", "split": "s", "treatment": "on", "time": 1}]))
     assert parsed.impressions == []
@@ -296,6 +304,7 @@ def test_properties_that_are_not_an_object_stay_visible() -> None:
         ("go-6.6.0", ("go", "6.6.0")),
         ("custom", ("custom", None)),
         (None, (None, None)),
+        ("", (None, None)),
     ],
 )
 def test_sdk_language_version(value: str | None, expected: tuple[str | None, str | None]) -> None:
@@ -444,3 +453,63 @@ def test_subset_body_keeps_an_envelope_whose_impressions_all_failed_verbatim() -
     body = '{"impressions": [{"a": 1}, {"b": 2}],  "environmentName": "P"}'
     assert subset_body(body, [0, 1]) == body
     assert json.loads(subset_body(body, [1])) == {"impressions": [{"b": 2}], "environmentName": "P"}
+
+
+@pytest.mark.parametrize("key", ["k", 42])  # plain, and through the model
+def test_time_runs_from_the_epoch_to_the_last_millisecond_of_year_9999(key: str | int) -> None:
+    item = {"key": key, "split": "s", "treatment": "on", "environmentName": "P"}
+    times = [0, 253_402_300_799_999, -1, 253_402_300_800_000]
+    parsed = parse_body(json.dumps([{**item, "time": time} for time in times]))
+    assert [impression.time for _, impression in parsed.impressions] == times[:2]
+    assert [(e.index, e.code) for e in parsed.errors] == [(2, INVALID_IMPRESSION), (3, INVALID_IMPRESSION)]
+
+
+@pytest.mark.parametrize("time", [1, "1"])  # plain, and through the model
+def test_an_envelopes_empty_environment_name_and_traffic_type_are_none(time: int | str) -> None:
+    item = {"key": "k", "split": "s", "treatment": "on", "time": time}
+    by_id = {"environmentName": "", "environmentId": "prod-id", "trafficType": "", "impressions": [item]}
+    [(_, impression)] = parse_body(json.dumps(by_id)).impressions
+    assert (impression.environment_id, impression.environment_name, impression.traffic_type) == (
+        "prod-id",
+        None,
+        None,
+    )
+    parsed = parse_body(json.dumps({"environmentName": "", "impressions": [item]}))
+    assert [(e.index, e.code) for e in parsed.errors] == [(0, NO_ENVIRONMENT)]
+
+
+@pytest.mark.parametrize("placeholder", ["NA", "unknown", ""])
+def test_what_sdks_report_for_a_hidden_ip_address_and_host_name_is_none(placeholder: str) -> None:
+    body = load_event("impression_listener_js.json") | {"ip": placeholder, "hostname": placeholder}
+    [(_, impression)] = parse_body(json.dumps(body)).impressions
+    assert (impression.machine_ip, impression.machine_name) == (None, None)
+
+
+@pytest.mark.parametrize("time", [1, "1"])  # plain, and through the model
+def test_a_listener_impressions_own_names_win_over_another_sdks_spelling_beside_them(time: int | str) -> None:
+    impression = {"keyName": "real-user", "feature": "f", "treatment": "on", "time": time, "k": "other"}
+    [(_, parsed)] = parse_body(json.dumps({"impression": impression, "environmentName": "P"})).impressions
+    assert parsed.key == "real-user"
+
+
+@pytest.mark.parametrize("properties", ["", "{}", {}])  # Go's zero value, and empty objects
+def test_empty_impression_properties_are_none(properties: str | dict[str, Any]) -> None:
+    item = {"key": "k", "split": "s", "treatment": "on", "time": 1, "environmentName": "P"}
+    [(_, impression)] = parse_body(json.dumps({**item, "properties": properties})).impressions
+    assert impression.properties is None
+
+
+@pytest.mark.parametrize(
+    "name", ["impression_dotnet.json", "impression_listener_java.json", "impression_listener_ruby.json"]
+)
+def test_an_unwrapped_impression_may_name_its_environment_by_id(name: str) -> None:
+    body = load_event(name)
+    del body["environmentName"]
+    [(_, impression)] = parse_body(json.dumps({**body, "environmentId": "prod-id"})).impressions
+    assert (impression.environment_id, impression.environment_name) == ("prod-id", None)
+
+
+def test_a_ruby_impression_whose_treatment_is_a_plain_string_is_read() -> None:
+    ruby = load_event("impression_listener_ruby.json") | {"treatment": "off"}
+    [(_, impression)] = parse_body(json.dumps(ruby)).impressions
+    assert (impression.split, impression.treatment, impression.label) == ("new_checkout", "off", None)
