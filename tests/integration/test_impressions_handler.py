@@ -19,6 +19,7 @@ from functions.impressions import app
 from shared import __version__, config
 from tests.conftest import load_event, published_metrics, put_config, put_secret
 from tests.integration import sqs_events
+from tests.integration.policy_support import RawCall
 from tests.integration.sqs_events import event
 
 PROD_KEY = "wk-production"
@@ -413,6 +414,16 @@ def test_the_identity_field_carries_the_key_never_the_bucketing_key(
     assert "userId" not in visitor
 
 
+def test_a_configs_user_and_anonymous_messages_share_its_requests(
+    production: dict[str, Any], sink: SegmentSink, context: Any
+) -> None:
+    """A config's messages are packed together, whichever identity field they carry."""
+    body = json.dumps([webhook(key="user-1"), webhook(key="visitor-1", trafficType="anonymous")])
+    assert app.lambda_handler(event(body), context) == {"batchItemFailures": []}
+    [request] = sink.requests
+    assert [m.get("userId") or m["anonymousId"] for m in request.messages] == ["user-1", "visitor-1"]
+
+
 def test_redelivered_message_yields_the_same_message_ids(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
@@ -484,6 +495,31 @@ def test_an_impression_too_large_for_two_configs_names_both(
     assert letter["errorCode"] == "message_too_large"
     reasons = letter["reason"].removeprefix("impression 0: message_too_large: ").split("; ")
     assert [r.split(":")[0] for r in reasons] == ["eu-production", "production"], letter["reason"]
+
+
+def test_a_traffic_type_no_config_maps_is_dead_lettered_naming_every_config_of_its_environment(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    put_config("outbound/eu-production", {**production})
+    response = app.lambda_handler(event(json.dumps(webhook(trafficType="account"))), context)
+    assert response == {"batchItemFailures": []}
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["reason"] == (
+        "impression 0: no_matching_config: traffic type 'account' is not mapped by outbound config(s) "
+        "eu-production, production"
+    )
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_dead_letters_reason_is_cut_past_1000_characters(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack, over: int
+) -> None:
+    start, end = "impression 0: no_matching_config: no outbound config matches environment '", "'"
+    name = "x" * (1000 - len(start + end) + over)
+    app.lambda_handler(event(json.dumps(webhook(environmentName=name, environmentId=None))), context)
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    reason = start + name + end
+    assert letter["reason"] == (reason[:999] + "…" if over else reason)
 
 
 def test_only_the_failed_impressions_of_an_envelope_are_dead_lettered(
@@ -638,6 +674,36 @@ def test_missing_write_key_is_retried_not_dead_lettered(
     assert sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"]) == []
 
 
+def test_a_write_key_still_missing_on_the_last_receive_is_dead_lettered_naming_its_config(
+    env: dict[str, str], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    put_config(
+        "outbound/nokey", {"environments": ["*"], "identities": {"user": "userId"}, "endpoint": sink.endpoint}
+    )
+    last = sqs_events.max_receive_count(stack.queues["ImpressionsQueue"])
+    sqs_event = {"Records": [sqs_events.record(json.dumps(webhook()), "m1", receive_count=last)]}
+    assert app.lambda_handler(sqs_event, context) == {"batchItemFailures": []}
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["reason"].startswith(
+        f"still failing after {last} deliveries: nokey: write key unavailable ("
+    )
+
+
+def test_a_missing_write_key_is_looked_up_once_per_invocation_not_once_per_request(
+    env: dict[str, str], sink: SegmentSink, context: Any, calls: list[RawCall]
+) -> None:
+    put_config(
+        "outbound/nokey", {"environments": ["*"], "identities": {"user": "userId"}, "endpoint": sink.endpoint}
+    )
+    impressions = [
+        webhook(key=f"user-{i:05d}", time=1795483041109 + i) for i in range(3000)
+    ]  # several requests
+    sqs_event = event(*(json.dumps(impressions[i : i + 300]) for i in range(0, 3000, 300)))
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {r["messageId"] for r in sqs_event["Records"]}
+    assert [c[1] for c in calls if c[0] == "secretsmanager"] == ["GetSecretValue"]
+
+
 def test_an_invalid_config_for_every_environment_retries_all_but_stops_no_valid_config(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
@@ -682,6 +748,54 @@ def test_an_unreadable_config_may_be_meant_for_any_environment(
     response = app.lambda_handler(sqs_event, context)
     assert failures(response) == {sqs_event["Records"][0]["messageId"]}
     assert [m["userId"] for m in sink.messages] == ["user-1"]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"environments": [], "identities": {"user": "userId"}},
+        {"environments": ["Staging", None], "identities": {"user": "userId"}},
+        [{"environments": ["Staging"], "identities": {"user": "userId"}}],
+    ],
+    ids=["no-environments", "not-all-names", "not-an-object"],
+)
+def test_an_invalid_config_whose_environments_cannot_be_read_may_be_meant_for_any(
+    production: dict[str, Any], sink: SegmentSink, context: Any, document: Any
+) -> None:
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=f"{config.config_prefix()}/outbound/broken", Value=json.dumps(document), Type="String"
+    )
+    sqs_event = event(json.dumps(webhook()))
+    response = app.lambda_handler(sqs_event, context)
+    assert failures(response) == {sqs_event["Records"][0]["messageId"]}
+    assert [m["userId"] for m in sink.messages] == ["user-1"]
+
+
+def test_impressions_naming_only_their_environment_id_are_routed_and_retried_by_it(
+    env: dict[str, str], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    """Configs match an impression by its environment id when it carries no name."""
+    put_config(
+        "outbound/by-id",
+        {"environments": ["env-prod-id"], "identities": {"user": "userId"}, "endpoint": sink.endpoint},
+    )
+    put_secret("outbound/by-id", PROD_KEY)
+    put_config("outbound/staging", {"environments": ["env-staging-id"], "identities": {"user": "userID"}})
+    bodies = [
+        json.dumps(webhook(key=key, environmentName=None, environmentId=environment_id))
+        for key, environment_id in (("p1", "env-prod-id"), ("s1", "env-staging-id"), ("d1", "env-dev-id"))
+    ]
+    sqs_event = event(*bodies)
+    response = app.lambda_handler(sqs_event, context)
+
+    assert [m["userId"] for m in sink.messages] == ["p1"]
+    # Staging's config is invalid: retried until it is fixed. No config names the third environment.
+    assert failures(response) == {sqs_event["Records"][1]["messageId"]}
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert letter["body"] == bodies[2]
+    assert letter["reason"] == (
+        "impression 0: no_matching_config: no outbound config matches environment 'env-dev-id'"
+    )
 
 
 def test_configs_unavailable_retry_every_message_of_the_batch(
@@ -835,7 +949,9 @@ def test_wrong_write_key_is_dead_lettered_and_never_logged(
     assert response == {"batchItemFailures": []}, logs.getvalue()
     [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
     assert letter["errorCode"] == "segment_rejected"
-    assert "HTTP 401" in letter["reason"]
+    assert letter["reason"].startswith(
+        "impression 0: segment_rejected: typo: Segment refused the batch: HTTP 401"
+    )
     assert "dead-lettered" in logs.getvalue()
     assert secret not in logs.getvalue() + json.dumps(letter)
 
@@ -1008,3 +1124,13 @@ def test_metrics_count_impressions_and_messages_delivered_and_dead_lettered(
     }
     assert len(sink.messages) == 3
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "FmeSegmentBridge"
+
+
+def test_metrics_count_the_retries_of_a_request(
+    production: dict[str, Any], sink: SegmentSink, context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink.fail_next(2, status=500)
+    capsys.readouterr()
+    assert app.lambda_handler(event(json.dumps(webhook())), context) == {"batchItemFailures": []}
+    [emf] = published_metrics(capsys.readouterr().out)
+    assert (emf["SegmentRequests"], emf["SegmentRequestRetries"]) == ([1.0], [2.0])
