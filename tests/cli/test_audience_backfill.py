@@ -263,16 +263,17 @@ def test_the_audiences_redrive_evaluates_every_audience_and_removes_the_dead_let
     cli: Cli, segment: SegmentSink, stored: None, audiences_dlq: str
 ) -> None:
     sqs = boto3.client("sqs", region_name=REGION)
-    for shard in ("shard-1", "shard-2"):
-        sqs.send_message(QueueUrl=audiences_dlq, MessageBody=dead_letter(shard))
+    for n in range(11):  # more than one receive and one delete call
+        sqs.send_message(QueueUrl=audiences_dlq, MessageBody=dead_letter(f"shard-{n}"))
     time.sleep(0.01)  # the dead letters were sent before the redrive began
 
     result = cli("dlq", "redrive", "--queue", "audiences")
     assert result.exit_code == 0, result.output
     assert "3 identities evaluated: 2 entered, 0 left" in result.stdout
     assert entered(segment) == {"buyer": {NAME: True}, "flagged": {NAME: True}}
-    assert "removed 2 dead letter(s)" in result.stdout
-    assert cli("dlq", "show", "--queue", "audiences", "--json").stdout.strip() == "[]"
+    assert "removed 11 dead letter(s)" in result.stdout
+    left = sqs.get_queue_attributes(QueueUrl=audiences_dlq, AttributeNames=["All"])["Attributes"]
+    assert (left["ApproximateNumberOfMessages"], left["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0")
 
 
 def test_a_dead_letter_arriving_during_an_audiences_redrive_waits_for_the_next(

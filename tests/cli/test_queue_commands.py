@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from fme_bridge.commands.common import CliError
+from fme_bridge.commands.common import CliError, out
 from fme_bridge.commands.impressions import MAX_MESSAGE_BYTES, _send, envelopes
 from fme_bridge.commands.queue_messages import peeked, queue_depth
 from fme_bridge.template import Stack
@@ -43,6 +43,7 @@ def test_send_impressions_sends_each_value_as_one_message_in_any_spec_shape(
 
     result = cli("send-impressions", str(jsonl))
     assert result.exit_code == 0, result.output
+    assert "sent 3 message(s)" in result.stdout
     bodies = [json.loads(m["Body"]) for m in drain(stack.queues["ImpressionsQueue"])]
     assert len(bodies) == 3
     assert sorted(values, key=json.dumps) == sorted(bodies, key=json.dumps)
@@ -65,10 +66,11 @@ def test_a_bad_line_sends_nothing(cli: Cli, stack: Stack, tmp_path: Path) -> Non
     assert f"{jsonl}:3: not valid JSON" in result.stderr
     assert drain(stack.queues["ImpressionsQueue"]) == []
 
-    jsonl.write_text(f'{good}\n{{"hello": "world"}}\n')
-    result = cli("send-impressions", str(jsonl))
-    assert result.exit_code == 1
-    assert f"{jsonl}:2: not an impression" in result.stderr
+    for bad in ('{"hello": "world"}', '{"split": "s"}', "[]"):
+        jsonl.write_text(f"{good}\n{bad}\n")
+        result = cli("send-impressions", str(jsonl))
+        assert result.exit_code == 1
+        assert f"{jsonl}:2: not an impression" in result.stderr
     assert drain(stack.queues["ImpressionsQueue"]) == []
 
 
@@ -248,6 +250,7 @@ def test_replay_batches_a_backfill_into_envelopes_per_environment(
     assert all(b["trafficType"] == "user" for b in bodies)
     replayed = sorted((i for b in bodies for i in b["impressions"]), key=json.dumps)
     assert replayed == sorted(impressions, key=json.dumps)
+    assert cli("replay", str(backfill), "--per-message", "5001").exit_code == 2
 
 
 def test_replay_fills_in_the_traffic_type_only_where_an_impression_has_none(
@@ -368,6 +371,22 @@ def test_send_impressions_without_an_environment_sends_nothing(
     assert len(drain(stack.queues["ImpressionsQueue"])) == 2
 
 
+def test_send_impressions_names_a_refused_impression_by_its_place_in_its_envelope(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    envelope = {
+        "impressions": [webhook_impression(0, "Production"), without_environment(webhook_impression(1, "x"))]
+    }
+    document = tmp_path / "envelope.json"
+    document.write_text(json.dumps(envelope))
+    result = cli("send-impressions", str(document))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: no environment on 1 impression(s), the first at {document} item 1 impressions[1]: "
+    )
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
 def test_replay_of_an_unreadable_file_is_one_line(cli: Cli, tmp_path: Path) -> None:
     result = cli("replay", str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 1
@@ -419,11 +438,58 @@ def test_dlq_show_lists_messages_with_reasons_and_leaves_them_there(cli: Cli, st
     assert len(drain(stack.queues["ImpressionsDeadLetterQueue"])) == 2  # still there, visible again
 
 
+def test_dlq_show_gives_the_error_code_as_reason_when_the_function_recorded_none(
+    cli: Cli, stack: Stack
+) -> None:
+    letter = DeadLetter(
+        record=0,
+        source_message_id="",
+        body="{}",
+        error_codes=("segment_rejected",),
+        reason="",
+        failed_impressions=1,
+    )
+    assert send_dead_letters(stack.queues["ImpressionsDeadLetterQueue"], [letter]) == {}
+    [shown] = json.loads(cli("dlq", "show", "--json").stdout)
+    assert (shown["reason"], shown["errorCode"], shown["sourceMessageId"]) == (
+        "segment_rejected",
+        "segment_rejected",
+        None,
+    )
+
+
+def test_dlq_show_lists_bodies_that_are_no_json_object_and_cuts_long_ones_in_the_table(
+    cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = stack.queues["ImpressionsDeadLetterQueue"]
+    bodies = ["{not json", "[1, 2]", "z" * 200]
+    ids = {sqs.send_message(QueueUrl=url, MessageBody=body)["MessageId"]: body for body in bodies}
+
+    result = cli("dlq", "show", "--json")
+    assert result.exit_code == 0, result.output
+    assert {m["messageId"]: m["body"] for m in json.loads(result.stdout)} == ids
+    monkeypatch.setattr(out, "width", 400)  # a terminal wide enough for the whole body
+    table = cli("dlq", "show")
+    assert table.exit_code == 0, table.output
+    assert (table.stdout.count("z"), table.stdout.count("…")) == (117, 1)
+
+
+def test_dlq_show_of_an_empty_queue_says_so(cli: Cli, stack: Stack) -> None:
+    result = cli("dlq", "show")
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.stdout.split()) == (
+        f"the dead-letter queue is empty ({stack.queues['ImpressionsDeadLetterQueue']})"
+    )
+    assert json.loads(cli("dlq", "show", "--json").stdout) == []
+
+
 def test_dlq_show_shows_up_to_50_messages_by_default_and_limit_fewer(cli: Cli, stack: Stack) -> None:
     for n in range(52):
         dead_letter(stack, json.dumps({"key": f"u{n}"}), "impression 0: segment_rejected")
     assert len(json.loads(cli("dlq", "show", "--json").stdout)) == 50
     assert len(json.loads(cli("dlq", "show", "--json", "--limit", "3").stdout)) == 3
+    assert cli("dlq", "show", "--limit", "0").exit_code == 2
 
 
 def test_peeked_messages_are_visible_again_even_when_the_look_fails(stack: Stack) -> None:
@@ -466,6 +532,27 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(cli: Cli, 
     moved = drain(stack.queues["ImpressionsQueue"])
     assert sorted(json.loads(m["Body"])["n"] for m in moved) == list(range(13))
     assert all(not (m.get("MessageAttributes") or {}) for m in moved)
+
+
+def test_dlq_redrive_keeps_the_message_attributes_other_than_the_failure_reason(
+    cli: Cli, stack: Stack
+) -> None:
+    text = {"DataType": "String", "StringValue": "x"}
+    boto3.client("sqs", region_name=REGION).send_message(
+        QueueUrl=stack.queues["ImpressionsDeadLetterQueue"],
+        MessageBody="{}",
+        MessageAttributes={
+            "errorCode": text,
+            "reason": text,
+            "origin": {"DataType": "String", "StringValue": "sdk"},
+        },
+    )
+    result = cli("dlq", "redrive")
+    assert result.exit_code == 0, result.output
+    [moved] = drain(stack.queues["ImpressionsQueue"])
+    assert {name: value["StringValue"] for name, value in moved["MessageAttributes"].items()} == {
+        "origin": "sdk"
+    }
 
 
 class RefusingLastEntry:
@@ -606,6 +693,49 @@ def test_impressions_the_function_would_dead_letter_are_refused_before_anything_
         f"error: 1 impression(s) the impressions function would dead-letter, the first at {jsonl}:2: "
         "invalid_impression: treatment: Field required\n"
     )
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def test_replay_names_the_first_refused_impression_in_file_order_those_without_an_environment_first(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    def no_treatment(n: int, environment: str) -> dict[str, Any]:
+        return {k: v for k, v in webhook_impression(n, environment).items() if k != "treatment"}
+
+    # Regrouped by environment, the Staging envelope holding line 3 goes before the Production one.
+    lines = [webhook_impression(0, "Staging"), no_treatment(1, "Production"), no_treatment(2, "Staging")]
+    jsonl = tmp_path / "impressions.jsonl"
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = cli("replay", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: 2 impression(s) the impressions function would dead-letter, the first at {jsonl}:2: "
+    ), result.stderr
+
+    jsonl.write_text("\n".join(json.dumps(line) for line in [*lines, without_environment(lines[0])]) + "\n")
+    result = cli("replay", str(jsonl))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: no environment on 1 impression(s), the first at {jsonl}:4: ")
+    assert drain(stack.queues["ImpressionsQueue"]) == []
+
+
+def test_an_impression_too_large_for_one_sqs_message_is_refused_by_both_commands(
+    cli: Cli, stack: Stack, tmp_path: Path
+) -> None:
+    big = {**webhook_impression(0, "Production"), "label": "x" * MAX_MESSAGE_BYTES}
+    size = len(json.dumps(big, separators=(",", ":")))
+    backfill = tmp_path / "big.json"
+    backfill.write_text(json.dumps(big))
+
+    sent = cli("send-impressions", str(backfill))
+    assert sent.exit_code == 1
+    assert (
+        sent.stderr.strip()
+        == f"error: {backfill} item 1: {size} bytes, over SQS's 256 KiB message limit; use replay"
+    )
+    replayed = cli("replay", str(backfill))
+    assert replayed.exit_code == 1
+    assert replayed.stderr.strip() == f"error: an impression of {size} bytes does not fit in an SQS message"
     assert drain(stack.queues["ImpressionsQueue"]) == []
 
 
