@@ -72,6 +72,24 @@ def test_events_past_one_query_page_are_all_listed(cli: Cli, stack: Stack) -> No
     assert len(fewer) == 40
 
 
+def test_events_shows_the_20_newest_by_default_with_their_milliseconds(cli: Cli, stack: Stack) -> None:
+    for n in range(21):
+        put_event(stack, "u1", "checkout", 1795483042100 + n)
+
+    items = json.loads(cli("events", "u1", "-e", "Production", "--json").stdout)
+    assert [i["timestamp"] for i in items] == [1795483042100 + n for n in reversed(range(1, 21))]
+    table = cli("events", "u1", "-e", "Production", "--limit", "21")
+    assert table.exit_code == 0, table.output
+    assert "2026-11-24 01:17:22.120Z" in table.stdout
+    assert cli("events", "u1", "-e", "Production", "--limit", "1001").exit_code == 2
+
+
+def test_events_of_an_unknown_user_as_json_are_an_empty_array(cli: Cli) -> None:
+    result = cli("events", "nobody", "-e", "Production", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+
+
 def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
     boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"]).put_item(
         Item={
@@ -87,6 +105,23 @@ def test_identity_shows_the_stored_attributes(cli: Cli, stack: Stack) -> None:
     assert result.exit_code == 0, result.output
     assert "enterprise" in result.stdout
     assert "329" in result.stdout
+    assert "2026-11-24 01:17:21.000Z" in result.stdout  # updatedAt
+
+    stored = json.loads(cli("identity", "acme", "-e", "Production", "-t", "account", "--json").stdout)
+    assert stored["attributes"] == {"plan": "enterprise", "employees": 329}
+    assert stored["updatedAt"] == 1795483041000
+
+
+def test_identity_says_when_it_has_no_attributes_and_shows_other_values_as_json(
+    cli: Cli, stack: Stack
+) -> None:
+    table = boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["IdentitiesTable"])
+    item = {"environment": "Production", "trafficTypeName": "user", "updatedAt": 1795483041000}
+    table.put_item(Item={**item, "pk": "Production#user#bare", "key": "bare", "attributes": {}})
+    table.put_item(Item={**item, "pk": "Production#user#full", "key": "full", "attributes": {"admin": True}})
+
+    assert "no attributes" in cli("identity", "bare", "-e", "Production").stdout
+    assert "true" in cli("identity", "full", "-e", "Production").stdout
 
 
 def test_brackets_in_user_data_print_as_they_are(cli: Cli, stack: Stack) -> None:
