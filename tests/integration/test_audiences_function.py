@@ -1090,6 +1090,19 @@ def test_the_events_of_a_window_are_read_past_the_first_page(stack: Stack, funct
     assert sorted(times["checkout"]) == list(range(NOW - 5, NOW))
 
 
+def test_asked_for_more_event_types_than_one_filter_names_only_those_are_read(
+    stack: Stack, function_env: Any
+) -> None:
+    """A DynamoDB IN takes at most 100 values: past that, the types are picked out of the query's items."""
+    from shared.profiles import sources
+
+    function_env("AudiencesFunction")
+    put_event(stack, NOW - 2)
+    put_event(stack, NOW - 1, "view_signup_page")
+    asked = ["checkout", *(f"other_{n}" for n in range(100))]
+    assert sources.event_times(PK, NOW - DAY_MS, asked) == {"checkout": [NOW - 2]}
+
+
 def test_the_audience_functions_make_exactly_the_calls_their_policies_allow(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, calls: list[RawCall]
 ) -> None:

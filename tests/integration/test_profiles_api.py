@@ -15,6 +15,7 @@ import pytest
 from fme_bridge.template import Stack
 from shared.events_table import event_sk
 from shared.inbound.mapping import MAX_MESSAGE_ID_LENGTH
+from shared.profiles.sources import encode_cursor
 from shared.profiles_table import LastTreatment, Membership, profile_pk, put_membership, write_last_treatment
 from tests.conftest import load_event, pages_cut_at, published_metrics, put_secret
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
@@ -372,6 +373,8 @@ def test_a_page_dynamodb_cut_short_is_filled_and_still_has_a_next_cursor(
         ({"limit": "²"}, "limit"),  # a digit to str.isdigit, not to int()
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "eyJzayI6ICJ4In0"}, "cursor"),  # {"sk": "x"}: well-formed, not ours
+        ({"cursor": encode_cursor("1000#m0")}, "cursor"),  # the time not in 13 digits
+        ({"cursor": encode_cursor("0000000001000#" + "m" * 201)}, "cursor"),  # a messageId too long
     ],
 )
 def test_bad_paging_parameters_are_400(
@@ -381,6 +384,57 @@ def test_bad_paging_parameters_are_400(
     status, body, _ = call(lambda_context, query=query)
     assert status == 400
     assert problem in body["error"]
+
+
+@pytest.mark.parametrize("limit", [1, 100])
+def test_a_limit_at_either_end_of_its_range_is_taken(api: Stack, lambda_context: Any, limit: int) -> None:
+    for i in range(limit + 1):
+        store_event(api, 1_000 + i, f"m{i:03d}")
+    status, body, _ = call(lambda_context, query={"limit": str(limit)})
+    assert status == 200, body
+    assert len(body["events"]) == limit
+    assert body["next"] is not None
+
+
+def test_an_empty_limit_or_cursor_is_as_if_left_out(api: Stack, lambda_context: Any) -> None:
+    for i in range(26):
+        store_event(api, 1_000 + i, f"m{i:02d}")
+    status, body, _ = call(lambda_context, query={"limit": "", "cursor": ""})
+    assert status == 200, body
+    assert [e["messageId"] for e in body["events"]] == [f"m{i:02d}" for i in range(25, 0, -1)]
+
+
+def test_an_api_on_a_named_stage_serves_the_profile(api: Stack, lambda_context: Any) -> None:
+    from functions.profiles import app
+
+    store_identity(api)
+    event = copy.deepcopy(load_event("profiles_get.json"))
+    event["requestContext"]["stage"] = "prod"
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/prod/profiles/Production/user/user-123"
+    event["headers"]["authorization"] = f"Bearer {SECRET}"
+    response = app.lambda_handler(event, lambda_context)
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"])["key"] == "user-123"
+
+
+def test_secrets_manager_failing_is_a_503_counted_as_unavailable(
+    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared import config
+
+    def unavailable(name: str, previous: bool = False) -> str:
+        raise config.ConfigUnavailable(f"{name}: ThrottlingException")
+
+    store_identity(api)
+    monkeypatch.setattr(config, "get_secret", unavailable)
+    status, body, headers = call(lambda_context)
+    assert (status, body, headers["Retry-After"]) == (
+        503,
+        {"error": "temporarily unavailable, retry later"},
+        "5",
+    )
+    [document] = published_metrics(capsys.readouterr().out)
+    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileUnavailable"]
 
 
 def test_a_failing_dependency_is_503_without_a_stack_trace(
@@ -393,7 +447,9 @@ def test_a_failing_dependency_is_503_without_a_stack_trace(
     assert body == {"error": "temporarily unavailable, retry later"}
 
 
-def test_a_path_no_route_serves_is_a_json_404(api: Stack, lambda_context: Any) -> None:
+def test_a_path_no_route_serves_is_a_json_404_counted_as_a_bad_request(
+    api: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.profiles import app
 
     event = copy.deepcopy(load_event("profiles_get.json"))
@@ -402,10 +458,12 @@ def test_a_path_no_route_serves_is_a_json_404(api: Stack, lambda_context: Any) -
     response = app.lambda_handler(event, lambda_context)
     assert response["statusCode"] == 404
     assert json.loads(response["body"])["error"].startswith("not found")
+    [document] = published_metrics(capsys.readouterr().out)
+    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileBadRequests"]
 
 
-def test_a_bug_is_a_json_500_without_a_stack_trace(
-    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+def test_a_bug_is_a_json_500_without_a_stack_trace_counted_as_an_error(
+    api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from functions.profiles import app
 
@@ -417,6 +475,8 @@ def test_a_bug_is_a_json_500_without_a_stack_trace(
     status, body, _ = call(lambda_context)
     assert status == 500
     assert body == {"error": "internal error"}
+    [document] = published_metrics(capsys.readouterr().out)
+    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileErrors"]
 
 
 def test_every_answer_is_counted_by_its_metric(

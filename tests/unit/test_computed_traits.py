@@ -91,3 +91,34 @@ def test_a_treatment_that_comes_back_gets_a_new_message_id() -> None:
     [sent_back] = computed_trait_identifies([back], destination)
     assert sent_first["traits"] == sent_back["traits"] == {"new_checkout": "on"}
     assert sent_first["messageId"] != sent_back["messageId"]
+
+
+def test_a_treatment_that_comes_back_within_the_same_millisecond_gets_a_new_message_id() -> None:
+    """on (version 17) → off (18) → on (19), all at T0: the flag's versions tell the changes apart."""
+    destination = Destination("segment", config(enabled=True))
+    first, back = (
+        WriteOutcome(
+            LastTreatment("Production", "user", "user-1", "new_checkout", "on", T0, version),
+            applied=True,
+            previous=prev,
+        )
+        for version, prev in ((17, None), (19, "off"))
+    )
+    [sent_first] = computed_trait_identifies([first], destination)
+    [sent_back] = computed_trait_identifies([back], destination)
+    assert sent_first["messageId"] != sent_back["messageId"]
+
+
+def test_the_same_change_of_two_identities_gets_a_message_id_each() -> None:
+    """Another key, or the same key in another environment or traffic type: Segment must keep both."""
+    outcomes = [
+        WriteOutcome(LastTreatment(environment, traffic_type, key, "new_checkout", "on", T0, 17), True, None)
+        for environment, traffic_type, key in [
+            ("Production", "user", "user-1"),
+            ("Production", "user", "user-2"),
+            ("Staging", "user", "user-1"),
+            ("Production", "anonymous", "user-1"),
+        ]
+    ]
+    messages = computed_trait_identifies(outcomes, Destination("segment", config(enabled=True)))
+    assert len({m["messageId"] for m in messages}) == 4
