@@ -753,7 +753,11 @@ def test_the_last_treatments_function_dead_letters_a_message_failing_on_its_last
 
 
 def test_a_dead_letter_queue_out_of_reach_means_retry_not_loss(
-    production: dict[str, Any], sink: SegmentSink, context: Any, monkeypatch: pytest.MonkeyPatch
+    production: dict[str, Any],
+    sink: SegmentSink,
+    context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv(
         "LAST_TREATMENTS_DEAD_LETTER_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/missing"
@@ -761,6 +765,10 @@ def test_a_dead_letter_queue_out_of_reach_means_retry_not_loss(
     records = event('{"not": "a last-treatments message"}')
     answer = last_treatments_app.lambda_handler(records, context)
     assert [f["itemIdentifier"] for f in answer["batchItemFailures"]] == [records["Records"][0]["messageId"]]
+    [emf] = [
+        m for m in published_metrics(capsys.readouterr().out) if "LastTreatmentMessagesDeadLettered" in m
+    ]
+    assert emf["LastTreatmentMessagesDeadLettered"] == [0.0]  # retried, not counted as dead-lettered
 
 
 def test_a_batch_forwards_its_last_treatments_in_one_call_past_the_old_256_kib(

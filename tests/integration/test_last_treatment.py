@@ -164,6 +164,15 @@ def test_the_cache_is_bounded(profiles: Stack) -> None:
     assert recorder.record([seen("u2", "f", "on", 1)]) == []
 
 
+def test_the_cache_evicts_the_least_recently_synced_first(profiles: Stack) -> None:
+    recorder = LastTreatmentRecorder(cache_size=2)
+    recorder.remember(recorder.record([seen(f"u{i}", "f", "on", 1) for i in range(2)]))
+    recorder.remember(recorder.record([seen("u0", "f", "off", 2)]))  # u0 synced again, u1 the oldest
+    recorder.remember(recorder.record([seen("u2", "f", "on", 1)]))
+    assert recorder.record([seen("u0", "f", "off", 2)]) == []
+    assert len(recorder.record([seen("u1", "f", "on", 1)])) == 1  # evicted: written again
+
+
 @pytest.mark.parametrize("order", [("off", "on"), ("on", "off")])
 def test_a_tie_in_time_and_version_goes_to_the_greater_treatment_name_in_any_order(
     profiles: Stack, order: tuple[str, str]

@@ -137,6 +137,11 @@ def test_bad_or_missing_credentials_are_401(
     assert headers.get("WWW-Authenticate", "").startswith("Bearer")
 
 
+def test_spaces_around_the_secret_are_not_part_of_it(api: Stack, lambda_context: Any) -> None:
+    store_identity(api)
+    assert call(lambda_context, authorization=f"Bearer  {SECRET} ")[0] == 200
+
+
 def test_the_secret_is_compared_with_compare_digest(
     api: Stack, lambda_context: Any, compared_digests: list[tuple[bytes, bytes]]
 ) -> None:

@@ -118,6 +118,12 @@ def test_a_message_too_large_for_sqs_is_split_until_each_fits() -> None:
     assert [i.key for body in bodies for i in decode_body(body)] == [i.key for i in impressions]
 
 
+def test_a_message_of_exactly_the_size_limit_is_not_split() -> None:
+    impressions = [imp(f"user-{n}") for n in range(3)]
+    [whole] = encode_bodies(impressions)
+    assert encode_bodies(impressions, max_bytes=len(whole.encode())) == [whole]
+
+
 def test_a_message_holds_at_most_2000_rows() -> None:
     impressions = [imp(f"u{n}") for n in range(2_001)]
     bodies = encode_bodies(impressions)
