@@ -607,15 +607,16 @@ def test_dlq_redrive_says_which_messages_were_dead_lettered_for_their_body(cli: 
     dead_letter(stack, json.dumps({"key": "u1"}), "no environment", code="no_environment")
     dead_letter(stack, json.dumps({"key": "u2"}), "no outbound config matches environment 'Dev'")
     dead_letter(stack, json.dumps([{"key": "u3"}]), "two kinds", code="no_matching_config,invalid_impression")
+    dead_letter(stack, json.dumps({"impressions": 5}), "not a body the queue takes", code="invalid_body")
     result = cli("dlq", "redrive")
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "moved 4 message(s)" in text
+    assert "moved 5 message(s)" in text
     assert (
-        "of them, 1 invalid_impression, 1 invalid_json, 1 no_environment: dead-lettered for their body"
-        in text
+        "of them, 1 invalid_body, 1 invalid_impression, 1 invalid_json, 1 no_environment: "
+        "dead-lettered for their body" in text
     )
-    assert len(drain(stack.queues["ImpressionsQueue"])) == 4  # moved all the same: the function decides
+    assert len(drain(stack.queues["ImpressionsQueue"])) == 5  # moved all the same: the function decides
 
 
 def test_dlq_redrive_of_large_dead_letters_sends_them_in_calls_within_sqs_limit(
