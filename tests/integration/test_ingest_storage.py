@@ -460,17 +460,19 @@ def test_an_identify_and_a_group_with_one_message_id_and_time_both_apply(
 
 
 class RacingIdentitiesTable(IdentitiesTable):
-    """Another request updates the identity between this request's read and its write."""
+    """Something comes between this request's read and its write, after each of its first ``races``
+    reads: ``competitor``, another request updating the identity (or a read failing, when it raises)."""
 
-    def __init__(self, name: str, competitor: Any) -> None:
+    def __init__(self, name: str, competitor: Any, races: int = 1) -> None:
         super().__init__(name)
         self.competitor = competitor
+        self.races = races
         self.reads = 0
 
     def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
         found = super().get_many(pks)
         self.reads += 1
-        if self.reads == 1:
+        if self.reads <= self.races:
             self.competitor()
         return found
 
@@ -552,19 +554,13 @@ def test_a_race_on_one_of_a_few_identities_retries_only_that_one(webhook: Webhoo
     assert (webhook.identity("user", "racer-0") or {})["version"] == 1
 
 
-class FailingReadsIdentitiesTable(IdentitiesTable):
-    """Identity reads that fail with ``code`` (after every retry below them) the first time."""
+def failing_read(code: str) -> Any:
+    """An identity read failing with ``code`` (after every retry below it)."""
 
-    def __init__(self, name: str, code: str) -> None:
-        super().__init__(name)
-        self.code = code
-        self.reads = 0
+    def fail() -> None:
+        raise ClientError({"Error": {"Code": code, "Message": "injected"}}, "BatchGetItem")
 
-    def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
-        self.reads += 1
-        if self.reads == 1:
-            raise ClientError({"Error": {"Code": self.code, "Message": "injected"}}, "BatchGetItem")
-        return super().get_many(pks)
+    return fail
 
 
 def test_an_identity_read_still_throttled_is_read_again_and_a_refused_one_fails_the_request(
@@ -574,10 +570,10 @@ def test_an_identity_read_still_throttled_is_read_again_and_a_refused_one_fails_
     connection = config.load_inbound("acme-production")
     mapped = map_messages([segment_message("identify", anonymousId=None)], connection, now)
 
-    throttled = FailingReadsIdentitiesTable(webhook.env["IDENTITIES_TABLE"], "ThrottlingException")
+    throttled = RacingIdentitiesTable(webhook.env["IDENTITIES_TABLE"], failing_read("ThrottlingException"))
     assert store(mapped, "acme-production", now, webhook.events, throttled).identities == 1
     assert throttled.reads == 2
-    refused = FailingReadsIdentitiesTable(webhook.env["IDENTITIES_TABLE"], "ValidationException")
+    refused = RacingIdentitiesTable(webhook.env["IDENTITIES_TABLE"], failing_read("ValidationException"))
     with pytest.raises(ClientError, match="ValidationException"):
         store(mapped, "acme-production", now, webhook.events, refused)
     assert refused.reads == 1
@@ -591,20 +587,12 @@ def test_an_identity_write_that_keeps_losing_races_is_retried_and_then_a_store_u
     now = 1_795_625_347_000
 
     def compete() -> None:
-        if racing.reads <= races:
-            competing = segment_message(
-                "identify", anonymousId=None, messageId=f"c-{racing.reads}", traits={"seats": racing.reads}
-            )
-            assert webhook.post(competing).body["identities"] == 1
+        competing = segment_message(
+            "identify", anonymousId=None, messageId=f"c-{racing.reads}", traits={"seats": racing.reads}
+        )
+        assert webhook.post(competing).body["identities"] == 1
 
-    class AlwaysRacing(RacingIdentitiesTable):
-        def get_many(self, pks: Any) -> dict[str, StoredIdentity]:
-            found = IdentitiesTable.get_many(self, pks)
-            self.reads += 1
-            self.competitor()
-            return found
-
-    racing = AlwaysRacing(webhook.env["IDENTITIES_TABLE"], competitor=compete)
+    racing = RacingIdentitiesTable(webhook.env["IDENTITIES_TABLE"], competitor=compete, races=races)
     mine = segment_message("identify", anonymousId=None, messageId="mine", traits={"plan": "pro"})
     mapped = map_messages([mine], config.load_inbound("acme-production"), now)
     if races < IDENTITY_ATTEMPTS:
