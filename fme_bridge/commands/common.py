@@ -27,6 +27,11 @@ def styled(template: str, *values: object) -> Text:
     return Text.from_markup(template.format(*(escape(str(v)) for v in values)), emoji=False)
 
 
+def invalid_line(name: str, problem: str) -> Text:
+    """A ``list`` command's line, below its table, on why a stored document does not validate."""
+    return styled("{}: [red]invalid:[/red] {}", name, problem)
+
+
 class CliError(Exception):
     """A failure the user can act on; printed as one line, exit status 1."""
 

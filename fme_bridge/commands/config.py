@@ -27,6 +27,7 @@ from rich.text import Text
 from fme_bridge.commands.common import (
     CliError,
     err,
+    invalid_line,
     one_stdin,
     out,
     print_stored_document,
@@ -406,7 +407,7 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
             document, valid = json.loads(value), Text("yes", style="green")  # as written, not as parsed
         except ConfigInvalid as exc:
             document, valid = {}, Text("no", style="red")
-            problems.append(styled("{}: [red]invalid:[/red] {}", short, exc.problem))
+            problems.append(invalid_line(short, exc.problem))
         # A valid config without its secret does not work either (401s, or impressions retried).
         state = _secret_state(secretsmanager, full, unknown=True)
         secret: Text = {

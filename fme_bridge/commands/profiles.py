@@ -25,6 +25,7 @@ from fme_bridge.commands.common import (
     CASE_HINT,
     CliError,
     err,
+    invalid_line,
     out,
     print_stored_document,
     put_document,
@@ -145,7 +146,7 @@ def audience_list(ctx: typer.Context) -> None:
             audience = parse_audience(value, full)
         except ConfigInvalid as exc:
             table.add_row(short, "", "", "", Text("no", style="red"))
-            problems.append(styled("{}: [red]invalid:[/red] {}", short, exc.problem))
+            problems.append(invalid_line(short, exc.problem))
             continue
         table.add_row(
             short,
