@@ -422,6 +422,14 @@ def test_an_api_on_a_named_stage_serves_the_profile(api: Stack, lambda_context: 
     assert json.loads(response["body"])["key"] == "user-123"
 
 
+def metric_names(capsys: pytest.CaptureFixture[str]) -> list[list[str]]:
+    """The names of the metrics each invocation printed since the last look."""
+    published = published_metrics(capsys.readouterr().out)
+    return [
+        [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for document in published
+    ]
+
+
 def test_secrets_manager_failing_is_a_503_counted_as_unavailable(
     api: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -438,8 +446,7 @@ def test_secrets_manager_failing_is_a_503_counted_as_unavailable(
         {"error": "temporarily unavailable, retry later"},
         "5",
     )
-    [document] = published_metrics(capsys.readouterr().out)
-    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileUnavailable"]
+    assert metric_names(capsys) == [["ProfileUnavailable"]]
 
 
 def test_a_failing_dependency_is_503_without_a_stack_trace(
@@ -463,8 +470,7 @@ def test_a_path_no_route_serves_is_a_json_404_counted_as_a_bad_request(
     response = app.lambda_handler(event, lambda_context)
     assert response["statusCode"] == 404
     assert json.loads(response["body"])["error"].startswith("not found")
-    [document] = published_metrics(capsys.readouterr().out)
-    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileBadRequests"]
+    assert metric_names(capsys) == [["ProfileBadRequests"]]
 
 
 def test_a_bug_is_a_json_500_without_a_stack_trace_counted_as_an_error(
@@ -480,8 +486,7 @@ def test_a_bug_is_a_json_500_without_a_stack_trace_counted_as_an_error(
     status, body, _ = call(lambda_context)
     assert status == 500
     assert body == {"error": "internal error"}
-    [document] = published_metrics(capsys.readouterr().out)
-    assert [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == ["ProfileErrors"]
+    assert metric_names(capsys) == [["ProfileErrors"]]
 
 
 def test_every_answer_is_counted_by_its_metric(
@@ -495,10 +500,7 @@ def test_every_answer_is_counted_by_its_metric(
         call(lambda_context, authorization="Bearer wrong")[0],
         call(lambda_context, key="nobody")[0],
     ]
-    published = published_metrics(capsys.readouterr().out)
-    names = [
-        [m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for document in published
-    ]
+    names = metric_names(capsys)
 
     assert answers == [200, 400, 401, 404]
     assert names == [["ProfilesServed"], ["ProfileBadRequests"], ["ProfileUnauthorized"], ["ProfileNotFound"]]
