@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from fme_bridge.loopback_server import LoopbackServer, url_host
 
 EVENT_TYPE_ID = re.compile(r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")
-ATTRIBUTE_ID = re.compile(r"^[a-zA-Z][-_a-zA-Z0-9]*$")
+ATTRIBUTE_ID = re.compile(r"[a-zA-Z][-_a-zA-Z0-9]*")
 IDENTITIES_PATH = re.compile(r"/trafficTypes/(?P<tt>[^/]+)/environments/(?P<env>[^/]+)/identities$")
 
 
@@ -258,7 +258,7 @@ def _identity_problem(entry: Any) -> str | None:
     if not isinstance(values, dict):
         return "values must be an object"
     for name, value in values.items():
-        if not ATTRIBUTE_ID.match(name):
+        if not ATTRIBUTE_ID.fullmatch(name):
             return f"attribute id {name!r} is invalid"
         if not isinstance(value, str):
             return f"attribute {name!r}: values are strings"

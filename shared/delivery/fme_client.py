@@ -41,7 +41,8 @@ MAX_IDENTITY_BYTES_PER_REQUEST = 500_000
 MAX_CONCURRENT_REQUESTS = 4
 
 # FME attribute ids: a letter, then letters, digits, ``-`` and ``_`` (Admin API, Save Identities).
-ATTRIBUTE_ID = re.compile(r"^[a-zA-Z][-_a-zA-Z0-9]*$")
+# Matched with fullmatch: ``$`` would also take a name that ends in a newline.
+ATTRIBUTE_ID = re.compile(r"[a-zA-Z][-_a-zA-Z0-9]*")
 
 USER_AGENT = "fme-segment-bridge"
 

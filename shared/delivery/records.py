@@ -111,7 +111,7 @@ def identity_values(attributes: Any) -> IdentityValues:
     values: dict[str, str] = {}
     dropped: list[str] = []
     for name, raw in (attributes or {}).items() if isinstance(attributes, dict) else []:
-        if not ATTRIBUTE_ID.match(str(name)):
+        if not ATTRIBUTE_ID.fullmatch(str(name)):
             dropped.append(str(name))
             continue
         text = attribute_value(raw)

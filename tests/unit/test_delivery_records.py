@@ -126,7 +126,9 @@ def test_attribute_names_fme_refuses_are_dropped_and_reported() -> None:
     assert sorted(values.dropped) == ["$email", "first name"]
 
 
-@pytest.mark.parametrize("name", ["1st_plan", "_plan", "-plan", "plan.tier", "plan:tier", "plän", ""])
+@pytest.mark.parametrize(
+    "name", ["1st_plan", "_plan", "-plan", "plan.tier", "plan:tier", "plän", "", "plan\n"]
+)
 def test_attribute_ids_start_with_a_letter_then_letters_digits_dashes_underscores(name: str) -> None:
     values = identity_values({name: "x", "Plan-2_b": "y"})
     assert values.values == {"Plan-2_b": "y"}

@@ -71,11 +71,12 @@ def test_invalid_events_are_refused_as_a_whole() -> None:
         assert sink.events == []
 
 
-def test_save_identities_lists_bad_attribute_ids_as_failed() -> None:
+@pytest.mark.parametrize("name", ["first name", "plan\n"])
+def test_save_identities_lists_bad_attribute_ids_as_failed(name: str) -> None:
     with FmeSink(admin_keys=["a"]) as sink, httpx.Client(base_url=sink.identities_endpoint) as client:
         answer = client.post(
             "/trafficTypes/user/environments/Production/identities",
-            json=[{"key": "u1", "values": {"plan": "pro"}}, {"key": "u2", "values": {"first name": "x"}}],
+            json=[{"key": "u1", "values": {"plan": "pro"}}, {"key": "u2", "values": {name: "x"}}],
             headers={"Authorization": "Bearer a"},
         )
         assert answer.status_code == 200
