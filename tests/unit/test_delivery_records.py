@@ -19,6 +19,7 @@ from shared.delivery.records import (
     identity_change,
     identity_values,
     read_stream_batch,
+    refused_changes,
     stored_event,
 )
 from shared.dynamodb import table_of, to_python
@@ -86,6 +87,12 @@ def test_ack_ids_hold_no_user_key_and_differ_per_event() -> None:
     assert len(a) == 40
 
 
+def test_ack_ids_stay_the_same_across_versions() -> None:
+    """The log keeps acknowledgements for 15 days: an upgrade that derived other ids would not find
+    them, and a retried batch would send FME (which does not deduplicate) its events again."""
+    assert ack_id("Production#user#u1", "1764061200000#msg-1") == "1ce8ee3b8090333a3fafd1f29c093340d4789b9e"
+
+
 def test_to_python_turns_dynamodb_numbers_into_json_numbers() -> None:
     assert to_python({"a": Decimal("3"), "b": Decimal("2.5"), "c": [Decimal("1")], "d": {"y", "x"}}) == {
         "a": 3,
@@ -126,6 +133,13 @@ def test_attribute_names_fme_refuses_are_dropped_and_reported() -> None:
     assert sorted(values.dropped) == ["$email", "first name"]
 
 
+def test_an_attribute_set_to_null_is_left_out_of_the_values() -> None:
+    """Save Identities overwrites the values: one left out is one FME no longer has."""
+    values = identity_values({"plan": None, "name": "Ann"})
+    assert values.values == {"name": "Ann"}
+    assert values.dropped == []
+
+
 @pytest.mark.parametrize(
     "name", ["1st_plan", "_plan", "-plan", "plan.tier", "plan:tier", "plän", "", "plan\n"]
 )
@@ -148,6 +162,15 @@ def test_identity_change_carries_all_current_values_when_one_changed() -> None:
     )
 
 
+def test_an_identity_change_names_the_attributes_fme_would_refuse() -> None:
+    old = identity_item("u1", {"plan": "free", "First Name": "Ann"}, updated_at=1)
+    new = identity_item("u1", {"plan": "pro", "First Name": "Ann"}, updated_at=2)
+    change = identity_change(record(identity_record("ids", new, old)))
+    assert change is not None
+    assert change.identity.values == {"plan": "pro"}
+    assert change.dropped_attributes == ["First Name"]
+
+
 def test_identity_versions_have_distinct_ack_ids() -> None:
     def change(plan: str, at: int):
         item = identity_item("u1", {"plan": plan}, updated_at=at)
@@ -158,11 +181,34 @@ def test_identity_versions_have_distinct_ack_ids() -> None:
     assert change("pro", 1).ack_id != change("free", 1).ack_id
 
 
+@pytest.mark.parametrize(
+    "where", [{"connection_id": "app"}, {"environment": "Staging"}, {"traffic_type": "account"}]
+)
+def test_the_same_identity_version_elsewhere_has_another_ack_id(where: dict[str, str]) -> None:
+    """One identify can reach two connections or traffic types with the same key, values and time:
+    saving it in one place must not count it saved in the other."""
+    item = identity_item("u1", {"plan": "pro"}, updated_at=1)
+    elsewhere = identity_item("u1", {"plan": "pro"}, updated_at=1, **where)
+    here = identity_change(record(identity_record("ids", item)))
+    there = identity_change(record(identity_record("ids", elsewhere)))
+    assert here is not None
+    assert there is not None
+    assert here.ack_id != there.ack_id
+
+
 def test_identity_removal_and_unchanged_attributes_are_not_changes() -> None:
     item = identity_item("u1", {"plan": "pro"})
     assert identity_change(record(identity_record("ids", None, item, event_name="REMOVE"))) is None
     touched = {**item, "updatedAt": item["updatedAt"] + 1}
     assert identity_change(record(identity_record("ids", touched, item))) is None
+
+
+def test_refused_attribute_names_count_when_a_record_sets_or_changes_them() -> None:
+    inserted = identity_item("u1", {"First Name": "Ann", "$plan": "pro", "plan": "pro"})
+    assert sorted(refused_changes(record(identity_record("ids", inserted)))) == ["$plan", "First Name"]
+    changed = identity_item("u1", {"First Name": "Bob", "$plan": "pro", "$new": 1, "plan": "max"})
+    refused = refused_changes(record(identity_record("ids", changed, inserted)))
+    assert sorted(refused) == ["$new", "First Name"]  # "$plan" kept its value
 
 
 def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() -> None:
@@ -209,6 +255,10 @@ def test_a_given_up_stream_batch_is_read_again_across_pages_and_not_past_its_end
     ]
 
     pages_cut_at(streams, "dynamodbstreams.GetRecords", 2)
+    pages: list[str] = []
+    streams.meta.events.register(
+        "provide-client-params.dynamodbstreams.GetRecords", lambda params, **_: pages.append("page")
+    )
     info = {
         "streamArn": arn,
         "shardId": shard,
@@ -220,3 +270,6 @@ def test_a_given_up_stream_batch_is_read_again_across_pages_and_not_past_its_end
 
     assert [r["dynamodb"]["SequenceNumber"] for r in records] == sequences[1:6]
     assert {r["eventSourceARN"] for r in records} == {arn}
+    # The page holding the batch's last record is the last read: a stream holds up to 24 hours of
+    # records after it.
+    assert len(pages) == 3
