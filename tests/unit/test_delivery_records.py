@@ -216,19 +216,29 @@ def test_failure_messages_stay_under_the_sqs_size_limit_and_keep_every_item() ->
         {"ackId": str(i), "event": {"key": f"u{i}", "properties": {"pad": "x" * 30_000}}} for i in range(20)
     ]
     refusal = Refusal("events", "webshop", "HTTP 400: bad", 400, items)
-    pairs = messages(refusal, failed_at=1)
+    pairs = messages(refusal, failed_at=1_764_061_200_000)
     bodies = [body for _, body in pairs]
     assert len(bodies) > 1
     assert all(len(b.encode()) <= MAX_MESSAGE_BYTES for b in bodies)
     assert all(len(b.encode()) < 256 * 1024 - 10_000 for b in bodies)  # SQS's limit, room for attributes
     decoded = [json.loads(b) for b in bodies]
     assert [i["ackId"] for d in decoded for i in d["items"]] == [str(i) for i in range(20)]
-    assert {(d["kind"], d["connectionId"], d["reason"], d["status"]) for d in decoded} == {
-        ("events", "webshop", "HTTP 400: bad", 400)
+    assert {(d["kind"], d["connectionId"], d["reason"], d["status"], d["failedAt"]) for d in decoded} == {
+        ("events", "webshop", "HTTP 400: bad", 400, 1_764_061_200_000)
     }
     # Each message has its own failure id, as its body says.
     assert [d["failureId"] for d in decoded] == [failure_id for failure_id, _ in pairs]
     assert len({failure_id for failure_id, _ in pairs}) == len(pairs)
+
+
+def test_many_small_items_fill_each_message_up_to_the_bound_and_never_past_it() -> None:
+    items = [{"ackId": f"{i:05d}", "event": {"key": f"u{i}"}} for i in range(6_000)]
+    bodies = [body for _, body in messages(Refusal("events", "webshop", "HTTP 400: bad", 400, items), 1)]
+    sizes = [len(body.encode()) for body in bodies]
+    assert len(bodies) == 2
+    assert all(size <= MAX_MESSAGE_BYTES for size in sizes)
+    assert sizes[0] > MAX_MESSAGE_BYTES - 100  # filled, not cut short
+    assert [i["ackId"] for b in bodies for i in json.loads(b)["items"]] == [i["ackId"] for i in items]
 
 
 def test_an_item_over_the_message_bound_goes_alone_and_no_message_is_empty() -> None:
