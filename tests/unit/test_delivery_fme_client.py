@@ -77,12 +77,15 @@ def test_events_bulk_request_is_exactly_what_the_events_api_takes() -> None:
     assert [(o.item_id, o.outcome) for o in outcomes] == [("1", Outcome.DELIVERED)]
 
 
-def test_save_identities_request_names_traffic_type_and_environment_in_the_path() -> None:
+@pytest.mark.parametrize(
+    "endpoint", ["https://api.split.io/internal/api/v2", "https://api.split.io/internal/api/v2/"]
+)
+def test_save_identities_request_names_traffic_type_and_environment_in_the_path(endpoint: str) -> None:
     answer = {"objects": [{"key": "u1"}], "failed": [], "metadata": {}}
     outcomes, requests = run(
         lambda r: httpx.Response(200, json=answer),
         lambda c: c.save_identities(
-            "https://api.split.io/internal/api/v2",
+            endpoint,
             "admin-key",
             "user",
             "Staging EU",
@@ -128,12 +131,17 @@ def test_save_identities_escapes_traffic_type_and_environment_in_the_path() -> N
     _, requests = run(
         lambda r: httpx.Response(200, json={"objects": [], "failed": [], "metadata": {}}),
         lambda c: c.save_identities(
-            "http://fme/internal/api/v2", "k", "a/b c", "Prod?#1", [("a", FmeIdentity(key="u1", values={}))]
+            "http://fme/internal/api/v2",
+            "k",
+            "a/b c",
+            "EU/Prod?#1",
+            [("a", FmeIdentity(key="u1", values={}))],
         ),
     )
     [request] = requests
     assert (
-        request.url.raw_path == b"/internal/api/v2/trafficTypes/a%2Fb%20c/environments/Prod%3F%231/identities"
+        request.url.raw_path
+        == b"/internal/api/v2/trafficTypes/a%2Fb%20c/environments/EU%2FProd%3F%231/identities"
     )
 
 
@@ -178,6 +186,8 @@ def test_requests_stay_within_the_count_and_byte_bounds(monkeypatch: pytest.Monk
 def test_chunks_always_move_forward_even_with_an_item_over_the_byte_bound() -> None:
     sizes = [b"x" * 10, b"y" * 500, b"z" * 10]
     assert [list(r) for r in chunks(sizes, max_items=10, max_bytes=100)] == [[0], [1], [2]]
+    # The first item over the bound goes alone too: no empty request before it.
+    assert [list(r) for r in chunks(sizes[1:], max_items=10, max_bytes=100)] == [[0], [1]]
 
 
 @pytest.mark.parametrize("status", [400, 413])
