@@ -12,6 +12,7 @@ from shared.config import OutboundConfig
 from shared.outbound.impressions import Impression
 from shared.outbound.segment_messages import (
     STANDARD_PROPERTIES,
+    TrackEncoder,
     encode,
     identity_field,
     iso_timestamp,
@@ -108,6 +109,34 @@ def test_track_message_shape_and_custom_properties_never_overwrite() -> None:
     assert message["properties"]["page"] == "cart"
     assert message["properties"]["splitVersionNumber"] == 17
     assert json.loads(encode(message)) == message
+
+
+def test_each_standard_property_carries_its_impression_field() -> None:
+    impression = msgspec.structs.replace(
+        IMPRESSION,
+        bucketing_key="bucket-1",
+        machine_ip="10.0.0.7",
+        machine_name="web-7",
+        sdk="java",
+        sdk_version="4.13.0",
+    )
+    expected = {
+        "split": "new_checkout",
+        "treatment": "on",
+        "label": "default rule",
+        "environmentId": "env-id",
+        "environmentName": "Production",
+        "splitVersionNumber": 17,
+        "key": "user-1",
+        "bucketingKey": "bucket-1",
+        "machineIp": "10.0.0.7",
+        "machineName": "web-7",
+        "sdk": "java",
+        "sdkVersion": "4.13.0",
+    }
+    assert track_message(impression, CONFIG, "userId", "segment")["properties"] == expected
+    encoded = TrackEncoder(CONFIG, "userId", "segment").encode(impression)
+    assert json.loads(encoded)["properties"] == expected
 
 
 def test_encoding_is_compact_utf8() -> None:
