@@ -15,7 +15,7 @@ import pytest
 
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-from tests.conftest import published_metrics, put_config, put_secret
+from tests.conftest import pages_cut_at, published_metrics, put_config, put_secret
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -1029,6 +1029,53 @@ def test_a_batch_that_delivers_nothing_does_not_end_the_retries(delivery_log: An
     [status] = log.statuses()
     assert (status.retrying_since, status.retrying_newest) == (900, 900)
     assert status.last_error == "HTTP 400: bad"
+
+
+def test_a_connection_s_status_adds_up_its_batches(delivery_log: Any) -> None:
+    """What ``delivery status`` shows: each count on its own counter, a redrive moving refused items to
+    delivered, the oldest record retried kept while retries go on, the last error at most 500 long."""
+    log = delivery_log
+    log.update_status(
+        "webshop", 1_000, events_delivered=3, events_refused=2, identities_refused=1, latency_ms=250
+    )
+    log.update_status("webshop", 2_000, skipped=5, retrying_since=900, error="HTTP 502: " + "x" * 600)
+    log.update_status("webshop", 3_000, identities_delivered=4, retrying_since=1_500, retrying_newest=1_700)
+    # A redrive delivers a refused event.
+    log.update_status("webshop", 4_000, events_delivered=1, events_refused=-1, ends_retrying=False)
+
+    [status] = log.statuses()
+    assert (status.events_delivered, status.events_refused) == (4, 1)
+    assert (status.identities_delivered, status.identities_refused, status.skipped) == (4, 1, 5)
+    assert (status.last_delivered_at, status.last_latency_ms) == (4_000, 250)
+    assert (status.retrying_since, status.retrying_newest) == (900, 1_700)
+    assert (status.last_error, status.last_error_at) == ("HTTP 502: " + "x" * 490, 2_000)
+
+    log.update_status("webshop", 5_000, events_delivered=1)  # nothing left to retry
+    [status] = log.statuses()
+    assert (status.retrying_since, status.retrying_newest) == (None, None)
+
+
+def test_a_newer_error_about_nothing_a_redrive_resolves_outlives_the_redrive_of_an_older_refusal(
+    delivery_log: Any,
+) -> None:
+    log = delivery_log
+    log.update_status("webshop", 1_000, events_refused=1, error="HTTP 400: bad", error_about=["f.1"])
+    log.update_status("webshop", 2_000, error="no keys secret")  # about no message
+    log.clear_error("webshop", {"f.1"}, older_than_ms=1_500)  # a redrive that began before it
+    assert last_error(log) == "no keys secret"
+
+
+def test_status_lists_every_connection_across_query_pages(delivery_env: dict[str, str], stack: Stack) -> None:
+    from shared import aws
+    from shared.delivery.delivery_log import DeliveryLog
+
+    table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
+    log = DeliveryLog(table)
+    for connection_id in ("app", "webshop"):
+        log.update_status(connection_id, 1_000, events_delivered=1)
+    pages_cut_at(table.meta.client, "dynamodb.Query", 1)
+
+    assert sorted(s.connection_id for s in log.statuses()) == ["app", "webshop"]
 
 
 def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
