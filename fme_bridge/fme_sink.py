@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 from fme_bridge.loopback_server import LoopbackServer, url_host
 
-EVENT_TYPE_ID = re.compile(r"^[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}$")
+EVENT_TYPE_ID = re.compile(r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}")
 ATTRIBUTE_ID = re.compile(r"[a-zA-Z][-_a-zA-Z0-9]*")
 IDENTITIES_PATH = re.compile(r"/trafficTypes/(?P<tt>[^/]+)/environments/(?P<env>[^/]+)/identities$")
 
@@ -237,7 +237,7 @@ def _event_batch_problem(body: Any) -> str | None:
         for name in ("eventTypeId", "trafficTypeName", "key"):
             if not isinstance(event.get(name), str) or not event[name]:
                 return f"event {i}: {name} is required"
-        if not EVENT_TYPE_ID.match(event["eventTypeId"]):
+        if not EVENT_TYPE_ID.fullmatch(event["eventTypeId"]):
             return f"event {i}: eventTypeId {event['eventTypeId']!r} is invalid"
         if len(event["key"]) > 250:
             return f"event {i}: key is longer than 250 characters"

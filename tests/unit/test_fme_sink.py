@@ -97,6 +97,7 @@ GOOD_EVENT = {"eventTypeId": "ok", "trafficTypeName": "user", "key": "u", "times
     [
         ({"key": "k" * 251}, "key is longer than 250 characters"),
         ({"eventTypeId": "e" * 81}, "eventTypeId"),
+        ({"eventTypeId": "signup\n"}, "eventTypeId"),
         ({"trafficTypeName": ""}, "trafficTypeName is required"),
         ({"timestamp": True}, "timestamp must be epoch milliseconds"),
         ({"value": True}, "value must be a number or null"),
@@ -105,6 +106,7 @@ GOOD_EVENT = {"eventTypeId": "ok", "trafficTypeName": "user", "key": "u", "times
     ids=[
         "long-key",
         "long-event-type",
+        "event-type-ending-in-a-newline",
         "no-traffic-type",
         "boolean-timestamp",
         "boolean-value",
