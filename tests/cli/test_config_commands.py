@@ -538,3 +538,161 @@ def test_a_delete_that_stopped_after_the_config_is_finished_by_running_it_again(
     done = cli("config", "outbound", "delete", "eu", "--yes")
     assert done.exit_code == 1
     assert done.stderr.strip() == f"error: no outbound config 'eu' under {PREFIX}"
+
+
+@pytest.mark.parametrize("days", ["6", "31"])
+def test_a_recovery_window_outside_7_to_30_days_is_refused_and_nothing_is_deleted(
+    cli: Cli, tmp_path: Path, days: str
+) -> None:
+    put_outbound(cli, tmp_path)
+    result = cli("config", "outbound", "delete", "eu", "--yes", "--recovery-days", days)
+    assert result.exit_code == 2  # Secrets Manager's window is 7 to 30 days
+    assert parameter("outbound/eu") is not None
+    assert secret("outbound/eu") == "wk-123"
+
+
+def test_a_recovery_window_of_30_days_is_the_longest(cli: Cli, tmp_path: Path) -> None:
+    put_inbound(cli, tmp_path, name="shop")
+    result = cli("config", "inbound", "delete", "shop", "--yes", "--recovery-days", "30")
+    assert result.exit_code == 0, result.output
+    assert_restorable_for("inbound/shop", days=30)
+
+
+def test_get_of_a_connection_says_whether_its_fme_keys_are_set_and_which_secret_versions_it_has(
+    cli: Cli, tmp_path: Path
+) -> None:
+    put_inbound(cli, tmp_path, secret="old")
+    before = cli("config", "inbound", "get", "shop")
+    assert before.exit_code == 0, before.output
+    assert "FME keys: not set" in before.stderr
+
+    keys = write(tmp_path, "keys.json", {"sdkKey": "sdk-secret-value"})
+    with_keys = cli(
+        "config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", INBOUND), "--secret-file", "-",
+        "--fme-keys-file", keys, input="new",
+    )  # fmt: skip
+    assert with_keys.exit_code == 0, with_keys.output
+    after = cli("config", "inbound", "get", "shop")
+    assert after.exit_code == 0, after.output
+    stderr = " ".join(after.stderr.split())
+    # Rotated: the previous webhook secret is still accepted, and get says so (and when it changed).
+    assert "webhook secret: set (AWSCURRENT, AWSPREVIOUS, last changed 20" in stderr
+    assert "FME keys: set (AWSCURRENT, last changed 20" in stderr
+    assert "sdk-secret-value" not in after.output
+
+
+def test_list_shows_each_configs_environments_and_identity_mapping(cli: Cli, tmp_path: Path) -> None:
+    document = {
+        "environment": "Staging",
+        "identities": [
+            {"segmentId": "userId", "trafficType": "user"},
+            {"segmentId": "anonymousId", "trafficType": "anonymous"},
+        ],
+    }
+    assert put_inbound(cli, tmp_path, name="shop", document=document).exit_code == 0
+    inbound = cli("config", "inbound", "list")
+    assert inbound.exit_code == 0, inbound.output
+    [shop] = [line for line in inbound.stdout.splitlines() if "shop" in line]
+    assert "Staging" in shop
+    assert "userId→user" in " ".join(inbound.stdout.split())
+    assert "anonymousId→anonymous" in " ".join(inbound.stdout.split())
+
+    assert put_outbound(cli, tmp_path, {**OUTBOUND, "environments": ["Production", "QA"]}).exit_code == 0
+    outbound = cli("config", "outbound", "list")
+    assert outbound.exit_code == 0, outbound.output
+    [eu] = [line for line in outbound.stdout.splitlines() if line.startswith("│ eu ")]
+    assert "Production, QA" in eu
+
+
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_list_with_no_configs_says_so(cli: Cli, kind: str) -> None:
+    result = cli("config", kind, "list")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"no {kind} configs under {PREFIX}\n"
+
+
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_an_empty_secret_file_is_refused_and_nothing_is_written(cli: Cli, tmp_path: Path, kind: str) -> None:
+    if kind == "inbound":
+        result = put_inbound(cli, tmp_path, secret=" \n")
+        label, name = "webhook secret", "inbound/shop"
+    else:
+        result = put_outbound(cli, tmp_path, write_key="\n")
+        label, name = "Segment write key", "outbound/eu"
+    assert result.exit_code == 1
+    assert result.stderr == f"error: -: the {label} is empty\n"
+    assert parameter(name) is None
+    assert secret(name) is None
+
+
+def test_a_new_outbound_config_needs_a_write_key(cli: Cli, tmp_path: Path) -> None:
+    result = cli("config", "outbound", "put", "eu", "-f", write(tmp_path, "eu.json", OUTBOUND))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: outbound config 'eu' has no Segment write key yet: pass --write-key-file\n"
+    )
+    assert parameter("outbound/eu") is None
+
+
+def test_enabling_delivery_while_the_fme_keys_are_scheduled_for_deletion_warns(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The functions cannot read a secret scheduled for deletion: delivery refuses as without keys."""
+    keys = write(tmp_path, "keys.json", {"sdkKey": "s"})
+    document = {**INBOUND, "delivery": {"enabled": True}}
+    put_inbound(cli, tmp_path, document=document)
+    config = write(tmp_path, "c.json", document)
+    assert cli("config", "inbound", "put", "shop", "-f", config, "--fme-keys-file", keys).exit_code == 0
+    boto3.client("secretsmanager", region_name=REGION).delete_secret(
+        SecretId=f"{PREFIX}/inbound/shop/fme", RecoveryWindowInDays=7
+    )
+
+    result = cli("config", "inbound", "put", "shop", "-f", write(tmp_path, "c.json", document))
+    assert result.exit_code == 0, result.output
+    assert f"{PREFIX}/inbound/shop/fme holds no FME keys" in result.stdout
+
+
+def test_delete_schedules_the_secrets_it_is_not_allowed_to_describe(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without secretsmanager:DescribeSecret, whether a secret is there cannot be told: it is deleted."""
+    from botocore.exceptions import ClientError
+
+    put_outbound(cli, tmp_path)
+
+    class NoDescribe:
+        def __init__(self, client: Any) -> None:
+            self._client = client
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "describe_secret":
+
+                def refuse(**kwargs: Any) -> None:
+                    raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, name)
+
+                return refuse
+            return getattr(self._client, name)
+
+    wrap_clients(monkeypatch, "secretsmanager", NoDescribe)
+    result = cli("config", "outbound", "delete", "eu", "--yes")
+    assert result.exit_code == 0, result.output
+    assert parameter("outbound/eu") is None
+    monkeypatch.undo()
+    assert_restorable_for("outbound/eu", days=7)
+
+
+def test_audiences_that_do_not_validate_do_not_keep_an_outbound_config_from_being_deleted(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Only a sync list naming the config holds it: not a document that is not JSON, nor a sync
+    that is a string (which a substring check would take for a list)."""
+    put_outbound(cli, tmp_path)
+    ssm = boto3.client("ssm", region_name=REGION)
+    ssm.put_parameter(Name=f"{PREFIX}/audiences/notjson", Value="hello {", Type="String")
+    ssm.put_parameter(Name=f"{PREFIX}/audiences/list", Value="[1, 2]", Type="String")
+    ssm.put_parameter(Name=f"{PREFIX}/audiences/astring", Value=json.dumps({"sync": "europe"}), Type="String")
+
+    result = cli("config", "outbound", "delete", "eu", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert parameter("outbound/eu") is None
