@@ -122,6 +122,7 @@ def test_a_dry_run_counts_and_changes_nothing(cli: Cli, segment: SegmentSink, st
     result = cli("config", "audience", "backfill", NAME, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "3 identities evaluated: 2 would enter, 0 would leave" in result.stdout
+    assert "identify calls sent" not in result.stdout
     assert segment.messages == []
     assert memberships("buyer") == {}
     assert memberships("flagged") == {}
@@ -310,3 +311,38 @@ def test_an_audiences_redrive_that_could_not_sync_keeps_the_dead_letters(
     assert result.exit_code == 1
     assert "the dead letters stay" in result.output
     assert len(json.loads(cli("dlq", "show", "--queue", "audiences", "--json").stdout)) == 1
+
+
+def test_a_backfill_whose_sync_target_is_gone_is_one_line_and_sends_nothing(
+    cli: Cli, segment: SegmentSink, stored: None
+) -> None:
+    """Its outbound config deleted since the audience was written (--force): entries would be
+    stored and never sent."""
+    boto3.client("ssm", region_name=REGION).delete_parameter(Name=f"{PREFIX}/outbound/segment-prod")
+
+    result = cli("config", "audience", "backfill", NAME)
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {PREFIX}/audiences/{NAME}: sync: no outbound config 'segment-prod' under {PREFIX}\n"
+    )
+    assert segment.messages == []
+    assert memberships("buyer") == {}
+
+
+def test_identify_calls_refused_for_good_are_said_and_their_memberships_stored(
+    cli: Cli, segment: SegmentSink, stored: None
+) -> None:
+    """As the audiences functions do it: a config without its write key is a config error, not a
+    failure to retry, and each refusal is a line of the output."""
+    boto3.client("secretsmanager", region_name=REGION).delete_secret(
+        SecretId=f"{PREFIX}/outbound/segment-prod", ForceDeleteWithoutRecovery=True
+    )
+
+    result = cli("config", "audience", "backfill", NAME)
+
+    assert result.exit_code == 0, result.output
+    assert "identify calls sent to Segment: 0" in result.stdout
+    assert "not sent: outbound segment-prod: 2 identify calls refused" in result.stdout
+    assert segment.messages == []
+    assert memberships("buyer") == {NAME: True}

@@ -161,3 +161,117 @@ def test_list_says_below_the_table_why_an_audience_is_invalid(
     [unfinished_line] = [line for line in lines if line.startswith("unfinished: invalid: ")]
     assert "rule.treatment.is: Field required" in unfinished_line
     assert not any(line.startswith("checkout_fans:") for line in lines)
+
+
+def test_list_shows_each_audiences_environment_traffic_type_and_sync_targets(
+    cli: Cli, tmp_path: Path, outbound: None
+) -> None:
+    staging = {**AUDIENCE, "environment": "Staging"}
+    assert cli("config", "audience", "put", "checkout_fans", "-f", write(tmp_path, staging)).exit_code == 0
+
+    listed = cli("config", "audience", "list")
+
+    assert listed.exit_code == 0, listed.output
+    [row] = [line for line in listed.stdout.splitlines() if "checkout_fans" in line]
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["checkout_fans", "Staging", "user", "segment-prod", "yes"]
+
+
+def test_list_without_audiences_says_so(cli: Cli) -> None:
+    result = cli("config", "audience", "list")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"no audiences under {PREFIX}\n"
+
+
+def put_events(stack: Stack, count: int, key: str = "u1") -> None:
+    """``count`` checkout events of ``key``, a second apart: the newest is number ``count - 1``."""
+    table = boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["EventsTable"])
+    with table.batch_writer() as batch:
+        for n in range(count):
+            timestamp = 1_795_483_000_000 + n * 1000
+            batch.put_item(
+                Item={
+                    "pk": f"Production#user#{key}",
+                    "sk": f"{timestamp:013d}#m-{n}",
+                    "environment": "Production",
+                    "trafficTypeName": "user",
+                    "key": key,
+                    "eventTypeId": f"checkout_{n}",
+                    "timestamp": timestamp,
+                    "properties": {},
+                    "messageId": f"m-{n}",
+                    "segmentType": "track",
+                    "receivedAt": timestamp,
+                }
+            )
+
+
+def test_profile_pages_the_events_25_at_a_time_up_to_100(
+    cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROFILES_TABLE", stack.tables["ProfilesTable"])
+    put_events(stack, 101)
+
+    first = json.loads(cli("profile", "Production", "user", "u1", "--json").stdout)
+    assert [e["eventTypeId"] for e in first["events"]] == [f"checkout_{n}" for n in range(100, 75, -1)]
+    assert first["next"] is not None
+
+    table = cli("profile", "Production", "user", "u1", "--limit", "2")
+    assert table.exit_code == 0, table.output
+    assert "checkout_100" in table.stdout
+    assert "checkout_99" in table.stdout
+    assert "checkout_98" not in table.stdout
+    [more] = [line for line in table.stdout.splitlines() if line.startswith("more events: --cursor ")]
+    cursor = more.removeprefix("more events: --cursor ")
+    second = cli("profile", "Production", "user", "u1", "--limit", "2", "--cursor", cursor, "--json")
+    assert second.exit_code == 0, second.output
+    assert [e["eventTypeId"] for e in json.loads(second.stdout)["events"]] == ["checkout_98", "checkout_97"]
+
+    most = json.loads(cli("profile", "Production", "user", "u1", "--limit", "100", "--json").stdout)
+    assert len(most["events"]) == 100
+    last_page = cli("profile", "Production", "user", "u1", "--limit", "100", "--cursor", most["next"])
+    assert last_page.exit_code == 0, last_page.output
+    assert "checkout_0" in last_page.stdout
+    assert "more events" not in last_page.stdout
+
+
+@pytest.mark.parametrize("limit", ["0", "101"])
+def test_profile_takes_1_to_100_events_a_page(cli: Cli, stack: Stack, limit: str) -> None:
+    result = cli("profile", "Production", "user", "u1", "--limit", limit)
+    assert result.exit_code == 2
+
+
+def test_a_cursor_the_profile_did_not_hand_out_is_one_line(
+    cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROFILES_TABLE", stack.tables["ProfilesTable"])
+    put_events(stack, 3)
+    result = cli("profile", "Production", "user", "u1", "--cursor", "not-a-cursor")
+    assert result.exit_code == 1
+    assert result.stderr == "error: cursor is not one this API returned\n"
+
+
+def test_profile_tables_show_when_each_treatment_was_seen_and_audiences_left(
+    cli: Cli, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROFILES_TABLE", stack.tables["ProfilesTable"])
+    write_last_treatment(
+        LastTreatment("Production", "user", "u1", "new_checkout", "on", 1_795_483_041_109, 17)
+    )
+    write_last_treatment(
+        LastTreatment("Production", "user", "u1", "dark_mode", "off", 1_795_483_041_000, None)
+    )
+    put_membership(Membership("Production#user#u1", "checkout_fans", True, 1, 1), None)
+    put_membership(Membership("Production#user#u1", "churned", False, 2, 2), None)
+
+    result = cli("profile", "Production", "user", "u1")
+
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: cells[1:]
+        for line in result.stdout.splitlines()
+        if len(cells := [cell.strip() for cell in line.split("│")[1:-1]]) > 1
+    }
+    assert rows["new_checkout"] == ["on", "2026-11-24 01:17:21.109Z", "17"]
+    assert rows["dark_mode"] == ["off", "2026-11-24 01:17:21.000Z", ""]  # no split version known
+    assert (rows["checkout_fans"], rows["churned"]) == (["yes"], ["no"])
