@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import boto3
@@ -573,6 +574,27 @@ def test_status_shows_a_connection_behind_while_newer_records_than_a_given_up_ba
     assert status["failureMessages"] == 1
 
 
+def test_status_judges_a_connections_lag_by_the_latest_of_its_records_in_every_given_up_batch(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    """Two batches given up, the newer one first in the failure queue: the stream retrying a record
+    older than the newer batch's is not behind, whichever batch status reads last."""
+    connect(sink)
+    older = event_item("u7")
+    retried = event_item("u8", received_at=older["receivedAt"] + 60_000)
+    newer = event_item("u9", received_at=older["receivedAt"] + 120_000)
+    sink.fail_next(1000, 502)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], retried)), lambda_context, seconds=1.8)
+    assert connection_status()["lag"].startswith("behind since")
+
+    give_up_on(stack, newer)
+    give_up_on(stack, older)
+
+    status = connection_status()
+    assert status["lag"] == "given up, in the failure queue"
+    assert status["failureMessages"] == 2
+
+
 def test_status_reads_the_stream_batches_it_counts_with_one_streams_client(
     delivery_env: dict[str, str],
     stack: Stack,
@@ -755,6 +777,121 @@ def test_redrive_of_an_unknown_connection_is_an_error(
     known = cli("delivery", "redrive", "--connection", "webshop")
     assert known.exit_code == 0, known.output
     assert "nothing to re-send for webshop" in known.output
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The rows of the table in ``output`` (printed on a terminal wide enough for them), as cells."""
+    rows = [line for line in output.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in row.split("│")[1:-1]] for row in rows]
+
+
+def status_rows(monkeypatch: pytest.MonkeyPatch) -> tuple[list[list[str]], list[str]]:
+    """``delivery status`` on a wide terminal: the table's rows as cells, and every line printed."""
+    from fme_bridge.commands.common import out
+
+    monkeypatch.setattr(out, "width", 200)
+    result = cli("delivery", "status")
+    assert result.exit_code == 0, result.output
+    return table_rows(result.output), result.output.splitlines()
+
+
+def test_status_table_shows_each_connections_counts_sorted_by_connection(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(sink)
+    connect(sink, connection_id="app", keys={"sdkKey": SDK_KEY})  # no Admin API key: identities skipped
+    events, identities = stack.tables["EventsTable"], stack.tables["IdentitiesTable"]
+    good = stream_record(events, event_item("u1"))
+    bad = stream_record(events, event_item("x" * 251, timestamp=1764061200005))  # FME refuses it
+    invoke(stream_event(good, bad), lambda_context)
+    sink.refuse_identity("u3", 400, "attribute limit reached")
+    saved, refused_item = (store(identities, identity_item(k, {"plan": "pro"})) for k in ("u2", "u3"))
+    skipped = store(identities, identity_item("u4", {"plan": "pro"}, connection_id="app"))
+    invoke(
+        stream_event(*(identity_record(identities, item) for item in (saved, refused_item, skipped))),
+        lambda_context,
+    )
+
+    rows, _ = status_rows(monkeypatch)
+
+    [app_row, webshop_row] = rows
+    assert app_row[:5] == ["app", "0 / 0", "0 / 0", "1", "-"]  # never delivered anything
+    assert webshop_row[:4] == ["webshop", "1 / 1", "1 / 1", "0"]
+    assert re.fullmatch(r"\d+s ago", webshop_row[4])
+    assert (app_row[6], webshop_row[6]) == ("0", "2")  # the refused event and the refused identity
+
+
+def test_status_shows_the_latency_of_an_up_to_date_connection_and_an_empty_failure_queue(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(sink)
+    invoke(stream_event(stream_record(stack.tables["EventsTable"], event_item("u1"))), lambda_context)
+
+    status = connection_status()
+    assert status["lastLatencyMs"] is not None
+    assert status["lag"] == f"up to date ({status['lastLatencyMs'] / 1000:.1f}s latency)"
+    [row], lines = status_rows(monkeypatch)
+    assert row[5] == status["lag"]
+    assert lines[-1] == "failure queue: empty"
+
+
+def test_status_before_anything_was_delivered_says_so(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink
+) -> None:
+    result = cli("delivery", "status")
+    assert result.exit_code == 0, result.output
+    assert result.output == "nothing delivered yet, and the failure queue is empty\n"
+    document = json.loads(cli("delivery", "status", "--json").output)
+    assert document == {"connections": [], "failureQueueMessages": 0}
+
+
+def test_the_redrive_table_says_what_each_message_delivered_now_and_before(
+    delivery_env: dict[str, str],
+    stack: Stack,
+    sink: FmeSink,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fme_bridge.commands.common import out
+
+    monkeypatch.setattr(out, "width", 200)
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    table = stack.tables["EventsTable"]
+    good = stream_record(table, event_item("u1"))
+    bad = stream_record(table, event_item("x" * 251, timestamp=1764061200001))  # FME refuses it
+    invoke(stream_event(good, bad), lambda_context)
+    put_secret("inbound/webshop/fme", json.dumps({"sdkKey": SDK_KEY, "adminKey": ADMIN_KEY}))
+
+    first = cli("delivery", "redrive")
+    assert first.exit_code == 1
+    [row] = table_rows(first.output)
+    assert row[1:] == ["webshop", "events", "1", "0", "kept"]  # u1 accepted, the other refused again
+    again = cli("delivery", "redrive")
+    assert again.exit_code == 1
+    [row] = table_rows(again.output)
+    assert row[1:] == ["webshop", "events", "0", "1", "kept"]  # u1 is not sent twice
+
+
+def test_a_redrive_limit_counts_the_messages_it_keeps(
+    delivery_env: dict[str, str], stack: Stack, sink: FmeSink, lambda_context: Any
+) -> None:
+    connect(sink, keys={"sdkKey": "revoked-key", "adminKey": ADMIN_KEY})
+    deliver_one_by_one(stack, lambda_context, ["u1", "u2"])
+
+    result = cli("delivery", "redrive", "--limit", "1")
+
+    assert result.exit_code == 1
+    assert "0 message(s) delivered and removed, 1 kept" in result.output
+    assert len(failure_messages(stack)) == 2
+    assert cli("delivery", "redrive", "--limit", "0").exit_code == 2
 
 
 @pytest.mark.parametrize("command", ["status", "redrive"])
