@@ -460,6 +460,10 @@ def test_deleting_a_connection_removes_its_config_and_schedules_its_secrets(cli:
     for name in ("inbound/shop", "inbound/shop/fme"):
         assert_restorable_for(name, days=10)
         assert f"restore-secret --secret-id {PREFIX}/{name}" in " ".join(result.stdout.split())
+        deletion = boto3.client("secretsmanager", region_name=REGION).describe_secret(
+            SecretId=f"{PREFIX}/{name}"
+        )["DeletedDate"]
+        assert f"{PREFIX}/{name}: scheduled for deletion on {deletion:%Y-%m-%d}" in result.stdout
     assert cli("config", "inbound", "get", "shop").exit_code == 1
     # What the webhook reads is gone: the ingest function answers 401 (tests/integration).
 
