@@ -229,7 +229,8 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     secretsmanager = tgt.client("secretsmanager")
     if "" not in secrets:
         flag = "--secret-file" if kind is INBOUND else "--write-key-file"
-        state = _secret_state(secretsmanager, full)
+        # A caller that may not describe secrets cannot tell: written all the same, as with a secret.
+        state = _secret_state(secretsmanager, full, unknown=True)
         if state == DELETED:
             raise CliError(
                 f"{kind.item} {name!r}: its {kind.secret_label} {full} is scheduled for deletion, and "
@@ -360,7 +361,10 @@ def _put_secret(client: Any, name: str, value: str) -> bool:
 
 
 def _secret_status(client: Any, name: str) -> Text:
-    described = _describe_secret(client, name)
+    try:
+        described = _describe_secret(client, name)
+    except ClientError as exc:  # not allowed to describe it (AccessDenied): the document was shown
+        return Text(f"? (cannot describe it: {exc.response['Error'].get('Code', 'error')})", style="yellow")
     if described is None:
         return Text("not set", style="red")
     if deleted := described.get("DeletedDate"):
@@ -386,9 +390,9 @@ def _get(tgt: Target, kind: ConfigKind, name: str, extra_secrets: dict[str, str]
     except ConfigInvalid as exc:
         err.print(styled("[red]invalid:[/red] {}", exc), soft_wrap=True)
     secretsmanager = tgt.client("secretsmanager")
-    err.print(Text(f"{kind.secret_label}: ") + _secret_status(secretsmanager, full))
+    err.print(Text(f"{kind.secret_label}: ") + _secret_status(secretsmanager, full), soft_wrap=True)
     for suffix, label in (extra_secrets or {}).items():
-        err.print(Text(f"{label}: ") + _secret_status(secretsmanager, full + suffix))
+        err.print(Text(f"{label}: ") + _secret_status(secretsmanager, full + suffix), soft_wrap=True)
 
 
 def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:

@@ -283,7 +283,7 @@ def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(
     assert secret("inbound/shop") == "new-secret"
 
 
-def test_list_and_put_go_on_without_permission_to_describe_secrets(
+def test_list_get_and_put_go_on_without_permission_to_describe_secrets(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from botocore.client import BaseClient
@@ -306,6 +306,15 @@ def test_list_and_put_go_on_without_permission_to_describe_secrets(
     document = {**INBOUND, "delivery": {"enabled": True}}
     written = put_inbound(cli, tmp_path, name="shop", document=document)
     assert written.exit_code == 0, written.output  # written; whether keys exist cannot be told
+    # What get prints can be put back as it is: the secrets it cannot describe are a ? on stderr.
+    shown = cli("config", "inbound", "get", "shop")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == document
+    assert "webhook secret: ? (cannot describe it: AccessDeniedException)" in shown.stderr
+    assert "FME keys: ? (cannot describe it: AccessDeniedException)" in shown.stderr
+    config = write(tmp_path, "shown.json", json.loads(shown.stdout))
+    updated = cli("config", "inbound", "put", "shop", "-f", config)
+    assert updated.exit_code == 0, updated.output
 
 
 @pytest.mark.parametrize("name", ["../x", "_prod", ".x", "a" * 129, "shop/eu"])
