@@ -253,14 +253,16 @@ def _failed_identities(response: httpx.Response) -> dict[str, tuple[int, str]]:
     try:
         body = response.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         logger.warning(
-            "a Save Identities answer (HTTP %s) is not JSON: its identities count as saved",
+            "a Save Identities answer (HTTP %s) is not a JSON object: its identities count as saved",
             response.status_code,
         )
         return {}
     failed: dict[str, tuple[int, str]] = {}
     unattributed = 0
-    for entry in body.get("failed") or [] if isinstance(body, dict) else []:
+    for entry in body.get("failed") or []:
         obj = entry.get("object") if isinstance(entry, dict) else None
         key = obj.get("key") if isinstance(obj, dict) else None
         if not isinstance(key, str):

@@ -237,7 +237,8 @@ def test_server_errors_until_the_deadline_are_transient() -> None:
 @pytest.mark.parametrize(
     ("answer", "warning"),
     [
-        (httpx.Response(200, text="<html>ok</html>"), "is not JSON"),
+        (httpx.Response(200, text="<html>ok</html>"), "is not a JSON object"),
+        (httpx.Response(200, json=[{"key": "u1"}]), "is not a JSON object"),
         (httpx.Response(200, json={"failed": [{"status": 400, "message": "bad"}]}), "name no key"),
     ],
 )
