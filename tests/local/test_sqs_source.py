@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 import boto3
 import pytest
 
+from fme_bridge import template
 from fme_bridge.local import sqs_source
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.sqs_source import (
@@ -87,9 +89,25 @@ def test_mapping_follows_the_template(stack: Stack) -> None:
     assert mapping.function.environment["DEAD_LETTER_QUEUE_URL"] == stack.queues["ImpressionsDeadLetterQueue"]
 
 
+def test_an_sqs_event_that_leaves_its_settings_out_gets_lambdas_defaults(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = copy.deepcopy(template.load_template())
+    source = document["Resources"]["ImpressionsFunction"]["Properties"]["Events"]["Impressions"]
+    source["Properties"] = {"Queue": source["Properties"]["Queue"]}
+    monkeypatch.setattr(template, "load_template", lambda path=None: document)
+
+    mapping = impressions_mapping(stack, RecordingHandler())
+    assert (mapping.batch_size, mapping.batching_window_s, mapping.report_batch_item_failures) == (
+        10,
+        0.0,
+        False,
+    )
+
+
 def test_records_are_shaped_like_lambdas_sqs_event(stack: Stack) -> None:
     sqs = boto3.client("sqs", region_name=REGION)
-    sqs.send_message(
+    sent = sqs.send_message(
         QueueUrl=stack.queues["ImpressionsQueue"],
         MessageBody='{"n": 1}',
         MessageAttributes={
@@ -109,12 +127,21 @@ def test_records_are_shaped_like_lambdas_sqs_event(stack: Stack) -> None:
     assert record["awsRegion"] == REGION
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
     assert {"SentTimestamp", "ApproximateFirstReceiveTimestamp"} <= set(record["attributes"])
-    assert record["messageAttributes"]["source"]["stringValue"] == "sdk"
-    assert record["messageAttributes"]["source"]["dataType"] == "String"
+    assert record["messageAttributes"]["source"] == {
+        "stringValue": "sdk",
+        "stringListValues": [],
+        "binaryListValues": [],
+        "dataType": "String",
+    }
     # Binary values base64, as Lambda's event carries them.
-    assert record["messageAttributes"]["blob"]["binaryValue"] == "AP9neg=="
-    assert record["messageAttributes"]["blob"]["dataType"] == "Binary"
-    assert record["md5OfBody"]
+    assert record["messageAttributes"]["blob"] == {
+        "binaryValue": "AP9neg==",
+        "stringListValues": [],
+        "binaryListValues": [],
+        "dataType": "Binary",
+    }
+    assert record["md5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
+    assert record["md5OfBody"] == sent["MD5OfMessageBody"]
     assert record["receiptHandle"]
     assert record["messageId"]
 
@@ -130,7 +157,8 @@ def test_batch_fills_up_to_batch_size(stack: Stack) -> None:
 def test_a_batch_closes_at_lambdas_6_mb_payload_and_the_rest_goes_in_the_next(stack: Stack) -> None:
     sqs = boto3.client("sqs", region_name=REGION)
     large = json.dumps({"blob": "x" * 240_000})
-    for _ in range(30):  # 7.2 MB in all
+    # 14.4 MB in all: the second batch starts with what did not fit in the first, and closes too.
+    for _ in range(60):
         sqs.send_message(QueueUrl=stack.queues["ImpressionsQueue"], MessageBody=large)
     handler = RecordingHandler()
     poller = poller_for(stack, handler, batch_size=100, batching_window_s=0.5)
@@ -138,9 +166,9 @@ def test_a_batch_closes_at_lambdas_6_mb_payload_and_the_rest_goes_in_the_next(st
         pass
 
     sizes = [len(json.dumps(event).encode()) for event in handler.events]
-    assert len(handler.events) == 2
+    assert len(handler.events) == 3
     assert all(size <= MAX_PAYLOAD_BYTES for size in sizes), sizes
-    assert sum(len(event["Records"]) for event in handler.events) == 30
+    assert sum(len(event["Records"]) for event in handler.events) == 60
     assert queue_depth(stack.queues["ImpressionsQueue"]) == 0
 
 
