@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from datetime import datetime
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from fme_bridge import template
 from fme_bridge.local import stream_source
 from fme_bridge.local.runtime import LocalFunction
-from fme_bridge.local.stream_source import StreamMapping, StreamPoller, mappings_from_template
+from fme_bridge.local.stream_source import (
+    StreamMapping,
+    StreamPoller,
+    first_failed_index,
+    mappings_from_template,
+)
 from fme_bridge.template import Stack
 
 REGION = "us-east-1"
@@ -53,8 +61,7 @@ def make_poller(stack: Stack, handler: FlakyHandler, **settings: Any) -> StreamP
     mapping = StreamMapping(
         function=LocalFunction(stack, "IngestFunction", handler=handler),
         table_name=stack.tables["EventsTable"],
-        report_batch_item_failures=True,
-        **settings,
+        **{"report_batch_item_failures": True, **settings},
     )
     return StreamPoller(
         mapping,
@@ -130,6 +137,40 @@ def test_partial_batch_failure_retries_from_the_first_failed_record(stack: Stack
     assert handler.batches == [["a", "b", "c"], ["b", "c"]]
 
 
+def test_without_report_batch_item_failures_a_normal_return_checkpoints_the_whole_batch(
+    stack: Stack,
+) -> None:
+    handler = FlakyHandler(failing={"b"}, failures_left=1)
+    poller = make_poller(stack, handler, report_batch_item_failures=False)
+    put(stack, "a", "b", "c")
+    drain(poller)
+    assert handler.batches == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (None, None),
+        ({"batchItemFailures": []}, None),
+        ({"batchItemFailures": [{"itemIdentifier": "2"}]}, 1),
+        ({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}, 1),  # the lowest
+        ({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "9"}]}, 0),  # unknown: all
+        ({"batchItemFailures": [{"itemIdentifier": ""}]}, 0),
+    ],
+)
+def test_batch_item_failures_are_read_as_lambda_reads_them(response: Any, expected: int | None) -> None:
+    records = [{"dynamodb": {"SequenceNumber": n}} for n in ("1", "2", "3")]
+    assert first_failed_index(response, records) == expected
+
+
+def test_a_retry_does_not_wait_for_the_batching_window(stack: Stack) -> None:
+    handler = FlakyHandler(failing={"b"}, failures_left=1)
+    poller = make_poller(stack, handler, batch_size=2, batching_window_s=60)
+    put(stack, "a", "b")
+    drain(poller)
+    assert handler.batches == [["a", "b"], ["b"]]
+
+
 def test_a_raising_function_retries_the_batch_halved_when_bisecting(stack: Stack) -> None:
     handler = FlakyHandler(raise_error=True, failures_left=1)
     poller = make_poller(stack, handler, bisect_on_error=True)
@@ -149,9 +190,43 @@ def test_exhausted_retries_go_to_the_on_failure_queue_and_processing_moves_on(st
     assert handler.batches == [["a", "b"], ["b", "c"], ["b", "c"], ["d"]]
     (message,) = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=dlq_url)["Messages"]
     info = json.loads(message["Body"])
+    assert info["version"] == "1.0"
+    assert datetime.fromisoformat(info["timestamp"])
     assert info["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert info["DDBStreamBatchInfo"]["batchSize"] == 2
-    assert info["DDBStreamBatchInfo"]["streamArn"] == poller.stream_arn
+    assert info["requestContext"]["functionArn"] == poller.mapping.function.arn
+    assert info["requestContext"]["approximateInvokeCount"] == 3  # every invocation of the batch
+    first, last = (record["dynamodb"] for record in handler.events[2]["Records"])
+    batch_info = info["DDBStreamBatchInfo"]
+    assert batch_info["shardId"].startswith("shardId-")
+    assert (batch_info["startSequenceNumber"], batch_info["endSequenceNumber"]) == (
+        first["SequenceNumber"],
+        last["SequenceNumber"],
+    )
+    for name, record in (("First", first), ("Last", last)):
+        arrival = datetime.fromisoformat(batch_info[f"approximateArrivalOf{name}Record"])
+        assert arrival.timestamp() == record["ApproximateCreationDateTime"]
+    assert batch_info["batchSize"] == 2
+    assert batch_info["streamArn"] == poller.stream_arn
+
+
+def test_with_no_retries_a_failed_batch_is_given_up_at_once_from_its_first_failed_record(
+    stack: Stack,
+) -> None:
+    handler = FlakyHandler(failing={"b"}, failures_left=100)
+    dlq_url = stack.queues["ImpressionsDeadLetterQueue"]
+    poller = make_poller(stack, handler, batch_size=2, maximum_retry_attempts=0, on_failure_queue_url=dlq_url)
+    put(stack, "a", "b", "c", "d")
+    drain(poller)
+
+    assert handler.batches == [["a", "b"], ["c", "d"]]
+    (message,) = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=dlq_url)["Messages"]
+    batch_info = json.loads(message["Body"])["DDBStreamBatchInfo"]
+    failed = handler.events[0]["Records"][1]["dynamodb"]["SequenceNumber"]
+    assert (batch_info["batchSize"], batch_info["startSequenceNumber"], batch_info["endSequenceNumber"]) == (
+        1,
+        failed,
+        failed,
+    )
 
 
 def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
@@ -175,6 +250,50 @@ def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
     identities = by_table[stack.tables["IdentitiesTable"]]
     assert identities.accepts({"eventName": "MODIFY"})
     assert not identities.accepts({"eventName": "REMOVE"})
+
+    [audiences] = [
+        m
+        for m in mappings
+        if m.function.logical_id == "AudiencesFunction" and m.table_name == stack.tables["EventsTable"]
+    ]
+    assert (audiences.batch_size, audiences.batching_window_s, audiences.starting_position) == (
+        500,
+        5.0,
+        "LATEST",
+    )
+    assert audiences.maximum_retry_attempts == 10
+    assert not audiences.bisect_on_error  # the template does not ask for it
+    assert audiences.on_failure_queue_url == stack.queues["AudiencesDeadLetterQueue"]
+    assert audiences.accepts({"eventName": "REMOVE"})  # a deletion
+    ttl = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+    assert not audiences.accepts({"eventName": "REMOVE", "userIdentity": ttl})  # an expiry
+
+
+def test_a_stream_event_that_leaves_its_settings_out_gets_lambdas_defaults(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = copy.deepcopy(template.load_template())
+    source = document["Resources"]["DeliveryFunction"]["Properties"]["Events"]["StoredEvents"]
+    source["Properties"] = {
+        "Stream": source["Properties"]["Stream"],
+        "StartingPosition": "TRIM_HORIZON",
+    }
+    monkeypatch.setattr(template, "load_template", lambda path=None: document)
+
+    mappings = mappings_from_template(
+        stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
+    )
+    [mapping] = [
+        m
+        for m in mappings
+        if m.function.logical_id == "DeliveryFunction" and m.table_name == stack.tables["EventsTable"]
+    ]
+    assert (mapping.batch_size, mapping.batching_window_s) == (100, 0.0)
+    assert mapping.maximum_retry_attempts == -1  # until the record expires
+    assert not mapping.bisect_on_error
+    assert not mapping.report_batch_item_failures
+    assert mapping.on_failure_queue_url is None
+    assert mapping.accepts({"eventName": "REMOVE"})  # no filter
 
 
 def test_the_batching_window_waits_for_more_records(stack: Stack) -> None:
