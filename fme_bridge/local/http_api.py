@@ -174,9 +174,8 @@ def build_response(result: Any) -> HttpResponse:
         # 2.0 infers a 200 JSON response from anything that is not a full response object.
         text = result if isinstance(result, str) else json.dumps(result)
         return HttpResponse(200, [("content-type", "application/json")], text.encode())
+    # 2.0 has no multiValueHeaders (a 1.0 field): repeated values are comma-joined in headers.
     headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
-    for name, values in (result.get("multiValueHeaders") or {}).items():
-        headers.extend((str(name), str(v)) for v in values)
     headers.extend(("set-cookie", str(c)) for c in result.get("cookies") or [])
     raw = result.get("body") or ""
     body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode()

@@ -7,6 +7,7 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from fme_bridge import template
 from fme_bridge.local.http_api import (
+    API_GATEWAY_MAX_BODY,
     ApiServer,
     HttpApi,
     HttpRequest,
@@ -53,8 +55,11 @@ def test_event_has_the_shape_of_api_gateways_payload_2_0(stack: Stack) -> None:
             ("Header2", "value2"),
             ("Cookie", "cookie1; cookie2"),
             ("Content-Type", "text/plain"),
+            ("Host", sample["requestContext"]["domainName"]),
+            ("User-Agent", sample["requestContext"]["http"]["userAgent"]),
         ],
         b"Hello from Lambda",
+        source_ip=sample["requestContext"]["http"]["sourceIp"],
     )
     event = build_event(request, route, {"parameter1": "value1"})
 
@@ -72,6 +77,15 @@ def test_event_has_the_shape_of_api_gateways_payload_2_0(stack: Stack) -> None:
     ):
         assert event[name] == sample[name], name
     assert event["headers"]["header2"] == "value1,value2"
+    assert "cookie" not in event["headers"]  # in cookies instead
+    context, expected = event["requestContext"], sample["requestContext"]
+    for name in ("accountId", "domainName", "domainPrefix", "stage"):
+        assert context[name] == expected[name], name
+    for name in ("method", "protocol", "sourceIp", "userAgent"):
+        assert context["http"][name] == expected["http"][name], name
+    # time and timeEpoch (milliseconds) name the same moment.
+    received = datetime.strptime(context["time"], "%d/%b/%Y:%H:%M:%S %z")
+    assert int(received.timestamp()) == context["timeEpoch"] // 1000
     assert event["routeKey"] == event["requestContext"]["routeKey"] == "POST /my/{parameter1}"
     assert event["rawPath"] == event["requestContext"]["http"]["path"] == "/my/value1"
 
@@ -88,6 +102,18 @@ def test_binary_bodies_are_base64_encoded_and_text_bodies_are_not(stack: Stack) 
     assert (as_json["body"], as_json["isBase64Encoded"]) == ('{"a":1}', False)
     empty = build_event(HttpRequest("POST", "/x", [], b""), route, {})
     assert "body" not in empty
+    # Media types are case-insensitive.
+    shouted = build_event(
+        HttpRequest("POST", "/x", [("Content-Type", "Application/JSON; charset=UTF-8")], b"{}"), route, {}
+    )
+    assert (shouted["body"], shouted["isBase64Encoded"]) == ("{}", False)
+
+
+def test_query_parameters_without_a_value_are_kept_empty(stack: Stack) -> None:
+    route = Route("GET", "/x", LocalFunction(stack, "IngestFunction", handler=EchoHandler()))
+    event = build_event(HttpRequest("GET", "/x?flag&limit=&n=1", [], b""), route, {})
+    assert event["queryStringParameters"] == {"flag": "", "limit": "", "n": "1"}
+    assert event["rawQueryString"] == "flag&limit=&n=1"
 
 
 @pytest.mark.parametrize(
@@ -99,6 +125,7 @@ def test_binary_bodies_are_base64_encoded_and_text_bodies_are_not(stack: Stack) 
             200,
             b"\x00\x01",
         ),
+        ({"statusCode": 204}, 204, b""),
         ({"stored": 3}, 200, b'{"stored": 3}'),  # 2.0 infers a JSON 200 from a plain object
         ("plain", 200, b"plain"),
     ],
@@ -106,6 +133,24 @@ def test_binary_bodies_are_base64_encoded_and_text_bodies_are_not(stack: Stack) 
 def test_results_become_responses_by_the_payload_2_0_rules(result: Any, status: int, body: bytes) -> None:
     response = build_response(result)
     assert (response.status, response.body) == (status, body)
+
+
+def test_result_headers_and_cookies_become_response_headers_and_multi_value_headers_do_not() -> None:
+    response = build_response(
+        {
+            "statusCode": 200,
+            "headers": {"content-type": "text/plain", "x-ids": "a,b"},
+            "multiValueHeaders": {"x-other": ["1", "2"]},  # payload 1.0 only: API Gateway ignores it
+            "cookies": ["session=1; HttpOnly", "theme=dark"],
+            "body": "ok",
+        }
+    )
+    assert response.headers == [
+        ("content-type", "text/plain"),
+        ("x-ids", "a,b"),
+        ("set-cookie", "session=1; HttpOnly"),
+        ("set-cookie", "theme=dark"),
+    ]
 
 
 def test_route_matching_follows_api_gateway(stack: Stack) -> None:
@@ -120,6 +165,42 @@ def test_route_matching_follows_api_gateway(stack: Stack) -> None:
     assert route.match("GET", "/profiles/Production/user") is None
     greedy = Route("ANY", "/files/{proxy+}", fn)
     assert greedy.match("DELETE", "/files/a/b/c") == {"proxy": "a/b/c"}
+
+
+def test_the_most_specific_route_wins_as_at_api_gateway(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = copy.deepcopy(template.load_template())
+    # Declared least specific first: the order of the template does not decide.
+    routes = {"Greedy": "GET /files/{proxy+}", "Param": "GET /files/{name}", "Any": "ANY /files/readme"}
+    routes["Exact"] = "GET /files/readme"
+    document["Resources"] = {
+        logical: {
+            "Type": "AWS::Serverless::Function",
+            "Properties": {
+                "Handler": "functions.ingest.app.lambda_handler",
+                "Events": {
+                    "Route": {
+                        "Type": "HttpApi",
+                        "Properties": dict(zip(("Method", "Path"), route.split(), strict=True)),
+                    }
+                },
+            },
+        }
+        for logical, route in routes.items()
+    }
+    monkeypatch.setattr(template, "load_template", lambda path=None: document)
+    handler = EchoHandler()
+    api = HttpApi(routes_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler)))
+
+    for method, path, expected in (
+        ("GET", "/files/readme", "Exact"),
+        ("POST", "/files/readme", "Any"),
+        ("GET", "/files/notes", "Param"),
+        ("GET", "/files/a/b", "Greedy"),
+    ):
+        assert api.handle(HttpRequest(method, path, [], b"")).status == 200
+        assert handler.events[-1]["routeKey"] == routes[expected], (method, path)
 
 
 @pytest.fixture
@@ -204,6 +285,16 @@ def test_unknown_routes_and_failed_invocations_answer_like_api_gateway(
     failed = httpx.post(f"{url}/segment/conn-1", content=b"{}")
     assert (failed.status_code, failed.json()) == (500, {"message": "Internal Server Error"})
     assert httpx.get(f"{url}/_local/info").json() == {"ok": True}
+    assert httpx.post(f"{url}/_local/info").status_code == 404  # the local routes answer GET only
+
+
+def test_a_body_over_api_gateways_10_mb_is_refused_before_the_function(stack: Stack) -> None:
+    handler = EchoHandler()
+    route = Route("POST", "/segment/{connectionId}", LocalFunction(stack, "IngestFunction", handler=handler))
+    api = HttpApi([route])
+    answer = api.handle(HttpRequest("POST", "/segment/c", [], b"x" * (API_GATEWAY_MAX_BODY + 1)))
+    assert (answer.status, json.loads(answer.body)) == (413, {"message": "Request Entity Too Large"})
+    assert handler.events == []
 
 
 def test_the_6_mb_payload_limit_counts_utf_8_bytes(served: tuple[str, dict[str, EchoHandler]]) -> None:
