@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
+from fme_bridge import template
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.schedule_source import SchedulePoller, mappings_from_template, rate_seconds
 from fme_bridge.template import Stack
@@ -30,6 +32,7 @@ class RecordingHandler:
         ("cron(0 12 * * ? *)", None),
         ("rate(minutes)", None),
         ("rate(0 minutes)", None),
+        ("rate(5 minutes) rate(1 minute)", None),
     ],
 )
 def test_rate_expressions(expression: str, seconds: int | None) -> None:
@@ -61,6 +64,38 @@ def test_the_audience_recheck_runs_every_fifteen_minutes_after_the_start(stack: 
     assert len(handler.events) == 4
     event = handler.events[0]
     assert event["detail-type"] == "Scheduled Event"
+    assert event["source"] == "aws.scheduler"
+    assert (event["account"], event["region"]) == (stack.account, stack.region)
     assert event["resources"] == [
         f"arn:aws:scheduler:{stack.region}:{stack.account}:schedule/default/AudienceRecheckFunction-Every15Minutes"
+    ]
+
+
+def test_rules_run_as_eventbridge_rules_and_disabled_schedules_do_not_run(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = copy.deepcopy(template.load_template())
+    events = document["Resources"]["AudienceRecheckFunction"]["Properties"]["Events"]
+    daily = {"ScheduleExpression": "rate(1 day)"}
+    events["Hourly"] = {"Type": "Schedule", "Properties": {"ScheduleExpression": "rate(1 hour)"}}
+    events["Off"] = {"Type": "ScheduleV2", "Properties": {**daily, "State": "DISABLED"}}
+    events["RuleOff"] = {"Type": "Schedule", "Properties": {**daily, "Enabled": False}}
+    monkeypatch.setattr(template, "load_template", lambda path=None: document)
+    handler = RecordingHandler()
+
+    mappings = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))
+
+    assert sorted((m.name, m.kind, m.period_s) for m in mappings) == [
+        ("Every15Minutes", "ScheduleV2", 900),
+        ("Hourly", "Schedule", 3600),
+    ]
+    [rule] = [m for m in mappings if m.name == "Hourly"]
+    now = [0.0]
+    poller = SchedulePoller(rule, stack.region, stack.account, clock=lambda: now[0])
+    now[0] += 3600
+    assert poller.poll_once() is True
+    (event,) = handler.events
+    assert event["source"] == "aws.events"
+    assert event["resources"] == [
+        f"arn:aws:events:{stack.region}:{stack.account}:rule/AudienceRecheckFunction-Hourly"
     ]
