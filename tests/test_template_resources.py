@@ -7,8 +7,17 @@ import re
 from typing import Any
 
 import boto3
+from moto import mock_aws
 
-from fme_bridge.template import Stack, function_setting, functions, load_template, template_parameters
+from fme_bridge.template import (
+    Stack,
+    create_stack,
+    function_setting,
+    functions,
+    load_template,
+    resources_of_type,
+    template_parameters,
+)
 
 
 def test_tables_and_queues_follow_the_template(stack: Stack) -> None:
@@ -27,6 +36,37 @@ def test_tables_and_queues_follow_the_template(stack: Stack) -> None:
     assert redrive["deadLetterTargetArn"] == stack.queue_arns["ImpressionsDeadLetterQueue"]
     assert redrive["maxReceiveCount"] == 5
     assert attrs["VisibilityTimeout"] == "360"
+
+
+def test_every_queue_is_created_with_the_template_s_timeouts_retention_and_size() -> None:
+    sent: dict[str, dict[str, str]] = {}
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        sent[params["QueueName"]] = params.get("Attributes", {})
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        sqs.meta.events.register("provide-client-params.sqs.CreateQueue", record)
+        stack = create_stack(boto3.client("dynamodb", region_name="us-east-1"), sqs)
+    queues = resources_of_type("AWS::SQS::Queue")
+    assert set(sent) == {f"{stack.name}-{logical}" for logical in queues}
+    for logical, props in queues.items():
+        attributes = sent[f"{stack.name}-{logical}"]
+        for key in ("VisibilityTimeout", "MessageRetentionPeriod", "MaximumMessageSize"):
+            assert attributes.get(key) == (str(props[key]) if key in props else None), (logical, key)
+    # Forwards of many last treatments take SQS's largest messages, set rather than left to a default.
+    assert sent[f"{stack.name}-LastTreatmentsQueue"]["MaximumMessageSize"] == "1048576"
+
+
+def test_no_value_leaves_out_the_list_item_or_property_it_stands_for() -> None:
+    stack = Stack(name="s", parameters={"LastTreatments": "Disabled"})
+    no_value = {"Ref": "AWS::NoValue"}
+    assert stack.resolve(["a", no_value, "b"]) == ["a", "b"]
+    assert stack.resolve({"Kept": 1, "Dropped": no_value}) == {"Kept": 1}
+    statement = {"Fn::If": ["ForwardLastTreatments", {"Sid": "Forward"}, no_value]}
+    assert stack.resolve([{"Sid": "Other"}, statement]) == [{"Sid": "Other"}]
+    stack.parameters["LastTreatments"] = "Enabled"
+    assert stack.resolve([{"Sid": "Other"}, statement]) == [{"Sid": "Other"}, {"Sid": "Forward"}]
 
 
 def test_function_environment_resolves_like_cloudformation(stack: Stack) -> None:
