@@ -26,7 +26,20 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 def _retry_later(description: str) -> dict[str, Any]:
     """A 503 that says when to retry (``Retry-After``, in seconds)."""
-    return {**_json(description), "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+    return {
+        **_json(description),
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 0}}},
+    }
+
+
+def _challenge(description: str) -> dict[str, Any]:
+    """A 401 that names the scheme to authenticate with (``WWW-Authenticate: Bearer realm=…``)."""
+    return {
+        **_json(description),
+        "headers": {
+            "WWW-Authenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer "}}
+        },
+    }
 
 
 _SEGMENT_MESSAGE = {
@@ -102,11 +115,11 @@ def document() -> dict[str, Any]:
                             "Processed: counts of stored, duplicate, dropped, ignored messages.", _REPORT
                         ),
                         "400": _json("The body is not JSON, not an object or array, or empty."),
-                        "401": _json(
+                        "401": _challenge(
                             "Missing or invalid credentials, or an unknown connection (one answer)."
                         ),
                         "413": _json("The body is over the size limit, or holds over 4,000 messages."),
-                        "503": _json(
+                        "503": _retry_later(
                             "DynamoDB, SSM or Secrets Manager failing, or the connection's config does not"
                             " validate (`config_invalid`, naming the fields): retry later."
                         ),
@@ -185,7 +198,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("The profile.", {"type": "object"}),
                         "400": _json("An invalid limit or cursor."),
-                        "401": _json("Missing or invalid credentials."),
+                        "401": _challenge("Missing or invalid credentials."),
                         "404": _json("No such profile."),
                         "503": _retry_later("A dependency is failing: retry later."),
                     },

@@ -1,0 +1,148 @@
+"""The OpenAPI document against the real handlers: each answer they give is one it describes (status,
+content type, body and headers), and the credentials it describes are the ones they accept."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import schemathesis
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from fme_bridge.openapi import document
+from fme_bridge.template import Stack
+from shared.inbound.messages import MAX_MESSAGES
+from shared.outbound import webhook_relay
+from tests.conftest import REGION, put_secret
+from tests.integration import test_impressions_webhook as relay_api
+from tests.integration import test_profiles_api as profiles_api
+from tests.integration.ingest_support import Webhook, segment_message
+
+SCHEMA = schemathesis.openapi.from_dict(document())
+WEBHOOK = "/segment/{connectionId}"
+RELAY = "/impressions/{token}"
+PROFILES = "/profiles/{environment}/{trafficType}/{key}"
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+def described(path: str, method: str, status: int, headers: dict[str, str], body: str) -> None:
+    """Fails unless the document describes this answer of the operation, every header included."""
+    case = SCHEMA[path][method].Case(path_parameters=dict.fromkeys(re.findall(r"{(\w+)}", path), "p"))
+    answered = httpx.Response(
+        status,
+        headers=headers,
+        content=body.encode(),
+        request=httpx.Request(method, "https://api.example" + case.formatted_path),
+    )
+    answered.elapsed = timedelta(0)
+    case.validate_response(answered, checks=CONFORMANCE)
+    documented = document()["paths"][path][method.lower()]["responses"][str(status)].get("headers", {})
+    assert {name.lower() for name in headers} - {"content-type"} == {name.lower() for name in documented}
+
+
+@pytest.fixture
+def webhook(function_env: Callable[[str], dict[str, str]], lambda_context: Any) -> Webhook:
+    return Webhook.create(function_env, lambda_context)
+
+
+@pytest.fixture
+def relay(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+    function_env("ImpressionsWebhookFunction")
+    put_secret("impressions-webhook", relay_api.TOKEN)
+    return stack
+
+
+@pytest.fixture
+def profiles(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
+    function_env("ProfilesFunction")
+    put_secret("profiles", profiles_api.SECRET)
+    return stack
+
+
+def webhook_answer(webhook: Webhook, event: dict[str, Any]) -> tuple[int, dict[str, str], str]:
+    from functions.ingest import app
+
+    response = app.lambda_handler(event, webhook.context)
+    return response["statusCode"], response.get("headers") or {}, response["body"]
+
+
+def test_every_answer_of_the_segment_webhook_is_described(webhook: Webhook) -> None:
+    track = segment_message("track")
+    statuses = []
+    for event in (
+        webhook.event([track, segment_message("identify")]),
+        webhook.event(track, headers={"authorization": "Bearer wrong"}),
+        webhook.event(b"not json"),
+        webhook.event([track] * (MAX_MESSAGES + 1)),
+    ):
+        status, headers, body = webhook_answer(webhook, event)
+        described(WEBHOOK, "POST", status, headers, body)
+        statuses.append(status)
+    boto3.client("dynamodb", region_name=REGION).delete_table(TableName=webhook.env["EVENTS_TABLE"])
+    status, headers, body = webhook_answer(webhook, webhook.event(track))
+    described(WEBHOOK, "POST", status, headers, body)
+    assert [*statuses, status] == [200, 401, 400, 413, 503]
+
+
+def test_every_answer_of_the_impressions_webhook_is_described(
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.impressions_webhook import app
+    from shared import config
+
+    impression = {"key": "user-1", "split": "new_checkout", "treatment": "on", "time": 1}
+    statuses = []
+    for event in (
+        relay_api.api_event(gzip.compress(json.dumps([impression]).encode())),
+        relay_api.api_event(gzip.compress(b"[]"), token="wrong"),
+        relay_api.api_event(b"[{"),
+        relay_api.api_event(b"[" + b"1," * (webhook_relay.MAX_COMMAS + 1) + b"1]"),
+    ):
+        response = app.lambda_handler(event, lambda_context)
+        described(RELAY, "POST", response["statusCode"], response["headers"], response["body"])
+        statuses.append(response["statusCode"])
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise config.ConfigUnavailable("Secrets Manager failing")
+
+    monkeypatch.setattr(config, "get_secret", unavailable)
+    response = app.lambda_handler(relay_api.api_event(gzip.compress(b"[]")), lambda_context)
+    described(RELAY, "POST", response["statusCode"], response["headers"], response["body"])
+    assert [*statuses, response["statusCode"]] == [200, 401, 400, 413, 503]
+
+
+def test_every_answer_of_the_profile_api_is_described(
+    profiles: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profiles_api.store_identity(profiles)
+    statuses = []
+    for options in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"query": {"limit": "0"}},
+        {"key": "nobody"},
+    ):
+        status, body, headers = profiles_api.call(lambda_context, **options)
+        described(PROFILES, "GET", status, headers, json.dumps(body))
+        statuses.append(status)
+    monkeypatch.setenv("EVENTS_TABLE", "no-such-table")
+    status, body, headers = profiles_api.call(lambda_context)
+    described(PROFILES, "GET", status, headers, json.dumps(body))
+    assert [*statuses, status] == [200, 401, 400, 404, 503]
