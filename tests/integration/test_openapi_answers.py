@@ -3,6 +3,7 @@ content type, body and headers), and the credentials it describes are the ones t
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -28,7 +29,7 @@ from shared.outbound import webhook_relay
 from tests.conftest import REGION, put_secret
 from tests.integration import test_impressions_webhook as relay_api
 from tests.integration import test_profiles_api as profiles_api
-from tests.integration.ingest_support import Webhook, segment_message
+from tests.integration.ingest_support import SECRET, Webhook, segment_message, signature
 
 SCHEMA = schemathesis.openapi.from_dict(document())
 WEBHOOK = "/segment/{connectionId}"
@@ -146,3 +147,43 @@ def test_every_answer_of_the_profile_api_is_described(
     status, body, headers = profiles_api.call(lambda_context)
     described(PROFILES, "GET", status, headers, json.dumps(body))
     assert [*statuses, status] == [200, 401, 400, 404, 503]
+
+
+def documented_credentials(path: str, method: str, secret: str, body: bytes) -> list[dict[str, str]]:
+    """The headers each security scheme of the operation describes, carrying ``secret``."""
+    schemes = document()["components"]["securitySchemes"]
+    found = []
+    for requirement in document()["paths"][path][method]["security"]:
+        ((name, _),) = requirement.items()
+        scheme = schemes[name]
+        if scheme["type"] == "http" and scheme["scheme"] == "basic":
+            found.append({"authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode()})
+        elif scheme["type"] == "http":
+            found.append({"authorization": f"{scheme['scheme'].title()} {secret}"})
+        elif scheme["name"].lower() == "x-signature":  # an HMAC of the body, keyed with the secret
+            found.append({"x-signature": signature(secret, body)})
+        else:
+            found.append({scheme["name"].lower(): secret})
+    return found
+
+
+def test_each_documented_credential_lets_a_message_into_the_segment_webhook(webhook: Webhook) -> None:
+    track = segment_message("track")
+    credentials = documented_credentials(WEBHOOK, "post", SECRET, json.dumps(track).encode())
+    assert len(credentials) == 3
+    for headers in credentials:
+        assert webhook.post(track, headers=headers).status == 200, headers
+        wrong = {name: value[:-2] + "00" for name, value in headers.items()}
+        assert webhook.post(track, headers=wrong).status == 401, wrong
+
+
+def test_the_documented_bearer_token_reads_a_profile(profiles: Stack, lambda_context: Any) -> None:
+    profiles_api.store_identity(profiles)
+    ((headers),) = documented_credentials(PROFILES, "get", profiles_api.SECRET, b"")
+    assert profiles_api.call(lambda_context, authorization=headers["authorization"])[0] == 200
+
+
+def test_the_documented_batch_limit_is_the_webhooks() -> None:
+    body = document()["paths"][WEBHOOK]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    (array,) = (branch for branch in body["oneOf"] if branch.get("type") == "array")
+    assert array["maxItems"] == MAX_MESSAGES
