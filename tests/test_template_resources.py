@@ -85,6 +85,12 @@ def test_config_prefix_parameter_overrides_the_default() -> None:
     assert stack.resolve({"Fn::Sub": "/fme-segment-bridge/${Stage}"}) == "/fme-segment-bridge/prod"
 
 
+def test_join_puts_its_separator_between_the_resolved_items() -> None:
+    stack = Stack(name="s", parameters={"Stage": "prod"})
+    joined = {"Fn::Join": ["::", [{"Ref": "Stage"}, "x", {"Ref": "AWS::Region"}]]}
+    assert stack.resolve(joined) == "prod::x::us-east-1"
+
+
 def test_tracing_is_opt_in() -> None:
     """X-Ray only with Tracing=Active; otherwise Powertools is told so and never loads the X-Ray SDK.
 
