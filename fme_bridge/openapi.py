@@ -192,7 +192,12 @@ def document() -> dict[str, Any]:
                         for name in ("environment", "trafficType", "key")
                     ]
                     + [
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "How many of the newest events to list.",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 25},
+                        },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {

@@ -26,6 +26,7 @@ from fme_bridge.openapi import document
 from fme_bridge.template import Stack
 from shared.inbound.messages import MAX_MESSAGES
 from shared.outbound import webhook_relay
+from shared.profiles.profile_view import DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT
 from tests.conftest import REGION, put_secret
 from tests.integration import test_impressions_webhook as relay_api
 from tests.integration import test_profiles_api as profiles_api
@@ -187,3 +188,17 @@ def test_the_documented_batch_limit_is_the_webhooks() -> None:
     body = document()["paths"][WEBHOOK]["post"]["requestBody"]["content"]["application/json"]["schema"]
     (array,) = (branch for branch in body["oneOf"] if branch.get("type") == "array")
     assert array["maxItems"] == MAX_MESSAGES
+
+
+def test_the_documented_events_limit_is_the_profile_apis(profiles: Stack, lambda_context: Any) -> None:
+    profiles_api.store_identity(profiles)
+    parameters = document()["paths"][PROFILES]["get"]["parameters"]
+    (schema,) = (p["schema"] for p in parameters if p["name"] == "limit")
+    assert (schema["default"], schema["maximum"]) == (DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)
+    for limit, status in (
+        (schema["minimum"], 200),
+        (schema["maximum"], 200),
+        (schema["minimum"] - 1, 400),
+        (schema["maximum"] + 1, 400),
+    ):
+        assert profiles_api.call(lambda_context, query={"limit": str(limit)})[0] == status, limit
