@@ -94,6 +94,16 @@ def test_bytecode_is_hash_based_and_never_checked_against_the_sources(tmp_path: 
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.skipif(
+    sys.version_info[:2] != package.RUNTIME_VERSION, reason="bytecode is compiled by the runtime's Python"
+)
+def test_a_module_that_does_not_compile_fails_the_build(tmp_path: Path) -> None:
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "broken.py").write_text("def handler(:\n")
+    with pytest.raises(package.PackageError, match="did not compile"):
+        package.compile_bytecode(tmp_path)
+
+
 def test_bytecode_for_another_python_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(package, "RUNTIME_VERSION", (3, 99))
     with pytest.raises(package.PackageError, match=r"run it with python3\.99"):
