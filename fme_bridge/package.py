@@ -115,7 +115,7 @@ def _prune_endpoints(data: Path, keep: set[str]) -> None:
 
 def _endpoint_prefix(service: Path) -> str | None:
     """The ``endpointPrefix`` of the newest model of ``service``, if botocore carries one."""
-    versions = sorted(p for p in service.glob("*/service-2.json*") if p.name != "service-2.sdk-extras.json")
+    versions = sorted(service.glob("*/service-2.json*"))  # service-2.json or .json.gz, never sdk-extras
     if not versions:
         return None
     newest = versions[-1]

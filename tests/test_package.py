@@ -130,15 +130,22 @@ def test_only_the_models_of_the_services_the_functions_call_are_kept(tmp_path: P
 
 def test_only_the_endpoints_of_the_services_the_functions_call_are_kept(tmp_path: Path) -> None:
     data = tmp_path / "botocore" / "data"
-    # A kept service's endpoints are named by its model's endpoint prefix, not its directory.
+    # A kept service's endpoints are named by its newest model's endpoint prefix, not its directory.
     for service, prefix, version in (
         ("dynamodb", "dynamodb", "2012-08-10"),
         ("cloudwatch", "monitoring", "2010-08-01"),
+        ("cloudwatch", "retired-monitoring", "2009-05-15"),
     ):
         model = data / service / version / "service-2.json.gz"
         model.parent.mkdir(parents=True)
         model.write_bytes(gzip.compress(json.dumps({"metadata": {"endpointPrefix": prefix}}).encode()))
-    services = {"dynamodb": {"endpoints": {}}, "monitoring": {}, "s3": {}, "streams.dynamodb": {}}
+    services = {
+        "dynamodb": {"endpoints": {}},
+        "monitoring": {},
+        "retired-monitoring": {},
+        "s3": {},
+        "streams.dynamodb": {},
+    }
     partitions = [
         {
             "partition": name,
