@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 from shared.surrogates import has_surrogate_escape, replace_lone_surrogates
 
 MAX_MESSAGES = 4000
+GZIP_MAGIC = b"\x1f\x8b"  # how every gzip stream starts
 # Latest epoch ms the sort key's 13 digits hold (year 2286); anything outside is not a real time.
 _MAX_EPOCH_MS = 9_999_999_999_999
 
@@ -88,6 +89,10 @@ def decode_body(raw: bytes) -> list[Any]:
     try:
         document = _loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
+        if raw.startswith(GZIP_MAGIC):
+            raise BadRequest(
+                "invalid_json", "the request body is gzip without Content-Encoding: gzip; send that header"
+            ) from None
         raise BadRequest("invalid_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         # A 503 here would make Segment retry a body that can never succeed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -119,6 +120,15 @@ def test_an_unreadable_body_is_a_400_only_for_a_request_with_the_secret_in_its_h
         assert answer.status == status, (headers, answer)
         if status == 400:
             assert answer.body["error"] == error
+
+
+def test_a_gzip_body_without_its_content_encoding_is_a_400_that_says_so(webhook: Webhook) -> None:
+    compressed = gzip.compress(json.dumps(segment_message("track")).encode())
+    answer = webhook.post(compressed, base64_encoded=True)  # binary: API Gateway encodes it
+    assert (answer.status, answer.body["error"]) == (400, "invalid_json")
+    assert answer.body["message"] == (
+        "the request body is gzip without Content-Encoding: gzip; send that header"
+    )
 
 
 def test_bad_bodies_are_400_with_a_json_error(webhook: Webhook) -> None:
