@@ -28,6 +28,8 @@ from botocore.config import Config
 LOCAL_STACK_NAME = "fme-segment-bridge-local"
 LOCAL_CONFIG_PREFIX = "/fme-segment-bridge/local"
 LOCAL_REGION = "us-east-1"
+# What a user of `make run` left out when the CLI cannot tell where to look.
+LOCAL_HINT = "; on the local stack (make run): --endpoint-url http://127.0.0.1:4566"
 
 # Environment variables naming a resource directly, by logical id; the first is the CLI's own, the
 # others what the functions' environments call it (so a function's environment can be copied over).
@@ -125,7 +127,9 @@ class Target:
             return self.stack_outputs["ConfigPrefix"].rstrip("/")
         if self.is_local:
             return LOCAL_CONFIG_PREFIX
-        raise TargetError("which config prefix? pass --prefix (or set CONFIG_PREFIX) or --stack-name")
+        raise TargetError(
+            f"which config prefix? pass --prefix (or set CONFIG_PREFIX) or --stack-name{LOCAL_HINT}"
+        )
 
     def _resource(self, logical_id: str, output_suffix: str) -> str:
         variables = RESOURCE_VARIABLES.get(logical_id, ())
@@ -138,7 +142,9 @@ class Target:
         if self.is_local:
             return f"{LOCAL_STACK_NAME}-{logical_id}"
         hint = f"set {variables[0]} or " if variables else ""
-        raise TargetError(f"which {logical_id}? {hint}pass --stack-name (the bridge's CloudFormation stack)")
+        raise TargetError(
+            f"which {logical_id}? {hint}pass --stack-name (the bridge's CloudFormation stack){LOCAL_HINT}"
+        )
 
     def queue_url(self, logical_id: str) -> str:
         value = self._resource(logical_id, "Url")

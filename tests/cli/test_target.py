@@ -120,10 +120,13 @@ def test_missing_credentials_or_region_says_what_to_do(error: str, message: str)
 def test_without_any_hint_the_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVENTS_TABLE", raising=False)
     target = Target()
-    with pytest.raises(TargetError, match="pass --prefix"):
+    local = "on the local stack (make run): --endpoint-url http://127.0.0.1:4566"
+    with pytest.raises(TargetError, match="pass --prefix") as prefix_error:
         _ = target.prefix
-    with pytest.raises(TargetError, match="set EVENTS_TABLE or pass --stack-name"):
+    assert str(prefix_error.value).endswith(local)
+    with pytest.raises(TargetError, match="set EVENTS_TABLE or pass --stack-name") as table_error:
         target.table_name("EventsTable")
+    assert str(table_error.value).endswith(local)
 
 
 def test_loading_the_cli_leaves_the_delivery_service_to_the_function() -> None:
