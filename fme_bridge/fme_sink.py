@@ -30,7 +30,11 @@ from fme_bridge.loopback_server import LoopbackServer, url_host
 
 EVENT_TYPE_ID = re.compile(r"[a-zA-Z0-9][-_.:a-zA-Z0-9]{0,79}")
 ATTRIBUTE_ID = re.compile(r"[a-zA-Z][-_a-zA-Z0-9]*")
-IDENTITIES_PATH = re.compile(r"/trafficTypes/(?P<tt>[^/]+)/environments/(?P<env>[^/]+)/identities$")
+# FME's paths, after any prefix (one sink can stand for several accounts: ``/webshop/api/…``).
+EVENTS_PATH = "/api/events/bulk"
+IDENTITIES_PATH = re.compile(
+    r"/internal/api/v2/trafficTypes/(?P<tt>[^/]+)/environments/(?P<env>[^/]+)/identities\Z"
+)
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,7 @@ def _handler_for(sink: FmeSink) -> type[BaseHTTPRequestHandler]:
                 self._answer(400, {"code": 400, "message": "body is not JSON"})
                 return
             match = IDENTITIES_PATH.search(path)
-            if path.endswith("/events/bulk"):
+            if path.endswith(EVENTS_PATH):
                 status, answer, items = sink.events_bulk(self._bearer(), body)
             elif match:
                 status, answer, items = sink.save_identities(self._bearer(), match["tt"], match["env"], body)

@@ -194,3 +194,22 @@ def test_the_state_page_shows_only_the_start_of_each_sdk_key() -> None:
         state = client.get("/_sink/state")
         assert [e["sdkKey"] for e in state.json()["events"]] == ["sdk-…"]
         assert "sdk-secret-key" not in state.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/wrong/events/bulk",  # an eventsEndpoint without FME's /api
+        "/events/bulk",
+        "/trafficTypes/user/environments/Production/identities",  # no /internal/api/v2
+        "/api/v2/trafficTypes/user/environments/Production/identities",
+    ],
+)
+def test_a_path_fme_does_not_serve_is_a_404(path: str) -> None:
+    body = [{"eventTypeId": "e", "trafficTypeName": "user", "key": "u", "timestamp": 1}]
+    with FmeSink(sdk_keys=["k"], admin_keys=["k"]) as sink, httpx.Client(base_url=sink.url) as client:
+        answer = client.post(path, json=body, headers={"Authorization": "Bearer k"})
+        assert answer.status_code == 404
+        assert sink.events == []
+        prefixed = client.post(f"/webshop{path}", json=body, headers={"Authorization": "Bearer k"})
+        assert prefixed.status_code == 404
