@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from shared import aws, config
 from shared.config import ConfigUnavailable
-from shared.inbound.messages import BadRequest, PayloadTooLarge, gunzip
+from shared.inbound.messages import GZIP_MAGIC, BadRequest, PayloadTooLarge, gunzip
 from shared.lambda_context import completed_context, remaining_time_ms
 from shared.metrics import lambda_metrics
 from shared.outbound import webhook_relay
@@ -30,8 +30,6 @@ from shared.tracing import lambda_tracer
 logger = Logger()
 metrics = lambda_metrics()
 tracer = lambda_tracer()
-
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def secret_name() -> str:
@@ -57,7 +55,7 @@ def _body(event: dict[str, Any]) -> bytes:
         body = raw.encode("utf-8", "surrogatepass")
     # FME gzips its posts; a relay in between may have inflated them, with the header or without.
     # JSON never starts with the gzip magic bytes, so they alone decide.
-    if body.startswith(_GZIP_MAGIC):
+    if body.startswith(GZIP_MAGIC):
         body = gunzip(body, webhook_relay.MAX_INFLATED_BYTES)
     elif len(body) > webhook_relay.MAX_INFLATED_BYTES:
         limit = webhook_relay.MAX_INFLATED_BYTES
