@@ -150,6 +150,12 @@ def published_metrics(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if '"_aws"' in line]
 
 
+def table_rows(output: str) -> list[list[str]]:
+    """The rows of the tables in a command's ``output`` (printed wide enough for them), as cells."""
+    rows = [line for line in output.splitlines() if line.startswith("│")]
+    return [[cell.strip() for cell in row.split("│")[1:-1]] for row in rows]
+
+
 def pages_cut_at(client: Any, operation: str, items: int) -> None:
     """Have ``client``'s ``operation`` (``"dynamodb.Query"``, ``"dynamodbstreams.GetRecords"``) return
     at most ``items`` a page, as DynamoDB cuts a page at 1 MB: a smaller Limit asked for is kept."""

@@ -12,6 +12,7 @@ import pytest
 from fme_bridge.template import Stack
 from shared.profiles_table import LastTreatment, Membership, put_membership, write_last_treatment
 from tests.cli.conftest import PREFIX, Cli
+from tests.conftest import table_rows
 
 REGION = "us-east-1"
 AUDIENCE = {
@@ -172,8 +173,7 @@ def test_list_shows_each_audiences_environment_traffic_type_and_sync_targets(
     listed = cli("config", "audience", "list")
 
     assert listed.exit_code == 0, listed.output
-    [row] = [line for line in listed.stdout.splitlines() if "checkout_fans" in line]
-    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    [cells] = [row for row in table_rows(listed.stdout) if row[0] == "checkout_fans"]
     assert cells == ["checkout_fans", "Staging", "user", "segment-prod", "yes"]
 
 
@@ -267,11 +267,7 @@ def test_profile_tables_show_when_each_treatment_was_seen_and_audiences_left(
     result = cli("profile", "Production", "user", "u1")
 
     assert result.exit_code == 0, result.output
-    rows = {
-        cells[0]: cells[1:]
-        for line in result.stdout.splitlines()
-        if len(cells := [cell.strip() for cell in line.split("│")[1:-1]]) > 1
-    }
+    rows = {cells[0]: cells[1:] for cells in table_rows(result.stdout) if len(cells) > 1}
     assert rows["new_checkout"] == ["on", "2026-11-24 01:17:21.109Z", "17"]
     assert rows["dark_mode"] == ["off", "2026-11-24 01:17:21.000Z", ""]  # no split version known
     assert (rows["checkout_fans"], rows["churned"]) == (["yes"], ["no"])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fme_bridge.cli import app
 from fme_bridge.fme_sink import FmeSink
 from fme_bridge.template import Stack
-from tests.conftest import put_config, put_secret
+from tests.conftest import put_config, put_secret, table_rows
 from tests.delivery_support import (
     ADMIN_KEY,
     SDK_KEY,
@@ -781,12 +781,6 @@ def test_redrive_of_an_unknown_connection_is_an_error(
     known = cli("delivery", "redrive", "--connection", "webshop")
     assert known.exit_code == 0, known.output
     assert "nothing to re-send for webshop" in known.output
-
-
-def table_rows(output: str) -> list[list[str]]:
-    """The rows of the table in ``output`` (printed on a terminal wide enough for them), as cells."""
-    rows = [line for line in output.splitlines() if line.startswith("│")]
-    return [[cell.strip() for cell in row.split("│")[1:-1]] for row in rows]
 
 
 def status_rows(monkeypatch: pytest.MonkeyPatch) -> tuple[list[list[str]], list[str]]:
