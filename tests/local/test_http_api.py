@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from fme_bridge import template
 from fme_bridge.local.http_api import (
     API_GATEWAY_MAX_BODY,
     ApiServer,
@@ -167,14 +165,11 @@ def test_route_matching_follows_api_gateway(stack: Stack) -> None:
     assert greedy.match("DELETE", "/files/a/b/c") == {"proxy": "a/b/c"}
 
 
-def test_the_most_specific_route_wins_as_at_api_gateway(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    document = copy.deepcopy(template.load_template())
+def test_the_most_specific_route_wins_as_at_api_gateway(stack: Stack, template_copy: dict[str, Any]) -> None:
     # Declared least specific first: the order of the template does not decide.
     routes = {"Greedy": "GET /files/{proxy+}", "Param": "GET /files/{name}", "Any": "ANY /files/readme"}
     routes["Exact"] = "GET /files/readme"
-    document["Resources"] = {
+    template_copy["Resources"] = {
         logical: {
             "Type": "AWS::Serverless::Function",
             "Properties": {
@@ -189,7 +184,6 @@ def test_the_most_specific_route_wins_as_at_api_gateway(
         }
         for logical, route in routes.items()
     }
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
     handler = EchoHandler()
     api = HttpApi(routes_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler)))
 
@@ -204,10 +198,9 @@ def test_the_most_specific_route_wins_as_at_api_gateway(
 
 
 @pytest.fixture
-def served(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, EchoHandler]]]:
+def served(stack: Stack, template_copy: dict[str, Any]) -> Iterator[tuple[str, dict[str, EchoHandler]]]:
     """The template's routes, with the profile route's function replaced by an echo."""
-    document = copy.deepcopy(template.load_template())
-    document["Resources"]["ProfilesFunction"] = {
+    template_copy["Resources"]["ProfilesFunction"] = {
         "Type": "AWS::Serverless::Function",
         "Properties": {
             "Handler": "functions.profiles.app.lambda_handler",
@@ -219,7 +212,6 @@ def served(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str,
             },
         },
     }
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
     handlers = {
         "IngestFunction": EchoHandler(),
         "ProfilesFunction": EchoHandler({"found": True}),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 
-from fme_bridge import template
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.schedule_source import SchedulePoller, mappings_from_template, rate_seconds
 from fme_bridge.template import Stack
@@ -72,15 +70,13 @@ def test_the_audience_recheck_runs_every_fifteen_minutes_after_the_start(stack: 
 
 
 def test_rules_run_as_eventbridge_rules_and_disabled_schedules_do_not_run(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, template_copy: dict[str, Any]
 ) -> None:
-    document = copy.deepcopy(template.load_template())
-    events = document["Resources"]["AudienceRecheckFunction"]["Properties"]["Events"]
+    events = template_copy["Resources"]["AudienceRecheckFunction"]["Properties"]["Events"]
     daily = {"ScheduleExpression": "rate(1 day)"}
     events["Hourly"] = {"Type": "Schedule", "Properties": {"ScheduleExpression": "rate(1 hour)"}}
     events["Off"] = {"Type": "ScheduleV2", "Properties": {**daily, "State": "DISABLED"}}
     events["RuleOff"] = {"Type": "Schedule", "Properties": {**daily, "Enabled": False}}
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
     handler = RecordingHandler()
 
     mappings = mappings_from_template(stack, lambda logical: LocalFunction(stack, logical, handler=handler))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
 import boto3
 import pytest
 
-from fme_bridge import template
 from fme_bridge.local import sqs_source
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.sqs_source import (
@@ -90,12 +88,10 @@ def test_mapping_follows_the_template(stack: Stack) -> None:
 
 
 def test_an_sqs_event_that_leaves_its_settings_out_gets_lambdas_defaults(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, template_copy: dict[str, Any]
 ) -> None:
-    document = copy.deepcopy(template.load_template())
-    source = document["Resources"]["ImpressionsFunction"]["Properties"]["Events"]["Impressions"]
+    source = template_copy["Resources"]["ImpressionsFunction"]["Properties"]["Events"]["Impressions"]
     source["Properties"] = {"Queue": source["Properties"]["Queue"]}
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
 
     mapping = impressions_mapping(stack, RecordingHandler())
     assert (mapping.batch_size, mapping.batching_window_s, mapping.report_batch_item_failures) == (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,6 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from fme_bridge import template
 from fme_bridge.local import stream_source
 from fme_bridge.local.runtime import LocalFunction
 from fme_bridge.local.stream_source import (
@@ -270,15 +268,13 @@ def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
 
 
 def test_a_stream_event_that_leaves_its_settings_out_gets_lambdas_defaults(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, template_copy: dict[str, Any]
 ) -> None:
-    document = copy.deepcopy(template.load_template())
-    source = document["Resources"]["DeliveryFunction"]["Properties"]["Events"]["StoredEvents"]
+    source = template_copy["Resources"]["DeliveryFunction"]["Properties"]["Events"]["StoredEvents"]
     source["Properties"] = {
         "Stream": source["Properties"]["Stream"],
         "StartingPosition": "TRIM_HORIZON",
     }
-    monkeypatch.setattr(template, "load_template", lambda path=None: document)
 
     mappings = mappings_from_template(
         stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
