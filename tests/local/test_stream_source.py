@@ -227,6 +227,16 @@ def test_with_no_retries_a_failed_batch_is_given_up_at_once_from_its_first_faile
     )
 
 
+def events_mapping(stack: Stack, logical_id: str) -> StreamMapping:
+    """The template's mapping of the events table's stream to the function ``logical_id``."""
+    mappings = mappings_from_template(
+        stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
+    )
+    table = stack.tables["EventsTable"]
+    [mapping] = [m for m in mappings if m.function.logical_id == logical_id and m.table_name == table]
+    return mapping
+
+
 def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
     mappings = mappings_from_template(
         stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
@@ -249,11 +259,7 @@ def test_mappings_come_from_the_templates_dynamodb_events(stack: Stack) -> None:
     assert identities.accepts({"eventName": "MODIFY"})
     assert not identities.accepts({"eventName": "REMOVE"})
 
-    [audiences] = [
-        m
-        for m in mappings
-        if m.function.logical_id == "AudiencesFunction" and m.table_name == stack.tables["EventsTable"]
-    ]
+    audiences = events_mapping(stack, "AudiencesFunction")
     assert (audiences.batch_size, audiences.batching_window_s, audiences.starting_position) == (
         500,
         5.0,
@@ -276,14 +282,7 @@ def test_a_stream_event_that_leaves_its_settings_out_gets_lambdas_defaults(
         "StartingPosition": "TRIM_HORIZON",
     }
 
-    mappings = mappings_from_template(
-        stack, lambda logical: LocalFunction(stack, logical, handler=FlakyHandler())
-    )
-    [mapping] = [
-        m
-        for m in mappings
-        if m.function.logical_id == "DeliveryFunction" and m.table_name == stack.tables["EventsTable"]
-    ]
+    mapping = events_mapping(stack, "DeliveryFunction")
     assert (mapping.batch_size, mapping.batching_window_s) == (100, 0.0)
     assert mapping.maximum_retry_attempts == -1  # until the record expires
     assert not mapping.bisect_on_error
