@@ -13,6 +13,7 @@ from fme_bridge.template import Stack
 from shared.profiles_table import LastTreatment, Membership, put_membership, write_last_treatment
 from tests.cli.conftest import PREFIX, Cli
 from tests.conftest import table_rows
+from tests.delivery_support import event_item
 
 REGION = "us-east-1"
 AUDIENCE = {
@@ -189,21 +190,8 @@ def put_events(stack: Stack, count: int, key: str = "u1") -> None:
     with table.batch_writer() as batch:
         for n in range(count):
             timestamp = 1_795_483_000_000 + n * 1000
-            batch.put_item(
-                Item={
-                    "pk": f"Production#user#{key}",
-                    "sk": f"{timestamp:013d}#m-{n}",
-                    "environment": "Production",
-                    "trafficTypeName": "user",
-                    "key": key,
-                    "eventTypeId": f"checkout_{n}",
-                    "timestamp": timestamp,
-                    "properties": {},
-                    "messageId": f"m-{n}",
-                    "segmentType": "track",
-                    "receivedAt": timestamp,
-                }
-            )
+            item = event_item(key, f"checkout_{n}", timestamp, message_id=f"m-{n}", received_at=timestamp)
+            batch.put_item(Item=item)
 
 
 def test_profile_pages_the_events_25_at_a_time_up_to_100(
