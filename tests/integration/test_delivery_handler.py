@@ -1065,17 +1065,15 @@ def test_a_newer_error_about_nothing_a_redrive_resolves_outlives_the_redrive_of_
     assert last_error(log) == "no keys secret"
 
 
-def test_status_lists_every_connection_across_query_pages(delivery_env: dict[str, str], stack: Stack) -> None:
+def test_status_lists_every_connection_across_query_pages(delivery_log: Any, stack: Stack) -> None:
     from shared import aws
-    from shared.delivery.delivery_log import DeliveryLog
 
-    table = aws.dynamodb_table(stack.tables["DeliveryLogTable"])
-    log = DeliveryLog(table)
     for connection_id in ("app", "webshop"):
-        log.update_status(connection_id, 1_000, events_delivered=1)
-    pages_cut_at(table.meta.client, "dynamodb.Query", 1)
+        delivery_log.update_status(connection_id, 1_000, events_delivered=1)
+    # The fixture's table: aws caches one per name.
+    pages_cut_at(aws.dynamodb_table(stack.tables["DeliveryLogTable"]).meta.client, "dynamodb.Query", 1)
 
-    assert sorted(s.connection_id for s in log.statuses()) == ["app", "webshop"]
+    assert sorted(s.connection_id for s in delivery_log.statuses()) == ["app", "webshop"]
 
 
 def test_an_error_of_several_records_retried_in_one_batch_is_about_each_of_them(
