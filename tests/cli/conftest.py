@@ -43,3 +43,24 @@ def wrap_clients(monkeypatch: pytest.MonkeyPatch, service: str, wrapper: Callabl
         "client",
         lambda self, name: wrapper(original(self, name)) if name == service else original(self, name),
     )
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, service: str, *methods: str) -> None:
+    """The CLI's ``service`` clients refuse ``methods`` (boto3's names) as IAM does: AccessDenied."""
+    from botocore.exceptions import ClientError
+
+    class Denying:
+        def __init__(self, client: Any) -> None:
+            self._client = client
+
+        def __getattr__(self, name: str) -> Any:
+            if name not in methods:
+                return getattr(self._client, name)
+
+            def refuse(**kwargs: Any) -> None:
+                error = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
+                raise ClientError(error, name)
+
+            return refuse
+
+    wrap_clients(monkeypatch, service, Denying)

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.cli.conftest import PREFIX, Cli, wrap_clients
+from tests.cli.conftest import PREFIX, Cli, deny
 
 REGION = "us-east-1"
 INBOUND = {
@@ -286,19 +286,8 @@ def test_a_secret_scheduled_for_deletion_is_shown_as_such_and_restored_by_a_put(
 def test_list_get_and_put_go_on_without_permission_to_describe_secrets(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from botocore.client import BaseClient
-    from botocore.exceptions import ClientError
-
     put_inbound(cli, tmp_path, name="shop")
-    make_api_call = BaseClient._make_api_call
-
-    def denied(self: Any, operation: str, params: dict[str, Any]) -> Any:
-        if operation == "DescribeSecret":
-            error = {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}
-            raise ClientError(error, operation)
-        return make_api_call(self, operation, params)
-
-    monkeypatch.setattr(BaseClient, "_make_api_call", denied)
+    deny(monkeypatch, "secretsmanager", "describe_secret")
     listed = cli("config", "inbound", "list")
     assert listed.exit_code == 0, listed.output
     [shop] = [line for line in listed.stdout.splitlines() if "shop" in line]
@@ -396,22 +385,7 @@ def test_a_secret_that_cannot_be_written_leaves_the_config_unwritten(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The secret first, then the config: a webhook never points at a connection without its secret."""
-    from botocore.exceptions import ClientError
-
-    class Refusing:
-        def __init__(self, client: Any) -> None:
-            self._client = client
-
-        def __getattr__(self, name: str) -> Any:
-            if name in ("put_secret_value", "create_secret"):
-
-                def refuse(**kwargs: Any) -> None:
-                    raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, name)
-
-                return refuse
-            return getattr(self._client, name)
-
-    wrap_clients(monkeypatch, "secretsmanager", Refusing)
+    deny(monkeypatch, "secretsmanager", "put_secret_value", "create_secret")
     result = put_inbound(cli, tmp_path)
     assert result.exit_code == 1, result.output
     assert parameter("inbound/shop") is None
@@ -669,24 +643,8 @@ def test_delete_schedules_the_secrets_it_is_not_allowed_to_describe(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without secretsmanager:DescribeSecret, whether a secret is there cannot be told: it is deleted."""
-    from botocore.exceptions import ClientError
-
     put_outbound(cli, tmp_path)
-
-    class NoDescribe:
-        def __init__(self, client: Any) -> None:
-            self._client = client
-
-        def __getattr__(self, name: str) -> Any:
-            if name == "describe_secret":
-
-                def refuse(**kwargs: Any) -> None:
-                    raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, name)
-
-                return refuse
-            return getattr(self._client, name)
-
-    wrap_clients(monkeypatch, "secretsmanager", NoDescribe)
+    deny(monkeypatch, "secretsmanager", "describe_secret")
     result = cli("config", "outbound", "delete", "eu", "--yes")
     assert result.exit_code == 0, result.output
     assert parameter("outbound/eu") is None
