@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from bench.servers import free_ports
 from fme_bridge.cli import app
+from fme_bridge.local.demo import ANONYMOUS_ID, USER_ID
 from fme_bridge.template import resources_of_type
 from tests.conftest import EVENTS_DIR, load_event
 
@@ -439,6 +440,23 @@ def test_stored_events_and_identities_are_delivered_into_the_local_fme_sink(
     assert connection["eventsDelivered"] == 1
 
 
+def table_rows(output: str, title: str) -> list[tuple[str, ...]]:
+    """The rows of the table titled ``title`` in ``output``, a cell wrapped over lines joined again
+    (without the spaces a wrap drops)."""
+    rows: list[list[str]] = []
+    for line in output[output.index(title) :].splitlines()[1:]:
+        if line.startswith("└"):
+            break
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.rstrip().strip("│").split("│")]
+        if cells[0] or not rows:
+            rows.append(cells)
+        else:  # the first column is never empty: a wrapped row's next line
+            rows[-1] = [above + below for above, below in zip(rows[-1], cells, strict=True)]
+    return [tuple(row) for row in rows]
+
+
 def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None:
     port, aws_port, sink_port, fme_port = free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -465,7 +483,15 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
         assert "Serving." in output, output
         # Still serving after the demo: the webhook answers.
         assert httpx.get(f"http://127.0.0.1:{port}/_local/info", timeout=5).status_code == 200
-        # The profile API hint works as printed: the demo seeded the secret it shows.
+        # Each hint under "Try it yourself" works as printed. The webhook's: its secret was seeded.
+        [hint] = [line for line in lines if "/segment/" in line and "curl" in line]
+        url, bearer, body = re.search(
+            r"(http://\S+/segment/\S+) -H 'Authorization: (Bearer \S+)'.* -d '(.+)'", hint
+        ).groups()
+        headers = {"Authorization": bearer, "Content-Type": "application/json"}
+        answer = httpx.post(url, content=body, headers=headers, timeout=10)
+        assert (answer.status_code, answer.json().get("stored")) == (200, 1), answer.text
+        # The profile API's: the demo seeded the secret it shows.
         [hint] = [line for line in lines if "/profiles/" in line and "curl" in line]
         url, bearer = re.search(r"(http://\S+/profiles/\S+) -H 'Authorization: (Bearer \S+)'", hint).groups()
         answer = httpx.get(url, headers={"Authorization": bearer}, timeout=10)
@@ -476,6 +502,22 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
         posted = gzip.compress((EVENTS_DIR / "impressions_webhook.json").read_bytes())
         answer = httpx.post(url, content=posted, headers={"Content-Encoding": "gzip"}, timeout=10)
         assert answer.status_code == 200, answer.text
+        [hint] = [line for line in lines if "/_sink/state" in line]
+        assert httpx.get(hint.split()[-1], timeout=10).status_code == 200
+        # The CLI's, from where the stack was started (the virtualenv of make run is not activated,
+        # so a bare fme-bridge would not be found).
+        cli_outputs = {}
+        for variable, command, *args in (
+            line.split() for line in lines if line.strip().startswith("AWS_ENDPOINT_URL=")
+        ):
+            assert shutil.which(command) is not None or Path(command).is_file(), command
+            name, value = variable.split("=", 1)
+            result = CliRunner().invoke(app, args, env={name: value})
+            assert result.exit_code == 0, (args, result.output)
+            cli_outputs[args[0]] = result.output
+        assert set(cli_outputs) == {"events", "profile", "delivery"}, output
+        assert "Signed_Up" in cli_outputs["events"]  # what the webhook's hint sent
+        assert "pricing_page" in cli_outputs["profile"]  # a last treatment of the demo's impressions
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -484,22 +526,45 @@ def test_the_demo_of_make_run_pushes_traffic_through_and_keeps_serving() -> None
             process.kill()
             process.wait()
     # The webhook's answers are shown whole, even piped (80 columns): the batch's ignored alias too.
-    table = output[output.index("webhook calls") : output.index("stored FME events")]
-    answers = "".join(line.split("│")[3].strip() for line in table.splitlines() if line.count("│") == 4)
-    assert '"ignored":1' in answers, output
-    summary = output[output.index("stored FME events") :]
-    assert "Order_Completed" in summary  # the track call, stored
-    assert "Peter Gibbons" in summary  # the identify call's traits
-    assert summary.count("get_treatment") == 3  # one Segment track per impression, all three shapes
+    calls = table_rows(output, "webhook calls")
+    assert [(label, status) for label, status, _ in calls] == [
+        (label, "200") for label in ("identify", "track", "page", "group", "batch of 3")
+    ]
+    assert '"ignored":1' in calls[-1][2], output
+    # Every call but the alias stored for the user and the visitor; the track with its revenue as the
+    # value, also for the account of its event-level group.
+    events = [
+        ("Order_Completed", "25.0", "track"),
+        ("view_Signup_page", "", "page"),
+        ("Checkout_Started", "25.0", "track"),
+        ("view_Cart_screen", "", "screen"),
+    ]
+    identities = [("user", USER_ID), ("anonymous", ANONYMOUS_ID)]
+    stored = [(*identity, *event) for identity in identities for event in events]
+    stored.append(("account", "initech", "Order_Completed", "25.0", "track"))
+    assert sorted(table_rows(output, "stored FME events")) == sorted(stored), output
+    # The identify call's traits for both of its identities, the group call's for the account.
+    attributes = {(t, k): a.replace(" ", "") for t, k, a in table_rows(output, "stored identities")}
+    assert set(attributes) == {*identities, ("account", "initech")}, output
+    assert "name=PeterGibbons" in attributes["user", USER_ID]
+    assert "name=PeterGibbons" in attributes["anonymous", ANONYMOUS_ID]
+    assert "name=Initech" in attributes["account", "initech"]
+    # One Segment track per impression, all three shapes.
+    impressions = [
+        ("user", USER_ID, "new_checkout", "on"),
+        ("user", USER_ID, "pricing_page", "v2"),
+        ("anonymous", ANONYMOUS_ID, "new_checkout", "off"),
+    ]
+    assert sorted(table_rows(output, "Segment received")) == sorted(
+        ("track", "get_treatment", key, split, treatment) for _, key, split, treatment in impressions
+    ), output
     # The last-treatments function ran on what the impressions function forwarded.
-    recorded = summary[summary.index("last treatments (recorded") :]
-    assert "pricing_page" in recorded
-    assert "new_checkout" in recorded
+    assert sorted(table_rows(output, "last treatments (recorded")) == sorted(impressions), output
+    # The delivery function sent every stored event and identity on to the FME sink.
+    fme_events = table_rows(output, "FME received: events")
+    assert sorted((t, e, v, env) for t, _, e, v, env in fme_events) == sorted(
+        (t, e, v.removesuffix(".0"), "Production") for t, _, e, v, _ in stored
+    ), output
+    fme_identities = table_rows(output, "FME received: identities")
+    assert {(t, k) for t, k, _ in fme_identities} == set(attributes), output
     assert "demo-write-key" not in output
-    # Each CLI line under "Try it yourself" runs as printed, from where the stack was started (the
-    # virtualenv of make run is not activated, so a bare fme-bridge would not be found).
-    hints = [line.split() for line in output.splitlines() if line.strip().startswith("AWS_ENDPOINT_URL=")]
-    commands = [words[1] for words in hints]
-    assert len(commands) >= 2, output
-    for command in commands:
-        assert shutil.which(command) is not None or Path(command).is_file(), command
