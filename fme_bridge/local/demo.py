@@ -258,9 +258,7 @@ def run_demo(stack: LocalStack, console: Console) -> None:
     )
     now_ms = int(time.time() * 1000)
     webhook = f"{stack.api_url}/segment/{CONNECTION_ID}"
-    # The answer is compact JSON, without spaces to wrap at: folded, not cut, in a narrow terminal.
-    answer = Column("answer", overflow="fold")
-    sent = Table("Segment call", "status", answer, title="webhook calls", title_justify="left")
+    sent = _table("webhook calls", "Segment call", "status", "answer")
     with httpx.Client(timeout=15) as client:
         for label, body in segment_calls(now_ms):
             response = client.post(webhook, json=body, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"})
@@ -319,6 +317,12 @@ def _delivered_everything(stack: LocalStack) -> bool:
     return bool(stored) and len(stack.fme_sink.events) >= stored and bool(stack.fme_sink.identity_updates)
 
 
+def _table(title: str, *headers: str) -> Table:
+    """A table whose cells fold rather than being cut in a narrow terminal: keys, compact JSON and
+    attribute values have no spaces to wrap at, and shown cut they could not be read or copied."""
+    return Table(*(Column(header, overflow="fold") for header in headers), title=title, title_justify="left")
+
+
 def _compact(text: str) -> str:
     try:
         return json.dumps(json.loads(text), separators=(",", ":"))
@@ -336,15 +340,7 @@ def stored_events(stack: LocalStack, traffic_type: str, key: str) -> list[dict[s
 
 def print_fme_received(stack: LocalStack, console: Console) -> None:
     """What the delivery function sent to the local FME sink."""
-    fme_events = Table(
-        "trafficType",
-        "key",
-        "eventTypeId",
-        "value",
-        "environment",
-        title="FME received: events",
-        title_justify="left",
-    )
+    fme_events = _table("FME received: events", "trafficType", "key", "eventTypeId", "value", "environment")
     for received in stack.fme_sink.events:
         event = received.event
         value = event.get("value")
@@ -356,9 +352,7 @@ def print_fme_received(stack: LocalStack, console: Console) -> None:
             str(event.get("environmentName")),
         )
     console.print(fme_events)
-    fme_identities = Table(
-        "trafficType", "key", "values", title="FME received: identities", title_justify="left"
-    )
+    fme_identities = _table("FME received: identities", "trafficType", "key", "values")
     for update in stack.fme_sink.identity_updates:
         values = ", ".join(f"{k}={v}" for k, v in sorted(update.values.items()))
         fme_identities.add_row(update.traffic_type, update.key, values)
@@ -382,9 +376,7 @@ def cli_command() -> str:
 
 
 def print_summary(stack: LocalStack, console: Console) -> None:
-    events = Table(
-        "trafficType", "key", "eventTypeId", "value", "from", title="stored FME events", title_justify="left"
-    )
+    events = _table("stored FME events", "trafficType", "key", "eventTypeId", "value", "from")
     for traffic_type, key in (("user", USER_ID), ("anonymous", ANONYMOUS_ID), ("account", "initech")):
         for item in stored_events(stack, traffic_type, key):
             value = item.get("value")
@@ -397,7 +389,7 @@ def print_summary(stack: LocalStack, console: Console) -> None:
             )
     console.print(events)
 
-    identities = Table("trafficType", "key", "attributes", title="stored identities", title_justify="left")
+    identities = _table("stored identities", "trafficType", "key", "attributes")
     table = stack.resource_table("IdentitiesTable")
     for traffic_type, key in (("user", USER_ID), ("anonymous", ANONYMOUS_ID), ("account", "initech")):
         item = table.get_item(Key={"pk": profile_pk(ENVIRONMENT, traffic_type, key)}).get("Item")
@@ -406,15 +398,7 @@ def print_summary(stack: LocalStack, console: Console) -> None:
             identities.add_row(traffic_type, key, attributes)
     console.print(identities)
 
-    received = Table(
-        "type",
-        "event",
-        "user",
-        "split",
-        "treatment",
-        title="Segment received (local sink)",
-        title_justify="left",
-    )
+    received = _table("Segment received (local sink)", "type", "event", "user", "split", "treatment")
     for message in stack.sink.messages if stack.sink is not None else []:
         properties = message.get("properties") or {}
         user = message.get("userId") or message.get("anonymousId") or ""
@@ -427,13 +411,12 @@ def print_summary(stack: LocalStack, console: Console) -> None:
         )
     console.print(received)
 
-    treatments = Table(
+    treatments = _table(
+        "last treatments (recorded by the last-treatments function)",
         "trafficType",
         "key",
         "flag",
         "treatment",
-        title="last treatments (recorded by the last-treatments function)",
-        title_justify="left",
     )
     for traffic_type, key, item in last_treatments(stack):
         treatments.add_row(traffic_type, key, str(item.get("split")), str(item.get("treatment")))
