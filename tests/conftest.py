@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -17,6 +17,9 @@ from moto import mock_aws
 
 from fme_bridge.template import Stack, create_stack
 from shared import aws, config, http_session, secret_versions
+
+if TYPE_CHECKING:
+    from tests.integration.ingest_support import Webhook
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).parent / "events"
@@ -88,6 +91,14 @@ def lambda_context() -> Any:
             return self.remaining_ms
 
     return Context()
+
+
+@pytest.fixture
+def webhook(function_env: Callable[[str], dict[str, str]], lambda_context: Any) -> Webhook:
+    """The ingest function with one configured connection."""
+    from tests.integration import ingest_support  # imported here: it imports this module
+
+    return ingest_support.Webhook.create(function_env, lambda_context)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
 
 import boto3
 import pytest
@@ -13,11 +12,6 @@ from shared import aws, config, secret_versions
 from shared.inbound import auth
 from tests.conftest import REGION, put_config, put_secret
 from tests.integration.ingest_support import CONFIG, CONNECTION, SECRET, Webhook, segment_message, signature
-
-
-@pytest.fixture
-def webhook(function_env: Any, lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
 
 
 @pytest.fixture

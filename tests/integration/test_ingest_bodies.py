@@ -12,11 +12,6 @@ from tests.conftest import published_metrics
 from tests.integration.ingest_support import CONNECTION, SECRET, Webhook, segment_message
 
 
-@pytest.fixture
-def webhook(function_env: Any, lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
-
-
 def test_every_segment_spec_example_in_one_array(webhook: Webhook) -> None:
     names = [
         "track",

@@ -21,11 +21,6 @@ from tests.integration.ingest_support import Webhook, segment_message
 
 
 @pytest.fixture
-def webhook(function_env: Any, lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
-
-
-@pytest.fixture
 def receipt_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The time of receipt (``time.time_ns``), which a test moves on by changing its one element."""
     clock = [1_795_483_041_109_000_000]

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
-
-import pytest
 
 from tests.integration.ingest_support import CONNECTION, Webhook, segment_message
-
-
-@pytest.fixture
-def webhook(function_env: Any, lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
 
 
 def test_track_is_stored_once_per_mapped_identity(webhook: Webhook) -> None:

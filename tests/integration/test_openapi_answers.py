@@ -40,11 +40,6 @@ def described(path: str, method: str, status: int, headers: dict[str, str], body
 
 
 @pytest.fixture
-def webhook(function_env: Callable[[str], dict[str, str]], lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
-
-
-@pytest.fixture
 def relay(stack: Stack, function_env: Callable[[str], dict[str, str]]) -> Stack:
     function_env("ImpressionsWebhookFunction")
     put_secret("impressions-webhook", relay_api.TOKEN)

@@ -13,9 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -39,11 +37,11 @@ def sign(secret: str, payload: bytes = RAW) -> str:
 
 
 @pytest.fixture
-def webhook(function_env: Callable[[str], dict[str, str]], lambda_context: Any) -> Webhook:
-    hook = Webhook.create(function_env, lambda_context)
+def webhook(webhook: Webhook) -> Webhook:
+    """The shared webhook, and a second connection with a secret of its own."""
     put_config(f"inbound/{OTHER_CONNECTION}", CONFIG)
     put_secret(f"inbound/{OTHER_CONNECTION}", OTHER_SECRET)
-    return hook
+    return webhook
 
 
 REFUSED: dict[str, tuple[dict[str, str], str]] = {

@@ -27,13 +27,6 @@ def nested(depth: int, leaf: str = "1") -> str:
     return "[" * depth + leaf + "]" * depth
 
 
-@pytest.fixture
-def webhook(
-    function_env: Callable[[str], dict[str, str]], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
-) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
-
-
 def test_webhook_bad_bodies(webhook: Webhook) -> None:
     track = segment_message("track")
     limit = int(webhook.env["MAX_BODY_BYTES"])  # the template's default

@@ -53,10 +53,9 @@ class _Clock:
 
 
 @pytest.fixture
-def webhook(
-    aws_outage: AwsOutage, function_env: Callable[[str], dict[str, str]], lambda_context: Any
-) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
+def webhook(aws_outage: AwsOutage, webhook: Webhook) -> Webhook:
+    """The shared webhook, created after the outage is installed: it must come before any client."""
+    return webhook
 
 
 @pytest.mark.parametrize("mode", MODES)

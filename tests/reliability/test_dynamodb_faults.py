@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -65,11 +64,6 @@ def stored_events(table: str) -> list[dict[str, Any]]:
     for page in client.get_paginator("scan").paginate(TableName=table):
         items.extend(page["Items"])
     return items
-
-
-@pytest.fixture
-def webhook(function_env: Callable[[str], dict[str, str]], lambda_context: Any) -> Webhook:
-    return Webhook.create(function_env, lambda_context)
 
 
 def deliver_like_segment(webhook: Webhook, body: list[dict[str, Any]], statuses: Counter[int]) -> Answer:
