@@ -102,7 +102,7 @@ def event_item(
     connection_id: str = "webshop",
     environment: str = "Production",
     traffic_type: str = "user",
-    value: float | None = None,
+    value: float | Decimal | None = None,
     properties: dict[str, Any] | None = None,
     received_at: int = 1764061201000,
 ) -> dict[str, Any]:

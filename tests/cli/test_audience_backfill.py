@@ -27,6 +27,7 @@ from shared.profiles_table import (
     write_last_treatment,
 )
 from tests.cli.conftest import PREFIX, Cli
+from tests.delivery_support import event_item, events_table, store
 
 REGION = "us-east-1"
 NAME = "checkout_fans"
@@ -72,22 +73,16 @@ def table(stack: Stack, logical: str) -> Any:
 
 def put_event(stack: Stack, environment: str, key: str, event_type: str = "checkout") -> None:
     now = int(time.time() * 1000) - 60_000
-    table(stack, "EventsTable").put_item(
-        Item={
-            "pk": f"{environment}#user#{key}",
-            "sk": f"{now:013d}#m-{key}",
-            "environment": environment,
-            "trafficTypeName": "user",
-            "key": key,
-            "eventTypeId": event_type,
-            "timestamp": now,
-            "properties": {},
-            "messageId": f"m-{key}",
-            "segmentType": "track",
-            "receivedAt": now,
-            "value": Decimal(1),
-        }
+    item = event_item(
+        key,
+        event_type,
+        now,
+        message_id=f"m-{key}",
+        environment=environment,
+        value=Decimal(1),
+        received_at=now,
     )
+    store(events_table(stack), item)
 
 
 def put_identity(stack: Stack, environment: str, key: str, plan: str) -> None:

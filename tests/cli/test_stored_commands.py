@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from fme_bridge.cli import app
 from fme_bridge.template import Stack
 from tests.cli.conftest import Cli
+from tests.delivery_support import event_item, events_table, store
 
 REGION = "us-east-1"
 
@@ -24,22 +25,16 @@ def put_event(
     value: Decimal | None = None,
     properties: dict[str, str] | None = None,
 ) -> None:
-    item = {
-        "pk": f"Production#user#{key}",
-        "sk": f"{timestamp:013d}#m-{timestamp}",
-        "environment": "Production",
-        "trafficTypeName": "user",
-        "key": key,
-        "eventTypeId": event_type,
-        "timestamp": timestamp,
-        "properties": properties or {"plan": "pro"},
-        "messageId": f"m-{timestamp}",
-        "segmentType": "track",
-        "receivedAt": timestamp + 5,
-    }
-    if value is not None:
-        item["value"] = value
-    boto3.resource("dynamodb", region_name=REGION).Table(stack.tables["EventsTable"]).put_item(Item=item)
+    item = event_item(
+        key,
+        event_type,
+        timestamp,
+        message_id=f"m-{timestamp}",
+        value=value,
+        properties=properties or {"plan": "pro"},
+        received_at=timestamp + 5,
+    )
+    store(events_table(stack), item)
 
 
 def test_events_are_listed_newest_first(cli: Cli, stack: Stack) -> None:

@@ -22,6 +22,7 @@ from shared.profiles_table import LastTreatment, delete_last_treatments, profile
 if TYPE_CHECKING:
     from shared.profiles.audience_sync import SyncReport
 from tests.conftest import load_event, pages_cut_at, published_metrics, put_config, put_secret
+from tests.delivery_support import event_item, events_table, store
 from tests.docs_examples import documented_audience
 from tests.integration.policy_support import RawCall, authorised_as, statements, unauthorised, unused
 
@@ -94,22 +95,15 @@ def put_identity(stack: Stack, plan: str) -> dict[str, Any]:
 
 
 def put_event(stack: Stack, timestamp: int, event_type: str = "checkout") -> dict[str, Any]:
-    item = {
-        "pk": PK,
-        "sk": f"{timestamp:013d}#m-{timestamp}",
-        "environment": "Production",
-        "trafficTypeName": "user",
-        "key": "user-123",
-        "eventTypeId": event_type,
-        "timestamp": timestamp,
-        "properties": {},
-        "messageId": f"m-{timestamp}",
-        "segmentType": "track",
-        "receivedAt": timestamp,
-        "value": Decimal(1),
-    }
-    table(stack, "EventsTable").put_item(Item=item)
-    return item
+    item = event_item(
+        "user-123",
+        event_type,
+        timestamp,
+        message_id=f"m-{timestamp}",
+        value=Decimal(1),
+        received_at=timestamp,
+    )
+    return store(events_table(stack), item)
 
 
 def stream_event(
@@ -543,11 +537,11 @@ def test_an_audience_of_one_environment_leaves_another_environments_profiles_alo
     table(env, "IdentitiesTable").delete_item(Key={"pk": PK})
     table(env, "IdentitiesTable").put_item(Item=identity)
     write_last_treatment(LastTreatment("Staging", "user", "user-123", "new_checkout", "on", NOW - 10))
-    event_item = {**put_event(env, NOW - DAY_MS), "pk": staging, "environment": "Staging"}
-    table(env, "EventsTable").delete_item(Key={"pk": PK, "sk": event_item["sk"]})
-    table(env, "EventsTable").put_item(Item=event_item)
+    staging_event = {**put_event(env, NOW - DAY_MS), "pk": staging, "environment": "Staging"}
+    table(env, "EventsTable").delete_item(Key={"pk": PK, "sk": staging_event["sk"]})
+    table(env, "EventsTable").put_item(Item=staging_event)
 
-    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", event_item), lambda_context)
+    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", staging_event), lambda_context)
 
     assert response == {"batchItemFailures": []}
     assert segment.requests == []
