@@ -369,7 +369,11 @@ def test_an_entry_made_by_settling_is_counted(
 
 
 def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
-    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A config error, as an outbound config missing altogether: counted, the membership stored."""
     boto3.client("secretsmanager", region_name="us-east-1").delete_secret(
@@ -378,15 +382,44 @@ def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
     )
     config_store.clear_caches()
     event = stream_event(env, "EventsTable", setup_member(env))
+    capsys.readouterr()
     assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
     assert segment.requests == []
     stored = membership(env)
     assert stored is not None
     assert stored["member"] is True
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert (metrics["AudienceSyncNotSent"], metrics["AudienceIdentifiesSent"]) == ([1.0], [0.0])
+    assert (metrics["AudienceEntries"], metrics["AudienceMembershipsStored"]) == ([1.0], [1.0])
+
+
+def test_a_sync_target_that_does_not_exist_is_counted_and_the_other_targets_still_get_the_entry(
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    put_config("audiences/checkout_fans", {**AUDIENCE, "sync": ["segment-gone", "segment-prod"]})
+    config_store.clear_caches()
+    event = stream_event(env, "EventsTable", setup_member(env))
+    capsys.readouterr()
+    assert audiences_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+    assert membership(env)["member"] is True  # type: ignore[index]
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert (metrics["AudienceSyncNotSent"], metrics["AudienceIdentifiesSent"]) == ([1.0], [1.0])
+    [logged] = [r for r in caplog.records if r.getMessage() == "audience membership not sent"]
+    assert "audience checkout_fans: outbound segment-gone" in logged.problem  # type: ignore[attr-defined]
 
 
 def test_an_audience_of_a_traffic_type_the_sync_config_does_not_map_is_stored_and_not_sent(
-    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+    env: Stack,
+    segment: SegmentSink,
+    clock: list[int],
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     put_config("audiences/accounts", {**NOT_FREE, "trafficType": "account"})
     config_store.clear_caches()
@@ -397,11 +430,14 @@ def test_an_audience_of_a_traffic_type_the_sync_config_does_not_map_is_stored_an
         "key": "acme",
     }
     table(env, "IdentitiesTable").put_item(Item=account)
+    capsys.readouterr()
     response = audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", account), lambda_context)
     assert response == {"batchItemFailures": []}
     assert segment.requests == []
     stored = next(i for i in profile_items("Production#account#acme") if i["sk"] == "audience#accounts")
     assert stored["member"] is True
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["AudienceSyncNotSent"] == [1.0]
 
 
 def test_an_event_without_records_is_answered_with_no_failures(
@@ -801,11 +837,16 @@ def test_a_failed_send_retries_the_record_and_resends_the_same_message(
 
 
 def test_an_invalid_audience_does_not_stop_the_valid_ones(
-    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     put_config("audiences/broken", {"environment": "Production", "trafficType": "user", "rule": {"nope": {}}})
     audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
     assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}]
+    [logged] = [
+        r for r in caplog.records if r.getMessage() == "audience definition is invalid and is skipped"
+    ]
+    assert logged.audience == "broken"  # type: ignore[attr-defined]
+    assert "rule: a rule is an object with exactly one key" in logged.problem  # type: ignore[attr-defined]
 
 
 def test_an_audience_named_with_a_leading_underscore_is_reported_and_not_evaluated(
