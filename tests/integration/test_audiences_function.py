@@ -366,6 +366,8 @@ def test_an_entry_made_by_settling_is_counted(
     assert stored is not None
     assert stored["member"] is True
     assert sum(r.entered for r in reports) - sum(r.exited for r in reports) == 1
+    # The entry's store lost to the plan change's (a conflict), and the settling entry went out too.
+    assert (reports[-1].conflicts, reports[-1].sent, reports[-1].stored) == (1, 2, 1)
 
 
 def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
@@ -702,6 +704,7 @@ def test_the_recheck_takes_every_profile_due_in_every_time_bound_audience(
     )
     (metrics,) = published_metrics(capsys.readouterr().out)
     assert (metrics["AudienceProfilesEvaluated"], metrics["AudienceExits"]) == ([6.0], [6.0])
+    assert (metrics["AudienceIdentifiesSent"], metrics["AudienceMembershipsStored"]) == ([6.0], [6.0])
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
 
@@ -723,6 +726,7 @@ def test_the_recheck_sends_what_is_owed_in_an_audience_without_a_window(
     stored = membership(env, "pro_users")
     assert stored is not None
     assert "identifyPending" not in stored
+    assert stored["transitions"] == 1  # the owed transition itself: its messageId is the one owed
     assert "recheckAt" not in stored  # off the index: nothing left for time to change
     assert sweep.lambda_handler({}, lambda_context)["evaluated"] == 0
 
