@@ -779,6 +779,20 @@ def test_a_profile_that_time_alone_will_bring_in_is_stored_due_and_enters_on_the
     assert stored["member"] is True
 
 
+def test_a_profile_known_only_by_an_event_older_than_the_window_is_not_taken_for_an_empty_one(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """A checkout eight days old, arriving late: it is stored, so the profile is not one with nothing
+    stored (which is in no audience), and it is a lapsed buyer."""
+    put_config("audiences/lapsed_buyers", LAPSED_BUYERS)
+    config_store.clear_caches()
+    old_checkout = put_event(env, NOW - 8 * DAY_MS)
+    response = audiences_app.lambda_handler(stream_event(env, "EventsTable", old_checkout), lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"lapsed_buyers": True}]
+    assert membership(env, "lapsed_buyers")["member"] is True  # type: ignore[index]
+
+
 def test_a_member_of_an_audience_moved_to_another_environment_exits_when_it_is_due(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
