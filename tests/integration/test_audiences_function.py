@@ -1076,6 +1076,31 @@ def test_a_deleted_audience_makes_no_one_exit(
     assert membership(env)["member"] is True  # type: ignore[index]
 
 
+def test_a_member_of_an_audience_moved_away_exits_when_another_audience_evaluates_it(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
+) -> None:
+    """Without a window the re-check never takes it: an evaluation for an audience of its environment
+    and traffic type does (docs/profiles.md)."""
+    pro_users = {**AUDIENCE, "rule": {"attribute": {"name": "plan", "equals": "pro"}}}
+    put_config("audiences/pro_users", pro_users)
+    config_store.clear_caches()
+    identity = put_identity(env, "pro")
+    audiences_app.lambda_handler(stream_event(env, "IdentitiesTable", identity), lambda_context)
+    put_config("audiences/pro_users", {**pro_users, "environment": "Staging"})
+    config_store.clear_caches()
+
+    # checkout_fans, still of Production, names the plan: the change evaluates the profile.
+    changed = put_identity(env, "free")
+    response = audiences_app.lambda_handler(
+        stream_event(env, "IdentitiesTable", changed, identity, sequence=2), lambda_context
+    )
+    assert response == {"batchItemFailures": []}
+    assert [m["traits"] for m in segment.messages] == [{"pro_users": True}, {"pro_users": False}]
+    stored = membership(env, "pro_users")
+    assert stored is not None
+    assert (stored["member"], stored["transitions"]) == (False, 2)
+
+
 def test_a_non_member_due_for_an_audience_moved_away_is_taken_off_the_recheck(
     env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any
 ) -> None:
