@@ -77,6 +77,10 @@ def test_the_documented_example_parses() -> None:
             "rule: nests 9 levels deep",
         ),
         ({"any": [{"performed": {"event": f"e{i}"}} for i in range(51)]}, "rule: has 51 conditions"),
+        (  # counted through every level, not per list
+            {"any": [{"all": [{"performed": {"event": f"e{i}"}} for i in range(26)]} for _ in range(2)]},
+            "rule: has 52 conditions",
+        ),
     ],
 )
 def test_malformed_rules_are_rejected_naming_the_problem(rule: object, message: str) -> None:
