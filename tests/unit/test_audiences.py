@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.config import ConfigInvalid
-from shared.profiles.audience_sync import AudienceSet, StoredChange, profiles_to_evaluate
+from shared.profiles.audience_sync import AudienceSet, StoredChange, SyncReport, profiles_to_evaluate
 from shared.profiles.audiences import (
     AUDIENCE_NAME_PATTERN,
     DAY_MS,
@@ -302,3 +302,49 @@ def test_a_removed_last_treatment_is_matched_to_audiences_by_its_old_flag() -> N
 def test_an_audience_name_is_a_trait_key_of_at_most_100_characters(name: str, valid: bool) -> None:
     """docs/profiles.md: letters, digits, ``_ . -``, starting with a letter or digit."""
     assert bool(AUDIENCE_NAME_PATTERN.fullmatch(name)) is valid
+
+
+def test_a_report_added_to_another_counts_everything_of_both() -> None:
+    """The re-check and the back-fill total their rounds this way: each metric is the sum."""
+    total = SyncReport(evaluated=1, entered=1, exited=0, stored=1, conflicts=0, sent=1, not_sent=["a"])
+    total.failed.add("Production#user#user-1")
+    round_two = SyncReport(evaluated=2, entered=0, exited=2, stored=3, conflicts=1, sent=2, not_sent=["b"])
+    round_two.failed.update({"Production#user#user-1", "Production#user#user-2"})
+    total.add(round_two)
+    assert total == SyncReport(
+        evaluated=3,
+        entered=1,
+        exited=2,
+        stored=4,
+        conflicts=1,
+        sent=3,
+        not_sent=["a", "b"],
+        failed={"Production#user#user-1", "Production#user#user-2"},
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        StoredChange("events", PK, {}, {"eventTypeId": "checkout"}),
+        StoredChange(
+            "profiles",
+            PK,
+            {"split": "new_checkout", "treatment": "off"},
+            {"split": "new_checkout", "treatment": "on"},
+        ),
+        StoredChange("identities", PK, {"attributes": {"plan": "team"}}, {"attributes": {"plan": "pro"}}),
+    ],
+    ids=["event", "treatment", "attribute"],
+)
+def test_what_any_branch_of_a_nested_rule_names_is_a_trigger(change: StoredChange) -> None:
+    """The documented audience names its event, flag and attribute at different depths."""
+    audiences = AudienceSet(audiences={"checkout_fans": parse_audience(documented_audience(), "a")})
+    assert profiles_to_evaluate([change], audiences) == [PK]
+
+
+def test_removed_events_are_a_trigger_only_where_some_rule_counts_events() -> None:
+    """A removal carries no event type: with a ``performed`` rule it may change a count; without, nothing."""
+    removed = StoredChange("events", PK, {}, {})
+    assert evaluated(removed, {"performed": {"event": "checkout"}})
+    assert not evaluated(removed, {"attribute": {"name": "plan", "equals": "pro"}})
