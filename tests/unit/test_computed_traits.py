@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import __version__
 from shared.config import OutboundConfig
 from shared.outbound.destinations import Destination
 from shared.profiles.computed_traits import computed_trait_identifies
@@ -39,6 +40,21 @@ def test_one_identify_per_changed_treatment_with_the_config_identity_field() -> 
         ("user-2", None, {"new_checkout": "on"}),
         (None, "visitor-1", {"new_checkout": "v2"}),
     ]
+
+
+def test_the_identify_is_the_documented_one_at_the_impression_time() -> None:
+    """docs/profiles.md: the trait named by the template, the impression's time, the library."""
+    destination = Destination("segment", config(enabled=True, traitName="split_{split}"))
+    [message] = computed_trait_identifies([written("user-123", "on", "off")], destination)
+    assert message == {
+        "type": "identify",
+        "userId": "user-123",
+        "traits": {"split_new_checkout": "on"},
+        "timestamp": "2026-11-24T01:17:21.109Z",
+        "messageId": message["messageId"],
+        "context": {"library": {"name": "fme-segment-bridge", "version": __version__}},
+    }
+    assert message["messageId"].startswith("fme-trait-")
 
 
 def test_an_unchanged_treatment_sends_nothing() -> None:
@@ -122,3 +138,14 @@ def test_the_same_change_of_two_identities_gets_a_message_id_each() -> None:
     ]
     messages = computed_trait_identifies(outcomes, Destination("segment", config(enabled=True)))
     assert len({m["messageId"] for m in messages}) == 4
+
+
+def test_two_flags_changing_in_the_same_impression_batch_get_a_message_id_each() -> None:
+    """One page evaluating two flags: the same key, time, version and treatment, only the trait differs."""
+    outcomes = [
+        WriteOutcome(LastTreatment("Production", "user", "user-1", split, "on", T0, 17), True, None)
+        for split in ("new_checkout", "new_search")
+    ]
+    messages = computed_trait_identifies(outcomes, Destination("segment", config(enabled=True)))
+    assert [m["traits"] for m in messages] == [{"new_checkout": "on"}, {"new_search": "on"}]
+    assert len({m["messageId"] for m in messages}) == 2
