@@ -106,3 +106,28 @@ def test_a_refused_request_and_a_failing_one_make_the_config_retried(
     outcome = IdentifySender(lambda: 2_500)({"prod": (destination, identifies(3_000))})
     assert outcome == {"prod": Outcome.TRANSIENT}
     assert {r.status for r in sink.requests} == {400, 503}
+
+
+def test_each_config_gets_its_own_outcome(
+    sink: SegmentSink, destination: Destination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One source refusing its write key: only that config's identifies are reported refused."""
+    monkeypatch.setattr(
+        "shared.outbound.destinations.WriteKeys.get",
+        lambda self, destination: WRITE_KEY if destination.name == "prod" else "wk-revoked",
+    )
+    revoked = Destination("marketing", destination.config)
+    outcome = IdentifySender(lambda: 30_000)(
+        {"marketing": (revoked, identifies(2)), "prod": (destination, identifies(3))}
+    )
+    assert outcome == {"marketing": Outcome.PERMANENT, "prod": Outcome.DELIVERED}
+    assert len(sink.unique_messages()) == 3
+
+
+def test_nothing_is_sent_within_the_margin_kept_for_storing_the_results(
+    sink: SegmentSink, destination: Destination
+) -> None:
+    """With less than the margin left, the identifies wait for the retry rather than risk a timeout."""
+    outcome = IdentifySender(lambda: 1_400, margin_ms=1_500)({"prod": (destination, identifies(3))})
+    assert outcome == {"prod": Outcome.TRANSIENT}
+    assert sink.requests == []
