@@ -370,6 +370,20 @@ def test_an_entry_made_by_settling_is_counted(
     assert (reports[-1].conflicts, reports[-1].sent, reports[-1].stored) == (1, 2, 1)
 
 
+def test_an_entry_settled_back_to_what_was_stored_is_counted_neither_as_entry_nor_exit(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan becomes free while the entry is sent, and that evaluation stores a non-member first:
+    the exit that settles it moves the stored membership nowhere."""
+    reports = interleaving(monkeypatch, plan_change(env, "pro", "free", 2))
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    stored = membership(env)
+    assert stored is not None
+    assert stored["member"] is False
+    assert [(r.entered, r.exited) for r in reports] == [(0, 0), (0, 0)]
+
+
 def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
     env: Stack,
     segment: SegmentSink,
