@@ -384,6 +384,20 @@ def test_an_entry_settled_back_to_what_was_stored_is_counted_neither_as_entry_no
     assert [(r.entered, r.exited) for r in reports] == [(0, 0), (0, 0)]
 
 
+def test_an_entry_the_profile_no_longer_supports_once_stored_is_followed_by_the_exit_and_both_counted(
+    env: Stack, segment: SegmentSink, clock: list[int], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan becomes free while the entry is sent, its own record still to come: the evaluation
+    that made the entry finds it out of date once stored, and sends the exit itself."""
+    reports = interleaving(monkeypatch, plan_change(env, "pro", "free", 2, handled=False))
+    audiences_app.lambda_handler(stream_event(env, "EventsTable", setup_member(env)), lambda_context)
+    assert [m["traits"] for m in segment.messages] == [{"checkout_fans": True}, {"checkout_fans": False}]
+    stored = membership(env)
+    assert stored is not None
+    assert (stored["member"], "identifyPending" in stored) == (False, False)
+    assert [(r.entered, r.exited) for r in reports] == [(1, 1)]
+
+
 def test_a_sync_target_without_its_write_key_does_not_hold_up_the_stream(
     env: Stack,
     segment: SegmentSink,
