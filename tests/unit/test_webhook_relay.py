@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shared.outbound.webhook_relay import MAX_COMMAS, MAX_INFLATED_BYTES, NotImpressions, queue_messages
+from tests.conftest import load_event
 
 
 def items(count: int, pad: int = 0) -> list[dict[str, object]]:
@@ -60,6 +61,17 @@ def test_an_envelope_is_cut_into_envelopes_with_its_other_fields() -> None:
     assert {(m["environmentName"], m["trafficType"]) for m in messages} == {("Producción", "user")}
     assert [i for m in messages for i in m["impressions"]] == envelope["impressions"]
     assert all(len(body.encode()) <= 400 for body in relayed.bodies)
+
+
+@pytest.mark.parametrize("cut", ["", "\ud83d"], ids=["copied as posted", "read by the standard library"])
+def test_an_envelope_holding_only_impressions_is_cut_into_envelopes_of_only_impressions(cut: str) -> None:
+    posted = load_event("impressions_webhook.json") * 4
+    posted[3] = {**posted[3], "key": f"cut {cut}"}
+    relayed = queue_messages(json.dumps({"impressions": posted}).encode(), 1200)
+    messages = [json.loads(body) for body in relayed.bodies]
+    assert len(messages) > 1
+    assert all(list(message) == ["impressions"] for message in messages)
+    assert [i for m in messages for i in m["impressions"]] == posted
 
 
 @pytest.mark.parametrize(
