@@ -295,6 +295,44 @@ def test_an_impression_no_queue_message_can_hold_is_counted_and_the_rest_queued(
     assert "impressions too large for a queue message, left out" in caplog.text
 
 
+def test_one_impression_posted_alone_is_queued_as_it_is_and_counted_as_one(
+    relay: Stack, lambda_context: Any
+) -> None:
+    [impression, *_] = load_event("impressions_webhook.json")
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(impression).encode())), lambda_context)
+
+    assert (status, body) == (200, {"received": 1, "queued": 1, "messages": 1, "tooLarge": 0, "refused": 0})
+    assert queued(relay) == [impression]
+
+
+def test_one_impression_posted_alone_that_no_message_can_hold_is_counted_as_left_out(
+    relay: Stack, lambda_context: Any
+) -> None:
+    [impression, *_] = load_event("impressions_webhook.json")
+    impression["properties"] = json.dumps({"blob": "x" * MAX_MESSAGE_BYTES})
+
+    status, body, _ = post(api_event(gzip.compress(json.dumps(impression).encode())), lambda_context)
+
+    assert (status, body) == (200, {"received": 1, "queued": 0, "messages": 0, "tooLarge": 1, "refused": 0})
+    assert queued(relay) == []
+
+
+def test_one_impression_posted_alone_that_sqs_refuses_for_good_is_counted_as_refused(
+    relay: Stack, lambda_context: Any
+) -> None:
+    [impression, *_] = load_event("impressions_webhook.json")
+
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        params["Entries"][0]["DelaySeconds"] = 9999  # over SQS's 900: refused as the sender's fault
+
+    with on_sends(before_parameter_build=refuse):
+        status, body, _ = post(api_event(gzip.compress(json.dumps(impression).encode())), lambda_context)
+
+    assert (status, body) == (200, {"received": 1, "queued": 0, "messages": 0, "tooLarge": 0, "refused": 1})
+    assert queued(relay) == []
+
+
 def test_an_empty_array_is_answered_and_queues_nothing(relay: Stack, lambda_context: Any) -> None:
     status, body, _ = post(api_event(gzip.compress(b"[]")), lambda_context)
     assert (status, body) == (200, {"received": 0, "queued": 0, "messages": 0, "tooLarge": 0, "refused": 0})
