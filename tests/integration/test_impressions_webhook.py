@@ -9,7 +9,6 @@ import base64
 import contextlib
 import copy
 import gzip
-import itertools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -379,11 +378,11 @@ def test_entries_sqs_refuses_are_sent_again(relay: Stack, lambda_context: Any) -
             )
 
     with on_sends(after_call=fail_the_first_entry_once):
-        status, _, _ = post(
+        status, body, _ = post(
             api_event(gzip.compress(json.dumps(webhook_impressions(2)).encode())), lambda_context
         )
 
-    assert status == 200
+    assert (status, body) == (200, {"received": 2, "queued": 2, "messages": 1, "tooLarge": 0, "refused": 0})
     assert len(calls) == 2
     # moto took the message the first time; SQS said it did not: sent again, a duplicate Segment drops.
     assert len(queued(relay)) == 2
@@ -513,30 +512,34 @@ def test_no_backoff_runs_into_the_time_kept_to_answer(relay: Stack) -> None:
     assert (sent.unsent, slept) == (2, [])
 
 
+@pytest.mark.parametrize("refused", ["user-0", "user-599"], ids=["the first message", "the last message"])
 def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
-    relay: Stack, lambda_context: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    relay: Stack,
+    lambda_context: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    refused: str,
 ) -> None:
     calls: list[int] = []
-    order = itertools.count()
 
     def remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["entries"] = params["Entries"]
 
-    def refuse_the_first(context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+    def refuse_one(context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
         entries = context["entries"]
         calls.append(len(entries))
-        if next(order) > 0:
+        if not any(f'"key": "{refused}"' in e["MessageBody"] for e in entries):
             return None  # sent
-        refused = [
+        failed = [
             {"Id": e["Id"], "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"}
             for e in entries
         ]
-        return AWSResponse("https://sqs", 200, {}, None), {"Successful": [], "Failed": refused}
+        return AWSResponse("https://sqs", 200, {}, None), {"Successful": [], "Failed": failed}
 
     impressions = webhook_impressions(600)  # two messages of 256 KiB at most, one refused
     for impression in impressions:
         impression["properties"] = json.dumps({"note": "x" * 400})
-    with on_sends(before_parameter_build=remember, before_call=refuse_the_first):
+    with on_sends(before_parameter_build=remember, before_call=refuse_one):
         status, body, _ = post(api_event(gzip.compress(json.dumps(impressions).encode())), lambda_context)
 
     assert status == 200  # sending the post again would not change SQS's answer
