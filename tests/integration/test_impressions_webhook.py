@@ -512,6 +512,84 @@ def test_no_backoff_runs_into_the_time_kept_to_answer(relay: Stack) -> None:
     assert (sent.unsent, slept) == (2, [])
 
 
+def test_entries_of_a_call_are_sent_again_or_refused_each_for_its_own_message(relay: Stack) -> None:
+    """Twelve messages go in two calls of ten and two: in the second, the first message is refused
+    for good and the second fails once; in the first, the fourth fails once."""
+    bodies = [json.dumps([impression]) for impression in webhook_impressions(12)]
+    sent_bodies: list[str] = []
+    failed_once: set[str] = set()
+
+    def build(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["entries"] = params["Entries"]
+        sent_bodies.extend(entry["MessageBody"] for entry in params["Entries"])
+        for entry in params["Entries"]:
+            if entry["MessageBody"] == bodies[10]:
+                entry["DelaySeconds"] = 9999  # over SQS's 900: refused as the sender's fault
+
+    def fail_once(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        by_id = {entry["Id"]: entry["MessageBody"] for entry in context["entries"]}
+        for entry in list(parsed.get("Successful", [])):
+            body = by_id[entry["Id"]]
+            if body in (bodies[3], bodies[11]) and body not in failed_once:
+                failed_once.add(body)
+                parsed["Successful"].remove(entry)
+                parsed.setdefault("Failed", []).append(
+                    {"Id": entry["Id"], "SenderFault": False, "Code": "InternalError", "Message": "again"}
+                )
+
+    slept: list[float] = []
+    with on_sends(before_parameter_build=build, after_call=fail_once):
+        sent = webhook_relay.send(relay.queues["ImpressionsQueue"], bodies, lambda: 30.0, sleep=slept.append)
+
+    assert (sent.unsent, sent.refused) == (0, {10: "InvalidParameterValue"})
+    assert sorted(sent_bodies) == sorted([*bodies, bodies[3], bodies[11]])
+    assert len(slept) == 1
+
+
+def test_rounds_that_fail_are_separated_by_growing_pauses_and_a_round_that_succeeds_by_none(
+    relay: Stack,
+) -> None:
+    def failing(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "SendMessageBatch")
+
+    slept: list[float] = []
+    with on_sends(before_call=failing):
+        sent = webhook_relay.send(relay.queues["ImpressionsQueue"], ["[]"], lambda: 30.0, sleep=slept.append)
+    assert sent.unsent == 1
+    # A pause between rounds, none after the last: the answer is not held up.
+    assert len(slept) == webhook_relay.SEND_ROUNDS - 1
+    assert all(0 <= pause <= 0.1 * 2**round_ for round_, pause in enumerate(slept))
+
+    slept.clear()
+    sent = webhook_relay.send(relay.queues["ImpressionsQueue"], ["[]"], lambda: 30.0, sleep=slept.append)
+    assert (sent.unsent, slept) == (0, [])
+
+
+def test_calls_are_waited_for_only_until_the_time_kept_to_answer(relay: Stack) -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def hang(**_: Any) -> None:
+        release.wait(timeout=10)
+
+    started = time.monotonic()
+    with on_sends(before_call=hang):
+        sent = webhook_relay.send(
+            relay.queues["ImpressionsQueue"], ["[]"], lambda: webhook_relay.DEADLINE_MARGIN_S + 0.1
+        )
+    elapsed = time.monotonic() - started
+    release.set()
+    assert sent.unsent == 1
+    # 0.1 s for the call, not the 1.5 s kept to answer besides: bounded loosely for a loaded machine.
+    assert elapsed < 1.2
+    # The call given up on still ends: waited for here, not in the next test.
+    deadline = time.monotonic() + 30
+    while not queued(relay) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("refused", ["user-0", "user-599"], ids=["the first message", "the last message"])
 def test_messages_sqs_refuses_for_good_are_counted_not_sent_again(
     relay: Stack,
