@@ -41,8 +41,17 @@ def test_a_long_reason_is_cut_with_a_count_of_the_rest(sqs: Any) -> None:
     assert send_dead_letters(queue, [letter]) == {}
     [message] = received(sqs, queue)
     stored = message["MessageAttributes"]["reason"]["StringValue"]
-    assert stored.startswith(reason[:MAX_REASON_CHARS])
-    assert stored.endswith(f"… ({len(reason) - MAX_REASON_CHARS} more characters)")
+    assert stored == f"{reason[:MAX_REASON_CHARS]}… ({len(reason) - MAX_REASON_CHARS} more characters)"
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_reason_is_cut_only_past_the_limit(sqs: Any, over: int) -> None:
+    queue = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    reason = "r" * (MAX_REASON_CHARS + over)
+    assert send_dead_letters(queue, [DeadLetter(0, "m-1", "[]", ("invalid_json",), reason, 1)]) == {}
+    [message] = received(sqs, queue)
+    stored = message["MessageAttributes"]["reason"]["StringValue"]
+    assert stored == (f"{reason[:-1]}… (1 more characters)" if over else reason)
 
 
 def test_calls_are_packed_with_the_attributes_counted(sqs: Any) -> None:
