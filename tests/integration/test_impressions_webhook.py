@@ -234,13 +234,15 @@ def test_invalid_base64_is_a_400(relay: Stack, lambda_context: Any) -> None:
 
 
 def test_a_body_inflating_past_the_limit_is_a_413(
-    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+    relay: Stack, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(webhook_relay, "MAX_INFLATED_BYTES", 1000)
     status, answer, _ = post(api_event(gzip.compress(b"[" + b" " * 2000 + b"]")), lambda_context)
     assert status == 413
     assert "1000" in answer["error"]
     assert queued(relay) == []
+    (metrics,) = published_metrics(capsys.readouterr().out)
+    assert metrics["ImpressionsWebhookBadRequests"] == [1.0]
 
 
 def test_a_large_post_is_cut_into_messages_sqs_takes_and_none_is_lost(
