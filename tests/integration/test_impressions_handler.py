@@ -1061,6 +1061,24 @@ def test_a_message_failing_on_its_last_receive_is_dead_lettered_with_the_reason(
     assert "503" in attributes["reason"]
 
 
+def test_a_message_an_invalid_config_held_back_to_its_last_receive_is_dead_lettered_with_its_error(
+    production: dict[str, Any], sink: SegmentSink, context: Any, stack: Stack
+) -> None:
+    last = sqs_events.max_receive_count(stack.queues["ImpressionsQueue"])
+    put_config("outbound/typo", {"environments": ["Production"], "identities": {"user": "userID"}})
+    body = json.dumps(webhook(key="u1"))
+
+    response = app.lambda_handler({"Records": [sqs_events.record(body, "m-1", receive_count=last)]}, context)
+
+    assert failures(response) == set()
+    [letter] = sqs_events.dead_letters(stack.queues["ImpressionsDeadLetterQueue"])
+    assert (letter["errorCode"], letter["body"]) == ("retries_exhausted", body)
+    assert letter["reason"].startswith(
+        f"still failing after {last} deliveries: outbound config typo is invalid: "
+    )
+    assert "identities.user: Input should be" in letter["reason"]
+
+
 def test_the_next_invocation_reuses_the_connections_to_segment(
     production: dict[str, Any], sink: SegmentSink, context: Any
 ) -> None:
