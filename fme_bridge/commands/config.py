@@ -230,7 +230,7 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     if "" not in secrets:
         flag = "--secret-file" if kind is INBOUND else "--write-key-file"
         # A caller that may not describe secrets cannot tell: written all the same, as with a secret.
-        state = _secret_state(secretsmanager, full, unknown=True)
+        state = _secret_state(secretsmanager, full)
         if state == DELETED:
             raise CliError(
                 f"{kind.item} {name!r}: its {kind.secret_label} {full} is scheduled for deletion, and "
@@ -248,7 +248,7 @@ def _put(tgt: Target, kind: ConfigKind, name: str, file: Path, secrets: dict[str
     delivery = getattr(parsed, "delivery", None)
     enabled_without_keys = delivery is not None and delivery.enabled and "/fme" not in secrets
     # Written already: a check this caller may not make (no DescribeSecret) is no reason to fail.
-    if enabled_without_keys and _secret_state(secretsmanager, full + "/fme", unknown=True) in (
+    if enabled_without_keys and _secret_state(secretsmanager, full + "/fme") in (
         MISSING,
         DELETED,
     ):
@@ -276,7 +276,7 @@ def _delete(
         exists = False
     # Secrets still there (or that this caller may not describe): a delete that stopped after the
     # config, on an error, is finished by running it again.
-    left = [s for s in suffixes if _secret_state(secretsmanager, full + s, unknown=True) in (SET, None)]
+    left = [s for s in suffixes if _secret_state(secretsmanager, full + s) in (SET, None)]
     if not exists and not left:
         raise CliError(f"no {kind.item} {name!r} under {tgt.prefix}")
     question = f"delete {kind.item} {name!r} ({full}) and its secrets?"
@@ -330,15 +330,13 @@ def _describe_secret(client: Any, name: str) -> dict[str, Any] | None:
         return None
 
 
-def _secret_state(client: Any, name: str, unknown: bool = False) -> str | None:
-    """:data:`SET`, :data:`MISSING` or :data:`DELETED`; with ``unknown``, None when this caller may
-    not tell (AccessDenied)."""
+def _secret_state(client: Any, name: str) -> str | None:
+    """:data:`SET`, :data:`MISSING` or :data:`DELETED`; None when this caller may not tell
+    (AccessDenied)."""
     try:
         described = _describe_secret(client, name)
     except ClientError:
-        if unknown:
-            return None
-        raise
+        return None
     if described is None:
         return MISSING
     return DELETED if described.get("DeletedDate") else SET
@@ -347,10 +345,7 @@ def _secret_state(client: Any, name: str, unknown: bool = False) -> str | None:
 def _put_secret(client: Any, name: str, value: str) -> bool:
     """A new version (the current one becomes AWSPREVIOUS), or the secret itself when it is new; a
     secret scheduled for deletion is restored first. Whether it was restored."""
-    try:
-        restored = _secret_state(client, name) == DELETED
-    except ClientError:  # not allowed to describe it: written all the same
-        restored = False
+    restored = _secret_state(client, name) == DELETED  # not allowed to describe it: written all the same
     if restored:
         client.restore_secret(SecretId=name)
     try:
@@ -413,7 +408,7 @@ def _list(tgt: Target, kind: ConfigKind, columns: Any) -> None:
             document, valid = {}, Text("no", style="red")
             problems.append(invalid_line(short, exc.problem))
         # A valid config without its secret does not work either (401s, or impressions retried).
-        state = _secret_state(secretsmanager, full, unknown=True)
+        state = _secret_state(secretsmanager, full)
         secret: Text = {
             SET: Text("set"),
             MISSING: Text("not set", style="red"),
